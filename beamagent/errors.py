@@ -1,0 +1,276 @@
+"""Every typed error a beamagent user can catch.
+
+All of them derive from :class:`BeamAgentError`, itself a
+:class:`supervisors.ReplyError`: when an actor raises one while answering a
+call, the caller gets it and the actor keeps running. Any other exception is a
+crash that the actor's supervisor handles.
+
+The hierarchy is shallow on purpose: catch :class:`BeamAgentError` for
+"anything beamagent refused", or a specific class for one condition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from supervisors import ReplyError
+
+__all__ = [
+    "BackendNotEligible",
+    "BadQueryRef",
+    "BeamAgentError",
+    "BufferOverflow",
+    "ConnectTimeout",
+    "InputRequired",
+    "Interrupted",
+    "InvalidJob",
+    "InvalidNode",
+    "InvalidOption",
+    "InvalidRouteRequest",
+    "InvalidSelector",
+    "JobNotLoaded",
+    "MaxRetriesExceeded",
+    "MaxStepsExceeded",
+    "NoActiveQuery",
+    "NoBackendAvailable",
+    "NotShared",
+    "ProtocolError",
+    "QueryComplete",
+    "QueryInProgress",
+    "QueryTimeout",
+    "RetryRequested",
+    "RunAlreadyExists",
+    "RunError",
+    "RunNotFound",
+    "SessionError",
+    "SessionNotFound",
+    "StoreError",
+    "ThreadNotFound",
+    "TransportError",
+    "UnknownBackend",
+    "UnknownCapability",
+    "UnknownControlMethod",
+    "UnsupportedCapability",
+]
+
+
+class BeamAgentError(ReplyError):
+    """Base class of every beamagent error."""
+
+
+# --- options and configuration -------------------------------------------------
+
+
+class InvalidOption(BeamAgentError, ValueError):
+    """An option has an unknown name or a value of the wrong kind or range."""
+
+
+class UnknownBackend(BeamAgentError, ValueError):
+    """No backend of this name is registered with the runtime."""
+
+    def __init__(self, backend: Any, known: Sequence[str] = ()) -> None:
+        self.backend = backend
+        self.known = tuple(known)
+        hint = f"; known backends: {', '.join(self.known)}" if self.known else ""
+        super().__init__(f"unknown backend {backend!r}{hint}")
+
+
+class UnknownCapability(BeamAgentError, ValueError):
+    """A capability id that no backend declares (see ``beamagent.capabilities``)."""
+
+    def __init__(self, capability: Any) -> None:
+        self.capability = capability
+        super().__init__(f"unknown capability {capability!r}")
+
+
+# --- sessions ------------------------------------------------------------------
+
+
+class SessionNotFound(BeamAgentError, LookupError):
+    """No live (or stored) session has this id."""
+
+    def __init__(self, session_id: Any) -> None:
+        self.session_id = session_id
+        super().__init__(f"no session {session_id!r}")
+
+
+class SessionError(BeamAgentError):
+    """The session is in its ``error`` state (its transport died) or failed to start.
+
+    Every call but ``health()`` and ``session_info()`` answers this until the
+    session's supervisor restarts it. ``reason`` says what went wrong.
+    """
+
+    def __init__(self, message: str, reason: Any = None) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class TransportError(SessionError):
+    """The backend's transport (process, socket, HTTP stream) failed."""
+
+
+class ConnectTimeout(SessionError, TimeoutError):
+    """The backend did not connect or finish its handshake in time."""
+
+
+class ProtocolError(BeamAgentError):
+    """A backend sent something that breaks its wire protocol."""
+
+
+class QueryInProgress(BeamAgentError):
+    """The session already runs a query; wait for it or interrupt it."""
+
+
+class NoActiveQuery(BeamAgentError):
+    """``interrupt()``/``abort()`` was called while no query is running."""
+
+
+class BadQueryRef(BeamAgentError):
+    """``receive_message`` was given a ref that is not the session's current query."""
+
+
+class QueryComplete(BeamAgentError):
+    """The query's terminal message has already been received."""
+
+
+class Interrupted(BeamAgentError):
+    """The query was interrupted before its terminal message."""
+
+
+class QueryTimeout(BeamAgentError, TimeoutError):
+    """No message arrived in time; the session was returned to ``ready``."""
+
+
+class BufferOverflow(SessionError):
+    """The backend sent more unparsed bytes than the session's ``buffer_max``."""
+
+
+class UnsupportedCapability(BeamAgentError):
+    """The session's backend does not support this operation."""
+
+    def __init__(self, backend: str, capability: str) -> None:
+        self.backend = backend
+        self.capability = capability
+        super().__init__(f"backend {backend!r} does not support {capability!r}")
+
+
+class UnknownControlMethod(BeamAgentError):
+    """``send_control`` got a method that neither the backend nor the fallback knows."""
+
+    def __init__(self, method: Any) -> None:
+        self.method = method
+        super().__init__(
+            f"unknown control method {method!r}; the universal fallback knows "
+            "setModel, setPermissionMode, setMaxThinkingTokens and stopTask"
+        )
+
+
+# --- routing -------------------------------------------------------------------
+
+
+class InvalidRouteRequest(BeamAgentError, ValueError):
+    """A route request has an unknown key or a bad value (the message names the key)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"route request key {key!r}: {message}")
+
+
+class BackendNotEligible(BeamAgentError):
+    """The explicitly requested backend is excluded, unhealthy or lacks a capability."""
+
+    def __init__(self, backend: str, reasons: Sequence[str]) -> None:
+        self.backend = backend
+        self.reasons = tuple(reasons)
+        super().__init__(f"backend {backend!r} is not eligible: {'; '.join(self.reasons)}")
+
+
+class NoBackendAvailable(BeamAgentError):
+    """No backend satisfies the route request."""
+
+    def __init__(
+        self,
+        policy: str,
+        capabilities: Sequence[str] = (),
+        preferred: Sequence[str] = (),
+        excluded: Sequence[str] = (),
+        eligible: Sequence[str] = (),
+    ) -> None:
+        self.policy = policy
+        self.capabilities = tuple(capabilities)
+        self.preferred = tuple(preferred)
+        self.excluded = tuple(excluded)
+        self.eligible = tuple(eligible)
+        super().__init__(
+            f"no backend available (policy={policy}, capabilities={list(self.capabilities)}, "
+            f"preferred={list(self.preferred)}, excluded={list(self.excluded)}, "
+            f"eligible={list(self.eligible)})"
+        )
+
+
+# --- store ---------------------------------------------------------------------
+
+
+class StoreError(BeamAgentError):
+    """The session store cannot be opened or used (the message names the path)."""
+
+
+class InvalidSelector(BeamAgentError, ValueError):
+    """A revert/rollback selector is not one of the documented forms."""
+
+
+class NotShared(BeamAgentError):
+    """``unshare_session`` on a session that has no share."""
+
+
+class ThreadNotFound(BeamAgentError, LookupError):
+    """No thread with this id in the session."""
+
+
+# --- graphs --------------------------------------------------------------------
+
+
+class InvalidJob(BeamAgentError, ValueError):
+    """A job definition is inconsistent (the message names the node or key)."""
+
+
+class InvalidNode(BeamAgentError):
+    """A route instruction names a node the job does not have."""
+
+
+class JobNotLoaded(BeamAgentError):
+    """A ``Sub`` instruction or sub node names a job that was not given to the run."""
+
+
+class InputRequired(BeamAgentError, ValueError):
+    """A run was started with empty input."""
+
+
+class RunAlreadyExists(BeamAgentError):
+    """A run with this id is already running."""
+
+
+class RunNotFound(BeamAgentError, LookupError):
+    """No run (live or checkpointed) has this id."""
+
+
+class RunError(BeamAgentError):
+    """A run ended with an error; ``reason`` holds the underlying error."""
+
+
+class MaxRetriesExceeded(RunError):
+    """A node visit asked for more retries than the job's ``max_retries``."""
+
+
+class MaxStepsExceeded(RunError):
+    """A run took more node steps than the job's ``max_steps``."""
+
+
+class RetryRequested(BeamAgentError):
+    """Raised by a serving to ask for its node to run again, with a reason."""
+
+    def __init__(self, reason: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(reason or "the serving asked for a retry")

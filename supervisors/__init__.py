@@ -1,0 +1,122 @@
+"""OTP supervision for Pykka: processes, links, monitors, supervisors, names and timers.
+
+Usable on its own by any Pykka user: subclass :class:`Process` instead of
+``pykka.ThreadingActor`` and put processes under a :class:`Supervisor` or
+:class:`DynamicSupervisor`.
+
+Example::
+
+    from supervisors import ChildSpec, Process, Supervisor
+
+    class Worker(Process):
+        def on_receive(self, message):
+            return message * 2
+
+    sup = Supervisor.start(children=[ChildSpec("w", (Worker, (), {}), name="worker")])
+    whereis("worker").ask(21)  # 42, also after the worker crashed and was restarted
+    sup.stop()
+"""
+
+from supervisors._childspec import BRUTAL_KILL, INFINITY, ChildSpec, ChildType, RestartType
+from supervisors._introspection import format_tree, tree
+from supervisors._messages import Down, Exit
+from supervisors._names import register, registered, unregister, whereis
+from supervisors._process import (
+    MonitorRef,
+    Process,
+    current_process,
+    demonitor,
+    kill,
+    link,
+    lookup,
+    monitor,
+    require,
+    send_exit,
+    shutdown,
+    spawn_options,
+    start_link,
+    unlink,
+)
+from supervisors._reasons import Crashed, ExitReason, Killed, NoProc, Normal, Shutdown, is_abnormal
+from supervisors._supervisor import (
+    ChildInfo,
+    DynamicSupervisor,
+    DynamicSupervisorRef,
+    Strategy,
+    Supervisor,
+    SupervisorRef,
+    supervisor_spec,
+)
+from supervisors._timers import TimerRef, send_after
+from supervisors.errors import (
+    AlreadyRegistered,
+    ChildNotFound,
+    ChildRunning,
+    DuplicateChild,
+    InvalidChildSpec,
+    MaxChildrenError,
+    NoSuchProcess,
+    NotInProcess,
+    ReplyError,
+    StartChildError,
+    SupervisorsError,
+    WaitTimeout,
+)
+
+__all__ = [
+    "BRUTAL_KILL",
+    "INFINITY",
+    "AlreadyRegistered",
+    "ChildInfo",
+    "ChildNotFound",
+    "ChildRunning",
+    "ChildSpec",
+    "ChildType",
+    "Crashed",
+    "Down",
+    "DuplicateChild",
+    "DynamicSupervisor",
+    "DynamicSupervisorRef",
+    "Exit",
+    "ExitReason",
+    "InvalidChildSpec",
+    "Killed",
+    "MaxChildrenError",
+    "MonitorRef",
+    "NoProc",
+    "NoSuchProcess",
+    "Normal",
+    "NotInProcess",
+    "Process",
+    "ReplyError",
+    "RestartType",
+    "Shutdown",
+    "StartChildError",
+    "Strategy",
+    "Supervisor",
+    "SupervisorRef",
+    "SupervisorsError",
+    "TimerRef",
+    "WaitTimeout",
+    "current_process",
+    "demonitor",
+    "format_tree",
+    "is_abnormal",
+    "kill",
+    "link",
+    "lookup",
+    "monitor",
+    "register",
+    "registered",
+    "require",
+    "send_after",
+    "send_exit",
+    "shutdown",
+    "spawn_options",
+    "start_link",
+    "supervisor_spec",
+    "tree",
+    "unlink",
+    "unregister",
+    "whereis",
+]

@@ -1,0 +1,102 @@
+"""A Pykka inbox with a priority lane for exit signals and a close that rejects late mail."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from typing import Any
+
+import pykka
+from pykka import messages as pykka_messages
+from pykka._envelope import Envelope
+
+__all__ = ["Mailbox", "reject_envelope"]
+
+
+def reject_envelope(envelope: Envelope[Any], owner: str) -> None:
+    """Answer an envelope that will never be handled, so no caller waits forever."""
+    reply_to = envelope.reply_to
+    if reply_to is None:
+        return
+    try:
+        if isinstance(envelope.message, pykka_messages._ActorStop):
+            reply_to.set(None)
+        else:
+            error = pykka.ActorDeadError(f"{owner} stopped before handling the message")
+            reply_to.set_exception(exc_info=(pykka.ActorDeadError, error, None))
+    except queue.Full:
+        pass  # already answered (e.g. the handler finished after a kill)
+
+
+class Mailbox:
+    """Unbounded FIFO inbox, plus a lane for exit signals that overtakes queued mail.
+
+    ``close()`` and ``put()`` share one lock, so a message is either queued
+    before the close (and then rejected by it) or rejected at once: an ``ask``
+    to a process that is ending can never hang, unlike Pykka's plain queue.
+    """
+
+    __slots__ = ("_closed", "_lock", "_messages", "_not_empty", "_owner", "_signals")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._not_empty = threading.Condition(self._lock)
+        self._messages: deque[Envelope[Any]] = deque()
+        self._signals: deque[Envelope[Any]] = deque()
+        self._closed = False
+        self._owner = "process"
+
+    def set_owner(self, owner: str) -> None:
+        """Name the owning process in the errors given to rejected callers."""
+        self._owner = owner
+
+    def put(self, envelope: Envelope[Any], /) -> None:
+        """Queue an ordinary message (what ``ActorRef.tell``/``ask`` call)."""
+        with self._lock:
+            if not self._closed:
+                self._messages.append(envelope)
+                self._not_empty.notify()
+                return
+        reject_envelope(envelope, self._owner)
+
+    def put_signal(self, envelope: Envelope[Any]) -> bool:
+        """Queue an exit signal ahead of ordinary mail; False if the mailbox is closed."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._signals.append(envelope)
+            self._not_empty.notify()
+            return True
+
+    def get(self) -> Envelope[Any] | None:
+        """Block for the next envelope (signals first); None once the mailbox is closed."""
+        with self._not_empty:
+            while True:
+                if self._signals:
+                    return self._signals.popleft()
+                if self._messages:
+                    return self._messages.popleft()
+                if self._closed:
+                    return None
+                self._not_empty.wait()
+
+    def empty(self) -> bool:
+        """True when nothing is queued."""
+        with self._lock:
+            return not self._messages and not self._signals
+
+    def qsize(self) -> int:
+        """How many envelopes are queued (for introspection)."""
+        with self._lock:
+            return len(self._messages) + len(self._signals)
+
+    def close(self) -> list[Envelope[Any]]:
+        """Refuse further mail and return what was still queued."""
+        with self._lock:
+            self._closed = True
+            pending = [*self._signals, *self._messages]
+            self._signals.clear()
+            self._messages.clear()
+            self._not_empty.notify_all()
+        return pending

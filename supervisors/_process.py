@@ -1,0 +1,697 @@
+"""``Process``: a Pykka actor that knows why it ended and tells its links and monitors.
+
+Pykka runs each actor's loop in ``Actor._actor_loop``; ``Process`` replaces
+that loop (and only that loop) so it can:
+
+* start synchronously: ``start()`` returns once ``on_start`` has finished,
+  and raises what ``on_start`` raised (OTP's ``start_link`` init handshake);
+* record an exit reason and deliver it to links (``Exit`` / exit signals) and
+  monitors (``Down``), including when ``on_start`` fails;
+* apply the errors rule: a ``ReplyError`` goes back to the ``ask`` caller and
+  the process lives on; anything else goes back to the caller and then
+  crashes the process;
+* contain ``BaseException``: it ends this process only (Pykka would stop
+  every actor in the program).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import sys
+import threading
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from types import TracebackType
+from typing import Any, ClassVar, Self, TypeAlias, cast
+
+import attrs
+import pykka
+import structlog
+from pykka import messages as pykka_messages
+from pykka._actor import ActorInbox
+from pykka._envelope import Envelope
+
+from supervisors import _names
+from supervisors._mailbox import Mailbox, reject_envelope
+from supervisors._messages import Down, Exit
+from supervisors._reasons import Crashed, ExitReason, Killed, NoProc, Normal, Shutdown
+from supervisors.errors import NoSuchProcess, ReplyError, WaitTimeout
+
+__all__ = [
+    "MonitorRef",
+    "Process",
+    "ProcessTarget",
+    "current_process",
+    "demonitor",
+    "kill",
+    "link",
+    "lookup",
+    "monitor",
+    "send_exit",
+    "shutdown",
+    "spawn_options",
+    "start_link",
+    "unlink",
+]
+
+log = structlog.get_logger(__name__)
+
+ExcInfo: TypeAlias = tuple[type[BaseException], BaseException, TracebackType | None]
+Watcher: TypeAlias = "pykka.ActorRef[Any] | Callable[[Down], object] | None"
+ProcessTarget: TypeAlias = "pykka.ActorRef[Any] | Process | Hashable"
+"""What the functions of this module accept as a process: a ref, the object, or a name."""
+
+_local = threading.local()
+_table: dict[str, Process] = {}
+_table_lock = threading.Lock()
+_thread_counter = itertools.count()
+_monitor_ids = itertools.count(1)
+_CURRENT: Any = object()
+
+
+class _ProcessKilled(BaseException):
+    """Injected into the thread of a process killed while it ran user code."""
+
+
+@attrs.frozen
+class _ExitSignal:
+    from_urn: str
+    reason: ExitReason
+
+
+@attrs.frozen
+class _ShutdownRequest:
+    reason: ExitReason
+
+
+@attrs.define
+class _SpawnOptions:
+    link_to: pykka.ActorRef[Any] | None = None
+    name: Hashable | None = None
+    consumed: bool = False
+
+
+@contextmanager
+def spawn_options(
+    *, link_to: pykka.ActorRef[Any] | None = None, name: Hashable | None = None
+) -> Iterator[_SpawnOptions]:
+    """Make the next ``Process.start`` in this thread link to ``link_to`` and take ``name``.
+
+    Both happen *before* ``on_start`` runs, so a failing ``on_start`` is
+    reported through the link, and the name is never missing while the
+    process is alive. Supervisors wrap each child's ``start`` in this.
+    """
+    options = _SpawnOptions(link_to=link_to, name=name)
+    previous = getattr(_local, "spawn", None)
+    _local.spawn = options
+    try:
+        yield options
+    finally:
+        _local.spawn = previous
+
+
+def _take_spawn_options() -> _SpawnOptions | None:
+    options: _SpawnOptions | None = getattr(_local, "spawn", None)
+    if options is None or options.consumed:
+        return None
+    options.consumed = True
+    return options
+
+
+class MonitorRef:
+    """A one-way watch on a process, returned by :func:`monitor`.
+
+    When the process ends, a :class:`Down` is delivered to the watcher (a
+    process ref gets it as a message, a callable is called with it) and
+    :meth:`wait` returns it.
+    """
+
+    __slots__ = ("_down", "_event", "_watcher", "id", "target_urn")
+
+    def __init__(self, target_urn: str, watcher: Watcher) -> None:
+        self.id = next(_monitor_ids)
+        self.target_urn = target_urn
+        self._watcher = watcher
+        self._event = threading.Event()
+        self._down: Down | None = None
+
+    def __repr__(self) -> str:
+        return f"<MonitorRef #{self.id} on {self.target_urn}>"
+
+    @property
+    def down(self) -> Down | None:
+        """The ``Down`` once the process has ended, else None."""
+        return self._down
+
+    def wait(self, timeout: float | None = None) -> Down:
+        """Block until the monitored process has ended; return its ``Down``.
+
+        Raises:
+            WaitTimeout: it was still alive after ``timeout`` seconds.
+        """
+        if not self._event.wait(timeout):
+            raise WaitTimeout(f"process {self.target_urn} still alive after {timeout} s")
+        assert self._down is not None
+        return self._down
+
+    def _fire(self, down: Down) -> None:
+        self._down = down
+        self._event.set()
+        watcher = self._watcher
+        if watcher is None:
+            return
+        if isinstance(watcher, pykka.ActorRef):
+            with suppress(pykka.ActorDeadError):  # the watcher is gone: nobody to tell
+                watcher.tell(down)
+        else:
+            try:
+                watcher(down)
+            except Exception:
+                log.exception("monitor_callback_failed", monitor=self.id, urn=self.target_urn)
+
+
+class Process(pykka.ThreadingActor):
+    """A ``pykka.ThreadingActor`` with OTP process semantics.
+
+    Subclass it like any Pykka actor (``on_start``, ``on_receive``,
+    ``on_stop``, ``on_failure``, proxy methods). Differences from plain Pykka:
+
+    * ``start()`` blocks until ``on_start`` returns and re-raises its error;
+    * ``exit_reason`` tells why the process ended: ``Normal`` (``stop()``),
+      ``Shutdown`` (its supervisor), ``Killed`` (``kill()``), ``Crashed(exc)``
+      or the reason of a linked process that took it down;
+    * links and monitors are told when it ends (also when ``on_start`` fails);
+    * ``on_failure`` runs when its own code raised (``on_start`` included),
+      ``on_stop`` on every other exit except ``kill()``, which runs no hook;
+    * set ``trap_exit = True`` to receive ``Exit`` messages from linked
+      processes instead of dying with them.
+
+    Example::
+
+        class Counter(Process):
+            def __init__(self) -> None:
+                super().__init__()
+                self.n = 0
+
+            def on_receive(self, message):
+                self.n += message
+                return self.n
+
+        ref = Counter.start()
+        assert ref.ask(2) == 2
+        ref.stop()
+    """
+
+    trap_exit: bool = False
+    """Receive ``Exit`` messages from linked processes instead of dying with them."""
+
+    ref_class: ClassVar[type[pykka.ActorRef[Any]]] = pykka.ActorRef
+    """The ``ActorRef`` subclass handed out for this process (supervisors add methods)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.ref_class is not pykka.ActorRef:
+            self._actor_ref = self.ref_class(self)
+        self.exit_reason: ExitReason | None = None
+        """Why the process ended; None while it runs."""
+        self.process_state: str = "starting"
+        """A short state name shown by ``tree()``; subclasses may set their own."""
+        self.parent_urn: str | None = None
+        """URN of the process this one was started linked to (its supervisor), if any."""
+        self._sys_lock = threading.RLock()
+        self._links: set[str] = set()
+        self._monitors: dict[int, MonitorRef] = {}
+        self._terminated = False
+        self._finished = False
+        self._requested_exit: ExitReason | None = None
+        self._in_user_code = False
+        self._current: Envelope[Any] | None = None
+        self._stop_envelopes: list[Envelope[Any]] = []
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        self.mailbox.set_owner(str(self))
+
+    @staticmethod
+    def _create_actor_inbox() -> ActorInbox:
+        # Mailbox.get() may return None once closed; only our own loop calls get().
+        return cast("ActorInbox", Mailbox())
+
+    @property
+    def mailbox(self) -> Mailbox:
+        """This process's inbox (for introspection: ``mailbox.qsize()``)."""
+        return cast(Mailbox, self.actor_inbox)
+
+    # --- starting -----------------------------------------------------------------
+
+    @classmethod
+    def start(cls, *args: Any, **kwargs: Any) -> pykka.ActorRef[Self]:
+        """Construct the process, run ``on_start`` in its thread, and return its ref.
+
+        Blocks until ``on_start`` has returned. Arguments go to ``__init__``.
+
+        Raises:
+            Exception: whatever ``__init__`` or ``on_start`` raised (links and
+                monitors have already been told, with reason ``Crashed``).
+            AlreadyRegistered: the name from ``spawn_options`` is taken.
+        """
+        options = _take_spawn_options()
+        process = cls(*args, **kwargs)
+        return process._spawn(options)
+
+    def _spawn(self, options: _SpawnOptions | None) -> pykka.ActorRef[Self]:
+        ref = self.actor_ref
+        with _table_lock:
+            _table[self.actor_urn] = self
+        pykka.ActorRegistry.register(ref)
+        try:
+            if options is not None and options.name is not None:
+                _names.register(options.name, ref)
+            if options is not None and options.link_to is not None:
+                self.parent_urn = options.link_to.actor_urn
+                link(options.link_to, ref)
+        except BaseException:
+            self._finish(Normal())
+            raise
+        self._start_actor_loop()
+        self._started.wait()
+        if self._start_error is not None:
+            raise self._start_error
+        return ref
+
+    def _start_actor_loop(self) -> None:
+        thread = threading.Thread(
+            target=self._actor_loop,
+            name=f"{type(self).__name__}-{next(_thread_counter)}",
+            daemon=self.use_daemon_thread,
+        )
+        self._thread = thread
+        thread.start()
+
+    # --- the loop -----------------------------------------------------------------
+
+    def _actor_loop(self) -> None:
+        _local.process = self
+        try:
+            if self._run_on_start():
+                reason, exc_info = self._receive_loop()
+                if reason is not None:
+                    self._terminate(reason, exc_info)
+        except _ProcessKilled:
+            pass
+        except BaseException as exc:  # a bug in this loop must still end the process cleanly
+            log.exception("process_loop_failed", process=str(self))
+            self._terminate(Crashed(exc), cast(ExcInfo, sys.exc_info()))
+        finally:
+            self._started.set()
+            _local.process = None
+            _clear_pending_kill()
+
+    def _run_on_start(self) -> bool:
+        self._in_user_code = True
+        try:
+            self.on_start()
+        except BaseException as exc:
+            self._in_user_code = False
+            if self._terminated:
+                self._start_error = pykka.ActorDeadError(f"{self} was killed while starting")
+            else:
+                self._start_error = exc
+                self._terminate(Crashed(exc), cast(ExcInfo, sys.exc_info()))
+            self._started.set()
+            return False
+        self._in_user_code = False
+        if self.process_state == "starting":
+            self.process_state = "running"
+        self._started.set()
+        return True
+
+    def _receive_loop(self) -> tuple[ExitReason | None, ExcInfo | None]:
+        mailbox = self.mailbox
+        handle = self._handle_receive
+        while True:
+            if self._requested_exit is not None:
+                return self._requested_exit, None
+            envelope = mailbox.get()
+            if envelope is None or self._terminated:
+                return None, None
+            message = envelope.message
+            kind = type(message)
+            if kind is _ExitSignal:
+                if not self.trap_exit:
+                    return message.reason, None
+                message = Exit(message.from_urn, message.reason)
+            elif kind is _ShutdownRequest:
+                return message.reason, None
+            elif kind is pykka_messages._ActorStop:
+                self._stop_envelopes.append(envelope)
+                return Normal(), None
+            reply_to = envelope.reply_to
+            self._current = envelope
+            self._in_user_code = True
+            try:
+                response = handle(message)
+            except BaseException as exc:
+                self._in_user_code = False
+                self._current = None
+                if self._terminated:
+                    return None, None
+                exc_info = cast(ExcInfo, sys.exc_info())
+                if reply_to is not None:
+                    _settle(reply_to, exc_info=exc_info)
+                    if isinstance(exc, ReplyError):
+                        continue
+                return Crashed(exc), exc_info
+            self._in_user_code = False
+            self._current = None
+            if reply_to is not None:
+                _settle(reply_to, value=response)
+
+    def stop_with(self, reason: ExitReason) -> None:
+        """End this process with ``reason`` once the current message is handled.
+
+        Call it from the process's own code (a handler or hook).
+        """
+        self._requested_exit = reason
+
+    # --- ending -------------------------------------------------------------------
+
+    def _terminate(self, reason: ExitReason, exc_info: ExcInfo | None = None) -> None:
+        """End the process from its own thread: hooks first, then tell the world."""
+        with self._sys_lock:
+            if self._terminated:
+                return
+            self._terminated = True
+            self.exit_reason = reason
+        self._in_user_code = True
+        try:
+            if exc_info is not None:
+                self.on_failure(*exc_info)
+            else:
+                self.on_stop()
+        except _ProcessKilled:
+            return
+        except BaseException:
+            log.exception("process_exit_hook_failed", process=str(self))
+        finally:
+            self._in_user_code = False
+        self._finish(reason, exc_info)
+
+    def _finish(self, reason: ExitReason, exc_info: ExcInfo | None = None) -> bool:
+        """Mark the process dead, answer queued callers, notify links and monitors."""
+        with self._sys_lock:
+            if self._finished:
+                return False
+            self._finished = True
+            self._terminated = True
+            if self.exit_reason is None or isinstance(reason, Killed):
+                self.exit_reason = reason
+            reason = self.exit_reason
+            links, self._links = self._links, set()
+            monitors = list(self._monitors.values())
+            self._monitors.clear()
+        self.actor_stopped.set()
+        pending = self.mailbox.close()
+        pykka.ActorRegistry.unregister(self.actor_ref)
+        with _table_lock:
+            _table.pop(self.actor_urn, None)
+        _names.release_process(self.actor_urn)
+        owner = str(self)
+        for envelope in pending:
+            reject_envelope(envelope, owner)
+        current = self._current
+        if current is not None:
+            reject_envelope(current, owner)
+        self.process_state = "dead"
+        self._log_exit(reason, exc_info)
+        for urn in links:
+            other = lookup_urn(urn)
+            if other is not None:
+                other._on_linked_exit(self.actor_urn, reason)
+        for mon in monitors:
+            mon._fire(Down(mon, self.actor_urn, reason))
+        for envelope in self._stop_envelopes:
+            reject_envelope(envelope, owner)
+        return True
+
+    def _log_exit(self, reason: ExitReason, exc_info: ExcInfo | None) -> None:
+        if isinstance(reason, Crashed) and exc_info is not None:
+            log.error("process_crashed", process=str(self), exc_info=exc_info)
+        elif isinstance(reason, Normal | Shutdown):
+            log.debug("process_exited", process=str(self), reason=str(reason))
+        else:
+            log.warning("process_exited", process=str(self), reason=str(reason))
+
+    def _kill(self) -> bool:
+        with self._sys_lock:
+            if self._finished:
+                return False
+            self._terminated = True
+            self.exit_reason = Killed()
+        in_user_code = self._in_user_code
+        self._finish(Killed())
+        thread = self._thread
+        if thread is threading.current_thread():
+            raise _ProcessKilled()
+        if in_user_code and thread is not None and thread.is_alive():
+            _async_raise(thread, _ProcessKilled)
+        return True
+
+    # --- signals from other processes ------------------------------------------------
+
+    def _on_linked_exit(self, from_urn: str, reason: ExitReason) -> None:
+        with self._sys_lock:
+            if self._terminated:
+                return
+            self._links.discard(from_urn)
+        self._deliver_exit(from_urn, reason)
+
+    def _deliver_exit(self, from_urn: str, reason: ExitReason) -> None:
+        if self.trap_exit:
+            self.mailbox.put(Envelope(Exit(from_urn, reason)))
+        elif not isinstance(reason, Normal):
+            self.mailbox.put_signal(Envelope(_ExitSignal(from_urn, reason)))
+
+    def _request_shutdown(self, reason: ExitReason) -> bool:
+        return self.mailbox.put_signal(Envelope(_ShutdownRequest(reason)))
+
+    def _add_monitor(self, mon: MonitorRef) -> bool:
+        with self._sys_lock:
+            if self._terminated:
+                return False
+            self._monitors[mon.id] = mon
+            return True
+
+
+# --- module functions -------------------------------------------------------------------
+
+
+def _settle(
+    future: pykka.Future[Any], *, value: Any = None, exc_info: ExcInfo | None = None
+) -> None:
+    try:
+        if exc_info is not None:
+            future.set_exception(exc_info=exc_info)
+        else:
+            future.set(value)
+    except Exception:  # queue.Full: a kill already answered this caller
+        pass
+
+
+def _async_raise(thread: threading.Thread, exc_type: type[BaseException]) -> None:
+    ident = thread.ident
+    if ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(ident), ctypes.py_object(exc_type)
+        )
+
+
+def _clear_pending_kill() -> None:
+    # A kill that raced with the end of a handler may still be pending: drop it so it
+    # cannot surface in threading's own shutdown code.
+    with suppress(_ProcessKilled):
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threading.get_ident()), None)
+
+
+def lookup_urn(urn: str) -> Process | None:
+    """The live process with this URN, or None."""
+    return _table.get(urn)
+
+
+def lookup(target: ProcessTarget) -> Process | None:
+    """The live ``Process`` for a ref, a process object or a registered name, else None."""
+    if isinstance(target, Process):
+        return None if target._finished else target
+    if isinstance(target, pykka.ActorRef):
+        return _table.get(target.actor_urn)
+    ref = _names.whereis(target)
+    return None if ref is None else _table.get(ref.actor_urn)
+
+
+def _urn_of(target: ProcessTarget) -> str:
+    if isinstance(target, Process | pykka.ActorRef):
+        return target.actor_urn
+    ref = _names.whereis(target)
+    return ref.actor_urn if ref is not None else f"name:{target!r}"
+
+
+def current_process() -> Process | None:
+    """The ``Process`` whose thread is running this code, or None outside any process."""
+    process: Process | None = getattr(_local, "process", None)
+    return process
+
+
+def start_link(
+    parent: pykka.ActorRef[Any], cls: type[Process], *args: Any, **kwargs: Any
+) -> pykka.ActorRef[Any]:
+    """Start ``cls(*args, **kwargs)`` linked to ``parent`` before its ``on_start`` runs."""
+    with spawn_options(link_to=parent):
+        return cls.start(*args, **kwargs)
+
+
+def link(a: ProcessTarget, b: ProcessTarget) -> None:
+    """Link two processes: when one ends, the other gets an exit signal with its reason.
+
+    A non-``Normal`` reason ends the receiver with the same reason unless it
+    traps exits (``trap_exit = True``), in which case it gets ``Exit(urn,
+    reason)`` as a message. Linking to a dead process behaves as if it had
+    just ended with ``NoProc``.
+    """
+    pa, pb = lookup(a), lookup(b)
+    ua, ub = _urn_of(a), _urn_of(b)
+    if ua == ub:
+        return
+    live = sorted((p for p in (pa, pb) if p is not None), key=lambda p: p.actor_urn)
+    with ExitStack() as stack:
+        for process in live:
+            stack.enter_context(process._sys_lock)
+        a_alive = pa is not None and not pa._terminated
+        b_alive = pb is not None and not pb._terminated
+        if a_alive and b_alive:
+            assert pa is not None
+            assert pb is not None
+            pa._links.add(ub)
+            pb._links.add(ua)
+            return
+    if a_alive and pa is not None:
+        pa._deliver_exit(ub, NoProc())
+    elif b_alive and pb is not None:
+        pb._deliver_exit(ua, NoProc())
+
+
+def unlink(a: ProcessTarget, b: ProcessTarget) -> None:
+    """Remove the link between two processes (no-op if there is none)."""
+    ua, ub = _urn_of(a), _urn_of(b)
+    for process, other in ((lookup(a), ub), (lookup(b), ua)):
+        if process is not None:
+            with process._sys_lock:
+                process._links.discard(other)
+
+
+def monitor(target: ProcessTarget, watcher: Watcher = _CURRENT) -> MonitorRef:
+    """Watch ``target``; when it ends, ``Down(ref, urn, reason)`` goes to the watcher.
+
+    Args:
+        target: a process ref, object, or registered name.
+        watcher: a process ref (gets ``Down`` as a message), a callable (called
+            with it), or None (only ``MonitorRef.wait()``). Defaults to the
+            calling process, or None outside any process.
+
+    Monitors stack: each call returns a new ``MonitorRef``. A target that is
+    already dead gets an immediate ``Down`` with reason ``NoProc``.
+    """
+    if watcher is _CURRENT:
+        caller = current_process()
+        watcher = None if caller is None else caller.actor_ref
+    urn = _urn_of(target)
+    mon = MonitorRef(urn, watcher)
+    process = lookup(target)
+    if process is None or not process._add_monitor(mon):
+        mon._fire(Down(mon, urn, NoProc()))
+    return mon
+
+
+def demonitor(mon: MonitorRef) -> bool:
+    """Stop watching; returns False if the ``Down`` was already delivered.
+
+    A ``Down`` already queued in the watcher's mailbox is not removed.
+    """
+    process = _table.get(mon.target_urn)
+    if process is None:
+        return False
+    with process._sys_lock:
+        return process._monitors.pop(mon.id, None) is not None
+
+
+def kill(target: ProcessTarget) -> bool:
+    """End a process at once with reason ``Killed``; no hook runs. Untrappable.
+
+    A process busy in a handler is interrupted at its next Python bytecode
+    (its pending callers get ``ActorDeadError`` immediately). Code blocked in
+    a C call (a lock, a socket) is abandoned until that call returns.
+    Returns False if the process was already dead.
+    """
+    process = lookup(target)
+    if process is None:
+        return False
+    return process._kill()
+
+
+def send_exit(target: ProcessTarget, reason: ExitReason) -> bool:
+    """Send an exit signal, like ``erlang:exit/2``; returns False if the target is dead.
+
+    ``Killed`` kills; for a process that traps exits any reason arrives as an
+    ``Exit`` message; otherwise ``Normal`` is ignored and any other reason
+    ends it with that reason.
+    """
+    process = lookup(target)
+    if process is None:
+        return False
+    if isinstance(reason, Killed):
+        return process._kill()
+    caller = current_process()
+    process._deliver_exit(caller.actor_urn if caller is not None else "external", reason)
+    return True
+
+
+def shutdown(
+    target: ProcessTarget,
+    timeout: float | str = 5.0,
+    reason: ExitReason | None = None,
+) -> ExitReason:
+    """Stop a process the way a supervisor does and return its exit reason.
+
+    ``timeout`` is seconds to wait for a graceful stop (``on_stop`` runs)
+    before killing it, ``"infinity"`` to wait for ever, or ``"brutal_kill"``
+    to kill at once. The shutdown overtakes queued messages (their callers
+    get ``ActorDeadError``); a handler already running is allowed to finish.
+    Returns ``NoProc()`` if the process was already dead.
+    """
+    process = lookup(target)
+    if process is None:
+        return NoProc()
+    mon = monitor(process, watcher=None)
+    if timeout == "brutal_kill":
+        process._kill()
+    else:
+        process._request_shutdown(reason if reason is not None else Shutdown())
+        wait = None if timeout == "infinity" else float(timeout)
+        try:
+            return mon.wait(wait).reason
+        except WaitTimeout:
+            log.warning("process_shutdown_timed_out", process=str(process), timeout=wait)
+            process._kill()
+    return mon.wait().reason
+
+
+def require(target: ProcessTarget) -> Process:
+    """The live process for ``target``.
+
+    Raises:
+        NoSuchProcess: it is not alive.
+    """
+    process = lookup(target)
+    if process is None:
+        raise NoSuchProcess(target)
+    return process

@@ -1,0 +1,250 @@
+"""Process: exit reasons, the errors rule, on_start failures, BaseException isolation."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any
+
+import pykka
+import pytest
+
+import supervisors as s
+from tests.supervisors._kit import EventLog, Worker, start_spinning
+
+
+class Expected(s.ReplyError):
+    pass
+
+
+class Rules(s.Process):
+    def on_receive(self, message: Any) -> Any:
+        if message == "expected":
+            raise Expected("bad input")
+        if message == "unexpected":
+            raise KeyError("bug")
+        if message == "system_exit":
+            raise SystemExit(1)
+        return message
+
+
+def test_start_is_synchronous_and_ask_round_trips() -> None:
+    ref = Rules.start()
+    assert ref.ask("hello", timeout=5) == "hello"
+    assert s.lookup(ref) is not None
+    assert s.lookup(ref).process_state == "running"  # type: ignore[union-attr]
+    ref.stop()
+
+
+def test_stop_gives_normal_reason() -> None:
+    ref = Rules.start()
+    process = s.lookup(ref)
+    mon = s.monitor(ref, watcher=None)
+    assert ref.stop() is True
+    assert mon.wait(5).reason == s.Normal()
+    assert process is not None
+    assert process.exit_reason == s.Normal()
+
+
+def test_expected_error_goes_to_caller_and_process_lives() -> None:
+    ref = Rules.start()
+    with pytest.raises(Expected, match="bad input"):
+        ref.ask("expected", timeout=5)
+    assert ref.ask("still here", timeout=5) == "still here"
+    ref.stop()
+
+
+def test_unexpected_error_goes_to_caller_then_crashes_process() -> None:
+    ref = Rules.start()
+    process = s.lookup(ref)
+    mon = s.monitor(ref, watcher=None)
+    with pytest.raises(KeyError):
+        ref.ask("unexpected", timeout=5)
+    down = mon.wait(5)
+    assert isinstance(down.reason, s.Crashed)
+    assert isinstance(down.reason.exception, KeyError)
+    assert process is not None
+    assert process.exit_reason == down.reason
+    with pytest.raises(pykka.ActorDeadError):
+        ref.ask("anyone?", timeout=5)
+
+
+def test_exception_in_tell_crashes_process_and_runs_on_failure() -> None:
+    log = EventLog()
+    ref = Worker.start(log, "w")
+    mon = s.monitor(ref, watcher=None)
+    ref.tell("crash")
+    reason = mon.wait(5).reason
+    assert isinstance(reason, s.Crashed)
+    assert isinstance(reason.exception, RuntimeError)
+    assert log.snapshot() == [("start", "w"), ("failure", "w")]
+
+
+class FailingStart(s.Process):
+    def __init__(self, entered: threading.Event, release: threading.Event, log: EventLog) -> None:
+        super().__init__()
+        self.entered, self.release, self.log = entered, release, log
+
+    def on_start(self) -> None:
+        self.entered.set()
+        self.release.wait(5)
+        raise ValueError("cannot start")
+
+    def on_failure(self, *exc_info: Any) -> None:
+        self.log.record(("on_failure", exc_info[0]))
+
+
+def test_on_start_failure_raises_to_starter_and_notifies_monitors() -> None:
+    entered, release, log = threading.Event(), threading.Event(), EventLog()
+    errors: list[BaseException] = []
+
+    def starter() -> None:
+        try:
+            FailingStart.start(entered, release, log)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=starter)
+    thread.start()
+    assert entered.wait(5)
+    (ref,) = pykka.ActorRegistry.get_by_class(FailingStart)
+    mon = s.monitor(ref, watcher=None)  # monitored while on_start still runs
+    release.set()
+    thread.join(5)
+    assert len(errors) == 1
+    assert isinstance(errors[0], ValueError)
+    down = mon.wait(5)
+    assert isinstance(down.reason, s.Crashed)
+    assert down.reason.exception is errors[0]
+    assert log.snapshot() == [("on_failure", ValueError)]  # Pykka alone would not call it
+
+
+def test_on_start_failure_reaches_the_link_set_up_by_start_link() -> None:
+    log = EventLog()
+    trapper = TrapExits.start(log)
+    with pytest.raises(RuntimeError, match="refuses"):
+        s.start_link(trapper, Worker, log, "w", fail_start=True)
+    log.wait_for(lambda ev: any(e[0] == "exit" for e in ev))
+    (_, reason) = next(e for e in log.snapshot() if e[0] == "exit")
+    assert isinstance(reason, s.Crashed)
+    trapper.stop()
+
+
+class TrapExits(s.Process):
+    trap_exit = True
+
+    def __init__(self, log: EventLog) -> None:
+        super().__init__()
+        self.log = log
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, s.Exit):
+            self.log.record(("exit", message.reason))
+        return None
+
+
+class PlainPykka(pykka.ThreadingActor):
+    def on_receive(self, message: Any) -> Any:
+        return message
+
+
+def test_base_exception_stops_only_that_process() -> None:
+    bystander = Rules.start()
+    plain = PlainPykka.start()
+    victim = Rules.start()
+    mon = s.monitor(victim, watcher=None)
+    with pytest.raises(SystemExit):
+        victim.ask("system_exit", timeout=5)
+    reason = mon.wait(5).reason
+    assert isinstance(reason, s.Crashed)
+    assert isinstance(reason.exception, SystemExit)
+    assert bystander.ask("alive", timeout=5) == "alive"
+    assert plain.ask("alive too", timeout=5) == "alive too"
+    bystander.stop()
+    plain.stop()
+
+
+def test_ask_never_hangs_on_a_process_that_is_ending() -> None:
+    # Pykka alone can lose an ask queued just as the actor stops; our mailbox rejects it.
+    for _ in range(200):
+        ref = Rules.start()
+        futures = [ref.ask(i, block=False) for i in range(5)]
+        ref.stop(block=False)
+        late = ref.ask("late", block=False)
+        for future in [*futures, late]:
+            with contextlib.suppress(pykka.ActorDeadError):
+                future.get(timeout=5)
+
+
+def test_kill_interrupts_a_spinning_handler_and_answers_its_caller() -> None:
+    log = EventLog()
+    ref = Worker.start(log, "spinner")
+    process = s.lookup(ref)
+    assert process is not None
+    entered = threading.Event()
+    future = ref.ask(("spin", entered), block=False)
+    assert entered.wait(5)
+    queued = ref.ask("ping", block=False)
+    mon = s.monitor(ref, watcher=None)
+    assert s.kill(ref) is True
+    assert mon.wait(5).reason == s.Killed()
+    with pytest.raises(pykka.ActorDeadError):
+        future.get(timeout=5)
+    with pytest.raises(pykka.ActorDeadError):
+        queued.get(timeout=5)
+    assert process._thread is not None
+    process._thread.join(5)
+    assert not process._thread.is_alive()
+    assert ("stop", "spinner") not in log.snapshot()  # kill runs no hook
+    assert s.kill(ref) is False
+
+
+def test_shutdown_waits_for_graceful_stop_then_kills() -> None:
+    log = EventLog()
+    ref = Worker.start(log, "slow")
+    start_spinning(ref)
+    reason = s.shutdown(ref, timeout=0.2)
+    assert reason == s.Killed()
+    quick = Worker.start(log, "quick")
+    assert s.shutdown(quick, timeout=5) == s.Shutdown()
+    assert ("stop", "quick") in log.snapshot()
+    assert s.shutdown(quick) == s.NoProc()
+
+
+def test_stop_with_sets_the_exit_reason() -> None:
+    class Quitter(s.Process):
+        def on_receive(self, message: Any) -> Any:
+            self.stop_with(s.Shutdown("done"))
+            return "bye"
+
+    ref = Quitter.start()
+    mon = s.monitor(ref, watcher=None)
+    assert ref.ask("go", timeout=5) == "bye"
+    assert mon.wait(5).reason == s.Shutdown("done")
+
+
+def test_send_exit() -> None:
+    log = EventLog()
+    plain = Worker.start(log, "plain")
+    mon = s.monitor(plain, watcher=None)
+    assert s.send_exit(plain, s.Normal()) is True  # ignored when not trapping
+    assert plain.ask("ping", timeout=5) == "pong"
+    s.send_exit(plain, s.Shutdown("go away"))
+    assert mon.wait(5).reason == s.Shutdown("go away")
+    trapper = TrapExits.start(log)
+    s.send_exit(trapper, s.Normal())
+    log.wait_for(lambda ev: ("exit", s.Normal()) in ev)
+    assert s.send_exit(trapper, s.Killed()) is True
+    assert s.send_exit(trapper, s.Killed()) is False
+
+
+def test_current_process() -> None:
+    class WhoAmI(s.Process):
+        def on_receive(self, message: Any) -> Any:
+            me = s.current_process()
+            return me is self
+
+    ref = WhoAmI.start()
+    assert ref.ask("?", timeout=5) is True
+    assert s.current_process() is None
+    ref.stop()
