@@ -1,0 +1,1 @@
+"""Backends: wire codecs, transports and one handler per backend."""

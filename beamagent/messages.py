@@ -1,0 +1,636 @@
+"""Canonical messages: the one shape every backend's output is normalized into.
+
+A backend handler turns whatever its CLI or server sends into :class:`Message`
+values with :func:`normalize`; sessions, the store and graphs only ever see
+those. :meth:`Message.to_dict` / :meth:`Message.from_dict` are the stored form
+(``from_dict`` is the exact inverse of ``to_dict``; wire data from a backend
+goes through :func:`normalize` instead, which never raises).
+
+    >>> m = normalize({"type": "result", "result": "4", "num_turns": 1}, now_ms=0)
+    >>> (m.type, m.content, m.num_turns)
+    (<MessageType.RESULT: 'result'>, '4', 1)
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
+
+import attrs
+
+from beamagent.errors import InvalidOption
+
+__all__ = [
+    "ContentBlock",
+    "ContentBlockType",
+    "Message",
+    "MessageType",
+    "StopReason",
+    "normalize",
+    "parse_stop_reason",
+]
+
+
+class MessageType(enum.StrEnum):
+    """The closed set of canonical message types."""
+
+    TEXT = "text"
+    ASSISTANT = "assistant"
+    TOOL_USE = "tool_use"
+    TOOL_RESULT = "tool_result"
+    SYSTEM = "system"
+    RESULT = "result"
+    ERROR = "error"
+    USER = "user"
+    CONTROL = "control"
+    CONTROL_REQUEST = "control_request"
+    CONTROL_RESPONSE = "control_response"
+    STREAM_EVENT = "stream_event"
+    RATE_LIMIT_EVENT = "rate_limit_event"
+    TOOL_PROGRESS = "tool_progress"
+    TOOL_USE_SUMMARY = "tool_use_summary"
+    THINKING = "thinking"
+    AUTH_STATUS = "auth_status"
+    PROMPT_SUGGESTION = "prompt_suggestion"
+    RAW = "raw"
+
+
+class ContentBlockType(enum.StrEnum):
+    """Kinds of content block; anything else a backend sends becomes ``RAW``."""
+
+    TEXT = "text"
+    THINKING = "thinking"
+    TOOL_USE = "tool_use"
+    TOOL_RESULT = "tool_result"
+    RAW = "raw"
+
+
+class StopReason(enum.StrEnum):
+    """Why the model stopped, parsed from the backend's free-form ``stop_reason``."""
+
+    END_TURN = "end_turn"
+    MAX_TOKENS = "max_tokens"
+    STOP_SEQUENCE = "stop_sequence"
+    REFUSAL = "refusal"
+    TOOL_USE_STOP = "tool_use_stop"
+    UNKNOWN_STOP = "unknown_stop"
+
+
+_STOP_REASONS: Final[Mapping[str, StopReason]] = {
+    "end_turn": StopReason.END_TURN,
+    "max_tokens": StopReason.MAX_TOKENS,
+    "stop_sequence": StopReason.STOP_SEQUENCE,
+    "refusal": StopReason.REFUSAL,
+    "tool_use": StopReason.TOOL_USE_STOP,
+}
+
+
+def parse_stop_reason(stop_reason: str | None) -> StopReason | None:
+    """Map a backend's stop reason to :class:`StopReason` (``None`` stays ``None``).
+
+    >>> parse_stop_reason("tool_use")
+    <StopReason.TOOL_USE_STOP: 'tool_use_stop'>
+    """
+    if stop_reason is None:
+        return None
+    return _STOP_REASONS.get(stop_reason, StopReason.UNKNOWN_STOP)
+
+
+# --- JSON helpers -------------------------------------------------------------------
+
+
+def _is_container(value: object) -> bool:
+    return isinstance(value, Mapping | list | tuple)
+
+
+def _copy_json(value: Any) -> Any:
+    """Deep-copy a JSON value into fresh dicts and lists (tuples become lists).
+
+    Iterative rather than recursive: anything ``json.loads`` accepted must be
+    copyable, and a recursive copy uses more stack per level than the parser.
+    """
+    if not _is_container(value):
+        return value
+    root: Any = {} if isinstance(value, Mapping) else []
+    stack: list[tuple[Any, Any]] = [(value, root)]
+    while stack:
+        src, dst = stack.pop()
+        items = src.items() if isinstance(src, Mapping) else enumerate(src)
+        for key, item in items:
+            if _is_container(item):
+                copy: Any = {} if isinstance(item, Mapping) else []
+                stack.append((item, copy))
+            else:
+                copy = item
+            if isinstance(dst, dict):
+                dst[key] = copy
+            else:
+                dst.append(copy)
+    return root
+
+
+def _copy_mapping(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidOption(f"expected a mapping, got {type(value).__name__}")
+    copied: dict[str, Any] = _copy_json(value)
+    return copied
+
+
+def _copy_sequence(value: Iterable[Any] | None) -> tuple[Any, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+        raise InvalidOption(f"expected a list, got {type(value).__name__}")
+    return tuple(_copy_json(item) for item in value)
+
+
+def _optional(*types: type) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    """attrs validator: ``None`` or an instance of ``types`` (bool is not an int here)."""
+    names = " or ".join(t.__name__ for t in types)
+
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is None:
+            return
+        wrong_bool = isinstance(value, bool) and bool not in types
+        if wrong_bool or not isinstance(value, types):
+            raise InvalidOption(
+                f"{type(instance).__name__}.{attribute.name} must be {names} or None, "
+                f"got {type(value).__name__}"
+            )
+
+    return check
+
+
+def _to_block_type(value: ContentBlockType | str) -> ContentBlockType:
+    try:
+        return ContentBlockType(value)
+    except ValueError:
+        known = ", ".join(t.value for t in ContentBlockType)
+        raise InvalidOption(f"unknown content block type {value!r}; known: {known}") from None
+
+
+def _to_message_type(value: MessageType | str) -> MessageType:
+    try:
+        return MessageType(value)
+    except ValueError:
+        known = ", ".join(t.value for t in MessageType)
+        raise InvalidOption(f"unknown message type {value!r}; known: {known}") from None
+
+
+def _to_stop_reason(value: StopReason | str | None) -> StopReason | None:
+    if value is None:
+        return None
+    try:
+        return StopReason(value)
+    except ValueError:
+        known = ", ".join(t.value for t in StopReason)
+        raise InvalidOption(f"unknown parsed stop reason {value!r}; known: {known}") from None
+
+
+# --- content blocks -----------------------------------------------------------------
+
+
+@attrs.frozen(unsafe_hash=False)
+class ContentBlock:
+    """One block of an assistant or user message (text, thinking, tool use, tool result).
+
+    Blocks of a kind we do not model (images, server tool use, ...) are kept
+    whole as ``type=RAW`` with the original mapping in ``raw``.
+    """
+
+    type: ContentBlockType = attrs.field(converter=_to_block_type)
+    text: str | None = attrs.field(default=None, kw_only=True, validator=_optional(str))
+    thinking: str | None = attrs.field(default=None, kw_only=True, validator=_optional(str))
+    id: str | None = attrs.field(default=None, kw_only=True, validator=_optional(str))
+    name: str | None = attrs.field(default=None, kw_only=True, validator=_optional(str))
+    input: dict[str, Any] | None = attrs.field(default=None, kw_only=True, converter=_copy_mapping)
+    tool_use_id: str | None = attrs.field(default=None, kw_only=True, validator=_optional(str))
+    #: A tool result's content: a string or a list of blocks, as the backend sent it.
+    content: Any = attrs.field(default=None, kw_only=True, converter=_copy_json)
+    is_error: bool | None = attrs.field(default=None, kw_only=True, validator=_optional(bool))
+    raw: dict[str, Any] | None = attrs.field(
+        default=None, kw_only=True, converter=_copy_mapping, repr=False
+    )
+
+    @classmethod
+    def from_dict(cls, block: object) -> ContentBlock:
+        """Build a block from a backend's (or :meth:`to_dict`'s) mapping; never raises.
+
+        Fields of the wrong type are dropped; an unknown ``type`` gives a
+        ``RAW`` block holding the original mapping, a non-mapping gives a
+        ``RAW`` block with ``raw={"value": block}``. (``"raw"`` itself is a
+        known type: that is how :meth:`to_dict` writes a raw block.)
+        """
+        if not isinstance(block, Mapping):
+            return cls(ContentBlockType.RAW, raw={"value": block})
+        kind = block.get("type")
+        if not isinstance(kind, str) or kind not in _BLOCK_TYPES:
+            return cls(ContentBlockType.RAW, raw=block)
+        content = block.get("content")
+        return cls(
+            _BLOCK_TYPES[kind],
+            text=_pick(block, _is_str, "text"),
+            thinking=_pick(block, _is_str, "thinking"),
+            id=_pick(block, _is_str, "id"),
+            name=_pick(block, _is_str, "name"),
+            input=_pick(block, _is_mapping, "input"),
+            tool_use_id=_pick(block, _is_str, "tool_use_id"),
+            content=content,
+            is_error=_pick(block, _is_bool, "is_error"),
+            raw=_pick(block, _is_mapping, "raw"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The block as a JSON-serialisable dict, ``None`` fields left out."""
+        out: dict[str, Any] = {"type": self.type.value}
+        for field in _BLOCK_FIELDS:
+            value = getattr(self, field)
+            if value is not None:
+                out[field] = _copy_json(value)
+        return out
+
+
+_BLOCK_TYPES: Final[Mapping[str, ContentBlockType]] = {t.value: t for t in ContentBlockType}
+_BLOCK_FIELDS: Final[tuple[str, ...]] = tuple(
+    f.name for f in attrs.fields(ContentBlock) if f.name != "type"
+)
+
+
+def _to_blocks(
+    value: Iterable[ContentBlock | Mapping[str, Any]] | None,
+) -> tuple[ContentBlock, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+        raise InvalidOption(f"content_blocks must be a list, got {type(value).__name__}")
+    return tuple(b if isinstance(b, ContentBlock) else ContentBlock.from_dict(b) for b in value)
+
+
+# --- messages -----------------------------------------------------------------------
+
+
+def _field(validator: Callable[[Any, attrs.Attribute[Any], Any], None]) -> Any:
+    return attrs.field(default=None, kw_only=True, validator=validator)
+
+
+def _default_stop_reason_parsed(message: Message) -> StopReason | None:
+    return parse_stop_reason(message.stop_reason)
+
+
+@attrs.frozen(unsafe_hash=False)
+class Message:
+    """A canonical message: ``type`` plus whichever optional fields apply.
+
+    Mapping and list fields are private deep copies of what was passed in
+    (plain dicts and lists, so they stay JSON-serialisable); treat them as
+    read-only. ``stop_reason_parsed`` defaults to the parse of ``stop_reason``.
+
+        >>> Message("text", content="hi").to_dict()["type"]
+        'text'
+    """
+
+    type: MessageType = attrs.field(converter=_to_message_type)
+    content: str | None = _field(_optional(str))
+    content_blocks: tuple[ContentBlock, ...] = attrs.field(
+        default=(), kw_only=True, converter=_to_blocks
+    )
+    tool_name: str | None = _field(_optional(str))
+    tool_input: dict[str, Any] | None = attrs.field(
+        default=None, kw_only=True, converter=_copy_mapping
+    )
+    tool_use_id: str | None = _field(_optional(str))
+    parent_tool_use_id: str | None = _field(_optional(str))
+    uuid: str | None = _field(_optional(str))
+    session_id: str | None = _field(_optional(str))
+    message_id: str | None = _field(_optional(str))
+    model: str | None = _field(_optional(str))
+    usage: dict[str, Any] | None = attrs.field(default=None, kw_only=True, converter=_copy_mapping)
+    model_usage: dict[str, Any] | None = attrs.field(
+        default=None, kw_only=True, converter=_copy_mapping
+    )
+    stop_reason: str | None = _field(_optional(str))
+    stop_reason_parsed: StopReason | None = attrs.field(
+        default=attrs.Factory(_default_stop_reason_parsed, takes_self=True),
+        kw_only=True,
+        converter=_to_stop_reason,
+    )
+    is_error: bool | None = _field(_optional(bool))
+    subtype: str | None = _field(_optional(str))
+    duration_ms: float | None = _field(_optional(int, float))
+    duration_api_ms: float | None = _field(_optional(int, float))
+    num_turns: int | None = _field(_optional(int))
+    total_cost_usd: float | None = _field(_optional(int, float))
+    errors: tuple[Any, ...] | None = attrs.field(
+        default=None, kw_only=True, converter=_copy_sequence
+    )
+    #: Any JSON value the backend produced for a structured-output request.
+    structured_output: Any = attrs.field(default=None, kw_only=True, converter=_copy_json)
+    permission_denials: tuple[Any, ...] | None = attrs.field(
+        default=None, kw_only=True, converter=_copy_sequence
+    )
+    error_info: dict[str, Any] | None = attrs.field(
+        default=None, kw_only=True, converter=_copy_mapping
+    )
+    system_info: dict[str, Any] | None = attrs.field(
+        default=None, kw_only=True, converter=_copy_mapping
+    )
+    request_id: str | int | None = _field(_optional(str, int))
+    request: dict[str, Any] | None = attrs.field(
+        default=None, kw_only=True, converter=_copy_mapping
+    )
+    response: dict[str, Any] | None = attrs.field(
+        default=None, kw_only=True, converter=_copy_mapping
+    )
+    rate_limit_info: dict[str, Any] | None = attrs.field(
+        default=None, kw_only=True, converter=_copy_mapping
+    )
+    thread_id: str | None = _field(_optional(str))
+    #: Milliseconds since the epoch.
+    timestamp: int | None = _field(_optional(int))
+    #: The backend's original mapping (left out of repr: it can be large).
+    raw: dict[str, Any] | None = attrs.field(
+        default=None, kw_only=True, converter=_copy_mapping, repr=False
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The message as a JSON-serialisable dict: ``None`` fields (and no blocks) left out."""
+        out: dict[str, Any] = {"type": self.type.value}
+        for name in _MESSAGE_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if name == "content_blocks":
+                if value:
+                    out[name] = [block.to_dict() for block in value]
+            elif isinstance(value, enum.Enum):
+                out[name] = value.value
+            else:
+                out[name] = _copy_json(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Message:
+        """Rebuild a message from :meth:`to_dict`'s output (unknown keys are ignored).
+
+        Raises :class:`~beamagent.errors.InvalidOption` when ``type`` is missing
+        or a field has the wrong type. Use :func:`normalize` for backend data.
+        """
+        if not isinstance(data, Mapping):
+            raise InvalidOption(f"a message must be a mapping, got {type(data).__name__}")
+        if "type" not in data:
+            raise InvalidOption("a message mapping needs a 'type' key")
+        kwargs = {name: data[name] for name in _MESSAGE_FIELDS if name in data}
+        # to_dict omits a None stop_reason_parsed, so absence must mean None here, not
+        # "derive it from stop_reason" (that would break the round trip).
+        kwargs.setdefault("stop_reason_parsed", None)
+        return cls(data["type"], **kwargs)
+
+    def with_fields(self, **changes: Any) -> Message:
+        """A copy with ``changes`` applied (``attrs.evolve``), e.g. to stamp ``session_id``.
+
+        Changing ``stop_reason`` re-derives ``stop_reason_parsed`` unless it is
+        given too.
+        """
+        if "stop_reason" in changes and "stop_reason_parsed" not in changes:
+            changes["stop_reason_parsed"] = parse_stop_reason(changes["stop_reason"])
+        return attrs.evolve(self, **changes)
+
+
+_MESSAGE_FIELDS: Final[tuple[str, ...]] = tuple(
+    f.name for f in attrs.fields(Message) if f.name != "type"
+)
+
+
+# --- normalization ------------------------------------------------------------------
+
+
+def _is_str(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_bool(value: object) -> bool:
+    return isinstance(value, bool)
+
+
+def _is_mapping(value: object) -> bool:
+    return isinstance(value, Mapping)
+
+
+def _is_list(value: object) -> bool:
+    return isinstance(value, list | tuple)
+
+
+def _is_request_id(value: object) -> bool:
+    return isinstance(value, str) or _is_int(value)
+
+
+def _is_present(value: object) -> bool:
+    return value is not None
+
+
+def _pick(mapping: Mapping[str, Any], accept: Callable[[object], bool], *keys: str) -> Any:
+    """The first of ``keys`` whose value passes ``accept``; wrong types are skipped."""
+    for key in keys:
+        value = mapping.get(key)
+        if value is not None and accept(value):
+            return value
+    return None
+
+
+def _as_mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+# Canonical field -> (accepted type, keys to look for, snake_case first). The camelCase
+# spellings are those the CLIs use (Claude's modelUsage, ACP/Codex sessionId, threadId).
+_COMMON_FIELDS: Final[tuple[tuple[str, Callable[[object], bool], tuple[str, ...]], ...]] = (
+    ("content", _is_str, ("content",)),
+    ("uuid", _is_str, ("uuid",)),
+    ("session_id", _is_str, ("session_id", "sessionId", "sessionID")),
+    ("parent_tool_use_id", _is_str, ("parent_tool_use_id", "parentToolUseId")),
+    ("tool_use_id", _is_str, ("tool_use_id", "toolUseId")),
+    ("tool_name", _is_str, ("tool_name", "toolName")),
+    ("tool_input", _is_mapping, ("tool_input", "toolInput")),
+    ("message_id", _is_str, ("message_id", "messageId")),
+    ("model", _is_str, ("model",)),
+    ("usage", _is_mapping, ("usage",)),
+    ("model_usage", _is_mapping, ("model_usage", "modelUsage")),
+    ("stop_reason", _is_str, ("stop_reason", "stopReason")),
+    ("is_error", _is_bool, ("is_error", "isError")),
+    ("subtype", _is_str, ("subtype",)),
+    ("duration_ms", _is_number, ("duration_ms", "durationMs")),
+    ("duration_api_ms", _is_number, ("duration_api_ms", "durationApiMs")),
+    ("num_turns", _is_int, ("num_turns", "numTurns")),
+    ("total_cost_usd", _is_number, ("total_cost_usd", "totalCostUsd")),
+    ("errors", _is_list, ("errors",)),
+    ("structured_output", _is_present, ("structured_output", "structuredOutput")),
+    ("permission_denials", _is_list, ("permission_denials", "permissionDenials")),
+    ("error_info", _is_mapping, ("error_info", "errorInfo")),
+    ("system_info", _is_mapping, ("system_info", "systemInfo")),
+    ("request_id", _is_request_id, ("request_id", "requestId")),
+    ("request", _is_mapping, ("request",)),
+    ("response", _is_mapping, ("response",)),
+    ("rate_limit_info", _is_mapping, ("rate_limit_info", "rateLimitInfo")),
+    ("thread_id", _is_str, ("thread_id", "threadId")),
+)
+
+# system/init keys the CLIs spell in camelCase, and their canonical names.
+_SYSTEM_INFO_KEYS: Final[Mapping[str, str]] = {
+    "permissionMode": "permission_mode",
+    "apiKeySource": "api_key_source",
+    "outputStyle": "output_style",
+    "sessionId": "session_id",
+    "mcpServers": "mcp_servers",
+    "slashCommands": "slash_commands",
+}
+
+
+def _blocks_from(value: object) -> list[ContentBlock]:
+    if not isinstance(value, list | tuple):
+        return []
+    return [ContentBlock.from_dict(item) for item in value]
+
+
+def _joined_text(blocks: Iterable[ContentBlock]) -> str | None:
+    texts = [b.text for b in blocks if b.type is ContentBlockType.TEXT and b.text is not None]
+    return "".join(texts) if texts else None
+
+
+def _system_info(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if key in ("type", "subtype"):
+            continue
+        canonical = _SYSTEM_INFO_KEYS.get(key, key)
+        # The snake_case spelling wins when both are present.
+        if canonical != key and canonical in mapping:
+            continue
+        info[canonical] = value
+    version = _pick(mapping, _is_str, "version", "claude_code_version")
+    if version is not None:
+        info["version"] = version
+    return info
+
+
+def _conversation_fields(mapping: Mapping[str, Any], fields: dict[str, Any]) -> None:
+    """assistant/user: blocks from ``content`` or ``message.content``, metadata from ``message``."""
+    inner = _as_mapping(mapping.get("message"))
+    raw_content = mapping.get("content")
+    if not isinstance(raw_content, list | tuple | str):
+        raw_content = inner.get("content")
+    if isinstance(raw_content, str):
+        fields["content"] = raw_content
+    else:
+        blocks = _blocks_from(raw_content)
+        fields["content_blocks"] = blocks
+        fields["content"] = _joined_text(blocks)
+    for name, accept, key in (
+        ("usage", _is_mapping, "usage"),
+        ("model", _is_str, "model"),
+        ("message_id", _is_str, "id"),
+        ("stop_reason", _is_str, "stop_reason"),
+    ):
+        value = _pick(inner, accept, key)
+        if value is not None:
+            fields[name] = value
+
+
+def _type_specific(kind: MessageType, mapping: Mapping[str, Any], fields: dict[str, Any]) -> None:
+    if kind is MessageType.RESULT:
+        fields["content"] = _pick(mapping, _is_str, "result", "content")
+    elif kind in (MessageType.ASSISTANT, MessageType.USER):
+        _conversation_fields(mapping, fields)
+    elif kind is MessageType.SYSTEM:
+        if mapping.get("subtype") == "init":
+            fields["system_info"] = _system_info(mapping)
+    elif kind is MessageType.TEXT:
+        fields["content"] = _pick(mapping, _is_str, "text", "content")
+    elif kind is MessageType.THINKING:
+        fields["content"] = _pick(mapping, _is_str, "thinking", "text", "content")
+    elif kind is MessageType.TOOL_USE:
+        fields["tool_name"] = _pick(mapping, _is_str, "tool_name", "toolName", "name")
+        fields["tool_input"] = _pick(mapping, _is_mapping, "tool_input", "toolInput", "input")
+        fields["tool_use_id"] = _pick(mapping, _is_str, "tool_use_id", "toolUseId", "id")
+    elif kind is MessageType.TOOL_RESULT:
+        content = mapping.get("content")
+        if isinstance(content, list | tuple):
+            blocks = _blocks_from(content)
+            fields["content_blocks"] = blocks
+            fields["content"] = _joined_text(blocks)
+    elif kind is MessageType.ERROR:
+        error = mapping.get("error")
+        fields["content"] = _pick(mapping, _is_str, "error", "message", "content") or _pick(
+            _as_mapping(error), _is_str, "message"
+        )
+        if fields.get("error_info") is None and isinstance(error, Mapping):
+            fields["error_info"] = error
+    elif kind is MessageType.CONTROL_REQUEST:
+        request = _as_mapping(mapping.get("request"))
+        for name, accept, key in (
+            ("subtype", _is_str, "subtype"),
+            ("tool_name", _is_str, "tool_name"),
+            ("tool_input", _is_mapping, "input"),
+            ("tool_use_id", _is_str, "tool_use_id"),
+        ):
+            if fields.get(name) is None:
+                fields[name] = _pick(request, accept, key)
+    elif kind is MessageType.CONTROL_RESPONSE:
+        # Claude puts the request_id inside "response"; accept it at top level too.
+        response = _as_mapping(mapping.get("response"))
+        if fields.get("request_id") is None:
+            fields["request_id"] = _pick(response, _is_request_id, "request_id", "requestId")
+        if fields.get("subtype") is None:
+            fields["subtype"] = _pick(response, _is_str, "subtype")
+    elif kind is MessageType.STREAM_EVENT:
+        delta = _as_mapping(_as_mapping(mapping.get("event")).get("delta"))
+        if delta.get("type") == "text_delta":
+            fields["content"] = _pick(delta, _is_str, "text")
+    elif kind is MessageType.TOOL_USE_SUMMARY:
+        fields["content"] = _pick(mapping, _is_str, "summary", "content")
+    elif kind is MessageType.PROMPT_SUGGESTION:
+        fields["content"] = _pick(mapping, _is_str, "suggestion", "content")
+
+
+def normalize(mapping: Mapping[str, Any], *, now_ms: int | None = None) -> Message:
+    """Turn one backend mapping (a parsed JSON object) into a :class:`Message`; never raises.
+
+    A missing or unknown ``type`` gives ``MessageType.RAW``. Values of the
+    wrong type for a field are dropped (the original stays in ``raw``).
+    ``timestamp`` is the mapping's integer ``timestamp`` if it has one, else
+    ``now_ms``, else the current time in milliseconds.
+    """
+    if not isinstance(mapping, Mapping):
+        mapping = {"value": mapping}
+    kind_name = mapping.get("type")
+    kind = MessageType.RAW
+    if isinstance(kind_name, str) and kind_name in _MESSAGE_TYPES:
+        kind = _MESSAGE_TYPES[kind_name]
+
+    fields: dict[str, Any] = {}
+    for name, accept, keys in _COMMON_FIELDS:
+        value = _pick(mapping, accept, *keys)
+        if value is not None:
+            fields[name] = value
+    _type_specific(kind, mapping, fields)
+
+    timestamp = mapping.get("timestamp")
+    if not _is_int(timestamp):
+        timestamp = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+    fields["timestamp"] = timestamp
+    fields["raw"] = mapping
+    return Message(kind, **fields)
+
+
+_MESSAGE_TYPES: Final[Mapping[str, MessageType]] = {t.value: t for t in MessageType}
