@@ -1,0 +1,1 @@
+"""Backend routing: pure policies (``policies``) and the registry that holds their state."""
