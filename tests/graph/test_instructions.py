@@ -1,0 +1,191 @@
+"""Instructions and parse_next: the decoding table, garbage in, and round trips."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from beamagent.graph import (
+    MAX_ROUTE_COUNT,
+    End,
+    Instruction,
+    Retry,
+    Route,
+    Sub,
+    Yield,
+    parse_next,
+)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=20,
+)
+
+instructions = st.one_of(
+    st.builds(Route, st.text(min_size=1), st.integers(1, MAX_ROUTE_COUNT)),
+    st.builds(Yield, st.text(min_size=1)),
+    st.builds(Sub, st.text(min_size=1)),
+    st.just(End()),
+    st.builds(Retry, st.none() | st.text()),
+)
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        # The rows of the Agens table.
+        ({"type": "route", "value": "a"}, [Route("a", 1)]),
+        ({"type": "yield", "value": "j"}, [Yield("j")]),
+        ({"type": "sub", "value": "job2"}, [Sub("job2")]),
+        ({"type": "end"}, [End()]),
+        ({"type": "retry"}, [Retry()]),
+        # Where we differ: the retry reason is kept.
+        ({"type": "retry", "value": "why"}, [Retry("why")]),
+        ({"type": "retry", "value": ""}, [Retry()]),
+        ({"type": "retry", "value": 5}, [Retry()]),
+        # end ignores any value; route honours a count.
+        ({"type": "end", "value": "x"}, [End()]),
+        ({"type": "route", "value": "a", "count": 3}, [Route("a", 3)]),
+        ({"type": "route", "value": "a", "count": MAX_ROUTE_COUNT}, [Route("a", MAX_ROUTE_COUNT)]),
+        ({"type": "route", "value": "a", "extra": [1, 2]}, [Route("a")]),
+        # Dropped: bad counts.
+        ({"type": "route", "value": "a", "count": 0}, []),
+        ({"type": "route", "value": "a", "count": -1}, []),
+        ({"type": "route", "value": "a", "count": "2"}, []),
+        ({"type": "route", "value": "a", "count": 2.0}, []),
+        ({"type": "route", "value": "a", "count": True}, []),
+        ({"type": "route", "value": "a", "count": MAX_ROUTE_COUNT + 1}, []),
+        # Dropped: missing, empty or non-string values.
+        ({"type": "route"}, []),
+        ({"type": "route", "value": ""}, []),
+        ({"type": "route", "value": None}, []),
+        ({"type": "yield", "value": 3}, []),
+        ({"type": "sub", "value": ["a"]}, []),
+        ({"type": "sub", "value": {"id": "a"}}, []),
+        # Dropped: unknown or malformed types, non-string keys.
+        ({"type": "goto", "value": "a"}, []),
+        ({"type": "Route", "value": "a"}, []),
+        ({"type": None, "value": "a"}, []),
+        ({"type": ["route"], "value": "a"}, []),
+        ({"value": "a"}, []),
+        ({}, []),
+        ({1: "route", 2: "a"}, []),
+        ({("type",): "route"}, []),
+        # Dropped: entries that are not objects.
+        (None, []),
+        (5, []),
+        ("route", []),
+        (["route", "a"], []),
+        ([{"type": "end"}], []),
+    ],
+)
+def test_parse_next_entry(entry: Any, expected: list[Instruction]) -> None:
+    assert parse_next([entry]) == expected
+
+
+@pytest.mark.parametrize("entries", [None, 5, "x", "route", {"type": "end"}, 1.5, True, b"[]"])
+def test_parse_next_of_a_non_list_is_empty(entries: Any) -> None:
+    assert parse_next(entries) == []
+
+
+def test_parse_next_keeps_order_and_drops_junk_between() -> None:
+    entries = [
+        1,
+        None,
+        {},
+        {"type": "route", "value": "a"},
+        [[{"type": "end"}]],
+        {"type": "yield", "value": "j"},
+        {"type": {"nested": ["junk"]}},
+        {"type": "end"},
+    ]
+    assert parse_next(entries) == [Route("a"), Yield("j"), End()]
+
+
+def test_parse_next_accepts_a_tuple_and_instruction_objects() -> None:
+    assert parse_next(({"type": "sub", "value": "s"}, Route("b", 2), End())) == [
+        Sub("s"),
+        Route("b", 2),
+        End(),
+    ]
+
+
+def test_parse_next_max_count_is_configurable() -> None:
+    entry = {"type": "route", "value": "a", "count": 5}
+    assert parse_next([entry], max_count=4) == []
+    assert parse_next([entry], max_count=5) == [Route("a", 5)]
+
+
+def test_dropped_entries_are_logged() -> None:
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        parse_next([{"type": "goto"}, {"type": "end"}, 7])
+    dropped = [e for e in logs if e["event"] == "next_entry_dropped"]
+    assert [e["index"] for e in dropped] == [0, 2]
+    assert all(e["log_level"] == "debug" for e in dropped)
+
+
+@given(json_values)
+def test_parse_next_never_raises_on_json(value: Any) -> None:
+    result = parse_next(value)
+    assert isinstance(result, list)
+    assert all(isinstance(i, Route | Yield | Sub | End | Retry) for i in result)
+    if isinstance(value, list):
+        assert len(result) <= len(value)
+
+
+@given(st.lists(json_values | instructions))
+def test_parse_next_never_raises_on_lists_of_junk(value: list[Any]) -> None:
+    result = parse_next(value)
+    assert all(isinstance(i, Route | Yield | Sub | End | Retry) for i in result)
+
+
+@given(st.lists(instructions))
+def test_to_dict_round_trips_through_parse_next(items: list[Instruction]) -> None:
+    assert parse_next([i.to_dict() for i in items]) == items
+
+
+def test_to_dict_forms() -> None:
+    assert Route("a").to_dict() == {"type": "route", "value": "a"}
+    assert Route("a", 2).to_dict() == {"type": "route", "value": "a", "count": 2}
+    assert Yield("j").to_dict() == {"type": "yield", "value": "j"}
+    assert Sub("s").to_dict() == {"type": "sub", "value": "s"}
+    assert End().to_dict() == {"type": "end"}
+    assert Retry().to_dict() == {"type": "retry"}
+    assert Retry("why").to_dict() == {"type": "retry", "value": "why"}
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: Route("a", 0),
+        lambda: Route("a", -2),
+        lambda: Route("a", True),
+        lambda: Route("a", 1.0),  # type: ignore[arg-type]
+        lambda: Route(""),
+        lambda: Route(None),  # type: ignore[arg-type]
+        lambda: Yield(""),
+        lambda: Sub(3),  # type: ignore[arg-type]
+    ],
+)
+def test_instruction_validation(build: Any) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - the message is checked elsewhere
+        build()
+
+
+def test_retry_reason_must_be_a_string() -> None:
+    with pytest.raises(TypeError):
+        Retry(5)  # type: ignore[arg-type]
+    assert Retry("") == Retry()
+
+
+def test_instructions_are_frozen_and_hashable() -> None:
+    route = Route("a", 2)
+    with pytest.raises(AttributeError):
+        route.count = 3  # type: ignore[misc]
+    assert len({Route("a"), Route("a", 1), End(), End()}) == 2

@@ -1,0 +1,368 @@
+"""Jobs and nodes: construction, validation and the JSON form."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from beamagent.errors import InvalidJob, InvalidNode
+from beamagent.graph import (
+    Condition,
+    Edge,
+    EdgeRouter,
+    End,
+    FunctionServing,
+    Job,
+    LinearRouter,
+    Node,
+    NodeMessage,
+    Output,
+    Result,
+    Route,
+    Router,
+    Serving,
+)
+
+
+class EchoServing:
+    """A serving class (not a function)."""
+
+    def handle(self, message: NodeMessage) -> Result:
+        return Result(str(message.input))
+
+
+def echo(message: NodeMessage) -> str:
+    return str(message.input)
+
+
+ECHO = EchoServing()
+MESSAGE = NodeMessage(run_id="r", job_id="j", node_id="a", input="in")
+
+
+# --- Node -----------------------------------------------------------------------------------
+
+
+def test_node_defaults_and_function_serving() -> None:
+    node = Node("a", serving=echo)
+    assert isinstance(node.serving, FunctionServing)
+    assert node.serving.handle(MESSAGE) == Result("in")
+    assert (node.router, node.objective, node.sub, node.concurrency) == (None, None, None, 10)
+    assert Node("b", serving=ECHO).serving is ECHO
+    assert Node("c", sub="other").sub == "other"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "problem"),
+    [
+        ({"id": "a"}, "node 'a' needs exactly one of serving or sub"),
+        ({"id": "a", "serving": echo, "sub": "j"}, "node 'a' needs exactly one of serving or sub"),
+        ({"id": "", "serving": echo}, "non-empty string"),
+        ({"id": 3, "serving": echo}, "non-empty string"),
+        ({"id": "a", "serving": 5}, "must be a Serving"),
+        ({"id": "a", "sub": ""}, "sub must be a job id"),
+        ({"id": "a", "serving": echo, "router": "r"}, "router must be a Router"),
+        ({"id": "a", "serving": echo, "objective": 1}, "objective must be a string"),
+        ({"id": "a", "serving": echo, "concurrency": 0}, "concurrency must be an int >= 1"),
+        ({"id": "a", "serving": echo, "concurrency": 2.0}, "concurrency must be an int >= 1"),
+        ({"id": "a", "serving": echo, "concurrency": True}, "concurrency must be an int >= 1"),
+    ],
+)
+def test_node_validation(kwargs: dict[str, Any], problem: str) -> None:
+    with pytest.raises(InvalidJob, match=problem):
+        Node(**kwargs)
+
+
+# --- Job ------------------------------------------------------------------------------------
+
+
+def test_job_from_a_list_or_a_mapping() -> None:
+    a, b = Node("a", serving=echo), Node("b", serving=echo)
+    from_list = Job("j", [a, b], start="a")
+    from_map = Job("j", {"a": a, "b": b}, start="a")
+    assert from_list.nodes == from_map.nodes == {"a": a, "b": b}
+    assert from_list.max_retries == 3
+    assert from_list.max_steps == 10_000
+    assert from_list.description == ""
+    assert from_list.node("b") is b
+
+
+def test_job_node_lookup_of_unknown_node() -> None:
+    job = Job("j", [Node("a", serving=echo)], start="a")
+    with pytest.raises(InvalidNode, match="job 'j' has no node 'zz'"):
+        job.node("zz")
+
+
+@pytest.mark.parametrize(
+    ("build", "problem"),
+    [
+        (lambda: Job("j", [], start="a"), "it has no nodes"),
+        (lambda: Job("j", [Node("a", serving=echo)], start="b"), "start node 'b' is not one"),
+        (lambda: Job("", [Node("a", serving=echo)], start="a"), "job id must be a non-empty"),
+        (
+            lambda: Job("j", [Node("a", serving=echo)], start="a", max_retries=-1),
+            "max_retries must be an int >= 0",
+        ),
+        (
+            lambda: Job("j", [Node("a", serving=echo)], start="a", max_steps=0),
+            "max_steps must be an int >= 1",
+        ),
+        (
+            lambda: Job("j", [Node("a", serving=echo)], start="a", max_steps="9"),  # type: ignore[arg-type]
+            "max_steps must be an int >= 1",
+        ),
+        (
+            lambda: Job("j", [Node("a", serving=echo), Node("a", sub="x")], start="a"),
+            "two nodes have the id 'a'",
+        ),
+        (
+            lambda: Job("j", {"b": Node("a", serving=echo)}, start="a"),
+            r"nodes\['b'\] holds the node 'a'",
+        ),
+        (
+            lambda: Job("j", {"a": "node"}, start="a"),  # type: ignore[arg-type]
+            r"nodes\['a'\] must be a Node",
+        ),
+        (
+            lambda: Job("j", ["a"], start="a"),  # type: ignore[list-item]
+            "nodes must hold Node values",
+        ),
+        (
+            lambda: Job("j", "a", start="a"),  # type: ignore[arg-type]
+            "nodes must be a list or a mapping",
+        ),
+        (
+            lambda: Job(
+                "j",
+                [Node("a", serving=echo, router=EdgeRouter([Edge("route", "ghost")]))],
+                start="a",
+            ),
+            "node 'a': router edge 0 \\(route\\) names unknown node 'ghost'",
+        ),
+        (
+            lambda: Job(
+                "j",
+                [
+                    Node("a", serving=echo, router=LinearRouter(["a", "b"])),
+                    Node("c", serving=echo, router=LinearRouter(["a", "b"])),
+                ],
+                start="a",
+            ),
+            "node 'a': linear router names unknown node 'b'",
+        ),
+    ],
+)
+def test_job_validation(build: Any, problem: str) -> None:
+    with pytest.raises(InvalidJob, match=problem):
+        build()
+
+
+def test_job_validation_names_every_problem() -> None:
+    linear = LinearRouter(["a", "b"])
+    with pytest.raises(InvalidJob) as info:
+        Job(
+            "j",
+            [Node("a", serving=echo, router=linear), Node("c", serving=echo, router=linear)],
+            start="z",
+            max_retries=-1,
+        )
+    text = str(info.value)
+    assert text.startswith("job 'j': ")
+    for problem in (
+        "start node 'z'",
+        "max_retries",
+        "node 'a': linear router names unknown node 'b'",
+        "node 'c': uses a linear router whose order ['a', 'b'] does not include it",
+    ):
+        assert problem in text
+
+
+def test_job_with_custom_router_and_sub_node_is_valid() -> None:
+    class Anywhere(Router):
+        def outputs(self, message: NodeMessage) -> list[Output]:
+            return []
+
+        def resolve(self, message: NodeMessage, outputs: list[Output]) -> list[Any]:
+            return [Route("nowhere")]  # not checked statically: the executor's job
+
+    job = Job(
+        "j",
+        [Node("a", serving=echo, router=Anywhere()), Node("s", sub="other_job")],
+        start="a",
+        max_retries=0,
+        max_steps=1,
+    )
+    assert job.node("s").sub == "other_job"
+
+
+# --- Job.from_dict / from_json --------------------------------------------------------------
+
+
+class Reviewer(Router):
+    def outputs(self, message: NodeMessage) -> list[Output]:
+        return []
+
+    def resolve(self, message: NodeMessage, outputs: list[Output]) -> list[Any]:
+        return [End()]
+
+
+REVIEWER = Reviewer()
+SERVINGS: dict[str, Serving | Any] = {"echo": echo, "class": ECHO}
+ROUTERS: dict[str, Router] = {"reviewer": REVIEWER}
+
+DEFINITION: dict[str, Any] = {
+    "id": "essay",
+    "description": "write and grade",
+    "start": "draft",
+    "max_retries": 2,
+    "max_steps": 50,
+    "nodes": {
+        "draft": {
+            "serving": "echo",
+            "objective": "write a draft",
+            "concurrency": 2,
+            "router": {"order": ["draft", "grade"]},
+        },
+        "grade": {
+            "serving": "class",
+            "router": {
+                "edges": [
+                    {
+                        "kind": "route",
+                        "to": "publish",
+                        "conditions": [{"key": "score", "op": "gte", "value": "7"}],
+                    },
+                    {"type": "fallback", "to_id": "draft"},
+                ],
+                "outputs": [{"key": "score", "type": "int", "min": 0, "max": 10}],
+            },
+        },
+        "publish": {"serving": "echo", "router": "reviewer"},
+        "archive": {"sub": "archiver"},
+    },
+}
+
+
+def test_from_dict() -> None:
+    job = Job.from_dict(DEFINITION, SERVINGS, ROUTERS)
+    assert (job.id, job.description, job.start, job.max_retries, job.max_steps) == (
+        "essay",
+        "write and grade",
+        "draft",
+        2,
+        50,
+    )
+    draft = job.node("draft")
+    assert isinstance(draft.serving, FunctionServing)
+    assert draft.objective == "write a draft"
+    assert draft.concurrency == 2
+    assert draft.router == LinearRouter(["draft", "grade"])
+    grade = job.node("grade")
+    assert grade.serving is ECHO
+    assert grade.router == EdgeRouter(
+        [
+            Edge("route", "publish", conditions=[Condition("score", "gte", "7")]),
+            Edge("fallback", "draft"),
+        ],
+        outputs=[Output("score", "int", min=0, max=10)],
+    )
+    assert grade.router.route(MESSAGE, {"score": 8}) == [Route("publish")]
+    assert grade.router.route(MESSAGE, {"score": 6}) == [Route("draft")]
+    assert job.node("publish").router is REVIEWER
+    assert job.node("archive").sub == "archiver"
+
+
+def test_from_json_and_defaults() -> None:
+    text = json.dumps({"id": "j", "starting_node_id": "a", "nodes": {"a": {"serving": "echo"}}})
+    job = Job.from_json(text, SERVINGS)
+    assert (job.start, job.max_retries, job.max_steps, job.description) == ("a", 3, 10_000, "")
+    assert job.node("a").router is None
+    assert Job.from_json(text.encode(), SERVINGS).start == "a"
+
+
+def _with(path: list[str | int], value: Any) -> dict[str, Any]:
+    """A deep copy of DEFINITION with one key set (or deleted when value is ...)."""
+    data: dict[str, Any] = json.loads(json.dumps(DEFINITION))
+    target: Any
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    if value is ...:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (["not", "an", "object"], "a job definition must be an object"),
+        (_with(["colour"], "red"), "job 'essay': unknown keys 'colour'"),
+        (_with(["id"], ...), "missing key 'id'"),
+        (_with(["nodes"], ...), "missing key 'nodes'"),
+        (_with(["start"], ...), "missing key 'start'"),
+        (_with(["starting_node_id"], "draft"), "give 'start' or 'starting_node_id', not both"),
+        (_with(["nodes"], []), "'nodes' must be an object"),
+        (_with(["start"], "nowhere"), "start node 'nowhere' is not one of its nodes"),
+        (_with(["max_retries"], "3"), "max_retries must be an int"),
+        (_with(["max_steps"], 0), "max_steps must be an int >= 1"),
+        (_with(["id"], 7), "a job id must be a non-empty string"),
+        (_with(["nodes", "draft"], "echo"), "node 'draft' must be an object"),
+        (_with(["nodes", "draft", "tools"], []), "node 'draft': unknown keys 'tools'"),
+        (_with(["nodes", "draft", "serving"], "nope"), "node 'draft': unknown serving 'nope'"),
+        (_with(["nodes", "draft", "serving"], ["echo"]), "node 'draft': unknown serving"),
+        (_with(["nodes", "draft", "serving"], ...), "node 'draft' needs exactly one of serving"),
+        (_with(["nodes", "archive", "serving"], "echo"), "node 'archive' needs exactly one"),
+        (_with(["nodes", "draft", "concurrency"], 0), "node 'draft': concurrency must be"),
+        (_with(["nodes", "draft", "objective"], 5), "node 'draft': objective must be a string"),
+        (_with(["nodes", "publish", "router"], "ghost"), "node 'publish': unknown router 'ghost'"),
+        (_with(["nodes", "publish", "router"], 5), "node 'publish': router must be a router name"),
+        (_with(["nodes", "publish", "router"], {}), "an inline router needs 'edges'"),
+        (
+            _with(["nodes", "draft", "router"], {"order": ["draft"], "x": 1}),
+            "node 'draft': router: unknown router keys",
+        ),
+        (_with(["nodes", "draft", "router"], {"order": "draft"}), "order must be a list"),
+        (
+            _with(["nodes", "draft", "router"], {"order": ["draft", "ghost"]}),
+            "unknown node 'ghost'",
+        ),
+        (
+            _with(["nodes", "grade", "router", "edges", 0, "kind"], "teleport"),
+            "node 'grade': router: edge 0: unknown edge kind 'teleport'",
+        ),
+        (
+            _with(["nodes", "grade", "router", "edges", 0, "to"], "ghost"),
+            "node 'grade': router edge 0 \\(route\\) names unknown node 'ghost'",
+        ),
+        (
+            _with(["nodes", "grade", "router", "edges", 0, "conditions", 0, "op"], "~"),
+            "node 'grade': router: .*unknown condition op '~'",
+        ),
+        (
+            _with(["nodes", "grade", "router", "outputs", 0, "type"], "float"),
+            "node 'grade': router: unknown output type 'float'",
+        ),
+        (
+            _with(["nodes", "grade", "router", "outputs"], [{"key": "s", "min": 1}]),
+            "node 'grade': router: output 's': min/max only apply to int outputs",
+        ),
+    ],
+)
+def test_from_dict_errors(data: Any, problem: str) -> None:
+    with pytest.raises(InvalidJob, match=problem):
+        Job.from_dict(data, SERVINGS, ROUTERS)
+
+
+def test_from_dict_serving_that_is_not_callable() -> None:
+    with pytest.raises(InvalidJob, match="node 'draft': serving 'echo' is neither"):
+        Job.from_dict(DEFINITION, {"echo": 5, "class": ECHO}, ROUTERS)  # type: ignore[dict-item]
+
+
+def test_from_json_invalid_json() -> None:
+    with pytest.raises(InvalidJob, match="not valid JSON"):
+        Job.from_json("{nope", SERVINGS)
+    with pytest.raises(InvalidJob, match="must be an object"):
+        Job.from_json("[]", SERVINGS)
