@@ -1,0 +1,64 @@
+"""Durable session store: sessions, append-only messages, revert views, shares, threads.
+
+``open_store`` picks the store: ``None`` → the default file (see
+:mod:`beamagent.store.location`), ``":memory:"`` → :class:`MemoryStore`, a path →
+:class:`SqliteStore`, an object implementing :class:`SessionStore` → itself.
+``docs/store.md`` describes the semantics shared by every store.
+
+>>> store = open_store(":memory:")
+>>> store.create_session("s1", "local").session_id
+'s1'
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from beamagent.errors import InvalidOption
+from beamagent.store.base import (
+    SessionRecord,
+    SessionStore,
+    ThreadDetail,
+    ThreadRecord,
+    ThreadStatus,
+)
+from beamagent.store.location import default_store_path
+from beamagent.store.memory import MemoryStore
+from beamagent.store.selectors import DropCount, MatchKey, MessageMatch, VisibleCount
+from beamagent.store.sqlite import SqliteStore
+
+__all__ = [
+    "DropCount",
+    "MatchKey",
+    "MemoryStore",
+    "MessageMatch",
+    "SessionRecord",
+    "SessionStore",
+    "SqliteStore",
+    "ThreadDetail",
+    "ThreadRecord",
+    "ThreadStatus",
+    "VisibleCount",
+    "default_store_path",
+    "open_store",
+]
+
+
+def open_store(spec: Any = None) -> SessionStore:
+    """The store ``spec`` names (see the module docstring); the caller closes it."""
+    if spec is None:
+        spec = default_store_path()
+    if isinstance(spec, str | os.PathLike):
+        raw = os.fspath(spec)
+        if raw == ":memory:":
+            return MemoryStore()
+        if not isinstance(raw, str) or not raw:
+            raise InvalidOption(f"a store path must be a non-empty str path, got {spec!r}")
+        return SqliteStore(raw)
+    if isinstance(spec, SessionStore):
+        return spec
+    raise InvalidOption(
+        f"cannot open a session store from {spec!r}: give None, ':memory:', a path, "
+        "or an object implementing SessionStore"
+    )

@@ -1,0 +1,547 @@
+"""The :class:`SessionStore` protocol, the value classes it returns, and its input checks.
+
+Both stores (:class:`~beamagent.store.SqliteStore`, :class:`~beamagent.store.MemoryStore`)
+implement the same protocol with the same semantics; ``docs/store.md`` describes them.
+The helpers at the bottom are the boundary checks both stores share, so that the two
+refuse exactly the same inputs with exactly the same errors.
+
+Timestamps are ``float`` seconds since the epoch (``time.time()``) everywhere in the store.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import secrets
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+
+from beamagent.errors import InvalidOption
+
+__all__ = [
+    "PreparedMessage",
+    "SessionRecord",
+    "SessionStore",
+    "ThreadDetail",
+    "ThreadRecord",
+    "ThreadStatus",
+]
+
+
+class ThreadStatus(enum.StrEnum):
+    """Status of a thread; exactly one thread per session is ``active`` at a time."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    ARCHIVED = "archived"
+
+
+def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    # A read-only top level: a record is a snapshot, editing it must not look like it
+    # changed the store. Nested values are fresh copies decoded from JSON.
+    return MappingProxyType(dict(value or {}))
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-shaped deep copy with plain dicts (for ``to_dict``)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+@attrs.frozen
+class SessionRecord:
+    """Metadata of one stored session (a snapshot; the store owns the truth).
+
+    ``message_count`` counts every recorded message, hidden ones included;
+    :attr:`visible_message_count` is what ``get_session_messages`` shows.
+    ``extra`` holds free-form metadata plus the store's own keys: ``view``
+    (revert view), ``share``, ``summary`` and ``fork``.
+    """
+
+    session_id: str
+    backend: str
+    model: str | None
+    cwd: str | None
+    created_at: float
+    updated_at: float
+    message_count: int
+    native_session_id: str | None = None
+    extra: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping, hash=False)
+    active_thread_id: str | None = None
+
+    @property
+    def view(self) -> Mapping[str, Any] | None:
+        """The revert view ``{visible_message_count, reverted_at, selector}``, if reverted."""
+        view = self.extra.get("view")
+        return view if isinstance(view, Mapping) else None
+
+    @property
+    def visible_message_count(self) -> int:
+        """How many messages the revert view shows (all of them when not reverted)."""
+        view = self.view
+        if view is None:
+            return self.message_count
+        return min(int(view["visible_message_count"]), self.message_count)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON-able dict of every field."""
+        return {
+            "session_id": self.session_id,
+            "backend": self.backend,
+            "model": self.model,
+            "cwd": self.cwd,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "message_count": self.message_count,
+            "native_session_id": self.native_session_id,
+            "extra": _plain(self.extra),
+            "active_thread_id": self.active_thread_id,
+        }
+
+
+@attrs.frozen
+class ThreadRecord:
+    """Metadata of one thread of a session.
+
+    ``message_count`` counts every message recorded with this ``thread_id``;
+    ``visible_message_count`` counts those the thread shows (after the session's
+    revert view and the thread's rollbacks).
+    """
+
+    thread_id: str
+    session_id: str
+    name: str
+    created_at: float
+    updated_at: float
+    status: ThreadStatus = attrs.field(converter=ThreadStatus)
+    metadata: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping, hash=False)
+    message_count: int = 0
+    visible_message_count: int = 0
+    archived: bool = False
+    archived_at: float | None = None
+    parent_thread_id: str | None = None
+    summary: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON-able dict of every field (``status`` as its string value)."""
+        return {
+            "thread_id": self.thread_id,
+            "session_id": self.session_id,
+            "name": self.name,
+            "metadata": _plain(self.metadata),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "message_count": self.message_count,
+            "visible_message_count": self.visible_message_count,
+            "status": self.status.value,
+            "archived": self.archived,
+            "archived_at": self.archived_at,
+            "parent_thread_id": self.parent_thread_id,
+            "summary": self.summary,
+        }
+
+
+@attrs.frozen
+class ThreadDetail:
+    """Answer of ``thread_read``: the thread, and its visible messages when asked for."""
+
+    thread: ThreadRecord
+    messages: tuple[dict[str, Any], ...] | None = None
+
+
+@runtime_checkable
+class SessionStore(Protocol):
+    """Durable sessions, their append-only messages, revert views, shares, summaries, threads.
+
+    Unknown sessions raise :class:`~beamagent.errors.SessionNotFound`, unknown threads
+    :class:`~beamagent.errors.ThreadNotFound`, bad arguments
+    :class:`~beamagent.errors.InvalidOption` or :class:`~beamagent.errors.InvalidSelector`.
+    Every method returns only after its change is committed.
+
+    >>> from beamagent.store import MemoryStore
+    >>> store = MemoryStore()
+    >>> store.create_session("s1", "claude").message_count
+    0
+    >>> store.record_message("s1", {"type": "user", "content": "hi"})
+    1
+    """
+
+    def create_session(
+        self,
+        session_id: str,
+        backend: str,
+        model: str | None = None,
+        cwd: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        native_session_id: str | None = None,
+    ) -> SessionRecord:
+        """Create a session, or update the metadata of an existing one (an upsert)."""
+        ...
+
+    def update_session(self, session_id: str, /, **fields: Any) -> SessionRecord:
+        """Change ``backend``, ``model``, ``cwd``, ``native_session_id`` or merge ``extra``."""
+        ...
+
+    def get_session(self, session_id: str) -> SessionRecord:
+        """The session's metadata."""
+        ...
+
+    def list_sessions(
+        self,
+        *,
+        backend: str | None = None,
+        cwd: str | None = None,
+        model: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> list[SessionRecord]:
+        """Sessions matching every given filter, most recently updated first."""
+        ...
+
+    def delete_session(self, session_id: str) -> None:
+        """Delete the session with its messages and threads."""
+        ...
+
+    def record_message(self, session_id: str, message: Mapping[str, Any]) -> int:
+        """Append one message; returns its ``seq`` (1, 2, ... per session)."""
+        ...
+
+    def record_messages(self, session_id: str, messages: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Append messages in one transaction (all or none); returns their seqs."""
+        ...
+
+    def get_session_messages(
+        self,
+        session_id: str,
+        *,
+        types: Iterable[str] | str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+        include_hidden: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Messages in seq order: revert view, then ``types``, then ``offset``, then ``limit``."""
+        ...
+
+    def fork_session(
+        self,
+        source_session_id: str,
+        /,
+        *,
+        session_id: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        include_hidden: bool = True,
+    ) -> SessionRecord:
+        """Copy a session (metadata, messages, threads) under a new id."""
+        ...
+
+    def revert_session(self, session_id: str, selector: Any) -> SessionRecord:
+        """Hide the messages after a point (see :mod:`beamagent.store.selectors`)."""
+        ...
+
+    def unrevert_session(self, session_id: str) -> SessionRecord:
+        """Remove the revert view: every message is visible again."""
+        ...
+
+    def share_session(self, session_id: str, *, share_id: str | None = None) -> dict[str, Any]:
+        """Create an active share (replacing any previous one)."""
+        ...
+
+    def unshare_session(self, session_id: str) -> dict[str, Any]:
+        """Revoke the session's share."""
+        ...
+
+    def summarize_session(self, session_id: str, *, content: str | None = None) -> dict[str, Any]:
+        """Store and return a summary (deterministic text unless ``content`` is given)."""
+        ...
+
+    def thread_start(
+        self,
+        session_id: str,
+        *,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        thread_id: str | None = None,
+        parent_thread_id: str | None = None,
+    ) -> ThreadRecord:
+        """Start a thread; it becomes the session's active thread."""
+        ...
+
+    def thread_resume(self, session_id: str, thread_id: str) -> ThreadRecord:
+        """Make a thread the session's active thread again."""
+        ...
+
+    def thread_list(self, session_id: str) -> list[ThreadRecord]:
+        """The session's threads, most recently updated first."""
+        ...
+
+    def thread_fork(
+        self, session_id: str, thread_id: str, *, name: str | None = None
+    ) -> ThreadRecord:
+        """A new active thread holding copies of the source thread's visible messages."""
+        ...
+
+    def thread_read(
+        self, session_id: str, thread_id: str, *, include_messages: bool = False
+    ) -> ThreadDetail:
+        """The thread, with its visible messages if ``include_messages``."""
+        ...
+
+    def thread_archive(self, session_id: str, thread_id: str) -> ThreadRecord:
+        """Archive a thread (it stops being the active thread)."""
+        ...
+
+    def thread_unarchive(self, session_id: str, thread_id: str) -> ThreadRecord:
+        """Unarchive a thread (status ``paused``)."""
+        ...
+
+    def thread_rollback(self, session_id: str, thread_id: str, selector: Any) -> ThreadRecord:
+        """Hide a thread's visible messages after a point; later messages extend the view."""
+        ...
+
+    def close(self) -> None:
+        """Release every resource the store holds; later calls raise ``StoreError``."""
+        ...
+
+
+# --- boundary checks shared by both stores ---------------------------------------------------
+
+
+class MonotonicClock:
+    """Wall-clock seconds that never repeat or go back within one store.
+
+    Two writes in the same clock tick would otherwise tie on ``updated_at`` and make
+    "most recently updated first" ambiguous; nudging by a microsecond keeps write order.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._last = float("-inf")
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        """The current time, strictly greater than any earlier answer."""
+        with self._lock:
+            now = float(self._clock())
+            if now <= self._last:
+                now = self._last + 1e-6
+            self._last = now
+            return now
+
+
+#: Fields ``update_session`` accepts.
+UPDATABLE_FIELDS = frozenset({"backend", "model", "cwd", "native_session_id", "extra"})
+
+
+@attrs.frozen
+class PreparedMessage:
+    """A message checked and encoded for storage: its JSON text plus the indexed columns."""
+
+    type: str
+    uuid: str | None
+    message_id: str | None
+    thread_id: str | None
+    model: str | None
+    body: str
+
+
+def new_session_id() -> str:
+    """A fresh session id, ``session_`` + 32 hex digits."""
+    return "session_" + secrets.token_hex(16)
+
+
+def new_thread_id() -> str:
+    """A fresh thread id, ``thread_`` + 16 hex digits."""
+    return "thread_" + secrets.token_hex(8)
+
+
+def new_share_id() -> str:
+    """A fresh, unguessable share id: ``share_`` + 32 hex digits (128 random bits)."""
+    return "share_" + secrets.token_hex(16)
+
+
+def check_id(value: Any, what: str) -> str:
+    """``value`` if it is a non-empty string, else :class:`InvalidOption`."""
+    if not isinstance(value, str) or not value:
+        raise InvalidOption(f"{what} must be a non-empty string, got {value!r}")
+    return value
+
+
+def check_optional_str(value: Any, what: str) -> str | None:
+    """``value`` if it is ``None`` or a string, else :class:`InvalidOption`."""
+    if value is not None and not isinstance(value, str):
+        raise InvalidOption(f"{what} must be a string or None, got {value!r}")
+    return value
+
+
+def check_mapping(value: Any, what: str) -> dict[str, Any]:
+    """A JSON-round-tripped copy of a mapping (``None`` → ``{}``), else :class:`InvalidOption`."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidOption(f"{what} must be a mapping, got {type(value).__name__}")
+    decoded = json.loads(encode_json(value, what))
+    assert isinstance(decoded, dict)
+    return decoded
+
+
+#: Keys of ``extra`` the store itself maintains; callers change them through the store's
+#: methods (revert, share, summarize, fork), never directly.
+RESERVED_EXTRA_KEYS = frozenset({"view", "share", "summary", "fork"})
+
+
+def check_extra(value: Any) -> dict[str, Any]:
+    """A checked copy of caller-given ``extra``: a JSON-able mapping without reserved keys."""
+    extra = check_mapping(value, "extra")
+    reserved = sorted(RESERVED_EXTRA_KEYS & extra.keys())
+    if reserved:
+        raise InvalidOption(
+            f"extra keys {', '.join(reserved)} belong to the store; use revert_session, "
+            "share_session, summarize_session or fork_session to change them"
+        )
+    return extra
+
+
+def encode_json(value: Any, what: str) -> str:
+    """Compact JSON text of ``value``, or :class:`InvalidOption` if it is not JSON-able."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidOption(f"{what} must be JSON-serialisable: {exc}") from None
+
+
+def check_limit(limit: Any) -> int | None:
+    """``limit`` if it is ``None`` or a positive int, else :class:`InvalidOption`."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidOption(f"limit must be a positive integer or None, got {limit!r}")
+    return limit
+
+
+def check_offset(offset: Any) -> int:
+    """``offset`` if it is an int >= 0, else :class:`InvalidOption`."""
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise InvalidOption(f"offset must be an integer >= 0, got {offset!r}")
+    return offset
+
+
+def check_since(since: Any) -> float | None:
+    """``since`` if it is ``None`` or a finite number of epoch seconds, else InvalidOption."""
+    if since is None:
+        return None
+    if isinstance(since, bool) or not isinstance(since, int | float) or not math.isfinite(since):
+        raise InvalidOption(f"since must be epoch seconds (a number) or None, got {since!r}")
+    return float(since)
+
+
+def check_types(types: Any) -> frozenset[str] | None:
+    """The message types to keep (a single string means one type), or ``None`` for all."""
+    if types is None:
+        return None
+    if isinstance(types, str):
+        return frozenset({types})
+    try:
+        chosen = frozenset(types)
+    except TypeError:
+        raise InvalidOption(f"types must be an iterable of strings, got {types!r}") from None
+    if not all(isinstance(t, str) for t in chosen):
+        raise InvalidOption(f"types must be an iterable of strings, got {types!r}")
+    return chosen
+
+
+def check_update_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Checked ``update_session`` fields (``extra`` as a plain dict to merge)."""
+    unknown = sorted(set(fields) - UPDATABLE_FIELDS)
+    if unknown:
+        raise InvalidOption(
+            f"update_session cannot set {', '.join(unknown)}; it accepts "
+            f"{', '.join(sorted(UPDATABLE_FIELDS))} (threads change through thread_*)"
+        )
+    checked: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name == "backend":
+            checked[name] = check_id(value, "backend")
+        elif name == "extra":
+            checked[name] = check_extra(value)
+        else:
+            checked[name] = check_optional_str(value, name)
+    return checked
+
+
+def merge_extra(current: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Top-level merge: keys of ``update`` win, a key set to ``None`` is removed."""
+    merged = dict(current)
+    for key, value in update.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
+def prepare_message(message: Any, active_thread_id: str | None) -> PreparedMessage:
+    """Check a message dict and encode it; stamp ``active_thread_id`` if it has no thread.
+
+    A message is a JSON-able mapping with a non-empty string ``type``. The indexed
+    columns take ``uuid``, ``message_id`` and ``thread_id`` when they are strings.
+    """
+    if not isinstance(message, Mapping):
+        raise InvalidOption(f"a message must be a mapping, got {type(message).__name__}")
+    kind = message.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise InvalidOption(f"a message needs a non-empty string 'type', got {kind!r}")
+    body = dict(message)
+    if body.get("thread_id") is None and active_thread_id is not None:
+        body["thread_id"] = active_thread_id
+    text = encode_json(body, "a message")
+
+    def column(key: str) -> str | None:
+        value = body.get(key)
+        return value if isinstance(value, str) and value else None
+
+    return PreparedMessage(
+        type=kind,
+        uuid=column("uuid"),
+        message_id=column("message_id"),
+        thread_id=column("thread_id"),
+        model=column("model"),
+        body=text,
+    )
+
+
+def with_thread_id(body: str, thread_id: str) -> PreparedMessage:
+    """A stored message body re-encoded under another ``thread_id`` (for ``thread_fork``)."""
+    decoded = json.loads(body)
+    decoded["thread_id"] = thread_id
+    return prepare_message(decoded, None)
+
+
+def fork_extra(
+    parent_extra: Mapping[str, Any],
+    extra: Mapping[str, Any],
+    *,
+    parent_session_id: str,
+    forked_at: float,
+    include_hidden: bool,
+) -> dict[str, Any]:
+    """The ``extra`` of a fork: the parent's, minus its share, merged with ``extra``.
+
+    With ``include_hidden`` the revert view is kept (the fork shows what the parent
+    shows and can be unreverted); without it only visible messages are copied, so the
+    view is dropped. ``fork`` always records the parent.
+    """
+    result = {k: v for k, v in parent_extra.items() if k != "share"}
+    if not include_hidden:
+        result.pop("view", None)
+    result = merge_extra(result, extra)
+    result["fork"] = {"parent_session_id": parent_session_id, "forked_at": forked_at}
+    return result

@@ -1,0 +1,639 @@
+"""An in-memory :class:`~beamagent.store.SessionStore`: same semantics, nothing on disk.
+
+For tests, demos and ``open_store(":memory:")``. Thread-safe: one lock serializes every
+call. Messages are kept as JSON text, exactly like the SQLite store, so what you read
+back is the same JSON round-trip in both stores.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import attrs
+import structlog
+
+from beamagent.errors import (
+    InvalidOption,
+    NotShared,
+    SessionNotFound,
+    StoreError,
+    ThreadNotFound,
+)
+from beamagent.store.base import (
+    MonotonicClock,
+    PreparedMessage,
+    SessionRecord,
+    ThreadDetail,
+    ThreadRecord,
+    ThreadStatus,
+    check_extra,
+    check_id,
+    check_limit,
+    check_mapping,
+    check_offset,
+    check_optional_str,
+    check_since,
+    check_types,
+    check_update_fields,
+    fork_extra,
+    merge_extra,
+    new_session_id,
+    new_share_id,
+    new_thread_id,
+    prepare_message,
+    with_thread_id,
+)
+from beamagent.store.selectors import (
+    MatchKey,
+    MessageMatch,
+    parse_revert_selector,
+    parse_rollback_selector,
+    revert_visible_count,
+    rollback_visible_count,
+    selector_to_dict,
+)
+from beamagent.store.summary import AGENT_OUTPUT_TYPES, USER_TYPES, first_text, format_summary
+
+__all__ = ["MemoryStore"]
+
+log = structlog.get_logger(__name__)
+
+
+@attrs.frozen
+class _Message:
+    seq: int
+    created_at: float
+    prepared: PreparedMessage
+
+    def decoded(self) -> dict[str, Any]:
+        body = json.loads(self.prepared.body)
+        assert isinstance(body, dict)
+        return body
+
+
+@attrs.define
+class _Session:
+    record: SessionRecord
+    messages: list[_Message] = attrs.field(factory=list)
+    # Seqs hidden by thread rollbacks (a message belongs to at most one thread).
+    rolled_back: set[int] = attrs.field(factory=set)
+    # Counts are filled in when a thread is read; the stored ones stay 0.
+    threads: dict[str, ThreadRecord] = attrs.field(factory=dict)
+
+
+def _deep(value: Mapping[str, Any]) -> dict[str, Any]:
+    copied = json.loads(json.dumps(dict(value)))
+    assert isinstance(copied, dict)
+    return copied
+
+
+class MemoryStore:
+    """A :class:`~beamagent.store.SessionStore` kept in process memory.
+
+    >>> store = MemoryStore()
+    >>> store.create_session("s1", "local").backend
+    'local'
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = MonotonicClock(clock)
+        self._lock = threading.RLock()
+        self._sessions: dict[str, _Session] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(sessions={len(self._sessions)})"
+
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._lock:
+            if self._closed:
+                raise StoreError("the in-memory session store is closed")
+            yield
+
+    def _session(self, session_id: Any) -> _Session:
+        session = self._sessions.get(session_id) if isinstance(session_id, str) else None
+        if session is None:
+            raise SessionNotFound(session_id)
+        return session
+
+    @staticmethod
+    def _snapshot(record: SessionRecord) -> SessionRecord:
+        # Nested dicts of ``extra`` must not be shared with callers.
+        return attrs.evolve(record, extra=_deep(record.extra))
+
+    @staticmethod
+    def _thread(session: _Session, thread_id: Any) -> ThreadRecord:
+        thread = session.threads.get(thread_id) if isinstance(thread_id, str) else None
+        if thread is None:
+            raise ThreadNotFound(
+                f"no thread {thread_id!r} in session {session.record.session_id!r}"
+            )
+        return thread
+
+    @staticmethod
+    def _visible(session: _Session) -> list[_Message]:
+        return session.messages[: session.record.visible_message_count]
+
+    def _thread_messages(self, session: _Session, thread_id: str) -> list[_Message]:
+        return [
+            m
+            for m in self._visible(session)
+            if m.prepared.thread_id == thread_id and m.seq not in session.rolled_back
+        ]
+
+    def _thread_record(self, session: _Session, thread: ThreadRecord) -> ThreadRecord:
+        total = sum(1 for m in session.messages if m.prepared.thread_id == thread.thread_id)
+        return attrs.evolve(
+            thread,
+            metadata=_deep(thread.metadata),
+            message_count=total,
+            visible_message_count=len(self._thread_messages(session, thread.thread_id)),
+        )
+
+    def _touch(self, session: _Session, now: float, **changes: Any) -> None:
+        session.record = attrs.evolve(session.record, updated_at=now, **changes)
+
+    def _append(
+        self, session: _Session, prepared: Iterable[PreparedMessage], now: float
+    ) -> list[int]:
+        seqs: list[int] = []
+        model = session.record.model
+        touched: set[str] = set()
+        for item in prepared:
+            seq = len(session.messages) + 1
+            session.messages.append(_Message(seq, now, item))
+            seqs.append(seq)
+            if item.model is not None:
+                model = item.model
+            if item.thread_id is not None:
+                touched.add(item.thread_id)
+        for thread_id in touched & session.threads.keys():
+            session.threads[thread_id] = attrs.evolve(session.threads[thread_id], updated_at=now)
+        self._touch(session, now, message_count=len(session.messages), model=model)
+        return seqs
+
+    def _activate(self, session: _Session, thread_id: str | None, now: float) -> None:
+        previous = session.record.active_thread_id
+        if previous is not None and previous != thread_id and previous in session.threads:
+            old = session.threads[previous]
+            if old.status is ThreadStatus.ACTIVE:
+                # Not a use of that thread: its updated_at (list order) stays.
+                session.threads[previous] = attrs.evolve(old, status=ThreadStatus.PAUSED)
+        self._touch(session, now, active_thread_id=thread_id)
+
+    # --- sessions -------------------------------------------------------------------------
+
+    def create_session(
+        self,
+        session_id: str,
+        backend: str,
+        model: str | None = None,
+        cwd: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        native_session_id: str | None = None,
+    ) -> SessionRecord:
+        """Create a session, or update an existing one's metadata (see ``docs/store.md``)."""
+        check_id(session_id, "session_id")
+        check_id(backend, "backend")
+        check_optional_str(model, "model")
+        check_optional_str(cwd, "cwd")
+        check_optional_str(native_session_id, "native_session_id")
+        extra_dict = check_extra(extra)
+        with self._locked():
+            now = self._clock.now()
+            existing = self._sessions.get(session_id)
+            if existing is None:
+                record = SessionRecord(
+                    session_id=session_id,
+                    backend=backend,
+                    model=model,
+                    cwd=cwd,
+                    created_at=now,
+                    updated_at=now,
+                    message_count=0,
+                    native_session_id=native_session_id,
+                    extra=merge_extra({}, extra_dict),
+                )
+                self._sessions[session_id] = _Session(record)
+                return self._snapshot(record)
+            old = existing.record
+            self._touch(
+                existing,
+                now,
+                backend=backend,
+                model=old.model if model is None else model,
+                cwd=old.cwd if cwd is None else cwd,
+                native_session_id=(
+                    old.native_session_id if native_session_id is None else native_session_id
+                ),
+                extra=merge_extra(old.extra, extra_dict),
+            )
+            return self._snapshot(existing.record)
+
+    def update_session(self, session_id: str, /, **fields: Any) -> SessionRecord:
+        """Set ``backend``, ``model``, ``cwd``, ``native_session_id``; merge ``extra``."""
+        checked = check_update_fields(fields)
+        with self._locked():
+            session = self._session(session_id)
+            if "extra" in checked:
+                checked["extra"] = merge_extra(session.record.extra, checked["extra"])
+            self._touch(session, self._clock.now(), **checked)
+            return self._snapshot(session.record)
+
+    def get_session(self, session_id: str) -> SessionRecord:
+        """The session's metadata."""
+        with self._locked():
+            return self._snapshot(self._session(session_id).record)
+
+    def list_sessions(
+        self,
+        *,
+        backend: str | None = None,
+        cwd: str | None = None,
+        model: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> list[SessionRecord]:
+        """Sessions matching every given filter, most recently updated first."""
+        since = check_since(since)
+        limit = check_limit(limit)
+        with self._locked():
+            records = [
+                s.record
+                for s in self._sessions.values()
+                if (backend is None or s.record.backend == backend)
+                and (cwd is None or s.record.cwd == cwd)
+                and (model is None or s.record.model == model)
+                and (since is None or s.record.updated_at >= since)
+            ]
+            records.sort(key=lambda r: (-r.updated_at, r.session_id))
+            return [self._snapshot(r) for r in records[:limit]]
+
+    def delete_session(self, session_id: str) -> None:
+        """Delete the session with its messages and threads."""
+        with self._locked():
+            self._session(session_id)
+            del self._sessions[session_id]
+
+    # --- messages -------------------------------------------------------------------------
+
+    def record_message(self, session_id: str, message: Mapping[str, Any]) -> int:
+        """Append one message; returns its seq."""
+        (seq,) = self.record_messages(session_id, [message])
+        return seq
+
+    def record_messages(self, session_id: str, messages: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Append messages atomically (all are checked before any is stored)."""
+        batch = list(messages)
+        with self._locked():
+            session = self._session(session_id)
+            active = session.record.active_thread_id
+            prepared = [prepare_message(m, active) for m in batch]
+            return self._append(session, prepared, self._clock.now())
+
+    def get_session_messages(
+        self,
+        session_id: str,
+        *,
+        types: Iterable[str] | str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+        include_hidden: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Messages in seq order: revert view, then ``types``, then ``offset``, then ``limit``."""
+        chosen = check_types(types)
+        offset = check_offset(offset)
+        limit = check_limit(limit)
+        with self._locked():
+            session = self._session(session_id)
+            messages = session.messages if include_hidden else self._visible(session)
+            if chosen is not None:
+                messages = [m for m in messages if m.prepared.type in chosen]
+            end = None if limit is None else offset + limit
+            return [m.decoded() for m in messages[offset:end]]
+
+    # --- fork, revert, share, summary -----------------------------------------------------
+
+    def fork_session(
+        self,
+        source_session_id: str,
+        /,
+        *,
+        session_id: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        include_hidden: bool = True,
+    ) -> SessionRecord:
+        """Copy a session (metadata, messages, threads) under a new id."""
+        new_id = new_session_id() if session_id is None else check_id(session_id, "session_id")
+        extra_dict = check_extra(extra)
+        with self._locked():
+            source = self._session(source_session_id)
+            if new_id in self._sessions:
+                raise InvalidOption(f"cannot fork into {new_id!r}: that session already exists")
+            now = self._clock.now()
+            parent = source.record
+            messages = list(source.messages if include_hidden else self._visible(source))
+            record = SessionRecord(
+                session_id=new_id,
+                backend=parent.backend,
+                model=parent.model,
+                cwd=parent.cwd,
+                created_at=now,
+                updated_at=now,
+                message_count=len(messages),
+                native_session_id=None,
+                extra=fork_extra(
+                    _deep(parent.extra),
+                    extra_dict,
+                    parent_session_id=parent.session_id,
+                    forked_at=now,
+                    include_hidden=include_hidden,
+                ),
+                active_thread_id=parent.active_thread_id,
+            )
+            copied = {m.seq for m in messages}
+            self._sessions[new_id] = _Session(
+                record=record,
+                messages=messages,
+                rolled_back=source.rolled_back & copied,
+                threads={
+                    tid: attrs.evolve(t, session_id=new_id, metadata=_deep(t.metadata))
+                    for tid, t in source.threads.items()
+                },
+            )
+            log.debug("session_forked", session_id=new_id, parent_session_id=parent.session_id)
+            return self._snapshot(record)
+
+    def revert_session(self, session_id: str, selector: Any) -> SessionRecord:
+        """Hide the messages after the selected point until ``unrevert_session``."""
+        parsed = parse_revert_selector(selector)
+        with self._locked():
+            session = self._session(session_id)
+
+            def find_seq(match: MessageMatch) -> int | None:
+                attr = "uuid" if match.key is MatchKey.UUID else "message_id"
+                return next(
+                    (m.seq for m in session.messages if getattr(m.prepared, attr) == match.value),
+                    None,
+                )
+
+            visible = revert_visible_count(parsed, session.record.message_count, find_seq)
+            now = self._clock.now()
+            view = {
+                "visible_message_count": visible,
+                "reverted_at": now,
+                "selector": selector_to_dict(parsed),
+            }
+            self._touch(session, now, extra={**session.record.extra, "view": view})
+            return self._snapshot(session.record)
+
+    def unrevert_session(self, session_id: str) -> SessionRecord:
+        """Remove the revert view (a no-op when the session is not reverted)."""
+        with self._locked():
+            session = self._session(session_id)
+            extra = {k: v for k, v in session.record.extra.items() if k != "view"}
+            self._touch(session, self._clock.now(), extra=extra)
+            return self._snapshot(session.record)
+
+    def share_session(self, session_id: str, *, share_id: str | None = None) -> dict[str, Any]:
+        """Create an active share, replacing any previous one."""
+        wanted = new_share_id() if share_id is None else check_id(share_id, "share_id")
+        with self._locked():
+            session = self._session(session_id)
+            for other in self._sessions.values():
+                share = other.record.extra.get("share")
+                if other is not session and share is not None and share["share_id"] == wanted:
+                    raise InvalidOption(f"share id {wanted!r} is already used by another session")
+            now = self._clock.now()
+            share = {
+                "share_id": wanted,
+                "session_id": session.record.session_id,
+                "created_at": now,
+                "status": "active",
+            }
+            self._touch(session, now, extra={**session.record.extra, "share": share})
+            return _deep(share)
+
+    def unshare_session(self, session_id: str) -> dict[str, Any]:
+        """Revoke the share; an already revoked share is returned unchanged."""
+        with self._locked():
+            session = self._session(session_id)
+            share = session.record.extra.get("share")
+            if share is None:
+                raise NotShared(f"session {session_id!r} has no share")
+            if share["status"] == "revoked":
+                return _deep(share)
+            now = self._clock.now()
+            revoked = {**share, "status": "revoked", "revoked_at": now}
+            self._touch(session, now, extra={**session.record.extra, "share": revoked})
+            return _deep(revoked)
+
+    def summarize_session(self, session_id: str, *, content: str | None = None) -> dict[str, Any]:
+        """Store and return a summary of the visible messages."""
+        if content is not None and not isinstance(content, str):
+            raise InvalidOption(f"content must be a string or None, got {content!r}")
+        with self._locked():
+            session = self._session(session_id)
+            visible = self._visible(session)
+            now = self._clock.now()
+            summary = {
+                "session_id": session.record.session_id,
+                "content": self._summary_text(visible) if content is None else content,
+                "generated_at": now,
+                "message_count": len(visible),
+                "generated_by": "deterministic" if content is None else "caller",
+            }
+            self._touch(session, now, extra={**session.record.extra, "summary": summary})
+            return _deep(summary)
+
+    @staticmethod
+    def _summary_text(visible: list[_Message]) -> str:
+        # Decode only candidates of the right type, lazily: sessions can be long.
+        def texts(messages: Iterable[_Message], types: frozenset[str]) -> str | None:
+            return first_text((m.decoded() for m in messages if m.prepared.type in types), types)
+
+        return format_summary(
+            len(visible),
+            texts(visible, USER_TYPES),
+            texts(reversed(visible), AGENT_OUTPUT_TYPES),
+        )
+
+    # --- threads --------------------------------------------------------------------------
+
+    def thread_start(
+        self,
+        session_id: str,
+        *,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        thread_id: str | None = None,
+        parent_thread_id: str | None = None,
+    ) -> ThreadRecord:
+        """Start a thread; it becomes the session's active thread."""
+        new_id = new_thread_id() if thread_id is None else check_id(thread_id, "thread_id")
+        if name is not None:
+            check_id(name, "name")
+        check_optional_str(parent_thread_id, "parent_thread_id")
+        meta = check_mapping(metadata, "metadata")
+        with self._locked():
+            session = self._session(session_id)
+            if new_id in session.threads:
+                raise InvalidOption(f"thread {new_id!r} already exists in {session_id!r}")
+            if parent_thread_id is not None:
+                self._thread(session, parent_thread_id)
+            now = self._clock.now()
+            thread = ThreadRecord(
+                thread_id=new_id,
+                session_id=session_id,
+                name=new_id if name is None else name,
+                metadata=meta,
+                created_at=now,
+                updated_at=now,
+                status=ThreadStatus.ACTIVE,
+                parent_thread_id=parent_thread_id,
+            )
+            session.threads[new_id] = thread
+            self._activate(session, new_id, now)
+            return self._thread_record(session, thread)
+
+    def thread_resume(self, session_id: str, thread_id: str) -> ThreadRecord:
+        """Make the thread active again (unarchiving it if needed)."""
+        with self._locked():
+            session = self._session(session_id)
+            thread = self._thread(session, thread_id)
+            now = self._clock.now()
+            thread = attrs.evolve(
+                thread, status=ThreadStatus.ACTIVE, archived=False, archived_at=None, updated_at=now
+            )
+            session.threads[thread_id] = thread
+            self._activate(session, thread_id, now)
+            return self._thread_record(session, thread)
+
+    def thread_list(self, session_id: str) -> list[ThreadRecord]:
+        """The session's threads (archived included), most recently updated first."""
+        with self._locked():
+            session = self._session(session_id)
+            threads = sorted(session.threads.values(), key=lambda t: (-t.updated_at, t.thread_id))
+            return [self._thread_record(session, t) for t in threads]
+
+    def thread_fork(
+        self, session_id: str, thread_id: str, *, name: str | None = None
+    ) -> ThreadRecord:
+        """A new active thread with copies of the source's visible messages."""
+        if name is not None:
+            check_id(name, "name")
+        with self._locked():
+            session = self._session(session_id)
+            source = self._thread(session, thread_id)
+            now = self._clock.now()
+            new_id = new_thread_id()
+            thread = ThreadRecord(
+                thread_id=new_id,
+                session_id=session_id,
+                name=new_id if name is None else name,
+                metadata=_deep(source.metadata),
+                created_at=now,
+                updated_at=now,
+                status=ThreadStatus.ACTIVE,
+                parent_thread_id=thread_id,
+            )
+            session.threads[new_id] = thread
+            self._activate(session, new_id, now)
+            copies = [
+                with_thread_id(m.prepared.body, new_id)
+                for m in self._thread_messages(session, thread_id)
+            ]
+            self._append(session, copies, now)
+            return self._thread_record(session, session.threads[new_id])
+
+    def thread_read(
+        self, session_id: str, thread_id: str, *, include_messages: bool = False
+    ) -> ThreadDetail:
+        """The thread, and its visible messages when ``include_messages``."""
+        with self._locked():
+            session = self._session(session_id)
+            thread = self._thread_record(session, self._thread(session, thread_id))
+            if not include_messages:
+                return ThreadDetail(thread)
+            messages = tuple(m.decoded() for m in self._thread_messages(session, thread_id))
+            return ThreadDetail(thread, messages)
+
+    def thread_archive(self, session_id: str, thread_id: str) -> ThreadRecord:
+        """Archive the thread; if it was the active thread, the session has none after."""
+        with self._locked():
+            session = self._session(session_id)
+            thread = self._thread(session, thread_id)
+            now = self._clock.now()
+            thread = attrs.evolve(
+                thread,
+                status=ThreadStatus.ARCHIVED,
+                archived=True,
+                archived_at=thread.archived_at if thread.archived else now,
+                updated_at=now,
+            )
+            session.threads[thread_id] = thread
+            if session.record.active_thread_id == thread_id:
+                self._touch(session, now, active_thread_id=None)
+            else:
+                self._touch(session, now)
+            return self._thread_record(session, thread)
+
+    def thread_unarchive(self, session_id: str, thread_id: str) -> ThreadRecord:
+        """Unarchive the thread (status ``paused``); a thread not archived is unchanged."""
+        with self._locked():
+            session = self._session(session_id)
+            thread = self._thread(session, thread_id)
+            now = self._clock.now()
+            if thread.archived:
+                thread = attrs.evolve(
+                    thread, status=ThreadStatus.PAUSED, archived=False, archived_at=None
+                )
+            thread = attrs.evolve(thread, updated_at=now)
+            session.threads[thread_id] = thread
+            self._touch(session, now)
+            return self._thread_record(session, thread)
+
+    def thread_rollback(self, session_id: str, thread_id: str, selector: Any) -> ThreadRecord:
+        """Hide the thread's messages after the selected point; later ones extend the view."""
+        parsed = parse_rollback_selector(selector)
+        with self._locked():
+            session = self._session(session_id)
+            thread = self._thread(session, thread_id)
+            visible = self._thread_messages(session, thread_id)
+            keep = rollback_visible_count(
+                parsed, [(m.prepared.uuid, m.prepared.message_id) for m in visible]
+            )
+            if keep < len(visible):
+                cut = visible[keep - 1].seq if keep else 0
+                session.rolled_back.update(
+                    m.seq
+                    for m in session.messages
+                    if m.prepared.thread_id == thread_id and m.seq > cut
+                )
+            now = self._clock.now()
+            thread = attrs.evolve(thread, updated_at=now)
+            session.threads[thread_id] = thread
+            self._touch(session, now)
+            return self._thread_record(session, thread)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Drop every session; later calls raise :class:`~beamagent.errors.StoreError`."""
+        with self._lock:
+            self._closed = True
+            self._sessions.clear()
