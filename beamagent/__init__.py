@@ -1,3 +1,34 @@
-"""beamagent: the BEAM/OTP process model for LLM agents."""
+"""beamagent: the BEAM/OTP process model for LLM agents.
 
-__all__: list[str] = []
+Every agent session is a supervised actor, a registry actor routes new
+sessions to backends by policy, and workflows run as graphs of node actors.
+
+Example::
+
+    from beamagent import Runtime
+
+    with Runtime(store=":memory:") as runtime:
+        session = runtime.start_session(backend="local")
+        print(session.query("hello")[-1].content)
+"""
+
+from beamagent.backends.base import SessionState
+from beamagent.backends.local import LocalExit
+from beamagent.messages import ContentBlock, Message, MessageType, normalize
+from beamagent.runtime import BackendSpec, Runtime, default_runtime, shutdown_default_runtime
+from beamagent.session import QueryRef, Session
+
+__all__ = [
+    "BackendSpec",
+    "ContentBlock",
+    "LocalExit",
+    "Message",
+    "MessageType",
+    "QueryRef",
+    "Runtime",
+    "Session",
+    "SessionState",
+    "default_runtime",
+    "normalize",
+    "shutdown_default_runtime",
+]

@@ -1,0 +1,437 @@
+"""The backend handler protocol and the transports it runs over.
+
+A backend is two things: a *transport* that moves bytes (an in-process peer,
+a subprocess's stdio, an HTTP stream) and a *handler* that is the only
+backend-specific code. The session actor owns both: transport events come in
+as messages, the handler turns them into canonical messages and actions, and
+the actor owns queueing, the single consumer, timeouts and state.
+
+Handlers are plain objects called from the session actor's thread only; they
+never block and never touch the actor. Transports call their ``sink`` from
+their own threads (or, in-process, synchronously).
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import enum
+import io
+import os
+import subprocess
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, cast
+
+import attrs
+import structlog
+
+from beamagent.capabilities import Capability
+from beamagent.errors import TransportError
+from beamagent.messages import Message, MessageType
+
+__all__ = [
+    "BackendHandler",
+    "Connected",
+    "Data",
+    "Disconnected",
+    "Exited",
+    "HandlerOutput",
+    "InProcessTransport",
+    "SessionState",
+    "SubprocessTransport",
+    "Transport",
+    "TransportEvent",
+    "TransportSink",
+]
+
+log = structlog.get_logger(__name__)
+
+
+class SessionState(enum.StrEnum):
+    """The states of a session (BeamAgent's gen_statem states)."""
+
+    CONNECTING = "connecting"
+    INITIALIZING = "initializing"
+    READY = "ready"
+    ACTIVE_QUERY = "active_query"
+    ERROR = "error"
+
+
+# --- transport events ------------------------------------------------------------------
+
+
+@attrs.frozen
+class Connected:
+    """The transport is up (process spawned, socket open)."""
+
+    info: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Data:
+    """Bytes from the backend (stdout, a stream)."""
+
+    data: bytes
+
+
+@attrs.frozen
+class Disconnected:
+    """The transport closed without a process exit status (e.g. a socket)."""
+
+    reason: str
+
+
+@attrs.frozen
+class Exited:
+    """The backend process exited with ``status`` (negative: killed by a signal)."""
+
+    status: int
+    stderr_tail: str = ""
+
+
+TransportEvent = Connected | Data | Disconnected | Exited
+TransportSink = Callable[[TransportEvent], None]
+"""Where a transport delivers its events; the session actor makes it a ``tell``."""
+
+
+# --- handler ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class HandlerOutput:
+    """What a handler asks the session actor to do.
+
+    Attributes:
+        messages: canonical messages for the consumer, in order.
+        writes: bytes to send on the transport, in order.
+        state: a state transition (``initializing`` after a handshake was
+            sent, ``ready`` once it completed).
+        info: updates merged into ``session_info()`` (init data: models,
+            commands, agents, account, native session id...).
+        replies: answers to outbound control requests, ``(request_id, result,
+            error)``; the actor hands them to the waiting ``send_control`` caller.
+        error: a fatal protocol problem; the session goes to ``error``.
+    """
+
+    messages: Sequence[Message] = ()
+    writes: Sequence[bytes] = ()
+    state: SessionState | None = None
+    info: Mapping[str, Any] | None = None
+    replies: Sequence[tuple[Any, Any, str | None]] = ()
+    error: str | None = None
+
+
+NOTHING = HandlerOutput()
+
+
+class BackendHandler(abc.ABC):
+    """Backend-specific protocol logic; one instance per session incarnation.
+
+    Subclasses set ``name`` and ``capabilities`` and implement
+    :meth:`open_transport`, :meth:`encode_query` and :meth:`handle_data`.
+    Everything else has a sensible default. All methods run in the session
+    actor's thread and must not block.
+    """
+
+    name: ClassVar[str] = "abstract"
+    """The backend name (``local``, ``claude``...)."""
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    """What this backend really supports (checked by routing and by the session)."""
+    complete_types: ClassVar[frozenset[MessageType]] = frozenset({MessageType.RESULT})
+    """Message types that end a query (BeamAgent: ``result``; some backends ``error`` too)."""
+    line_framed: ClassVar[bool] = True
+    """Data is newline-framed: the actor skips parsing until a newline arrives."""
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        self.options = dict(options)
+        self.model: str | None = self.options.get("model")
+        self.permission_mode: str | None = self.options.get("permission_mode")
+
+    @classmethod
+    def option_names(cls) -> frozenset[str]:
+        """The options this backend accepts (others raise ``InvalidOption``)."""
+        return frozenset({"model", "permission_mode", "cwd"})
+
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        """Whether the backend's prerequisites are present, and why not."""
+        return True, "available"
+
+    @abc.abstractmethod
+    def open_transport(self) -> Transport:
+        """Create (not start) the transport this session talks over."""
+
+    def on_connected(self, event: Connected) -> HandlerOutput:
+        """The transport is up: start the handshake, or declare the session ready."""
+        return HandlerOutput(state=SessionState.READY)
+
+    @abc.abstractmethod
+    def encode_query(self, prompt: str, params: Mapping[str, Any]) -> HandlerOutput:
+        """Bytes that start a query (and, optionally, messages such as the user turn)."""
+
+    @abc.abstractmethod
+    def handle_data(self, buffer: bytes) -> tuple[HandlerOutput, bytes]:
+        """Parse as much of ``buffer`` as possible; return the output and the leftover."""
+
+    def is_query_complete(self, message: Message) -> bool:
+        """Whether ``message`` is the terminal message of the current query."""
+        return message.type in self.complete_types
+
+    def encode_interrupt(self) -> HandlerOutput | None:
+        """Bytes that interrupt the running query; None if the backend cannot."""
+        return None
+
+    def encode_abort(self) -> HandlerOutput | None:
+        """Bytes that abort the running work; None to fall back to interrupt."""
+        return None
+
+    def set_model(self, model: str) -> HandlerOutput | None:
+        """Apply a model switch to the live backend; None: just remember it."""
+        return None
+
+    def set_permission_mode(self, mode: str) -> HandlerOutput | None:
+        """Apply a permission mode to the live backend; None: just remember it."""
+        return None
+
+    def handle_control(
+        self, method: str, params: Mapping[str, Any], request_id: str
+    ) -> HandlerOutput | None:
+        """Send a backend-native control request; its answer comes back as a reply.
+
+        Return None when the backend has no native form of ``method`` (the
+        universal fallback then handles it).
+        """
+        return None
+
+    def info(self) -> dict[str, Any]:
+        """Backend details merged into ``session_info()``."""
+        return {}
+
+
+# --- transports ------------------------------------------------------------------------
+
+
+class Transport(abc.ABC):
+    """Moves bytes between a session and its backend.
+
+    ``start(sink)`` begins delivering events to ``sink`` (first ``Connected``,
+    then ``Data``..., finally ``Exited`` or ``Disconnected``). ``send`` must
+    not block for long; ``close`` releases every thread and process.
+    """
+
+    @abc.abstractmethod
+    def start(self, sink: TransportSink) -> None:
+        """Start the transport; raise ``TransportError`` if it cannot start."""
+
+    @abc.abstractmethod
+    def send(self, data: bytes) -> None:
+        """Send bytes; raise ``TransportError`` if the transport is gone."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop the backend and release every resource. Idempotent."""
+
+    def info(self) -> dict[str, Any]:
+        """Transport details for ``session_info()`` (e.g. the pid)."""
+        return {}
+
+
+class InProcessPeer(abc.ABC):
+    """The far end of an :class:`InProcessTransport` (e.g. the local agent)."""
+
+    @abc.abstractmethod
+    def attach(self, emit: Callable[[bytes], None], exit: Callable[[int], None]) -> None:
+        """Receive the callables through which the peer sends bytes and exits."""
+
+    @abc.abstractmethod
+    def receive(self, data: bytes) -> None:
+        """Bytes from the session; may call ``emit`` synchronously or later."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """The session closed the transport."""
+
+
+class InProcessTransport(Transport):
+    """A transport to a peer living in this process: no thread, no I/O of its own."""
+
+    def __init__(self, peer: InProcessPeer) -> None:
+        self._peer = peer
+        self._sink: TransportSink | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def start(self, sink: TransportSink) -> None:
+        self._sink = sink
+        self._peer.attach(self._emit, self._exit)
+        sink(Connected({"transport": "in_process"}))
+
+    def _emit(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is not None and not self._closed:
+            sink(Data(data))
+
+    def _exit(self, status: int) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._sink is not None:
+            self._sink(Exited(status))
+
+    def send(self, data: bytes) -> None:
+        if self._closed:
+            raise TransportError("in-process transport is closed", reason="closed")
+        self._peer.receive(data)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._peer.close()
+
+    def info(self) -> dict[str, Any]:
+        return {"transport": "in_process"}
+
+
+class SubprocessTransport(Transport):
+    """A child process spoken to over stdin/stdout (never through a shell).
+
+    One reader thread delivers stdout chunks as ``Data``; another keeps the
+    tail of stderr (for the ``Exited`` event and logs, never forwarded as
+    data). When stdout closes, the process is reaped and ``Exited`` sent.
+    """
+
+    STDERR_TAIL = 4096
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        kill_timeout: float = 3.0,
+    ) -> None:
+        if not argv:
+            raise TransportError("empty command line", reason="argv")
+        self.argv = [str(a) for a in argv]
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
+        self.kill_timeout = kill_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._threads: list[threading.Thread] = []
+        self._stderr_tail = bytearray()
+        self._write_lock = threading.Lock()
+        self._closing = False
+
+    def start(self, sink: TransportSink) -> None:
+        try:
+            self._proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,  # a signal to our group must not hit the CLI
+            )
+        except OSError as exc:
+            raise TransportError(
+                f"cannot start {self.argv[0]!r}: {exc.strerror or exc}", reason="spawn_failed"
+            ) from exc
+        proc = self._proc
+        sink(Connected({"transport": "subprocess", "pid": proc.pid}))
+        stderr = threading.Thread(target=self._read_stderr, name=f"stderr-{proc.pid}", daemon=True)
+        stdout = threading.Thread(
+            target=self._read_stdout, args=(sink,), name=f"stdout-{proc.pid}", daemon=True
+        )
+        self._threads = [stderr, stdout]
+        stderr.start()
+        stdout.start()
+
+    def _read_stdout(self, sink: TransportSink) -> None:
+        proc = self._proc
+        assert proc is not None
+        stream = cast(io.BufferedReader, proc.stdout)
+        while True:
+            try:
+                chunk = stream.read1(65536)
+            except (OSError, ValueError):
+                chunk = b""
+            if not chunk:
+                break
+            sink(Data(chunk))
+        status = proc.wait()
+        # stderr is read to EOF by its own thread; give it a moment so the tail is complete.
+        self._threads[0].join(timeout=1.0)
+        tail = bytes(self._stderr_tail).decode("utf-8", "replace")
+        sink(Exited(status, tail))
+
+    def _read_stderr(self) -> None:
+        proc = self._proc
+        assert proc is not None
+        stream = cast(io.BufferedReader, proc.stderr)
+        while True:
+            try:
+                chunk = stream.read1(65536)
+            except (OSError, ValueError):
+                return
+            if not chunk:
+                return
+            self._stderr_tail += chunk
+            del self._stderr_tail[: -self.STDERR_TAIL]
+
+    def send(self, data: bytes) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.poll() is not None:
+            raise TransportError("the backend process is not running", reason="not_running")
+        with self._write_lock:
+            try:
+                proc.stdin.write(data)
+                proc.stdin.flush()
+            except (BrokenPipeError, OSError, ValueError) as exc:
+                raise TransportError(
+                    f"write to backend failed: {exc}", reason="send_failed"
+                ) from exc
+
+    def signal(self, signum: int) -> None:
+        """Send a signal to the backend process (e.g. SIGINT to interrupt a CLI)."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+
+    def close(self) -> None:
+        proc = self._proc
+        if proc is None or self._closing:
+            return
+        self._closing = True
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError, ValueError):
+                proc.stdin.close()  # EOF: most CLIs exit on their own
+        try:
+            proc.wait(timeout=self.kill_timeout)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(timeout=self.kill_timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        current = threading.current_thread()
+        for thread in self._threads:
+            if thread is not current:
+                thread.join(timeout=self.kill_timeout)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+    @property
+    def pid(self) -> int | None:
+        """The backend process id, once started."""
+        return self._proc.pid if self._proc is not None else None
+
+    def info(self) -> dict[str, Any]:
+        return {"transport": "subprocess", "pid": self.pid, "argv0": self.argv[0]}

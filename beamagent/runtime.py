@@ -1,0 +1,420 @@
+"""``Runtime``: the application — the root supervision tree, backends, and the store.
+
+::
+
+    beamagent (one_for_one)
+    ├── registry   routing state + session index (permanent)
+    ├── store      the store's single writer (permanent)
+    ├── sessions   DynamicSupervisor of session actors (transient children)
+    └── runs       DynamicSupervisor of graph runs
+
+``stop()`` shuts the tree down in reverse order: runs, sessions, then the
+store (after every session has recorded its last message), then the registry.
+Several runtimes can live in one process; each names its processes under its
+own id. ``default_runtime()`` is the one the module-level API uses.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import re
+import threading
+import uuid
+from collections.abc import Mapping
+from typing import Any, cast
+
+import pykka
+import structlog
+from pykka.messages import ProxyCall
+
+from beamagent.backends.base import BackendHandler
+from beamagent.backends.local import LocalHandler
+from beamagent.backends.names import canonical_backend_name
+from beamagent.errors import (
+    BeamAgentError,
+    InvalidOption,
+    SessionError,
+    SessionNotFound,
+    UnknownBackend,
+)
+from beamagent.messages import MessageType
+from beamagent.graph.api import GraphApi
+from beamagent.routing.api import RoutingApi
+from beamagent.routing.policies import BackendInfo
+from beamagent.routing.registry import RoutingRegistry
+from beamagent.session.actor import SessionActor, SessionConfig
+from beamagent.session.handle import CALL_TIMEOUT, Session
+from beamagent.store import SessionStore, open_store
+from beamagent.store.api import StoreApi
+from beamagent.store.actor import StoreActor, StoreRecorder
+from supervisors import (
+    AlreadyRegistered,
+    ChildSpec,
+    DynamicSupervisor,
+    DynamicSupervisorRef,
+    StartChildError,
+    Supervisor,
+    SupervisorRef,
+    whereis,
+)
+
+__all__ = ["BackendSpec", "Runtime", "default_runtime", "shutdown_default_runtime"]
+
+log = structlog.get_logger(__name__)
+
+SESSION_OPTIONS = frozenset(
+    {
+        "session_id",
+        "connect_timeout",
+        "init_timeout",
+        "buffer_max",
+        "error_linger",
+        "drain_timeout",
+        "query_defaults",
+    }
+)
+SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+_runtime_ids = itertools.count(1)
+
+
+class BackendSpec:
+    """A backend registered with a runtime: its handler class and default options."""
+
+    __slots__ = ("handler", "name", "options")
+
+    def __init__(
+        self, name: str, handler: type[BackendHandler], options: Mapping[str, Any] | None = None
+    ) -> None:
+        if not (isinstance(handler, type) and issubclass(handler, BackendHandler)):
+            raise InvalidOption(f"backend {name!r}: {handler!r} is not a BackendHandler class")
+        self.name = name
+        self.handler = handler
+        self.options = dict(options or {})
+
+    def info(self) -> BackendInfo:
+        """What routing needs to know about this backend."""
+        return BackendInfo(self.name, self.handler.capabilities)
+
+
+def _backend_specs(backends: Mapping[str, Any] | None) -> dict[str, BackendSpec]:
+    specs = {"local": BackendSpec("local", LocalHandler)}
+    for raw_name, value in (backends or {}).items():
+        name = canonical_backend_name(raw_name)
+        if isinstance(value, BackendSpec):
+            specs[name] = value
+        elif isinstance(value, tuple):
+            specs[name] = BackendSpec(name, value[0], value[1] if len(value) > 1 else None)
+        else:
+            specs[name] = BackendSpec(name, value)
+    return specs
+
+
+class Runtime(RoutingApi, StoreApi, GraphApi):
+    """A beamagent application: supervisors, backends, routing and the store.
+
+    Args:
+        store: ``None`` (the default file: ``$BEAMAGENT_STORE`` or the user
+            data dir), ``":memory:"``, a path, or a ``SessionStore`` object.
+        backends: extra backends by name: a handler class, ``(handler_class,
+            default_options)`` or a ``BackendSpec``. ``local`` is always there.
+        session_defaults: default session options (e.g. ``connect_timeout``).
+
+    Use it as a context manager, or call :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        store: Any = None,
+        backends: Mapping[str, Any] | None = None,
+        *,
+        session_defaults: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.id = f"rt{next(_runtime_ids)}"
+        self._backends = _backend_specs(backends)
+        self._session_defaults = dict(session_defaults or {})
+        self._owns_store = not isinstance(store, SessionStore)
+        self.store: SessionStore = open_store(store)
+        self._session_backends: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._stopped = False
+        ns = ("beamagent", self.id)
+        self._names = {
+            "registry": (*ns, "registry"),
+            "store": (*ns, "store"),
+            "sessions": (*ns, "sessions"),
+            "runs": (*ns, "runs"),
+        }
+        children = [
+            ChildSpec("registry", (RoutingRegistry, (), {}), name=self._names["registry"]),
+            ChildSpec("store", (StoreActor, (self.store,), {}), name=self._names["store"]),
+            ChildSpec(
+                "sessions",
+                (DynamicSupervisor, (), {"max_restarts": 100, "max_seconds": 10.0}),
+                type="supervisor",
+                name=self._names["sessions"],
+            ),
+            ChildSpec(
+                "runs",
+                (DynamicSupervisor, (), {"max_restarts": 100, "max_seconds": 10.0}),
+                type="supervisor",
+                name=self._names["runs"],
+            ),
+        ]
+        try:
+            self.root: SupervisorRef = Supervisor.start(children=children, max_restarts=10)
+        except BaseException:
+            if self._owns_store:
+                self.store.close()
+            raise
+        log.info("runtime_started", runtime=self.id, backends=sorted(self._backends))
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop every run and session, then the store and the registry. Idempotent."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.root.stop(timeout=60)
+        if self._owns_store:
+            self.store.close()
+        log.info("runtime_stopped", runtime=self.id)
+
+    @property
+    def stopped(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stopped
+
+    def _child(self, key: str) -> pykka.ActorRef[Any]:
+        ref = whereis(self._names[key])
+        if ref is None:
+            # The root may be restarting it: its answer means pending exits are handled.
+            try:
+                self.root.count_children(timeout=CALL_TIMEOUT)
+            except pykka.ActorDeadError:
+                raise BeamAgentError(f"runtime {self.id} is stopped") from None
+            ref = whereis(self._names[key])
+        if ref is None:
+            raise BeamAgentError(f"runtime {self.id} has no {key} process (stopped?)")
+        return ref
+
+    @property
+    def registry(self) -> pykka.ActorRef[Any]:
+        """The routing registry actor."""
+        return self._child("registry")
+
+    @property
+    def sessions_supervisor(self) -> DynamicSupervisorRef:
+        """The dynamic supervisor of session actors."""
+        return cast(DynamicSupervisorRef, self._child("sessions"))
+
+    @property
+    def runs_supervisor(self) -> DynamicSupervisorRef:
+        """The dynamic supervisor of graph runs."""
+        return cast(DynamicSupervisorRef, self._child("runs"))
+
+    @property
+    def store_actor(self) -> pykka.ActorRef[Any]:
+        """The store's writer actor."""
+        return self._child("store")
+
+    def _registry_call(self, method: str, *args: Any, timeout: float = CALL_TIMEOUT) -> Any:
+        return self.registry.ask(ProxyCall((method,), args, {}), timeout=timeout)
+
+    def store_write(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Run a mutating store method through the store actor (the single writer)."""
+        return self.store_actor.ask(
+            ProxyCall(("write",), (method, args, kwargs), {}), timeout=CALL_TIMEOUT
+        )
+
+    # --- backends ---------------------------------------------------------------------------
+
+    def backend_spec(self, name: str) -> BackendSpec:
+        """The registered backend ``name`` (aliases accepted).
+
+        Raises:
+            UnknownBackend: no backend of that name is registered.
+        """
+        canonical = canonical_backend_name(name)
+        spec = self._backends.get(canonical)
+        if spec is None:
+            raise UnknownBackend(name, sorted(self._backends))
+        return spec
+
+    def backends(self) -> list[str]:
+        """Names of the registered backends."""
+        return list(self._backends)
+
+    def available_backends(self) -> list[BackendInfo]:
+        """Registered backends whose prerequisites are present, in preference order."""
+        from beamagent.backends.names import KNOWN_BACKENDS
+
+        order = {name: i for i, name in enumerate(KNOWN_BACKENDS)}
+        ready = [s for s in self._backends.values() if s.handler.availability()[0]]
+        ready.sort(key=lambda s: (order.get(s.name, len(order)), s.name))
+        return [s.info() for s in ready]
+
+    def backend_availability(self) -> dict[str, tuple[bool, str]]:
+        """For every registered backend: whether it is available, and why not."""
+        return {name: spec.handler.availability() for name, spec in self._backends.items()}
+
+    # --- sessions ----------------------------------------------------------------------------
+
+    def _session_name(self, session_id: str) -> tuple[str, ...]:
+        return ("beamagent", self.id, "session", session_id)
+
+    def _session_ref(self, session_id: str) -> pykka.ActorRef[Any]:
+        name = self._session_name(session_id)
+        ref = whereis(name)
+        if ref is None:
+            # Between a crash and its restart the name is free: a call to the
+            # supervisor returns only after it handled the exit (and restarted).
+            with contextlib.suppress(pykka.ActorDeadError, BeamAgentError):
+                self.sessions_supervisor.count_children(timeout=CALL_TIMEOUT)
+            ref = whereis(name)
+        if ref is None:
+            raise SessionNotFound(session_id)
+        return ref
+
+    def _complete_types(self, session_id: str) -> frozenset[MessageType]:
+        backend = self._session_backends.get(session_id, "local")
+        spec = self._backends.get(backend)
+        return spec.handler.complete_types if spec else frozenset({MessageType.RESULT})
+
+    def start_session(self, backend: str | None = None, **opts: Any) -> Session:
+        """Start a session on ``backend`` and return its handle once it is ready.
+
+        Options: ``session_id`` (default ``session_<32 hex>``), ``connect_timeout``
+        and ``init_timeout`` (15 s), ``buffer_max`` (10 MB), ``error_linger``
+        (1 s), ``drain_timeout`` (5 s), ``query_defaults``, plus the backend's
+        own options (``model``, ``permission_mode``, ``cwd``...).
+
+        Raises:
+            UnknownBackend, InvalidOption: bad backend or option.
+            ConnectTimeout, TransportError, SessionError: the backend did not start.
+        """
+        opts = dict(opts)
+        self._resume_start_options(opts)
+        backend_name, decision = self._route_start_options(backend, opts)
+        spec = self.backend_spec(backend_name)
+        merged = {**self._session_defaults, **spec.options, **opts}
+        allowed = spec.handler.option_names() | SESSION_OPTIONS
+        unknown = sorted(set(merged) - allowed)
+        if unknown:
+            raise InvalidOption(
+                f"unknown option(s) {', '.join(map(repr, unknown))} for backend {spec.name!r}; "
+                f"accepted: {', '.join(sorted(allowed))}"
+            )
+        session_id = merged.pop("session_id", None) or f"session_{uuid.uuid4().hex}"
+        if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
+            raise InvalidOption(
+                "session_id must be 1-200 characters of letters, digits and '_.:-'; "
+                f"got {session_id!r}"
+            )
+        config = SessionConfig(
+            session_id=session_id,
+            backend=spec.name,
+            handler_cls=spec.handler,
+            options={k: v for k, v in merged.items() if k not in SESSION_OPTIONS},
+            recorder=StoreRecorder(self.store_actor),
+            **{k: v for k, v in merged.items() if k in SESSION_OPTIONS and k != "session_id"},
+        )
+        config.lineage.route_decision = decision
+        child = ChildSpec(
+            session_id,
+            (SessionActor, (config,), {}),
+            restart="transient",
+            shutdown=10.0,
+            name=self._session_name(session_id),
+        )
+        try:
+            self.sessions_supervisor.start_child(child, timeout=CALL_TIMEOUT)
+        except StartChildError as exc:
+            reason = exc.reason
+            if isinstance(reason, AlreadyRegistered):
+                raise InvalidOption(f"session {session_id!r} is already running") from None
+            if isinstance(reason, BeamAgentError):
+                raise reason from None
+            raise SessionError(
+                f"session {session_id} failed to start: {reason!r}", reason=reason
+            ) from reason
+        self._session_backends[session_id] = spec.name
+        session = Session(self, session_id)
+        wait = config.connect_timeout + config.init_timeout + 5.0
+        try:
+            session._call("await_ready", timeout=wait)
+        except BaseException:
+            self._session_backends.pop(session_id, None)
+            self._quietly_stop(session_id)
+            raise
+        self._registry_call("register_session", session_id, spec.name)
+        self._route_decided(session_id, config.lineage.route_decision)
+        return session
+
+    def session(self, session_id: str) -> Session:
+        """The handle of a live session.
+
+        Raises:
+            SessionNotFound: no live session has this id.
+        """
+        self._session_ref(session_id)
+        return Session(self, session_id)
+
+    def live_sessions(self) -> list[str]:
+        """Ids of the sessions running now."""
+        return [sid for sid in list(self._session_backends) if whereis(self._session_name(sid))]
+
+    def stop_session(self, session_id: str) -> None:
+        """Stop a live session gracefully (its history stays in the store).
+
+        Raises:
+            SessionNotFound: no live session has this id.
+        """
+        ref = self._session_ref(session_id)
+        try:
+            self.sessions_supervisor.terminate_child(ref, timeout=CALL_TIMEOUT)
+        except BeamAgentError:
+            raise
+        except Exception:
+            pass  # it ended on its own meanwhile
+        self._session_backends.pop(session_id, None)
+        self._registry_call("unregister_session", session_id)
+
+    def _quietly_stop(self, session_id: str) -> None:
+        ref = whereis(self._session_name(session_id))
+        if ref is not None:
+            with contextlib.suppress(Exception):
+                self.sessions_supervisor.terminate_child(ref, timeout=CALL_TIMEOUT)
+
+
+_default: Runtime | None = None
+_default_lock = threading.Lock()
+
+
+def default_runtime() -> Runtime:
+    """The process-wide runtime used by the module-level API (created on first use)."""
+    global _default
+    with _default_lock:
+        if _default is None or _default.stopped:
+            _default = Runtime()
+            atexit.register(_default.stop)
+        return _default
+
+
+def shutdown_default_runtime() -> None:
+    """Stop the default runtime, if one was started."""
+    global _default
+    with _default_lock:
+        runtime, _default = _default, None
+    if runtime is not None:
+        runtime.stop()

@@ -1,0 +1,825 @@
+"""The session actor: one backend conversation as a supervised state machine.
+
+States ``connecting → initializing → ready ⇄ active_query`` and ``error``
+(BeamAgent's gen_statem). The actor owns the transport, the message queue,
+the single consumer, the timeouts and the state; the backend handler only
+translates. Transport events arrive as messages from the transport's threads.
+
+Guarantees:
+
+* a blocking ``query`` that times out interrupts the backend (or abandons the
+  query) and leaves the session ``ready`` — never stuck in ``active_query``;
+* every message is recorded (through the recorder, i.e. the store) before the
+  consumer can see it;
+* when the transport dies, the session answers ``SessionError`` to everything
+  but ``health``/``session_info``, lingers in ``error`` for ``error_linger``
+  seconds, then ends abnormally so its supervisor restarts it. A session that
+  never became ready ends with ``Shutdown`` instead (a start failure is
+  reported to the starter, not retried for ever).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import attrs
+import pykka
+import structlog
+
+from beamagent.backends.base import (
+    BackendHandler,
+    Connected,
+    Data,
+    Disconnected,
+    Exited,
+    HandlerOutput,
+    SessionState,
+    Transport,
+    TransportEvent,
+)
+from beamagent.errors import (
+    BadQueryRef,
+    BeamAgentError,
+    BufferOverflow,
+    ConnectTimeout,
+    Interrupted,
+    InvalidOption,
+    NoActiveQuery,
+    ProtocolError,
+    QueryComplete,
+    QueryInProgress,
+    QueryTimeout,
+    SessionError,
+    TransportError,
+    UnknownControlMethod,
+)
+from beamagent.messages import Message, MessageType
+from supervisors import Crashed, Process, Shutdown, TimerRef, send_after
+
+__all__ = ["QueryRef", "Recorder", "SessionActor", "SessionConfig", "SessionLineage"]
+
+log = structlog.get_logger("beamagent.session")
+
+UNIVERSAL_CONTROLS = ("setModel", "setPermissionMode", "setMaxThinkingTokens", "stopTask")
+
+
+class Recorder(Protocol):
+    """Where a session records its metadata and every message (the store)."""
+
+    def session_started(self, meta: Mapping[str, Any]) -> None:
+        """The session (re)started; ``meta`` has backend, model, cwd, native id..."""
+
+    def session_updated(self, session_id: str, fields: Mapping[str, Any]) -> None:
+        """Metadata changed (model, native session id)."""
+
+    def record(self, session_id: str, messages: list[dict[str, Any]]) -> None:
+        """Durably record messages, in order, before they are delivered."""
+
+
+@attrs.frozen
+class QueryRef:
+    """Names one query of one session; pass it to ``receive_message``."""
+
+    session_id: str
+    id: int
+
+
+@attrs.define
+class SessionLineage:
+    """State shared by every incarnation of one session (survives restarts)."""
+
+    incarnations: int = 0
+    ever_ready: bool = False
+    native_session_id: str | None = None
+    model: str | None = None
+    permission_mode: str | None = None
+    route_decision: dict[str, Any] | None = None
+
+
+@attrs.define
+class SessionConfig:
+    """Everything a session actor needs to start; the same object on every restart."""
+
+    session_id: str
+    backend: str
+    handler_cls: type[BackendHandler]
+    options: dict[str, Any]
+    recorder: Recorder | None = None
+    connect_timeout: float = 15.0
+    init_timeout: float = 15.0
+    buffer_max: int = 10_000_000
+    error_linger: float = 1.0
+    drain_timeout: float = 5.0
+    query_defaults: dict[str, Any] = attrs.field(factory=dict)
+    lineage: SessionLineage = attrs.field(factory=SessionLineage)
+    on_state: Callable[[str, str], None] | None = None
+
+
+@attrs.frozen
+class _TransportEvent:
+    generation: int
+    event: TransportEvent
+
+
+@attrs.frozen
+class _Timeout:
+    kind: str  # connect | init | consumer | drain | linger
+    token: int
+
+
+class _Query:
+    __slots__ = (
+        "collect",
+        "consumer",
+        "consumer_token",
+        "done",
+        "id",
+        "interrupted",
+        "queue",
+        "started",
+    )
+
+    def __init__(self, query_id: int) -> None:
+        self.id = query_id
+        self.queue: deque[Message] = deque()
+        self.consumer: pykka.Future[Any] | None = None
+        self.consumer_token = 0
+        self.collect: tuple[pykka.Future[Any], list[Message]] | None = None
+        self.done = False
+        self.interrupted = False
+        self.started = time.monotonic()
+
+
+class SessionActor(Process):
+    """One session: see the module docstring. Started by the runtime's ``sessions``."""
+
+    def __init__(self, config: SessionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.session_id = config.session_id
+        self.state = SessionState.CONNECTING
+        self.process_state = self.state.value
+        self.handler: BackendHandler | None = None
+        self.transport: Transport | None = None
+        self._log = log.bind(session_id=config.session_id, backend=config.backend)
+        self._buffer = bytearray()
+        self._generation = 0
+        self._tokens = itertools.count(1)
+        self._timer: TimerRef | None = None
+        self._timer_token = 0
+        self._query_ids = itertools.count(1)
+        self._query: _Query | None = None
+        self._draining = False
+        self._drain_token = 0
+        self._ready_waiters: list[pykka.Future[Any]] = []
+        self._postponed: list[tuple[Callable[..., Any], tuple[Any, ...], pykka.Future[Any]]] = []
+        self._controls: dict[str, tuple[pykka.Future[Any], TimerRef | None]] = {}
+        self._control_ids = itertools.count(1)
+        self._error: SessionError | None = None
+        self._info: dict[str, Any] = {}
+        self._started_at = time.time()
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        config = self.config
+        lineage = config.lineage
+        lineage.incarnations += 1
+        options = dict(config.options)
+        if lineage.model is not None:
+            options["model"] = lineage.model
+        if lineage.permission_mode is not None:
+            options["permission_mode"] = lineage.permission_mode
+        if lineage.native_session_id is not None:
+            options.setdefault("native_session_id", lineage.native_session_id)
+        self.handler = config.handler_cls(options)
+        self.transport = self.handler.open_transport()
+        if lineage.incarnations > 1:
+            self._log.warning("session_restarted", incarnation=lineage.incarnations)
+        self._arm("connect", config.connect_timeout)
+        generation = self._generation
+        actor_ref = self.actor_ref
+
+        def sink(event: TransportEvent) -> None:
+            with contextlib.suppress(pykka.ActorDeadError):  # late output of an ended session
+                actor_ref.tell(_TransportEvent(generation, event))
+
+        self.transport.start(sink)
+        if config.recorder is not None:
+            config.recorder.session_started(self._meta())
+        self._log.info("session_started", model=self.handler.model)
+
+    def on_stop(self) -> None:
+        self._shutdown_io(SessionError(f"session {self.session_id} stopped", reason="stopped"))
+
+    def on_failure(self, *_exc_info: Any) -> None:
+        self._log.error("session_crashed", state=str(self.state))
+        self._shutdown_io(SessionError(f"session {self.session_id} crashed", reason="crashed"))
+
+    def _shutdown_io(self, error: SessionError) -> None:
+        self._cancel_timer()
+        self._fail_waiters(error)
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            try:
+                transport.close()
+            except Exception:
+                self._log.exception("transport_close_failed")
+
+    def _meta(self) -> dict[str, Any]:
+        handler = self.handler
+        assert handler is not None
+        return {
+            "session_id": self.session_id,
+            "backend": self.config.backend,
+            "model": handler.model,
+            "cwd": self.config.options.get("cwd"),
+            "native_session_id": self._native_id(),
+        }
+
+    def _native_id(self) -> str | None:
+        native = self._info.get("native_session_id") or self.config.lineage.native_session_id
+        if native is None and self.handler is not None:
+            native = self.handler.info().get("native_session_id")
+        return str(native) if native is not None else None
+
+    # --- state and timers ---------------------------------------------------------------
+
+    def _set_state(self, state: SessionState) -> None:
+        if state is self.state:
+            return
+        old, self.state = self.state, state
+        self.process_state = state.value
+        self._log.debug("session_state_changed", old=old.value, new=state.value)
+        if self.config.on_state is not None:
+            self.config.on_state(self.session_id, state.value)
+
+    def _arm(self, kind: str, seconds: float) -> int:
+        self._cancel_timer()
+        token = next(self._tokens)
+        self._timer_token = token
+        self._timer = send_after(self.actor_ref, _Timeout(kind, token), seconds)
+        return token
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_token = 0
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _TransportEvent):
+            if message.generation == self._generation:
+                self._on_transport(message.event)
+            return None
+        if isinstance(message, _Timeout):
+            self._on_timeout(message)
+            return None
+        return super().on_receive(message)
+
+    def _on_timeout(self, timeout: _Timeout) -> None:
+        kind = timeout.kind
+        if kind in ("connect", "init"):
+            if timeout.token == self._timer_token and self.state in (
+                SessionState.CONNECTING,
+                SessionState.INITIALIZING,
+            ):
+                seconds = (
+                    self.config.connect_timeout if kind == "connect" else self.config.init_timeout
+                )
+                self._fail(
+                    ConnectTimeout(
+                        f"session {self.session_id}: backend {self.config.backend!r} did not "
+                        f"{'connect' if kind == 'connect' else 'finish its handshake'} "
+                        f"within {seconds} s",
+                        reason=f"{kind}_timeout",
+                    )
+                )
+        elif kind == "consumer":
+            query = self._query
+            if (
+                query is not None
+                and query.consumer is not None
+                and query.consumer_token == timeout.token
+            ):
+                future, query.consumer = query.consumer, None
+                self.reply_error(future, QueryTimeout("no message arrived in time"))
+        elif kind == "collect":
+            query = self._query
+            if (
+                query is not None
+                and query.collect is not None
+                and query.consumer_token == timeout.token
+            ):
+                future, _ = query.collect
+                query.collect = None
+                self._abandon(query)
+                self.reply_error(
+                    future,
+                    QueryTimeout(
+                        f"query on session {self.session_id} timed out; the backend was "
+                        "interrupted and the session is ready again"
+                    ),
+                )
+        elif kind == "drain":
+            if timeout.token == self._drain_token and self._draining:
+                self._log.debug("session_drain_timed_out")
+                self._end_drain()
+        elif kind == "linger":
+            self._finish_error()
+
+    # --- transport events ------------------------------------------------------------------
+
+    def _on_transport(self, event: TransportEvent) -> None:
+        if self.state is SessionState.ERROR:
+            return
+        handler = self.handler
+        assert handler is not None
+        if isinstance(event, Data):
+            self._on_data(event.data)
+        elif isinstance(event, Connected):
+            self._info.update({k: v for k, v in event.info.items() if k != "transport"})
+            if self.state is SessionState.CONNECTING:
+                self._cancel_timer()
+                self._apply(handler.on_connected(event))
+                state: SessionState = self.state  # _apply may have moved it on
+                if state is SessionState.CONNECTING:
+                    self._set_state(SessionState.INITIALIZING)
+                    state = SessionState.INITIALIZING
+                if state is SessionState.INITIALIZING:
+                    self._arm("init", self.config.init_timeout)
+        elif isinstance(event, Exited):
+            detail = f": {event.stderr_tail.strip()[-300:]}" if event.stderr_tail.strip() else ""
+            self._fail(
+                TransportError(
+                    f"session {self.session_id}: backend {self.config.backend!r} exited "
+                    f"with status {event.status}{detail}",
+                    reason=("cli_exit", event.status),
+                )
+            )
+        elif isinstance(event, Disconnected):
+            self._fail(
+                TransportError(
+                    f"session {self.session_id}: backend disconnected: {event.reason}",
+                    reason=("disconnected", event.reason),
+                )
+            )
+
+    def _on_data(self, data: bytes) -> None:
+        handler = self.handler
+        assert handler is not None
+        had_newline = b"\n" in self._buffer
+        self._buffer += data
+        if len(self._buffer) > self.config.buffer_max:
+            self._fail(
+                BufferOverflow(
+                    f"session {self.session_id}: backend sent more than "
+                    f"{self.config.buffer_max} unparsed bytes",
+                    reason="buffer_overflow",
+                )
+            )
+            return
+        if handler.line_framed and not had_newline and b"\n" not in data:
+            return
+        try:
+            output, leftover = handler.handle_data(bytes(self._buffer))
+        except ProtocolError as exc:
+            self._fail(SessionError(f"session {self.session_id}: {exc}", reason="protocol"))
+            return
+        self._buffer = bytearray(leftover)
+        self._apply(output)
+
+    def _apply(self, output: HandlerOutput) -> None:
+        transport = self.transport
+        for chunk in output.writes:
+            if transport is None:
+                break
+            try:
+                transport.send(chunk)
+            except TransportError as exc:
+                self._fail(exc)
+                return
+        if output.info:
+            self._info.update(output.info)
+            native = output.info.get("native_session_id")
+            if native and native != self.config.lineage.native_session_id:
+                self.config.lineage.native_session_id = str(native)
+                if self.config.recorder is not None:
+                    self.config.recorder.session_updated(
+                        self.session_id, {"native_session_id": str(native)}
+                    )
+        for request_id, result, error in output.replies:
+            self._control_reply(request_id, result, error)
+        if output.error is not None:
+            self._fail(
+                SessionError(f"session {self.session_id}: {output.error}", reason="protocol")
+            )
+            return
+        if output.state is not None and output.state is not self.state:
+            if output.state is SessionState.READY:
+                self._become_ready()
+            elif output.state is SessionState.INITIALIZING:
+                self._set_state(SessionState.INITIALIZING)
+            else:
+                self._set_state(output.state)
+        if output.messages:
+            self._deliver(list(output.messages))
+
+    def _become_ready(self) -> None:
+        self._cancel_timer()
+        self.config.lineage.ever_ready = True
+        self._set_state(SessionState.READY)
+        waiters, self._ready_waiters = self._ready_waiters, []
+        info = self._session_info()
+        for future in waiters:
+            self.reply(future, info)
+        self._replay_postponed()
+
+    def _replay_postponed(self) -> None:
+        while self._postponed and self.state is SessionState.READY and not self._draining:
+            method, args, future = self._postponed.pop(0)
+            try:
+                result = method(*args)
+            except BeamAgentError as exc:
+                self.reply_error(future, exc)
+            else:
+                if result is not _DEFERRED:
+                    self.reply(future, result)
+
+    # --- messages ----------------------------------------------------------------------------
+
+    def _stamp(self, message: Message) -> Message:
+        if message.session_id == self.session_id:
+            return message
+        return message.with_fields(session_id=self.session_id)
+
+    def _record(self, messages: list[Message]) -> None:
+        recorder = self.config.recorder
+        if recorder is not None and messages:
+            recorder.record(self.session_id, [m.to_dict() for m in messages])
+
+    def _deliver(self, messages: list[Message]) -> None:
+        handler = self.handler
+        assert handler is not None
+        stamped = [self._stamp(m) for m in messages]
+        self._record(stamped)
+        query = self._query
+        for message in stamped:
+            if self._draining:
+                if handler.is_query_complete(message):
+                    self._end_drain()
+                continue
+            if query is None or query.done:
+                continue  # unsolicited: recorded, nobody is waiting
+            terminal = handler.is_query_complete(message)
+            if query.collect is not None:
+                query.collect[1].append(message)
+            else:
+                query.queue.append(message)
+            if terminal:
+                query.done = True
+                self._set_state(SessionState.READY)
+                self._log.info(
+                    "query_completed",
+                    query=query.id,
+                    ms=int((time.monotonic() - query.started) * 1000),
+                    subtype=message.subtype,
+                )
+            if query.consumer is not None and query.queue:
+                future, query.consumer = query.consumer, None
+                self.reply(future, query.queue.popleft())
+            if terminal and query.collect is not None:
+                future, collected = query.collect
+                query.collect = None
+                self.reply(future, collected)
+            if terminal:
+                self._replay_postponed()
+
+    def _end_drain(self) -> None:
+        self._draining = False
+        self._drain_token = 0
+        self._replay_postponed()
+
+    # --- errors --------------------------------------------------------------------------------
+
+    def _fail(self, error: SessionError) -> None:
+        if self.state is SessionState.ERROR:
+            return
+        self._error = error
+        self._set_state(SessionState.ERROR)
+        self._log.warning("session_failed", reason=str(error.reason), error=str(error))
+        self._generation += 1  # ignore whatever the dead transport still delivers
+        self._shutdown_io(error)
+        linger = self.config.error_linger
+        if linger > 0 and self.config.lineage.ever_ready:
+            self._arm("linger", linger)
+        else:
+            self._finish_error()
+
+    def _finish_error(self) -> None:
+        error = self._error or SessionError("session error")
+        if self.config.lineage.ever_ready:
+            self.stop_with(Crashed(error))  # abnormal: the supervisor restarts it
+        else:
+            self.stop_with(Shutdown(("start_failed", str(error))))
+
+    def _fail_waiters(self, error: SessionError) -> None:
+        query = self._query
+        if query is not None:
+            if query.consumer is not None:
+                future, query.consumer = query.consumer, None
+                self.reply_error(future, error)
+            if query.collect is not None:
+                future, _ = query.collect
+                query.collect = None
+                self.reply_error(future, error)
+        for future in self._ready_waiters:
+            self.reply_error(future, error)
+        self._ready_waiters = []
+        for _method, _args, future in self._postponed:
+            self.reply_error(future, error)
+        self._postponed = []
+        for future, timer in self._controls.values():
+            if timer is not None:
+                timer.cancel()
+            self.reply_error(future, error)
+        self._controls = {}
+
+    def _check_usable(self) -> None:
+        if self.state is SessionState.ERROR:
+            assert self._error is not None
+            raise SessionError(str(self._error), reason=self._error.reason)
+
+    def _postpone_if_not_ready(self, method: Callable[..., Any], *args: Any) -> bool:
+        """Queue a call until the session is ready (and not draining); True if queued."""
+        if self.state in (SessionState.CONNECTING, SessionState.INITIALIZING) or (
+            self._draining and self.state is SessionState.READY
+        ):
+            self._postponed.append((method, args, self.defer_reply()))
+            return True
+        return False
+
+    # --- the API the handle calls (through ProxyCall) ---------------------------------------------
+
+    def await_ready(self) -> Any:
+        """Answer once the session is ready (or raise its start error)."""
+        self._check_usable()
+        if self.state in (SessionState.READY, SessionState.ACTIVE_QUERY):
+            return self._session_info()
+        self._ready_waiters.append(self.defer_reply())
+        return _DEFERRED
+
+    def send_query(self, prompt: str, params: Mapping[str, Any] | None = None) -> Any:
+        """Start a query; returns its ``QueryRef``."""
+        self._check_usable()
+        if self._postpone_if_not_ready(self._start_query, prompt, params):
+            return _DEFERRED
+        return self._start_query(prompt, params)
+
+    def _start_query(self, prompt: str, params: Mapping[str, Any] | None) -> QueryRef:
+        self._check_usable()
+        if self.state is SessionState.ACTIVE_QUERY:
+            raise QueryInProgress(
+                f"session {self.session_id} is already running a query; "
+                "wait for it or interrupt() it"
+            )
+        if not isinstance(prompt, str):
+            raise InvalidOption(f"prompt must be a str; got {type(prompt).__name__}")
+        handler = self.handler
+        assert handler is not None
+        merged = {**self.config.query_defaults, **(params or {})}
+        output = handler.encode_query(prompt, merged)
+        query = _Query(next(self._query_ids))
+        self._query = query
+        self._set_state(SessionState.ACTIVE_QUERY)
+        user = Message(
+            type=MessageType.USER,
+            content=prompt,
+            session_id=self.session_id,
+            timestamp=int(time.time() * 1000),
+        )
+        self._record([user])
+        self._log.info("query_sent", query=query.id, chars=len(prompt))
+        self._apply(output)
+        return QueryRef(self.session_id, query.id)
+
+    def receive_message(self, ref: QueryRef, timeout: float | None = None) -> Any:
+        """The next message of query ``ref``; parks the caller until one arrives."""
+        self._check_usable()
+        query = self._query
+        if not isinstance(ref, QueryRef) or query is None or ref.id != query.id:
+            raise BadQueryRef(f"{ref!r} is not the current query of session {self.session_id}")
+        if query.queue:
+            return query.queue.popleft()
+        if query.interrupted:
+            query.interrupted = False
+            raise Interrupted(f"query {query.id} of session {self.session_id} was interrupted")
+        if query.done:
+            raise QueryComplete(f"query {query.id} of session {self.session_id} is complete")
+        if query.consumer is not None or query.collect is not None:
+            raise QueryInProgress(
+                f"query {query.id} of session {self.session_id} already has a consumer"
+            )
+        query.consumer = self.defer_reply()
+        query.consumer_token = next(self._tokens)
+        if timeout is not None:
+            send_after(self.actor_ref, _Timeout("consumer", query.consumer_token), timeout)
+        return _DEFERRED
+
+    def query(self, prompt: str, params: Mapping[str, Any] | None, timeout: float) -> Any:
+        """Run a query and answer with all its messages (terminal one included)."""
+        self._check_usable()
+        if self._postpone_if_not_ready(self._collect, prompt, params, timeout):
+            return _DEFERRED
+        return self._collect(prompt, params, timeout)
+
+    def _collect(self, prompt: str, params: Mapping[str, Any] | None, timeout: float) -> Any:
+        future = self._current_future()
+        self._start_query(prompt, params)
+        query = self._query
+        assert query is not None
+        if query.done:  # the backend answered synchronously
+            collected = list(query.queue)
+            query.queue.clear()
+            return collected
+        collected = list(query.queue)
+        query.queue.clear()
+        if future is None:
+            future = self.defer_reply()
+        query.collect = (future, collected)
+        query.consumer_token = next(self._tokens)
+        send_after(self.actor_ref, _Timeout("collect", query.consumer_token), timeout)
+        return _DEFERRED
+
+    def _current_future(self) -> pykka.Future[Any] | None:
+        # When replayed from the postponed list the reply is already deferred.
+        if self._current is None:
+            return None
+        if self._current.reply_to in self._outstanding:
+            return self._current.reply_to
+        return None
+
+    def interrupt(self) -> None:
+        """Interrupt the running query; its consumer gets ``Interrupted``."""
+        self._check_usable()
+        query = self._query
+        if self.state is not SessionState.ACTIVE_QUERY or query is None or query.done:
+            raise NoActiveQuery(f"session {self.session_id} has no query running")
+        self._abandon(query)
+        query.interrupted = True
+        error = Interrupted(f"query {query.id} of session {self.session_id} was interrupted")
+        if query.consumer is not None:
+            future, query.consumer = query.consumer, None
+            self.reply_error(future, error)
+            query.interrupted = False
+        if query.collect is not None:
+            future, _ = query.collect
+            query.collect = None
+            self.reply_error(future, error)
+            query.interrupted = False
+
+    def abort(self) -> None:
+        """Abort the running work: the backend's abort if it has one, else interrupt."""
+        self._check_usable()
+        handler = self.handler
+        assert handler is not None
+        output = handler.encode_abort()
+        if output is not None and self.state is SessionState.ACTIVE_QUERY:
+            self._apply(output)
+        self.interrupt()
+
+    def _abandon(self, query: _Query) -> None:
+        """Stop waiting for ``query``: interrupt the backend, drop its late output."""
+        handler = self.handler
+        assert handler is not None
+        output = handler.encode_interrupt()
+        query.done = True
+        query.queue.clear()
+        self._draining = True
+        self._drain_token = next(self._tokens)
+        send_after(self.actor_ref, _Timeout("drain", self._drain_token), self.config.drain_timeout)
+        self._set_state(SessionState.READY)
+        self._log.info("query_interrupted", query=query.id, native=output is not None)
+        if output is not None:
+            self._apply(output)
+
+    def health(self) -> str:
+        """The state name."""
+        return self.state.value
+
+    def session_info(self) -> dict[str, Any]:
+        """Session id, backend, state, model, permission mode, plus backend info."""
+        return self._session_info()
+
+    def _session_info(self) -> dict[str, Any]:
+        handler = self.handler
+        info: dict[str, Any] = {}
+        if self.transport is not None:
+            info.update(self.transport.info())
+        info.update(self._info)
+        if handler is not None:
+            info.update(handler.info())
+        info.update(
+            {
+                "session_id": self.session_id,
+                "backend": self.config.backend,
+                "state": self.state.value,
+                "model": handler.model if handler else None,
+                "permission_mode": handler.permission_mode if handler else None,
+                "adapter_module": type(handler).__module__ if handler else None,
+                "capabilities": sorted(c.value for c in self.config.handler_cls.capabilities),
+                "native_session_id": self._native_id(),
+                "incarnation": self.config.lineage.incarnations,
+                "started_at": self._started_at,
+                "route_decision": self.config.lineage.route_decision,
+            }
+        )
+        if self._error is not None:
+            info["error"] = str(self._error)
+        return info
+
+    def set_model(self, model: str) -> str:
+        """Switch model (on the live backend where it supports it); returns it."""
+        self._check_usable()
+        if not isinstance(model, str) or not model:
+            raise InvalidOption(f"model must be a non-empty str; got {model!r}")
+        handler = self.handler
+        assert handler is not None
+        output = handler.set_model(model)
+        handler.model = model
+        self.config.lineage.model = model
+        if output is not None:
+            self._apply(output)
+        if self.config.recorder is not None:
+            self.config.recorder.session_updated(self.session_id, {"model": model})
+        return model
+
+    def set_permission_mode(self, mode: str) -> str:
+        """Change the permission mode (on the live backend where it supports it)."""
+        self._check_usable()
+        if not isinstance(mode, str) or not mode:
+            raise InvalidOption(f"permission mode must be a non-empty str; got {mode!r}")
+        handler = self.handler
+        assert handler is not None
+        output = handler.set_permission_mode(mode)
+        handler.permission_mode = mode
+        self.config.lineage.permission_mode = mode
+        if output is not None:
+            self._apply(output)
+        return mode
+
+    def send_control(self, method: str, params: Mapping[str, Any], timeout: float) -> Any:
+        """A backend-native control request, else the universal fallback."""
+        self._check_usable()
+        handler = self.handler
+        assert handler is not None
+        request_id = f"ctl_{next(self._control_ids)}"
+        output = handler.handle_control(method, dict(params), request_id)
+        if output is not None:
+            future = self.defer_reply()
+            timer = send_after(self.actor_ref, _Timeout("control", 0), timeout)
+            timer.cancel()  # control timeouts are enforced by the caller's wait
+            self._controls[request_id] = (future, None)
+            self._apply(output)
+            return _DEFERRED
+        return self._universal_control(method, params)
+
+    def _universal_control(self, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        if method == "setModel":
+            return {"model": self.set_model(str(params.get("model", "")))}
+        if method == "setPermissionMode":
+            return {"permission_mode": self.set_permission_mode(str(params.get("mode", "")))}
+        if method == "setMaxThinkingTokens":
+            value = params.get("max_thinking_tokens", params.get("maxThinkingTokens"))
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidOption(f"max_thinking_tokens must be an int >= 0; got {value!r}")
+            self._info["max_thinking_tokens"] = value
+            return {"max_thinking_tokens": value}
+        if method == "stopTask":
+            if self.state is SessionState.ACTIVE_QUERY:
+                self.interrupt()
+                return {"stopped": True}
+            return {"stopped": False}
+        raise UnknownControlMethod(method)
+
+    def _control_reply(self, request_id: Any, result: Any, error: str | None) -> None:
+        entry = self._controls.pop(str(request_id), None)
+        if entry is None:
+            self._log.debug("control_reply_unmatched", request_id=request_id)
+            return
+        future, _timer = entry
+        if error is not None:
+            self.reply_error(
+                future, UnknownControlMethod(error) if "unknown" in error else SessionError(error)
+            )
+        else:
+            self.reply(future, result)
+
+
+_DEFERRED: Any = object()
+"""Returned by API methods whose reply was deferred (the loop ignores the value)."""

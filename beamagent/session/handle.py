@@ -1,0 +1,380 @@
+"""``Session``: the handle users hold. It names a session; it is not an actor ref.
+
+Every call looks the session up by its registered name, so a handle keeps
+working after the session's supervisor restarted it. The async twins
+(``aquery``, ``astream``...) bridge the actor's reply straight into the event
+loop (no thread pool): they never block the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, cast
+
+import pykka
+from pykka._envelope import Envelope
+from pykka._threading import ThreadingFuture
+from pykka.messages import ProxyCall
+
+from beamagent.errors import (
+    BeamAgentError,
+    Interrupted,
+    NoActiveQuery,
+    QueryComplete,
+    QueryTimeout,
+    SessionError,
+    SessionNotFound,
+)
+from beamagent.messages import Message
+from beamagent.session.actor import QueryRef
+
+if TYPE_CHECKING:
+    from beamagent.runtime import Runtime
+
+__all__ = ["Session"]
+
+DEFAULT_QUERY_TIMEOUT = 120.0
+CALL_TIMEOUT = 30.0
+_GRACE = 5.0  # the actor enforces query timeouts itself; this only guards a wedged actor
+
+
+class _LoopFuture(ThreadingFuture[Any]):
+    """A Pykka future that also resolves an asyncio future, thread-safely."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, target: asyncio.Future[Any]) -> None:
+        super().__init__()
+        self._loop = loop
+        self._target = target
+
+    def _notify(self) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody awaits any more
+            self._loop.call_soon_threadsafe(_resolve, self._target, self)
+
+    def set(self, value: Any = None) -> None:
+        super().set(value)
+        self._notify()
+
+    def set_exception(self, exc_info: Any = None) -> None:
+        super().set_exception(exc_info)
+        self._notify()
+
+
+def _resolve(target: asyncio.Future[Any], source: ThreadingFuture[Any]) -> None:
+    if target.done():
+        return
+    try:
+        target.set_result(source.get(timeout=0))
+    except BaseException as exc:
+        target.set_exception(exc)
+
+
+class Session:
+    """A live session, by id. Created by ``Runtime.start_session`` or ``Runtime.session``.
+
+    Example::
+
+        with Runtime(store=":memory:") as rt:
+            session = rt.start_session(backend="local")
+            messages = session.query("hello")
+            messages[-1].content  # 'hello'
+    """
+
+    __slots__ = ("_runtime", "session_id")
+
+    def __init__(self, runtime: Runtime, session_id: str) -> None:
+        self._runtime = runtime
+        self.session_id = session_id
+
+    def __repr__(self) -> str:
+        return f"<Session {self.session_id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Session) and other.session_id == self.session_id
+
+    def __hash__(self) -> int:
+        return hash(self.session_id)
+
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime this session lives in."""
+        return self._runtime
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    def _call(self, method: str, *args: Any, timeout: float | None = CALL_TIMEOUT) -> Any:
+        message = ProxyCall(attr_path=(method,), args=args, kwargs={})
+        for attempt in (1, 2):
+            ref = self._runtime._session_ref(self.session_id)
+            try:
+                return ref.ask(message, timeout=timeout)
+            except pykka.ActorDeadError:
+                if attempt == 2:
+                    raise SessionError(
+                        f"session {self.session_id} ended during the call", reason="ended"
+                    ) from None
+            except pykka.Timeout:
+                raise QueryTimeout(
+                    f"session {self.session_id} did not answer {method} within {timeout} s"
+                ) from None
+        raise AssertionError("unreachable")
+
+    async def _acall(self, method: str, *args: Any, timeout: float | None = CALL_TIMEOUT) -> Any:
+        loop = asyncio.get_running_loop()
+        message = ProxyCall(attr_path=(method,), args=args, kwargs={})
+        for attempt in (1, 2):
+            ref = self._runtime._session_ref(self.session_id)
+            target: asyncio.Future[Any] = loop.create_future()
+            ref.actor_inbox.put(Envelope(message, reply_to=_LoopFuture(loop, target)))
+            try:
+                return await asyncio.wait_for(target, timeout)
+            except pykka.ActorDeadError:
+                if attempt == 2:
+                    raise SessionError(
+                        f"session {self.session_id} ended during the call", reason="ended"
+                    ) from None
+            except TimeoutError:
+                raise QueryTimeout(
+                    f"session {self.session_id} did not answer {method} within {timeout} s"
+                ) from None
+        raise AssertionError("unreachable")
+
+    # --- queries ----------------------------------------------------------------------------
+
+    def query(
+        self, prompt: str, *, timeout: float = DEFAULT_QUERY_TIMEOUT, **params: Any
+    ) -> list[Message]:
+        """Run a query and return all its messages, the terminal one included.
+
+        Raises:
+            QueryInProgress: another query is running.
+            QueryTimeout: no terminal message within ``timeout`` seconds (the
+                backend was interrupted; the session is ready again).
+            Interrupted: someone interrupted the query.
+            SessionError: the backend died.
+        """
+        return cast(
+            list[Message], self._call("query", prompt, params, timeout, timeout=timeout + _GRACE)
+        )
+
+    async def aquery(
+        self, prompt: str, *, timeout: float = DEFAULT_QUERY_TIMEOUT, **params: Any
+    ) -> list[Message]:
+        """Async twin of :meth:`query`."""
+        return cast(
+            list[Message],
+            await self._acall("query", prompt, params, timeout, timeout=timeout + _GRACE),
+        )
+
+    def send_query(
+        self,
+        prompt: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        timeout: float = CALL_TIMEOUT,
+    ) -> QueryRef:
+        """Start a query; read its messages with :meth:`receive_message`."""
+        return cast(QueryRef, self._call("send_query", prompt, dict(params or {}), timeout=timeout))
+
+    async def asend_query(
+        self, prompt: str, params: Mapping[str, Any] | None = None, *, timeout: float = CALL_TIMEOUT
+    ) -> QueryRef:
+        """Async twin of :meth:`send_query`."""
+        return cast(
+            QueryRef, await self._acall("send_query", prompt, dict(params or {}), timeout=timeout)
+        )
+
+    def receive_message(self, ref: QueryRef, timeout: float = DEFAULT_QUERY_TIMEOUT) -> Message:
+        """The next message of query ``ref``.
+
+        Raises:
+            QueryComplete: the terminal message was already received.
+            BadQueryRef: ``ref`` is not the session's current query.
+            QueryTimeout: nothing arrived within ``timeout`` (the query goes on).
+            Interrupted: the query was interrupted (reported once).
+        """
+        return cast(Message, self._call("receive_message", ref, timeout, timeout=timeout + _GRACE))
+
+    async def areceive_message(
+        self, ref: QueryRef, timeout: float = DEFAULT_QUERY_TIMEOUT
+    ) -> Message:
+        """Async twin of :meth:`receive_message`."""
+        return cast(
+            Message, await self._acall("receive_message", ref, timeout, timeout=timeout + _GRACE)
+        )
+
+    def stream(
+        self, prompt: str, *, timeout: float = DEFAULT_QUERY_TIMEOUT, **params: Any
+    ) -> Iterator[Message]:
+        """Yield the messages of a query as they arrive, the terminal one last.
+
+        ``timeout`` bounds the wait for each message. Leaving the loop early
+        interrupts the query, so the session is ready for the next one.
+        """
+        ref = self.send_query(prompt, params)
+        finished = False
+        try:
+            while True:
+                try:
+                    message = self.receive_message(ref, timeout)
+                except QueryComplete:
+                    finished = True
+                    return
+                yield message
+                if self._is_terminal(message):
+                    finished = True
+                    return
+        except (QueryTimeout, Interrupted):
+            raise
+        finally:
+            if not finished:
+                self._quietly_interrupt()
+
+    async def astream(
+        self, prompt: str, *, timeout: float = DEFAULT_QUERY_TIMEOUT, **params: Any
+    ) -> AsyncIterator[Message]:
+        """Async twin of :meth:`stream` (an async iterator)."""
+        ref = await self.asend_query(prompt, params)
+        finished = False
+        try:
+            while True:
+                try:
+                    message = await self.areceive_message(ref, timeout)
+                except QueryComplete:
+                    finished = True
+                    return
+                yield message
+                if self._is_terminal(message):
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                with contextlib.suppress(BeamAgentError):
+                    await self._acall("interrupt")
+
+    def _is_terminal(self, message: Message) -> bool:
+        return message.type in self._runtime._complete_types(self.session_id)
+
+    def _quietly_interrupt(self) -> None:
+        with contextlib.suppress(NoActiveQuery, SessionNotFound, SessionError):
+            self._call("interrupt")
+
+    # --- control ------------------------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        """Interrupt the running query (``NoActiveQuery`` if none)."""
+        self._call("interrupt")
+
+    async def ainterrupt(self) -> None:
+        """Async twin of :meth:`interrupt`."""
+        await self._acall("interrupt")
+
+    def abort(self) -> None:
+        """Abort the running work (the backend's abort, else interrupt)."""
+        self._call("abort")
+
+    async def aabort(self) -> None:
+        """Async twin of :meth:`abort`."""
+        await self._acall("abort")
+
+    def health(self) -> str:
+        """The session's state name, or ``"unknown"`` if it is not running."""
+        try:
+            return cast(str, self._call("health", timeout=CALL_TIMEOUT))
+        except (SessionNotFound, SessionError, QueryTimeout):
+            return "unknown"
+
+    async def ahealth(self) -> str:
+        """Async twin of :meth:`health`."""
+        try:
+            return cast(str, await self._acall("health"))
+        except (SessionNotFound, SessionError, QueryTimeout):
+            return "unknown"
+
+    def session_info(self) -> dict[str, Any]:
+        """Session id, backend, state, model, permission mode, plus backend info."""
+        return cast(dict[str, Any], self._call("session_info"))
+
+    async def asession_info(self) -> dict[str, Any]:
+        """Async twin of :meth:`session_info`."""
+        return cast(dict[str, Any], await self._acall("session_info"))
+
+    def backend(self) -> str:
+        """The backend name."""
+        return cast(str, self.session_info()["backend"])
+
+    def adapter_module(self) -> str:
+        """The Python module of the backend handler."""
+        return cast(str, self.session_info()["adapter_module"])
+
+    def set_model(self, model: str) -> str:
+        """Switch model at runtime; returns the model now in use."""
+        return cast(str, self._call("set_model", model))
+
+    async def aset_model(self, model: str) -> str:
+        """Async twin of :meth:`set_model`."""
+        return cast(str, await self._acall("set_model", model))
+
+    def set_permission_mode(self, mode: str) -> str:
+        """Change the permission mode at runtime."""
+        return cast(str, self._call("set_permission_mode", mode))
+
+    async def aset_permission_mode(self, mode: str) -> str:
+        """Async twin of :meth:`set_permission_mode`."""
+        return cast(str, await self._acall("set_permission_mode", mode))
+
+    def send_control(
+        self, method: str, params: Mapping[str, Any] | None = None, *, timeout: float = CALL_TIMEOUT
+    ) -> Any:
+        """A control request: native when the backend has ``method``, else the fallback.
+
+        The universal fallback knows ``setModel``, ``setPermissionMode``,
+        ``setMaxThinkingTokens`` and ``stopTask``.
+
+        Raises:
+            UnknownControlMethod: neither knows ``method``.
+        """
+        return self._call("send_control", method, dict(params or {}), timeout, timeout=timeout)
+
+    async def asend_control(
+        self, method: str, params: Mapping[str, Any] | None = None, *, timeout: float = CALL_TIMEOUT
+    ) -> Any:
+        """Async twin of :meth:`send_control`."""
+        return await self._acall(
+            "send_control", method, dict(params or {}), timeout, timeout=timeout
+        )
+
+    def server_health(self) -> dict[str, Any]:
+        """Backend health details (where the backend has a server, its health endpoint)."""
+        info = self.session_info()
+        return {
+            "backend": info["backend"],
+            "healthy": info["state"] in ("ready", "active_query"),
+            "state": info["state"],
+            **(info.get("server_health") or {}),
+        }
+
+    def account_info(self) -> dict[str, Any]:
+        """Account details from the backend's init data (empty if none)."""
+        return dict(self.session_info().get("account_info") or {})
+
+    def supported_models(self) -> list[Any]:
+        """Models from the backend's init data."""
+        return list(self.session_info().get("supported_models") or [])
+
+    def supported_commands(self) -> list[Any]:
+        """Slash commands from the backend's init data."""
+        return list(self.session_info().get("supported_commands") or [])
+
+    def supported_agents(self) -> list[Any]:
+        """Agents from the backend's init data."""
+        return list(self.session_info().get("supported_agents") or [])
+
+    def stop(self) -> None:
+        """Stop the session (its history stays in the store)."""
+        self._runtime.stop_session(self.session_id)
+
+    async def astop(self) -> None:
+        """Async twin of :meth:`stop` (runs the shutdown off the event loop)."""
+        await asyncio.get_running_loop().run_in_executor(None, self.stop)

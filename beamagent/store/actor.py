@@ -1,0 +1,96 @@
+"""``StoreActor``: the one process that writes to the store.
+
+Every mutation goes through it, so the store's single write connection is
+only ever used from one thread and a session's messages are committed before
+the session delivers them. Reads do not need it: stores give each reading
+thread its own connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pykka
+import structlog
+from pykka.messages import ProxyCall
+
+from beamagent.store.base import SessionStore
+from supervisors import Process
+
+__all__ = ["StoreActor", "StoreRecorder"]
+
+log = structlog.get_logger(__name__)
+
+WRITE_METHODS = frozenset(
+    {
+        "create_session",
+        "update_session",
+        "delete_session",
+        "record_message",
+        "record_messages",
+        "fork_session",
+        "revert_session",
+        "unrevert_session",
+        "share_session",
+        "unshare_session",
+        "summarize_session",
+        "thread_start",
+        "thread_resume",
+        "thread_fork",
+        "thread_archive",
+        "thread_unarchive",
+        "thread_rollback",
+    }
+)
+
+
+class StoreActor(Process):
+    """Owns the store's writes; ``write(method, *args, **kwargs)`` runs one of them."""
+
+    def __init__(self, store: SessionStore) -> None:
+        super().__init__()
+        self.store = store
+
+    def write(self, method: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+        """Run a mutating store method (see ``WRITE_METHODS``) and return its result."""
+        if method not in WRITE_METHODS:
+            raise ValueError(f"{method!r} is not a store write")
+        return getattr(self.store, method)(*args, **kwargs)
+
+    def record(self, session_id: str, messages: list[dict[str, Any]]) -> list[int]:
+        """Record a session's messages in one transaction."""
+        return self.store.record_messages(session_id, messages)
+
+    def session_started(self, meta: Mapping[str, Any]) -> None:
+        """Upsert a session's metadata when it (re)starts."""
+        self.store.create_session(
+            meta["session_id"],
+            meta["backend"],
+            model=meta.get("model"),
+            cwd=meta.get("cwd"),
+            native_session_id=meta.get("native_session_id"),
+        )
+
+
+class StoreRecorder:
+    """The session-side view of the store actor (the session's ``Recorder``)."""
+
+    def __init__(self, ref: pykka.ActorRef[Any], timeout: float = 30.0) -> None:
+        self._ref = ref
+        self._timeout = timeout
+
+    def _ask(self, method: str, *args: Any) -> Any:
+        return self._ref.ask(ProxyCall((method,), args, {}), timeout=self._timeout)
+
+    def session_started(self, meta: Mapping[str, Any]) -> None:
+        """Upsert the session's metadata."""
+        self._ask("session_started", dict(meta))
+
+    def session_updated(self, session_id: str, fields: Mapping[str, Any]) -> None:
+        """Update metadata fields (model, native session id)."""
+        self._ask("write", "update_session", (session_id,), dict(fields))
+
+    def record(self, session_id: str, messages: list[dict[str, Any]]) -> None:
+        """Record messages durably, in order."""
+        self._ask("record", session_id, messages)

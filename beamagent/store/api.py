@@ -1,0 +1,12 @@
+"""Store methods of ``Runtime`` (history, fork/revert/share/summarize, threads)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class StoreApi:
+    """Mixed into ``Runtime``: the durable history of sessions."""
+
+    def _resume_start_options(self, opts: dict[str, Any]) -> None:
+        """Handle ``resume=<session_id>`` in ``start_session`` options (in place)."""
