@@ -39,16 +39,16 @@ from beamagent.errors import (
     SessionNotFound,
     UnknownBackend,
 )
-from beamagent.messages import MessageType
 from beamagent.graph.api import GraphApi
+from beamagent.messages import MessageType
 from beamagent.routing.api import RoutingApi
 from beamagent.routing.policies import BackendInfo
 from beamagent.routing.registry import RoutingRegistry
 from beamagent.session.actor import SessionActor, SessionConfig
 from beamagent.session.handle import CALL_TIMEOUT, Session
 from beamagent.store import SessionStore, open_store
-from beamagent.store.api import StoreApi
 from beamagent.store.actor import StoreActor, StoreRecorder
+from beamagent.store.api import StoreApi
 from supervisors import (
     AlreadyRegistered,
     ChildSpec,
@@ -304,7 +304,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
             ConnectTimeout, TransportError, SessionError: the backend did not start.
         """
         opts = dict(opts)
-        self._resume_start_options(opts)
+        backend = self._resume_start_options(backend, opts)
         backend_name, decision = self._route_start_options(backend, opts)
         spec = self.backend_spec(backend_name)
         merged = {**self._session_defaults, **spec.options, **opts}

@@ -37,6 +37,15 @@ def _child_pids() -> set[int]:
 
 
 @pytest.fixture(autouse=True)
+def isolated_default_store(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never let a test write to the user's real default store."""
+    path = tmp_path_factory.mktemp("default-store") / "sessions.db"
+    monkeypatch.setenv("BEAMAGENT_STORE", str(path))
+
+
+@pytest.fixture(autouse=True)
 def leak_check() -> Iterator[None]:
     """Fail the test if it leaves actors, threads or child processes alive."""
     threads_before = set(threading.enumerate())
