@@ -13,6 +13,7 @@ goes through :func:`normalize` instead, which never raises).
 
 from __future__ import annotations
 
+import copy
 import enum
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -102,7 +103,17 @@ def parse_stop_reason(stop_reason: str | None) -> StopReason | None:
 
 
 def _is_container(value: object) -> bool:
+    kind = type(value)
+    # Exact types first: what json.loads produces, and much cheaper than ABC checks.
+    if kind is dict or kind is list or kind is tuple:
+        return True
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return False
     return isinstance(value, Mapping | list | tuple)
+
+
+def _is_mapping(value: object) -> bool:
+    return type(value) is dict or isinstance(value, Mapping)
 
 
 def _copy_json(value: Any) -> Any:
@@ -113,18 +124,19 @@ def _copy_json(value: Any) -> Any:
     """
     if not _is_container(value):
         return value
-    root: Any = {} if isinstance(value, Mapping) else []
+    root: Any = {} if _is_mapping(value) else []
     stack: list[tuple[Any, Any]] = [(value, root)]
     while stack:
         src, dst = stack.pop()
-        items = src.items() if isinstance(src, Mapping) else enumerate(src)
+        items = src.items() if _is_mapping(src) else enumerate(src)
+        into_dict = type(dst) is dict
         for key, item in items:
             if _is_container(item):
-                copy: Any = {} if isinstance(item, Mapping) else []
+                copy: Any = {} if _is_mapping(item) else []
                 stack.append((item, copy))
             else:
                 copy = item
-            if isinstance(dst, dict):
+            if into_dict:
                 dst[key] = copy
             else:
                 dst.append(copy)
@@ -356,8 +368,12 @@ class Message:
         default=None, kw_only=True, converter=_copy_mapping, repr=False
     )
 
-    def to_dict(self) -> dict[str, Any]:
-        """The message as a JSON-serialisable dict: ``None`` fields (and no blocks) left out."""
+    def to_dict(self, *, copy: bool = True) -> dict[str, Any]:
+        """The message as a JSON-serialisable dict: ``None`` fields (and no blocks) left out.
+
+        With ``copy=False`` nested values are shared with the message: cheaper,
+        for callers that only read or serialise the result (e.g. the store).
+        """
         out: dict[str, Any] = {"type": self.type.value}
         for name in _MESSAGE_FIELDS:
             value = getattr(self, name)
@@ -369,7 +385,7 @@ class Message:
             elif isinstance(value, enum.Enum):
                 out[name] = value.value
             else:
-                out[name] = _copy_json(value)
+                out[name] = _copy_json(value) if copy else value
         return out
 
     @classmethod
@@ -397,11 +413,22 @@ class Message:
         """
         if "stop_reason" in changes and "stop_reason_parsed" not in changes:
             changes["stop_reason_parsed"] = parse_stop_reason(changes["stop_reason"])
+        if changes.keys() <= _SIMPLE_STR_FIELDS and all(
+            value is None or type(value) is str for value in changes.values()
+        ):
+            # Stamping ids is on every message's path: skip re-converting every field.
+            clone = copy.copy(self)
+            for name, value in changes.items():
+                object.__setattr__(clone, name, value)
+            return clone
         return attrs.evolve(self, **changes)
 
 
 _MESSAGE_FIELDS: Final[tuple[str, ...]] = tuple(
     f.name for f in attrs.fields(Message) if f.name != "type"
+)
+_SIMPLE_STR_FIELDS: Final[frozenset[str]] = frozenset(
+    {"session_id", "thread_id", "uuid", "message_id", "model", "parent_tool_use_id"}
 )
 
 
@@ -422,10 +449,6 @@ def _is_number(value: object) -> bool:
 
 def _is_bool(value: object) -> bool:
     return isinstance(value, bool)
-
-
-def _is_mapping(value: object) -> bool:
-    return isinstance(value, Mapping)
 
 
 def _is_list(value: object) -> bool:
@@ -485,6 +508,13 @@ _COMMON_FIELDS: Final[tuple[tuple[str, Callable[[object], bool], tuple[str, ...]
     ("rate_limit_info", _is_mapping, ("rate_limit_info", "rateLimitInfo")),
     ("thread_id", _is_str, ("thread_id", "threadId")),
 )
+
+_COMMON_KEY_INDEX: Final[Mapping[str, tuple[int, ...]]] = {
+    key: tuple(i for i, (_n, _a, keys) in enumerate(_COMMON_FIELDS) if key in keys)
+    for _name, _accept, spelled in _COMMON_FIELDS
+    for key in spelled
+}
+_COMMON_KEYS: Final[frozenset[str]] = frozenset(_COMMON_KEY_INDEX)
 
 # system/init keys the CLIs spell in camelCase, and their canonical names.
 _SYSTEM_INFO_KEYS: Final[Mapping[str, str]] = {
@@ -619,7 +649,10 @@ def normalize(mapping: Mapping[str, Any], *, now_ms: int | None = None) -> Messa
         kind = _MESSAGE_TYPES[kind_name]
 
     fields: dict[str, Any] = {}
-    for name, accept, keys in _COMMON_FIELDS:
+    # Visit only the fields whose keys the mapping has (most messages have a handful).
+    present = mapping.keys() & _COMMON_KEYS if isinstance(mapping, dict) else _COMMON_KEYS
+    for index in sorted({i for key in present for i in _COMMON_KEY_INDEX[key]}):
+        name, accept, keys = _COMMON_FIELDS[index]
         value = _pick(mapping, accept, *keys)
         if value is not None:
             fields[name] = value

@@ -47,7 +47,7 @@ from supervisors._supervisor import (
     SupervisorRef,
     supervisor_spec,
 )
-from supervisors._timers import TimerRef, send_after
+from supervisors._timers import TimerRef, release_idle_timer_thread, send_after
 from supervisors.errors import (
     AlreadyRegistered,
     ChildNotFound,
@@ -108,6 +108,7 @@ __all__ = [
     "monitor",
     "register",
     "registered",
+    "release_idle_timer_thread",
     "require",
     "send_after",
     "send_exit",

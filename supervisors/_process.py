@@ -36,7 +36,8 @@ from supervisors import _names
 from supervisors._mailbox import Mailbox, reject_envelope
 from supervisors._messages import Down, Exit
 from supervisors._reasons import Crashed, ExitReason, Killed, NoProc, Normal, Shutdown
-from supervisors.errors import NoSuchProcess, ReplyError, WaitTimeout
+from supervisors._timers import cancel_timers_for
+from supervisors.errors import NoSuchProcess, NotInProcess, ReplyError, WaitTimeout
 
 __all__ = [
     "MonitorRef",
@@ -227,6 +228,8 @@ class Process(pykka.ThreadingActor):
         self._requested_exit: ExitReason | None = None
         self._in_user_code = False
         self._current: Envelope[Any] | None = None
+        self._deferred = False
+        self._outstanding: set[pykka.Future[Any]] = set()
         self._stop_envelopes: list[Envelope[Any]] = []
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
@@ -365,8 +368,37 @@ class Process(pykka.ThreadingActor):
                 return Crashed(exc), exc_info
             self._in_user_code = False
             self._current = None
-            if reply_to is not None:
+            if self._deferred:
+                self._deferred = False
+            elif reply_to is not None:
                 _settle(reply_to, value=response)
+
+    def defer_reply(self) -> pykka.Future[Any]:
+        """Answer the ``ask`` being handled later, with :meth:`reply` / :meth:`reply_error`.
+
+        Like returning ``noreply`` from an OTP ``handle_call``: the handler
+        returns, the caller keeps waiting. If the process ends before replying,
+        the caller gets ``ActorDeadError``, so it never waits for ever.
+
+        Raises:
+            NotInProcess: the message being handled was a ``tell`` (no caller).
+        """
+        envelope = self._current
+        if envelope is None or envelope.reply_to is None:
+            raise NotInProcess("defer_reply() needs an ask being handled by this process")
+        self._deferred = True
+        self._outstanding.add(envelope.reply_to)
+        return envelope.reply_to
+
+    def reply(self, future: pykka.Future[Any], value: Any = None) -> None:
+        """Answer a caller whose reply was deferred with ``value``."""
+        self._outstanding.discard(future)
+        _settle(future, value=value)
+
+    def reply_error(self, future: pykka.Future[Any], error: BaseException) -> None:
+        """Answer a caller whose reply was deferred by raising ``error`` in it."""
+        self._outstanding.discard(future)
+        _settle(future, exc_info=(type(error), error, error.__traceback__))
 
     def stop_with(self, reason: ExitReason) -> None:
         """End this process with ``reason`` once the current message is handled.
@@ -417,12 +449,23 @@ class Process(pykka.ThreadingActor):
         with _table_lock:
             _table.pop(self.actor_urn, None)
         _names.release_process(self.actor_urn)
+        cancel_timers_for(self.actor_urn)
         owner = str(self)
         for envelope in pending:
             reject_envelope(envelope, owner)
         current = self._current
         if current is not None:
             reject_envelope(current, owner)
+        outstanding, self._outstanding = self._outstanding, set()
+        for future in outstanding:
+            _settle(
+                future,
+                exc_info=(
+                    pykka.ActorDeadError,
+                    pykka.ActorDeadError(f"{owner} ended before replying"),
+                    None,
+                ),
+            )
         self.process_state = "dead"
         self._log_exit(reason, exc_info)
         for urn in links:

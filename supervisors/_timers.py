@@ -53,18 +53,28 @@ class TimerRef:
 
 
 class _TimerService:
-    """A heap of timers and a thread that exists only while timers are pending."""
+    """A heap of timers and a thread that exists only while timers are pending.
+
+    When the heap empties, the thread waits ``idle_linger`` seconds for new
+    timers before it exits: code that schedules and cancels a timeout per
+    request would otherwise pay a thread start every time.
+    """
+
+    idle_linger = 1.0
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._heap: list[TimerRef] = []
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
+        self._by_target: dict[str, set[TimerRef]] = {}
+        self._release = False
 
     def schedule(self, target: pykka.ActorRef[Any], message: Any, seconds: float) -> TimerRef:
         timer = TimerRef(self, time.monotonic() + seconds, next(self._seq), target, message)
         with self._cond:
             heapq.heappush(self._heap, timer)
+            self._by_target.setdefault(target.actor_urn, set()).add(timer)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="supervisors-timers", daemon=True
@@ -81,20 +91,58 @@ class _TimerService:
             timer.state = "cancelled"
             self._heap.remove(timer)
             heapq.heapify(self._heap)
+            self._forget(timer)
             self._cond.notify()
             return True
+
+    def cancel_for(self, urn: str) -> int:
+        """Cancel every pending timer aimed at the process ``urn``; how many there were."""
+        with self._cond:
+            timers = self._by_target.pop(urn, set())
+            pending = [t for t in timers if t.state == "pending"]
+            if not pending:
+                return 0
+            for timer in pending:
+                timer.state = "cancelled"
+            self._heap = [t for t in self._heap if t.state == "pending"]
+            heapq.heapify(self._heap)
+            self._cond.notify()
+            return len(pending)
+
+    def release_idle(self) -> threading.Thread | None:
+        """Make an idle scheduler thread exit now; returns it (to join) if it was running."""
+        with self._cond:
+            thread = self._thread
+            if thread is None or self._heap:
+                return None
+            self._release = True
+            self._cond.notify()
+            return thread
+
+    def _forget(self, timer: TimerRef) -> None:
+        timers = self._by_target.get(timer.target.actor_urn)
+        if timers is not None:
+            timers.discard(timer)
+            if not timers:
+                del self._by_target[timer.target.actor_urn]
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 while True:
                     if not self._heap:
-                        self._thread = None  # exit while idle; the next timer starts a new one
-                        return
+                        if not self._release:
+                            self._cond.wait(self.idle_linger)
+                        if not self._heap:
+                            self._thread = None  # idle: the next timer starts a new thread
+                            self._release = False
+                            return
+                        continue
                     delay = self._heap[0].due - time.monotonic()
                     if delay <= 0:
                         timer = heapq.heappop(self._heap)
                         timer.state = "fired"
+                        self._forget(timer)
                         break
                     self._cond.wait(delay)
             try:
@@ -109,6 +157,9 @@ _service = _TimerService()
 def send_after(target: pykka.ActorRef[Any], message: Any, seconds: float) -> TimerRef:
     """Tell ``message`` to ``target`` after ``seconds``; dropped silently if it is dead by then.
 
+    A process's pending timers are cancelled when it ends, so they never keep
+    the scheduler thread alive for a process that is gone.
+
     Example::
 
         timer = send_after(ref, "tick", 0.5)
@@ -117,3 +168,21 @@ def send_after(target: pykka.ActorRef[Any], message: Any, seconds: float) -> Tim
     if seconds < 0:
         seconds = 0.0
     return _service.schedule(target, message, seconds)
+
+
+def cancel_timers_for(urn: str) -> int:
+    """Cancel every pending timer aimed at the process ``urn`` (done when it ends)."""
+    return _service.cancel_for(urn)
+
+
+def release_idle_timer_thread(timeout: float = 5.0) -> bool:
+    """If no timer is pending, end the scheduler thread now instead of after its idle linger.
+
+    For tests that check no thread outlives them. Returns True if a thread was
+    ended (or none was running).
+    """
+    thread = _service.release_idle()
+    if thread is None:
+        return _service._thread is None
+    thread.join(timeout)
+    return not thread.is_alive()

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import pykka
 import pytest
 
+import supervisors
+
 LEAK_GRACE_SECONDS = 5.0
 
 
@@ -52,6 +54,7 @@ def leak_check() -> Iterator[None]:
     actors_before = {ref.actor_urn for ref in pykka.ActorRegistry.get_all()}
     children_before = _child_pids()
     yield
+    supervisors.release_idle_timer_thread()  # the shared scheduler lingers when idle
     deadline = time.monotonic() + LEAK_GRACE_SECONDS
     # Give threads that were already told to stop a moment to finish: join, don't sleep.
     for thread in set(threading.enumerate()) - threads_before:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -38,6 +39,7 @@ from beamagent.backends.base import (
     Disconnected,
     Exited,
     HandlerOutput,
+    OffThreadCall,
     SessionState,
     Transport,
     TransportEvent,
@@ -99,6 +101,8 @@ class SessionLineage:
     model: str | None = None
     permission_mode: str | None = None
     route_decision: dict[str, Any] | None = None
+    backend_state: dict[str, Any] = attrs.field(factory=dict)
+    """Kept for the backend handler across restarts (e.g. a client-side conversation)."""
 
 
 @attrs.define
@@ -127,9 +131,18 @@ class _TransportEvent:
 
 
 @attrs.frozen
+class _CallResult:
+    generation: int
+    key: Any
+    result: Any
+    error: BaseException | None
+
+
+@attrs.frozen
 class _Timeout:
-    kind: str  # connect | init | consumer | drain | linger
+    kind: str  # connect | init | consumer | collect | drain | linger | control
     token: int
+    key: str = ""
 
 
 class _Query:
@@ -142,6 +155,7 @@ class _Query:
         "interrupted",
         "queue",
         "started",
+        "timer",
     )
 
     def __init__(self, query_id: int) -> None:
@@ -153,6 +167,12 @@ class _Query:
         self.done = False
         self.interrupted = False
         self.started = time.monotonic()
+        self.timer: TimerRef | None = None
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class SessionActor(Process):
@@ -176,11 +196,13 @@ class SessionActor(Process):
         self._query: _Query | None = None
         self._draining = False
         self._drain_token = 0
+        self._drain_timer: TimerRef | None = None
         self._ready_waiters: list[pykka.Future[Any]] = []
-        self._postponed: list[tuple[Callable[..., Any], tuple[Any, ...], pykka.Future[Any]]] = []
+        self._postponed: list[tuple[Callable[[pykka.Future[Any]], Any], pykka.Future[Any]]] = []
         self._controls: dict[str, tuple[pykka.Future[Any], TimerRef | None]] = {}
         self._control_ids = itertools.count(1)
         self._error: SessionError | None = None
+        self._pending_user: Message | None = None
         self._info: dict[str, Any] = {}
         self._started_at = time.time()
 
@@ -197,6 +219,8 @@ class SessionActor(Process):
             options["permission_mode"] = lineage.permission_mode
         if lineage.native_session_id is not None:
             options.setdefault("native_session_id", lineage.native_session_id)
+        options["session_id"] = config.session_id
+        options["backend_state"] = lineage.backend_state
         self.handler = config.handler_cls(options)
         self.transport = self.handler.open_transport()
         if lineage.incarnations > 1:
@@ -223,6 +247,10 @@ class SessionActor(Process):
 
     def _shutdown_io(self, error: SessionError) -> None:
         self._cancel_timer()
+        try:
+            self._record([])  # a prompt sent to a backend that then died is history too
+        except Exception:
+            self._log.exception("record_failed")
         self._fail_waiters(error)
         transport, self.transport = self.transport, None
         if transport is not None:
@@ -280,6 +308,9 @@ class SessionActor(Process):
         if isinstance(message, _Timeout):
             self._on_timeout(message)
             return None
+        if isinstance(message, _CallResult):
+            self._on_call_result(message)
+            return None
         return super().on_receive(message)
 
     def _on_timeout(self, timeout: _Timeout) -> None:
@@ -332,6 +363,12 @@ class SessionActor(Process):
                 self._end_drain()
         elif kind == "linger":
             self._finish_error()
+        elif kind == "control":
+            entry = self._controls.pop(timeout.key, None)
+            if entry is not None:
+                self.reply_error(
+                    entry[0], QueryTimeout(f"control request {timeout.key} was not answered")
+                )
 
     # --- transport events ------------------------------------------------------------------
 
@@ -415,6 +452,8 @@ class SessionActor(Process):
                     )
         for request_id, result, error in output.replies:
             self._control_reply(request_id, result, error)
+        for call in output.calls:
+            self._start_call(call)
         if output.error is not None:
             self._fail(
                 SessionError(f"session {self.session_id}: {output.error}", reason="protocol")
@@ -430,6 +469,38 @@ class SessionActor(Process):
         if output.messages:
             self._deliver(list(output.messages))
 
+    def _start_call(self, call: OffThreadCall) -> None:
+        """Run a handler's user callback on its own thread; the outcome comes back as a message.
+
+        The thread is not joined on stop: a callback may wait for a human, and
+        its late answer to an ended session is dropped.
+        """
+        actor_ref = self.actor_ref
+        generation = self._generation
+
+        def run() -> None:
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = call.fn()
+            except Exception as exc:
+                error = exc
+            with contextlib.suppress(pykka.ActorDeadError):
+                actor_ref.tell(_CallResult(generation, call.key, result, error))
+
+        threading.Thread(
+            target=run, name=f"beamagent-callback-{self.session_id}", daemon=True
+        ).start()
+
+    def _on_call_result(self, message: _CallResult) -> None:
+        if message.generation != self._generation or self.state is SessionState.ERROR:
+            return
+        handler = self.handler
+        assert handler is not None
+        if message.error is not None:
+            self._log.warning("callback_failed", key=str(message.key), error=repr(message.error))
+        self._apply(handler.on_call_result(message.key, message.result, message.error))
+
     def _become_ready(self) -> None:
         self._cancel_timer()
         self.config.lineage.ever_ready = True
@@ -442,9 +513,9 @@ class SessionActor(Process):
 
     def _replay_postponed(self) -> None:
         while self._postponed and self.state is SessionState.READY and not self._draining:
-            method, args, future = self._postponed.pop(0)
+            call, future = self._postponed.pop(0)
             try:
-                result = method(*args)
+                result = call(future)
             except BeamAgentError as exc:
                 self.reply_error(future, exc)
             else:
@@ -459,9 +530,14 @@ class SessionActor(Process):
         return message.with_fields(session_id=self.session_id)
 
     def _record(self, messages: list[Message]) -> None:
+        # The user prompt is recorded in the same write as the first answer (one
+        # store round trip per query, not two); it still precedes every delivery.
+        if self._pending_user is not None:
+            messages = [self._pending_user, *messages]
+            self._pending_user = None
         recorder = self.config.recorder
         if recorder is not None and messages:
-            recorder.record(self.session_id, [m.to_dict() for m in messages])
+            recorder.record(self.session_id, [m.to_dict(copy=False) for m in messages])
 
     def _deliver(self, messages: list[Message]) -> None:
         handler = self.handler
@@ -492,10 +568,12 @@ class SessionActor(Process):
                 )
             if query.consumer is not None and query.queue:
                 future, query.consumer = query.consumer, None
+                query.cancel_timer()
                 self.reply(future, query.queue.popleft())
             if terminal and query.collect is not None:
                 future, collected = query.collect
                 query.collect = None
+                query.cancel_timer()
                 self.reply(future, collected)
             if terminal:
                 self._replay_postponed()
@@ -503,6 +581,9 @@ class SessionActor(Process):
     def _end_drain(self) -> None:
         self._draining = False
         self._drain_token = 0
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
         self._replay_postponed()
 
     # --- errors --------------------------------------------------------------------------------
@@ -541,7 +622,7 @@ class SessionActor(Process):
         for future in self._ready_waiters:
             self.reply_error(future, error)
         self._ready_waiters = []
-        for _method, _args, future in self._postponed:
+        for _call, future in self._postponed:
             self.reply_error(future, error)
         self._postponed = []
         for future, timer in self._controls.values():
@@ -555,12 +636,15 @@ class SessionActor(Process):
             assert self._error is not None
             raise SessionError(str(self._error), reason=self._error.reason)
 
-    def _postpone_if_not_ready(self, method: Callable[..., Any], *args: Any) -> bool:
-        """Queue a call until the session is ready (and not draining); True if queued."""
+    def _postpone_if_not_ready(self, call: Callable[[pykka.Future[Any]], Any]) -> bool:
+        """Queue a call until the session is ready (and not draining); True if queued.
+
+        ``call`` gets the caller's (deferred) future when it is replayed.
+        """
         if self.state in (SessionState.CONNECTING, SessionState.INITIALIZING) or (
             self._draining and self.state is SessionState.READY
         ):
-            self._postponed.append((method, args, self.defer_reply()))
+            self._postponed.append((call, self.defer_reply()))
             return True
         return False
 
@@ -577,7 +661,7 @@ class SessionActor(Process):
     def send_query(self, prompt: str, params: Mapping[str, Any] | None = None) -> Any:
         """Start a query; returns its ``QueryRef``."""
         self._check_usable()
-        if self._postpone_if_not_ready(self._start_query, prompt, params):
+        if self._postpone_if_not_ready(lambda _future: self._start_query(prompt, params)):
             return _DEFERRED
         return self._start_query(prompt, params)
 
@@ -603,7 +687,7 @@ class SessionActor(Process):
             session_id=self.session_id,
             timestamp=int(time.time() * 1000),
         )
-        self._record([user])
+        self._pending_user = user
         self._log.info("query_sent", query=query.id, chars=len(prompt))
         self._apply(output)
         return QueryRef(self.session_id, query.id)
@@ -628,18 +712,27 @@ class SessionActor(Process):
         query.consumer = self.defer_reply()
         query.consumer_token = next(self._tokens)
         if timeout is not None:
-            send_after(self.actor_ref, _Timeout("consumer", query.consumer_token), timeout)
+            query.timer = send_after(
+                self.actor_ref, _Timeout("consumer", query.consumer_token), timeout
+            )
         return _DEFERRED
 
     def query(self, prompt: str, params: Mapping[str, Any] | None, timeout: float) -> Any:
         """Run a query and answer with all its messages (terminal one included)."""
         self._check_usable()
-        if self._postpone_if_not_ready(self._collect, prompt, params, timeout):
+        if self._postpone_if_not_ready(
+            lambda future: self._collect(prompt, params, timeout, future)
+        ):
             return _DEFERRED
-        return self._collect(prompt, params, timeout)
+        return self._collect(prompt, params, timeout, None)
 
-    def _collect(self, prompt: str, params: Mapping[str, Any] | None, timeout: float) -> Any:
-        future = self._current_future()
+    def _collect(
+        self,
+        prompt: str,
+        params: Mapping[str, Any] | None,
+        timeout: float,
+        future: pykka.Future[Any] | None,
+    ) -> Any:
         self._start_query(prompt, params)
         query = self._query
         assert query is not None
@@ -653,16 +746,8 @@ class SessionActor(Process):
             future = self.defer_reply()
         query.collect = (future, collected)
         query.consumer_token = next(self._tokens)
-        send_after(self.actor_ref, _Timeout("collect", query.consumer_token), timeout)
+        query.timer = send_after(self.actor_ref, _Timeout("collect", query.consumer_token), timeout)
         return _DEFERRED
-
-    def _current_future(self) -> pykka.Future[Any] | None:
-        # When replayed from the postponed list the reply is already deferred.
-        if self._current is None:
-            return None
-        if self._current.reply_to in self._outstanding:
-            return self._current.reply_to
-        return None
 
     def interrupt(self) -> None:
         """Interrupt the running query; its consumer gets ``Interrupted``."""
@@ -698,11 +783,15 @@ class SessionActor(Process):
         handler = self.handler
         assert handler is not None
         output = handler.encode_interrupt()
+        self._record([])  # the prompt of an abandoned query is history too
         query.done = True
         query.queue.clear()
+        query.cancel_timer()
         self._draining = True
         self._drain_token = next(self._tokens)
-        send_after(self.actor_ref, _Timeout("drain", self._drain_token), self.config.drain_timeout)
+        self._drain_timer = send_after(
+            self.actor_ref, _Timeout("drain", self._drain_token), self.config.drain_timeout
+        )
         self._set_state(SessionState.READY)
         self._log.info("query_interrupted", query=query.id, native=output is not None)
         if output is not None:
@@ -782,9 +871,9 @@ class SessionActor(Process):
         output = handler.handle_control(method, dict(params), request_id)
         if output is not None:
             future = self.defer_reply()
-            timer = send_after(self.actor_ref, _Timeout("control", 0), timeout)
-            timer.cancel()  # control timeouts are enforced by the caller's wait
-            self._controls[request_id] = (future, None)
+            # The caller waits at most ``timeout``; a late reply is dropped at the timer.
+            timer = send_after(self.actor_ref, _Timeout("control", 0, request_id), timeout)
+            self._controls[request_id] = (future, timer)
             self._apply(output)
             return _DEFERRED
         return self._universal_control(method, params)
@@ -812,7 +901,9 @@ class SessionActor(Process):
         if entry is None:
             self._log.debug("control_reply_unmatched", request_id=request_id)
             return
-        future, _timer = entry
+        future, timer = entry
+        if timer is not None:
+            timer.cancel()
         if error is not None:
             self.reply_error(
                 future, UnknownControlMethod(error) if "unknown" in error else SessionError(error)

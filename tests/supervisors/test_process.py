@@ -248,3 +248,50 @@ def test_current_process() -> None:
     assert ref.ask("?", timeout=5) is True
     assert s.current_process() is None
     ref.stop()
+
+
+class Parking(s.Process):
+    """Parks 'wait' callers until 'release'; answers them in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parked: list[Any] = []
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "wait":
+            self.parked.append(self.defer_reply())
+            return None
+        if message == "release":
+            for n, future in enumerate(self.parked):
+                if n == 0:
+                    self.reply_error(future, Expected("first one fails"))
+                else:
+                    self.reply(future, n)
+            self.parked.clear()
+            return "released"
+        return None
+
+
+def test_deferred_replies_are_answered_later() -> None:
+    ref = Parking.start()
+    first, second = ref.ask("wait", block=False), ref.ask("wait", block=False)
+    assert ref.ask("release", timeout=5) == "released"
+    with pytest.raises(Expected):
+        first.get(timeout=5)
+    assert second.get(timeout=5) == 1
+    with pytest.raises(s.NotInProcess):
+        s.lookup(ref).defer_reply()  # type: ignore[union-attr]
+    ref.stop()
+
+
+@pytest.mark.parametrize("end", ["stop", "kill"])
+def test_deferred_callers_are_answered_when_the_process_dies(end: str) -> None:
+    ref = Parking.start()
+    parked = ref.ask("wait", block=False)
+    ref.ask("sync", timeout=5)
+    if end == "stop":
+        ref.stop()
+    else:
+        s.kill(ref)
+    with pytest.raises(pykka.ActorDeadError):
+        parked.get(timeout=5)

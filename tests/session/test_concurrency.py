@@ -1,0 +1,93 @@
+"""Many sessions from many threads, and the asyncio API inside a running loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from beamagent import MessageType, Runtime
+
+
+def test_100_sessions_20_queries_from_100_threads(tmp_path: Path) -> None:
+    with Runtime(store=tmp_path / "sessions.db") as rt:
+        sessions = [rt.start_session(backend="local") for _ in range(100)]
+        failures: list[str] = []
+        barrier = threading.Barrier(100)
+
+        def work(index: int) -> None:
+            session = sessions[index]
+            barrier.wait(10)
+            for q in range(20):
+                prompt = f"s{index}-q{q}"
+                messages = session.query(prompt, timeout=60)
+                if messages[-1].content != prompt or messages[1].content != prompt:
+                    failures.append(f"{prompt}: got {[m.content for m in messages]}")
+                if any(m.session_id != session.session_id for m in messages):
+                    failures.append(f"{prompt}: cross-delivered")
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(100)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert failures == []
+        for index in (0, 57, 99):
+            stored = rt.store.get_session_messages(sessions[index].session_id)
+            users = [m["content"] for m in stored if m["type"] == "user"]
+            assert users == [f"s{index}-q{q}" for q in range(20)]
+            assert len(stored) == 80  # user + system + assistant + result, 20 times
+
+
+def test_asyncio_api_never_blocks_the_loop() -> None:
+    release = threading.Event()
+
+    def reply(prompt: str, params: Mapping[str, Any]) -> Any:
+        def slow() -> Iterator[str]:
+            yield "thinking"
+            release.wait(10)
+            yield "answer"
+
+        return slow() if prompt == "slow" else prompt
+
+    async def main(rt: Runtime) -> None:
+        session = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: rt.start_session(backend="local", reply=reply)
+        )
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        ticking = asyncio.create_task(ticker())
+        query = asyncio.create_task(session.aquery("slow", timeout=20))
+        start = ticks
+        while ticks < start + 25:  # the loop keeps running while the query is pending
+            await asyncio.sleep(0.001)
+        assert not query.done()
+        release.set()
+        messages = await query
+        assert messages[-1].content == "thinkinganswer"
+        streamed = [m async for m in session.astream("hello")]
+        assert [m.type for m in streamed] == [
+            MessageType.SYSTEM,
+            MessageType.ASSISTANT,
+            MessageType.RESULT,
+        ]
+        assert await session.ahealth() == "ready"
+        assert await session.aset_model("local-large") == "local-large"
+        assert (await session.asession_info())["model"] == "local-large"
+        assert await session.asend_control("echo", {"n": 1}) == {"echo": {"n": 1}}
+        ticking.cancel()
+        await session.astop()
+
+    try:
+        with Runtime(store=":memory:") as rt:
+            asyncio.run(main(rt))
+    finally:
+        release.set()

@@ -1,0 +1,235 @@
+"""Interrupts, timeouts, overflow, crashes, transport death and restarts."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+
+import supervisors
+from beamagent import LocalExit, MessageType, Runtime
+from beamagent.backends.base import Connected, HandlerOutput, SessionState
+from beamagent.backends.local import LocalHandler
+from beamagent.errors import (
+    BufferOverflow,
+    ConnectTimeout,
+    Interrupted,
+    QueryTimeout,
+    SessionError,
+    TransportError,
+)
+
+
+class Gate:
+    """A slow scripted reply: yields 'partial', then waits for release()."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.released = threading.Event()
+
+    def reply(self, prompt: str, params: Mapping[str, Any]) -> Any:
+        if not prompt.startswith("slow"):
+            return prompt
+
+        def slow() -> Iterator[str]:
+            yield "partial"
+            self.entered.set()
+            self.released.wait(5)
+            yield "rest"
+
+        return slow()
+
+
+@pytest.fixture
+def gate() -> Iterator[Gate]:
+    g = Gate()
+    yield g
+    g.released.set()
+
+
+@pytest.fixture
+def rt() -> Iterator[Runtime]:
+    with Runtime(store=":memory:") as runtime:
+        yield runtime
+
+
+def session_ref(rt: Runtime, session_id: str) -> Any:
+    return rt._session_ref(session_id)
+
+
+def test_interrupt_during_slow_reply_returns_to_ready(rt: Runtime, gate: Gate) -> None:
+    session = rt.start_session(backend="local", reply=gate.reply)
+    ref = session.send_query("slow one")
+    assert session.receive_message(ref, timeout=5).type is MessageType.SYSTEM
+    assert session.receive_message(ref, timeout=5).content == "partial"
+    assert gate.entered.wait(5)
+    outcome: list[BaseException] = []
+
+    def consumer() -> None:
+        try:
+            session.receive_message(ref, timeout=10)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=consumer)
+    waiter.start()
+    # The consumer is parked; interrupting answers it.
+    _wait_parked(rt, session.session_id)
+    session.interrupt()
+    waiter.join(5)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], Interrupted)
+    assert session.health() == "ready"
+    gate.released.set()  # the agent now sees the interrupt and ends its turn
+    assert session.query("next")[-1].content == "next"
+
+
+def _wait_parked(rt: Runtime, session_id: str) -> None:
+    """Block until the session actor holds a parked consumer (event-driven, via asks)."""
+    process = supervisors.lookup(session_ref(rt, session_id))
+    done = threading.Event()
+    for _ in range(500):
+        query = process._query  # type: ignore[union-attr]
+        if query is not None and query.consumer is not None:
+            return
+        done.wait(0.01)
+    raise AssertionError("consumer never parked")
+
+
+def test_interrupt_of_a_blocking_query_raises_interrupted(rt: Runtime, gate: Gate) -> None:
+    session = rt.start_session(backend="local", reply=gate.reply)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            session.query("slow")
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert gate.entered.wait(5)
+    session.interrupt()
+    thread.join(5)
+    assert len(errors) == 1
+    assert isinstance(errors[0], Interrupted)
+    gate.released.set()
+    assert session.query("after")[-1].content == "after"
+
+
+def test_blocking_query_timeout_recovers(rt: Runtime, gate: Gate) -> None:
+    session = rt.start_session(backend="local", reply=gate.reply)
+    with pytest.raises(QueryTimeout):
+        session.query("slow", timeout=0.2)
+    assert session.health() == "ready"
+    gate.released.set()
+    assert session.query("works again")[-1].content == "works again"
+
+
+def test_receive_timeout_keeps_the_query(rt: Runtime, gate: Gate) -> None:
+    session = rt.start_session(backend="local", reply=gate.reply)
+    ref = session.send_query("slow")
+    session.receive_message(ref, 5)
+    session.receive_message(ref, 5)
+    with pytest.raises(QueryTimeout):
+        session.receive_message(ref, timeout=0.1)
+    gate.released.set()
+    rest = [session.receive_message(ref, 5) for _ in range(2)]
+    assert rest[0].content == "rest"
+    assert rest[1].type is MessageType.RESULT
+
+
+def test_stream_left_early_interrupts(rt: Runtime, gate: Gate) -> None:
+    session = rt.start_session(backend="local", reply=gate.reply)
+    for message in session.stream("slow"):
+        if message.content == "partial":
+            break
+    assert session.health() == "ready"
+    gate.released.set()
+    assert session.query("ok")[-1].content == "ok"
+
+
+def test_buffer_overflow_errors_then_restarts(rt: Runtime) -> None:
+    def reply(prompt: str, params: Mapping[str, Any]) -> Any:
+        return [b"x" * 5000] if prompt == "overflow" else prompt
+
+    session = rt.start_session(backend="local", reply=reply, buffer_max=1000, error_linger=0)
+    old = session_ref(rt, session.session_id)
+    mon = supervisors.monitor(old, watcher=None)
+    with pytest.raises(BufferOverflow):
+        session.query("overflow")
+    assert isinstance(mon.wait(5).reason, supervisors.Crashed)
+    # The same handle talks to the restarted session.
+    assert session.query("fresh")[-1].content == "fresh"
+    assert session.session_info()["incarnation"] == 2
+
+
+def test_transport_death_gives_session_error_then_restart(rt: Runtime) -> None:
+    def reply(prompt: str, params: Mapping[str, Any]) -> Any:
+        return [LocalExit(3)] if prompt == "die" else prompt
+
+    session = rt.start_session(backend="local", reply=reply, error_linger=0.5)
+    old = session_ref(rt, session.session_id)
+    mon = supervisors.monitor(old, watcher=None)
+    with pytest.raises(TransportError, match="exited with status 3"):
+        session.query("die")
+    assert session.health() == "error"
+    with pytest.raises(SessionError):
+        session.query("during the linger")
+    assert session.session_info()["state"] == "error"
+    assert isinstance(mon.wait(5).reason, supervisors.Crashed)
+    assert session.query("alive again")[-1].content == "alive again"
+    assert session.health() == "ready"
+
+
+class CrashingHandler(LocalHandler):
+    """A handler with a bug: it raises on any output containing CRASH."""
+
+    def handle_data(self, buffer: bytes) -> tuple[HandlerOutput, bytes]:
+        if b"CRASH" in buffer:
+            raise RuntimeError("handler bug")
+        return super().handle_data(buffer)
+
+
+def test_handler_crash_restarts_session_and_handle_survives() -> None:
+    with Runtime(store=":memory:", backends={"crashy": CrashingHandler}) as rt:
+        session = rt.start_session(backend="crashy")
+        old = session_ref(rt, session.session_id)
+        mon = supervisors.monitor(old, watcher=None)
+        with pytest.raises(SessionError):
+            session.query("CRASH now")
+        reason = mon.wait(5).reason
+        assert isinstance(reason, supervisors.Crashed)
+        assert isinstance(reason.exception, RuntimeError)
+        assert session.query("fine")[-1].content == "fine"
+        children = rt.sessions_supervisor.which_children()
+        assert [c.restarts for c in children] == [1]
+
+
+class SilentHandler(LocalHandler):
+    """Never completes its handshake."""
+
+    def on_connected(self, event: Connected) -> HandlerOutput:
+        return HandlerOutput(state=SessionState.INITIALIZING)
+
+
+def test_init_timeout_fails_the_start_without_restarts() -> None:
+    with Runtime(store=":memory:", backends={"silent": SilentHandler}) as rt:
+        with pytest.raises(ConnectTimeout, match="handshake"):
+            rt.start_session(backend="silent", init_timeout=0.2)
+        assert rt.sessions_supervisor.which_children() == []
+
+
+def test_transport_that_cannot_start() -> None:
+    from beamagent.backends.base import SubprocessTransport, Transport
+
+    class MissingBinary(LocalHandler):
+        def open_transport(self) -> Transport:
+            return SubprocessTransport(["/nonexistent/agent-cli", "--flag"])
+
+    with Runtime(store=":memory:", backends={"missing": MissingBinary}) as rt:
+        with pytest.raises(TransportError, match="cannot start"):
+            rt.start_session(backend="missing")
+        assert rt.sessions_supervisor.which_children() == []
