@@ -14,6 +14,7 @@ Example::
 
 from beamagent.backends.base import SessionState
 from beamagent.backends.local import LocalExit
+from beamagent.log import configure_logging
 from beamagent.messages import ContentBlock, Message, MessageType, normalize
 from beamagent.runtime import BackendSpec, Runtime, default_runtime, shutdown_default_runtime
 from beamagent.session import QueryRef, Session
@@ -28,6 +29,7 @@ __all__ = [
     "Runtime",
     "Session",
     "SessionState",
+    "configure_logging",
     "default_runtime",
     "normalize",
     "shutdown_default_runtime",
