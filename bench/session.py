@@ -38,8 +38,13 @@ def bench_query(store: Any, label: str) -> None:
     with Runtime(store=store) as rt:
         session = rt.start_session(backend="local")
         raw_t, query_t = paired(lambda: raw.ask(1), lambda: session.query("hi"), 500)
-        report(f"query_local_{label}", query_t * 1e6, raw_t * 1e6, "us",
-               "baseline: raw Pykka ask; goal ratio <= 3.0")
+        report(
+            f"query_local_{label}",
+            query_t * 1e6,
+            raw_t * 1e6,
+            "us",
+            "baseline: raw Pykka ask; goal ratio <= 3.0",
+        )
 
         def first_message() -> None:
             stream = session.stream("hi")
