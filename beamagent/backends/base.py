@@ -38,6 +38,7 @@ __all__ = [
     "Exited",
     "HandlerOutput",
     "InProcessTransport",
+    "OffThreadCall",
     "SessionState",
     "SubprocessTransport",
     "Transport",
@@ -99,6 +100,20 @@ TransportSink = Callable[[TransportEvent], None]
 
 
 @attrs.frozen
+class OffThreadCall:
+    """Work a handler must not do on the session's thread: a user callback.
+
+    The session runs ``fn()`` on a thread of its own (a permission handler may
+    block for as long as a human takes to answer), then hands the outcome back
+    to the handler's :meth:`BackendHandler.on_call_result` on the session's
+    thread, with ``key`` to say which call it was.
+    """
+
+    key: Any
+    fn: Callable[[], Any] = attrs.field(repr=False)
+
+
+@attrs.frozen
 class HandlerOutput:
     """What a handler asks the session actor to do.
 
@@ -112,6 +127,8 @@ class HandlerOutput:
         replies: answers to outbound control requests, ``(request_id, result,
             error)``; the actor hands them to the waiting ``send_control`` caller.
         error: a fatal protocol problem; the session goes to ``error``.
+        calls: user callbacks to run off the session's thread (permission
+            handlers, hooks); each result comes back through ``on_call_result``.
     """
 
     messages: Sequence[Message] = ()
@@ -120,6 +137,7 @@ class HandlerOutput:
     info: Mapping[str, Any] | None = None
     replies: Sequence[tuple[Any, Any, str | None]] = ()
     error: str | None = None
+    calls: Sequence[OffThreadCall] = ()
 
 
 NOTHING = HandlerOutput()
@@ -147,6 +165,11 @@ class BackendHandler(abc.ABC):
         self.options = dict(options)
         self.model: str | None = self.options.get("model")
         self.permission_mode: str | None = self.options.get("permission_mode")
+        # Set by the session actor (not user options): the canonical session id,
+        # and a dict that outlives restarts (e.g. a conversation kept client-side).
+        self.session_id: str | None = self.options.pop("session_id", None)
+        state = self.options.pop("backend_state", None)
+        self.backend_state: dict[str, Any] = state if state is not None else {}
 
     @classmethod
     def option_names(cls) -> frozenset[str]:
@@ -203,6 +226,13 @@ class BackendHandler(abc.ABC):
         universal fallback then handles it).
         """
         return None
+
+    def on_call_result(self, key: Any, result: Any, error: BaseException | None) -> HandlerOutput:
+        """An :class:`OffThreadCall` finished: encode its outcome (e.g. a permission answer).
+
+        ``error`` is the exception ``fn`` raised, if it did (then ``result`` is None).
+        """
+        return NOTHING
 
     def info(self) -> dict[str, Any]:
         """Backend details merged into ``session_info()``."""
