@@ -57,6 +57,8 @@ from supervisors import (
     StartChildError,
     Supervisor,
     SupervisorRef,
+    WaitTimeout,
+    monitor,
     whereis,
 )
 
@@ -391,10 +393,17 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
         self._registry_call("unregister_session", session_id)
 
     def _quietly_stop(self, session_id: str) -> None:
+        """Make sure a session that failed to start is gone before the caller hears of it."""
         ref = whereis(self._session_name(session_id))
         if ref is not None:
-            with contextlib.suppress(Exception):
+            down = monitor(ref, watcher=None)
+            with contextlib.suppress(Exception):  # it may be ending on its own already
                 self.sessions_supervisor.terminate_child(ref, timeout=CALL_TIMEOUT)
+            with contextlib.suppress(WaitTimeout):
+                down.wait(CALL_TIMEOUT)
+        # The supervisor answers only after it handled the exit: no stale child remains.
+        with contextlib.suppress(Exception):
+            self.sessions_supervisor.count_children(timeout=CALL_TIMEOUT)
 
 
 _default: Runtime | None = None
