@@ -340,7 +340,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
             name=self._session_name(session_id),
         )
         try:
-            self.sessions_supervisor.start_child(child, timeout=CALL_TIMEOUT)
+            ref = self.sessions_supervisor.start_child(child, timeout=CALL_TIMEOUT)
         except StartChildError as exc:
             reason = exc.reason
             if isinstance(reason, AlreadyRegistered):
@@ -357,7 +357,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
             session._call("await_ready", timeout=wait)
         except BaseException:
             self._session_backends.pop(session_id, None)
-            self._quietly_stop(session_id)
+            self._quietly_stop(ref)
             raise
         self._registry_call("register_session", session_id, spec.name)
         self._route_decided(session_id, config.lineage.route_decision)
@@ -392,16 +392,15 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
         self._session_backends.pop(session_id, None)
         self._registry_call("unregister_session", session_id)
 
-    def _quietly_stop(self, session_id: str) -> None:
+    def _quietly_stop(self, ref: pykka.ActorRef[Any]) -> None:
         """Make sure a session that failed to start is gone before the caller hears of it."""
-        ref = whereis(self._session_name(session_id))
-        if ref is not None:
-            down = monitor(ref, watcher=None)
-            with contextlib.suppress(Exception):  # it may be ending on its own already
-                self.sessions_supervisor.terminate_child(ref, timeout=CALL_TIMEOUT)
-            with contextlib.suppress(WaitTimeout):
-                down.wait(CALL_TIMEOUT)
-        # The supervisor answers only after it handled the exit: no stale child remains.
+        down = monitor(ref, watcher=None)
+        with contextlib.suppress(Exception):  # it may be ending on its own already
+            self.sessions_supervisor.terminate_child(ref, timeout=CALL_TIMEOUT)
+        with contextlib.suppress(WaitTimeout):
+            down.wait(CALL_TIMEOUT)
+        # A Down comes after the exit reached the supervisor; its answer comes after it
+        # handled that exit, so no stale child remains.
         with contextlib.suppress(Exception):
             self.sessions_supervisor.count_children(timeout=CALL_TIMEOUT)
 

@@ -225,6 +225,7 @@ class Process(pykka.ThreadingActor):
         self._monitors: dict[int, MonitorRef] = {}
         self._terminated = False
         self._finished = False
+        self._monitors_closed = False
         self._requested_exit: ExitReason | None = None
         self._in_user_code = False
         self._current: Envelope[Any] | None = None
@@ -431,7 +432,13 @@ class Process(pykka.ThreadingActor):
         self._finish(reason, exc_info)
 
     def _finish(self, reason: ExitReason, exc_info: ExcInfo | None = None) -> bool:
-        """Mark the process dead, answer queued callers, notify links and monitors."""
+        """Mark the process dead, answer queued callers, notify links and monitors.
+
+        Order matters: exit signals reach linked processes before any monitor
+        can see the death (a ``Down``, or an immediate ``NoProc`` for a monitor
+        set too late). So whoever waited for a ``Down`` and then calls the dead
+        process's supervisor finds the exit already in that supervisor's mailbox.
+        """
         with self._sys_lock:
             if self._finished:
                 return False
@@ -441,13 +448,9 @@ class Process(pykka.ThreadingActor):
                 self.exit_reason = reason
             reason = self.exit_reason
             links, self._links = self._links, set()
-            monitors = list(self._monitors.values())
-            self._monitors.clear()
         self.actor_stopped.set()
         pending = self.mailbox.close()
         pykka.ActorRegistry.unregister(self.actor_ref)
-        with _table_lock:
-            _table.pop(self.actor_urn, None)
         _names.release_process(self.actor_urn)
         cancel_timers_for(self.actor_urn)
         owner = str(self)
@@ -472,6 +475,12 @@ class Process(pykka.ThreadingActor):
             other = lookup_urn(urn)
             if other is not None:
                 other._on_linked_exit(self.actor_urn, reason)
+        with self._sys_lock:
+            self._monitors_closed = True
+            monitors = list(self._monitors.values())
+            self._monitors.clear()
+        with _table_lock:
+            _table.pop(self.actor_urn, None)
         for mon in monitors:
             mon._fire(Down(mon, self.actor_urn, reason))
         for envelope in self._stop_envelopes:
@@ -521,7 +530,7 @@ class Process(pykka.ThreadingActor):
 
     def _add_monitor(self, mon: MonitorRef) -> bool:
         with self._sys_lock:
-            if self._terminated:
+            if self._monitors_closed:
                 return False
             self._monitors[mon.id] = mon
             return True
@@ -564,9 +573,7 @@ def lookup_urn(urn: str) -> Process | None:
 
 def lookup(target: ProcessTarget) -> Process | None:
     """The live ``Process`` for a ref, a process object or a registered name, else None."""
-    if isinstance(target, Process):
-        return None if target._finished else target
-    if isinstance(target, pykka.ActorRef):
+    if isinstance(target, Process | pykka.ActorRef):
         return _table.get(target.actor_urn)
     ref = _names.whereis(target)
     return None if ref is None else _table.get(ref.actor_urn)
