@@ -21,7 +21,6 @@ import contextlib
 import itertools
 import re
 import threading
-import uuid
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -44,10 +43,10 @@ from beamagent.messages import MessageType
 from beamagent.routing.api import RoutingApi
 from beamagent.routing.policies import BackendInfo
 from beamagent.routing.registry import RoutingRegistry
-from beamagent.session.actor import SessionActor, SessionConfig
+from beamagent.session.actor import SessionActor
 from beamagent.session.handle import CALL_TIMEOUT, Session
 from beamagent.store import SessionStore, open_store
-from beamagent.store.actor import StoreActor, StoreRecorder
+from beamagent.store.actor import StoreActor
 from beamagent.store.api import StoreApi
 from supervisors import (
     AlreadyRegistered,
@@ -308,30 +307,8 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
         opts = dict(opts)
         backend = self._resume_start_options(backend, opts)
         backend_name, decision = self._route_start_options(backend, opts)
-        spec = self.backend_spec(backend_name)
-        merged = {**self._session_defaults, **spec.options, **opts}
-        allowed = spec.handler.option_names() | SESSION_OPTIONS
-        unknown = sorted(set(merged) - allowed)
-        if unknown:
-            raise InvalidOption(
-                f"unknown option(s) {', '.join(map(repr, unknown))} for backend {spec.name!r}; "
-                f"accepted: {', '.join(sorted(allowed))}"
-            )
-        session_id = merged.pop("session_id", None) or f"session_{uuid.uuid4().hex}"
-        if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
-            raise InvalidOption(
-                "session_id must be 1-200 characters of letters, digits and '_.:-'; "
-                f"got {session_id!r}"
-            )
-        config = SessionConfig(
-            session_id=session_id,
-            backend=spec.name,
-            handler_cls=spec.handler,
-            options={k: v for k, v in merged.items() if k not in SESSION_OPTIONS},
-            recorder=StoreRecorder(self.store_actor),
-            **{k: v for k, v in merged.items() if k in SESSION_OPTIONS and k != "session_id"},
-        )
-        config.lineage.route_decision = decision
+        config = self._session_config(backend_name, opts, decision)
+        session_id = config.session_id
         child = ChildSpec(
             session_id,
             (SessionActor, (config,), {}),
@@ -350,7 +327,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
             raise SessionError(
                 f"session {session_id} failed to start: {reason!r}", reason=reason
             ) from reason
-        self._session_backends[session_id] = spec.name
+        self._session_backends[session_id] = config.backend
         session = Session(self, session_id)
         wait = config.connect_timeout + config.init_timeout + 5.0
         try:
@@ -359,7 +336,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
             self._session_backends.pop(session_id, None)
             self._quietly_stop(ref)
             raise
-        self._registry_call("register_session", session_id, spec.name)
+        self._registry_call("register_session", session_id, config.backend, ref.actor_urn)
         self._route_decided(session_id, config.lineage.route_decision)
         return session
 
@@ -382,6 +359,8 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
         Raises:
             SessionNotFound: no live session has this id.
         """
+        if self._stop_external_session(session_id):  # one a user's supervisor started
+            return
         ref = self._session_ref(session_id)
         try:
             self.sessions_supervisor.terminate_child(ref, timeout=CALL_TIMEOUT)
