@@ -4,17 +4,28 @@ Every mutation goes through it, so the store's single write connection is
 only ever used from one thread and a session's messages are committed before
 the session delivers them. Reads do not need it: stores give each reading
 thread its own connection.
+
+Each call is its own transaction. Group commit (draining the queued writes of
+several sessions into one transaction) was measured and left out: with WAL and
+``synchronous=NORMAL`` a commit does not fsync, so it saves little (see
+``docs/store.md``, "Runtime integration").
+
+A database error (disk full, I/O error) is answered as :class:`StoreError`
+and the actor lives on: restarting it would reuse the same store anyway, and
+the failed transaction was rolled back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import sqlite3
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pykka
 import structlog
 from pykka.messages import ProxyCall
 
+from beamagent.errors import InvalidOption, StoreError
 from beamagent.store.base import SessionStore
 from supervisors import Process
 
@@ -52,24 +63,43 @@ class StoreActor(Process):
         super().__init__()
         self.store = store
 
+    def _run(self, method: str, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except sqlite3.Error as exc:
+            log.error("store_write_failed", method=method, error=str(exc))
+            raise StoreError(f"session store write {method} failed: {exc}") from exc
+
     def write(self, method: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
-        """Run a mutating store method (see ``WRITE_METHODS``) and return its result."""
+        """Run a mutating store method (see ``WRITE_METHODS``) and return its result.
+
+        Raises:
+            InvalidOption: ``method`` is not a store write.
+        """
         if method not in WRITE_METHODS:
-            raise ValueError(f"{method!r} is not a store write")
-        return getattr(self.store, method)(*args, **kwargs)
+            raise InvalidOption(
+                f"{method!r} is not a store write; writes are {', '.join(sorted(WRITE_METHODS))}"
+            )
+        return self._run(method, lambda: getattr(self.store, method)(*args, **kwargs))
 
     def record(self, session_id: str, messages: list[dict[str, Any]]) -> list[int]:
-        """Record a session's messages in one transaction."""
-        return self.store.record_messages(session_id, messages)
+        """Record a session's messages in one transaction; returns their seqs."""
+        seqs: list[int] = self._run(
+            "record_messages", lambda: self.store.record_messages(session_id, messages)
+        )
+        return seqs
 
     def session_started(self, meta: Mapping[str, Any]) -> None:
-        """Upsert a session's metadata when it (re)starts."""
-        self.store.create_session(
-            meta["session_id"],
-            meta["backend"],
-            model=meta.get("model"),
-            cwd=meta.get("cwd"),
-            native_session_id=meta.get("native_session_id"),
+        """Upsert a session's metadata when it (re)starts (history and threads are kept)."""
+        self._run(
+            "create_session",
+            lambda: self.store.create_session(
+                meta["session_id"],
+                meta["backend"],
+                model=meta.get("model"),
+                cwd=meta.get("cwd"),
+                native_session_id=meta.get("native_session_id"),
+            ),
         )
 
 
