@@ -305,10 +305,18 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
             ConnectTimeout, TransportError, SessionError: the backend did not start.
         """
         opts = dict(opts)
+        resuming = opts.get("resume") is not None
         backend = self._resume_start_options(backend, opts)
         backend_name, decision = self._route_start_options(backend, opts)
         config = self._session_config(backend_name, opts, decision)
         session_id = config.session_id
+        if whereis(self._session_name(session_id)) is not None:
+            raise InvalidOption(f"session {session_id!r} is already running")
+        if not resuming and self._stored(session_id):
+            raise InvalidOption(
+                f"session {session_id!r} already has a stored history; "
+                f"continue it with start_session(resume={session_id!r})"
+            )
         child = ChildSpec(
             session_id,
             (SessionActor, (config,), {}),
@@ -339,6 +347,13 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
         self._registry_call("register_session", session_id, config.backend, ref.actor_urn)
         self._route_decided(session_id, config.lineage.route_decision)
         return session
+
+    def _stored(self, session_id: str) -> bool:
+        try:
+            self.store.get_session(session_id)
+        except SessionNotFound:
+            return False
+        return True
 
     def session(self, session_id: str) -> Session:
         """The handle of a live session.

@@ -52,7 +52,6 @@ __all__ = ["LocalAgent", "LocalExit", "LocalHandler", "ReplyFn"]
 ReplyFn = Callable[[str, Mapping[str, Any]], Any]
 """``reply(prompt, params)`` → str | list of items | generator of items."""
 
-_UUID_NAMESPACE = uuid.UUID("6f1c2d1e-8b7a-4c1e-9a55-2f0b7c3e9d10")
 DEFAULT_MODEL = "local-echo"
 LOCAL_MODELS = ("local-echo", "local-large")
 
@@ -238,7 +237,9 @@ class LocalAgent(InProcessPeer):
         raise TypeError(f"local reply items are str, dict, bytes or LocalExit; got {item!r}")
 
     def _uuid(self) -> str:
-        return str(uuid.uuid5(_UUID_NAMESPACE, f"{self.native_session_id}:{next(self._seq)}"))
+        # Random, not derived from the native id: a resumed or restarted agent must not
+        # repeat the uuids of earlier messages (revert/rollback select by uuid).
+        return str(uuid.uuid4())
 
     def _init_line(self) -> dict[str, Any]:
         return {

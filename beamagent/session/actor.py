@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -217,7 +218,10 @@ class SessionActor(Process):
             options["model"] = lineage.model
         if lineage.permission_mode is not None:
             options["permission_mode"] = lineage.permission_mode
-        if lineage.native_session_id is not None:
+        if (
+            lineage.native_session_id is not None
+            and "native_session_id" in config.handler_cls.option_names()
+        ):
             options.setdefault("native_session_id", lineage.native_session_id)
         options["session_id"] = config.session_id
         options["backend_state"] = lineage.backend_state
@@ -685,6 +689,7 @@ class SessionActor(Process):
             type=MessageType.USER,
             content=prompt,
             session_id=self.session_id,
+            uuid=str(uuid.uuid4()),
             timestamp=int(time.time() * 1000),
         )
         self._pending_user = user
