@@ -3,14 +3,29 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test lint typecheck pytest clis bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+# The pinned agent CLIs (package.json + package-lock.json) go into node_modules/.
+# Without node/npm the real-CLI tests skip (and .ci/run, which sets
+# BEAMAGENT_REQUIRE_CLIS=1, fails them).
+clis: $(STAMP)
+	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then \
+		$(BIN)/python -c 'from beamagent.testing import ensure_installed; ensure_installed(("claude", "codex"))'; \
+	else \
+		echo "warning: node and npm not found; the real-CLI tests will be skipped" >&2; \
+	fi
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
@@ -22,12 +37,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) clis
 	$(BIN)/python -m pytest -p no:cacheprovider
 
 test: lint typecheck pytest
 
-bench: $(STAMP)
+bench: $(BENCH_STAMP) clis
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:

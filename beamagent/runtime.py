@@ -100,7 +100,16 @@ class BackendSpec:
 
 
 def _backend_specs(backends: Mapping[str, Any] | None) -> dict[str, BackendSpec]:
-    specs = {"local": BackendSpec("local", LocalHandler)}
+    from beamagent.backends.claude import ClaudeHandler
+    from beamagent.backends.codex import CodexHandler
+    from beamagent.backends.openai import OpenAIHandler
+
+    specs = {
+        "claude": BackendSpec("claude", ClaudeHandler),
+        "codex": BackendSpec("codex", CodexHandler),
+        "openai": BackendSpec("openai", OpenAIHandler),
+        "local": BackendSpec("local", LocalHandler),
+    }
     for raw_name, value in (backends or {}).items():
         name = canonical_backend_name(raw_name)
         if isinstance(value, BackendSpec):

@@ -86,10 +86,15 @@ class Recorder(Protocol):
 
 @attrs.frozen
 class QueryRef:
-    """Names one query of one session; pass it to ``receive_message``."""
+    """Names one query of one session; pass it to ``receive_message``.
+
+    ``incarnation`` says which run of the session actor started it: a query
+    does not survive a restart of its session.
+    """
 
     session_id: str
     id: int
+    incarnation: int = 1
 
 
 @attrs.define
@@ -200,7 +205,7 @@ class SessionActor(Process):
         self._drain_timer: TimerRef | None = None
         self._ready_waiters: list[pykka.Future[Any]] = []
         self._postponed: list[tuple[Callable[[pykka.Future[Any]], Any], pykka.Future[Any]]] = []
-        self._controls: dict[str, tuple[pykka.Future[Any], TimerRef | None]] = {}
+        self._controls: dict[str, tuple[pykka.Future[Any], TimerRef | None, str]] = {}
         self._control_ids = itertools.count(1)
         self._error: SessionError | None = None
         self._pending_user: Message | None = None
@@ -629,7 +634,7 @@ class SessionActor(Process):
         for _call, future in self._postponed:
             self.reply_error(future, error)
         self._postponed = []
-        for future, timer in self._controls.values():
+        for future, timer, _method in self._controls.values():
             if timer is not None:
                 timer.cancel()
             self.reply_error(future, error)
@@ -695,12 +700,17 @@ class SessionActor(Process):
         self._pending_user = user
         self._log.info("query_sent", query=query.id, chars=len(prompt))
         self._apply(output)
-        return QueryRef(self.session_id, query.id)
+        return QueryRef(self.session_id, query.id, self.config.lineage.incarnations)
 
     def receive_message(self, ref: QueryRef, timeout: float | None = None) -> Any:
         """The next message of query ``ref``; parks the caller until one arrives."""
         self._check_usable()
         query = self._query
+        if isinstance(ref, QueryRef) and ref.incarnation != self.config.lineage.incarnations:
+            raise SessionError(
+                f"session {self.session_id} restarted; query {ref.id} was lost with its backend",
+                reason="restarted",
+            )
         if not isinstance(ref, QueryRef) or query is None or ref.id != query.id:
             raise BadQueryRef(f"{ref!r} is not the current query of session {self.session_id}")
         if query.queue:
@@ -878,7 +888,7 @@ class SessionActor(Process):
             future = self.defer_reply()
             # The caller waits at most ``timeout``; a late reply is dropped at the timer.
             timer = send_after(self.actor_ref, _Timeout("control", 0, request_id), timeout)
-            self._controls[request_id] = (future, timer)
+            self._controls[request_id] = (future, timer, method)
             self._apply(output)
             return _DEFERRED
         return self._universal_control(method, params)
@@ -906,15 +916,17 @@ class SessionActor(Process):
         if entry is None:
             self._log.debug("control_reply_unmatched", request_id=request_id)
             return
-        future, timer = entry
+        future, timer, method = entry
         if timer is not None:
             timer.cancel()
-        if error is not None:
-            self.reply_error(
-                future, UnknownControlMethod(error) if "unknown" in error else SessionError(error)
-            )
-        else:
+        if error is None:
             self.reply(future, result)
+        elif "unknown" in error.lower():
+            self.reply_error(future, UnknownControlMethod(method))
+        else:
+            self.reply_error(
+                future, SessionError(f"control request {method!r} failed: {error}", reason=error)
+            )
 
 
 _DEFERRED: Any = object()

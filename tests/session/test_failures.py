@@ -233,3 +233,29 @@ def test_transport_that_cannot_start() -> None:
         with pytest.raises(TransportError, match="cannot start"):
             rt.start_session(backend="missing")
         assert rt.sessions_supervisor.which_children() == []
+
+
+def test_a_query_cut_off_by_a_restart_reports_a_session_error(rt: Runtime, gate: Gate) -> None:
+    session = rt.start_session(backend="local", reply=gate.reply, error_linger=0)
+    ref = session.send_query("slow")
+    session.receive_message(ref, 5)
+    old = session_ref(rt, session.session_id)
+    mon = supervisors.monitor(old, watcher=None)
+    supervisors.kill(old)  # the actor dies under the query; its supervisor restarts it
+    mon.wait(5)
+    with pytest.raises(SessionError, match="restarted"):
+        session.receive_message(ref, 5)
+    gate.released.set()
+    assert session.query("after the restart")[-1].content == "after the restart"
+
+
+def test_unknown_native_control_error_names_the_method(rt: Runtime) -> None:
+    from beamagent.errors import UnknownControlMethod
+
+    session = rt.start_session(backend="local")
+    process = supervisors.lookup(session_ref(rt, session.session_id))
+    assert process is not None
+    with pytest.raises(UnknownControlMethod) as info:
+        session.send_control("teleport")
+    assert info.value.method == "teleport"
+    assert str(info.value).count("teleport") == 1

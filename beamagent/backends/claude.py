@@ -1,0 +1,630 @@
+"""``claude``: Claude Code driven over stdio stream-json, with its control protocol.
+
+The CLI runs as one long-lived process per session::
+
+    claude --output-format stream-json --verbose --input-format stream-json
+           --permission-prompt-tool stdio [--model M] [--permission-mode P]
+           [--system-prompt S] [--allowedTools A,B] [--disallowedTools C]
+           [--max-turns N] [--resume ID] [extra args]
+
+It is silent until it is spoken to. The handler sends the ``initialize``
+control request (with the hook matchers), and the answer (commands, models,
+agents, account) makes the session ``ready``. A query is one ``user`` line;
+the CLI answers with ``system/init``, ``assistant`` and ``user`` (tool
+results) lines and ends with ``result``. Meanwhile the CLI may ask us things
+with ``control_request`` lines (``can_use_tool``, ``hook_callback``), which
+go to the session's permission handler and hooks -- never on the session's
+thread -- and are answered with ``control_response`` lines. Our own control
+requests (interrupt, set_model, set_permission_mode, ``send_control``) are
+matched to their answers by request id, read inside ``response`` or at top
+level.
+
+After a supervisor restart the session passes the native session id it kept
+and the CLI is started with ``--resume <id>``: the conversation goes on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Final, TypeAlias
+
+import attrs
+import structlog
+
+from beamagent.backends.base import (
+    NOTHING,
+    BackendHandler,
+    Connected,
+    HandlerOutput,
+    OffThreadCall,
+    SessionState,
+    SubprocessTransport,
+    Transport,
+)
+from beamagent.backends.jsonl import decode_lines, encode_line
+from beamagent.backends.launch import (
+    LAUNCH_OPTIONS,
+    cli_availability,
+    command_prefix,
+    extra_args,
+    launch_env,
+    require_cli,
+)
+from beamagent.backends.permissions import (
+    PERMISSION_OPTIONS,
+    Allow,
+    Deny,
+    PermissionContext,
+    PermissionDecision,
+    PermissionPolicy,
+)
+from beamagent.capabilities import Capability
+from beamagent.errors import InvalidOption
+from beamagent.messages import Message, MessageType, normalize
+
+__all__ = ["ClaudeHandler", "HookCallback", "HookMatcher"]
+
+log = structlog.get_logger(__name__)
+
+CLI_NAME: Final = "claude"
+NPM_PACKAGE: Final = "@anthropic-ai/claude-code"
+# Controls the session actor implements itself, through set_model & co.
+_UNIVERSAL: Final = frozenset({"setModel", "setPermissionMode", "setMaxThinkingTokens", "stopTask"})
+_CAMEL: Final = re.compile(r"(?<!^)(?=[A-Z])")
+
+HookCallback: TypeAlias = Callable[
+    [dict[str, Any], str | None, dict[str, Any]], Mapping[str, Any] | None
+]
+"""``hook(input, tool_use_id, context) -> output``: a Claude Code hook, run off the session thread.
+
+``output`` is Claude Code's hook output (``{"decision": "block", "reason": ...}``,
+``{"hookSpecificOutput": {...}}``, ``{"continue_": False}``...); ``None`` means
+``{}``. Trailing underscores (``continue_``, ``async_``) are dropped on the wire.
+"""
+
+
+def _hooks_tuple(value: Any) -> tuple[HookCallback, ...]:
+    if callable(value):
+        return (value,)
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise InvalidOption(f"HookMatcher.hooks must be a list of callables; got {value!r}")
+    if not all(callable(h) for h in value):
+        raise InvalidOption(f"HookMatcher.hooks must be a list of callables; got {value!r}")
+    return tuple(value)
+
+
+@attrs.frozen
+class HookMatcher:
+    """Hooks for one event (``PreToolUse``...) and tool-name ``matcher`` (None: all tools).
+
+    Example: ``hooks={"PreToolUse": [HookMatcher("Bash", [audit])]}``.
+    """
+
+    matcher: str | None = None
+    hooks: tuple[HookCallback, ...] = attrs.field(default=(), converter=_hooks_tuple)
+    timeout: float | None = None
+
+
+def _hook_matchers(value: Any) -> dict[str, list[HookMatcher]]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidOption(f"option 'hooks' must map event names to matchers; got {value!r}")
+    out: dict[str, list[HookMatcher]] = {}
+    for event, matchers in value.items():
+        if isinstance(matchers, HookMatcher | Mapping):
+            matchers = [matchers]
+        items: list[HookMatcher] = []
+        for matcher in matchers:
+            if isinstance(matcher, Mapping):
+                matcher = HookMatcher(
+                    matcher.get("matcher"), matcher.get("hooks", ()), matcher.get("timeout")
+                )
+            if not isinstance(matcher, HookMatcher):
+                raise InvalidOption(f"hooks[{event!r}] items must be HookMatcher; got {matcher!r}")
+            items.append(matcher)
+        out[str(event)] = items
+    return out
+
+
+def _csv(value: Any, option: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
+        return ",".join(value)
+    raise InvalidOption(f"option {option!r} must be a list of tool names; got {value!r}")
+
+
+def _hook_output_to_wire(output: Any) -> dict[str, Any]:
+    if output is None:
+        return {}
+    if not isinstance(output, Mapping):
+        raise TypeError(f"a hook must return a mapping or None; got {output!r}")
+    return {(k[:-1] if k in ("continue_", "async_") else k): v for k, v in output.items()}
+
+
+class ClaudeHandler(BackendHandler):
+    """Handler of the ``claude`` backend (see the module docstring).
+
+    Options: ``cli_path``, ``cwd``, ``model``, ``permission_mode``,
+    ``system_prompt``, ``allowed_tools``, ``disallowed_tools``, ``max_turns``,
+    ``env``, ``inherit_env`` (default True), ``extra_args``, ``command_prefix``,
+    ``permission_handler``, ``permission_default``, ``hooks``,
+    ``include_partial_messages``, ``native_session_id`` (resume that Claude
+    session).
+    """
+
+    name: ClassVar[str] = "claude"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {
+            Capability.SESSION_LIFECYCLE,
+            Capability.SESSION_INFO,
+            Capability.RUNTIME_MODEL_SWITCH,
+            Capability.INTERRUPT,
+            Capability.PERMISSION_MODE,
+            Capability.SESSION_HISTORY,
+            Capability.METADATA_ACCESSORS,
+            Capability.HOOKS,
+            Capability.APPROVAL_CALLBACKS,
+            Capability.COMMAND_EXECUTION,
+            Capability.EVENT_STREAMING,
+            Capability.MCP_MANAGEMENT,
+            Capability.TASK_STOP,
+        }
+    )
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        super().__init__(options)
+        opts = self.options
+        self.permissions = PermissionPolicy.from_options(opts)
+        self.hooks = _hook_matchers(opts.get("hooks"))
+        self.cli = require_cli(CLI_NAME, NPM_PACKAGE, opts.get("cli_path"))
+        max_turns = opts.get("max_turns")
+        if max_turns is not None and (
+            not isinstance(max_turns, int) or isinstance(max_turns, bool) or max_turns < 1
+        ):
+            raise InvalidOption(f"option 'max_turns' must be an int >= 1; got {max_turns!r}")
+        system_prompt = opts.get("system_prompt")
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise InvalidOption(f"option 'system_prompt' must be a str; got {system_prompt!r}")
+        # Flush the transcript at each turn, so that a CLI killed mid-turn can be resumed.
+        self.env = launch_env(
+            opts, drop=("CLAUDECODE",), set_default={"CLAUDE_CODE_EAGER_FLUSH": "1"}
+        )
+        self.native_session_id: str | None = opts.get("native_session_id")
+        self.resumed = False
+        self.resume_missing = False
+        if self.native_session_id is not None:
+            self.resumed = _transcript_exists(self.env, self.native_session_id)
+            self.resume_missing = not self.resumed
+        self.argv = self._argv()
+        self._ids = itertools.count(1)
+        self._init_id = "beamagent_init"
+        # Our own control requests whose answers nobody waits for (interrupt, set_model...).
+        self._internal: dict[str, str] = {}
+        # The CLI's open requests to us: request id -> (subtype, original input).
+        self._open: dict[str, dict[str, Any]] = {}
+        self._hook_callbacks: dict[str, HookCallback] = {}
+        self._log = log.bind(session_id=self.session_id, backend=self.name)
+
+    @classmethod
+    def option_names(cls) -> frozenset[str]:
+        return (
+            super().option_names()
+            | LAUNCH_OPTIONS
+            | PERMISSION_OPTIONS
+            | {
+                "system_prompt",
+                "allowed_tools",
+                "disallowed_tools",
+                "max_turns",
+                "hooks",
+                "include_partial_messages",
+                "native_session_id",
+            }
+        )
+
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        return cli_availability(CLI_NAME, NPM_PACKAGE)
+
+    # --- process -------------------------------------------------------------------------
+
+    def _argv(self) -> list[str]:
+        opts = self.options
+        argv = [
+            *command_prefix(opts),
+            str(self.cli),
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--input-format",
+            "stream-json",
+            "--permission-prompt-tool",
+            "stdio",
+        ]
+        if self.model:
+            argv += ["--model", str(self.model)]
+        if self.permission_mode:
+            argv += ["--permission-mode", str(self.permission_mode)]
+        if opts.get("system_prompt") is not None:
+            argv += ["--system-prompt", opts["system_prompt"]]
+        allowed = _csv(opts.get("allowed_tools"), "allowed_tools")
+        if allowed:
+            argv += ["--allowedTools", allowed]
+        disallowed = _csv(opts.get("disallowed_tools"), "disallowed_tools")
+        if disallowed:
+            argv += ["--disallowedTools", disallowed]
+        if opts.get("max_turns") is not None:
+            argv += ["--max-turns", str(opts["max_turns"])]
+        if self.native_session_id and self.resumed:
+            argv.append(f"--resume={self.native_session_id}")
+        elif self.native_session_id:
+            # Nothing on disk to resume (the CLI died before it wrote the transcript):
+            # start afresh under the same id rather than fail on every restart.
+            argv.append(f"--session-id={self.native_session_id}")
+        if opts.get("include_partial_messages"):
+            argv.append("--include-partial-messages")
+        argv += extra_args(opts)
+        return argv
+
+    def open_transport(self) -> Transport:
+        return SubprocessTransport(self.argv, env=self.env, cwd=self.options.get("cwd"))
+
+    def on_connected(self, event: Connected) -> HandlerOutput:
+        request: dict[str, Any] = {"subtype": "initialize", "hooks": self._hooks_config() or None}
+        line = {"type": "control_request", "request_id": self._init_id, "request": request}
+        if self.resume_missing:
+            self._log.warning("claude_resume_unavailable", native_session_id=self.native_session_id)
+        self._log.debug("claude_initializing", pid=event.info.get("pid"), resumed=self.resumed)
+        return HandlerOutput(writes=[encode_line(line)], state=SessionState.INITIALIZING)
+
+    def _hooks_config(self) -> dict[str, list[dict[str, Any]]]:
+        config: dict[str, list[dict[str, Any]]] = {}
+        for event, matchers in self.hooks.items():
+            entries = []
+            for matcher in matchers:
+                ids = []
+                for callback in matcher.hooks:
+                    callback_id = f"hook_{len(self._hook_callbacks)}"
+                    self._hook_callbacks[callback_id] = callback
+                    ids.append(callback_id)
+                entry: dict[str, Any] = {"matcher": matcher.matcher, "hookCallbackIds": ids}
+                if matcher.timeout is not None:
+                    entry["timeout"] = matcher.timeout
+                entries.append(entry)
+            if entries:
+                config[event] = entries
+        return config
+
+    # --- outbound ------------------------------------------------------------------------
+
+    def _control(self, request: Mapping[str, Any], request_id: str | None = None) -> bytes:
+        if request_id is None:
+            request_id = f"beamagent_{next(self._ids)}"
+            self._internal[request_id] = str(request.get("subtype"))
+        return encode_line(
+            {"type": "control_request", "request_id": request_id, "request": dict(request)}
+        )
+
+    def encode_query(self, prompt: str, params: Mapping[str, Any]) -> HandlerOutput:
+        content: Any = prompt
+        blocks = params.get("content")
+        if blocks is not None:  # content blocks (e.g. images) instead of the plain prompt
+            if isinstance(blocks, str) or not isinstance(blocks, Sequence):
+                raise InvalidOption(
+                    f"query param 'content' must be a list of blocks; got {blocks!r}"
+                )
+            content = list(blocks)
+        line = {
+            "type": "user",
+            "message": {"role": "user", "content": content},
+            "parent_tool_use_id": None,
+            "session_id": self.native_session_id or "",
+        }
+        try:
+            return HandlerOutput(writes=[encode_line(line)])
+        except (TypeError, ValueError) as exc:
+            raise InvalidOption(f"query content must be JSON-serialisable: {exc}") from exc
+
+    def encode_interrupt(self) -> HandlerOutput:
+        return HandlerOutput(writes=[self._control({"subtype": "interrupt"})])
+
+    def set_model(self, model: str) -> HandlerOutput:
+        self.model = model
+        return HandlerOutput(writes=[self._control({"subtype": "set_model", "model": model})])
+
+    def set_permission_mode(self, mode: str) -> HandlerOutput:
+        self.permission_mode = mode
+        return HandlerOutput(
+            writes=[self._control({"subtype": "set_permission_mode", "mode": mode})]
+        )
+
+    def handle_control(
+        self, method: str, params: Mapping[str, Any], request_id: str
+    ) -> HandlerOutput | None:
+        if method in _UNIVERSAL:
+            return None
+        subtype = _CAMEL.sub("_", method).lower()  # mcpStatus -> mcp_status
+        request = {**params, "subtype": subtype}
+        try:
+            return HandlerOutput(writes=[self._control(request, request_id)])
+        except (TypeError, ValueError) as exc:
+            raise InvalidOption(f"control params must be JSON-serialisable: {exc}") from exc
+
+    # --- inbound -------------------------------------------------------------------------
+
+    def handle_data(self, buffer: bytes) -> tuple[HandlerOutput, bytes]:
+        decoded = decode_lines(buffer)
+        messages: list[Message] = []
+        writes: list[bytes] = []
+        replies: list[tuple[Any, Any, str | None]] = []
+        calls: list[OffThreadCall] = []
+        info: dict[str, Any] = {}
+        state: SessionState | None = None
+        for obj in decoded.objects:
+            kind = obj.get("type")
+            if kind == "control_response":
+                state = self._on_control_response(obj, replies, info) or state
+            elif kind == "control_request":
+                self._on_control_request(obj, writes, calls)
+            elif kind == "control_cancel_request":
+                cancelled = self._open.pop(str(obj.get("request_id")), None)
+                self._log.debug(
+                    "claude_request_cancelled",
+                    request_id=obj.get("request_id"),
+                    known=cancelled is not None,
+                )
+            elif kind == "keep_alive":
+                continue
+            elif kind == "user" and obj.get("isReplay"):
+                continue  # an echo of a local command (e.g. set_model), not a conversation turn
+            else:
+                if kind == "system" and obj.get("subtype") == "init":
+                    info.update(self._init_info(obj))
+                message = normalize(obj)
+                if kind == "result" and message.is_error:
+                    messages.append(_error_from_result(message))
+                messages.append(message)
+        output = HandlerOutput(
+            messages=messages,
+            writes=writes,
+            replies=replies,
+            calls=calls,
+            info=info or None,
+            state=state,
+        )
+        return output, decoded.leftover
+
+    def _init_info(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        info: dict[str, Any] = {}
+        native = obj.get("session_id")
+        if isinstance(native, str) and native:
+            self.native_session_id = native
+            info["native_session_id"] = native
+        if self.model is None and isinstance(obj.get("model"), str):
+            self.model = obj["model"]
+        for key, target in (
+            ("tools", "tools"),
+            ("claude_code_version", "cli_version"),
+            ("cwd", "cli_cwd"),
+            ("mcp_servers", "mcp_servers"),
+        ):
+            if key in obj:
+                info[target] = obj[key]
+        return info
+
+    def _on_control_response(
+        self,
+        obj: Mapping[str, Any],
+        replies: list[tuple[Any, Any, str | None]],
+        info: dict[str, Any],
+    ) -> SessionState | None:
+        response = obj.get("response")
+        response = response if isinstance(response, Mapping) else {}
+        request_id = response.get("request_id", obj.get("request_id"))
+        ok = response.get("subtype") != "error"
+        error = None if ok else str(response.get("error") or "control request failed")
+        if request_id == self._init_id:
+            if not ok:
+                self._log.warning("claude_initialize_failed", error=error)
+                return None
+            info.update(_initialize_info(response.get("response")))
+            return SessionState.READY
+        internal = self._internal.pop(str(request_id), None)
+        if internal is not None:
+            if error is not None:
+                self._log.warning("claude_control_failed", subtype=internal, error=error)
+            return None
+        if error is not None and error.startswith("Unsupported control request subtype"):
+            error = f"unknown control method ({error})"
+        replies.append((request_id, response.get("response", {}) if ok else None, error))
+        return None
+
+    def _on_control_request(
+        self, obj: Mapping[str, Any], writes: list[bytes], calls: list[OffThreadCall]
+    ) -> None:
+        request_id = obj.get("request_id")
+        request = obj.get("request")
+        if not isinstance(request_id, str | int) or not isinstance(request, Mapping):
+            self._log.warning("claude_bad_control_request", line=str(obj)[:200])
+            return
+        rid = str(request_id)
+        subtype = request.get("subtype")
+        if subtype == "can_use_tool":
+            tool_name = str(request.get("tool_name") or "")
+            tool_input = request.get("input")
+            tool_input = dict(tool_input) if isinstance(tool_input, Mapping) else {}
+            suggestions = request.get("permission_suggestions")
+            context = PermissionContext(
+                backend=self.name,
+                session_id=self.session_id,
+                tool_use_id=_str_or_none(request.get("tool_use_id")),
+                description=_str_or_none(request.get("description")),
+                blocked_path=_str_or_none(request.get("blocked_path")),
+                suggestions=tuple(suggestions) if isinstance(suggestions, list) else (),
+                raw=dict(request),
+            )
+            self._log.info("permission_requested", tool=tool_name, request_id=rid)
+            if not self.permissions.needs_callback:
+                decision = self.permissions.default_decision(tool_name, self.name)
+                writes.append(self._permission_answer(request_id, decision, tool_input))
+                return
+            self._open[rid] = {"request_id": request_id, "input": tool_input}
+            policy = self.permissions
+            calls.append(
+                OffThreadCall(
+                    ("permission", rid), lambda: policy.decide(tool_name, tool_input, context)
+                )
+            )
+        elif subtype == "hook_callback":
+            callback = self._hook_callbacks.get(str(request.get("callback_id")))
+            if callback is None:
+                writes.append(_control_error(request_id, f"no hook {request.get('callback_id')!r}"))
+                return
+            hook_input = request.get("input")
+            hook_input = dict(hook_input) if isinstance(hook_input, Mapping) else {}
+            tool_use_id = _str_or_none(request.get("tool_use_id"))
+            self._open[rid] = {"request_id": request_id}
+            calls.append(
+                OffThreadCall(
+                    ("hook", rid), lambda: callback(hook_input, tool_use_id, {"signal": None})
+                )
+            )
+        else:
+            writes.append(
+                _control_error(request_id, f"beamagent does not support {subtype!r} requests")
+            )
+
+    def on_call_result(self, key: Any, result: Any, error: BaseException | None) -> HandlerOutput:
+        kind, rid = key
+        entry = self._open.pop(rid, None)
+        if entry is None:  # cancelled by the CLI meanwhile (e.g. an interrupt)
+            return NOTHING
+        request_id = entry["request_id"]
+        if kind == "permission":
+            decision = (
+                result
+                if isinstance(result, Allow | Deny)
+                else Deny(f"permission handler failed: {error!r}")
+            )
+            self._log.info(
+                "permission_decided",
+                request_id=rid,
+                allowed=isinstance(decision, Allow),
+            )
+            return HandlerOutput(
+                writes=[self._permission_answer(request_id, decision, entry["input"])]
+            )
+        if error is not None:
+            return HandlerOutput(writes=[_control_error(request_id, f"hook failed: {error!r}")])
+        try:
+            response = _hook_output_to_wire(result)
+            line = _control_success(request_id, response)
+        except (TypeError, ValueError) as exc:
+            return HandlerOutput(writes=[_control_error(request_id, f"bad hook output: {exc}")])
+        return HandlerOutput(writes=[line])
+
+    def _permission_answer(
+        self, request_id: Any, decision: PermissionDecision, original: Mapping[str, Any]
+    ) -> bytes:
+        response: dict[str, Any]
+        if isinstance(decision, Allow):
+            updated = decision.updated_input
+            response = {
+                "behavior": "allow",
+                "updatedInput": dict(updated) if updated is not None else dict(original),
+            }
+            if decision.updated_permissions is not None:
+                response["updatedPermissions"] = list(decision.updated_permissions)
+        else:
+            response = {"behavior": "deny", "message": decision.message}
+            if decision.interrupt:
+                response["interrupt"] = True
+        try:
+            return _control_success(request_id, response)
+        except (TypeError, ValueError) as exc:
+            return _control_success(
+                request_id, {"behavior": "deny", "message": f"unserialisable input: {exc}"}
+            )
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "native_session_id": self.native_session_id,
+            "resumed": self.resumed,
+            "resume_missing": self.resume_missing,
+        }
+
+
+def _transcript_exists(env: Mapping[str, str], native_session_id: str) -> bool:
+    """Whether Claude Code has a transcript for ``native_session_id`` (so --resume works)."""
+    config_dir = env.get("CLAUDE_CONFIG_DIR")
+    if config_dir:
+        root = Path(config_dir)
+    elif env.get("HOME"):
+        root = Path(env["HOME"]) / ".claude"
+    else:
+        return True  # cannot tell: let the CLI decide
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", native_session_id):
+        return True  # not a plain id: let the CLI say what is wrong with it
+    return any((root / "projects").glob(f"*/{native_session_id}.jsonl"))
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _control_success(request_id: Any, response: Mapping[str, Any]) -> bytes:
+    return encode_line(
+        {
+            "type": "control_response",
+            "response": {"subtype": "success", "request_id": request_id, "response": response},
+        }
+    )
+
+
+def _control_error(request_id: Any, error: str) -> bytes:
+    return encode_line(
+        {
+            "type": "control_response",
+            "response": {"subtype": "error", "request_id": request_id, "error": error},
+        }
+    )
+
+
+def _initialize_info(response: Any) -> dict[str, Any]:
+    if not isinstance(response, Mapping):
+        return {}
+    return {
+        "supported_commands": list(response.get("commands") or []),
+        "supported_models": list(response.get("models") or []),
+        "supported_agents": list(response.get("agents") or []),
+        "account_info": dict(response.get("account") or {}),
+        "output_style": response.get("output_style"),
+        "cli_pid": response.get("pid"),
+    }
+
+
+def _error_from_result(result: Message) -> Message:
+    """The ``error`` message that precedes a failed ``result`` (API error, max turns...)."""
+    raw = result.raw or {}
+    text = result.content
+    if not text and result.errors:
+        text = "; ".join(str(e) for e in result.errors)
+    info = {
+        key: raw[key]
+        for key in ("subtype", "api_error_status", "stop_reason", "terminal_reason")
+        if raw.get(key) is not None
+    }
+    return Message(
+        MessageType.ERROR,
+        content=text or f"claude ended the turn with {result.subtype or 'an error'}",
+        error_info=info,
+        session_id=result.session_id,
+        timestamp=result.timestamp,
+    )

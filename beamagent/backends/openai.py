@@ -1,0 +1,573 @@
+"""``openai``: any OpenAI-compatible Chat Completions server (OpenAI, Ollama, vLLM, llama.cpp).
+
+There is no agent process: the session keeps the conversation and sends it
+whole with each query to ``POST {base_url}/chat/completions`` (streaming, with
+``stream_options.include_usage``). A query yields ``system/init``, the
+``assistant`` reply and a terminal ``result`` with the usage; an HTTP error
+yields an ``error`` message and an error ``result``, and the session stays
+usable. The conversation (completed exchanges only) lives in the session's
+lineage, so it survives a supervisor restart.
+
+The HTTP call must never block the session actor, so it runs on a thread of
+:class:`HttpStreamTransport`, which speaks a small JSON Lines protocol with
+the handler: the handler *writes* request and cancel commands, the transport
+*delivers* one line per server-sent event, then ``done`` (or ``http_error``,
+``transport_error``, ``cancelled``). The handler stays a pure translator and
+the actor's byte-stream machinery (buffering, queueing, timeouts) is reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+import structlog
+
+from beamagent.backends.base import (
+    BackendHandler,
+    Connected,
+    Data,
+    HandlerOutput,
+    SessionState,
+    Transport,
+    TransportSink,
+)
+from beamagent.backends.jsonl import decode_lines, encode_line
+from beamagent.capabilities import Capability
+from beamagent.errors import InvalidOption, TransportError
+from beamagent.messages import ContentBlock, Message, MessageType
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["HttpStreamTransport", "OpenAIHandler"]
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
+_RESERVED: Final = frozenset({"model", "messages", "stream", "stream_options"})
+
+
+class HttpStreamTransport(Transport):
+    """Runs streaming HTTP requests on a worker thread; events come back as JSON lines.
+
+    Commands (bytes written with :meth:`send`, one JSON object per line):
+
+    * ``{"op": "request", "id": N, "method": "POST", "url": ..., "json": {...}}``
+      starts a request (one at a time);
+    * ``{"op": "cancel", "id": N}`` aborts it: the socket is shut down, which
+      wakes a read blocked on a stalled server.
+
+    Delivered lines: ``{"op": "event", "id", "event", "data"}`` per SSE event,
+    then exactly one of ``{"op": "done"}``, ``{"op": "http_error", "status",
+    "body"}``, ``{"op": "transport_error", "error"}``, ``{"op": "cancelled"}``.
+    """
+
+    def __init__(
+        self,
+        *,
+        headers: Mapping[str, str] | None = None,
+        connect_timeout: float = 10.0,
+        read_timeout: float | None = 600.0,
+    ) -> None:
+        self.headers = dict(headers or {})
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._sink: TransportSink | None = None
+        self._client: httpx.Client | None = None
+        self._lock = threading.Lock()
+        self._workers: list[threading.Thread] = []
+        self._current: int | None = None
+        self._cancelled: set[int] = set()
+        self._response: httpx.Response | None = None
+        self._closed = False
+
+    def start(self, sink: TransportSink) -> None:
+        import httpx  # imported here: it costs ~70 ms and only this backend needs it
+
+        self._sink = sink
+        self._client = httpx.Client(
+            headers=self.headers,
+            timeout=httpx.Timeout(self.read_timeout, connect=self.connect_timeout),
+        )
+        sink(Connected({"transport": "http"}))
+
+    def send(self, data: bytes) -> None:
+        if self._closed or self._client is None:
+            raise TransportError("the HTTP transport is closed", reason="closed")
+        for command in decode_lines(data).objects:
+            op = command.get("op")
+            if op == "request":
+                self._start_request(command)
+            elif op == "cancel":
+                self._cancel(command.get("id"))
+
+    def _start_request(self, command: Mapping[str, Any]) -> None:
+        request_id = int(command["id"])
+        with self._lock:
+            # Busy until the last line of the previous request was handed over; its
+            # thread may still be finishing, which is fine (close() joins them all).
+            if self._current is not None:
+                raise TransportError(
+                    "the HTTP transport is already running a request", reason="busy"
+                )
+            self._current = request_id
+            worker = threading.Thread(
+                target=self._run,
+                args=(request_id, command),
+                name=f"beamagent-http-{request_id}",
+                daemon=True,
+            )
+            self._workers = [w for w in self._workers if w.is_alive()]
+            self._workers.append(worker)
+        worker.start()
+
+    def _emit(self, line: Mapping[str, Any]) -> None:
+        sink = self._sink
+        if sink is not None and not self._closed:
+            sink(Data(encode_line(line)))
+
+    def _run(self, request_id: int, command: Mapping[str, Any]) -> None:
+        import httpx
+        from httpx_sse import EventSource, SSEError
+
+        client = self._client
+        assert client is not None
+        final: dict[str, Any] = {"op": "done", "id": request_id}
+        try:
+            with client.stream(
+                str(command.get("method", "POST")),
+                str(command["url"]),
+                json=command.get("json"),
+                headers={"Accept": "text/event-stream", "Cache-Control": "no-store"},
+            ) as response:
+                with self._lock:
+                    self._response = response
+                if request_id in self._cancelled:
+                    raise _Cancelled
+                if response.status_code >= 400:
+                    body = response.read().decode("utf-8", "replace")
+                    final = {
+                        "op": "http_error",
+                        "id": request_id,
+                        "status": response.status_code,
+                        "body": body[:20_000],
+                    }
+                else:
+                    for event in EventSource(response).iter_sse():
+                        if request_id in self._cancelled:
+                            raise _Cancelled
+                        self._emit(
+                            {
+                                "op": "event",
+                                "id": request_id,
+                                "event": event.event,
+                                "data": event.data,
+                            }
+                        )
+        except _Cancelled:
+            final = {"op": "cancelled", "id": request_id}
+        except (httpx.HTTPError, SSEError, OSError, ValueError) as exc:
+            if request_id in self._cancelled:
+                final = {"op": "cancelled", "id": request_id}
+            else:
+                final = {
+                    "op": "transport_error",
+                    "id": request_id,
+                    "error": f"{type(exc).__name__}: {exc}",
+                }
+        finally:
+            with self._lock:
+                self._response = None
+        # Free the transport before the final line: the session may send the next
+        # request as soon as it has read it.
+        with self._lock:
+            self._current = None
+            self._cancelled.discard(request_id)
+        self._emit(final)
+
+    def _cancel(self, request_id: Any) -> None:
+        with self._lock:
+            if request_id is None or request_id != self._current:
+                return
+            self._cancelled.add(request_id)
+            response = self._response
+        if response is not None:
+            _shutdown_socket(response)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            current, response, workers = self._current, self._response, list(self._workers)
+            if current is not None:
+                self._cancelled.add(current)
+        if response is not None:
+            _shutdown_socket(response)
+        for worker in workers:
+            if worker is not threading.current_thread():
+                worker.join(timeout=self.connect_timeout + 5.0)
+        if self._client is not None:
+            self._client.close()
+
+    def info(self) -> dict[str, Any]:
+        return {"transport": "http"}
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _shutdown_socket(response: httpx.Response) -> None:
+    """Wake a thread blocked reading ``response``: shut its socket down (close would not)."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class OpenAIHandler(BackendHandler):
+    """Handler of the ``openai`` backend (see the module docstring).
+
+    Options: ``base_url`` (default ``$OPENAI_BASE_URL`` or the OpenAI API),
+    ``api_key`` (default ``$OPENAI_API_KEY``; none for a local server),
+    ``model`` (required), ``system_prompt``, ``headers``, ``extra_body``
+    (merged into every request), ``connect_timeout`` (10 s), ``read_timeout``
+    (600 s), ``include_partial_messages`` (stream deltas as ``stream_event``).
+    Query params other than the prompt go into the request body
+    (``temperature``, ``max_tokens``...).
+    """
+
+    name: ClassVar[str] = "openai"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {
+            Capability.SESSION_LIFECYCLE,
+            Capability.SESSION_INFO,
+            Capability.RUNTIME_MODEL_SWITCH,
+            Capability.INTERRUPT,
+            Capability.SESSION_HISTORY,
+            Capability.EVENT_STREAMING,
+        }
+    )
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        super().__init__(options)
+        opts = self.options
+        if not self.model:
+            raise InvalidOption(
+                "the openai backend needs model=... (the model name the server knows)"
+            )
+        base_url = opts.get("base_url") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise InvalidOption(f"option 'base_url' must be an http(s) URL; got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        api_key = opts.get("api_key", os.environ.get("OPENAI_API_KEY"))
+        if api_key is not None and not isinstance(api_key, str):
+            raise InvalidOption("option 'api_key' must be a str")
+        self._api_key = api_key
+        headers = opts.get("headers") or {}
+        if not isinstance(headers, Mapping):
+            raise InvalidOption(f"option 'headers' must be a mapping; got {headers!r}")
+        self.headers = {str(k): str(v) for k, v in headers.items()}
+        if api_key:
+            self.headers.setdefault("Authorization", f"Bearer {api_key}")
+        extra_body = opts.get("extra_body") or {}
+        if not isinstance(extra_body, Mapping):
+            raise InvalidOption(f"option 'extra_body' must be a mapping; got {extra_body!r}")
+        self.extra_body = dict(extra_body)
+        system_prompt = opts.get("system_prompt")
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise InvalidOption(f"option 'system_prompt' must be a str; got {system_prompt!r}")
+        self.system_prompt = system_prompt
+        self.partial = bool(opts.get("include_partial_messages"))
+        self.connect_timeout = _positive(opts.get("connect_timeout", 10.0), "connect_timeout")
+        read_timeout = opts.get("read_timeout", 600.0)
+        self.read_timeout = (
+            None if read_timeout is None else _positive(read_timeout, "read_timeout")
+        )
+        # The conversation: completed user/assistant exchanges, kept across restarts.
+        self.history: list[dict[str, Any]] = self.backend_state.setdefault("messages", [])
+        self._request_ids = int(self.backend_state.get("requests", 0))
+        self._turn: _Turn | None = None
+        self._log = log.bind(session_id=self.session_id, backend=self.name)
+
+    @classmethod
+    def option_names(cls) -> frozenset[str]:
+        return super().option_names() | {
+            "base_url",
+            "api_key",
+            "system_prompt",
+            "headers",
+            "extra_body",
+            "connect_timeout",
+            "read_timeout",
+            "include_partial_messages",
+        }
+
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        if os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_KEY"):
+            return True, "configured by OPENAI_BASE_URL / OPENAI_API_KEY"
+        return (
+            False,
+            "no server configured: pass base_url=... (and api_key=... if it needs one) "
+            "when starting the session, or set OPENAI_BASE_URL / OPENAI_API_KEY",
+        )
+
+    def open_transport(self) -> Transport:
+        return HttpStreamTransport(
+            headers=self.headers,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+        )
+
+    def on_connected(self, event: Connected) -> HandlerOutput:
+        return HandlerOutput(state=SessionState.READY)
+
+    # --- queries -------------------------------------------------------------------------
+
+    def encode_query(self, prompt: str, params: Mapping[str, Any]) -> HandlerOutput:
+        self._request_ids += 1
+        self.backend_state["requests"] = self._request_ids
+        request_id = self._request_ids
+        user = {"role": "user", "content": prompt}
+        messages: list[dict[str, Any]] = []
+        if self.system_prompt:
+            messages.append({"role": "system", "content": self.system_prompt})
+        messages += [*self.history, user]
+        body: dict[str, Any] = {
+            **self.extra_body,
+            **{k: v for k, v in params.items() if k not in _RESERVED},
+            "model": self.model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        command = {
+            "op": "request",
+            "id": request_id,
+            "method": "POST",
+            "url": f"{self.base_url}/chat/completions",
+            "json": body,
+        }
+        try:
+            line = encode_line(command)
+        except (TypeError, ValueError) as exc:
+            raise InvalidOption(f"query params must be JSON-serialisable: {exc}") from exc
+        self._turn = _Turn(request_id, user, str(self.model))
+        init = Message(
+            MessageType.SYSTEM,
+            subtype="init",
+            model=str(self.model),
+            timestamp=_now_ms(),
+            system_info={
+                "model": self.model,
+                "base_url": self.base_url,
+                "history_messages": len(self.history),
+            },
+        )
+        return HandlerOutput(writes=[line], messages=[init])
+
+    def encode_interrupt(self) -> HandlerOutput | None:
+        turn = self._turn
+        if turn is None:
+            return None
+        return HandlerOutput(writes=[encode_line({"op": "cancel", "id": turn.request_id})])
+
+    # --- responses -----------------------------------------------------------------------
+
+    def handle_data(self, buffer: bytes) -> tuple[HandlerOutput, bytes]:
+        decoded = decode_lines(buffer)
+        messages: list[Message] = []
+        for line in decoded.objects:
+            turn = self._turn
+            if turn is None or line.get("id") != turn.request_id:
+                continue  # a late line of an abandoned request
+            op = line.get("op")
+            if op == "event":
+                messages += turn.on_event(str(line.get("data", "")), self.partial)
+            elif op in ("done", "http_error", "transport_error", "cancelled"):
+                messages += self._finish(turn, line)
+                self._turn = None
+        return HandlerOutput(messages=messages), decoded.leftover
+
+    def _finish(self, turn: _Turn, line: Mapping[str, Any]) -> list[Message]:
+        op = line.get("op")
+        if op == "done" and turn.error is None:
+            assistant = turn.assistant_message()
+            self.history += [turn.user, {"role": "assistant", "content": turn.text}]
+            return [assistant, turn.result("success")]
+        if op == "cancelled":
+            return [turn.result("interrupted", is_error=True)]
+        if op == "http_error":
+            status = line.get("status")
+            body = str(line.get("body", ""))
+            detail = _error_detail(body)
+            error = Message(
+                MessageType.ERROR,
+                content=f"{self.base_url} answered HTTP {status}: {detail}",
+                error_info={"status": status, "body": body[:2000]},
+                timestamp=_now_ms(),
+            )
+        else:
+            reason = turn.error or str(line.get("error", "request failed"))
+            error = Message(
+                MessageType.ERROR,
+                content=f"request to {self.base_url} failed: {reason}",
+                error_info={"error": reason},
+                timestamp=_now_ms(),
+            )
+        self._log.warning("openai_request_failed", error=error.content)
+        return [error, turn.result("error", is_error=True, text=error.content)]
+
+    def info(self) -> dict[str, Any]:
+        return {"base_url": self.base_url, "history_messages": len(self.history)}
+
+
+class _Turn:
+    """What one streamed completion has produced so far."""
+
+    def __init__(self, request_id: int, user: dict[str, Any], model: str) -> None:
+        self.request_id = request_id
+        self.user = user
+        self.model = model
+        self.started = time.monotonic()
+        self.parts: list[str] = []
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.message_id: str | None = None
+        self.error: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def on_event(self, data: str, partial: bool) -> list[Message]:
+        if data.strip() == "[DONE]":
+            return []
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            self.error = f"malformed stream: an event is not JSON: {data[:120]!r}"
+            return []
+        if not isinstance(chunk, Mapping):
+            return []
+        if isinstance(chunk.get("error"), Mapping):  # some servers report errors in-stream
+            self.error = str(chunk["error"].get("message") or chunk["error"])
+            return []
+        self.message_id = chunk.get("id") or self.message_id
+        self.model = chunk.get("model") or self.model
+        if isinstance(chunk.get("usage"), Mapping):
+            self.usage = dict(chunk["usage"])
+        out: list[Message] = []
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, Mapping):
+                continue
+            delta = choice.get("delta") or {}
+            content = delta.get("content") if isinstance(delta, Mapping) else None
+            if isinstance(content, str) and content:
+                self.parts.append(content)
+                if partial:
+                    out.append(
+                        Message(
+                            MessageType.STREAM_EVENT,
+                            content=content,
+                            raw=dict(chunk),
+                            timestamp=_now_ms(),
+                        )
+                    )
+            for call in (delta.get("tool_calls") or []) if isinstance(delta, Mapping) else []:
+                self._tool_call_delta(call)
+            if choice.get("finish_reason"):
+                self.finish_reason = str(choice["finish_reason"])
+        return out
+
+    def _tool_call_delta(self, call: Any) -> None:
+        if not isinstance(call, Mapping):
+            return
+        entry = self.tool_calls.setdefault(
+            int(call.get("index", len(self.tool_calls))), {"id": None, "name": "", "arguments": ""}
+        )
+        entry["id"] = call.get("id") or entry["id"]
+        function = call.get("function") or {}
+        if isinstance(function, Mapping):
+            entry["name"] += function.get("name") or ""
+            entry["arguments"] += function.get("arguments") or ""
+
+    def _stop_reason(self) -> str | None:
+        return {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}.get(
+            self.finish_reason or "", self.finish_reason
+        )
+
+    def assistant_message(self) -> Message:
+        blocks = [ContentBlock("text", text=self.text)] if self.parts else []
+        for call in self.tool_calls.values():
+            try:
+                arguments = json.loads(call["arguments"] or "{}")
+            except ValueError:
+                arguments = {"_raw": call["arguments"]}
+            blocks.append(
+                ContentBlock(
+                    "tool_use",
+                    id=call["id"],
+                    name=call["name"],
+                    input=arguments if isinstance(arguments, Mapping) else {"value": arguments},
+                )
+            )
+        return Message(
+            MessageType.ASSISTANT,
+            content=self.text,
+            content_blocks=blocks,
+            model=self.model,
+            message_id=self.message_id,
+            usage=self.usage,
+            stop_reason=self._stop_reason(),
+            timestamp=_now_ms(),
+        )
+
+    def result(self, subtype: str, *, is_error: bool = False, text: str | None = None) -> Message:
+        return Message(
+            MessageType.RESULT,
+            subtype=subtype,
+            is_error=is_error,
+            content=self.text if text is None else text,
+            model=self.model,
+            usage=self.usage,
+            stop_reason=self._stop_reason(),
+            duration_ms=int((time.monotonic() - self.started) * 1000),
+            num_turns=1,
+            timestamp=_now_ms(),
+        )
+
+
+def _error_detail(body: str) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body[:300] or "(empty body)"
+    if isinstance(data, Mapping):
+        error = data.get("error")
+        if isinstance(error, Mapping) and error.get("message"):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+    return body[:300]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _positive(value: Any, option: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise InvalidOption(f"option {option!r} must be a number > 0; got {value!r}")
+    return float(value)

@@ -1,0 +1,1 @@
+"""Small fake CLIs (python scripts) for protocol-level fault tests."""

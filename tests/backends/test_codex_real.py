@@ -1,0 +1,353 @@
+"""The ``codex`` backend against the real, pinned ``codex app-server`` and FakeModelServer.
+
+Everything goes through the public Session API. The CLI runs in a
+loopback-only network namespace where the machine allows it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from beamagent import Runtime, Session
+from beamagent.backends.codex import CodexHandler
+from beamagent.backends.permissions import Allow, Deny, PermissionContext
+from beamagent.errors import Interrupted, UnknownControlMethod
+from beamagent.messages import MessageType
+from beamagent.testing import (
+    ErrorStatus,
+    FakeModelServer,
+    LoopbackNamespace,
+    Stall,
+    Text,
+    ToolCall,
+    codex_env,
+)
+from tests.backends.conftest import (
+    of_type,
+    prefix,
+    receive_until,
+    recorder,
+    watch_incarnation,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # `clis` may install first
+WAIT = 30.0
+
+
+@pytest.fixture
+def start(
+    clis: dict[str, Path],
+    runtime: Runtime,
+    server: FakeModelServer,
+    sandbox: LoopbackNamespace | None,
+    tmp_path: Path,
+    work: Path,
+) -> Any:
+    """Start a codex session against the fake server: ``start(**options)``."""
+
+    def start_session(**options: Any) -> Session:
+        options.setdefault("cwd", str(work))
+        return runtime.start_session(
+            backend="codex",
+            env=codex_env(tmp_path / "home", server),
+            inherit_env=False,
+            command_prefix=prefix(sandbox),
+            **options,
+        )
+
+    return start_session
+
+
+def outputs(server: FakeModelServer) -> list[str]:
+    """The tool outputs the last Responses request carried back to the model."""
+    return [
+        str(item.get("output"))
+        for item in server.model_requests()[-1].json["input"]
+        if item.get("type") == "function_call_output"
+    ]
+
+
+def test_plain_query(start: Any, server: FakeModelServer, work: Path) -> None:
+    session = start()
+
+    messages = session.query("ECHO:hello codex", timeout=WAIT)
+
+    assert [m.type for m in messages] == [
+        MessageType.SYSTEM,
+        MessageType.ASSISTANT,
+        MessageType.RESULT,
+    ]
+    init, reply, result = messages
+    assert init.subtype == "init"
+    assert init.system_info is not None
+    assert init.system_info["cwd"] == str(work)
+    assert reply.content == "hello codex"
+    assert result.content == "hello codex"
+    assert (result.subtype, result.is_error) == ("success", False)
+    assert result.usage is not None
+    assert result.usage["input_tokens"] > 0
+    assert result.usage["output_tokens"] > 0
+    info = session.session_info()
+    assert info["native_session_id"] == info["thread_id"] == init.thread_id
+    assert info["model"] == "gpt-5.5"
+    [request] = server.model_requests()
+    assert request.path == "/v1/responses"
+    assert "ECHO:hello codex" in request.text
+
+
+def test_streaming_order_with_deltas(start: Any) -> None:
+    session = start(include_partial_messages=True)
+
+    messages = list(session.stream("ECHO:streamed words", timeout=WAIT))
+
+    kinds = [m.type for m in messages]
+    assert kinds[0] is MessageType.SYSTEM
+    assert kinds[-2:] == [MessageType.ASSISTANT, MessageType.RESULT]
+    deltas = of_type(messages, "stream_event")
+    assert deltas
+    assert kinds.index(MessageType.STREAM_EVENT) < kinds.index(MessageType.ASSISTANT)
+    assert "".join(d.content or "" for d in deltas) == "streamed words"
+
+
+def test_messages_stream_while_an_approval_is_pending(
+    start: Any, server: FakeModelServer, work: Path
+) -> None:
+    target = work / "streamed"
+    server.script([ToolCall(command=f"touch {target}"), Text("made it")])
+    release = threading.Event()
+    threads: list[str] = []
+
+    def slow_handler(_tool: str, _input: dict[str, Any], _context: Any) -> Allow:
+        threads.append(threading.current_thread().name)
+        assert release.wait(WAIT)
+        return Allow()
+
+    session = start(permission_handler=slow_handler)
+    ref = session.send_query("make the file")
+    init = session.receive_message(ref, timeout=WAIT)
+    use = session.receive_message(ref, timeout=WAIT)
+    # Delivered while the approval blocks the turn: streamed, not batched.
+    assert session.health() == "active_query"
+    release.set()
+    rest = []
+    while not rest or rest[-1].type is not MessageType.RESULT:
+        rest.append(session.receive_message(ref, timeout=WAIT))
+
+    assert init.type is MessageType.SYSTEM
+    assert use.type is MessageType.TOOL_USE
+    assert use.tool_name == "command_execution"
+    assert [m.type for m in rest] == [
+        MessageType.TOOL_RESULT,
+        MessageType.ASSISTANT,
+        MessageType.RESULT,
+    ]
+    assert rest[0].tool_use_id == use.tool_use_id
+    assert target.exists()
+    assert threads[0].startswith("beamagent-callback-")
+
+
+def test_two_turns_on_one_live_process(start: Any, server: FakeModelServer) -> None:
+    session = start()
+    pid = session.session_info()["pid"]
+
+    assert session.query("ECHO:first turn", timeout=WAIT)[-1].content == "first turn"
+    assert session.query("ECHO:second turn", timeout=WAIT)[-1].content == "second turn"
+
+    assert session.session_info()["pid"] == pid
+    one, two = server.model_requests()
+    assert "ECHO:second turn" not in one.text
+    assert "ECHO:first turn" in two.text
+    assert "ECHO:second turn" in two.text
+
+
+def test_approval_allowed_runs_the_command(start: Any, server: FakeModelServer, work: Path) -> None:
+    target = work / "allowed"
+    server.script([ToolCall(command=f"touch {target}"), Text("created")])
+    calls, handler = recorder(lambda *_: Allow())
+    session = start(permission_handler=handler)
+
+    messages = session.query("create the file", timeout=WAIT)
+
+    assert target.exists()
+    [(tool_name, tool_input, context)] = calls
+    assert tool_name == "command_execution"
+    assert f"touch {target}" in tool_input["command"]
+    assert tool_input["cwd"]
+    assert isinstance(context, PermissionContext)
+    assert (context.backend, context.session_id) == ("codex", session.session_id)
+    [use] = of_type(messages, "tool_use")
+    [result] = of_type(messages, "tool_result")
+    assert context.tool_use_id == use.tool_use_id == result.tool_use_id
+    assert result.is_error is False
+    assert messages[-1].content == "created"
+
+
+def test_approval_denied_has_no_side_effect_and_the_model_sees_it(
+    start: Any, server: FakeModelServer, work: Path
+) -> None:
+    target = work / "denied"
+    server.script([ToolCall(command=f"touch {target}"), Text("understood")])
+    calls, handler = recorder(lambda *_: Deny("no files today"))
+    session = start(permission_handler=handler)
+
+    messages = session.query("create the file", timeout=WAIT)
+
+    assert not target.exists()
+    assert len(calls) == 1
+    [result] = of_type(messages, "tool_result")
+    assert result.is_error is True
+    assert messages[-1].content == "understood"
+    [output] = outputs(server)
+    assert "rejected" in output.lower()
+
+
+def test_without_a_permission_handler_commands_are_declined(
+    start: Any, server: FakeModelServer, work: Path
+) -> None:
+    target = work / "default-denied"
+    server.script([ToolCall(command=f"touch {target}"), Text("declined")])
+    session = start()
+
+    session.query("create the file", timeout=WAIT)
+
+    assert not target.exists()
+    assert "rejected" in outputs(server)[0].lower()
+
+
+def test_permission_default_allow(start: Any, server: FakeModelServer, work: Path) -> None:
+    target = work / "default-allowed"
+    server.script([ToolCall(command=f"touch {target}"), Text("done")])
+    session = start(permission_default="allow")
+
+    session.query("create the file", timeout=WAIT)
+
+    assert target.exists()
+
+
+def test_interrupt_mid_turn(start: Any, server: FakeModelServer) -> None:
+    server.script([Stall(WAIT)])
+    session = start()
+    ref = session.send_query("this one hangs")
+    server.wait_for_requests(1, WAIT, predicate=lambda r: r.turn is not None)
+
+    session.interrupt()
+
+    receive_until(session, ref, Interrupted)
+    after = session.query("ECHO:after the interrupt", timeout=WAIT)
+    assert after[-1].content == "after the interrupt"
+
+
+def test_killed_cli_restarts_and_resumes_the_thread(
+    start: Any, runtime: Runtime, server: FakeModelServer
+) -> None:
+    session = start()
+    session.query("ECHO:remember the word pineapple", timeout=WAIT)
+    thread = session.session_info()["thread_id"]
+    server.script([Stall(WAIT)])
+    ref = session.send_query("this turn dies")
+    server.wait_for_requests(2, WAIT, predicate=lambda r: r.turn is not None)
+    incarnation = watch_incarnation(runtime, session)
+
+    # The npm launcher runs the native binary as its child: kill the CLI's whole group.
+    os.killpg(session.session_info()["pid"], signal.SIGKILL)
+
+    receive_until(session, ref)
+    incarnation.wait(WAIT)
+    messages = session.query("ECHO:back again", timeout=WAIT)
+    assert messages[-1].content == "back again"
+    info = session.session_info()
+    assert info["incarnation"] == 2
+    assert info["resumed"] is True
+    assert info["thread_id"] == thread
+    last = server.model_requests()[-1]
+    assert "remember the word pineapple" in last.text
+    assert "back again" in last.text
+
+
+def test_model_error_status_gives_an_error_message_and_a_usable_session(
+    start: Any, server: FakeModelServer
+) -> None:
+    server.script([ErrorStatus(500)])
+    session = start()
+
+    messages = session.query("this fails", timeout=WAIT)
+
+    [error] = of_type(messages, "error")
+    assert error.content
+    result = messages[-1]
+    assert result.type is MessageType.RESULT
+    assert (result.subtype, result.is_error) == ("error", True)
+    assert session.health() == "ready"
+    assert session.query("ECHO:fine now", timeout=WAIT)[-1].content == "fine now"
+
+
+def test_model_and_approval_policy_changes_apply_to_the_next_turn(
+    start: Any, server: FakeModelServer, work: Path
+) -> None:
+    session = start()
+    pid = session.session_info()["pid"]
+
+    session.set_model("gpt-6-sol")
+    session.set_permission_mode("never")
+    target = work / "never-asked"
+    server.script([ToolCall(command=f"echo {target}"), Text("ok")])
+    messages = session.query("run it", timeout=WAIT)
+
+    assert server.model_requests()[-1].json["model"] == "gpt-6-sol"
+    [init] = of_type(messages, "system")
+    assert init.system_info is not None
+    assert init.system_info["permission_mode"] == "never"
+    assert session.session_info()["pid"] == pid
+
+
+def test_send_control_uses_the_app_server_methods(start: Any) -> None:
+    session = start()
+
+    models = session.send_control("model/list", timeout=WAIT)
+    assert any(m["id"] == "gpt-5.5" for m in models["data"])
+    with pytest.raises(UnknownControlMethod):
+        session.send_control("no/such/method", timeout=WAIT)
+
+
+def test_availability(clis: dict[str, Path]) -> None:
+    available, why = CodexHandler.availability()
+    assert available, why
+
+
+def test_thread_start_options_reach_codex(start: Any, server: FakeModelServer) -> None:
+    session = start(developer_instructions="Answer like a pirate.", sandbox="read-only")
+
+    session.query("ECHO:ahoy", timeout=WAIT)
+
+    assert "Answer like a pirate." in json.dumps(server.model_requests()[-1].json)
+
+
+def test_interrupt_while_an_approval_is_pending(
+    start: Any, server: FakeModelServer, work: Path
+) -> None:
+    target = work / "never-made"
+    server.script([ToolCall(command=f"touch {target}")])
+    asked, release = threading.Event(), threading.Event()
+
+    def waiting_handler(*_: Any) -> Allow:
+        asked.set()
+        assert release.wait(WAIT)
+        return Allow()
+
+    session = start(permission_handler=waiting_handler)
+    ref = session.send_query("make the file")
+    assert asked.wait(WAIT)
+
+    session.interrupt()
+    receive_until(session, ref, Interrupted)
+    release.set()  # the late answer is dropped: codex withdrew the request
+
+    assert session.query("ECHO:still usable", timeout=WAIT)[-1].content == "still usable"
+    assert not target.exists()

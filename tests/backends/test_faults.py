@@ -1,0 +1,127 @@
+"""Protocol-level faults, injected by small fake CLIs (python scripts in ``fakes/``).
+
+The real handlers and transports run against processes that misbehave on
+purpose: noise on stdout, a 10 MB line, a CLI that never answers, one that
+exits at once, and a JSON-RPC peer whose request ids collide with ours.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from beamagent import Runtime, Session
+from beamagent.backends.permissions import Deny
+from beamagent.errors import BufferOverflow, ConnectTimeout, InvalidOption, TransportError
+from beamagent.messages import MessageType
+from tests.backends.conftest import recorder
+
+FAKES = Path(__file__).parent / "fakes"
+TEN_MB = 10 * 1024 * 1024
+
+
+def fake_claude(runtime: Runtime, mode: str, **options: Any) -> Session:
+    env = {"FAKE_MODE": mode, **options.pop("env", {})}
+    return runtime.start_session(
+        backend="claude",
+        cli_path=str(FAKES / "fake_claude.py"),
+        command_prefix=[sys.executable],
+        env=env,
+        **options,
+    )
+
+
+def test_garbage_lines_are_skipped(runtime: Runtime) -> None:
+    session = fake_claude(runtime, "garbage")
+
+    for prompt in ("first", "second"):
+        messages = session.query(prompt, timeout=10)
+        assert [m.type for m in messages] == [
+            MessageType.SYSTEM,
+            MessageType.ASSISTANT,
+            MessageType.RESULT,
+        ]
+        assert messages[1].content == f"echo: {prompt}"
+    assert session.health() == "ready"
+    assert session.supported_models() == [{"value": "fake-model"}]
+
+
+def test_a_10_mb_line_is_delivered_whole_when_the_buffer_allows_it(runtime: Runtime) -> None:
+    session = fake_claude(runtime, "huge", env={"FAKE_SIZE": str(TEN_MB)}, buffer_max=3 * TEN_MB)
+
+    messages = session.query("big", timeout=30)
+
+    [assistant] = [m for m in messages if m.type is MessageType.ASSISTANT]
+    assert assistant.content == "x" * TEN_MB
+    assert messages[-1].type is MessageType.RESULT
+    assert session.health() == "ready"
+
+
+def test_a_line_beyond_buffer_max_fails_the_session_with_buffer_overflow(
+    runtime: Runtime,
+) -> None:
+    session = fake_claude(runtime, "huge", env={"FAKE_SIZE": str(TEN_MB)})
+
+    with pytest.raises(BufferOverflow, match="more than 10000000 unparsed bytes"):
+        session.query("too big", timeout=30)
+
+
+def test_a_cli_that_hangs_at_start_times_out(runtime: Runtime) -> None:
+    with pytest.raises(ConnectTimeout, match=r"did not finish its handshake within 0\.5 s"):
+        fake_claude(runtime, "hang", init_timeout=0.5)
+
+    assert runtime.live_sessions() == []
+
+
+def test_a_cli_that_exits_at_once_reports_its_status_and_stderr(runtime: Runtime) -> None:
+    with pytest.raises(TransportError, match="status 3") as caught:
+        fake_claude(runtime, "exit")
+
+    assert "configuration is broken" in str(caught.value)
+    assert runtime.live_sessions() == []
+
+
+def test_a_missing_executable_is_a_clear_error(runtime: Runtime, tmp_path: Path) -> None:
+    with pytest.raises(InvalidOption, match="no-such-cli"):
+        runtime.start_session(backend="codex", cli_path=str(tmp_path / "no-such-cli"))
+
+
+def fake_codex(runtime: Runtime, log: Path, **options: Any) -> Session:
+    return runtime.start_session(
+        backend="codex",
+        cli_path=str(FAKES / "fake_codex.py"),
+        command_prefix=[sys.executable],
+        env={"FAKE_LOG": str(log)},
+        **options,
+    )
+
+
+def test_codex_id_spaces_are_kept_apart_amid_noise(runtime: Runtime, tmp_path: Path) -> None:
+    log = tmp_path / "received.jsonl"
+    calls, handler = recorder(lambda *_: Deny("not on my machine"))
+
+    session = fake_codex(runtime, log, permission_handler=handler)
+    messages = session.query("hi", timeout=10)
+
+    # The server's request 0 went to the permission handler and was answered as such...
+    [(tool_name, tool_input, _context)] = calls
+    assert (tool_name, tool_input["command"]) == ("command_execution", "rm -rf /")
+    received = [json.loads(line) for line in log.read_text().splitlines()]
+    answers = [m for m in received if "method" not in m and m.get("id") == 0]
+    assert answers == [{"id": 0, "result": {"decision": "decline"}}]
+    # ...while our own request 0 (initialize) got its response: the session is ready.
+    assert received[0]["method"] == "initialize"
+    assert received[0]["id"] == 0
+    assert "jsonrpc" not in received[0]
+    assert [m.type for m in messages] == [
+        MessageType.SYSTEM,
+        MessageType.ASSISTANT,
+        MessageType.RESULT,
+    ]
+    assert messages[1].content == "echo: hi"
+    assert session.session_info()["thread_id"] == "thread-fake-1"
+    assert session.health() == "ready"
