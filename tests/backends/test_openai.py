@@ -11,7 +11,7 @@ import pytest
 
 from beamagent import Runtime, Session
 from beamagent.backends.openai import OpenAIHandler
-from beamagent.errors import BadQueryRef, Interrupted, InvalidOption
+from beamagent.errors import Interrupted, InvalidOption, SessionError
 from beamagent.messages import ContentBlockType, MessageType
 from beamagent.testing import ErrorStatus, FakeModelServer, Malformed, Stall, Text, ToolCall
 from supervisors import send_exit
@@ -222,8 +222,8 @@ def test_crash_restarts_and_the_conversation_goes_on(
     send_exit(runtime._session_ref(session.session_id), "simulated crash")
 
     incarnation.wait(WAIT)
-    # The query died with its incarnation; the new one does not know it.
-    with pytest.raises(BadQueryRef):
+    # The query died with its incarnation: the restarted session says so.
+    with pytest.raises(SessionError, match="restarted"):
         session.receive_message(ref, timeout=WAIT)
     messages = session.query("ECHO:back", timeout=WAIT)
     assert messages[-1].content == "back"
