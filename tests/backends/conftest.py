@@ -8,7 +8,6 @@ never pass with the real-CLI tests silently skipped.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,15 +25,7 @@ from beamagent.testing import (
     loopback_namespace_available,
 )
 from supervisors import MonitorRef, monitor
-
-REQUIRE_CLIS = os.environ.get("BEAMAGENT_REQUIRE_CLIS") == "1"
-
-
-def skip_without_clis(reason: str) -> None:
-    """Skip (or, under ``BEAMAGENT_REQUIRE_CLIS=1``, fail) a test that needs the CLIs."""
-    if REQUIRE_CLIS:
-        pytest.fail(f"BEAMAGENT_REQUIRE_CLIS=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
+from tests._clis import REQUIRE_CLIS, skip_without_clis  # noqa: F401 - used by test modules
 
 
 @pytest.fixture(scope="session")

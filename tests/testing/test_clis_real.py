@@ -43,6 +43,7 @@ from beamagent.testing import (
     opencode_env,
     pinned_versions,
 )
+from tests._clis import skip_without_clis
 
 CLI_TIMEOUT_SECONDS = 60.0
 NO_NODE = shutil.which("node") is None or shutil.which("npm") is None
@@ -51,7 +52,7 @@ NO_NODE = shutil.which("node") is None or shutil.which("npm") is None
 @pytest.fixture(scope="module")
 def clis() -> dict[str, Path]:
     if NO_NODE:
-        pytest.skip("node and npm are needed to install and run the agent CLIs")
+        skip_without_clis("node and npm are needed to install and run the agent CLIs")
     return ensure_installed(("claude", "codex"))
 
 
