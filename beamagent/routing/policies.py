@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 import attrs
 
@@ -228,7 +228,7 @@ def _check_backend_policy(
         )
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class RouteRequest:
     """What the caller asks of routing; every field is optional.
 
@@ -290,6 +290,25 @@ class RouteRequest:
         """
         if isinstance(value, RouteRequest):
             return value
+        if cls is not RouteRequest:
+            return cls._parse(value)
+        if value is None:
+            return _DEFAULT_REQUEST
+        # A service tends to send the same few requests: remember the parse of a plain
+        # dict under an exact, frozen copy of it (never under the dict, which may change).
+        key = _plain_request_key(value) if type(value) is dict else None
+        if key is None:
+            return cls._parse(value)
+        request = _parsed_requests.get(key)
+        if request is None:
+            request = cls._parse(value)  # a malformed one raises here, every time
+            if len(_parsed_requests) >= _PARSED_MAX:
+                _parsed_requests.clear()
+            _parsed_requests[key] = request
+        return request
+
+    @classmethod
+    def _parse(cls, value: Mapping[str, Any] | None) -> RouteRequest:
         if value is None:
             return cls()
         if not isinstance(value, Mapping):
@@ -310,6 +329,53 @@ class RouteRequest:
 
 _ROUTE_KEYS: tuple[str, ...] = tuple(field.name for field in attrs.fields(RouteRequest))
 
+_DEFAULT_REQUEST = RouteRequest()
+
+_PARSED_MAX = 256
+"""How many parsed request dicts :meth:`RouteRequest.from_value` remembers."""
+_parsed_requests: dict[tuple[Any, ...], RouteRequest] = {}
+
+# Exact types only, and each value keyed with its type: equal values of different types
+# (True and 1, a Policy and its string, a str subclass) may parse differently.
+_PLAIN_SCALARS = frozenset({str, bool, type(None), Policy, FallbackPolicy, Health, Capability})
+_PLAIN_COLLECTIONS = frozenset({list, tuple, set, frozenset})
+
+
+def _plain_items(items: Iterable[Any]) -> tuple[Any, ...] | None:
+    frozen: list[Any] = []
+    for item in items:
+        kind = type(item)
+        if kind not in _PLAIN_SCALARS:
+            return None
+        frozen.append((kind, item))
+    return tuple(frozen)
+
+
+def _plain_request_key(value: dict[Any, Any]) -> tuple[Any, ...] | None:
+    """A hashable copy of a request dict of plain values (types included), else ``None``.
+
+    Collections keep their iteration order (the order the parse sees); a mapping
+    (``health``) keeps its items in order. Anything else is not remembered.
+    """
+    parts: list[Any] = []
+    for key, item in value.items():
+        kind = type(item)
+        if type(key) is not str:
+            return None
+        if kind in _PLAIN_SCALARS:
+            parts.append((key, kind, item))
+            continue
+        if kind in _PLAIN_COLLECTIONS:
+            frozen = _plain_items(item)
+        elif kind is dict:
+            frozen = _plain_items(x for pair in item.items() for x in pair)
+        else:
+            return None
+        if frozen is None:
+            return None
+        parts.append((key, kind, frozen))
+    return tuple(parts)
+
 
 def _convert_info_name(value: str) -> str:
     name = canonical_backend_name(value, key="name")
@@ -318,7 +384,7 @@ def _convert_info_name(value: str) -> str:
     return name
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class BackendInfo:
     """A backend the runtime can start, and the capabilities its handler declares.
 
@@ -414,8 +480,9 @@ _V = TypeVar("_V")
 
 
 def _frozen(value: Mapping[_K, _V]) -> Mapping[_K, _V]:
-    # The helper methods hand over fresh proxies; only outside input needs copying.
-    return value if isinstance(value, MappingProxyType) else MappingProxyType(dict(value))
+    # Outside input is always copied, a proxy too (its dict may still change); the helper
+    # methods share or build their mappings without coming through here.
+    return MappingProxyType(dict(value))
 
 
 def _convert_affinity(value: Mapping[str, str]) -> Mapping[str, str]:
@@ -427,9 +494,11 @@ def _convert_cursors(value: Mapping[RoundRobinKey, int]) -> Mapping[RoundRobinKe
 
 
 def _convert_state_health(value: Mapping[str, Health | str]) -> Mapping[str, Health]:
-    if isinstance(value, MappingProxyType):
-        return value
     return _health_map(value, "health")
+
+
+_PLANS_MAX = 256
+"""How many (request, available) plans a health view remembers before starting afresh."""
 
 
 @attrs.frozen
@@ -452,6 +521,15 @@ class RoutingState:
         factory=lambda: _EMPTY_HEALTH, converter=_convert_state_health
     )
     """Health overrides set through the registry (``set_health``): backend → health."""
+    # What `select` worked out per (request, available) under this `health`: a cache, not
+    # state (no part of equality). States derived without a health change share it.
+    _plans: _Plans = attrs.field(init=False, factory=lambda: _Plans(), eq=False, repr=False)
+
+    def _derive(
+        self, affinity: Mapping[str, str], cursors: Mapping[RoundRobinKey, int]
+    ) -> RoutingState:
+        # Same health, so the same plans.
+        return _new_state(affinity, cursors, self.health, self._plans)
 
     def cursor(self, key: RoundRobinKey) -> int:
         """Index of the next round-robin pick for ``key`` (0 if never used)."""
@@ -460,23 +538,28 @@ class RoutingState:
     def advance_cursor(self, key: RoundRobinKey) -> RoutingState:
         """Return a state whose cursor for ``key`` moves to the next candidate."""
         # Stored modulo the set size: the key fixes the size, and the number stays small.
-        following = (self.cursor(key) + 1) % len(key.candidates)
-        return attrs.evolve(self, cursors=MappingProxyType({**self.cursors, key: following}))
+        return self._advanced(key, self.cursors.get(key, 0))
+
+    def _advanced(self, key: RoundRobinKey, cursor: int) -> RoutingState:
+        # A proxy's copy() copies the dict under it, keeping the keys' hashes.
+        cursors = cast("MappingProxyType[RoundRobinKey, int]", self.cursors).copy()
+        cursors[key] = (cursor + 1) % len(key.candidates)
+        return self._derive(self.affinity, MappingProxyType(cursors))
 
     def bind(self, affinity_key: str, backend: str) -> RoutingState:
         """Return a state where ``affinity_key`` is bound to ``backend``."""
         if self.affinity.get(affinity_key) == backend:
             return self
-        return attrs.evolve(
-            self, affinity=MappingProxyType({**self.affinity, affinity_key: backend})
-        )
+        affinity = dict(self.affinity)
+        affinity[affinity_key] = backend
+        return self._derive(MappingProxyType(affinity), self.cursors)
 
     def unbind(self, affinity_key: str) -> RoutingState:
         """Return a state without a binding for ``affinity_key`` (e.g. its session ended)."""
         if affinity_key not in self.affinity:
             return self
         affinity = {k: v for k, v in self.affinity.items() if k != affinity_key}
-        return attrs.evolve(self, affinity=MappingProxyType(affinity))
+        return self._derive(MappingProxyType(affinity), self.cursors)
 
     def with_health(self, backend: str, health: Health | str | None) -> RoutingState:
         """Return a state with ``backend``'s health override set, or removed if ``None``.
@@ -490,7 +573,8 @@ class RoutingState:
             statuses.pop(name, None)
         else:
             statuses[name] = _parse_choice(Health, health, "health")
-        return attrs.evolve(self, health=MappingProxyType(statuses))
+        # New health, new plans: the old ones assumed the old health.
+        return _new_state(self.affinity, self.cursors, MappingProxyType(statuses), _Plans())
 
     def cleared(self) -> RoutingState:
         """Return a state with no sticky bindings and no cursors.
@@ -499,7 +583,27 @@ class RoutingState:
         whoever watches them, not routing memory, and forgetting them would
         make a backend that is down look healthy again.
         """
-        return RoutingState(health=self.health)
+        return self._derive(MappingProxyType({}), MappingProxyType({}))
+
+
+def _new_state(
+    affinity: Mapping[str, str],
+    cursors: Mapping[RoundRobinKey, int],
+    health: Mapping[str, Health],
+    plans: _Plans,
+) -> RoutingState:
+    """The helpers' constructor, around attrs' ``__init__`` and its converters.
+
+    Those copy and check outside input; the helpers pass read-only proxies of
+    their own (or shared ones), and a selection should not pay for copying them.
+    It sets every field: keep it in step with :class:`RoutingState`.
+    """
+    state: RoutingState = object.__new__(RoutingState)
+    object.__setattr__(state, "affinity", affinity)
+    object.__setattr__(state, "cursors", cursors)
+    object.__setattr__(state, "health", health)
+    object.__setattr__(state, "_plans", plans)
+    return state
 
 
 class _Candidates(NamedTuple):
@@ -617,49 +721,97 @@ def _decision(
     )
 
 
+class _Plan:
+    """What ``select`` works out once per request, available backends and health.
+
+    The candidate sets, the round-robin key, and the decisions that depend on
+    nothing else: every policy's but a new sticky binding's. A plan never
+    holds an error (a failing request is worked out again each time).
+    """
+
+    __slots__ = ("_key", "decision", "reused", "rotations", "sets")
+
+    def __init__(self, sets: _Candidates) -> None:
+        self.sets = sets
+        self._key: RoundRobinKey | None = None
+        self.decision: RouteDecision | None = None
+        # round robin: the decision at each cursor position; sticky: per bound backend
+        self.rotations: list[RouteDecision | None] = [None] * len(sets.ordered)
+        self.reused: dict[str, RouteDecision] = {}
+
+    def round_robin_key(self, request: RouteRequest) -> RoundRobinKey:
+        """The cursor of this candidate set (built once: its hash is then cached)."""
+        key = self._key
+        if key is None:
+            key = self._key = RoundRobinKey(
+                policy=request.policy,
+                candidates=self.sets.ordered,
+                capabilities=request.capabilities,
+                preferred=request.preferred_backends,
+                fallback=request.fallback_backends,
+                excluded=frozenset(request.excluded_backends),
+            )
+        return key
+
+
+class _Plans:
+    """The plans of one health view, by (request, available), and the last one used.
+
+    The last one is found by identity: a caller reusing its request object and
+    its tuple of backends (the registry's usual caller) skips hashing both.
+    """
+
+    __slots__ = ("by_key", "last")
+
+    def __init__(self) -> None:
+        self.by_key: dict[tuple[RouteRequest, tuple[BackendInfo, ...]], _Plan] = {}
+        self.last: tuple[RouteRequest, tuple[BackendInfo, ...], _Plan] | None = None
+
+
+def _plan(request: RouteRequest, state: RoutingState, available: Sequence[BackendInfo]) -> _Plan:
+    """The plan for ``request`` over ``available`` under ``state.health``, remembered."""
+    plans = state._plans
+    last = plans.last
+    # Identity is safe for a tuple only: a list may have changed since.
+    if last is not None and last[0] is request and last[1] is available:
+        return last[2]
+    backends = available if type(available) is tuple else tuple(available)
+    key = (request, backends)
+    try:
+        plan = plans.by_key.get(key)
+    except TypeError:  # an unhashable stand-in for a BackendInfo: work it out every time
+        return _Plan(_candidate_sets(request, state, available))
+    if plan is None:
+        plan = _Plan(_candidate_sets(request, state, available))
+        if len(plans.by_key) >= _PLANS_MAX:
+            plans.by_key.clear()  # e.g. a sticky request per session id: keep memory bounded
+        plans.by_key[key] = plan
+    plans.last = (request, backends, plan)
+    return plan
+
+
 def _round_robin(
-    request: RouteRequest, state: RoutingState, sets: _Candidates
-) -> tuple[tuple[str, ...], RoundRobinKey]:
-    """Rotate the candidates to this turn's pick; return them and the cursor to advance."""
-    ordered = sets.ordered
-    if not ordered:
+    request: RouteRequest, state: RoutingState, plan: _Plan
+) -> tuple[int, RoundRobinKey]:
+    """This turn's position in the candidates, and the cursor to advance."""
+    sets = plan.sets
+    if not sets.ordered:
         raise _no_backend(request, sets)
-    key = RoundRobinKey(
-        policy=request.policy,
-        candidates=ordered,
-        capabilities=request.capabilities,
-        preferred=request.preferred_backends,
-        fallback=request.fallback_backends,
-        excluded=frozenset(request.excluded_backends),
-    )
-    index = state.cursor(key) % len(ordered)
-    return ordered[index:] + ordered[:index], key
+    key = plan.round_robin_key(request)
+    return state.cursors.get(key, 0) % len(sets.ordered), key
 
 
-def select(
-    request: RouteRequest | Mapping[str, Any] | None,
+def _rotated(ordered: tuple[str, ...], index: int) -> tuple[str, ...]:
+    return ordered[index:] + ordered[:index]
+
+
+def _fixed_decision(
+    request: RouteRequest,
     state: RoutingState,
     available: Sequence[BackendInfo],
-) -> tuple[RouteDecision, RoutingState]:
-    """Choose a backend for ``request``; return the decision and the next state.
-
-    ``available`` lists the runtime's backends in default preference order. The
-    candidates are those not excluded, not ``unhealthy`` or ``down`` (the
-    request's ``health`` wins over ``state.health``), and having every requested
-    capability; the policy picks among them. The state changes only for
-    ``round_robin`` (its cursor) and a new ``sticky`` binding; otherwise
-    ``state`` itself is returned.
-
-    Raises:
-        InvalidRouteRequest: the request is malformed, or ``sticky`` lacks an
-            ``affinity_key``.
-        UnknownCapability: the request names an unknown capability.
-        BackendNotEligible: the ``explicit`` backend is not a candidate; its
-            ``reasons`` say why.
-        NoBackendAvailable: no backend is a candidate.
-    """
-    request = RouteRequest.from_value(request)
-    sets = _candidate_sets(request, state, available)
+    sets: _Candidates,
+) -> RouteDecision:
+    """The decision of a policy that keeps no memory (every one but round robin and sticky)."""
     policy = request.policy
 
     if policy is Policy.EXPLICIT:
@@ -667,17 +819,16 @@ def select(
         if named is None:
             if not sets.ordered:
                 raise _no_backend(request, sets)
-            decision = _decision(request, sets, sets.ordered, "selected first explicit candidate")
-            return decision, state
+            return _decision(request, sets, sets.ordered, "selected first explicit candidate")
         if named not in sets.eligible:
             raise BackendNotEligible(named, _ineligibility(request, state, available, named))
-        return _decision(request, sets, (named,), "selected explicit backend override"), state
+        return _decision(request, sets, (named,), "selected explicit backend override")
 
     if policy is Policy.PREFERRED_THEN_FALLBACK:
         if not sets.ordered:
             raise _no_backend(request, sets)
         head = sets.ordered[0]
-        return _decision(request, sets, sets.ordered, _rank_reason(head, sets)), state
+        return _decision(request, sets, sets.ordered, _rank_reason(head, sets))
 
     if policy is Policy.CAPABILITY_FIRST:
         if not sets.ordered:
@@ -694,30 +845,7 @@ def select(
             reason = f"selected backend satisfying capabilities [{wanted}]"
         else:
             reason = _rank_reason(chosen, sets)
-        return _decision(request, sets, _move_to_front(chosen, sets.ordered), reason), state
-
-    if policy is Policy.ROUND_ROBIN:
-        rotated, key = _round_robin(request, state, sets)
-        decision = _decision(request, sets, rotated, "selected by round robin policy")
-        return decision, state.advance_cursor(key)
-
-    if policy is Policy.STICKY:
-        affinity_key = request.affinity_key
-        if affinity_key is None:
-            raise InvalidRouteRequest(
-                "affinity_key", "policy 'sticky' needs an affinity_key (e.g. the session id)"
-            )
-        bound = state.affinity.get(affinity_key)
-        # Reuse wherever the bound backend now ranks: stickiness beats preference order.
-        if bound is not None and bound in sets.ordered:
-            candidates = _move_to_front(bound, sets.ordered)
-            return _decision(request, sets, candidates, "reused sticky affinity backend"), state
-        rotated, key = _round_robin(request, state, sets)
-        reasons = ["selected backend and bound sticky affinity"]
-        if bound is not None:
-            reasons.append(f"previous backend {bound} is no longer a candidate")
-        decision = _decision(request, sets, rotated, *reasons)
-        return decision, state.advance_cursor(key).bind(affinity_key, decision.backend)
+        return _decision(request, sets, _move_to_front(chosen, sets.ordered), reason)
 
     # Policy.FAILOVER
     if not sets.ordered:
@@ -733,4 +861,75 @@ def select(
         reason = "reused last backend because no failover candidate remained"
     else:
         reason = "skipped last backend"
-    return _decision(request, sets, candidates, reason), state
+    return _decision(request, sets, candidates, reason)
+
+
+def select(
+    request: RouteRequest | Mapping[str, Any] | None,
+    state: RoutingState,
+    available: Sequence[BackendInfo],
+) -> tuple[RouteDecision, RoutingState]:
+    """Choose a backend for ``request``; return the decision and the next state.
+
+    ``available`` lists the runtime's backends in default preference order. The
+    candidates are those not excluded, not ``unhealthy`` or ``down`` (the
+    request's ``health`` wins over ``state.health``), and having every requested
+    capability; the policy picks among them. The state changes only for
+    ``round_robin`` (its cursor) and a new ``sticky`` binding; otherwise
+    ``state`` itself is returned.
+
+    What depends only on the request, ``available`` and ``state.health`` is
+    worked out once and remembered with the state, so routing the same
+    request again costs a lookup (the decisions returned are immutable and
+    may be shared).
+
+    Raises:
+        InvalidRouteRequest: the request is malformed, or ``sticky`` lacks an
+            ``affinity_key``.
+        UnknownCapability: the request names an unknown capability.
+        BackendNotEligible: the ``explicit`` backend is not a candidate; its
+            ``reasons`` say why.
+        NoBackendAvailable: no backend is a candidate.
+    """
+    request = RouteRequest.from_value(request)
+    plan = _plan(request, state, available)
+    policy = request.policy
+
+    if policy is Policy.ROUND_ROBIN:
+        index, key = _round_robin(request, state, plan)
+        decision = plan.rotations[index]
+        if decision is None:
+            sets = plan.sets
+            decision = _decision(
+                request, sets, _rotated(sets.ordered, index), "selected by round robin policy"
+            )
+            plan.rotations[index] = decision
+        return decision, state._advanced(key, index)
+
+    if policy is Policy.STICKY:
+        affinity_key = request.affinity_key
+        if affinity_key is None:
+            raise InvalidRouteRequest(
+                "affinity_key", "policy 'sticky' needs an affinity_key (e.g. the session id)"
+            )
+        sets = plan.sets
+        bound = state.affinity.get(affinity_key)
+        # Reuse wherever the bound backend now ranks: stickiness beats preference order.
+        if bound is not None and bound in sets.ordered:
+            decision = plan.reused.get(bound)
+            if decision is None:
+                candidates = _move_to_front(bound, sets.ordered)
+                decision = _decision(request, sets, candidates, "reused sticky affinity backend")
+                plan.reused[bound] = decision
+            return decision, state
+        index, key = _round_robin(request, state, plan)
+        reasons = ["selected backend and bound sticky affinity"]
+        if bound is not None:
+            reasons.append(f"previous backend {bound} is no longer a candidate")
+        decision = _decision(request, sets, _rotated(sets.ordered, index), *reasons)
+        return decision, state._advanced(key, index).bind(affinity_key, decision.backend)
+
+    decision = plan.decision
+    if decision is None:
+        decision = plan.decision = _fixed_decision(request, state, available, plan.sets)
+    return decision, state
