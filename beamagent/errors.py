@@ -257,7 +257,7 @@ class RunNotFound(BeamAgentError, LookupError):
 
 
 class RunError(BeamAgentError):
-    """A run ended with an error; ``reason`` holds the underlying error."""
+    """A run ended with an error (the message says which node and why)."""
 
 
 class MaxRetriesExceeded(RunError):

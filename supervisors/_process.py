@@ -226,6 +226,7 @@ class Process(pykka.ThreadingActor):
         self._terminated = False
         self._finished = False
         self._monitors_closed = False
+        self._kill_injected = False
         self._requested_exit: ExitReason | None = None
         self._in_user_code = False
         self._current: Envelope[Any] | None = None
@@ -310,7 +311,8 @@ class Process(pykka.ThreadingActor):
         finally:
             self._started.set()
             _local.process = None
-            _clear_pending_kill()
+            if self._kill_injected:
+                _clear_pending_kill()
 
     def _run_on_start(self) -> bool:
         self._in_user_code = True
@@ -507,6 +509,7 @@ class Process(pykka.ThreadingActor):
         if thread is threading.current_thread():
             raise _ProcessKilled()
         if in_user_code and thread is not None and thread.is_alive():
+            self._kill_injected = True
             _async_raise(thread, _ProcessKilled)
         return True
 

@@ -16,3 +16,20 @@ def test_supervision_tree_example(capsys: pytest.CaptureFixture[str]) -> None:
     assert "api restarted, state is fresh: api pong #1" in out
     assert "restarts=2" in out
     assert "live actors left: 0" in out
+
+
+def test_main_demo_routes_supervises_and_records(capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        namespace = runpy.run_path(str(EXAMPLES / "demo.py"))
+        assert namespace["main"]() == 0
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    out = capsys.readouterr().out
+    assert "node_retry    tech" in out and "TransportError" in out  # the agent died once
+    assert out.count("completed: classify ->") == 4
+    assert "round_robin: local_a" in out and "round_robin: local_b" in out
+    assert "Let me look at the crash rep" in out  # the partial answer, read back from disk
+    assert "== all runs completed" in out

@@ -1,5 +1,10 @@
-"""Graph workflows: instructions, routers, servings, jobs and the executor's pure decisions."""
+"""Graph workflows: instructions, routers, servings, jobs, and the actors that run them.
 
+``runtime.run_job(job, input)`` runs a :class:`Job` in a :class:`GraphExecutor`
+actor and returns its :class:`Run`; ``docs/graphs.md`` is the user guide.
+"""
+
+from beamagent.graph.executor import GraphExecutor
 from beamagent.graph.instructions import (
     MAX_ROUTE_COUNT,
     End,
@@ -11,6 +16,7 @@ from beamagent.graph.instructions import (
     parse_next,
 )
 from beamagent.graph.job import Job, Node
+from beamagent.graph.node import NodeActor, ServingContext, current_context
 from beamagent.graph.outputs import (
     Condition,
     ConditionOp,
@@ -28,6 +34,15 @@ from beamagent.graph.planning import (
     plan,
 )
 from beamagent.graph.router import Edge, EdgeKind, EdgeRouter, LinearRouter, Router
+from beamagent.graph.run import (
+    TERMINAL_EVENTS,
+    EventKind,
+    Run,
+    RunEvent,
+    RunResult,
+    RunStatus,
+    StepResult,
+)
 from beamagent.graph.serving import (
     FunctionServing,
     NodeMessage,
@@ -38,10 +53,13 @@ from beamagent.graph.serving import (
     ToolResult,
     parse_structured_answer,
 )
+from beamagent.graph.session_serving import PROMPT_FIELDS, SessionServing
 
 __all__ = [
     "DEFAULT_RETRY_REASON",
     "MAX_ROUTE_COUNT",
+    "PROMPT_FIELDS",
+    "TERMINAL_EVENTS",
     "Arrival",
     "Condition",
     "ConditionOp",
@@ -49,13 +67,16 @@ __all__ = [
     "EdgeKind",
     "EdgeRouter",
     "End",
+    "EventKind",
     "FunctionServing",
+    "GraphExecutor",
     "Instruction",
     "Job",
     "Join",
     "JoinBarrier",
     "LinearRouter",
     "Node",
+    "NodeActor",
     "NodeMessage",
     "Output",
     "OutputType",
@@ -65,12 +86,20 @@ __all__ = [
     "Retry",
     "Route",
     "Router",
+    "Run",
+    "RunEvent",
+    "RunResult",
+    "RunStatus",
     "Serving",
+    "ServingContext",
+    "SessionServing",
+    "StepResult",
     "Sub",
     "ToolCall",
     "ToolRegistry",
     "ToolResult",
     "Yield",
+    "current_context",
     "outputs_schema",
     "parse_next",
     "parse_structured_answer",

@@ -311,6 +311,50 @@ class SessionStore(Protocol):
         """Release every resource the store holds; later calls raise ``StoreError``."""
         ...
 
+    # --- graph run checkpoints (beamagent.graph) ---------------------------------------
+
+    def save_run(
+        self,
+        run_id: str,
+        *,
+        job_id: str,
+        status: str,
+        state: str,
+        results: Iterable[str] = (),
+        parent_run_id: str | None = None,
+    ) -> None:
+        """Create or replace the checkpoint of graph run ``run_id``, appending ``results``.
+
+        ``state`` and each result are JSON texts written by the graph executor; the
+        store keeps them as they are. One transaction: all or nothing.
+        """
+        ...
+
+    def load_run(self, run_id: str) -> dict[str, Any]:
+        """A run's checkpoint: ``run_id, job_id, parent_run_id, status, created_at,
+        updated_at``, the decoded ``state`` and the decoded ``results`` in order.
+
+        Raises :class:`~beamagent.errors.RunNotFound` for an unknown run.
+        """
+        ...
+
+    def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        job_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Run checkpoints matching every given filter, most recently updated first.
+
+        Each is ``load_run``'s dict without ``state`` and ``results``.
+        """
+        ...
+
+    def delete_run(self, run_id: str) -> None:
+        """Delete a run's checkpoint and results (``RunNotFound`` if there is none)."""
+        ...
+
 
 # --- boundary checks shared by both stores ---------------------------------------------------
 

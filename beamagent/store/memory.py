@@ -637,3 +637,101 @@ class MemoryStore:
         with self._lock:
             self._closed = True
             self._sessions.clear()
+
+    # --- graph run checkpoints ------------------------------------------------------------
+
+    def _run_rows(self) -> dict[str, dict[str, Any]]:
+        rows: dict[str, dict[str, Any]] | None = getattr(self, "_graph_runs", None)
+        if rows is None:
+            self._graph_runs: dict[str, dict[str, Any]] = {}
+            rows = self._graph_runs
+        return rows
+
+    def save_run(
+        self,
+        run_id: str,
+        *,
+        job_id: str,
+        status: str,
+        state: str,
+        results: Iterable[str] = (),
+        parent_run_id: str | None = None,
+    ) -> None:
+        """Create or replace a graph run's checkpoint and append its new results."""
+        check_id(run_id, "run_id")
+        check_id(job_id, "job_id")
+        check_id(status, "status")
+        check_optional_str(parent_run_id, "parent_run_id")
+        texts = list(results)
+        if not isinstance(state, str) or not all(isinstance(t, str) for t in texts):
+            raise InvalidOption("a run checkpoint's state and results must be JSON texts")
+        with self._locked():
+            rows = self._run_rows()
+            now = self._clock.now()
+            row = rows.get(run_id)
+            if row is None:
+                row = rows[run_id] = {"created_at": now, "results": []}
+            row.update(
+                job_id=job_id,
+                parent_run_id=parent_run_id,
+                status=status,
+                updated_at=now,
+                state=state,
+            )
+            row["results"].extend(texts)
+
+    def load_run(self, run_id: str) -> dict[str, Any]:
+        """A run's checkpoint with its decoded state and results."""
+        from beamagent.errors import RunNotFound
+
+        with self._locked():
+            row = self._run_rows().get(run_id) if isinstance(run_id, str) else None
+            if row is None:
+                raise RunNotFound(f"no run {run_id!r} in the store")
+            out = self._run_summary(run_id, row)
+            state, results = row["state"], list(row["results"])
+        out["state"] = json.loads(state)
+        out["results"] = [json.loads(text) for text in results]
+        return out
+
+    @staticmethod
+    def _run_summary(run_id: str, row: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "run_id": run_id,
+            "job_id": row["job_id"],
+            "parent_run_id": row["parent_run_id"],
+            "status": row["status"],
+            "created_at": row["created_at"],
+            "updated_at": row["updated_at"],
+        }
+
+    def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        job_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Run checkpoints matching the filters, most recently updated first."""
+        check_optional_str(status, "status")
+        check_optional_str(job_id, "job_id")
+        limit = check_limit(limit)
+        with self._locked():
+            found = [
+                self._run_summary(run_id, row)
+                for run_id, row in self._run_rows().items()
+                if (status is None or row["status"] == status)
+                and (job_id is None or row["job_id"] == job_id)
+            ]
+        found.sort(key=lambda r: r["updated_at"], reverse=True)
+        return found if limit is None else found[:limit]
+
+    def delete_run(self, run_id: str) -> None:
+        """Delete a run's checkpoint and results."""
+        from beamagent.errors import RunNotFound
+
+        with self._locked():
+            rows = self._run_rows()
+            if not isinstance(run_id, str) or run_id not in rows:
+                raise RunNotFound(f"no run {run_id!r} in the store")
+            del rows[run_id]

@@ -140,6 +140,28 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    (
+        # Checkpoints of graph runs (beamagent.graph): the live state as JSON, results appended.
+        """
+        CREATE TABLE graph_runs (
+            run_id        TEXT PRIMARY KEY,
+            job_id        TEXT NOT NULL,
+            parent_run_id TEXT,
+            status        TEXT NOT NULL,
+            created_at    REAL NOT NULL,
+            updated_at    REAL NOT NULL,
+            state         TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX graph_runs_by_updated ON graph_runs (updated_at)",
+        """
+        CREATE TABLE graph_run_results (
+            run_id TEXT NOT NULL REFERENCES graph_runs (run_id) ON DELETE CASCADE,
+            body   TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX graph_run_results_by_run ON graph_run_results (run_id)",
+    ),
 )
 
 #: The schema version this code writes and understands.
@@ -1129,3 +1151,115 @@ class SqliteStore:
             self._readers = []
             self._writer.close()
         log.info("store_closed", path=str(self._path))
+
+    # --- graph run checkpoints ------------------------------------------------------------
+
+    def save_run(
+        self,
+        run_id: str,
+        *,
+        job_id: str,
+        status: str,
+        state: str,
+        results: Iterable[str] = (),
+        parent_run_id: str | None = None,
+    ) -> None:
+        """Create or replace a graph run's checkpoint and append its new results."""
+        check_id(run_id, "run_id")
+        check_id(job_id, "job_id")
+        check_id(status, "status")
+        check_optional_str(parent_run_id, "parent_run_id")
+        texts = list(results)
+        if not isinstance(state, str) or not all(isinstance(t, str) for t in texts):
+            raise InvalidOption("a run checkpoint's state and results must be JSON texts")
+        with self._write() as conn:
+            now = self._clock.now()
+            conn.execute(
+                "INSERT INTO graph_runs (run_id, job_id, parent_run_id, status, created_at, "
+                "updated_at, state) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE "
+                "SET job_id = excluded.job_id, parent_run_id = excluded.parent_run_id, "
+                "status = excluded.status, updated_at = excluded.updated_at, "
+                "state = excluded.state",
+                (run_id, job_id, parent_run_id, status, now, now, state),
+            )
+            if texts:
+                # Appended in rowid order, which is the order load_run reads them back in.
+                conn.executemany(
+                    "INSERT INTO graph_run_results (run_id, body) VALUES (?, ?)",
+                    [(run_id, text) for text in texts],
+                )
+
+    _RUN_COLUMNS = "run_id, job_id, parent_run_id, status, created_at, updated_at"
+
+    @staticmethod
+    def _run_from_row(row: Sequence[Any]) -> dict[str, Any]:
+        return dict(
+            zip(
+                ("run_id", "job_id", "parent_run_id", "status", "created_at", "updated_at"),
+                row,
+                strict=False,
+            )
+        )
+
+    def load_run(self, run_id: str) -> dict[str, Any]:
+        """A run's checkpoint with its decoded state and results."""
+        from beamagent.errors import RunNotFound
+
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {self._RUN_COLUMNS}, state FROM graph_runs WHERE run_id = ?",
+                (run_id if isinstance(run_id, str) else None,),
+            ).fetchone()
+            if row is None:
+                raise RunNotFound(f"no run {run_id!r} in the store")
+            bodies = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT body FROM graph_run_results WHERE run_id = ? ORDER BY rowid",
+                    (run_id,),
+                )
+            ]
+        out = self._run_from_row(row[:6])
+        out["state"] = json.loads(row[6])
+        out["results"] = [json.loads(body) for body in bodies]
+        return out
+
+    def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        job_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Run checkpoints matching the filters, most recently updated first."""
+        check_optional_str(status, "status")
+        check_optional_str(job_id, "job_id")
+        limit = check_limit(limit)
+        where: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if job_id is not None:
+            where.append("job_id = ?")
+            params.append(job_id)
+        sql = f"SELECT {self._RUN_COLUMNS} FROM graph_runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY updated_at DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        with self._read() as conn:
+            return [self._run_from_row(row) for row in conn.execute(sql, params)]
+
+    def delete_run(self, run_id: str) -> None:
+        """Delete a run's checkpoint and results."""
+        from beamagent.errors import RunNotFound
+
+        with self._write() as conn:
+            deleted = conn.execute(
+                "DELETE FROM graph_runs WHERE run_id = ?",
+                (run_id if isinstance(run_id, str) else None,),
+            ).rowcount
+            if not deleted:
+                raise RunNotFound(f"no run {run_id!r} in the store")
