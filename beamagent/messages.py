@@ -13,8 +13,8 @@ goes through :func:`normalize` instead, which never raises).
 
 from __future__ import annotations
 
-import copy
 import enum
+import operator
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
@@ -237,32 +237,18 @@ class ContentBlock:
         ``RAW`` block with ``raw={"value": block}``. (``"raw"`` itself is a
         known type: that is how :meth:`to_dict` writes a raw block.)
         """
-        if not isinstance(block, Mapping):
-            return cls(ContentBlockType.RAW, raw={"value": block})
-        kind = block.get("type")
-        if not isinstance(kind, str) or kind not in _BLOCK_TYPES:
-            return cls(ContentBlockType.RAW, raw=block)
-        content = block.get("content")
-        return cls(
-            _BLOCK_TYPES[kind],
-            text=_pick(block, _is_str, "text"),
-            thinking=_pick(block, _is_str, "thinking"),
-            id=_pick(block, _is_str, "id"),
-            name=_pick(block, _is_str, "name"),
-            input=_pick(block, _is_mapping, "input"),
-            tool_use_id=_pick(block, _is_str, "tool_use_id"),
-            content=content,
-            is_error=_pick(block, _is_bool, "is_error"),
-            raw=_pick(block, _is_mapping, "raw"),
-        )
+        # One deep copy of the whole block, then every field is taken from the copy.
+        return _owned_block(_copy_json(block))
 
-    def to_dict(self) -> dict[str, Any]:
-        """The block as a JSON-serialisable dict, ``None`` fields left out."""
+    def to_dict(self, *, copy: bool = True) -> dict[str, Any]:
+        """The block as a JSON-serialisable dict, ``None`` fields left out.
+
+        ``copy=False`` shares nested values with the block, as in :meth:`Message.to_dict`.
+        """
         out: dict[str, Any] = {"type": self.type.value}
-        for field in _BLOCK_FIELDS:
-            value = getattr(self, field)
+        for field, value in zip(_BLOCK_FIELDS, _block_values(self), strict=True):
             if value is not None:
-                out[field] = _copy_json(value)
+                out[field] = _copy_json(value) if copy else value
         return out
 
 
@@ -270,6 +256,49 @@ _BLOCK_TYPES: Final[Mapping[str, ContentBlockType]] = {t.value: t for t in Conte
 _BLOCK_FIELDS: Final[tuple[str, ...]] = tuple(
     f.name for f in attrs.fields(ContentBlock) if f.name != "type"
 )
+_block_values = operator.attrgetter(*_BLOCK_FIELDS)
+
+
+# --- trusted construction -----------------------------------------------------------
+#
+# The attrs constructors copy every mapping and validate every field: right for values
+# a caller passes in, wasted on values the library has just built itself. The builders
+# below fill the slots directly. They are private, and their callers guarantee two
+# things: every value already has its field's type (``normalize`` picks each field with
+# a type check), and every mutable value is owned by the new instance, i.e. nobody
+# outside holds it (a deep copy made for it, or JSON parsed for it and handed over).
+
+
+def _slot_setters(cls: type) -> tuple[tuple[str, Callable[[Any, Any], None]], ...]:
+    # Setting the slot descriptors directly skips the frozen class's __setattr__.
+    return tuple((f.name, getattr(cls, f.name).__set__) for f in attrs.fields(cls))
+
+
+_BLOCK_SETTERS: Final = _slot_setters(ContentBlock)
+
+
+def _build_block(kind: ContentBlockType, fields: Mapping[str, Any]) -> ContentBlock:
+    block: ContentBlock = object.__new__(ContentBlock)
+    get = fields.get
+    for name, set_slot in _BLOCK_SETTERS:
+        set_slot(block, get(name))
+    _BLOCK_SETTERS[0][1](block, kind)
+    return block
+
+
+def _owned_block(block: object) -> ContentBlock:
+    """:meth:`ContentBlock.from_dict` of a value the caller hands over (see above)."""
+    if not isinstance(block, Mapping):
+        return _build_block(ContentBlockType.RAW, {"raw": {"value": block}})
+    kind = block.get("type")
+    if not isinstance(kind, str) or kind not in _BLOCK_TYPES:
+        return _build_block(ContentBlockType.RAW, {"raw": block})
+    fields: dict[str, Any] = {}
+    for key in block.keys() & _BLOCK_ACCEPT.keys():
+        value = block[key]
+        if value is not None and _BLOCK_ACCEPT[key](value):
+            fields[key] = value  # fields of the wrong type are dropped
+    return _build_block(_BLOCK_TYPES[kind], fields)
 
 
 def _to_blocks(
@@ -299,7 +328,9 @@ class Message:
 
     Mapping and list fields are private deep copies of what was passed in
     (plain dicts and lists, so they stay JSON-serialisable); treat them as
-    read-only. ``stop_reason_parsed`` defaults to the parse of ``stop_reason``.
+    read-only (a message from :func:`normalize` shares nested values between
+    its fields and ``raw``, never with the caller). ``stop_reason_parsed``
+    defaults to the parse of ``stop_reason``.
 
         >>> Message("text", content="hi").to_dict()["type"]
         'text'
@@ -375,13 +406,12 @@ class Message:
         for callers that only read or serialise the result (e.g. the store).
         """
         out: dict[str, Any] = {"type": self.type.value}
-        for name in _MESSAGE_FIELDS:
-            value = getattr(self, name)
+        for name, value in zip(_MESSAGE_FIELDS, _message_values(self), strict=True):
             if value is None:
                 continue
             if name == "content_blocks":
                 if value:
-                    out[name] = [block.to_dict() for block in value]
+                    out[name] = [block.to_dict(copy=copy) for block in value]
             elif isinstance(value, enum.Enum):
                 out[name] = value.value
             else:
@@ -413,20 +443,55 @@ class Message:
         """
         if "stop_reason" in changes and "stop_reason_parsed" not in changes:
             changes["stop_reason_parsed"] = parse_stop_reason(changes["stop_reason"])
-        if changes.keys() <= _SIMPLE_STR_FIELDS and all(
-            value is None or type(value) is str for value in changes.values()
-        ):
-            # Stamping ids is on every message's path: skip re-converting every field.
-            clone = copy.copy(self)
+        if changes.keys() <= _SIMPLE_STR_FIELDS:
+            # Stamping ids is on every message's path: skip re-converting every field
+            # (the clone shares this message's values, read-only by contract, as a
+            # shallow copy would).
+            values = list(_all_message_values(self))
             for name, value in changes.items():
-                object.__setattr__(clone, name, value)
-            return clone
+                if value is not None and type(value) is not str:
+                    break  # let the validators say what is wrong
+                values[_FIELD_INDEX[name]] = value
+            else:
+                clone: Message = object.__new__(Message)
+                for set_slot, value in zip(_ALL_SLOT_SETS, values, strict=True):
+                    set_slot(clone, value)
+                return clone
         return attrs.evolve(self, **changes)
 
 
 _MESSAGE_FIELDS: Final[tuple[str, ...]] = tuple(
     f.name for f in attrs.fields(Message) if f.name != "type"
 )
+_ALL_MESSAGE_FIELDS: Final[tuple[str, ...]] = tuple(f.name for f in attrs.fields(Message))
+_message_values = operator.attrgetter(*_MESSAGE_FIELDS)
+_all_message_values = operator.attrgetter(*_ALL_MESSAGE_FIELDS)
+_FIELD_INDEX: Final[Mapping[str, int]] = {name: i for i, name in enumerate(_ALL_MESSAGE_FIELDS)}
+_MESSAGE_SETTERS: Final = _slot_setters(Message)[1:]  # all but ``type``
+_ALL_SLOT_SETS: Final = tuple(set_slot for _name, set_slot in _slot_setters(Message))
+_set_message_type: Final = _ALL_SLOT_SETS[0]
+
+
+def _build_message(kind: MessageType, fields: Mapping[str, Any]) -> Message:
+    """A message from ``fields`` as they are (see "trusted construction" above).
+
+    Absent fields are ``None``, except ``content_blocks`` (a tuple; default ``()``) and
+    ``stop_reason_parsed`` (default: parsed from ``stop_reason``).
+    """
+    message: Message = object.__new__(Message)
+    get = fields.get
+    for name, set_slot in _MESSAGE_SETTERS:
+        set_slot(message, get(name))
+    _set_message_type(message, kind)
+    if "content_blocks" not in fields:
+        _MESSAGE_SETTERS[_CONTENT_BLOCKS][1](message, ())
+    if "stop_reason_parsed" not in fields:
+        _MESSAGE_SETTERS[_STOP_REASON_PARSED][1](message, parse_stop_reason(get("stop_reason")))
+    return message
+
+
+_CONTENT_BLOCKS: Final = _MESSAGE_FIELDS.index("content_blocks")
+_STOP_REASON_PARSED: Final = _MESSAGE_FIELDS.index("stop_reason_parsed")
 _SIMPLE_STR_FIELDS: Final[frozenset[str]] = frozenset(
     {"session_id", "thread_id", "uuid", "message_id", "model", "parent_tool_use_id"}
 )
@@ -472,6 +537,20 @@ def _pick(mapping: Mapping[str, Any], accept: Callable[[object], bool], *keys: s
     return None
 
 
+_BLOCK_ACCEPT: Final[Mapping[str, Callable[[object], bool]]] = {
+    "text": _is_str,
+    "thinking": _is_str,
+    "id": _is_str,
+    "name": _is_str,
+    "input": _is_mapping,
+    "tool_use_id": _is_str,
+    "content": _is_present,
+    "is_error": _is_bool,
+    "raw": _is_mapping,
+}
+assert _BLOCK_ACCEPT.keys() == set(_BLOCK_FIELDS)
+
+
 def _as_mapping(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
@@ -509,12 +588,14 @@ _COMMON_FIELDS: Final[tuple[tuple[str, Callable[[object], bool], tuple[str, ...]
     ("thread_id", _is_str, ("thread_id", "threadId")),
 )
 
-_COMMON_KEY_INDEX: Final[Mapping[str, tuple[int, ...]]] = {
-    key: tuple(i for i, (_n, _a, keys) in enumerate(_COMMON_FIELDS) if key in keys)
-    for _name, _accept, spelled in _COMMON_FIELDS
-    for key in spelled
+# Key -> (canonical field, accepted type, rank of this spelling: lower wins).
+_COMMON_KEY_PLAN: Final[Mapping[str, tuple[str, Callable[[object], bool], int]]] = {
+    key: (name, accept, rank)
+    for name, accept, spelled in _COMMON_FIELDS
+    for rank, key in enumerate(spelled)
 }
-_COMMON_KEYS: Final[frozenset[str]] = frozenset(_COMMON_KEY_INDEX)
+assert len(_COMMON_KEY_PLAN) == sum(len(keys) for _n, _a, keys in _COMMON_FIELDS), "a shared key"
+_COMMON_KEYS: Final[frozenset[str]] = frozenset(_COMMON_KEY_PLAN)
 
 # system/init keys the CLIs spell in camelCase, and their canonical names.
 _SYSTEM_INFO_KEYS: Final[Mapping[str, str]] = {
@@ -530,7 +611,7 @@ _SYSTEM_INFO_KEYS: Final[Mapping[str, str]] = {
 def _blocks_from(value: object) -> list[ContentBlock]:
     if not isinstance(value, list | tuple):
         return []
-    return [ContentBlock.from_dict(item) for item in value]
+    return [_owned_block(item) for item in value]
 
 
 def _joined_text(blocks: Iterable[ContentBlock]) -> str | None:
@@ -641,29 +722,62 @@ def normalize(mapping: Mapping[str, Any], *, now_ms: int | None = None) -> Messa
     ``timestamp`` is the mapping's integer ``timestamp`` if it has one, else
     ``now_ms``, else the current time in milliseconds.
     """
-    if not isinstance(mapping, Mapping):
-        mapping = {"value": mapping}
+    # One deep copy of the whole input: every field is then taken from the copy, which
+    # nobody else holds, so no field needs a copy of its own (see "trusted construction").
+    owned = _copy_json(mapping) if isinstance(mapping, Mapping) else {"value": _copy_json(mapping)}
+    return _normalize_owned(owned, now_ms=now_ms)
+
+
+def _normalize_owned(
+    mapping: dict[str, Any], *, now_ms: int | None = None, session_id: str | None = None
+) -> Message:
+    """:func:`normalize` of a dict the caller hands over: no copies, nothing re-validated.
+
+    For the library's own decoders only, with a dict ``json.loads`` just returned and
+    nobody else holds: the message keeps it as ``raw`` and shares its nested values.
+    Anything else goes through :func:`normalize`. A ``session_id`` (a str: the
+    canonical id a handler knows) replaces the backend's, saving the session a copy.
+    """
+    if type(mapping) is not dict:
+        message = normalize(mapping, now_ms=now_ms)
+        return message if session_id is None else message.with_fields(session_id=session_id)
     kind_name = mapping.get("type")
     kind = MessageType.RAW
     if isinstance(kind_name, str) and kind_name in _MESSAGE_TYPES:
         kind = _MESSAGE_TYPES[kind_name]
 
     fields: dict[str, Any] = {}
-    # Visit only the fields whose keys the mapping has (most messages have a handful).
-    present = mapping.keys() & _COMMON_KEYS if isinstance(mapping, dict) else _COMMON_KEYS
-    for index in sorted({i for key in present for i in _COMMON_KEY_INDEX[key]}):
-        name, accept, keys = _COMMON_FIELDS[index]
-        value = _pick(mapping, accept, *keys)
-        if value is not None:
+    ranks: dict[str, int] = {}
+    # Visit only the keys the mapping has (most messages have a handful). Of two
+    # spellings of one field, the first listed in _COMMON_FIELDS wins if its type is right.
+    for key in mapping.keys() & _COMMON_KEYS:
+        name, accept, rank = _COMMON_KEY_PLAN[key]
+        value = mapping[key]
+        if value is not None and accept(value) and ranks.setdefault(name, rank) >= rank:
             fields[name] = value
+            ranks[name] = rank
     _type_specific(kind, mapping, fields)
 
     timestamp = mapping.get("timestamp")
     if not _is_int(timestamp):
-        timestamp = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+        if now_ms is None:
+            timestamp = time.time_ns() // 1_000_000
+        elif _is_int(now_ms):
+            timestamp = now_ms
+        else:
+            raise InvalidOption(f"now_ms must be an int or None, got {type(now_ms).__name__}")
     fields["timestamp"] = timestamp
     fields["raw"] = mapping
-    return Message(kind, **fields)
+    if session_id is not None:
+        fields["session_id"] = session_id
+    for name in _TUPLE_FIELDS:
+        value = fields.get(name)
+        if value is not None:
+            fields[name] = tuple(value)
+    return _build_message(kind, fields)
+
+
+_TUPLE_FIELDS: Final = ("content_blocks", "errors", "permission_denials")
 
 
 _MESSAGE_TYPES: Final[Mapping[str, MessageType]] = {t.value: t for t in MessageType}

@@ -3,6 +3,8 @@
 Prints:
   * a blocking ``query`` on ``local`` vs one raw Pykka ask round trip (goal ratio <= 3.0),
     with the in-memory store and with the default SQLite store (WAL);
+  * where the in-memory figure goes: each stage of the query alone on this thread, the
+    same work right after a thread switch, and what no stage accounts for;
   * ``stream`` first-message latency;
   * 10,000 live idle ``local`` sessions: start rate and RSS per session (goal <= 40 KiB).
 """
@@ -24,6 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import figure, paired, per_op, report, rss_bytes
 
 from beamagent import Runtime
+from beamagent.backends.local import LocalAgent, LocalHandler
+from beamagent.messages import Message, MessageType
+from beamagent.store import MemoryStore
 
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
 
@@ -33,7 +38,8 @@ class RawEcho(pykka.ThreadingActor):
         return message
 
 
-def bench_query(store: Any, label: str) -> None:
+def bench_query(store: Any, label: str) -> tuple[float, float]:
+    """Print the query figures; return (raw ask, query) seconds for the breakdown."""
     raw = RawEcho.start()
     with Runtime(store=store) as rt:
         session = rt.start_session(backend="local")
@@ -55,6 +61,65 @@ def bench_query(store: Any, label: str) -> None:
         first = per_op(lambda: next(iter(_first(session))), 300)
         figure(f"stream_first_message_{label}", first * 1e6, "us")
     raw.stop()
+    return raw_t, query_t
+
+
+def bench_query_breakdown(raw_t: float, query_t: float) -> None:
+    """Split ``query_local_memory_store`` into its stages, each run alone on this thread.
+
+    A query crosses two threads and back twice (caller -> session -> store actor), two
+    raw ask round trips; the session thread runs the agent, the decoding and the
+    bookkeeping, the store thread the commit. Stages measured back to back stay in the
+    CPU's caches; in the real query each runs right after a thread switch, so the same
+    work is also timed after a raw ask (``work_after_switch``). ``unattributed`` is
+    what is left: the session's own bookkeeping (query state, the user prompt, two
+    messages it sends itself, Pykka dispatch) and the cold-cache cost of the switches.
+    """
+    agent = LocalAgent(
+        native_session_id=f"local-{'0' * 32}", model="local-echo", cwd=None, permission_mode=None
+    )
+    lines: list[bytes] = []
+    agent.attach(lines.append, lambda _status: None)
+    handler = LocalHandler({"session_id": "session_bench"})
+    query_line = b"".join(handler.encode_query("hi", {}).writes)
+    store = MemoryStore()
+    store.create_session("session_bench", "local")
+
+    def agent_reply() -> bytes:
+        agent.receive(query_line)
+        return lines.pop()
+
+    data = agent_reply()
+    user = Message(MessageType.USER, content="hi", session_id="session_bench", uuid="u")
+    answer = [user, *handler.handle_data(data)[0].messages]
+
+    def stored_form() -> list[dict[str, Any]]:
+        return [m.to_dict(copy=False) for m in answer]
+
+    stored = stored_form()
+
+    def work() -> None:  # every stage, in the order a query runs them
+        handler.encode_query("hi", {})
+        answer = [user, *handler.handle_data(agent_reply())[0].messages]
+        store.record_messages("session_bench", [m.to_dict(copy=False) for m in answer])
+
+    stages = {
+        "agent_reply": per_op(agent_reply, 2000),
+        "decode_normalize": per_op(lambda: handler.handle_data(data), 2000),
+        "stored_form": per_op(stored_form, 2000),
+        "store_commit": per_op(lambda: store.record_messages("session_bench", stored), 2000),
+    }
+    raw = RawEcho.start()
+    ask_t, after_switch = paired(lambda: raw.ask(1), lambda: (raw.ask(1), work()), 1000)
+    raw.stop()
+    hot = per_op(work, 2000)
+    for name, seconds in stages.items():
+        figure(f"query_breakdown_{name}", seconds * 1e6, "us")
+    figure("query_breakdown_two_round_trips", 2 * raw_t * 1e6, "us", "2 x the raw ask above")
+    figure("query_breakdown_work_hot", hot * 1e6, "us", "all stages back to back")
+    figure("query_breakdown_work_after_switch", (after_switch - ask_t) * 1e6, "us")
+    rest = query_t - 2 * raw_t - (after_switch - ask_t)
+    figure("query_breakdown_unattributed", rest * 1e6, "us", "query - round trips - work")
 
 
 def _first(session: Any) -> Any:
@@ -80,7 +145,7 @@ def bench_many_sessions(n: int = 10_000) -> None:
 
 
 if __name__ == "__main__":
-    bench_query(":memory:", "memory_store")
+    bench_query_breakdown(*bench_query(":memory:", "memory_store"))
     with tempfile.TemporaryDirectory() as tmp:
         bench_query(Path(tmp) / "bench.db", "sqlite_store")
     bench_many_sessions(int(sys.argv[1]) if len(sys.argv) > 1 else 10_000)

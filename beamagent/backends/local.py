@@ -25,11 +25,12 @@ from __future__ import annotations
 import contextlib
 import inspect
 import itertools
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import attrs
 
@@ -45,7 +46,7 @@ from beamagent.backends.base import (
 from beamagent.backends.jsonl import decode_lines, encode_line
 from beamagent.capabilities import Capability
 from beamagent.errors import InvalidOption
-from beamagent.messages import Message, normalize
+from beamagent.messages import Message, _normalize_owned
 
 __all__ = ["LocalAgent", "LocalExit", "LocalHandler", "ReplyFn"]
 
@@ -239,7 +240,7 @@ class LocalAgent(InProcessPeer):
     def _uuid(self) -> str:
         # Random, not derived from the native id: a resumed or restarted agent must not
         # repeat the uuids of earlier messages (revert/rollback select by uuid).
-        return str(uuid.uuid4())
+        return _uuid4()
 
     def _init_line(self) -> dict[str, Any]:
         return {
@@ -296,6 +297,20 @@ class LocalAgent(InProcessPeer):
         streamer = self._streamer
         if streamer is not None and streamer is not threading.current_thread():
             streamer.join(timeout=5)
+
+
+_UUID4_CLEAR: Final = 0xF000 << 64 | 0xC000 << 48  # the version and variant bits
+_UUID4_SET: Final = 0x4000 << 64 | 0x8000 << 48  # version 4, RFC 4122 variant
+
+
+def _uuid4() -> str:
+    """``str(uuid.uuid4())`` (the same random source and layout) at half the cost.
+
+    The agent stamps every line it writes with one, so it is on every query's path.
+    """
+    n = int.from_bytes(os.urandom(16)) & ~_UUID4_CLEAR | _UUID4_SET
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _control_response(request_id: Any, response: Mapping[str, Any]) -> dict[str, Any]:
@@ -398,7 +413,9 @@ class LocalHandler(BackendHandler):
                 else:
                     replies.append((request_id, response.get("response"), None))
                 continue
-            messages.append(normalize(obj))
+            # The decoder's dicts are fresh from json.loads and handed over: no copies.
+            # Stamped with the canonical session id here, so the session need not copy.
+            messages.append(_normalize_owned(obj, session_id=self.session_id))
         return (
             HandlerOutput(messages=messages, state=state, info=info, replies=replies),
             decoded.leftover,

@@ -1,0 +1,84 @@
+"""The private trusted construction paths build exactly what the validating ones build."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+from hypothesis import given
+
+from beamagent.messages import Message, _build_message, _normalize_owned, normalize
+from tests.messages.test_messages import heavy, json_objects, known_key_objects, messages
+
+
+def _containers(value: Any) -> list[Any]:
+    """Every dict and list reachable from ``value`` (iteratively: values may be deep)."""
+    found, stack = [], [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            found.append(item)
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            if isinstance(item, list):
+                found.append(item)
+            stack.extend(item)
+    return found
+
+
+def _message_containers(message: Message) -> list[Any]:
+    values = [getattr(message, f.name) for f in attrs.fields(Message)]
+    values += [getattr(b, f.name) for b in message.content_blocks for f in attrs.fields(type(b))]
+    return _containers(values)
+
+
+def _stored_text(message: Message) -> str:
+    # Compared as text: NaN (which json.loads accepts) is never == itself.
+    return json.dumps(message.to_dict())
+
+
+@given(known_key_objects)
+@heavy
+def test_owned_normalize_matches_normalize(mapping: dict[str, Any]) -> None:
+    parsed = json.loads(json.dumps(mapping))
+    owned = _normalize_owned(parsed, now_ms=1)
+    assert _stored_text(owned) == _stored_text(normalize(mapping, now_ms=1))
+    assert owned.raw is parsed  # handed over, not copied
+
+
+@given(json_objects)
+@heavy
+def test_trusted_messages_pass_the_validating_constructor(mapping: dict[str, Any]) -> None:
+    message = _normalize_owned(json.loads(json.dumps(mapping)), now_ms=1)
+    # evolve re-runs every converter and validator: same types, same values.
+    assert attrs.evolve(message) == message
+    assert normalize(mapping, now_ms=1) == message
+
+
+@given(known_key_objects)
+@heavy
+def test_normalize_shares_no_container_with_the_caller(mapping: dict[str, Any]) -> None:
+    message = normalize(mapping, now_ms=1)
+    theirs = {id(c) for c in _containers(mapping)}
+    assert not theirs & {id(c) for c in _message_containers(message)}
+
+
+@given(messages)
+@heavy
+def test_stamping_matches_evolve(message: Message) -> None:
+    stamped = message.with_fields(session_id="session_x", uuid=None)
+    assert stamped == attrs.evolve(message, session_id="session_x", uuid=None)
+    assert message.with_fields() == message
+
+
+def test_build_message_defaults() -> None:
+    built = _build_message(Message("user").type, {"content": "hi", "stop_reason": "end_turn"})
+    assert built == Message("user", content="hi", stop_reason="end_turn")
+
+
+@given(json_objects)
+@heavy
+def test_owned_normalize_stamps_like_with_fields(mapping: dict[str, Any]) -> None:
+    stamped = _normalize_owned(json.loads(json.dumps(mapping)), now_ms=1, session_id="s")
+    assert stamped == normalize(mapping, now_ms=1).with_fields(session_id="s")
