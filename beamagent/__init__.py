@@ -14,17 +14,21 @@ Example::
 
 from beamagent.backends.base import SessionState
 from beamagent.backends.local import LocalExit
+from beamagent.backends.permissions import Allow, Deny, PermissionContext
 from beamagent.log import configure_logging
 from beamagent.messages import ContentBlock, Message, MessageType, normalize
 from beamagent.runtime import BackendSpec, Runtime, default_runtime, shutdown_default_runtime
 from beamagent.session import QueryRef, Session
 
 __all__ = [
+    "Allow",
     "BackendSpec",
     "ContentBlock",
+    "Deny",
     "LocalExit",
     "Message",
     "MessageType",
+    "PermissionContext",
     "QueryRef",
     "Runtime",
     "Session",

@@ -35,3 +35,22 @@ def test_main_demo_routes_supervises_and_records(capsys: pytest.CaptureFixture[s
     assert "round_robin: local_b" in out
     assert "Let me look at the crash rep" in out  # the partial answer, read back from disk
     assert "== all runs completed" in out
+
+
+def test_readme_python_blocks_run(capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's first two examples (a session, a graph) run as written."""
+    import re
+
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    import structlog
+
+    try:
+        for block in blocks[:2]:
+            code = block.replace("Runtime()", 'Runtime(store=":memory:")')
+            exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    finally:
+        structlog.reset_defaults()  # the README configures logging for its process
+    out = capsys.readouterr().out
+    assert "hello" in out
+    assert "reviewed draft of a release note" in out
