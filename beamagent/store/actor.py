@@ -63,12 +63,16 @@ class StoreActor(Process):
         super().__init__()
         self.store = store
 
+    @staticmethod
+    def _failed(method: str, exc: sqlite3.Error) -> StoreError:
+        log.error("store_write_failed", method=method, error=str(exc))
+        return StoreError(f"session store write {method} failed: {exc}")
+
     def _run(self, method: str, call: Callable[[], Any]) -> Any:
         try:
             return call()
         except sqlite3.Error as exc:
-            log.error("store_write_failed", method=method, error=str(exc))
-            raise StoreError(f"session store write {method} failed: {exc}") from exc
+            raise self._failed(method, exc) from exc
 
     def write(self, method: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
         """Run a mutating store method (see ``WRITE_METHODS``) and return its result.
@@ -80,14 +84,19 @@ class StoreActor(Process):
             raise InvalidOption(
                 f"{method!r} is not a store write; writes are {', '.join(sorted(WRITE_METHODS))}"
             )
-        return self._run(method, lambda: getattr(self.store, method)(*args, **kwargs))
+        # Every session message passes here: call directly rather than through _run's
+        # closure (same error handling).
+        try:
+            return getattr(self.store, method)(*args, **kwargs)
+        except sqlite3.Error as exc:
+            raise self._failed(method, exc) from exc
 
     def record(self, session_id: str, messages: list[dict[str, Any]]) -> list[int]:
         """Record a session's messages in one transaction; returns their seqs."""
-        seqs: list[int] = self._run(
-            "record_messages", lambda: self.store.record_messages(session_id, messages)
-        )
-        return seqs
+        try:
+            return self.store.record_messages(session_id, messages)
+        except sqlite3.Error as exc:
+            raise self._failed("record_messages", exc) from exc
 
     def session_started(self, meta: Mapping[str, Any]) -> None:
         """Upsert a session's metadata when it (re)starts (history and threads are kept)."""

@@ -454,10 +454,16 @@ def check_extra(value: Any) -> dict[str, Any]:
     return extra
 
 
+#: What ``json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)``
+#: uses, built once: ``dumps`` with non-default options builds a new encoder per call.
+#: It keeps no state between calls, so threads can share it.
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def encode_json(value: Any, what: str) -> str:
     """Compact JSON text of ``value``, or :class:`InvalidOption` if it is not JSON-able."""
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return _JSON_ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise InvalidOption(f"{what} must be JSON-serialisable: {exc}") from None
 
@@ -543,23 +549,29 @@ def prepare_message(message: Any, active_thread_id: str | None) -> PreparedMessa
     kind = message.get("type")
     if not isinstance(kind, str) or not kind:
         raise InvalidOption(f"a message needs a non-empty string 'type', got {kind!r}")
-    body = dict(message)
-    if body.get("thread_id") is None and active_thread_id is not None:
+    if active_thread_id is not None and message.get("thread_id") is None:
+        body = dict(message)
         body["thread_id"] = active_thread_id
-    text = encode_json(body, "a message")
-
-    def column(key: str) -> str | None:
-        value = body.get(key)
-        return value if isinstance(value, str) and value else None
-
+    elif type(message) is dict:
+        # Encoded as it is: a copy would encode to the same text (the encoder takes
+        # only dicts, so other mappings are still copied).
+        body = message
+    else:
+        body = dict(message)
+    get = body.get
     return PreparedMessage(
         type=kind,
-        uuid=column("uuid"),
-        message_id=column("message_id"),
-        thread_id=column("thread_id"),
-        model=column("model"),
-        body=text,
+        uuid=_column(get("uuid")),
+        message_id=_column(get("message_id")),
+        thread_id=_column(get("thread_id")),
+        model=_column(get("model")),
+        body=encode_json(body, "a message"),
     )
+
+
+def _column(value: Any) -> str | None:
+    """An indexed column's value: a non-empty string, else ``None``."""
+    return value if isinstance(value, str) and value else None
 
 
 def with_thread_id(body: str, thread_id: str) -> PreparedMessage:

@@ -78,12 +78,42 @@ class _Message:
 
 @attrs.define
 class _Session:
-    record: SessionRecord
+    # The record as of the last change other than an append; ``record`` folds in the
+    # appends since then. A session appends far more often than anyone reads its record,
+    # so appends do not rebuild the (frozen) record each time.
+    stored: SessionRecord = attrs.field(alias="record")
     messages: list[_Message] = attrs.field(factory=list)
     # Seqs hidden by thread rollbacks (a message belongs to at most one thread).
     rolled_back: set[int] = attrs.field(factory=set)
     # Counts are filled in when a thread is read; the stored ones stay 0.
     threads: dict[str, ThreadRecord] = attrs.field(factory=dict)
+    # ``(updated_at, model)`` after appends not yet in ``stored``; the message count is
+    # ``len(messages)``.
+    appended: tuple[float, str | None] | None = None
+
+    @property
+    def record(self) -> SessionRecord:
+        """The session's record, appends included."""
+        if self.appended is not None:
+            updated_at, model = self.appended
+            self.stored = attrs.evolve(
+                self.stored,
+                message_count=len(self.messages),
+                updated_at=updated_at,
+                model=model,
+            )
+            self.appended = None
+        return self.stored
+
+    @record.setter
+    def record(self, record: SessionRecord) -> None:
+        self.stored = record
+        self.appended = None
+
+    @property
+    def model(self) -> str | None:
+        """The session's model, appends included (without rebuilding the record)."""
+        return self.stored.model if self.appended is None else self.appended[1]
 
 
 def _deep(value: Mapping[str, Any]) -> dict[str, Any]:
@@ -171,7 +201,7 @@ class MemoryStore:
         self, session: _Session, prepared: Iterable[PreparedMessage], now: float
     ) -> list[int]:
         seqs: list[int] = []
-        model = session.record.model
+        model = session.model
         touched: set[str] = set()
         for item in prepared:
             seq = len(session.messages) + 1
@@ -183,7 +213,7 @@ class MemoryStore:
                 touched.add(item.thread_id)
         for thread_id in touched & session.threads.keys():
             session.threads[thread_id] = attrs.evolve(session.threads[thread_id], updated_at=now)
-        self._touch(session, now, message_count=len(session.messages), model=model)
+        session.appended = (now, model)
         return seqs
 
     def _activate(self, session: _Session, thread_id: str | None, now: float) -> None:
@@ -301,7 +331,7 @@ class MemoryStore:
         batch = list(messages)
         with self._locked():
             session = self._session(session_id)
-            active = session.record.active_thread_id
+            active = session.stored.active_thread_id  # appends do not change it
             prepared = [prepare_message(m, active) for m in batch]
             return self._append(session, prepared, self._clock.now())
 

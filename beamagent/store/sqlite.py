@@ -175,6 +175,12 @@ _THREAD_COLUMNS = (
     "thread_id, session_id, name, metadata, created_at, updated_at, status, archived, "
     "archived_at, parent_thread_id, summary"
 )
+# record_messages reads and writes only these (constant texts: sqlite3 reuses the statements).
+_RECORD_READ = "SELECT message_count, active_thread_id FROM sessions WHERE session_id = ?"
+_RECORD_UPDATE = (
+    "UPDATE sessions SET message_count = ?, updated_at = ?, model = coalesce(?, model) "
+    "WHERE session_id = ?"
+)
 _MESSAGE_INSERT = (
     "INSERT INTO messages (session_id, seq, type, uuid, message_id, thread_id, created_at, "
     "rolled_back, body) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)"
@@ -286,6 +292,50 @@ def _tighten_side_files(path: Path) -> None:
                 side.chmod(0o600)
         except FileNotFoundError:
             continue
+
+
+class _WriteTransaction:
+    """``with store._write() as conn``: hold the write lock, ``BEGIN IMMEDIATE`` ... ``COMMIT``.
+
+    On an exception (also one from ``COMMIT``) the transaction is rolled back, so that the
+    next ``BEGIN`` starts clean, and the exception goes on. A class rather than a
+    ``@contextmanager`` generator because every recorded message pays for it.
+    """
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        store = self._store
+        store._write_lock.acquire()
+        try:
+            store._check_open()
+            conn = store._writer
+            conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            store._write_lock.release()
+            raise
+        return conn
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        store = self._store
+        conn = store._writer
+        try:
+            if exc_type is None:
+                try:
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            elif conn.in_transaction:
+                conn.execute("ROLLBACK")
+        finally:
+            store._write_lock.release()
 
 
 class SqliteStore:
@@ -461,21 +511,9 @@ class SqliteStore:
         finally:
             conn.execute("ROLLBACK")
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> _WriteTransaction:
         """A write transaction on the single writer; committed before the caller returns."""
-        with self._write_lock:
-            self._check_open()
-            conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                # Also after a failed COMMIT, so that the next BEGIN starts clean.
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        return _WriteTransaction(self)
 
     # --- row helpers ----------------------------------------------------------------------
 
@@ -599,6 +637,44 @@ class SqliteStore:
             (record.session_id, thread_id, record.visible_message_count),
         ).fetchall()
 
+    @staticmethod
+    def _insert_messages(
+        conn: sqlite3.Connection,
+        session_id: str,
+        count: int,
+        prepared: Sequence[PreparedMessage],
+        now: float,
+    ) -> tuple[list[int], str | None]:
+        """Append ``prepared`` after message ``count``; bump the session and its threads.
+
+        Only ``message_count``, ``updated_at`` and ``model`` of the session change (the
+        model to the last string ``model`` of the batch, if any); the threads the
+        messages belong to get ``updated_at = now``. Returns the new seqs and the
+        batch's model (``None``: unchanged).
+        """
+        first = count + 1
+        conn.executemany(
+            _MESSAGE_INSERT,
+            [
+                (session_id, seq, p.type, p.uuid, p.message_id, p.thread_id, now, p.body)
+                for seq, p in enumerate(prepared, first)
+            ],
+        )
+        model = None
+        touched = set()
+        for p in prepared:
+            if p.model is not None:
+                model = p.model
+            if p.thread_id is not None:
+                touched.add(p.thread_id)
+        if touched:
+            conn.executemany(
+                "UPDATE threads SET updated_at = ? WHERE session_id = ? AND thread_id = ?",
+                [(now, session_id, t) for t in sorted(touched)],
+            )
+        conn.execute(_RECORD_UPDATE, (count + len(prepared), now, model, session_id))
+        return list(range(first, first + len(prepared))), model
+
     def _append(
         self,
         conn: sqlite3.Connection,
@@ -606,28 +682,15 @@ class SqliteStore:
         prepared: Sequence[PreparedMessage],
         now: float,
     ) -> tuple[SessionRecord, list[int]]:
-        first = record.message_count + 1
-        seqs = list(range(first, first + len(prepared)))
-        conn.executemany(
-            _MESSAGE_INSERT,
-            [
-                (record.session_id, seq, p.type, p.uuid, p.message_id, p.thread_id, now, p.body)
-                for seq, p in zip(seqs, prepared, strict=True)
-            ],
-        )
-        model = record.model
-        for p in prepared:
-            if p.model is not None:
-                model = p.model
-        touched = sorted({p.thread_id for p in prepared if p.thread_id is not None})
-        conn.executemany(
-            "UPDATE threads SET updated_at = ? WHERE session_id = ? AND thread_id = ?",
-            [(now, record.session_id, t) for t in touched],
+        seqs, model = self._insert_messages(
+            conn, record.session_id, record.message_count, prepared, now
         )
         record = attrs.evolve(
-            record, message_count=record.message_count + len(prepared), model=model, updated_at=now
+            record,
+            message_count=record.message_count + len(seqs),
+            model=record.model if model is None else model,
+            updated_at=now,
         )
-        self._save(conn, record)
         return record, seqs
 
     def _activate(
@@ -757,9 +820,16 @@ class SqliteStore:
         """Append messages in one transaction (all or none); returns their seqs."""
         batch = list(messages)
         with self._write() as conn:
-            record = self._load(conn, session_id)
-            prepared = [prepare_message(m, record.active_thread_id) for m in batch]
-            _, seqs = self._append(conn, record, prepared, self._clock.now())
+            # The hot path of every session: read and write only the columns an append
+            # uses, not the whole record (see _append for the general case).
+            row = None
+            if isinstance(session_id, str):
+                row = conn.execute(_RECORD_READ, (session_id,)).fetchone()
+            if row is None:
+                raise SessionNotFound(session_id)
+            count, active_thread_id = row
+            prepared = [prepare_message(m, active_thread_id) for m in batch]
+            seqs, _ = self._insert_messages(conn, session_id, count, prepared, self._clock.now())
             return seqs
 
     def get_session_messages(
