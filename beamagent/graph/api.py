@@ -55,6 +55,7 @@ from supervisors import (
     Down,
     NoSuchProcess,
     StartChildError,
+    lookup,
     monitor,
     register,
     whereis,
@@ -318,6 +319,7 @@ class GraphApi:
             restored_results=tuple(restored_results),
             max_tool_rounds=max_tool_rounds,
             name=name,
+            spares=spares,
         )
         run = Run(self, run_id, job.id, events)
         graph = self._graph()
@@ -337,21 +339,22 @@ class GraphApi:
 
         def ended(down: Down) -> None:
             # A killed executor writes no terminal event: the handle still gets exactly one.
-            events.append(
-                RunEvent(
-                    EventKind.RUN_ERROR,
-                    run_id,
-                    data={"status": "error", "error": f"the executor ended: {down.reason}"},
-                ),
-                RunResult(
-                    run_id,
-                    RunStatus.ERROR,
-                    None,
-                    {},
-                    0,
-                    RunError(f"run {run_id!r}: its executor ended ({down.reason})"),
-                ),
-            )
+            if events.result is None:
+                events.append(
+                    RunEvent(
+                        EventKind.RUN_ERROR,
+                        run_id,
+                        data={"status": "error", "error": f"the executor ended: {down.reason}"},
+                    ),
+                    RunResult(
+                        run_id,
+                        RunStatus.ERROR,
+                        None,
+                        {},
+                        0,
+                        RunError(f"run {run_id!r}: its executor ended ({down.reason})"),
+                    ),
+                )
             with graph.lock:
                 if graph.runs.get(run_id) is run:
                     del graph.runs[run_id]
@@ -372,6 +375,9 @@ class GraphApi:
             raise RunAlreadyExists(f"run {config.run_id!r} is already running") from None
         except NoSuchProcess:
             return None
+        process = lookup(spare)
+        if isinstance(process, GraphExecutor) and process.take_run(config):
+            return spare  # it started the run in this thread (see GraphExecutor.take_run)
         try:
             spare.tell(Assign(config))
         except pykka.ActorDeadError:

@@ -26,6 +26,13 @@ and acts on it:
 Each change is checkpointed to the store (durable runs), coalesced while
 messages are queued, so ``resume_run`` can continue a run after a crash of the
 whole process: visits that had not finished run again, finished ones do not.
+
+A run without checkpoints whose only visit goes to a node actor lets that
+actor go on with single onward routes itself (a :class:`~beamagent.graph.node.Chain`):
+it records the same events and reports when anything else happens, and the
+executor takes in the visits it ran. A spare executor's run is started by the
+thread that hands it over (:meth:`GraphExecutor.take_run`), so the executor's
+thread first wakes up for the first node result.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from beamagent.graph.instructions import Route, Sub, Yield
 from beamagent.graph.job import Job, Node
 from beamagent.graph.node import (
     DEFAULT_MAX_TOOL_ROUNDS,
+    Chain,
     NodeWorkers,
     PooledProcess,
     RunContext,
@@ -74,11 +82,8 @@ from supervisors import (
     DynamicSupervisor,
     DynamicSupervisorRef,
     Exit,
-    MonitorRef,
     Normal,
-    demonitor,
     kill,
-    monitor,
     unregister,
 )
 from supervisors._supervisor import _Child
@@ -119,7 +124,7 @@ class RunConfig:
     from. ``workers`` lends the node actors; ``name`` is the executor's
     registered name, released when the run ends. ``parent`` is ``(executor ref,
     visit id)`` for a sub-run, which reports its end to its parent with
-    :class:`SubDone`.
+    :class:`SubDone`. ``spares`` is refilled when the run ends.
     """
 
     run_id: str
@@ -138,6 +143,7 @@ class RunConfig:
     restored_results: Sequence[Mapping[str, Any]] = ()
     max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS
     name: tuple[str, ...] | None = None
+    spares: SpareExecutors | None = None
 
 
 class SubDone:
@@ -161,6 +167,15 @@ class Assign:
 
 class _Begin:
     """Sent to itself by an executor once started: start (or resume) the run."""
+
+    __slots__ = ()
+
+
+class _Poke:
+    """Sent to itself when its run ended outside a message (see :meth:`GraphExecutor.take_run`).
+
+    Handling it does nothing: the process loop then sees the exit the run asked for.
+    """
 
     __slots__ = ()
 
@@ -263,9 +278,9 @@ class _NodeState:
 
 
 class _Busy:
-    """A borrowed node actor serving a visit."""
+    """A borrowed node actor serving a visit (and, on a ``chain``, the visits after it)."""
 
-    __slots__ = ("copy", "state", "visit", "worker")
+    __slots__ = ("chain", "copy", "state", "visit", "worker")
 
     def __init__(
         self, visit: _Visit, state: _NodeState, copy: int, worker: pykka.ActorRef[Any]
@@ -274,7 +289,12 @@ class _Busy:
         self.state = state
         self.copy = copy
         self.worker = worker
+        self.chain: Chain | None = None
 
+
+# Barriers are immutable values: these two are shared by every run.
+_NO_THREADS = JoinBarrier()
+_FIRST_THREAD = _NO_THREADS.spawn("0")
 
 _TERMINAL_KIND = {
     RunStatus.COMPLETED: EventKind.RUN_COMPLETE,
@@ -289,9 +309,9 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
     """Runs one graph run; supervises its sub-runs (see the module docstring).
 
     Started by ``runtime.run_job`` / ``resume_run`` under the runtime's ``runs``
-    supervisor (ahead of time, as a spare that gets its run with an
-    :class:`Assign` message), and by a parent executor for a sub-run. Ask it
-    ``stop_run()`` to stop the run (status ``stopped``).
+    supervisor (ahead of time, as a spare that gets its run from :meth:`take_run`
+    or an :class:`Assign` message), and by a parent executor for a sub-run. Ask
+    it ``stop_run()`` to stop the run (status ``stopped``).
     """
 
     def __init__(
@@ -303,6 +323,9 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
         """An executor for ``config``, or a spare waiting for one (``config=None``)."""
         super().__init__()
         self.thread_cache = config.thread_cache if config is not None else thread_cache
+        # Held while the run's state changes: by this process's handlers, and by the
+        # thread that hands a spare its run (take_run) while it does the run's start.
+        self._run_lock = threading.Lock()
         self._assigned = False
         self._begun = False
         self._over = False
@@ -321,13 +344,13 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
         self._step = 0
         self._next_thread = 1
         self._next_visit = 1
-        self._barrier = JoinBarrier()
+        self._barrier = _NO_THREADS
         self._visits: dict[int, _Visit] = {}
         self._states: dict[str, _NodeState] = {}
         self._idle_workers: list[pykka.ActorRef[Any]] = []
         self._busy: dict[str, _Busy] = {}
         self._outbox: list[_Busy | _Visit] = []
-        self._watch: dict[str, MonitorRef] = {}
+        self._watch: set[str] = set()  # borrowed node actors (their pool passes on a Down)
         self._sub_of: dict[str, int] = {}
         self._results: list[StepResult] = []
         self._unsaved: list[StepResult] = []
@@ -354,25 +377,68 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
 
     def on_stop(self) -> None:
         """Stopped before the run ended (its runtime is stopping): the run is ``interrupted``."""
-        if self._assigned and not self._over:
-            self._finish_run(RunStatus.INTERRUPTED)
+        with self._run_lock:
+            if self._assigned and not self._over:
+                self._finish_run(RunStatus.INTERRUPTED)
         super().on_stop()
 
     def on_failure(self, *exc_info: Any) -> None:
         """A bug in the executor: the run ends with ``RunError``."""
-        if self._assigned and not self._over:
-            error = exc_info[1] if len(exc_info) > 1 else None
-            try:
-                self._finish_run(
-                    RunStatus.ERROR,
-                    error=RunError(f"run {self.run_id}: the executor crashed: {error!r}"),
-                )
-            except Exception:  # already crashing: report what we can, the Down does the rest
-                self._rlog.exception("run_finish_failed")
+        with self._run_lock:
+            if self._assigned and not self._over:
+                error = exc_info[1] if len(exc_info) > 1 else None
+                self._crashed(error)
         super().on_failure(*exc_info)
+
+    def _crashed(self, error: BaseException | None) -> None:
+        try:
+            self._finish_run(
+                RunStatus.ERROR,
+                error=RunError(f"run {self.run_id}: the executor crashed: {error!r}"),
+            )
+        except Exception:  # already crashing: report what we can, the Down does the rest
+            self._rlog.exception("run_finish_failed")
+
+    def take_run(self, config: RunConfig) -> bool:
+        """Hand this spare its run and start it, in the calling thread; False if it cannot.
+
+        Called by ``run_job`` on a spare's process object instead of sending it an
+        :class:`Assign`: the run's start (its first events, borrowing a node
+        actor, sending the first visit) is done by the caller, which is running
+        anyway, so the executor's thread first wakes up for the first node
+        result, not once before it for its assignment. ``_run_lock`` keeps
+        this process's handlers out meanwhile. Only for runs without a store or
+        restored state: checkpoints are written by the executor's own thread.
+        """
+        if config.store is not None or config.restored is not None:
+            return False
+        with self._run_lock:
+            if self._assigned or self._terminated:
+                return False
+            try:
+                self._setup(config)
+            except BaseException:
+                kill(self.actor_ref)  # the run never started: the caller gets the error
+                raise
+            try:
+                self._begin()
+                self._settle()
+            except Exception as exc:  # a bug: as if the executor had crashed on it
+                if not self._over:
+                    self._crashed(exc)
+            over = self._over
+        if over:
+            # It ended at once (no node actor, a bug): let its loop see the exit it asked for.
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.actor_ref.tell(_Poke())
+        return True
 
     def on_receive(self, message: Any) -> Any:
         """Node results, tool rounds, sub-run ends, node actor deaths; then settle the run."""
+        with self._run_lock:
+            return self._handle(message)
+
+    def _handle(self, message: Any) -> Any:
         kind = type(message)
         if kind is Served:
             self._on_served(message)
@@ -389,6 +455,8 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
             self._begin()
         elif kind is _Begin:
             self._begin()
+        elif kind is _Poke:
+            return None
         else:
             return super().on_receive(message)
         if self._assigned:
@@ -412,8 +480,9 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
 
     def stop_run(self) -> None:
         """Stop the run now: in-flight nodes are cancelled, the status is ``stopped``."""
-        if self._assigned:
-            self._finish_run(RunStatus.STOPPED)
+        with self._run_lock:
+            if self._assigned:
+                self._finish_run(RunStatus.STOPPED)
 
     # --- starting ------------------------------------------------------------------------------
 
@@ -423,7 +492,7 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
         if restored is not None:
             self._restore(restored)
             return
-        self._barrier = self._barrier.spawn("0")
+        self._barrier = _FIRST_THREAD
         self._emit(EventKind.RUN_STARTED, self._job.start, "0", input=_short_input(self._input))
         self._dirty = True
         self._start_visit("0", self._job.start, None)
@@ -470,6 +539,8 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
         busy = self._busy.pop(served.worker_urn, None)
         state = None
         if busy is not None:
+            if busy.chain is not None:
+                self._take_chain(busy)
             state = busy.state
             state.give_back(busy.copy)
             self._idle_workers.append(busy.worker)
@@ -518,6 +589,38 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
         self._last = result
         self._dirty = True
         self._emit(EventKind.NODE_RESULT, name, visit.thread_id, visit.step, body=result.body)
+
+    def _take_chain(self, busy: _Busy) -> None:
+        """Close the busy node actor's chain and take in its visits as if they had come here.
+
+        Their events are already recorded; what is left is the run's state: the
+        results, the step and visit counters, and the visit the chain is on,
+        which replaces the one sent (``busy.visit``).
+        """
+        chain = busy.chain
+        assert chain is not None
+        busy.chain = None
+        chain.close()
+        done = chain.done
+        first = busy.visit
+        if not done or self._visits.get(first.id) is not first:
+            return
+        del self._visits[first.id]
+        thread_id = first.thread_id
+        results = self._results
+        for node_id, step, result in done:
+            results.append(StepResult(node_id, thread_id, step, result))
+            self._state(node_id)  # so that its serving's close_run is called at the end
+        previous = done[-1][2]
+        self._last = previous
+        self._step = chain.step
+        self._next_visit = chain.next_visit
+        assert chain.current is not None
+        visit_id, node_id, step = chain.current
+        self._state(node_id)
+        visit = _Visit(visit_id, thread_id, node_id, None, previous, step=step)
+        self._visits[visit_id] = visit
+        busy.visit = visit
 
     def _route(self, visit: _Visit, result: Result, instructions: Sequence[Any]) -> None:
         if len(instructions) == 1:
@@ -732,7 +835,21 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
                     continue
                 assert isinstance(item, _Busy)
                 visit, state, worker = item.visit, item.state, item.worker
-                serve = Serve(visit.id, self._message(visit), state.node, item.copy, self._context)
+                chain = None
+                if self._store is None and len(self._visits) == 1 and not self._outbox:
+                    # The run's only visit: its node actor may go on to the next ones.
+                    chain = item.chain = Chain(
+                        self._nodes,
+                        self._events,
+                        self._rlog,
+                        self._debug_on,
+                        self._step,
+                        self._next_visit,
+                        self._job.max_steps,
+                    )
+                serve = Serve(
+                    visit.id, self._message(visit), state.node, item.copy, self._context, chain
+                )
                 try:
                     worker.tell(serve)
                 except pykka.ActorDeadError:
@@ -752,17 +869,15 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
             self._fail(RunError(f"run {self.run_id} has no node actors to run its nodes on"))
             return None
         try:
-            worker = workers.checkout()
+            worker = workers.checkout(self.actor_ref)
         except RunError as exc:
             self._fail(exc)
             return None
-        self._watch[worker.actor_urn] = monitor(worker, watcher=self.actor_ref)
+        self._watch.add(worker.actor_urn)
         return worker
 
     def _forget_worker(self, urn: str) -> None:
-        watch = self._watch.pop(urn, None)
-        if watch is not None:
-            demonitor(watch)
+        self._watch.discard(urn)
 
     def _pump(self, state: _NodeState) -> None:
         queue = state.queue
@@ -771,12 +886,15 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
 
     def _on_down(self, down: Down) -> None:
         urn = down.urn
-        if self._watch.pop(urn, None) is None:
+        if urn not in self._watch:
             return  # not one of ours (any more)
+        self._watch.discard(urn)
         busy = self._busy.pop(urn, None)
         if busy is None:
             self._idle_workers = [w for w in self._idle_workers if w.actor_urn != urn]
             return
+        if busy.chain is not None:
+            self._take_chain(busy)  # the visit to retry is the one the chain was on
         busy.state.give_back(busy.copy)
         visit = busy.visit
         if self._over or self._visits.get(visit.id) is not visit:
@@ -793,6 +911,8 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
         self._outbox.clear()
         for urn, busy in self._busy.items():
             self._forget_worker(urn)
+            if busy.chain is not None:
+                self._take_chain(busy)  # before the kill: the chain stops where it is
             if id(busy) in unsent:
                 self._idle_workers.append(busy.worker)  # never got its visit: still idle
             elif workers is not None:
@@ -965,6 +1085,9 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
         if parent is not None:
             with contextlib.suppress(pykka.ActorDeadError):  # the parent is gone: nobody waits
                 parent[0].tell(SubDone(parent[1], result))
+        elif self.config.spares is not None and status is not RunStatus.INTERRUPTED:
+            # Asked now, ``runs`` starts the spares when it wakes for this executor's exit.
+            self.config.spares.refill()
         self.stop_with(Normal())
 
     def _cancel_in_flight(self) -> None:
@@ -1095,6 +1218,9 @@ class SpareExecutors:
         self._lock = threading.Lock()
         self._spares: list[pykka.ActorRef[Any]] = []
         self._pending = 0
+        self._spec = ChildSpec(
+            "spare", self._start, restart="temporary", type="supervisor", shutdown=30.0
+        )
 
     def _start(self) -> pykka.ActorRef[Any]:
         # The ChildSpec's start function: runs in the ``runs`` supervisor.
@@ -1116,19 +1242,20 @@ class SpareExecutors:
             have = len(self._spares) + self._pending
             missing = self._keep - have if have * 2 <= self._keep else 0
             self._pending += missing
-        spec = ChildSpec(
-            "spare", self._start, restart="temporary", type="supervisor", shutdown=30.0
-        )
         for _ in range(missing):
             try:
                 # An ask (not a tell): a failed start is answered, not a crash of ``runs``.
-                self._runs.ask(ProxyCall(("_api_start_child",), (spec,), {}), block=False)
+                self._runs.ask(ProxyCall(("_api_start_child",), (self._spec,), {}), block=False)
             except pykka.ActorDeadError:
                 with self._lock:
                     self._pending -= 1
 
     def take(self) -> pykka.ActorRef[Any] | None:
-        """A live spare, or None; asks for a replacement either way."""
+        """A live spare, or None; asks for more when at most one is left.
+
+        Otherwise executors refill at the end of their runs (see :meth:`refill`):
+        ``runs`` wakes up for their exit anyway, and does both at once.
+        """
         ref = None
         with self._lock:
             while self._spares:
@@ -1136,5 +1263,7 @@ class SpareExecutors:
                 if candidate.is_alive():
                     ref = candidate
                     break
-        self.refill()
+            low = len(self._spares) + self._pending <= 1
+        if low:
+            self.refill()
         return ref

@@ -8,6 +8,10 @@ with :func:`route_result`, and reports back to the run's executor with a
 visit as retryable; anything else crashes the actor, and its supervisor
 restarts it.
 
+A visit sent with a :class:`Chain` (its run's only visit, no checkpoints) lets
+the actor serve the next visit itself when the result routes to exactly one
+node, instead of a round trip through the executor for each step.
+
 Node actors are pooled per runtime (:class:`NodeWorkers`, like Agens'
 permanent servings): an executor borrows one per visit in flight, up to each
 node's ``concurrency``, and gives them back when its run ends. Graph processes
@@ -20,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import pykka
@@ -28,24 +32,28 @@ import structlog
 from pykka.messages import ProxyCall
 
 from beamagent.errors import InvalidNode, RetryRequested, RunError
-from beamagent.graph.instructions import Instruction, parse_next
+from beamagent.graph.instructions import Instruction, Route, parse_next
 from beamagent.graph.job import Node
 from beamagent.graph.planning import DEFAULT_RETRY_REASON
+from beamagent.graph.run import EventKind, EventLog
 from beamagent.graph.serving import NodeMessage, Result, ToolCall, ToolRegistry, ToolResult
 from supervisors import (
     ChildSpec,
+    Down,
     DynamicSupervisor,
     DynamicSupervisorRef,
     Killed,
     Process,
     StartChildError,
     kill,
+    monitor,
     whereis,
 )
 from supervisors._process import _ProcessKilled
 
 __all__ = [
     "DEFAULT_MAX_TOOL_ROUNDS",
+    "Chain",
     "NodeActor",
     "NodeActors",
     "NodeWorkers",
@@ -57,6 +65,7 @@ __all__ = [
     "ServingContext",
     "ThreadCache",
     "ToolRound",
+    "chain_target",
     "current_context",
     "route_result",
 ]
@@ -202,18 +211,29 @@ class RunContext:
 
 
 class Serve:
-    """Executor → node actor: serve visit ``visit_id`` of ``node`` (parallel copy ``copy``)."""
+    """Executor → node actor: serve visit ``visit_id`` of ``node`` (parallel copy ``copy``).
 
-    __slots__ = ("copy", "message", "node", "run", "visit_id")
+    With a ``chain``, the node actor may go on serving the run's next visits itself
+    (see :class:`Chain`).
+    """
+
+    __slots__ = ("chain", "copy", "message", "node", "run", "visit_id")
 
     def __init__(
-        self, visit_id: int, message: NodeMessage, node: Node, copy: int, run: RunContext
+        self,
+        visit_id: int,
+        message: NodeMessage,
+        node: Node,
+        copy: int,
+        run: RunContext,
+        chain: Chain | None = None,
     ) -> None:
         self.visit_id = visit_id
         self.message = message
         self.node = node
         self.copy = copy
         self.run = run
+        self.chain = chain
 
 
 class ServedOutcome:
@@ -262,6 +282,169 @@ class ToolRound:
         self.visit_id = visit_id
         self.calls = tuple(calls)
         self.results = tuple(results)
+
+
+# --- chains -------------------------------------------------------------------------------
+
+
+def chain_target(nodes: Mapping[str, Node], instructions: Sequence[Instruction]) -> Node | None:
+    """The node a :class:`Chain` may go on to after a visit resolved to ``instructions``.
+
+    Only a single ``Route`` (one copy) to a node with a serving; None for anything
+    else (fan-outs, yields, subs, ``End``, retries, unknown or sub nodes), which
+    is for the executor to decide.
+
+    >>> from beamagent.graph.job import Node
+    >>> nodes = {"b": Node("b", serving=lambda m: "b")}
+    >>> chain_target(nodes, [Route("b")]).id
+    'b'
+    >>> chain_target(nodes, [Route("b", 2)]) is None
+    True
+    """
+    if len(instructions) != 1:
+        return None
+    only = instructions[0]
+    if type(only) is not Route or only.count != 1:
+        return None
+    node = nodes.get(only.node_id)
+    if node is None or node.serving is None:
+        return None
+    return node
+
+
+class Chain:
+    """Lets a node actor serve a run's next visits itself while the run has no other visit.
+
+    When the only visit of a run goes to a node actor, the executor has nothing
+    to do until it ends, and a single onward ``Route`` would bounce through the
+    executor only to come back to the same node actor (the idle one it borrows
+    first), at the cost of two thread hand-offs. With a chain, the node actor
+    takes the step itself (up to ``max_steps``), records the events the
+    executor would (``node_result``, ``node_started``, ``tool_call``), and
+    serves the next visit; it reports to the executor with a :class:`Served`
+    as soon as anything else happens. Only for runs without checkpoints: a
+    durable run writes one before each visit starts.
+
+    The executor reads the progress (:attr:`done`, :attr:`current`, :attr:`step`,
+    :attr:`next_visit`) after the report, or after :meth:`close` when it must
+    cancel the visit or its node actor died; the lock makes each step's
+    progress and events one change.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_debug",
+        "_events",
+        "_lock",
+        "_log",
+        "_max_steps",
+        "_nodes",
+        "current",
+        "done",
+        "next_visit",
+        "step",
+    )
+
+    def __init__(
+        self,
+        nodes: Mapping[str, Node],
+        events: EventLog | None,
+        logger: Any,
+        debug: bool,
+        step: int,
+        next_visit: int,
+        max_steps: int,
+    ) -> None:
+        """A chain from the run's ``step`` and ``next_visit`` counters."""
+        self._lock = threading.Lock()
+        self._closed = False
+        self._nodes = nodes
+        self._events = events
+        self._log = logger
+        self._debug = debug
+        self._max_steps = max_steps
+        self.step = step
+        """The run's step count, including the visits started on the chain."""
+        self.next_visit = next_visit
+        """The run's next visit id."""
+        self.done: list[tuple[str, int, Result]] = []
+        """``(node_id, step, result)`` of each visit that finished on the chain, in order."""
+        self.current: tuple[int, str, int] | None = None
+        """``(visit_id, node_id, step)`` of the last visit the chain started."""
+
+    def advance(
+        self, serve: Serve, result: Result, instructions: Sequence[Instruction]
+    ) -> Serve | None:
+        """The next visit to serve after ``serve`` gave ``result``, or None to report back."""
+        node = chain_target(self._nodes, instructions)
+        if node is None:
+            return None
+        message = serve.message
+        thread_id = message.thread_id
+        with self._lock:
+            if self._closed or self.step >= self._max_steps:
+                return None
+            step = self.step = self.step + 1
+            visit_id = self.next_visit
+            self.next_visit = visit_id + 1
+            self.done.append((message.node_id, message.step, result))
+            self.current = (visit_id, node.id, step)
+            self._emit(
+                EventKind.NODE_RESULT,
+                message.node_id,
+                thread_id,
+                message.step,
+                {"body": result.body},
+            )
+            self._emit(EventKind.NODE_STARTED, node.id, thread_id, step, {})
+        following = NodeMessage(
+            run_id=message.run_id,
+            job_id=message.job_id,
+            node_id=node.id,
+            thread_id=thread_id,
+            parent_run_id=message.parent_run_id,
+            node_objective=node.objective,
+            input=message.input,
+            previous_result=result,
+            step=step,
+        )
+        return Serve(visit_id, following, node, 1, serve.run, self)
+
+    def tool_round(
+        self, serve: Serve, calls: Sequence[ToolCall], results: Sequence[ToolResult]
+    ) -> None:
+        """Record the ``tool_call`` events of a visit on the chain."""
+        message = serve.message
+        with self._lock:
+            if self._closed:
+                return
+            for call, result in zip(calls, results, strict=False):
+                self._emit(
+                    EventKind.TOOL_CALL,
+                    message.node_id,
+                    message.thread_id,
+                    message.step,
+                    {"tool": call.name, "call_id": call.id, "is_error": result.is_error},
+                )
+
+    def close(self) -> None:
+        """Start no further visit and record no further event on this chain."""
+        with self._lock:
+            self._closed = True
+
+    def _emit(
+        self,
+        kind: EventKind,
+        node_id: str | None,
+        thread_id: str | None,
+        step: int,
+        data: dict[str, Any],
+    ) -> None:
+        # The executor's _emit, from the node actor's thread.
+        if self._events is not None:
+            self._events.record(kind, node_id, thread_id, step, data)
+        if self._debug:
+            self._log.debug(kind.value, node_id=node_id, thread_id=thread_id, step=step, **data)
 
 
 # --- serving context ----------------------------------------------------------------------
@@ -347,16 +530,31 @@ class NodeActor(PooledProcess):
 
     def _serve(self, serve: Serve) -> None:
         run = serve.run
+        chain = serve.chain
+        served = self._attempt_in_context(serve)
+        while chain is not None and served.outcome == ServedOutcome.OK:
+            assert served.result is not None
+            assert served.instructions is not None
+            if not run.executor.is_alive():
+                break  # the run is over (its executor was killed): serve nothing more for it
+            following = chain.advance(serve, served.result, served.instructions)
+            if following is None:
+                break
+            serve = following
+            served = self._attempt_in_context(serve)
+        with contextlib.suppress(pykka.ActorDeadError):  # the run is over: nobody waits
+            run.executor.tell(served)
+
+    def _attempt_in_context(self, serve: Serve) -> Served:
+        run = serve.run
         node = serve.node
         self.process_state = f"serving {node.id} of {run.run_id}"
         _context.value = ServingContext(run.runtime, run.run_id, node, serve.copy, run.tools)
         try:
-            served = self._attempt(serve)
+            return self._attempt(serve)
         finally:
             _context.value = None
             self.process_state = "idle"
-        with contextlib.suppress(pykka.ActorDeadError):  # the run is over: nobody waits
-            run.executor.tell(served)
 
     def _attempt(self, serve: Serve) -> Served:
         node = serve.node
@@ -419,6 +617,10 @@ class NodeActor(PooledProcess):
         else:
             tools = serve.run.tools if serve.run.tools is not None else _NO_TOOLS
         results = [tools.call(call) for call in calls]
+        if serve.chain is not None:
+            # On a chain the events are recorded here, in order with the chain's others.
+            serve.chain.tool_round(serve, calls, results)
+            return results
         with contextlib.suppress(pykka.ActorDeadError):
             serve.run.executor.tell(ToolRound(serve.visit_id, calls, results))
         return results
@@ -439,6 +641,10 @@ class NodeWorkers:
     ``transient`` children: one that crashes is restarted and comes back to the
     idle list; one killed to cancel its visit (:meth:`cancel`) is dropped. At
     most ``max_idle`` stay idle, the others stop.
+
+    The pool monitors each actor for its whole life and passes its ``Down`` to
+    the process that has it checked out: a borrower learns of the death as if
+    it monitored the actor itself, without a monitor per borrowing.
     """
 
     def __init__(
@@ -451,6 +657,7 @@ class NodeWorkers:
         self._name = name
         self._lock = threading.Lock()
         self._idle: list[pykka.ActorRef[Any]] = []
+        self._borrowers: dict[str, pykka.ActorRef[Any]] = {}
         self._cache = thread_cache
         self._max_idle = max_idle
 
@@ -461,17 +668,30 @@ class NodeWorkers:
     def _start_actor(self) -> pykka.ActorRef[Any]:
         # Runs in the supervisor, at the first start and at every restart.
         ref = NodeActor.start(thread_cache=self._cache)
+        monitor(ref, watcher=self._on_down)
         with self._lock:
             self._idle.append(ref)
         return ref
+
+    def _on_down(self, down: Down) -> None:
+        # Called where the actor ended. Under the lock with checkout: an actor
+        # checked out while alive has its borrower registered before this runs.
+        with self._lock:
+            borrower = self._borrowers.pop(down.urn, None)
+        if borrower is not None:
+            with contextlib.suppress(pykka.ActorDeadError):  # the borrower is gone too
+                borrower.tell(down)
 
     def idle(self) -> int:
         """How many node actors are idle."""
         with self._lock:
             return len(self._idle)
 
-    def checkout(self, timeout: float = 30.0) -> pykka.ActorRef[Any]:
-        """An idle node actor, started first if none is idle.
+    def checkout(self, borrower: pykka.ActorRef[Any], timeout: float = 30.0) -> pykka.ActorRef[Any]:
+        """An idle node actor, started first if none is idle, lent to ``borrower``.
+
+        Until :meth:`checkin` or :meth:`cancel`, the borrower gets the actor's
+        ``Down`` as a message if it dies.
 
         Raises:
             RunError: the pool's supervisor is gone (the runtime is stopping).
@@ -481,6 +701,7 @@ class NodeWorkers:
                 while self._idle:
                     ref = self._idle.pop()
                     if ref.is_alive():
+                        self._borrowers[ref.actor_urn] = borrower
                         return ref
             supervisor = whereis(self._name)
             if not isinstance(supervisor, DynamicSupervisorRef):
@@ -498,6 +719,8 @@ class NodeWorkers:
         The supervisor is asked to drop it first (without waiting), so the kill is
         not counted as a crash against its restart intensity.
         """
+        with self._lock:
+            self._borrowers.pop(ref.actor_urn, None)
         supervisor = whereis(self._name)
         if supervisor is not None:
             with contextlib.suppress(pykka.ActorDeadError):
@@ -509,6 +732,7 @@ class NodeWorkers:
     def checkin(self, ref: pykka.ActorRef[Any]) -> None:
         """Give back an idle node actor."""
         with self._lock:
+            self._borrowers.pop(ref.actor_urn, None)
             if len(self._idle) < self._max_idle:
                 self._idle.append(ref)
                 return

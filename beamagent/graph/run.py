@@ -19,17 +19,19 @@ ended (even once its actors are gone), from any thread or event loop:
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import contextlib
 import enum
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from beamagent.graph.serving import Result
+
+_allocate_lock = _thread.allocate_lock
 
 if TYPE_CHECKING:
     from beamagent.graph.api import GraphApi
@@ -181,21 +183,21 @@ class RunResult:
 class EventLog:
     """The events of one run, appended by its executor and read by any number of readers.
 
-    Thread-safe; readers block on a condition (threads) or on an asyncio future
-    resolved with ``call_soon_threadsafe`` (event loops), never on a thread
-    pool. After the terminal event, further appends are refused, which is what
-    makes "exactly one terminal event" hold even when an executor is killed.
-    Events are kept as plain tuples and made into :class:`RunEvent` values when
-    read: most runs are never read event by event, and every step adds two.
+    Thread-safe; readers block on a lock of their own (threads) or on an asyncio
+    future resolved with ``call_soon_threadsafe`` (event loops), never on a
+    thread pool. After the terminal event, further appends are refused, which
+    is what makes "exactly one terminal event" hold even when an executor is
+    killed. Events are kept as plain tuples and made into :class:`RunEvent`
+    values when read: most runs are never read event by event, and every step
+    adds two.
     """
 
     __slots__ = (
-        "_done",
         "_events",
         "_followers",
         "_lock",
-        "_new_event",
         "_result",
+        "_result_waiters",
         "_run_id",
         "_waiters",
     )
@@ -204,11 +206,12 @@ class EventLog:
         """An empty log of run ``run_id``."""
         self._run_id = run_id
         self._lock = threading.Lock()
-        # Two conditions on one lock: a thread waiting for the result is not woken
-        # for every event, only followers are (and only when there are some).
-        self._new_event = threading.Condition(self._lock)
-        self._done = threading.Condition(self._lock)
-        self._followers = 0
+        # A blocked reader waits on a lock of its own, released by the append that
+        # wakes it (what a Condition does, without building two per run): a
+        # thread waiting for the result is not woken for every event, only
+        # followers are (and only when there are some).
+        self._followers: list[_thread.LockType] = []
+        self._result_waiters: list[_thread.LockType] = []
         self._events: list[RunEvent | _Raw] = []
         self._result: RunResult | None = None
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -226,11 +229,15 @@ class EventLog:
             if self._result is not None:
                 return
             self._events.append((kind, node_id, thread_id, step, data))
-            if self._followers:
-                self._new_event.notify_all()
+            followers = self._followers
+            if followers:
+                self._followers = []
             waiters = self._waiters
             if waiters:
                 self._waiters = []
+        if followers:
+            for follower in followers:
+                follower.release()
         if waiters:
             _wake_all(waiters)
 
@@ -239,18 +246,23 @@ class EventLog:
 
         Returns False (and drops the event) once the log holds a terminal event.
         """
+        done: list[_thread.LockType] = []
         with self._lock:
             if self._result is not None:
                 return False
             self._events.append(event)
             if result is not None:
                 self._result = result
-                self._done.notify_all()
-            if self._followers:
-                self._new_event.notify_all()
+                done = self._result_waiters
+                self._result_waiters = []
+            followers = self._followers
+            if followers:
+                self._followers = []
             waiters = self._waiters
             if waiters:
                 self._waiters = []
+        for sleeper in (*done, *followers):
+            sleeper.release()
         if waiters:
             _wake_all(waiters)
         return True
@@ -278,13 +290,23 @@ class EventLog:
         Raises:
             TimeoutError: not finished within ``timeout`` seconds.
         """
+        result = self._result
+        if result is not None:
+            return result
+        sleeper = _allocate_lock()
+        sleeper.acquire()
         with self._lock:
             if self._result is None:
-                done = self._done.wait_for(lambda: self._result is not None, timeout)
-                if not done:
-                    raise TimeoutError(f"the run did not finish within {timeout} s")
-            assert self._result is not None
-            return self._result
+                self._result_waiters.append(sleeper)
+            else:
+                sleeper.release()
+        if not _sleep(sleeper, timeout):
+            with self._lock, contextlib.suppress(ValueError):
+                self._result_waiters.remove(sleeper)
+        result = self._result
+        if result is None:
+            raise TimeoutError(f"the run did not finish within {timeout} s")
+        return result
 
     def follow(self, timeout: float | None = None) -> Iterator[RunEvent]:
         """Every event from the first, then new ones as they come, up to the terminal one.
@@ -294,24 +316,24 @@ class EventLog:
         index = 0
         while True:
             with self._lock:
-                if index >= len(self._events) and self._result is None:
-                    deadline = None if timeout is None else time.monotonic() + timeout
-                    while index >= len(self._events) and self._result is None:
-                        left = None if deadline is None else deadline - time.monotonic()
-                        if left is not None and left <= 0:
-                            raise TimeoutError(f"no run event within {timeout} s")
-                        self._followers += 1
-                        try:
-                            self._new_event.wait(left)
-                        finally:
-                            self._followers -= 1
                 batch = self._events[index:]
                 index += len(batch)
                 done = self._result is not None and index >= len(self._events)
+                sleeper = None
+                if not batch and not done:
+                    sleeper = _allocate_lock()
+                    sleeper.acquire()
+                    self._followers.append(sleeper)
             for item in batch:
                 yield self._event(item)
             if done:
                 return
+            if sleeper is not None and not _sleep(sleeper, timeout):
+                with self._lock:
+                    if sleeper in self._followers:
+                        self._followers.remove(sleeper)
+                        if index >= len(self._events) and self._result is None:
+                            raise TimeoutError(f"no run event within {timeout} s")
 
     async def afollow(self) -> AsyncIterator[RunEvent]:
         """Async twin of :meth:`follow`: waits on the event loop, never on a thread."""
@@ -332,6 +354,13 @@ class EventLog:
                 return
             if future is not None:
                 await future
+
+
+def _sleep(sleeper: _thread.LockType, timeout: float | None) -> bool:
+    """Wait until ``sleeper`` is released (by an append); False when ``timeout`` ran out."""
+    if timeout is None:
+        return sleeper.acquire()
+    return sleeper.acquire(timeout=max(timeout, 0.0))
 
 
 _Raw = tuple[EventKind, str | None, str | None, int, Mapping[str, Any]]
