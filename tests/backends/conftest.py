@@ -113,3 +113,25 @@ def recorder(
         return decide(tool_name, tool_input, context)
 
     return calls, handler
+
+
+def session_starter(
+    runtime: Runtime,
+    backend: str,
+    env: dict[str, str],
+    sandbox: LoopbackNamespace | None,
+    work: Path,
+) -> Callable[..., Session]:
+    """``start(**options)``: a session of a real CLI backend against the fake server."""
+
+    def start_session(**options: Any) -> Session:
+        options.setdefault("cwd", str(work))
+        return runtime.start_session(
+            backend=backend,
+            env=env,
+            inherit_env=False,
+            command_prefix=prefix(sandbox),
+            **options,
+        )
+
+    return start_session

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from beamagent import Runtime, Session
+from beamagent import Runtime
 from beamagent.backends.claude import ClaudeHandler, HookMatcher
 from beamagent.backends.permissions import Allow, Deny, PermissionContext
 from beamagent.errors import Interrupted, InvalidOption, UnknownControlMethod
@@ -32,9 +32,9 @@ from beamagent.testing import (
 )
 from tests.backends.conftest import (
     of_type,
-    prefix,
     receive_until,
     recorder,
+    session_starter,
     watch_incarnation,
 )
 
@@ -52,18 +52,7 @@ def start(
     work: Path,
 ) -> Any:
     """Start a claude session against the fake server: ``start(**options)``."""
-
-    def start_session(**options: Any) -> Session:
-        options.setdefault("cwd", str(work))
-        return runtime.start_session(
-            backend="claude",
-            env=claude_env(tmp_path / "home", server),
-            inherit_env=False,
-            command_prefix=prefix(sandbox),
-            **options,
-        )
-
-    return start_session
+    return session_starter(runtime, "claude", claude_env(tmp_path / "home", server), sandbox, work)
 
 
 def tool_uses(messages: list[Any]) -> list[Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from beamagent import Runtime, Session
+from beamagent import Runtime
 from beamagent.backends.codex import CodexHandler
 from beamagent.backends.permissions import Allow, Deny, PermissionContext
 from beamagent.errors import Interrupted, UnknownControlMethod
@@ -31,9 +31,9 @@ from beamagent.testing import (
 )
 from tests.backends.conftest import (
     of_type,
-    prefix,
     receive_until,
     recorder,
+    session_starter,
     watch_incarnation,
 )
 
@@ -51,18 +51,7 @@ def start(
     work: Path,
 ) -> Any:
     """Start a codex session against the fake server: ``start(**options)``."""
-
-    def start_session(**options: Any) -> Session:
-        options.setdefault("cwd", str(work))
-        return runtime.start_session(
-            backend="codex",
-            env=codex_env(tmp_path / "home", server),
-            inherit_env=False,
-            command_prefix=prefix(sandbox),
-            **options,
-        )
-
-    return start_session
+    return session_starter(runtime, "codex", codex_env(tmp_path / "home", server), sandbox, work)
 
 
 def outputs(server: FakeModelServer) -> list[str]:
