@@ -19,7 +19,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import itertools
-import re
 import threading
 from collections.abc import Mapping
 from typing import Any, cast
@@ -76,7 +75,6 @@ SESSION_OPTIONS = frozenset(
         "query_defaults",
     }
 )
-SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 _runtime_ids = itertools.count(1)
 
 

@@ -451,7 +451,7 @@ class RoutingApi:
         )
 
     def _check_session_id(self, session_id: object) -> None:
-        from beamagent.runtime import SESSION_ID  # runtime imports this module
+        from beamagent.session.actor import SESSION_ID
 
         if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
             raise InvalidOption(

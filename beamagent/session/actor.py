@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import re
 import threading
 import time
 import uuid
@@ -67,6 +68,9 @@ from supervisors import Crashed, Process, Shutdown, TimerRef, send_after
 __all__ = ["QueryRef", "Recorder", "SessionActor", "SessionConfig", "SessionLineage"]
 
 log = structlog.get_logger("beamagent.session")
+
+SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+"""What a session id may be: it names the session's process and its stored history."""
 
 UNIVERSAL_CONTROLS = ("setModel", "setPermissionMode", "setMaxThinkingTokens", "stopTask")
 

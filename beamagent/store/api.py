@@ -22,7 +22,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,7 @@ import structlog
 
 from beamagent.errors import BeamAgentError, InvalidOption, SessionNotFound
 from beamagent.messages import Message, normalize
+from beamagent.session.actor import SESSION_ID  # a fork must be resumable under its id
 from beamagent.session.handle import Session
 from beamagent.store.base import SessionRecord, SessionStore, ThreadDetail, ThreadRecord
 
@@ -43,9 +43,6 @@ log = structlog.get_logger(__name__)
 
 SessionRef = Session | str
 """A session named by its live handle or by its canonical id."""
-
-# The same rule as ``start_session``: a fork must be resumable under its id.
-_SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 
 
 def session_id_of(session: Any) -> str:
@@ -194,7 +191,7 @@ class StoreApi:
             InvalidOption: ``session_id`` is taken or not a valid session id.
         """
         if session_id is not None and (
-            not isinstance(session_id, str) or not _SESSION_ID.match(session_id)
+            not isinstance(session_id, str) or not SESSION_ID.match(session_id)
         ):
             raise InvalidOption(
                 "session_id must be 1-200 characters of letters, digits and '_.:-'; "
