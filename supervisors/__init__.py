@@ -20,7 +20,7 @@ Example::
 from supervisors._childspec import BRUTAL_KILL, INFINITY, ChildSpec, ChildType, RestartType
 from supervisors._introspection import format_tree, tree
 from supervisors._messages import Down, Exit
-from supervisors._names import register, registered, unregister, whereis
+from supervisors._names import await_name, register, registered, reserved, unregister, whereis
 from supervisors._process import (
     MonitorRef,
     Process,
@@ -42,6 +42,7 @@ from supervisors._supervisor import (
     ChildInfo,
     DynamicSupervisor,
     DynamicSupervisorRef,
+    GiveUpHook,
     Strategy,
     Supervisor,
     SupervisorRef,
@@ -55,7 +56,9 @@ from supervisors.errors import (
     DuplicateChild,
     InvalidChildSpec,
     MaxChildrenError,
+    NoReply,
     NoSuchProcess,
+    NotHandled,
     NotInProcess,
     ReplyError,
     StartChildError,
@@ -79,13 +82,16 @@ __all__ = [
     "DynamicSupervisorRef",
     "Exit",
     "ExitReason",
+    "GiveUpHook",
     "InvalidChildSpec",
     "Killed",
     "MaxChildrenError",
     "MonitorRef",
     "NoProc",
+    "NoReply",
     "NoSuchProcess",
     "Normal",
+    "NotHandled",
     "NotInProcess",
     "Process",
     "ReplyError",
@@ -98,6 +104,7 @@ __all__ = [
     "SupervisorsError",
     "TimerRef",
     "WaitTimeout",
+    "await_name",
     "current_process",
     "demonitor",
     "format_tree",
@@ -110,6 +117,7 @@ __all__ = [
     "registered",
     "release_idle_timer_thread",
     "require",
+    "reserved",
     "send_after",
     "send_exit",
     "shutdown",

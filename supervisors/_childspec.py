@@ -63,6 +63,18 @@ def _to_shutdown(value: Any) -> float | str | None:
     )
 
 
+def _check_budget(_instance: Any, _attribute: Any, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidChildSpec(f"max_restarts must be None or an int >= 0; got {value!r}")
+
+
+def _check_seconds(_instance: Any, _attribute: Any, value: Any) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < 1e9:
+        raise InvalidChildSpec(f"max_seconds must be a number of seconds > 0; got {value!r}")
+
+
 def _check_start(_instance: Any, _attribute: Any, value: Any) -> None:
     if isinstance(value, tuple):
         if not 1 <= len(value) <= 3 or not isinstance(value[0], type):
@@ -95,7 +107,14 @@ class ChildSpec:
             ``"infinity"`` for supervisors.
         type: ``"worker"`` (default) or ``"supervisor"``.
         name: a name the supervisor registers the child under, at every
-            (re)start, before the child's ``on_start`` runs.
+            (re)start, before the child's ``on_start`` runs. While the child
+            restarts the name stays reserved (``await_name`` waits for it).
+        max_restarts, max_seconds: this child's own restart budget. When it
+            would restart more than ``max_restarts`` times within
+            ``max_seconds``, the supervisor *gives it up* (it stays stopped,
+            a dynamic supervisor drops it) instead of restarting it, and its
+            siblings and the supervisor are not affected. ``None`` (the
+            default): only the supervisor's intensity applies, as in OTP.
 
     Example::
 
@@ -108,6 +127,8 @@ class ChildSpec:
     shutdown: float | str | None = attrs.field(default=None, converter=_to_shutdown)
     type: ChildType = attrs.field(default=ChildType.WORKER, converter=_to_type)
     name: Hashable | None = None
+    max_restarts: int | None = attrs.field(default=None, validator=_check_budget)
+    max_seconds: float = attrs.field(default=5.0, validator=_check_seconds)
 
     def __attrs_post_init__(self) -> None:
         if self.shutdown is None:

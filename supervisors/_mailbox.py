@@ -11,20 +11,31 @@ import pykka
 from pykka import messages as pykka_messages
 from pykka._envelope import Envelope
 
+from supervisors.errors import NoReply, NotHandled
+
 __all__ = ["Mailbox", "reject_envelope"]
 
 
-def reject_envelope(envelope: Envelope[Any], owner: str) -> None:
-    """Answer an envelope that will never be handled, so no caller waits forever."""
+def reject_envelope(envelope: Envelope[Any], owner: str, *, handling: bool = False) -> None:
+    """Answer an envelope that will never be (fully) handled, so no caller waits forever.
+
+    ``handling``: the process ended while handling it (``NoReply``); otherwise
+    it never began (``NotHandled``: safe to send again).
+    """
     reply_to = envelope.reply_to
     if reply_to is None:
         return
     try:
         if isinstance(envelope.message, pykka_messages._ActorStop):
             reply_to.set(None)
+        elif handling:
+            error: pykka.ActorDeadError = NoReply(
+                f"{owner} ended while handling the message", handler_returned=False
+            )
+            reply_to.set_exception(exc_info=(type(error), error, None))
         else:
-            error = pykka.ActorDeadError(f"{owner} stopped before handling the message")
-            reply_to.set_exception(exc_info=(pykka.ActorDeadError, error, None))
+            error = NotHandled(f"{owner} stopped before handling the message")
+            reply_to.set_exception(exc_info=(type(error), error, None))
     except queue.Full:
         pass  # already answered (e.g. the handler finished after a kill)
 

@@ -37,7 +37,7 @@ from supervisors._mailbox import Mailbox, reject_envelope
 from supervisors._messages import Down, Exit
 from supervisors._reasons import Crashed, ExitReason, Killed, NoProc, Normal, Shutdown
 from supervisors._timers import cancel_timers_for
-from supervisors.errors import NoSuchProcess, NotInProcess, ReplyError, WaitTimeout
+from supervisors.errors import NoReply, NoSuchProcess, NotInProcess, ReplyError, WaitTimeout
 
 __all__ = [
     "MonitorRef",
@@ -90,20 +90,26 @@ class _ShutdownRequest:
 class _SpawnOptions:
     link_to: pykka.ActorRef[Any] | None = None
     name: Hashable | None = None
+    keeper: str | None = None
     consumed: bool = False
 
 
 @contextmanager
 def spawn_options(
-    *, link_to: pykka.ActorRef[Any] | None = None, name: Hashable | None = None
+    *,
+    link_to: pykka.ActorRef[Any] | None = None,
+    name: Hashable | None = None,
+    keeper: str | None = None,
 ) -> Iterator[_SpawnOptions]:
     """Make the next ``Process.start`` in this thread link to ``link_to`` and take ``name``.
 
     Both happen *before* ``on_start`` runs, so a failing ``on_start`` is
     reported through the link, and the name is never missing while the
-    process is alive. Supervisors wrap each child's ``start`` in this.
+    process is alive. ``keeper`` (a supervisor's URN) keeps the name reserved
+    while it restarts the process (see :func:`supervisors.await_name`).
+    Supervisors wrap each child's ``start`` in this.
     """
-    options = _SpawnOptions(link_to=link_to, name=name)
+    options = _SpawnOptions(link_to=link_to, name=name, keeper=keeper)
     previous = getattr(_local, "spawn", None)
     _local.spawn = options
     try:
@@ -272,7 +278,7 @@ class Process(pykka.ThreadingActor):
         pykka.ActorRegistry.register(ref)
         try:
             if options is not None and options.name is not None:
-                _names.register(options.name, ref)
+                _names.register(options.name, ref, keeper=options.keeper)
             if options is not None and options.link_to is not None:
                 self.parent_urn = options.link_to.actor_urn
                 link(options.link_to, ref)
@@ -454,23 +460,18 @@ class Process(pykka.ThreadingActor):
         pending = self.mailbox.close()
         pykka.ActorRegistry.unregister(self.actor_ref)
         _names.release_process(self.actor_urn)
+        _names.release_keeper(self.actor_urn)
         cancel_timers_for(self.actor_urn)
         owner = str(self)
         for envelope in pending:
             reject_envelope(envelope, owner)
         current = self._current
         if current is not None:
-            reject_envelope(current, owner)
+            reject_envelope(current, owner, handling=True)
         outstanding, self._outstanding = self._outstanding, set()
         for future in outstanding:
-            _settle(
-                future,
-                exc_info=(
-                    pykka.ActorDeadError,
-                    pykka.ActorDeadError(f"{owner} ended before replying"),
-                    None,
-                ),
-            )
+            error = NoReply(f"{owner} ended before replying", handler_returned=True)
+            _settle(future, exc_info=(NoReply, error, None))
         self.process_state = "dead"
         self._log_exit(reason, exc_info)
         for urn in links:
@@ -572,6 +573,14 @@ def _clear_pending_kill() -> None:
 def lookup_urn(urn: str) -> Process | None:
     """The live process with this URN, or None."""
     return _table.get(urn)
+
+
+def _keeper_alive(urn: str) -> bool:
+    process = _table.get(urn)
+    return process is not None and not process._terminated
+
+
+_names.keeper_alive = _keeper_alive
 
 
 def lookup(target: ProcessTarget) -> Process | None:

@@ -6,8 +6,8 @@ import enum
 import itertools
 import time
 from collections import deque
-from collections.abc import Hashable, Iterable, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any, TypeAlias, cast
 
 import attrs
 import pykka
@@ -28,7 +28,7 @@ from supervisors._process import (
     spawn_options,
     unlink,
 )
-from supervisors._reasons import Shutdown, is_abnormal
+from supervisors._reasons import ExitReason, Shutdown, is_abnormal
 from supervisors.errors import (
     ChildNotFound,
     ChildRunning,
@@ -49,6 +49,10 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+GiveUpHook: TypeAlias = Callable[[Hashable, ChildSpec, ExitReason], object]
+"""Called (in the supervisor's thread) with ``(child_id, spec, last_exit_reason)`` when a
+child exceeded its own restart budget and was given up. Must not block."""
 
 
 class Strategy(enum.StrEnum):
@@ -83,13 +87,28 @@ class ChildInfo:
 
 
 class _Child:
-    __slots__ = ("id", "ref", "restarts", "spec")
+    __slots__ = ("id", "recent", "ref", "restarts", "spec")
 
     def __init__(self, spec: ChildSpec, child_id: Hashable) -> None:
         self.spec = spec
         self.id = child_id
         self.ref: pykka.ActorRef[Any] | None = None
         self.restarts = 0
+        self.recent: deque[float] | None = None  # restart times, for the child's own budget
+
+    def budget_allows_restart(self) -> bool:
+        """Count a restart against the child's own budget; False when it is spent."""
+        limit = self.spec.max_restarts
+        if limit is None:
+            return True
+        now = time.monotonic()
+        recent = self.recent
+        if recent is None:
+            recent = self.recent = deque()
+        recent.append(now)
+        while recent and recent[0] < now - self.spec.max_seconds:
+            recent.popleft()
+        return len(recent) <= limit
 
     def info(self) -> ChildInfo:
         return ChildInfo(self.id, self.ref, self.spec.type, self.spec.restart, self.restarts)
@@ -116,14 +135,27 @@ class _SupervisorCore(Process):
 
     trap_exit = True
 
-    def __init__(self, *, max_restarts: int = 3, max_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        max_restarts: int | None = 3,
+        max_seconds: float = 5.0,
+        on_give_up: GiveUpHook | None = None,
+    ) -> None:
         super().__init__()
-        if not isinstance(max_restarts, int) or isinstance(max_restarts, bool) or max_restarts < 0:
-            raise InvalidChildSpec(f"max_restarts must be an int >= 0; got {max_restarts!r}")
+        if max_restarts is not None and (
+            not isinstance(max_restarts, int) or isinstance(max_restarts, bool) or max_restarts < 0
+        ):
+            raise InvalidChildSpec(
+                f"max_restarts must be None or an int >= 0; got {max_restarts!r}"
+            )
         if not isinstance(max_seconds, int | float) or max_seconds <= 0:
             raise InvalidChildSpec(f"max_seconds must be > 0; got {max_seconds!r}")
+        if on_give_up is not None and not callable(on_give_up):
+            raise InvalidChildSpec(f"on_give_up must be callable; got {on_give_up!r}")
         self.max_restarts = max_restarts
         self.max_seconds = float(max_seconds)
+        self._on_give_up = on_give_up
         self._restart_times: deque[float] = deque()
         self._children: dict[Hashable, _Child] = {}
         self._by_urn: dict[str, _Child] = {}
@@ -152,14 +184,15 @@ class _SupervisorCore(Process):
 
     def _launch(self, child: _Child, extra_arguments: Sequence[Any] = ()) -> pykka.ActorRef[Any]:
         spec = child.spec
+        keeper = self.actor_urn if spec.name is not None else None
         try:
-            with spawn_options(link_to=self.actor_ref, name=spec.name) as options:
+            with spawn_options(link_to=self.actor_ref, name=spec.name, keeper=keeper) as options:
                 ref = spec.start_process(extra_arguments)
             if not options.consumed:
                 # start returned a process we did not spawn: link (and name) it now.
                 link(self.actor_ref, ref)
                 if spec.name is not None:
-                    _names.register(spec.name, ref)
+                    _names.register(spec.name, ref, keeper=keeper)
         except Exception as exc:
             raise StartChildError(child.id, exc) from exc
         child.ref = ref
@@ -167,17 +200,25 @@ class _SupervisorCore(Process):
         self._log.debug("child_started", child_id=child.id, urn=ref.actor_urn)
         return ref
 
-    def _detach(self, child: _Child) -> pykka.ActorRef[Any] | None:
+    def _detach(self, child: _Child, keep_name: bool = False) -> pykka.ActorRef[Any] | None:
+        """Unlink a child about to be stopped; its name is freed at its end unless ``keep_name``."""
         ref = child.ref
         if ref is None:
             return None
         child.ref = None
         self._by_urn.pop(ref.actor_urn, None)
         unlink(self.actor_ref, ref)
+        if not keep_name:
+            _names.disown(ref)
         return ref
 
-    def _stop_child(self, child: _Child) -> None:
-        ref = self._detach(child)
+    def _release_name(self, child: _Child) -> None:
+        """The child will not come back (for now): free its reserved name."""
+        if child.spec.name is not None:
+            _names.unreserve(child.spec.name, self.actor_urn)
+
+    def _stop_child(self, child: _Child, keep_name: bool = False) -> None:
+        ref = self._detach(child, keep_name)
         if ref is not None:
             reason = shutdown(ref, child.spec.shutdown_timeout)
             self._log.debug("child_terminated", child_id=child.id, reason=str(reason))
@@ -227,10 +268,36 @@ class _SupervisorCore(Process):
         abnormal = is_abnormal(message.reason)
         if restart is RestartType.TEMPORARY or (restart is RestartType.TRANSIENT and not abnormal):
             self._log.debug("child_exited", child_id=child.id, reason=str(message.reason))
+            self._release_name(child)
             self._forget_stopped(child)
             return
         self._log.warning("child_exited", child_id=child.id, reason=str(message.reason))
+        if not child.budget_allows_restart():
+            self._give_up(child, message.reason)
+            return
         self._restart(child)
+
+    def _give_up(self, child: _Child, reason: ExitReason) -> None:
+        """A child spent its own restart budget: leave it stopped, tell the hook."""
+        self._log.error(
+            "child_given_up",
+            child_id=child.id,
+            max_restarts=child.spec.max_restarts,
+            max_seconds=child.spec.max_seconds,
+            reason=str(reason),
+        )
+        self._release_name(child)
+        self._drop_given_up(child)
+        hook = self._on_give_up
+        if hook is not None:
+            try:
+                hook(child.id, child.spec, reason)
+            except Exception:
+                self._log.exception("give_up_hook_failed", child_id=child.id)
+
+    def _drop_given_up(self, child: _Child) -> None:
+        """Keep a given-up child's spec (stopped) or drop it; dynamic supervisors drop it."""
+        child.recent = None
 
     def _forget_stopped(self, child: _Child) -> None:
         """A child that ended and will not be restarted: keep or drop its spec."""
@@ -238,6 +305,8 @@ class _SupervisorCore(Process):
             self._children.pop(child.id, None)
 
     def _intensity_allows_restart(self) -> bool:
+        if self.max_restarts is None:
+            return True
         now = time.monotonic()
         times = self._restart_times
         times.append(now)
@@ -354,7 +423,10 @@ class Supervisor(_SupervisorCore):
     each per its ``shutdown``. More than ``max_restarts`` restarts within
     ``max_seconds`` (counted across all children) stop every child and then
     the supervisor with reason ``Shutdown``, which its own supervisor sees as
-    a child exit (escalation).
+    a child exit (escalation); ``max_restarts=None`` sets no such limit. A
+    child with a budget of its own (``ChildSpec.max_restarts``) that spends
+    it is *given up* instead: it stays stopped (``restart_child`` brings it
+    back) and ``on_give_up(child_id, spec, reason)`` is called.
 
     Example::
 
@@ -372,10 +444,11 @@ class Supervisor(_SupervisorCore):
         self,
         children: Iterable[ChildSpec] = (),
         strategy: Strategy | str = Strategy.ONE_FOR_ONE,
-        max_restarts: int = 3,
+        max_restarts: int | None = 3,
         max_seconds: float = 5.0,
+        on_give_up: GiveUpHook | None = None,
     ) -> None:
-        super().__init__(max_restarts=max_restarts, max_seconds=max_seconds)
+        super().__init__(max_restarts=max_restarts, max_seconds=max_seconds, on_give_up=on_give_up)
         try:
             self.strategy = Strategy(strategy)
         except ValueError:
@@ -423,7 +496,7 @@ class Supervisor(_SupervisorCore):
         group = order if self.strategy is Strategy.ONE_FOR_ALL else order[index:]
         for other in reversed(group):
             if other is not child and other.ref is not None:
-                self._stop_child(other)
+                self._stop_child(other, keep_name=other.spec.restart is not RestartType.TEMPORARY)
         # Temporary children stopped because of a sibling are never restarted.
         for other in group:
             if other is not child and other.spec.restart is RestartType.TEMPORARY:
@@ -507,8 +580,12 @@ class DynamicSupervisor(_SupervisorCore):
 
     Args:
         max_children: refuse ``start_child`` beyond this many (``MaxChildrenError``).
-        max_restarts, max_seconds: restart intensity, as for ``Supervisor``.
+        max_restarts, max_seconds: restart intensity, as for ``Supervisor``
+            (``None``: no supervisor-wide limit).
         extra_arguments: prepended to every child's start arguments.
+        on_give_up: called with ``(child_id, spec, reason)`` when a child
+            spent its own restart budget (``ChildSpec.max_restarts``); the
+            child is dropped, its siblings and the supervisor live on.
 
     Children that end without being restarted are removed. On stop, all
     children are asked to stop at once, then each is waited for per its
@@ -521,11 +598,12 @@ class DynamicSupervisor(_SupervisorCore):
     def __init__(
         self,
         max_children: int | None = None,
-        max_restarts: int = 3,
+        max_restarts: int | None = 3,
         max_seconds: float = 5.0,
         extra_arguments: Sequence[Any] = (),
+        on_give_up: GiveUpHook | None = None,
     ) -> None:
-        super().__init__(max_restarts=max_restarts, max_seconds=max_seconds)
+        super().__init__(max_restarts=max_restarts, max_seconds=max_seconds, on_give_up=on_give_up)
         if max_children is not None and (not isinstance(max_children, int) or max_children < 0):
             raise InvalidChildSpec(f"max_children must be an int >= 0; got {max_children!r}")
         self.max_children = max_children
@@ -540,6 +618,9 @@ class DynamicSupervisor(_SupervisorCore):
         return self.extra_arguments
 
     def _forget_stopped(self, child: _Child) -> None:
+        self._children.pop(child.id, None)
+
+    def _drop_given_up(self, child: _Child) -> None:
         self._children.pop(child.id, None)
 
     def _terminate_all(self) -> None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pykka
+
 __all__ = [
     "AlreadyRegistered",
     "ChildNotFound",
@@ -22,7 +24,9 @@ __all__ = [
     "DuplicateChild",
     "InvalidChildSpec",
     "MaxChildrenError",
+    "NoReply",
     "NoSuchProcess",
+    "NotHandled",
     "NotInProcess",
     "ReplyError",
     "StartChildError",
@@ -123,3 +127,26 @@ class NotInProcess(SupervisorsError):
 
 class WaitTimeout(SupervisorsError, TimeoutError):
     """Waiting for an event (a ``Down``, a shutdown) took longer than allowed."""
+
+
+class NotHandled(pykka.ActorDeadError, SupervisorsError):
+    """The process ended before it began to handle the message.
+
+    The message had no effect, so sending it again (to the restarted process,
+    say) is safe. A ``pykka.ActorDeadError``, so code that catches that keeps working.
+    """
+
+
+class NoReply(pykka.ActorDeadError, SupervisorsError):
+    """The process ended while handling the message or before its deferred reply.
+
+    The message may have had effects: only repeat it if it is safe to repeat.
+
+    Attributes:
+        handler_returned: True when the handler had returned and deferred its
+            reply (``Process.defer_reply``), i.e. it ran to completion.
+    """
+
+    def __init__(self, message: str, *, handler_returned: bool) -> None:
+        super().__init__(message)
+        self.handler_returned = handler_returned
