@@ -24,7 +24,6 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import pykka
-import structlog
 from pykka.messages import ProxyCall
 
 from beamagent.backends.base import BackendHandler
@@ -38,6 +37,7 @@ from beamagent.errors import (
     UnknownBackend,
 )
 from beamagent.graph.api import GraphApi
+from beamagent.log import get_logger
 from beamagent.messages import MessageType
 from beamagent.routing.api import RoutingApi
 from beamagent.routing.policies import BackendInfo
@@ -62,7 +62,7 @@ from supervisors import (
 
 __all__ = ["BackendSpec", "Runtime", "default_runtime", "shutdown_default_runtime"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 SESSION_OPTIONS = frozenset(
     {

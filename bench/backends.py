@@ -30,13 +30,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import paired, report
 
-from beamagent import Runtime
+from beamagent import Runtime, configure_logging
 from beamagent.testing import (
     FakeModelServer,
     LoopbackNamespace,
@@ -45,7 +43,7 @@ from beamagent.testing import (
     loopback_namespace_available,
 )
 
-structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+configure_logging("warning")
 
 ROUNDS = 9
 LIVE_TURNS = 20

@@ -20,18 +20,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypedDict
 
-import structlog
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import figure, paired, report
 
 from beamagent.graph import End, Job, LinearRouter, Node, NodeMessage, Result, Route
+from beamagent.log import configure_logging
 from beamagent.runtime import Runtime
 
 # Measure the runtime, not log rendering.
-structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(50))
+configure_logging("critical")
 
 LOOP_STEPS = 100
 LINEAR_RUNS = 1_000

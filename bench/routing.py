@@ -16,23 +16,21 @@ is filtered out, as in production at level WARNING; measurements alternate
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 import pykka
-import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import paired, report
 
-from beamagent import Runtime
+from beamagent import Runtime, configure_logging
 from beamagent.backends.local import LocalHandler
 from beamagent.routing.policies import RouteRequest, RoutingState, select
 
-structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+configure_logging("warning")
 
 N = 5_000
 BACKENDS = ("local_a", "local_b", "local_c")

@@ -11,7 +11,6 @@ Prints:
 
 from __future__ import annotations
 
-import logging
 import sys
 import tempfile
 import time
@@ -19,18 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import pykka
-import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import figure, paired, per_op, report, rss_bytes
 
-from beamagent import Runtime
+from beamagent import Runtime, configure_logging
 from beamagent.backends.local import LocalAgent, LocalHandler
 from beamagent.messages import Message, MessageType
 from beamagent.store import MemoryStore
 
-structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+configure_logging("critical")
 
 
 class RawEcho(pykka.ThreadingActor):

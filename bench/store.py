@@ -28,7 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import structlog
 from pykka.messages import ProxyGetAttr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,11 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import figure, paired, per_op, report
 
-from beamagent import Runtime
+from beamagent import Runtime, configure_logging
 from beamagent.store.sqlite import MIGRATIONS, messages_query
 
 # Measure the store, not log rendering.
-structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
+configure_logging("error")
 
 MESSAGE: dict[str, Any] = {
     "type": "assistant",

@@ -9,6 +9,7 @@ Prints:
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pykka
-import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -25,7 +25,7 @@ from _common import figure, paired, report, rss_bytes
 import supervisors as s
 
 # Measure the supervision mechanics, not log rendering (crash tracebacks are logged at error).
-structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(50))
+logging.getLogger("supervisors").setLevel(logging.CRITICAL)
 
 
 class RawEcho(pykka.ThreadingActor):

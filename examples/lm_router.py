@@ -18,12 +18,9 @@ Run: .venv/bin/python examples/lm_router.py
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Mapping
 from typing import Any
-
-import structlog
 
 from beamagent.graph import (
     Edge,
@@ -33,6 +30,7 @@ from beamagent.graph import (
     Output,
     SessionServing,
 )
+from beamagent.log import configure_logging
 from beamagent.runtime import Runtime
 
 MESSAGES = [
@@ -135,7 +133,7 @@ def main() -> int:
     """Route each message through the graph, printing the trace of each run."""
     global _broke_once
     _broke_once = False
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    configure_logging("critical")
     job = build_job()
     with Runtime(store=":memory:") as runtime:
         for text in MESSAGES:

@@ -9,8 +9,6 @@ import logging
 import threading
 from typing import Any
 
-import structlog
-
 import supervisors as s
 
 started = threading.Condition()
@@ -44,7 +42,7 @@ def wait_for_starts(label: str, n: int) -> None:
 
 
 def main() -> None:
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    logging.getLogger("supervisors").setLevel(logging.CRITICAL)
     workers = s.supervisor_spec(
         "workers",
         [

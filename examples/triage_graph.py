@@ -16,10 +16,7 @@ Run: .venv/bin/python examples/triage_graph.py
 
 from __future__ import annotations
 
-import logging
 import threading
-
-import structlog
 
 import supervisors
 from beamagent.graph import (
@@ -36,6 +33,7 @@ from beamagent.graph import (
     RunEvent,
     Yield,
 )
+from beamagent.log import configure_logging
 from beamagent.runtime import Runtime
 
 TICKET = "Customer reports being charged twice and then locked out after a password reset."
@@ -131,7 +129,7 @@ def show(event: RunEvent) -> None:
 
 def main() -> int:
     """Run the triage graph on one ticket, printing its trace and supervision tree."""
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    configure_logging("critical")
     _failed_once.clear()
     tree_shown.clear()
     with Runtime(store=":memory:") as runtime:

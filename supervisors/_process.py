@@ -27,12 +27,12 @@ from typing import Any, ClassVar, Self, TypeAlias, cast
 
 import attrs
 import pykka
-import structlog
 from pykka import messages as pykka_messages
 from pykka._actor import ActorInbox
 from pykka._envelope import Envelope
 
 from supervisors import _names
+from supervisors._log import get_logger
 from supervisors._mailbox import Mailbox, reject_envelope
 from supervisors._messages import Down, Exit
 from supervisors._reasons import Crashed, ExitReason, Killed, NoProc, Normal, Shutdown
@@ -56,7 +56,7 @@ __all__ = [
     "unlink",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 ExcInfo: TypeAlias = tuple[type[BaseException], BaseException, TracebackType | None]
 Watcher: TypeAlias = "pykka.ActorRef[Any] | Callable[[Down], object] | None"

@@ -11,11 +11,11 @@ from typing import Any, TypeAlias, cast
 
 import attrs
 import pykka
-import structlog
 from pykka.messages import ProxyCall
 
 from supervisors import _names
 from supervisors._childspec import ChildSpec, ChildType, RestartType, StartSpec
+from supervisors._log import get_logger
 from supervisors._messages import Exit
 from supervisors._process import (
     MonitorRef,
@@ -48,7 +48,7 @@ __all__ = [
     "SupervisorRef",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 GiveUpHook: TypeAlias = Callable[[Hashable, ChildSpec, ExitReason], object]
 """Called (in the supervisor's thread) with ``(child_id, spec, last_exit_reason)`` when a

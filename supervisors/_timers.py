@@ -9,11 +9,12 @@ import time
 from typing import Any
 
 import pykka
-import structlog
+
+from supervisors._log import get_logger
 
 __all__ = ["TimerRef", "send_after"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 class TimerRef:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -45,6 +46,20 @@ def isolated_default_store(
     """Never let a test write to the user's real default store."""
     path = tmp_path_factory.mktemp("default-store") / "sessions.db"
     monkeypatch.setenv("BEAMAGENT_STORE", str(path))
+
+
+@pytest.fixture(autouse=True)
+def restore_library_loggers() -> Iterator[None]:
+    """Undo ``configure_logging`` (the README and examples call it): handlers, level, propagate."""
+    loggers = [logging.getLogger(name) for name in ("beamagent", "supervisors")]
+    saved = [(lg, lg.level, lg.propagate, list(lg.handlers)) for lg in loggers]
+    yield
+    for logger, level, propagate, handlers in saved:
+        for handler in [h for h in logger.handlers if h not in handlers]:
+            logger.removeHandler(handler)
+            handler.close()
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 @pytest.fixture(autouse=True)

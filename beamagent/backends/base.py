@@ -24,10 +24,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, cast
 
 import attrs
-import structlog
 
 from beamagent.capabilities import Capability
 from beamagent.errors import TransportError
+from beamagent.log import get_logger
 from beamagent.messages import Message, MessageType
 
 __all__ = [
@@ -46,7 +46,7 @@ __all__ = [
     "TransportSink",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 class SessionState(enum.StrEnum):

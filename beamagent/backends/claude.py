@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Final, TypeAlias
 
 import attrs
-import structlog
 
 from beamagent.backends.base import (
     NOTHING,
@@ -63,11 +62,12 @@ from beamagent.backends.permissions import (
 )
 from beamagent.capabilities import Capability
 from beamagent.errors import InvalidOption
+from beamagent.log import get_logger
 from beamagent.messages import Message, MessageType, normalize
 
 __all__ = ["ClaudeHandler", "HookCallback", "HookMatcher"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 CLI_NAME: Final = "claude"
 NPM_PACKAGE: Final = "@anthropic-ai/claude-code"

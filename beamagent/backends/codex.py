@@ -29,8 +29,6 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
-import structlog
-
 from beamagent.backends.base import (
     NOTHING,
     BackendHandler,
@@ -72,11 +70,12 @@ from beamagent.backends.permissions import (
 )
 from beamagent.capabilities import Capability
 from beamagent.errors import InvalidOption
+from beamagent.log import get_logger
 from beamagent.messages import ContentBlock, Message, MessageType
 
 __all__ = ["CodexHandler"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 CLI_NAME: Final = "codex"
 NPM_PACKAGE: Final = "@openai/codex"

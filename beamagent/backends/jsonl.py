@@ -16,13 +16,13 @@ import json
 from typing import Any, Final
 
 import attrs
-import structlog
 
 from beamagent.errors import ProtocolError
+from beamagent.log import get_logger
 
 __all__ = ["JsonlDecoded", "JsonlDecoder", "decode_lines", "encode_line"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _PREVIEW_BYTES: Final = 120
 _BOM: Final = b"\xef\xbb\xbf"

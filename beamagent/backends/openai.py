@@ -27,8 +27,6 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-import structlog
-
 from beamagent.backends.base import (
     BackendHandler,
     Connected,
@@ -41,6 +39,7 @@ from beamagent.backends.base import (
 from beamagent.backends.jsonl import decode_lines, encode_line
 from beamagent.capabilities import Capability
 from beamagent.errors import InvalidOption, TransportError
+from beamagent.log import get_logger
 from beamagent.messages import ContentBlock, Message, MessageType
 
 if TYPE_CHECKING:
@@ -48,7 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HttpStreamTransport", "OpenAIHandler"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
 _RESERVED: Final = frozenset({"model", "messages", "stream", "stream_options"})

@@ -25,9 +25,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, TypeAlias
 
 import attrs
-import structlog
 
 from beamagent.errors import InvalidOption
+from beamagent.log import get_logger
 
 __all__ = [
     "PERMISSION_OPTIONS",
@@ -39,7 +39,7 @@ __all__ = [
     "PermissionPolicy",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 PERMISSION_OPTIONS: Final = frozenset({"permission_handler", "permission_default"})
 """Session options every backend with permission requests accepts."""

@@ -32,7 +32,6 @@ from collections.abc import Mapping, Sized
 from typing import TYPE_CHECKING, Any
 
 import pykka
-import structlog
 from pykka.messages import ProxyCall
 
 from beamagent.errors import (
@@ -49,6 +48,7 @@ from beamagent.graph.job import Job
 from beamagent.graph.node import DEFAULT_MAX_TOOL_ROUNDS, NodeActors, NodeWorkers, ThreadCache
 from beamagent.graph.run import EventKind, EventLog, Run, RunEvent, RunResult, RunStatus
 from beamagent.graph.serving import ToolRegistry
+from beamagent.log import get_logger
 from supervisors import (
     AlreadyRegistered,
     ChildSpec,
@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RESUMABLE", "GraphApi"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 RUN_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 RESUMABLE = frozenset({RunStatus.RUNNING.value, RunStatus.INTERRUPTED.value})

@@ -47,7 +47,6 @@ from typing import Any
 
 import attrs
 import pykka
-import structlog
 from pykka.messages import ProxyCall
 
 from beamagent.errors import (
@@ -75,6 +74,7 @@ from beamagent.graph.node import (
 from beamagent.graph.planning import Arrival, JoinBarrier, PlanKind, plan
 from beamagent.graph.run import EventKind, EventLog, RunEvent, RunResult, RunStatus, StepResult
 from beamagent.graph.serving import NodeMessage, Result, ToolRegistry
+from beamagent.log import get_logger
 from beamagent.store.base import SessionStore
 from supervisors import (
     ChildSpec,
@@ -97,7 +97,7 @@ __all__ = [
     "SubDone",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 CHECKPOINT_VERSION = 1
 """Version of the checkpoint ``state`` written by this executor."""

@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from typing import Any, TypeAlias
 
 import attrs
-import structlog
+
+from beamagent.log import get_logger
 
 __all__ = [
     "MAX_ROUTE_COUNT",
@@ -29,7 +30,7 @@ __all__ = [
     "parse_next",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 #: Largest ``count`` that :func:`parse_next` accepts on a model-written route
 #: entry. One entry must not be able to ask for millions of parallel copies.

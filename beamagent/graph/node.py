@@ -28,7 +28,6 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import pykka
-import structlog
 from pykka.messages import ProxyCall
 
 from beamagent.errors import InvalidNode, RetryRequested, RunError
@@ -37,6 +36,7 @@ from beamagent.graph.job import Node
 from beamagent.graph.planning import DEFAULT_RETRY_REASON
 from beamagent.graph.run import EventKind, EventLog
 from beamagent.graph.serving import NodeMessage, Result, ToolCall, ToolRegistry, ToolResult
+from beamagent.log import get_logger
 from supervisors import (
     ChildSpec,
     Down,
@@ -70,7 +70,7 @@ __all__ = [
     "route_result",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_MAX_TOOL_ROUNDS = 8
 """How many times one visit may run tool calls and call its serving again."""

@@ -19,10 +19,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import attrs
-import structlog
 
 from beamagent.graph.instructions import End, Retry, Route, Sub, Yield
 from beamagent.graph.serving import Result
+from beamagent.log import get_logger
 
 __all__ = [
     "DEFAULT_RETRY_REASON",
@@ -34,7 +34,7 @@ __all__ = [
     "plan",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 #: The reason given to a node retried without one (Agens' wording).
 DEFAULT_RETRY_REASON = "the previous response did not pass validation"

@@ -24,9 +24,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar, overload, runtime_checkable
 
 import attrs
-import structlog
 
 from beamagent.errors import InvalidOption, RetryRequested
+from beamagent.log import get_logger
 
 __all__ = [
     "FunctionServing",
@@ -39,7 +39,7 @@ __all__ = [
     "parse_structured_answer",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _ANSWER_HINT = "reply with one JSON object with the keys body, outputs, next and tool_calls"
 _FENCED = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\r?\n?(.*?)```", re.DOTALL)

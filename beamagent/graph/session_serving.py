@@ -26,18 +26,17 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import structlog
-
 from beamagent.errors import InvalidOption, RunError
 from beamagent.graph.node import current_context
 from beamagent.graph.outputs import outputs_schema
 from beamagent.graph.router import Router
 from beamagent.graph.serving import NodeMessage, Result, ToolRegistry, parse_structured_answer
+from beamagent.log import get_logger
 from beamagent.messages import Message, MessageType
 
 __all__ = ["PROMPT_FIELDS", "SessionServing"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 PROMPT_FIELDS = frozenset(
     {

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import pykka
-import structlog
 from pykka.messages import ProxyCall
 
 from beamagent.backends.names import KNOWN_BACKENDS, canonical_backend_name
@@ -32,6 +31,7 @@ from beamagent.errors import (
     SessionError,
     UnknownBackend,
 )
+from beamagent.log import get_logger
 from beamagent.routing.policies import BackendInfo, Health, Policy, RouteDecision, RouteRequest
 from beamagent.session.actor import SessionActor, SessionConfig
 from beamagent.session.handle import Session
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AVAILABILITY_TTL", "RoutingApi", "SessionStart"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _UNSET: Any = object()
 _SESSION_SHUTDOWN = 10.0  # seconds a supervisor waits for a session to stop, as Runtime's own

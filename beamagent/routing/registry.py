@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
-import structlog
 
 from beamagent.errors import InvalidOption
+from beamagent.log import get_logger
 from beamagent.routing.policies import (
     BackendInfo,
     Health,
@@ -33,7 +33,7 @@ from supervisors import Process
 
 __all__ = ["JOURNAL_SIZE", "RoutingRegistry"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 JOURNAL_SIZE = 1000
 """How many decisions the journal keeps by default (the oldest go first)."""

@@ -32,7 +32,6 @@ from typing import Any, Protocol
 
 import attrs
 import pykka
-import structlog
 
 from beamagent.backends.base import (
     BackendHandler,
@@ -62,12 +61,13 @@ from beamagent.errors import (
     TransportError,
     UnknownControlMethod,
 )
+from beamagent.log import get_logger
 from beamagent.messages import Message, MessageType, _build_message
 from supervisors import Crashed, Process, Shutdown, TimerRef, send_after
 
 __all__ = ["QueryRef", "Recorder", "SessionActor", "SessionConfig", "SessionLineage"]
 
-log = structlog.get_logger("beamagent.session")
+log = get_logger("beamagent.session")
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 """What a session id may be: it names the session's process and its stored history."""

@@ -22,16 +22,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pykka
-import structlog
 from pykka.messages import ProxyCall
 
 from beamagent.errors import InvalidOption, StoreError
+from beamagent.log import get_logger
 from beamagent.store.base import SessionStore
 from supervisors import Process
 
 __all__ = ["StoreActor", "StoreRecorder"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 WRITE_METHODS = frozenset(
     {

@@ -26,9 +26,9 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pykka
-import structlog
 
 from beamagent.errors import BeamAgentError, InvalidOption, SessionNotFound
+from beamagent.log import get_logger
 from beamagent.messages import Message, normalize
 from beamagent.session.actor import SESSION_ID  # a fork must be resumable under its id
 from beamagent.session.handle import Session
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SessionRef", "StoreApi", "message_from_stored", "session_id_of"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 SessionRef = Session | str
 """A session named by its live handle or by its canonical id."""

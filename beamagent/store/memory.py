@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import attrs
-import structlog
 
 from beamagent.errors import (
     InvalidOption,
@@ -24,6 +23,7 @@ from beamagent.errors import (
     StoreError,
     ThreadNotFound,
 )
+from beamagent.log import get_logger
 from beamagent.store.base import (
     MonotonicClock,
     PreparedMessage,
@@ -61,7 +61,7 @@ from beamagent.store.summary import AGENT_OUTPUT_TYPES, USER_TYPES, first_text, 
 
 __all__ = ["MemoryStore"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 @attrs.frozen

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import structlog
 
 from beamagent.errors import (
     InvalidOption,
@@ -37,6 +36,7 @@ from beamagent.errors import (
     StoreError,
     ThreadNotFound,
 )
+from beamagent.log import get_logger
 from beamagent.store.base import (
     MonotonicClock,
     PreparedMessage,
@@ -75,7 +75,7 @@ from beamagent.store.summary import AGENT_OUTPUT_TYPES, USER_TYPES, first_text, 
 
 __all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "SqliteStore", "messages_query"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 #: ``PRAGMA application_id`` of a beamagent store: "beam" in ASCII.
 APPLICATION_ID = 0x6265616D

@@ -31,8 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, TypeAlias
 
-import structlog
-
+from beamagent.log import get_logger
 from beamagent.testing.fake_model import FakeModelServer, _in_network_namespace
 
 __all__ = [
@@ -55,7 +54,7 @@ __all__ = [
     "project_root",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 # CLI command name -> npm package that provides it.
 CLI_PACKAGES: Final[Mapping[str, str]] = {

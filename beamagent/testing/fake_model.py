@@ -48,7 +48,8 @@ from typing import Any, Final, TypeAlias, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import attrs
-import structlog
+
+from beamagent.log import get_logger
 
 __all__ = [
     "ErrorStatus",
@@ -65,7 +66,7 @@ __all__ = [
     "shell_tool_arguments",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_REPLY: Final = "Hello from the fake model."
 # How long stop() waits for one connection thread before it reports a leak.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -780,14 +781,43 @@ def test_many_runs_at_once_all_finish(rt: Runtime) -> None:
     assert rt.live_runs() == []
 
 
-def test_events_are_logged_with_run_node_thread_and_step(rt: Runtime) -> None:
-    from structlog.testing import capture_logs
+class _EventLog(logging.Handler):
+    """Collects beamagent's events; ``wait_for`` blocks until one has been logged."""
 
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.events: list[dict[str, Any]] = []
+        self._logged = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from beamagent.log import event_dict
+
+        with self._logged:
+            self.events.append(event_dict(record))
+            self._logged.notify_all()
+
+    def wait_for(self, event: str, timeout: float) -> None:
+        with self._logged:
+            if not self._logged.wait_for(
+                lambda: any(e["event"] == event for e in self.events), timeout
+            ):
+                raise AssertionError(f"{event} was not logged within {timeout} s")
+
+
+def test_events_are_logged_with_run_node_thread_and_step(
+    rt: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
     job = linear(("a", lambda m: "a"), ("b", lambda m: "b"))
-    with capture_logs() as logs:
+    caplog.set_level(logging.DEBUG, logger="beamagent")
+    events = _EventLog()
+    logging.getLogger("beamagent").addHandler(events)
+    try:
         run = rt.run_job(job, "x")
         run.result(WAIT)
-    mine = [e for e in logs if e.get("run_id") == run.run_id]
+        events.wait_for("run_ended", WAIT)  # logged just after the result is published
+    finally:
+        logging.getLogger("beamagent").removeHandler(events)
+    mine = [e for e in events.events if e.get("run_id") == run.run_id]
     started = [e for e in mine if e["event"] == "node_started"]
     assert [(e["node_id"], e["thread_id"], e["step"]) for e in started] == [
         ("a", "0", 1),

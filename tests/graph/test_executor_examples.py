@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import runpy
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-@pytest.fixture(autouse=True)
-def keep_logging_config() -> Iterator[None]:
-    """The examples configure structlog for a readable trace; put it back afterwards."""
-    saved = structlog.get_config()
-    yield
-    structlog.configure(**saved)
 
 
 def test_triage_graph_example(capsys: pytest.CaptureFixture[str]) -> None:

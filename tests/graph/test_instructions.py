@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -120,14 +121,14 @@ def test_parse_next_max_count_is_configurable() -> None:
     assert parse_next([entry], max_count=5) == [Route("a", 5)]
 
 
-def test_dropped_entries_are_logged() -> None:
-    from structlog.testing import capture_logs
+def test_dropped_entries_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    from beamagent.log import event_dict
 
-    with capture_logs() as logs:
-        parse_next([{"type": "goto"}, {"type": "end"}, 7])
-    dropped = [e for e in logs if e["event"] == "next_entry_dropped"]
-    assert [e["index"] for e in dropped] == [0, 2]
-    assert all(e["log_level"] == "debug" for e in dropped)
+    caplog.set_level(logging.DEBUG, logger="beamagent")
+    parse_next([{"type": "goto"}, {"type": "end"}, 7])
+    dropped = [r for r in caplog.records if event_dict(r)["event"] == "next_entry_dropped"]
+    assert [event_dict(r)["index"] for r in dropped] == [0, 2]
+    assert all(r.levelname == "DEBUG" for r in dropped)
 
 
 @given(json_values)

@@ -16,15 +16,9 @@ from __future__ import annotations
 import json
 import sys
 
-import structlog
-
-# Logs go to stderr: stdout carries only the acknowledgements.
-structlog.configure(
-    logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    wrapper_class=structlog.make_filtering_bound_logger(30),
-)
-
-from beamagent import MessageType, Runtime  # noqa: E402
+# beamagent never writes to stdout (warnings go to stderr): stdout carries only the
+# acknowledgements.
+from beamagent import MessageType, Runtime
 
 
 def ack(line: dict[str, object]) -> None:

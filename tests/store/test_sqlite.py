@@ -347,8 +347,6 @@ def test_connections_of_ended_threads_are_closed(store: SqliteStore) -> None:
 
 _CRASH_SCRIPT = """
 import sys
-import structlog
-structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 from beamagent.store import SqliteStore
 store = SqliteStore(sys.argv[1])
 store.create_session("s1", "local")
