@@ -16,7 +16,6 @@ own id. ``default_runtime()`` is the one the module-level API uses.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import itertools
 import threading
@@ -26,6 +25,7 @@ from typing import Any, cast
 import pykka
 from pykka.messages import ProxyCall
 
+from beamagent import lifecycle
 from beamagent.backends.base import BackendHandler
 from beamagent.backends.local import LocalHandler
 from beamagent.backends.names import canonical_backend_name
@@ -129,7 +129,12 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
             default_options)`` or a ``BackendSpec``. ``local`` is always there.
         session_defaults: default session options (e.g. ``connect_timeout``).
 
-    Use it as a context manager, or call :meth:`stop`.
+    Use it as a context manager, or call :meth:`stop`. A runtime that is
+    still running when the interpreter exits is stopped then (see
+    :mod:`beamagent.lifecycle`).
+
+    Raises:
+        BeamAgentError: the interpreter is exiting.
     """
 
     def __init__(
@@ -176,6 +181,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
             if self._owns_store:
                 self.store.close()
             raise
+        lifecycle.runtime_started(self)
         log.info("runtime_started", runtime=self.id, backends=sorted(self._backends))
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -192,10 +198,13 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
             if self._stopped:
                 return
             self._stopped = True
-        with contextlib.suppress(pykka.ActorDeadError):
-            self.root.stop(timeout=60)
-        if self._owns_store:
-            self.store.close()
+        try:
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.root.stop(timeout=60)
+            if self._owns_store:
+                self.store.close()
+        finally:
+            lifecycle.runtime_stopped(self)
         log.info("runtime_stopped", runtime=self.id)
 
     @property
@@ -415,8 +424,7 @@ def default_runtime() -> Runtime:
     global _default
     with _default_lock:
         if _default is None or _default.stopped:
-            _default = Runtime()
-            atexit.register(_default.stop)
+            _default = Runtime()  # stopped at interpreter exit if still running (lifecycle)
         return _default
 
 

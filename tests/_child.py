@@ -14,11 +14,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for a child: ours, with this checkout first on ``PYTHONPATH``."""
-    env = {**os.environ, **(extra or {})}
+    env = dict(os.environ)
+    env.pop("NO_COLOR", None)  # the default, unless asked
+    env.update(extra or {})
     paths = [str(ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    env.pop("NO_COLOR", None)
-    env.pop("BEAMAGENT_HANDLE_SIGNALS", None)
     return env
 
 

@@ -1,0 +1,262 @@
+"""Process lifecycle: unstopped runtimes are stopped at interpreter exit."""
+
+from __future__ import annotations
+
+import gc
+import json
+import queue
+import re
+import subprocess
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from beamagent import Runtime, lifecycle
+from beamagent.store import open_store
+from tests._child import ROOT, start_script
+
+EXIT_WITHIN = 5.0  # seconds from the child's last word to its exit
+START_WITHIN = 30.0  # seconds for a child to import, start its runtimes and say something
+
+
+class Child:
+    """A child interpreter whose output is read by threads, so every wait has a timeout."""
+
+    def __init__(self, code: str, *args: str, env: dict[str, str] | None = None) -> None:
+        self.process = start_script(code, *args, env=env)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        self._errors: list[str] = []
+        self._errors_changed = threading.Condition()
+        self._readers = [
+            threading.Thread(target=self._read_stdout, name="child-stdout", daemon=True),
+            threading.Thread(target=self._read_stderr, name="child-stderr", daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read_stdout(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._errors_changed:
+                self._errors.append(line)
+                self._errors_changed.notify_all()
+
+    def read_until(self, marker: str, timeout: float = START_WITHIN) -> list[str]:
+        """Stdout lines up to and including the first one equal to ``marker``."""
+        deadline = time.monotonic() + timeout
+        got: list[str] = []
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {marker!r} within {timeout} s; got {got}") from None
+            if line is None:
+                raise AssertionError(f"child ended before {marker!r}: {got} {self.stderr()}")
+            got.append(line)
+            self.seen.append(line)
+            if line == marker:
+                return got
+
+    def wait_for_stderr(self, text: str, timeout: float = START_WITHIN) -> None:
+        """Block until ``text`` appears on the child's stderr."""
+        with self._errors_changed:
+            if not self._errors_changed.wait_for(lambda: text in "".join(self._errors), timeout):
+                raise AssertionError(f"no {text!r} on stderr within {timeout} s")
+
+    def wait(self, timeout: float = EXIT_WITHIN) -> int:
+        """The exit status, which must come within ``timeout`` seconds."""
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"child still running {timeout} s later") from None
+
+    def stderr(self) -> str:
+        """Everything the child wrote on stderr (all of it once it has exited)."""
+        if self.process.poll() is not None:
+            self._readers[1].join(timeout=10)
+        with self._errors_changed:
+            return "".join(self._errors)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        for reader in self._readers:
+            reader.join(timeout=10)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def children() -> Iterator[list[Child]]:
+    started: list[Child] = []
+    yield started
+    for child in started:
+        child.close()
+
+
+def spawn(children: list[Child], code: str, *args: str, **kwargs: Any) -> Child:
+    child = Child(code, *args, **kwargs)
+    children.append(child)
+    return child
+
+
+def acknowledged(lines: list[str]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def assert_on_disk(acks: list[dict[str, Any]]) -> None:
+    """Every message a child was told had been recorded is in its store file."""
+    assert acks
+    by_store: dict[str, dict[str, set[str]]] = {}
+    for ack in acks:
+        by_store.setdefault(ack["store"], {}).setdefault(ack["session"], set()).update(ack["uuids"])
+    for path, sessions in by_store.items():
+        store = open_store(path)
+        try:
+            for session_id, uuids in sessions.items():
+                stored = {m["uuid"] for m in store.get_session_messages(session_id)}
+                assert uuids <= stored, (path, session_id, uuids - stored)
+        finally:
+            store.close()
+
+
+_ACK = """
+import json, sys
+
+def ack(store, session, messages):
+    print(json.dumps({"store": store, "session": session.session_id,
+                      "uuids": [m.uuid for m in messages]}), flush=True)
+"""
+
+# --- exit ------------------------------------------------------------------------------------
+
+
+def test_unstopped_runtimes_exit_promptly_with_their_history_on_disk(
+    tmp_path: Path, children: list[Child]
+) -> None:
+    code = (
+        _ACK
+        + """
+from beamagent import Runtime
+
+paths = sys.argv[1:3]
+runtimes = [Runtime(store=path) for path in paths]          # never stopped
+for path, rt in zip(paths, runtimes):
+    for n in range(2):
+        session = rt.start_session(backend="local")
+        for i in range(3):
+            ack(path, session, session.query(f"q{i}"))
+print("done", flush=True)
+"""
+    )
+    child = spawn(children, code, str(tmp_path / "a.db"), str(tmp_path / "b.db"))
+    lines = child.read_until("done")
+    assert child.wait() == 0
+    assert child.stderr() == ""
+    acks = acknowledged(lines)
+    assert len(acks) == 12
+    assert_on_disk(acks)
+
+
+def _routing_example() -> str:
+    text = (ROOT / "docs" / "routing.md").read_text()
+    block = re.search(r"```python\n(.*?)```", text, re.S)
+    assert block is not None
+    # The real CLIs would need a model: route to the embedded backend instead.
+    return block.group(1).replace('["codex", "claude"]', '["local"]')
+
+
+def test_the_module_level_example_exits_and_its_default_runtime_is_flushed(
+    tmp_path: Path, children: list[Child]
+) -> None:
+    store = tmp_path / "default.db"
+    code = (
+        _routing_example() + '\nprint(session.session_id, flush=True)\nprint("done", flush=True)\n'
+    )
+    child = spawn(children, code, env={"BEAMAGENT_STORE": str(store)})
+    *_, session_id, _done = child.read_until("done")
+    assert child.wait() == 0
+    assert child.stderr() == ""
+    opened = open_store(store)
+    try:
+        contents = [m.get("content") for m in opened.get_session_messages(session_id)]
+    finally:
+        opened.close()
+    assert "hello" in contents
+
+
+def test_a_runtime_collected_without_stop_is_still_stopped_at_exit(
+    tmp_path: Path, children: list[Child]
+) -> None:
+    code = (
+        _ACK
+        + """
+import gc, weakref
+from beamagent import Runtime, lifecycle
+
+def forget():
+    rt = Runtime(store=sys.argv[1])
+    session = rt.start_session(backend="local")
+    ack(sys.argv[1], session, session.query("hello"))
+    return weakref.ref(rt)
+
+ref = forget()
+gc.collect()
+print("collected" if ref() is None else "alive", lifecycle.live_runtimes(), flush=True)
+print("done", flush=True)
+"""
+    )
+    child = spawn(children, code, str(tmp_path / "a.db"))
+    lines = child.read_until("done")
+    assert child.wait() == 0
+    assert "collected []" in lines
+    assert child.stderr() == ""
+    assert_on_disk(acknowledged(lines))
+
+
+def test_a_runtime_started_after_exit_began_is_refused(children: list[Child]) -> None:
+    code = """
+import atexit
+from beamagent import Runtime
+from beamagent.errors import BeamAgentError
+
+Runtime(store=":memory:")  # registers the exit hook, which runs before atexit
+
+def late():
+    try:
+        Runtime(store=":memory:")
+    except BeamAgentError as exc:
+        print("refused:", exc, flush=True)
+
+atexit.register(late)
+print("done", flush=True)
+"""
+    child = spawn(children, code)
+    child.read_until("done")
+    child.read_until("refused: cannot start a Runtime: the interpreter is exiting")
+    assert child.wait() == 0
+
+
+def test_stopped_and_collected_runtimes_are_not_kept_alive() -> None:
+    rt = Runtime(store=":memory:")
+    assert rt in lifecycle.live_runtimes()
+    ref = weakref.ref(rt)
+    rt.stop()
+    assert rt not in lifecycle.live_runtimes()
+    del rt
+    gc.collect()
+    assert ref() is None
