@@ -1,6 +1,6 @@
-"""Process lifecycle: live runtimes stop in order at interpreter exit.
+"""Process lifecycle: live runtimes stop in order at interpreter exit and on SIGTERM.
 
-Every actor runs on a non-daemon thread, and Python joins those
+**Exit.** Every actor runs on a non-daemon thread, and Python joins those
 threads *before* it runs ``atexit`` handlers: a runtime that is never stopped
 (the module-level API's default runtime, or a ``Runtime()`` someone forgot)
 would hang the interpreter's exit for ever. So each runtime registers here
@@ -11,7 +11,21 @@ closing the stores it opened. The registry holds runtimes weakly: one that
 was stopped is forgotten; one that was garbage-collected without being
 stopped leaves only what it takes to stop its tree (its root supervisor and
 store). Every other thread of ours (timers, transport readers, graph
-threads, local agents) is a daemon thread.
+threads, local agents) is a daemon thread. A forked child starts with no live
+runtime (their threads are not copied) and SIGTERM's default disposition.
+
+**SIGTERM.** The first ``Runtime`` started in the main thread installs a
+SIGTERM handler if SIGTERM still has its default disposition (a host's own
+handler, or ``SIG_IGN``, is never replaced), unless ``Runtime(handle_signals=
+False)`` or ``BEAMAGENT_HANDLE_SIGNALS=0``. On SIGTERM, while a runtime is
+live, the handler raises ``SystemExit(143)`` in the main thread: nothing
+blocking runs inside the handler, a main thread blocked in ``Future.get`` /
+``Event.wait`` / a query is woken by it, ``with Runtime()`` blocks and
+``finally`` clauses unwind, and the exit hook above stops what is still
+running. The process then exits with status 143 (128 + SIGTERM, what shells
+report for a process killed by SIGTERM). The handler restores the default
+disposition first, so a second SIGTERM kills at once; with no live runtime,
+SIGTERM acts as if the handler were not there.
 """
 
 from __future__ import annotations
@@ -19,9 +33,13 @@ from __future__ import annotations
 import atexit
 import contextlib
 import itertools
+import os
+import signal
 import threading
 import weakref
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import pykka
 
@@ -31,9 +49,15 @@ from beamagent.log import get_logger
 if TYPE_CHECKING:
     from beamagent.runtime import Runtime
 
-__all__ = ["live_runtimes"]
+__all__ = ["EXIT_STATUS", "HANDLE_SIGNALS_ENV", "install_sigterm_handler", "live_runtimes"]
 
 log = get_logger(__name__)
+
+EXIT_STATUS = 128 + signal.SIGTERM
+"""The process's exit status after a graceful stop on SIGTERM: 143."""
+
+HANDLE_SIGNALS_ENV = "BEAMAGENT_HANDLE_SIGNALS"
+"""Set to ``0`` (or ``false``, ``no``, ``off``) so that no runtime installs the SIGTERM handler."""
 
 _ROOT_STOP_TIMEOUT = 60.0  # as Runtime.stop
 
@@ -63,11 +87,14 @@ class _Tree:
         log.info("runtime_stopped", runtime=self.runtime_id)
 
 
-_trees: dict[int, _Tree] = {}  # by start order
+_trees: dict[int, _Tree] = {}  # by start order; read without the lock by the signal handler
 _order = itertools.count()
 _lock = threading.Lock()
 _hook_registered = False
 _exiting = False
+_auto_install_tried = False
+_defer_depth = 0  # main thread only: > 0 while it starts or stops a runtime
+_pending_exit = False
 
 
 def live_runtimes() -> list[Runtime]:
@@ -77,7 +104,7 @@ def live_runtimes() -> list[Runtime]:
     return [rt for rt in (tree.runtime() for tree in trees) if rt is not None]
 
 
-def runtime_started(runtime: Runtime) -> None:
+def runtime_started(runtime: Runtime, *, handle_signals: bool) -> None:
     """Register a runtime whose tree has started (called by ``Runtime``).
 
     Raises:
@@ -95,6 +122,8 @@ def runtime_started(runtime: Runtime) -> None:
     if refused:
         runtime.stop()
         raise BeamAgentError("cannot start a Runtime: the interpreter is exiting")
+    if handle_signals:
+        _auto_install()
 
 
 def runtime_stopped(runtime: Runtime) -> None:
@@ -133,3 +162,98 @@ def _stop_all_at_exit() -> None:
             tree.stop()
         except Exception:  # one runtime's failure must not leave the others running
             log.exception("runtime_stop_failed", runtime=tree.runtime_id)
+
+
+# --- SIGTERM ---------------------------------------------------------------------------------
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _signals_wanted() -> bool:
+    value = os.environ.get(HANDLE_SIGNALS_ENV, "1").strip().lower()
+    return value not in {"0", "false", "no", "off"}
+
+
+def _auto_install() -> None:
+    global _auto_install_tried
+    # Once per process: a host that took SIGTERM back, or a first SIGTERM that
+    # restored the default, is not overridden by the next Runtime.
+    if _auto_install_tried or not _in_main_thread() or not _signals_wanted():
+        return
+    _auto_install_tried = True
+    install_sigterm_handler()
+
+
+def install_sigterm_handler() -> bool:
+    """Stop the live runtimes gracefully on SIGTERM, then exit with status 143.
+
+    Runtimes started in the main thread do this themselves (see the module
+    doc); call it from the main thread when yours start elsewhere. Only
+    replaces the *default* disposition. Returns True if the handler is
+    installed now, False if SIGTERM has another handler (or is ignored),
+    which is left alone.
+
+    Raises:
+        ValueError: not called from the main thread (Python sets signal
+            handlers there only).
+    """
+    if not _in_main_thread():
+        raise ValueError("install_sigterm_handler() must be called from the main thread")
+    current = signal.getsignal(signal.SIGTERM)
+    if current is _on_sigterm:
+        return True
+    if current is not signal.SIG_DFL:
+        return False
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    return True
+
+
+def _on_sigterm(signum: int, _frame: FrameType | None) -> Any:
+    """Runs in the main thread between two bytecodes: must not block or take a lock."""
+    global _pending_exit
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+    if _exiting or _shutting_down():
+        return None  # the exit hook is stopping the runtimes already
+    if not _trees:
+        signal.raise_signal(signum)  # nothing of ours to stop: the default action
+        return None
+    if _defer_depth:
+        _pending_exit = True  # the main thread is starting or stopping a runtime
+        return None
+    raise SystemExit(EXIT_STATUS)
+
+
+def _after_fork_in_child() -> None:
+    # The runtimes' threads did not survive the fork: the child has nothing to stop, and
+    # its SIGTERM (multiprocessing's terminate()) keeps its default meaning.
+    _trees.clear()
+    with contextlib.suppress(ValueError):
+        if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGTERM's ``SystemExit`` back while the main thread starts or stops a runtime.
+
+    Interrupting those half-way would leave a tree started but unregistered,
+    or a store unclosed. The exit is raised when the outermost block ends.
+    """
+    global _defer_depth, _pending_exit
+    if not _in_main_thread():
+        yield
+        return
+    _defer_depth += 1
+    try:
+        yield
+    finally:
+        _defer_depth -= 1
+        if not _defer_depth and _pending_exit:
+            _pending_exit = False
+            raise SystemExit(EXIT_STATUS)

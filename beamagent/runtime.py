@@ -128,6 +128,8 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
         backends: extra backends by name: a handler class, ``(handler_class,
             default_options)`` or a ``BackendSpec``. ``local`` is always there.
         session_defaults: default session options (e.g. ``connect_timeout``).
+        handle_signals: stop gracefully on SIGTERM (default True; see
+            :mod:`beamagent.lifecycle`). False leaves SIGTERM to the host.
 
     Use it as a context manager, or call :meth:`stop`. A runtime that is
     still running when the interpreter exits is stopped then (see
@@ -143,6 +145,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
         backends: Mapping[str, Any] | None = None,
         *,
         session_defaults: Mapping[str, Any] | None = None,
+        handle_signals: bool = True,
     ) -> None:
         self.id = f"rt{next(_runtime_ids)}"
         self._backends = _backend_specs(backends)
@@ -175,13 +178,14 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
                 name=self._names["runs"],
             ),
         ]
-        try:
-            self.root: SupervisorRef = Supervisor.start(children=children, max_restarts=10)
-        except BaseException:
-            if self._owns_store:
-                self.store.close()
-            raise
-        lifecycle.runtime_started(self)
+        with lifecycle.signals_deferred():  # a SIGTERM now must not leave a tree unregistered
+            try:
+                self.root: SupervisorRef = Supervisor.start(children=children, max_restarts=10)
+            except BaseException:
+                if self._owns_store:
+                    self.store.close()
+                raise
+            lifecycle.runtime_started(self, handle_signals=handle_signals)
         log.info("runtime_started", runtime=self.id, backends=sorted(self._backends))
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -198,13 +202,14 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
             if self._stopped:
                 return
             self._stopped = True
-        try:
-            with contextlib.suppress(pykka.ActorDeadError):
-                self.root.stop(timeout=60)
-            if self._owns_store:
-                self.store.close()
-        finally:
-            lifecycle.runtime_stopped(self)
+        with lifecycle.signals_deferred():  # a SIGTERM now waits until the store is closed
+            try:
+                with contextlib.suppress(pykka.ActorDeadError):
+                    self.root.stop(timeout=60)
+                if self._owns_store:
+                    self.store.close()
+            finally:
+                lifecycle.runtime_stopped(self)
         log.info("runtime_stopped", runtime=self.id)
 
     @property

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for a child: ours, with this checkout first on ``PYTHONPATH``."""
     env = dict(os.environ)
-    env.pop("NO_COLOR", None)  # the default, unless asked
+    for name in ("NO_COLOR", "BEAMAGENT_HANDLE_SIGNALS"):  # defaults, unless asked
+        env.pop(name, None)
     env.update(extra or {})
     paths = [str(ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))

@@ -1,4 +1,4 @@
-"""Process lifecycle: unstopped runtimes are stopped at interpreter exit."""
+"""Process lifecycle: unstopped runtimes at interpreter exit, SIGTERM, the host's own handler."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import gc
 import json
 import queue
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -260,3 +261,197 @@ def test_stopped_and_collected_runtimes_are_not_kept_alive() -> None:
     del rt
     gc.collect()
     assert ref() is None
+
+
+# --- SIGTERM ---------------------------------------------------------------------------------
+
+_SLOW_QUERY = (
+    _ACK
+    + """
+import time
+from beamagent import Runtime
+
+def reply(prompt, params):
+    if prompt != "slow":
+        yield f"ok {prompt}"
+        return
+    print("in_slow", flush=True)
+    for i in range(6000):  # a long streamed answer
+        yield f"part {i}"
+        time.sleep(0.01)
+
+rt = Runtime(store=sys.argv[1])
+session = rt.start_session(backend="local", reply=reply)
+for i in range(3):
+    ack(sys.argv[1], session, session.query(f"q{i}"))
+session.query("slow", timeout=600)
+print("not reached", flush=True)
+"""
+)
+
+
+def test_sigterm_during_a_long_query_stops_gracefully_with_status_143(
+    tmp_path: Path, children: list[Child]
+) -> None:
+    child = spawn(children, _SLOW_QUERY, str(tmp_path / "a.db"))
+    lines = child.read_until("in_slow")
+    child.process.send_signal(signal.SIGTERM)
+    assert child.wait() == lifecycle.EXIT_STATUS == 143
+    assert "not reached" not in child.seen
+    assert "Traceback" not in child.stderr()
+    acks = acknowledged(lines)
+    assert len(acks) == 3
+    assert_on_disk(acks)
+
+
+def test_a_second_sigterm_kills_at_once(tmp_path: Path, children: list[Child]) -> None:
+    # The agent blocks in user code, so the graceful stop waits for it (5 s): a second
+    # SIGTERM during that stop is the default action.
+    code = """
+import sys, threading
+from beamagent import Runtime, configure_logging
+
+configure_logging("info")  # stderr: the parent watches for the stop to begin
+
+def reply(prompt, params):
+    print("in_reply", flush=True)
+    yield "first"
+    threading.Event().wait()
+
+rt = Runtime(store=sys.argv[1])
+rt.start_session(backend="local", reply=reply).query("hang", timeout=600)
+"""
+    child = spawn(children, code, str(tmp_path / "a.db"))
+    child.read_until("in_reply")
+    child.process.send_signal(signal.SIGTERM)
+    child.wait_for_stderr("runtimes_stopping_at_exit")
+    started = time.monotonic()
+    child.process.send_signal(signal.SIGTERM)
+    assert child.wait() == -signal.SIGTERM
+    assert time.monotonic() - started < 3.0
+
+
+def test_sigterm_with_no_live_runtime_is_the_default_action(children: list[Child]) -> None:
+    code = """
+import threading
+from beamagent import Runtime
+
+Runtime(store=":memory:").stop()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+    child = spawn(children, code)
+    child.read_until("ready")
+    child.process.send_signal(signal.SIGTERM)
+    assert child.wait() == -signal.SIGTERM
+
+
+def test_a_hosts_own_sigterm_handler_is_kept(tmp_path: Path, children: list[Child]) -> None:
+    code = """
+import signal, sys, threading
+from beamagent import Runtime
+
+stop = threading.Event()
+
+def host_handler(signum, frame):
+    print("host_handler", flush=True)
+    stop.set()
+
+signal.signal(signal.SIGTERM, host_handler)
+rt = Runtime(store=sys.argv[1])
+rt.start_session(backend="local").query("hi")
+assert signal.getsignal(signal.SIGTERM) is host_handler
+print("ready", flush=True)
+stop.wait()
+print("host_done", flush=True)  # and exits without stop(): the exit hook stops rt
+"""
+    child = spawn(children, code, str(tmp_path / "a.db"))
+    child.read_until("ready")
+    child.process.send_signal(signal.SIGTERM)
+    child.read_until("host_done")
+    assert child.wait() == 0
+    assert child.stderr() == ""
+
+
+@pytest.mark.parametrize(
+    ("runtime_args", "env", "expected"),
+    [
+        ("", {}, "beamagent"),
+        ("handle_signals=False", {}, "default"),
+        ("", {"BEAMAGENT_HANDLE_SIGNALS": "0"}, "default"),
+        ("", {"BEAMAGENT_HANDLE_SIGNALS": "off"}, "default"),
+    ],
+)
+def test_the_handler_is_installed_unless_opted_out(
+    children: list[Child], runtime_args: str, env: dict[str, str], expected: str
+) -> None:
+    code = f"""
+import signal
+from beamagent import Runtime
+
+rt = Runtime(store=":memory:", {runtime_args})
+handler = signal.getsignal(signal.SIGTERM)
+print("default" if handler is signal.SIG_DFL else handler.__module__.split(".")[0], flush=True)
+print("done", flush=True)
+"""
+    child = spawn(children, code, env=env)
+    assert child.read_until("done") == [expected, "done"]
+    assert child.wait() == 0
+
+
+def _stop_when_sigterm_arrives(rt: Runtime) -> None:
+    with lifecycle.signals_deferred():  # as Runtime.stop itself does, in the main thread
+        lifecycle._on_sigterm(signal.SIGTERM, None)  # as if delivered now: held back
+        rt.stop()
+        assert rt.stopped
+
+
+def test_sigterm_while_the_main_thread_stops_a_runtime_waits_for_the_stop() -> None:
+    previous = signal.getsignal(signal.SIGTERM)
+    rt = Runtime(store=":memory:", handle_signals=False)
+    try:
+        with pytest.raises(SystemExit) as raised:
+            _stop_when_sigterm_arrives(rt)
+        assert raised.value.code == 143
+    finally:
+        rt.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_install_from_another_thread_is_refused() -> None:
+    errors: list[BaseException] = []
+
+    def install() -> None:
+        try:
+            lifecycle.install_sigterm_handler()
+        except ValueError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=install)
+    thread.start()
+    thread.join(timeout=10)
+    assert len(errors) == 1
+    assert "main thread" in str(errors[0])
+
+
+def test_a_forked_child_has_no_runtime_to_stop_and_the_default_sigterm(
+    children: list[Child],
+) -> None:
+    code = """
+import os, signal
+from beamagent import Runtime, lifecycle
+
+rt = Runtime(store=":memory:")
+assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+pid = os.fork()
+if pid == 0:
+    default = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    print("child", default, lifecycle.live_runtimes(), flush=True)
+    raise SystemExit(0)  # a normal interpreter exit: the exit hook has nothing to stop
+_, status = os.waitpid(pid, 0)
+print("forked child exited", os.waitstatus_to_exitcode(status), flush=True)
+"""
+    child = spawn(children, code)
+    child.read_until("child True []")
+    child.read_until("forked child exited 0")
+    assert child.wait() == 0
