@@ -304,6 +304,7 @@ def test_environment_headers_and_argv_are_scrubbed() -> None:
         ("the task-abcdefghijklmnop ran", "the task-abcdefghijklmnop ran"),
         ("max_tokens=5 input_tokens: 7", "max_tokens=5 input_tokens: 7"),
         ("a token limit was hit", "a token limit was hit"),
+        ("token=x", f"token={REDACTED}"),  # the shortest text that can hold a secret
     ],
 )
 def test_credentials_inside_text_are_hidden(text: str, expected: str) -> None:
