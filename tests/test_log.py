@@ -441,6 +441,7 @@ def test_a_hosts_basic_config_sees_debug_records_of_beamagent_loggers() -> None:
     assert any(line.startswith("supervisors._supervisor|DEBUG|child_started ") for line in lines)
     assert any(line.startswith("beamagent.runtime|INFO|runtime_started ") for line in lines)
     assert any(line.startswith("beamagent.session|INFO|session_started ") for line in lines)
+    assert any(line.startswith("beamagent.session|DEBUG|session_state_changed ") for line in lines)
     assert any(line.startswith("beamagent.runtime|WARNING|demo_warning ") for line in lines)
     assert SECRET not in done.stderr
 
