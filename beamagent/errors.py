@@ -25,6 +25,7 @@ __all__ = [
     "InputRequired",
     "Interrupted",
     "InvalidJob",
+    "InvalidNext",
     "InvalidNode",
     "InvalidOption",
     "InvalidRouteRequest",
@@ -268,9 +269,47 @@ class MaxStepsExceeded(RunError):
     """A run took more node steps than the job's ``max_steps``."""
 
 
+class InvalidNext(RunError):
+    """A node's ``next`` (or its router's instructions) is not a list (Agens: ``invalid_next``).
+
+    The run ends with this error. ``value`` is what was given instead of a list,
+    ``node_id`` the node, when known. A ``next`` may be a list or tuple of
+    instructions or ``{"type", "value"}`` objects, or None (no ``next``).
+    """
+
+    def __init__(self, value: Any, node_id: str | None = None, *, source: str = "next") -> None:
+        self.value = value
+        self.node_id = node_id
+        self.source = source
+        if source == "router":
+            what = f"the router of node {node_id!r} returned instructions that are"
+        elif node_id is not None:
+            what = f"node {node_id!r} gave a next that is"
+        else:
+            what = "a next that is"
+        super().__init__(
+            f"{what} not a list: {_short_repr(value)} (a {type(value).__name__}); give a list "
+            'of instructions or {"type": ..., "value": ...} objects, or None'
+        )
+
+    def at_node(self, node_id: str) -> InvalidNext:
+        """The same error naming ``node_id``, with this one's traceback."""
+        named = InvalidNext(self.value, node_id, source=self.source)
+        return named.with_traceback(self.__traceback__)
+
+
 class RetryRequested(BeamAgentError):
     """Raised by a serving to ask for its node to run again, with a reason."""
 
     def __init__(self, reason: str | None = None) -> None:
         self.reason = reason
         super().__init__(reason or "the serving asked for a retry")
+
+
+def _short_repr(value: Any, limit: int = 200) -> str:
+    # The value may come from a model: keep one error message from holding megabytes.
+    try:
+        text = repr(value)
+    except Exception:  # a pathological value (nested too deep, a broken __repr__)
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -7,12 +7,14 @@ actor and returns its :class:`Run`; ``docs/graphs.md`` is the user guide.
 from beamagent.graph.executor import GraphExecutor
 from beamagent.graph.instructions import (
     MAX_ROUTE_COUNT,
+    DroppedEntry,
     End,
     Instruction,
     Retry,
     Route,
     Sub,
     Yield,
+    decode_next,
     parse_next,
 )
 from beamagent.graph.job import Job, Node
@@ -63,6 +65,7 @@ __all__ = [
     "Arrival",
     "Condition",
     "ConditionOp",
+    "DroppedEntry",
     "Edge",
     "EdgeKind",
     "EdgeRouter",
@@ -100,6 +103,7 @@ __all__ = [
     "ToolResult",
     "Yield",
     "current_context",
+    "decode_next",
     "outputs_schema",
     "parse_next",
     "parse_structured_answer",

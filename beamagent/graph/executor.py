@@ -51,6 +51,7 @@ import structlog
 from pykka.messages import ProxyCall
 
 from beamagent.errors import (
+    InvalidNext,
     InvalidNode,
     JobNotLoaded,
     MaxRetriesExceeded,
@@ -70,6 +71,7 @@ from beamagent.graph.node import (
     ServedOutcome,
     ThreadCache,
     ToolRound,
+    emit_dropped,
     route_result,
 )
 from beamagent.graph.planning import Arrival, JoinBarrier, PlanKind, plan
@@ -553,6 +555,15 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
             assert result is not None
             assert served.instructions is not None
             self._record(visit, visit.node_id, result)
+            if served.dropped:
+                emit_dropped(
+                    self._events,
+                    self._rlog,
+                    visit.node_id,
+                    visit.thread_id,
+                    visit.step,
+                    served.dropped,
+                )
             self._route(visit, result, served.instructions)
         elif outcome == ServedOutcome.RETRY:
             assert served.reason is not None
@@ -1006,10 +1017,14 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
         self._record(visit, visit.node_id, output)
         node = self._nodes[visit.node_id]
         try:
-            instructions = route_result(node, self._message(visit), output)
+            instructions, dropped = route_result(node, self._message(visit), output)
         except Exception as exc:  # InvalidNode, or a router bug
-            self._fail(exc)
+            self._fail(exc.at_node(node.id) if isinstance(exc, InvalidNext) else exc)
             return
+        if dropped:
+            emit_dropped(
+                self._events, self._rlog, visit.node_id, visit.thread_id, visit.step, dropped
+            )
         self._route(visit, output, instructions)
 
     # --- ending --------------------------------------------------------------------------------

@@ -238,6 +238,7 @@ class SessionServing:
 
         Raises:
             RetryRequested: the answer is not the JSON object asked for.
+            InvalidNext: the answer's ``next`` is not a list (the run ends).
             RunError: no runtime to start a session on.
             BeamAgentError: the session failed (the visit is retried).
         """

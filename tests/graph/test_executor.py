@@ -11,6 +11,7 @@ import pytest
 
 from beamagent.errors import (
     InputRequired,
+    InvalidNext,
     InvalidNode,
     JobNotLoaded,
     MaxRetriesExceeded,
@@ -34,6 +35,7 @@ from beamagent.graph import (
     Result,
     Retry,
     Route,
+    Router,
     RunEvent,
     RunStatus,
     Sub,
@@ -520,6 +522,135 @@ def test_a_serving_that_always_raises_spends_the_budget(rt: Runtime) -> None:
     job = Job("j", [Node("n", serving=broken)], start="n", max_retries=1)
     with pytest.raises(MaxRetriesExceeded, match="RuntimeError: bug"):
         rt.run_job(job, "x").result(WAIT)
+
+
+@pytest.mark.parametrize("durable", [False, True])
+@pytest.mark.parametrize("nxt", ["bad", {"type": "end"}, 7])
+def test_a_next_that_is_not_a_list_ends_the_run_with_invalid_next(
+    rt: Runtime, durable: bool, nxt: Any
+) -> None:
+    calls = []
+
+    def serving(message: NodeMessage) -> Result:
+        calls.append(message.node_id)
+        return Result("b", next=nxt)  # a str used to become characters, each dropped
+
+    job = Job(
+        "j", [Node("a", serving=lambda m: body("a", Route("b"))), Node("b", serving=serving)], "a"
+    )
+    run = rt.run_job(job, "x", durable=durable)
+    with pytest.raises(InvalidNext, match="node 'b' gave a next that is not a list") as info:
+        run.result(WAIT)
+    assert info.value.node_id == "b"
+    assert info.value.value == nxt
+    assert calls == ["b"]  # not retried
+    events = list(run.events(WAIT))
+    assert kinds(events)[-1] == "run_error"
+    assert of(events, EventKind.NODE_RETRY) == []
+    assert events[-1].data["error"].startswith("InvalidNext: ")
+
+
+def test_a_model_style_dict_answer_with_a_bad_next_ends_the_run(rt: Runtime) -> None:
+    calls = []
+
+    def serving(message: NodeMessage) -> dict[str, Any]:
+        calls.append(1)
+        return {"body": "b", "next": "route"}
+
+    run = rt.run_job(Job("j", [Node("n", serving=serving)], start="n"), "x")
+    with pytest.raises(InvalidNext, match=r"node 'n'.*'route'"):
+        run.result(WAIT)
+    assert calls == [1]
+
+
+def test_a_router_that_returns_no_list_ends_the_run_with_invalid_next(rt: Runtime) -> None:
+    class Forgetful(Router):
+        def outputs(self, message: NodeMessage) -> list[Output]:
+            return []
+
+        def resolve(self, message: NodeMessage, outputs: list[Output]) -> list[Any]:
+            return None  # type: ignore[return-value]  # forgot the return
+
+    job = Job("j", [Node("n", serving=lambda m: "x", router=Forgetful())], start="n")
+    with pytest.raises(InvalidNext, match="the router of node 'n' returned instructions"):
+        rt.run_job(job, "x").result(WAIT)
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_dropped_next_entries_are_a_next_dropped_event_and_a_warning(
+    rt: Runtime, durable: bool
+) -> None:
+    from structlog.testing import capture_logs
+
+    job = Job(
+        "j",
+        [
+            Node(
+                "a",
+                serving=lambda m: body(
+                    "a", {"type": "rout", "value": "b"}, Route("b"), 42, {"type": "route"}
+                ),
+            ),
+            Node("b", serving=lambda m: body("b", {"type": "ende"})),
+        ],
+        start="a",
+    )
+    with capture_logs() as logs:
+        run = rt.run_job(job, "x", durable=durable)
+        result = run.result(WAIT)
+    # The typo'd "ende" is dropped: b's thread finishes and the run completes, but not silently.
+    assert result.status is RunStatus.COMPLETED
+    events = list(run.events(WAIT))
+    assert kinds(events) == [
+        "run_started",
+        "node_started",
+        "node_result",
+        "next_dropped",
+        "node_started",
+        "node_result",
+        "next_dropped",
+        "run_complete",
+    ]
+    first, second = of(events, EventKind.NEXT_DROPPED)
+    assert (first.node_id, first.thread_id, first.step) == ("a", "0", 1)
+    assert first.data["dropped"] == [
+        {
+            "index": 0,
+            "entry": "{'type': 'rout', 'value': 'b'}",
+            "reason": "unknown type 'rout'",
+            "source": "next",
+        },
+        {"index": 2, "entry": "42", "reason": "entry is not an object: int", "source": "next"},
+        {
+            "index": 3,
+            "entry": "{'type': 'route'}",
+            "reason": "route needs a non-empty string value",
+            "source": "next",
+        },
+    ]
+    assert [d["reason"] for d in second.data["dropped"]] == ["unknown type 'ende'"]
+    warnings = [e for e in logs if e["event"] == "next_dropped" and e.get("run_id") == run.run_id]
+    assert [(w["log_level"], w["node_id"]) for w in warnings] == [
+        ("warning", "a"),
+        ("warning", "b"),
+    ]
+
+
+def test_junk_from_a_router_is_reported_as_dropped(rt: Runtime) -> None:
+    class Sloppy(Router):
+        def outputs(self, message: NodeMessage) -> list[Output]:
+            return []
+
+        def resolve(self, message: NodeMessage, outputs: list[Output]) -> list[Any]:
+            return ["b", End()]  # a node id where a Route belongs
+
+    job = Job("j", [Node("n", serving=lambda m: "x", router=Sloppy())], start="n")
+    run = rt.run_job(job, "x")
+    assert run.result(WAIT).status is RunStatus.ENDED
+    (dropped,) = of(list(run.events(WAIT)), EventKind.NEXT_DROPPED)
+    assert dropped.data["dropped"] == [
+        {"index": 0, "entry": "'b'", "reason": "entry is not an object: str", "source": "router"}
+    ]
 
 
 class _Crash(BaseException):

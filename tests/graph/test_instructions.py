@@ -8,14 +8,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from beamagent.errors import InvalidNext
 from beamagent.graph import (
     MAX_ROUTE_COUNT,
+    DroppedEntry,
     End,
     Instruction,
     Retry,
     Route,
     Sub,
     Yield,
+    decode_next,
     parse_next,
 )
 
@@ -87,9 +90,28 @@ def test_parse_next_entry(entry: Any, expected: list[Instruction]) -> None:
     assert parse_next([entry]) == expected
 
 
-@pytest.mark.parametrize("entries", [None, 5, "x", "route", {"type": "end"}, 1.5, True, b"[]"])
-def test_parse_next_of_a_non_list_is_empty(entries: Any) -> None:
-    assert parse_next(entries) == []
+def test_parse_next_of_none_is_empty() -> None:
+    assert parse_next(None) == []
+    assert decode_next(None) == ([], [])
+
+
+@pytest.mark.parametrize("entries", [5, "x", "route", {"type": "end"}, 1.5, True, b"[]", {1, 2}])
+def test_a_next_that_is_not_a_list_is_invalid_next(entries: Any) -> None:
+    # Agens: invalid_next. A str or a dict must not be taken apart into dropped "entries".
+    with pytest.raises(InvalidNext, match="next that is not a list") as info:
+        parse_next(entries)
+    assert info.value.value == entries
+    assert info.value.node_id is None
+    with pytest.raises(InvalidNext):
+        decode_next(entries)
+
+
+def test_invalid_next_names_the_node_and_the_value() -> None:
+    error = InvalidNext("bad").at_node("review")
+    assert error.node_id == "review"
+    assert "node 'review' gave a next that is not a list: 'bad' (a str)" in str(error)
+    long = InvalidNext("x" * 10_000)
+    assert len(str(long)) < 500  # the value is shortened, not copied whole
 
 
 def test_parse_next_keeps_order_and_drops_junk_between() -> None:
@@ -120,23 +142,51 @@ def test_parse_next_max_count_is_configurable() -> None:
     assert parse_next([entry], max_count=5) == [Route("a", 5)]
 
 
-def test_dropped_entries_are_logged() -> None:
+def test_dropped_entries_are_logged_as_warnings() -> None:
     from structlog.testing import capture_logs
 
     with capture_logs() as logs:
-        parse_next([{"type": "goto"}, {"type": "end"}, 7])
+        parse_next([{"type": "rout", "value": "b"}, {"type": "end"}, 7])
     dropped = [e for e in logs if e["event"] == "next_entry_dropped"]
     assert [e["index"] for e in dropped] == [0, 2]
-    assert all(e["log_level"] == "debug" for e in dropped)
+    assert [e["reason"] for e in dropped] == ["unknown type 'rout'", "entry is not an object: int"]
+    assert all(e["log_level"] == "warning" for e in dropped)
+
+
+def test_decode_next_reports_the_dropped_entries_without_logging() -> None:
+    from structlog.testing import capture_logs
+
+    entries = [{"type": "rout", "value": "b"}, Route("c"), "junk", {"type": "end"}]
+    with capture_logs() as logs:
+        instructions, dropped = decode_next(entries)
+    assert logs == []
+    assert instructions == [Route("c"), End()]
+    assert dropped == [
+        DroppedEntry(0, {"type": "rout", "value": "b"}, "unknown type 'rout'"),
+        DroppedEntry(2, "junk", "entry is not an object: str"),
+    ]
+    assert dropped[1].to_dict() == {
+        "index": 2,
+        "entry": "'junk'",
+        "reason": "entry is not an object: str",
+        "source": "next",
+    }
 
 
 @given(json_values)
-def test_parse_next_never_raises_on_json(value: Any) -> None:
-    result = parse_next(value)
-    assert isinstance(result, list)
+def test_parse_next_of_json_raises_only_invalid_next(value: Any) -> None:
+    try:
+        result = parse_next(value)
+    except InvalidNext:
+        assert value is not None
+        assert not isinstance(value, list)
+        return
+    assert isinstance(value, list) or value is None
     assert all(isinstance(i, Route | Yield | Sub | End | Retry) for i in result)
     if isinstance(value, list):
-        assert len(result) <= len(value)
+        instructions, dropped = decode_next(value)
+        assert instructions == result
+        assert len(result) + len(dropped) == len(value)  # every entry is kept or reported
 
 
 @given(st.lists(json_values | instructions))

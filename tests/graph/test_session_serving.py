@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from beamagent.errors import InvalidOption, MaxRetriesExceeded
+from beamagent.errors import InvalidNext, InvalidOption, MaxRetriesExceeded
 from beamagent.graph import (
     Edge,
     EdgeRouter,
@@ -138,6 +138,15 @@ def test_a_malformed_answer_is_retried_with_the_reason_in_the_prompt(rt: Runtime
     )
     (retry,) = [e for e in run.events(WAIT) if e.kind is EventKind.NODE_RETRY]
     assert retry.node_id == "classify"
+
+
+def test_a_model_next_that_is_not_a_list_ends_the_run_without_asking_again(rt: Runtime) -> None:
+    model = Model(lambda prompt: answer("?", outputs={"category": "bug"}, next="fix"))
+    run = rt.run_job(triage_job(model), "x")
+    with pytest.raises(InvalidNext, match="node 'classify' gave a next that is not a list: 'fix'"):
+        run.result(WAIT)
+    assert len(model.prompts) == 1  # Agens: invalid_next; it used to be asked three more times
+    assert [e for e in run.events(WAIT) if e.kind is EventKind.NODE_RETRY] == []
 
 
 def test_outputs_outside_the_schema_are_retried_then_fail(rt: Runtime) -> None:
