@@ -38,12 +38,14 @@ __all__ = [
     "NotShared",
     "ProtocolError",
     "QueryComplete",
+    "QueryFailed",
     "QueryInProgress",
     "QueryTimeout",
     "RetryRequested",
     "RunAlreadyExists",
     "RunError",
     "RunNotFound",
+    "ServingFailed",
     "SessionError",
     "SessionNotFound",
     "StoreError",
@@ -142,6 +144,17 @@ class Interrupted(BeamAgentError):
 
 class QueryTimeout(BeamAgentError, TimeoutError):
     """No message arrived in time; the session was returned to ``ready``."""
+
+
+class QueryFailed(BeamAgentError):
+    """A query ended with an error result from the backend (an HTTP or API error, an
+    interrupted turn); ``subtype`` is the result's subtype. The session itself is fine:
+    asking again may succeed, so a graph node retries it (see ``docs/graphs.md``).
+    """
+
+    def __init__(self, message: str, subtype: str | None = None) -> None:
+        self.subtype = subtype
+        super().__init__(message)
 
 
 class BufferOverflow(SessionError):
@@ -296,6 +309,37 @@ class InvalidNext(RunError):
         """The same error naming ``node_id``, with this one's traceback."""
         named = InvalidNext(self.value, node_id, source=self.source)
         return named.with_traceback(self.__traceback__)
+
+
+class ServingFailed(RunError):
+    """A node's serving raised an exception that is not retried, so the run ended.
+
+    ``error`` is the serving's exception (also the ``__cause__``), ``node_id``
+    and ``thread_id`` say where. Transient backend errors and
+    :class:`RetryRequested` are retried instead; to retry other exception types,
+    list them in the node's (or the job's) ``retry_on``.
+    """
+
+    def __init__(
+        self,
+        error: BaseException,
+        node_id: str,
+        *,
+        run_id: str | None = None,
+        thread_id: str | None = None,
+    ) -> None:
+        self.error = error
+        self.node_id = node_id
+        self.run_id = run_id
+        self.thread_id = thread_id
+        where = f"run {run_id}: " if run_id is not None else ""
+        thread = f" (thread {thread_id})" if thread_id is not None else ""
+        super().__init__(
+            f"{where}the serving of node {node_id!r}{thread} raised {type(error).__name__}: "
+            f"{error}; to retry this kind of error, list {type(error).__name__} in the "
+            "node's retry_on (or the job's)"
+        )
+        self.__cause__ = error
 
 
 class RetryRequested(BeamAgentError):

@@ -28,11 +28,13 @@ from beamagent.graph.outputs import (
 )
 from beamagent.graph.planning import (
     DEFAULT_RETRY_REASON,
+    TRANSIENT_ERRORS,
     Arrival,
     Join,
     JoinBarrier,
     Plan,
     PlanKind,
+    is_retryable,
     plan,
 )
 from beamagent.graph.router import Edge, EdgeKind, EdgeRouter, LinearRouter, Router
@@ -62,6 +64,7 @@ __all__ = [
     "MAX_ROUTE_COUNT",
     "PROMPT_FIELDS",
     "TERMINAL_EVENTS",
+    "TRANSIENT_ERRORS",
     "Arrival",
     "Condition",
     "ConditionOp",
@@ -104,6 +107,7 @@ __all__ = [
     "Yield",
     "current_context",
     "decode_next",
+    "is_retryable",
     "outputs_schema",
     "parse_next",
     "parse_structured_answer",

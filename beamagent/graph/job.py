@@ -50,6 +50,23 @@ def _is_int(value: Any) -> bool:
     return type(value) is int
 
 
+def _to_retry_on(value: Any) -> Any:
+    # A single exception class is a one-item tuple; anything else is checked in validation.
+    if isinstance(value, type):
+        return (value,)
+    if isinstance(value, list | tuple | set | frozenset):
+        return tuple(value)
+    return value
+
+
+def _retry_on_problem(value: Any) -> str | None:
+    if not isinstance(value, tuple) or not all(
+        isinstance(t, type) and issubclass(t, Exception) for t in value
+    ):
+        return f"retry_on must be a tuple of Exception subclasses, got {value!r}"
+    return None
+
+
 @attrs.frozen
 class Node:
     """One node of a job: a ``serving`` that runs, or a ``sub`` job id to run instead.
@@ -60,9 +77,17 @@ class Node:
     A plain function as ``serving`` is wrapped in a
     :class:`~beamagent.graph.serving.FunctionServing`.
 
+    An exception from the serving ends the run (``ServingFailed``) unless it is
+    retryable: :class:`~beamagent.errors.RetryRequested`, a transient backend
+    error (:data:`~beamagent.graph.planning.TRANSIENT_ERRORS`), or an instance
+    of a type in ``retry_on`` (a tuple of exception types; None takes the job's).
+
+    >>> Node("fetch", serving=lambda m: "ok", retry_on=ConnectionError).retry_on
+    (<class 'ConnectionError'>,)
+
     Raises:
-        InvalidJob: both or neither of serving and sub, a bad router, objective
-            or concurrency (the message names the node).
+        InvalidJob: both or neither of serving and sub, a bad router, objective,
+            concurrency or retry_on (the message names the node).
     """
 
     id: str
@@ -71,6 +96,7 @@ class Node:
     objective: str | None = None
     sub: str | None = None
     concurrency: int = DEFAULT_CONCURRENCY
+    retry_on: tuple[type[Exception], ...] | None = attrs.field(default=None, converter=_to_retry_on)
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -86,6 +112,10 @@ class Node:
             raise InvalidJob(f"{where}: objective must be a string")
         if not _is_int(self.concurrency) or self.concurrency < 1:
             raise InvalidJob(f"{where}: concurrency must be an int >= 1, got {self.concurrency!r}")
+        if self.retry_on is not None:
+            problem = _retry_on_problem(self.retry_on)
+            if problem is not None:
+                raise InvalidJob(f"{where}: {problem}")
 
 
 def _to_node_map(nodes: Iterable[Node] | Mapping[str, Node]) -> dict[str, Node]:
@@ -115,6 +145,8 @@ class Job:
     ``nodes`` may be a list of :class:`Node` or a mapping of id to node.
     ``max_retries`` bounds the retries of one node visit; ``max_steps`` bounds
     the node visits of a whole run (cycles are allowed, unbounded ones are not).
+    ``retry_on`` is the default of its nodes' ``retry_on`` (exception types a
+    serving may raise and still be retried).
     """
 
     id: str
@@ -123,6 +155,7 @@ class Job:
     max_retries: int = DEFAULT_MAX_RETRIES
     max_steps: int = DEFAULT_MAX_STEPS
     description: str = ""
+    retry_on: tuple[type[Exception], ...] = attrs.field(default=(), converter=_to_retry_on)
 
     def __attrs_post_init__(self) -> None:
         self.validate()
@@ -131,8 +164,8 @@ class Job:
         """Check the job; called on construction.
 
         Raises:
-            InvalidJob: naming every problem found: a bad id or limit, no
-                nodes, an unknown start node, or a router naming unknown nodes.
+            InvalidJob: naming every problem found: a bad id, limit or retry_on,
+                no nodes, an unknown start node, or a router naming unknown nodes.
         """
         if not isinstance(self.id, str) or not self.id:
             raise InvalidJob(f"a job id must be a non-empty string, got {self.id!r}")
@@ -147,6 +180,9 @@ class Job:
             problems.append(f"max_steps must be an int >= 1, got {self.max_steps!r}")
         if not isinstance(self.description, str):
             problems.append("description must be a string")
+        retry_problem = _retry_on_problem(self.retry_on)
+        if retry_problem is not None:
+            problems.append(retry_problem)
         for node in self.nodes.values():
             if node.router is not None:
                 problems.extend(

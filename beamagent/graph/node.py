@@ -4,9 +4,10 @@ A :class:`NodeActor` serves one node visit at a time for whichever run sends
 it one: it calls the node's serving, runs the result's tool calls and calls
 the serving again with their results, resolves the result to instructions
 with :func:`route_result`, and reports back to the run's executor with a
-:class:`Served` message. A serving that raises an ``Exception`` fails the
-visit as retryable (but a ``Result`` with a ``next`` that is not a list fails
-the run); anything else crashes the actor, and its supervisor restarts it.
+:class:`Served` message. A serving that raises a retryable ``Exception``
+(:func:`~beamagent.graph.planning.is_retryable`) fails the visit as retryable;
+any other ``Exception`` fails the run (``ServingFailed``); a ``BaseException``
+crashes the actor, its supervisor restarts it, and the visit is retried.
 
 A visit sent with a :class:`Chain` (its run's only visit, no checkpoints) lets
 the actor serve the next visit itself when the result routes to exactly one
@@ -32,7 +33,7 @@ import pykka
 import structlog
 from pykka.messages import ProxyCall
 
-from beamagent.errors import InvalidNext, InvalidNode, RetryRequested, RunError
+from beamagent.errors import InvalidNext, InvalidNode, RetryRequested, RunError, ServingFailed
 from beamagent.graph.instructions import (
     DroppedEntry,
     End,
@@ -44,7 +45,7 @@ from beamagent.graph.instructions import (
     decode_next,
 )
 from beamagent.graph.job import Node
-from beamagent.graph.planning import DEFAULT_RETRY_REASON
+from beamagent.graph.planning import DEFAULT_RETRY_REASON, is_retryable
 from beamagent.graph.run import EventKind, EventLog
 from beamagent.graph.serving import NodeMessage, Result, ToolCall, ToolRegistry, ToolResult
 from supervisors import (
@@ -201,9 +202,13 @@ class PooledProcess(Process):
 
 
 class RunContext:
-    """What every visit of one run shares: where to report, the run's tools and limits."""
+    """What every visit of one run shares: where to report, the run's tools and limits.
 
-    __slots__ = ("executor", "max_tool_rounds", "run_id", "runtime", "tools")
+    ``retry_on`` is the job's: the exception types its nodes retry unless a node
+    sets its own.
+    """
+
+    __slots__ = ("executor", "max_tool_rounds", "retry_on", "run_id", "runtime", "tools")
 
     def __init__(
         self,
@@ -212,12 +217,14 @@ class RunContext:
         runtime: Any = None,
         tools: ToolRegistry | None = None,
         max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
+        retry_on: tuple[type[Exception], ...] = (),
     ) -> None:
         self.executor = executor
         self.run_id = run_id
         self.runtime = runtime
         self.tools = tools
         self.max_tool_rounds = max_tool_rounds
+        self.retry_on = retry_on
 
 
 class Serve:
@@ -653,7 +660,7 @@ class NodeActor(PooledProcess):
         serving = node.serving
         assert serving is not None  # sub nodes never reach a node actor
         try:
-            result = serving.handle(message)
+            result = _checked(node, serving.handle(message))
             rounds = 0
             while result.tool_calls:
                 if rounds >= serve.run.max_tool_rounds:
@@ -664,32 +671,13 @@ class NodeActor(PooledProcess):
                 rounds += 1
                 results = self._call_tools(serve, result.tool_calls)
                 message = message.with_tool_results(results)
-                result = serving.handle(message)
-            if not isinstance(result, Result):
-                raise TypeError(
-                    f"serving of node {node.id!r} returned {type(result).__name__}, not a Result"
-                )
+                result = _checked(node, serving.handle(message))
         except RetryRequested as exc:
             return Served(
                 visit_id, self._urn, ServedOutcome.RETRY, reason=exc.reason or DEFAULT_RETRY_REASON
             )
-        except InvalidNext as exc:  # a Result with a bad next: asking again gives the same
-            return Served(visit_id, self._urn, ServedOutcome.FATAL, error=exc.at_node(node.id))
-        except Exception as exc:  # a failing serving fails the visit, not the actor
-            log.warning(
-                "serving_failed",
-                run_id=serve.run.run_id,
-                node_id=node.id,
-                thread_id=message.thread_id,
-                error=repr(exc),
-            )
-            return Served(
-                visit_id,
-                self._urn,
-                ServedOutcome.RETRY,
-                reason=f"the serving failed: {type(exc).__name__}: {exc}",
-                error=exc,
-            )
+        except Exception as exc:  # a failing serving fails the visit or the run, not the actor
+            return self._serving_failed(serve, message, exc)
         try:
             instructions, dropped = route_result(node, message, result)
         except Exception as exc:  # InvalidNode, or a router bug: retrying gives the same answer
@@ -709,6 +697,35 @@ class NodeActor(PooledProcess):
             dropped=dropped,
         )
 
+    def _serving_failed(self, serve: Serve, message: NodeMessage, exc: Exception) -> Served:
+        """A retryable error retries the visit; any other ends the run (Agens, LangGraph)."""
+        node = serve.node
+        run = serve.run
+        retry_on = node.retry_on if node.retry_on is not None else run.retry_on
+        retried = is_retryable(exc, retry_on)
+        log.warning(
+            "serving_failed",
+            run_id=run.run_id,
+            node_id=node.id,
+            thread_id=message.thread_id,
+            error=repr(exc),
+            retried=retried,
+        )
+        if retried:
+            return Served(
+                serve.visit_id,
+                self._urn,
+                ServedOutcome.RETRY,
+                reason=f"the serving failed: {type(exc).__name__}: {exc}",
+                error=exc,
+            )
+        error: RunError
+        if isinstance(exc, InvalidNext):
+            error = exc.at_node(node.id)  # the serving built a Result with a bad next
+        else:
+            error = ServingFailed(exc, node.id, run_id=run.run_id, thread_id=message.thread_id)
+        return Served(serve.visit_id, self._urn, ServedOutcome.FATAL, error=error)
+
     def _call_tools(self, serve: Serve, calls: Sequence[ToolCall]) -> list[ToolResult]:
         serving_tools = getattr(serve.node.serving, "tools", None)
         if isinstance(serving_tools, ToolRegistry):
@@ -726,6 +743,14 @@ class NodeActor(PooledProcess):
 
 
 _NO_TOOLS = ToolRegistry()
+
+
+def _checked(node: Node, result: Any) -> Result:
+    if type(result) is not Result and not isinstance(result, Result):
+        raise TypeError(
+            f"serving of node {node.id!r} returned {type(result).__name__}, not a Result"
+        )
+    return result
 
 
 class NodeActors(DynamicSupervisor):

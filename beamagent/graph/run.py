@@ -420,9 +420,10 @@ class Run:
 
         Raises:
             TimeoutError: it did not end within ``timeout`` seconds.
-            BeamAgentError: the run's error when it failed (``InvalidNext``,
-                ``MaxRetriesExceeded``, ``MaxStepsExceeded``, ``InvalidNode``,
-                ``JobNotLoaded``, ``RunError``...), unless ``raise_error=False``.
+            BeamAgentError: the run's error when it failed (``ServingFailed``,
+                ``InvalidNext``, ``MaxRetriesExceeded``, ``MaxStepsExceeded``,
+                ``InvalidNode``, ``JobNotLoaded``, ``RunError``...), unless
+                ``raise_error=False``.
         """
         result = self._log.wait(timeout)
         if raise_error and result.error is not None:

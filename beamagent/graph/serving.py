@@ -287,6 +287,9 @@ class Serving(Protocol):
 
     ``handle`` may raise :class:`~beamagent.errors.RetryRequested` to have the
     node run again with the reason (counted against the job's ``max_retries``).
+    Transient backend errors (``SessionError``, ``QueryTimeout``, ``QueryFailed``)
+    and the types in the node's ``retry_on`` are retried too; any other
+    exception ends the run with :class:`~beamagent.errors.ServingFailed`.
     It is called from the node's actor, possibly for several visits at once
     (up to the node's ``concurrency``), so it must be thread-safe.
     """
@@ -319,7 +322,8 @@ class FunctionServing:
         Raises:
             RetryRequested: raised by the function, or a dict of the wrong shape.
             InvalidNext: a dict whose ``next`` is not a list.
-            TypeError: the function returned something else (a bug in it).
+            TypeError: the function returned something else (a bug in it: the
+                run ends).
         """
         value = self.fn(message)
         if isinstance(value, Result):

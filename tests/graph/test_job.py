@@ -366,3 +366,28 @@ def test_from_json_invalid_json() -> None:
         Job.from_json("{nope", SERVINGS)
     with pytest.raises(InvalidJob, match="must be an object"):
         Job.from_json("[]", SERVINGS)
+
+
+# --- retry_on -------------------------------------------------------------------------------
+
+
+def test_retry_on_defaults_and_forms() -> None:
+    node = Node("a", serving=echo)
+    assert node.retry_on is None  # the job's applies
+    assert Node("a", serving=echo, retry_on=ValueError).retry_on == (ValueError,)
+    assert Node("a", serving=echo, retry_on=[ValueError, KeyError]).retry_on == (
+        ValueError,
+        KeyError,
+    )
+    assert Node("a", serving=echo, retry_on=()).retry_on == ()  # retry nothing extra
+    job = Job("j", [node], "a", retry_on=(ConnectionError,))
+    assert job.retry_on == (ConnectionError,)
+    assert Job("j", [node], "a").retry_on == ()
+
+
+@pytest.mark.parametrize("retry_on", ["ValueError", 5, (ValueError, "x"), (KeyboardInterrupt,)])
+def test_retry_on_must_name_exception_types(retry_on: Any) -> None:
+    with pytest.raises(InvalidJob, match="node 'a': retry_on must be a tuple of Exception"):
+        Node("a", serving=echo, retry_on=retry_on)
+    with pytest.raises(InvalidJob, match="job 'j': retry_on must be a tuple of Exception"):
+        Job("j", [Node("a", serving=echo)], "a", retry_on=retry_on)
