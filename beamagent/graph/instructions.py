@@ -236,7 +236,7 @@ def _parse_entry(entry: Any, max_count: int) -> Instruction | str:
     if kind == "retry":
         return Retry(value) if isinstance(value, str) else Retry()
     if kind not in ("route", "yield", "sub"):
-        return f"unknown type {kind!r}"
+        return f"unknown type {_short(kind)}"
     if not isinstance(value, str) or not value:
         return f"{kind} needs a non-empty string value"
     if kind == "yield":

@@ -100,7 +100,7 @@ class Node:
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
-            raise InvalidJob(f"a node id must be a non-empty string, got {self.id!r}")
+            raise InvalidJob(f"a node id must be a non-empty string, got {_short(self.id)}")
         where = f"node {self.id!r}"
         if (self.serving is None) == (self.sub is None):
             raise InvalidJob(f"{where} needs exactly one of serving or sub")
@@ -111,7 +111,9 @@ class Node:
         if self.objective is not None and not isinstance(self.objective, str):
             raise InvalidJob(f"{where}: objective must be a string")
         if not _is_int(self.concurrency) or self.concurrency < 1:
-            raise InvalidJob(f"{where}: concurrency must be an int >= 1, got {self.concurrency!r}")
+            raise InvalidJob(
+                f"{where}: concurrency must be an int >= 1, got {_short(self.concurrency)}"
+            )
         if self.retry_on is not None:
             problem = _retry_on_problem(self.retry_on)
             if problem is not None:
@@ -168,16 +170,18 @@ class Job:
                 no nodes, an unknown start node, or a router naming unknown nodes.
         """
         if not isinstance(self.id, str) or not self.id:
-            raise InvalidJob(f"a job id must be a non-empty string, got {self.id!r}")
+            raise InvalidJob(f"a job id must be a non-empty string, got {_short(self.id)}")
         problems: list[str] = []
         if not self.nodes:
             problems.append("it has no nodes")
-        if self.start not in self.nodes:
+        if not isinstance(self.start, str):
+            problems.append(f"start must be a node id (a string), got {_short(self.start)}")
+        elif self.start not in self.nodes:
             problems.append(f"start node {self.start!r} is not one of its nodes")
         if not _is_int(self.max_retries) or self.max_retries < 0:
-            problems.append(f"max_retries must be an int >= 0, got {self.max_retries!r}")
+            problems.append(f"max_retries must be an int >= 0, got {_short(self.max_retries)}")
         if not _is_int(self.max_steps) or self.max_steps < 1:
-            problems.append(f"max_steps must be an int >= 1, got {self.max_steps!r}")
+            problems.append(f"max_steps must be an int >= 1, got {_short(self.max_steps)}")
         if not isinstance(self.description, str):
             problems.append("description must be a string")
         retry_problem = _retry_on_problem(self.retry_on)
@@ -237,7 +241,7 @@ class Job:
         if not isinstance(data, Mapping):
             raise InvalidJob(f"a job definition must be an object, got {type(data).__name__}")
         job_id: Any = data.get("id")
-        where = f"job {job_id!r}"
+        where = f"job {_short(job_id)}"
         unknown = set(data) - _JOB_KEYS
         if unknown:
             raise InvalidJob(f"{where}: unknown keys {_names(unknown)}")
@@ -287,6 +291,15 @@ def _names(keys: Iterable[Any]) -> str:
     return ", ".join(sorted(repr(k) for k in keys))
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    # Ids come from JSON: a list or an object as an id must not flood the message.
+    try:
+        text = repr(value)
+    except Exception:  # nested too deep for repr
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _node_from_dict(
     job_where: str,
     node_id: Any,
@@ -294,7 +307,7 @@ def _node_from_dict(
     servings: Mapping[str, ServingLike],
     routers: Mapping[str, Router],
 ) -> Node:
-    where = f"{job_where}: node {node_id!r}"
+    where = f"{job_where}: node {_short(node_id)}"
     if not isinstance(raw, Mapping):
         raise InvalidJob(f"{where} must be an object")
     unknown = set(raw) - _NODE_KEYS
@@ -305,7 +318,7 @@ def _node_from_dict(
         name = raw["serving"]
         if not isinstance(name, str) or name not in servings:
             known = ", ".join(sorted(servings)) or "none"
-            raise InvalidJob(f"{where}: unknown serving {name!r}; known servings: {known}")
+            raise InvalidJob(f"{where}: unknown serving {_short(name)}; known servings: {known}")
         serving = servings[name]
         if not isinstance(serving, Serving) and not callable(serving):
             raise InvalidJob(f"{where}: serving {name!r} is neither a Serving nor a function")

@@ -189,6 +189,52 @@ def test_parse_next_of_json_raises_only_invalid_next(value: Any) -> None:
         assert len(result) + len(dropped) == len(value)  # every entry is kept or reported
 
 
+class _Odd:
+    """An object no JSON decoder makes, whose repr fails while ``broken`` is set (so that
+    Hypothesis can still print a failing example)."""
+
+    broken = False
+
+    def __repr__(self) -> str:
+        if _Odd.broken:
+            raise RuntimeError("no repr")
+        return "_Odd()"
+
+
+# Arbitrary Python values: JSON, instruction objects, and things JSON never holds.
+any_values = st.recursive(
+    json_values
+    | instructions
+    | st.binary()
+    | st.complex_numbers()
+    | st.floats()
+    | st.builds(object)
+    | st.builds(_Odd)
+    | st.sampled_from([Route, End, type, Ellipsis, NotImplemented]),
+    lambda children: (
+        st.lists(children)
+        | st.tuples(children, children)
+        | st.frozensets(st.integers() | st.text())
+        | st.dictionaries(st.text() | st.integers() | st.none(), children)
+        | st.builds(lambda pairs: dict(pairs), st.lists(st.tuples(st.just("type"), children)))
+    ),
+    max_leaves=25,
+)
+
+
+@given(any_values)
+def test_parse_next_lets_only_beamagent_errors_escape(value: Any) -> None:
+    _Odd.broken = True
+    try:
+        result = parse_next(value)
+    except InvalidNext as exc:  # the one error it documents; any other fails the test
+        str(exc)  # the message can be built whatever the value is
+        return
+    finally:
+        _Odd.broken = False
+    assert all(isinstance(i, Route | Yield | Sub | End | Retry) for i in result)
+
+
 @given(st.lists(json_values | instructions))
 def test_parse_next_never_raises_on_lists_of_junk(value: list[Any]) -> None:
     result = parse_next(value)

@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from beamagent.errors import InvalidJob, InvalidNode
 from beamagent.graph import (
@@ -311,6 +313,8 @@ def _with(path: list[str | int], value: Any) -> dict[str, Any]:
         (_with(["id"], 7), "a job id must be a non-empty string"),
         (_with(["nodes", "draft"], "echo"), "node 'draft' must be an object"),
         (_with(["nodes", "draft", "tools"], []), "node 'draft': unknown keys 'tools'"),
+        (_with(["start"], ["draft"]), r"start must be a node id \(a string\), got \['draft'\]"),
+        (_with(["start"], {"id": "draft"}), "start must be a node id"),
         (_with(["nodes", "draft", "serving"], "nope"), "node 'draft': unknown serving 'nope'"),
         (_with(["nodes", "draft", "serving"], ["echo"]), "node 'draft': unknown serving"),
         (_with(["nodes", "draft", "serving"], ...), "node 'draft' needs exactly one of serving"),
@@ -391,3 +395,124 @@ def test_retry_on_must_name_exception_types(retry_on: Any) -> None:
         Node("a", serving=echo, retry_on=retry_on)
     with pytest.raises(InvalidJob, match="job 'j': retry_on must be a tuple of Exception"):
         Job("j", [Node("a", serving=echo)], "a", retry_on=retry_on)
+
+
+# --- fuzz: only beamagent errors escape -----------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _mostly(good: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Mostly a plausible value, sometimes any JSON value (a fuzz that fails at the first
+    key never reaches the deeper checks)."""
+    return st.integers(0, 4).flatmap(lambda pick: json_values if pick == 0 else good)
+
+
+def _object(
+    fields: dict[str, st.SearchStrategy[Any]], required: frozenset[str] = frozenset()
+) -> st.SearchStrategy[Any]:
+    """Objects with these keys (mostly plausible values; the ``required`` ones mostly
+    present), sometimes with an unknown key."""
+    complete = st.fixed_dictionaries(
+        {k: _mostly(v) for k, v in fields.items() if k in required},
+        optional={k: _mostly(v) for k, v in fields.items() if k not in required},
+    )
+    partial = st.fixed_dictionaries({}, optional={k: _mostly(v) for k, v in fields.items()})
+    known = st.integers(0, 9).flatmap(lambda pick: partial if pick == 0 else complete)
+    unknown = st.dictionaries(st.text(max_size=6), json_values, min_size=1, max_size=1)
+    return st.integers(0, 9).flatmap(
+        lambda pick: st.builds(lambda a, b: {**a, **b}, known, unknown) if pick == 0 else known
+    )
+
+
+_ids = st.sampled_from(["a", "b", "draft", "ghost", ""])
+_texts = st.text(max_size=8)
+_inline_router = _object({"order": st.lists(_ids, max_size=3)}) | _object(
+    {
+        "edges": st.lists(
+            _object(
+                {
+                    "kind": st.sampled_from(["route", "fallback", "yield", "sub", "end", "x"]),
+                    "type": st.sampled_from(["route", "end"]),
+                    "to": _ids,
+                    "to_id": _ids,
+                    "count": st.integers(-1, 3),
+                    "reason": _texts,
+                    "conditions": st.lists(
+                        _object(
+                            {
+                                "key": _texts,
+                                "op": st.sampled_from(["eq", "gt", "lte", "~"]),
+                                "value": json_values,
+                            }
+                        ),
+                        max_size=2,
+                    ),
+                }
+            ),
+            max_size=3,
+        ),
+        "outputs": st.lists(
+            _object(
+                {
+                    "key": _texts,
+                    "type": st.sampled_from(["int", "enum", "bool", "string", "float"]),
+                    "description": _texts,
+                    "min": st.integers(-3, 3),
+                    "max": st.integers(-3, 3),
+                    "choices": st.lists(_texts, max_size=3),
+                }
+            ),
+            max_size=2,
+        ),
+    }
+)
+_node = _object(
+    {
+        "serving": st.sampled_from(["echo", "class", "nope"]),
+        "router": st.sampled_from(["reviewer", "ghost"]) | _inline_router,
+        "objective": _texts,
+        "sub": _ids,
+        "concurrency": st.integers(-1, 3),
+    }
+)
+_job = st.sampled_from(["start", "starting_node_id"]).flatmap(
+    lambda start_key: _object(
+        {
+            "id": st.just("j"),
+            "description": _texts,
+            start_key: _ids,
+            "max_retries": st.integers(-1, 3),
+            "max_steps": st.integers(0, 3),
+            "nodes": st.dictionaries(_ids | _texts, _node, max_size=3),
+        },
+        required=frozenset({"id", "nodes", start_key}),
+    )
+)
+# A valid skeleton around one fuzzed node reaches the node, router and edge parsers more often.
+_one_node_jobs = st.builds(
+    lambda node: {"id": "j", "start": "a", "nodes": {"a": node, "b": {"serving": "echo"}}},
+    _node,
+)
+job_definitions = _mostly(_job | _one_node_jobs)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(job_definitions)
+def test_from_dict_and_from_json_raise_only_beamagent_errors(data: Any) -> None:
+    for load in (
+        lambda: Job.from_dict(data, SERVINGS, ROUTERS),
+        lambda: Job.from_json(json.dumps(data), SERVINGS, ROUTERS),
+    ):
+        try:
+            job = load()
+        except InvalidJob:  # the one error they document; any other fails the test
+            continue
+        assert isinstance(job, Job)
+        assert job.start in job.nodes
