@@ -30,10 +30,26 @@ DEFAULT_MAX_STEPS = 10_000
 
 ServingLike = Serving | Callable[[NodeMessage], Any]
 
+# Agens 0.2 job configs also carry "outputs"; their nodes "agent_id", "tools" and
+# "resources". Those are kept, unused by the runtime, in ``metadata``.
+_AGENS_JOB_KEYS = frozenset({"outputs"})
+_AGENS_NODE_KEYS = frozenset({"agent_id", "tools", "resources"})
 _JOB_KEYS = frozenset(
-    {"id", "description", "start", "starting_node_id", "max_retries", "max_steps", "nodes"}
+    {
+        "id",
+        "description",
+        "start",
+        "starting_node_id",
+        "max_retries",
+        "max_steps",
+        "nodes",
+        "metadata",
+        *_AGENS_JOB_KEYS,
+    }
 )
-_NODE_KEYS = frozenset({"serving", "router", "objective", "sub", "concurrency"})
+_NODE_KEYS = frozenset(
+    {"serving", "router", "objective", "sub", "concurrency", "metadata", *_AGENS_NODE_KEYS}
+)
 
 
 def _to_serving(value: ServingLike | None) -> Serving | None:
@@ -67,6 +83,15 @@ def _retry_on_problem(value: Any) -> str | None:
     return None
 
 
+def _string_keyed(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+
+
+def _to_metadata(value: Any) -> Any:
+    # Copied, so that changing the caller's dict later cannot change a frozen node.
+    return dict(value) if isinstance(value, Mapping) else value
+
+
 @attrs.frozen
 class Node:
     """One node of a job: a ``serving`` that runs, or a ``sub`` job id to run instead.
@@ -81,13 +106,16 @@ class Node:
     retryable: :class:`~beamagent.errors.RetryRequested`, a transient backend
     error (:data:`~beamagent.graph.planning.TRANSIENT_ERRORS`), or an instance
     of a type in ``retry_on`` (a tuple of exception types; None takes the job's).
+    ``metadata`` is free-form data about the node that the runtime does not
+    read (Agens' ``agent_id``, ``tools`` and ``resources`` land there); a
+    serving sees it as ``current_context().node.metadata``.
 
     >>> Node("fetch", serving=lambda m: "ok", retry_on=ConnectionError).retry_on
     (<class 'ConnectionError'>,)
 
     Raises:
         InvalidJob: both or neither of serving and sub, a bad router, objective,
-            concurrency or retry_on (the message names the node).
+            concurrency, retry_on or metadata (the message names the node).
     """
 
     id: str
@@ -97,6 +125,7 @@ class Node:
     sub: str | None = None
     concurrency: int = DEFAULT_CONCURRENCY
     retry_on: tuple[type[Exception], ...] | None = attrs.field(default=None, converter=_to_retry_on)
+    metadata: Mapping[str, Any] = attrs.field(factory=dict, converter=_to_metadata, hash=False)
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -118,6 +147,8 @@ class Node:
             problem = _retry_on_problem(self.retry_on)
             if problem is not None:
                 raise InvalidJob(f"{where}: {problem}")
+        if not _string_keyed(self.metadata):
+            raise InvalidJob(f"{where}: metadata must be a mapping with string keys")
 
 
 def _to_node_map(nodes: Iterable[Node] | Mapping[str, Node]) -> dict[str, Node]:
@@ -148,7 +179,8 @@ class Job:
     ``max_retries`` bounds the retries of one node visit; ``max_steps`` bounds
     the node visits of a whole run (cycles are allowed, unbounded ones are not).
     ``retry_on`` is the default of its nodes' ``retry_on`` (exception types a
-    serving may raise and still be retried).
+    serving may raise and still be retried); ``metadata`` is free-form data the
+    runtime does not read (an Agens config's ``outputs`` lands there).
     """
 
     id: str
@@ -158,6 +190,7 @@ class Job:
     max_steps: int = DEFAULT_MAX_STEPS
     description: str = ""
     retry_on: tuple[type[Exception], ...] = attrs.field(default=(), converter=_to_retry_on)
+    metadata: Mapping[str, Any] = attrs.field(factory=dict, converter=_to_metadata)
 
     def __attrs_post_init__(self) -> None:
         self.validate()
@@ -166,8 +199,9 @@ class Job:
         """Check the job; called on construction.
 
         Raises:
-            InvalidJob: naming every problem found: a bad id, limit or retry_on,
-                no nodes, an unknown start node, or a router naming unknown nodes.
+            InvalidJob: naming every problem found: a bad id, limit, retry_on or
+                metadata, no nodes, an unknown start node, or a router naming
+                unknown nodes.
         """
         if not isinstance(self.id, str) or not self.id:
             raise InvalidJob(f"a job id must be a non-empty string, got {_short(self.id)}")
@@ -187,6 +221,8 @@ class Job:
         retry_problem = _retry_on_problem(self.retry_on)
         if retry_problem is not None:
             problems.append(retry_problem)
+        if not _string_keyed(self.metadata):
+            problems.append("metadata must be a mapping with string keys")
         for node in self.nodes.values():
             if node.router is not None:
                 problems.extend(
@@ -221,9 +257,10 @@ class Job:
         The form::
 
             {"id": "review", "description": "...", "start": "draft",
-             "max_retries": 3, "max_steps": 10000,
+             "max_retries": 3, "max_steps": 10000, "metadata": {...},
              "nodes": {"draft": {"serving": "writer", "router": "to_review",
-                                 "objective": "...", "concurrency": 2},
+                                 "objective": "...", "concurrency": 2,
+                                 "metadata": {...}},
                        "check": {"serving": "grader",
                                  "router": {"edges": [...], "outputs": [...]}},
                        "summary": {"sub": "summarize", "router": {"order": [...]}}}}
@@ -231,7 +268,14 @@ class Job:
         ``start`` may also be spelled ``starting_node_id`` (Agens). A router is
         a name in ``routers`` or inline: ``{"edges": [...], "outputs": [...]}``
         for an :class:`~beamagent.graph.router.EdgeRouter` or ``{"order": [...]}``
-        for a :class:`~beamagent.graph.router.LinearRouter`.
+        for a :class:`~beamagent.graph.router.LinearRouter`. A null value is the
+        same as a missing key.
+
+        Agens 0.2 job configs load unchanged: the job's ``outputs`` goes to
+        ``job.metadata["outputs"]``; a node's ``agent_id``, ``tools`` and
+        ``resources`` go to ``node.metadata``; a node with both ``serving`` and
+        ``sub`` (Agens requires a serving on sub nodes too) is a sub node, and
+        its serving's name is kept as ``node.metadata["serving"]``.
 
         Raises:
             InvalidJob: any problem, naming the key or node: unknown keys, a
@@ -245,16 +289,18 @@ class Job:
         unknown = set(data) - _JOB_KEYS
         if unknown:
             raise InvalidJob(f"{where}: unknown keys {_names(unknown)}")
-        if "start" in data and "starting_node_id" in data:
+        given = {key: value for key, value in data.items() if value is not None}
+        if "start" in given and "starting_node_id" in given:
             raise InvalidJob(f"{where}: give 'start' or 'starting_node_id', not both")
         for key in ("id", "nodes"):
-            if key not in data:
+            if key not in given:
                 raise InvalidJob(f"{where}: missing key {key!r}")
-        if "start" not in data and "starting_node_id" not in data:
+        if "start" not in given and "starting_node_id" not in given:
             raise InvalidJob(f"{where}: missing key 'start'")
-        raw_nodes = data["nodes"]
+        raw_nodes = given["nodes"]
         if not isinstance(raw_nodes, Mapping):
             raise InvalidJob(f"{where}: 'nodes' must be an object of node id to node")
+        metadata = _metadata(where, given, _AGENS_JOB_KEYS)
         nodes = [
             _node_from_dict(where, node_id, raw, servings, routers or {})
             for node_id, raw in raw_nodes.items()
@@ -262,10 +308,11 @@ class Job:
         return cls(
             id=job_id,
             nodes=nodes,
-            start=data.get("start", data.get("starting_node_id")),
-            max_retries=data.get("max_retries", DEFAULT_MAX_RETRIES),
-            max_steps=data.get("max_steps", DEFAULT_MAX_STEPS),
-            description=data.get("description", ""),
+            start=given["start"] if "start" in given else given["starting_node_id"],
+            max_retries=given.get("max_retries", DEFAULT_MAX_RETRIES),
+            max_steps=given.get("max_steps", DEFAULT_MAX_STEPS),
+            description=given.get("description", ""),
+            metadata=metadata,
         )
 
     @classmethod
@@ -300,6 +347,20 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _metadata(where: str, given: Mapping[str, Any], agens_keys: Iterable[str]) -> dict[str, Any]:
+    """``given["metadata"]`` plus the Agens keys of ``given`` (nulls already dropped)."""
+    raw = given.get("metadata", {})
+    if not isinstance(raw, Mapping) or not all(isinstance(k, str) for k in raw):
+        raise InvalidJob(f"{where}: metadata must be an object")
+    metadata = dict(raw)
+    for key in sorted(agens_keys):
+        if key in given:
+            if key in metadata:
+                raise InvalidJob(f"{where}: {key!r} is given both as a key and in metadata")
+            metadata[key] = given[key]
+    return metadata
+
+
 def _node_from_dict(
     job_where: str,
     node_id: Any,
@@ -313,24 +374,38 @@ def _node_from_dict(
     unknown = set(raw) - _NODE_KEYS
     if unknown:
         raise InvalidJob(f"{where}: unknown keys {_names(unknown)}")
+    given = {key: value for key, value in raw.items() if value is not None}
+    for key in ("tools", "resources"):
+        if key in given and not isinstance(given[key], list | tuple):
+            raise InvalidJob(f"{where}: {key} must be a list")
+    metadata = _metadata(where, given, _AGENS_NODE_KEYS)
     serving: ServingLike | None = None
-    if "serving" in raw:
-        name = raw["serving"]
+    name = given.get("serving")
+    if "sub" in given and "serving" in given:
+        # Agens' sub node: its serving maps the sub-job's result (handle_sub); here the
+        # node's router does, so the serving is only recorded.
+        if not isinstance(name, str):
+            raise InvalidJob(f"{where}: serving must be a serving name, got {_short(name)}")
+        if "serving" in metadata:
+            raise InvalidJob(f"{where}: 'serving' is given both as a key and in metadata")
+        metadata["serving"] = name
+    elif "serving" in given:
         if not isinstance(name, str) or name not in servings:
             known = ", ".join(sorted(servings)) or "none"
             raise InvalidJob(f"{where}: unknown serving {_short(name)}; known servings: {known}")
         serving = servings[name]
         if not isinstance(serving, Serving) and not callable(serving):
             raise InvalidJob(f"{where}: serving {name!r} is neither a Serving nor a function")
-    router = _router_from_json(where, raw.get("router"), routers)
+    router = _router_from_json(where, given.get("router"), routers)
     try:
         return Node(
             id=node_id,
             serving=serving,
             router=router,
-            objective=raw.get("objective"),
-            sub=raw.get("sub"),
-            concurrency=raw.get("concurrency", DEFAULT_CONCURRENCY),
+            objective=given.get("objective"),
+            sub=given.get("sub"),
+            concurrency=given.get("concurrency", DEFAULT_CONCURRENCY),
+            metadata=metadata,
         )
     except InvalidJob as exc:
         raise InvalidJob(f"{job_where}: {exc}") from None
