@@ -25,6 +25,7 @@ __all__ = [
     "InputRequired",
     "Interrupted",
     "InvalidJob",
+    "InvalidNext",
     "InvalidNode",
     "InvalidOption",
     "InvalidRouteRequest",
@@ -37,12 +38,14 @@ __all__ = [
     "NotShared",
     "ProtocolError",
     "QueryComplete",
+    "QueryFailed",
     "QueryInProgress",
     "QueryTimeout",
     "RetryRequested",
     "RunAlreadyExists",
     "RunError",
     "RunNotFound",
+    "ServingFailed",
     "SessionError",
     "SessionNotFound",
     "StoreError",
@@ -141,6 +144,17 @@ class Interrupted(BeamAgentError):
 
 class QueryTimeout(BeamAgentError, TimeoutError):
     """No message arrived in time; the session was returned to ``ready``."""
+
+
+class QueryFailed(BeamAgentError):
+    """A query ended with an error result from the backend (an HTTP or API error, an
+    interrupted turn); ``subtype`` is the result's subtype. The session itself is fine:
+    asking again may succeed, so a graph node retries it (see ``docs/graphs.md``).
+    """
+
+    def __init__(self, message: str, subtype: str | None = None) -> None:
+        self.subtype = subtype
+        super().__init__(message)
 
 
 class BufferOverflow(SessionError):
@@ -268,9 +282,78 @@ class MaxStepsExceeded(RunError):
     """A run took more node steps than the job's ``max_steps``."""
 
 
+class InvalidNext(RunError):
+    """A node's ``next`` (or its router's instructions) is not a list (Agens: ``invalid_next``).
+
+    The run ends with this error. ``value`` is what was given instead of a list,
+    ``node_id`` the node, when known. A ``next`` may be a list or tuple of
+    instructions or ``{"type", "value"}`` objects, or None (no ``next``).
+    """
+
+    def __init__(self, value: Any, node_id: str | None = None, *, source: str = "next") -> None:
+        self.value = value
+        self.node_id = node_id
+        self.source = source
+        if source == "router":
+            what = f"the router of node {node_id!r} returned instructions that are"
+        elif node_id is not None:
+            what = f"node {node_id!r} gave a next that is"
+        else:
+            what = "a next that is"
+        super().__init__(
+            f"{what} not a list: {_short_repr(value)} (a {type(value).__name__}); give a list "
+            'of instructions or {"type": ..., "value": ...} objects, or None'
+        )
+
+    def at_node(self, node_id: str) -> InvalidNext:
+        """The same error naming ``node_id``, with this one's traceback."""
+        named = InvalidNext(self.value, node_id, source=self.source)
+        return named.with_traceback(self.__traceback__)
+
+
+class ServingFailed(RunError):
+    """A node's serving raised an exception that is not retried, so the run ended.
+
+    ``error`` is the serving's exception (also the ``__cause__``), ``node_id``
+    and ``thread_id`` say where. Transient backend errors and
+    :class:`RetryRequested` are retried instead; to retry other exception types,
+    list them in the node's (or the job's) ``retry_on``.
+    """
+
+    def __init__(
+        self,
+        error: BaseException,
+        node_id: str,
+        *,
+        run_id: str | None = None,
+        thread_id: str | None = None,
+    ) -> None:
+        self.error = error
+        self.node_id = node_id
+        self.run_id = run_id
+        self.thread_id = thread_id
+        where = f"run {run_id}: " if run_id is not None else ""
+        thread = f" (thread {thread_id})" if thread_id is not None else ""
+        super().__init__(
+            f"{where}the serving of node {node_id!r}{thread} raised {type(error).__name__}: "
+            f"{error}; to retry this kind of error, list {type(error).__name__} in the "
+            "node's retry_on (or the job's)"
+        )
+        self.__cause__ = error
+
+
 class RetryRequested(BeamAgentError):
     """Raised by a serving to ask for its node to run again, with a reason."""
 
     def __init__(self, reason: str | None = None) -> None:
         self.reason = reason
         super().__init__(reason or "the serving asked for a retry")
+
+
+def _short_repr(value: Any, limit: int = 200) -> str:
+    # The value may come from a model: keep one error message from holding megabytes.
+    try:
+        text = repr(value)
+    except Exception:  # a pathological value (nested too deep, a broken __repr__)
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -6,10 +6,12 @@
 
 ``intake`` fans out to three checks that run in parallel on node actors; each
 yields to ``triage``, which runs once with all three results and picks the
-next node with conditional edges. ``billing`` fails once (its visit is retried)
-and ``technical`` crashes its node actor once (the actor's supervisor
-restarts it and the visit runs again). The trace shows every event and the
-supervision tree, while the run is in flight and after it.
+next node with conditional edges. ``billing`` fails once with a
+``ConnectionError``, which its node lists in ``retry_on``, so its visit is
+retried (any other exception would end the run), and ``technical`` crashes its
+node actor once (the actor's supervisor restarts it and the visit runs again).
+The trace shows every event and the supervision tree, while the run is in
+flight and after it.
 
 Run: .venv/bin/python examples/triage_graph.py
 """
@@ -73,7 +75,7 @@ def security(message: NodeMessage) -> Result:
 
 def billing(message: NodeMessage) -> Result:
     if first_time("billing"):
-        raise ConnectionError("billing API timed out")  # a failed visit: retried
+        raise ConnectionError("billing API timed out")  # in the node's retry_on: retried
     return Result("duplicate charge found", outputs={"score": 5}, next=[Yield("triage")])
 
 
@@ -112,7 +114,7 @@ def build_job() -> Job:
         [
             Node("intake", serving=intake),
             Node("security", serving=security),
-            Node("billing", serving=billing),
+            Node("billing", serving=billing, retry_on=(ConnectionError,)),
             Node("technical", serving=technical),
             Node("triage", serving=triage, router=severity),
             Node("escalate", serving=escalate),

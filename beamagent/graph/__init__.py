@@ -7,12 +7,14 @@ actor and returns its :class:`Run`; ``docs/graphs.md`` is the user guide.
 from beamagent.graph.executor import GraphExecutor
 from beamagent.graph.instructions import (
     MAX_ROUTE_COUNT,
+    DroppedEntry,
     End,
     Instruction,
     Retry,
     Route,
     Sub,
     Yield,
+    decode_next,
     parse_next,
 )
 from beamagent.graph.job import Job, Node
@@ -26,11 +28,13 @@ from beamagent.graph.outputs import (
 )
 from beamagent.graph.planning import (
     DEFAULT_RETRY_REASON,
+    TRANSIENT_ERRORS,
     Arrival,
     Join,
     JoinBarrier,
     Plan,
     PlanKind,
+    is_retryable,
     plan,
 )
 from beamagent.graph.router import Edge, EdgeKind, EdgeRouter, LinearRouter, Router
@@ -60,9 +64,11 @@ __all__ = [
     "MAX_ROUTE_COUNT",
     "PROMPT_FIELDS",
     "TERMINAL_EVENTS",
+    "TRANSIENT_ERRORS",
     "Arrival",
     "Condition",
     "ConditionOp",
+    "DroppedEntry",
     "Edge",
     "EdgeKind",
     "EdgeRouter",
@@ -100,6 +106,8 @@ __all__ = [
     "ToolResult",
     "Yield",
     "current_context",
+    "decode_next",
+    "is_retryable",
     "outputs_schema",
     "parse_next",
     "parse_structured_answer",

@@ -4,9 +4,11 @@ An executor borrows :class:`~beamagent.graph.node.NodeActor` processes from its
 runtime's pool (:class:`~beamagent.graph.node.NodeWorkers`) to serve its node
 visits, one actor per visit in flight and at most a node's ``concurrency``
 visits of a node at a time, and watches them: a node actor that dies while
-serving (its supervisor restarts it) fails that visit as retryable. It is
-also a :class:`~supervisors.DynamicSupervisor`: its sub-runs' executors are its
-children.
+serving (its supervisor restarts it) fails that visit as retryable. A
+serving's exception fails its visit as retryable when
+:func:`~beamagent.graph.planning.is_retryable` says so, else the whole run
+(``ServingFailed``). It is also a :class:`~supervisors.DynamicSupervisor`: its
+sub-runs' executors are its children.
 
 The executor never runs a serving. It keeps the run's state (threads, the
 :class:`~beamagent.graph.planning.JoinBarrier`, visits pending or in flight,
@@ -15,8 +17,9 @@ the results so far, the step count), turns each node result into a
 and acts on it:
 
 * ``End`` ends the run at once (``ended``), cancelling in-flight nodes;
-* ``Retry`` runs the same visit again (``previous_result`` kept, the reason
-  shown) until the job's ``max_retries`` is spent (``MaxRetriesExceeded``);
+* ``Retry`` (or a retryable serving error) runs the same visit again
+  (``previous_result`` kept, the reason shown) until the job's ``max_retries``
+  is spent (``MaxRetriesExceeded``);
 * a fan-out keeps its first instruction on the current thread and starts a
   new thread for each other one: a ``Route`` visits a node, a ``Yield`` waits
   at the barrier (the join node then runs once with every joined result),
@@ -50,6 +53,7 @@ import pykka
 from pykka.messages import ProxyCall
 
 from beamagent.errors import (
+    InvalidNext,
     InvalidNode,
     JobNotLoaded,
     MaxRetriesExceeded,
@@ -69,6 +73,7 @@ from beamagent.graph.node import (
     ServedOutcome,
     ThreadCache,
     ToolRound,
+    emit_dropped,
     route_result,
 )
 from beamagent.graph.planning import Arrival, JoinBarrier, PlanKind, plan
@@ -361,7 +366,12 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
         enabled = getattr(self._rlog, "is_enabled_for", None)
         self._debug_on = enabled(logging.DEBUG) if callable(enabled) else True
         self._context = RunContext(
-            self.actor_ref, config.run_id, config.runtime, config.tools, config.max_tool_rounds
+            self.actor_ref,
+            config.run_id,
+            config.runtime,
+            config.tools,
+            config.max_tool_rounds,
+            config.job.retry_on,
         )
         self.process_state = f"{self._job.id} {self.run_id} running"
 
@@ -553,10 +563,19 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
             assert result is not None
             assert served.instructions is not None
             self._record(visit, visit.node_id, result)
+            if served.dropped:
+                emit_dropped(
+                    self._events,
+                    self._rlog,
+                    visit.node_id,
+                    visit.thread_id,
+                    visit.step,
+                    served.dropped,
+                )
             self._route(visit, result, served.instructions)
         elif outcome == ServedOutcome.RETRY:
             assert served.reason is not None
-            self._retry(visit, served.reason)
+            self._retry(visit, served.reason, served.error)
         else:
             assert served.error is not None
             if served.result is not None:
@@ -748,16 +767,16 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
         self._dirty = True
         self._launch_visit(visit)
 
-    def _retry(self, visit: _Visit, reason: str) -> None:
+    def _retry(self, visit: _Visit, reason: str, error: BaseException | None = None) -> None:
         max_retries = self._job.max_retries
         where = visit.node_id if visit.node_id is not None else f"sub:{visit.sub_job}"
         if visit.retries >= max_retries:
-            self._fail(
-                MaxRetriesExceeded(
-                    f"run {self.run_id}: node {where!r} (thread {visit.thread_id}) failed after "
-                    f"{max_retries} retries (the job's max_retries); last reason: {reason}"
-                )
+            exceeded = MaxRetriesExceeded(
+                f"run {self.run_id}: node {where!r} (thread {visit.thread_id}) failed after "
+                f"{max_retries} retries (the job's max_retries); last reason: {reason}"
             )
+            exceeded.__cause__ = error  # the last retried exception, if one was raised
+            self._fail(exceeded)
             return
         if not self._take_step():
             return
@@ -1006,10 +1025,14 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
         self._record(visit, visit.node_id, output)
         node = self._nodes[visit.node_id]
         try:
-            instructions = route_result(node, self._message(visit), output)
+            instructions, dropped = route_result(node, self._message(visit), output)
         except Exception as exc:  # InvalidNode, or a router bug
-            self._fail(exc)
+            self._fail(exc.at_node(node.id) if isinstance(exc, InvalidNext) else exc)
             return
+        if dropped:
+            emit_dropped(
+                self._events, self._rlog, visit.node_id, visit.thread_id, visit.step, dropped
+            )
         self._route(visit, output, instructions)
 
     # --- ending --------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ A node's result resolves to a list of instructions; :func:`beamagent.graph.plann
 turns that list into one decision for the executor. Instructions are frozen
 values and have a JSON form (``{"type": ..., "value": ...}``) that a model can
 write in the ``next`` list of its structured answer; :func:`parse_next` decodes
-that list and never raises on anything a model (or JSON) can produce.
+that list: it drops (and logs) entries it cannot read, and raises
+:class:`~beamagent.errors.InvalidNext` only when ``next`` itself is not a list.
 
 >>> parse_next([{"type": "route", "value": "review", "count": 2}, {"type": "retry", "value": "x"}])
 [Route(node_id='review', count=2), Retry(reason='x')]
@@ -17,16 +18,19 @@ from typing import Any, TypeAlias
 
 import attrs
 
+from beamagent.errors import InvalidNext
 from beamagent.log import get_logger
 
 __all__ = [
     "MAX_ROUTE_COUNT",
+    "DroppedEntry",
     "End",
     "Instruction",
     "Retry",
     "Route",
     "Sub",
     "Yield",
+    "decode_next",
     "parse_next",
 ]
 
@@ -127,10 +131,69 @@ Instruction: TypeAlias = Route | Yield | Sub | End | Retry
 """Any one route instruction."""
 
 _INSTRUCTION_CLASSES = (Route, Yield, Sub, End, Retry)
+_INSTRUCTION_TYPES = frozenset(_INSTRUCTION_CLASSES)
+
+
+@attrs.frozen
+class DroppedEntry:
+    """An entry of a ``next`` list that :func:`decode_next` could not read, and why.
+
+    ``index`` is its position in the list, ``entry`` the entry itself, ``source``
+    ``"next"`` for a result's ``next`` or ``"router"`` for what a router returned.
+    A run reports them in a ``next_dropped`` event.
+    """
+
+    index: int
+    entry: Any
+    reason: str
+    source: str = "next"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able form (the entry as a short ``repr``), as in ``next_dropped`` events."""
+        return {
+            "index": self.index,
+            "entry": _short(self.entry),
+            "reason": self.reason,
+            "source": self.source,
+        }
+
+
+def decode_next(
+    entries: Any, *, max_count: int = MAX_ROUTE_COUNT
+) -> tuple[list[Instruction], list[DroppedEntry]]:
+    """Decode a ``next`` list into instructions, and say which entries were dropped.
+
+    The entries are read as :func:`parse_next` describes; nothing is logged here
+    (a run reports the dropped entries in a ``next_dropped`` event).
+
+    >>> instructions, dropped = decode_next([{"type": "rout", "value": "b"}, {"type": "end"}])
+    >>> instructions, [(d.index, d.reason) for d in dropped]
+    ([End()], [(0, "unknown type 'rout'")])
+
+    Raises:
+        InvalidNext: ``entries`` is not a list, a tuple or None.
+    """
+    if type(entries) is not list and type(entries) is not tuple:
+        if entries is None:
+            return [], []
+        if not isinstance(entries, list | tuple):
+            raise InvalidNext(entries)
+    instructions: list[Instruction] = []
+    dropped: list[DroppedEntry] = []
+    for index, entry in enumerate(entries):
+        if type(entry) in _INSTRUCTION_TYPES:
+            instructions.append(entry)
+            continue
+        decoded = _parse_entry(entry, max_count)
+        if isinstance(decoded, str):
+            dropped.append(DroppedEntry(index, entry, decoded))
+        else:
+            instructions.append(decoded)
+    return instructions, dropped
 
 
 def parse_next(entries: Any, *, max_count: int = MAX_ROUTE_COUNT) -> list[Instruction]:
-    """Decode a model-written ``next`` list into instructions; never raises.
+    """Decode a model-written ``next`` list into instructions.
 
     Each entry is an object ``{"type": t, "value": v}``:
 
@@ -143,22 +206,20 @@ def parse_next(entries: Any, *, max_count: int = MAX_ROUTE_COUNT) -> list[Instru
 
     Instruction objects in the list are kept as they are, so a Python serving
     may put ``Route("b")`` in its result's ``next``. Anything else (unknown
-    type, missing/empty/non-string value, an entry that is not an object) is
-    dropped and logged at debug as ``next_entry_dropped``. Targets are not
-    checked against the job's nodes here; the executor does that. A value that
-    is not a list (or tuple) gives ``[]``.
+    type such as a typo ``"rout"``, missing/empty/non-string value, an entry
+    that is not an object) is dropped and logged as a warning
+    (``next_entry_dropped``); :func:`decode_next` returns them instead. Targets
+    are not checked against the job's nodes here; the executor does that.
+    None gives ``[]``.
+
+    Raises:
+        InvalidNext: ``entries`` is not a list, a tuple or None (Agens: ``invalid_next``).
     """
-    if not isinstance(entries, list | tuple):
-        if entries is not None:
-            log.debug("next_entry_dropped", reason="next is not a list", got=type(entries).__name__)
-        return []
-    instructions: list[Instruction] = []
-    for index, entry in enumerate(entries):
-        decoded = _parse_entry(entry, max_count)
-        if isinstance(decoded, str):
-            log.debug("next_entry_dropped", index=index, reason=decoded, entry=_short(entry))
-        else:
-            instructions.append(decoded)
+    instructions, dropped = decode_next(entries, max_count=max_count)
+    for item in dropped:
+        log.warning(
+            "next_entry_dropped", index=item.index, reason=item.reason, entry=_short(item.entry)
+        )
     return instructions
 
 
@@ -167,7 +228,7 @@ def _parse_entry(entry: Any, max_count: int) -> Instruction | str:
     if isinstance(entry, _INSTRUCTION_CLASSES):
         return entry
     if not isinstance(entry, Mapping):
-        return f"entry is a {type(entry).__name__}, not an object"
+        return f"entry is not an object: {type(entry).__name__}"
     kind = entry.get("type")
     value = entry.get("value")
     if kind == "end":
@@ -175,7 +236,7 @@ def _parse_entry(entry: Any, max_count: int) -> Instruction | str:
     if kind == "retry":
         return Retry(value) if isinstance(value, str) else Retry()
     if kind not in ("route", "yield", "sub"):
-        return f"unknown type {kind!r}"
+        return f"unknown type {_short(kind)}"
     if not isinstance(value, str) or not value:
         return f"{kind} needs a non-empty string value"
     if kind == "yield":

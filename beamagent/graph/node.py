@@ -4,9 +4,10 @@ A :class:`NodeActor` serves one node visit at a time for whichever run sends
 it one: it calls the node's serving, runs the result's tool calls and calls
 the serving again with their results, resolves the result to instructions
 with :func:`route_result`, and reports back to the run's executor with a
-:class:`Served` message. A serving that raises an ``Exception`` fails the
-visit as retryable; anything else crashes the actor, and its supervisor
-restarts it.
+:class:`Served` message. A serving that raises a retryable ``Exception``
+(:func:`~beamagent.graph.planning.is_retryable`) fails the visit as retryable;
+any other ``Exception`` fails the run (``ServingFailed``); a ``BaseException``
+crashes the actor, its supervisor restarts it, and the visit is retried.
 
 A visit sent with a :class:`Chain` (its run's only visit, no checkpoints) lets
 the actor serve the next visit itself when the result routes to exactly one
@@ -27,13 +28,23 @@ import threading
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+import attrs
 import pykka
 from pykka.messages import ProxyCall
 
-from beamagent.errors import InvalidNode, RetryRequested, RunError
-from beamagent.graph.instructions import Instruction, Route, parse_next
+from beamagent.errors import InvalidNext, InvalidNode, RetryRequested, RunError, ServingFailed
+from beamagent.graph.instructions import (
+    DroppedEntry,
+    End,
+    Instruction,
+    Retry,
+    Route,
+    Sub,
+    Yield,
+    decode_next,
+)
 from beamagent.graph.job import Node
-from beamagent.graph.planning import DEFAULT_RETRY_REASON
+from beamagent.graph.planning import DEFAULT_RETRY_REASON, is_retryable
 from beamagent.graph.run import EventKind, EventLog
 from beamagent.graph.serving import NodeMessage, Result, ToolCall, ToolRegistry, ToolResult
 from beamagent.log import get_logger
@@ -191,9 +202,13 @@ class PooledProcess(Process):
 
 
 class RunContext:
-    """What every visit of one run shares: where to report, the run's tools and limits."""
+    """What every visit of one run shares: where to report, the run's tools and limits.
 
-    __slots__ = ("executor", "max_tool_rounds", "run_id", "runtime", "tools")
+    ``retry_on`` is the job's: the exception types its nodes retry unless a node
+    sets its own.
+    """
+
+    __slots__ = ("executor", "max_tool_rounds", "retry_on", "run_id", "runtime", "tools")
 
     def __init__(
         self,
@@ -202,12 +217,14 @@ class RunContext:
         runtime: Any = None,
         tools: ToolRegistry | None = None,
         max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
+        retry_on: tuple[type[Exception], ...] = (),
     ) -> None:
         self.executor = executor
         self.run_id = run_id
         self.runtime = runtime
         self.tools = tools
         self.max_tool_rounds = max_tool_rounds
+        self.retry_on = retry_on
 
 
 class Serve:
@@ -248,9 +265,22 @@ class ServedOutcome:
 
 
 class Served:
-    """Node actor → executor: how visit ``visit_id`` went (see :class:`ServedOutcome`)."""
+    """Node actor → executor: how visit ``visit_id`` went (see :class:`ServedOutcome`).
 
-    __slots__ = ("error", "instructions", "outcome", "reason", "result", "visit_id", "worker_urn")
+    ``dropped`` lists the entries of the result's ``next`` (or of its router's
+    instructions) that could not be read, for a ``next_dropped`` event.
+    """
+
+    __slots__ = (
+        "dropped",
+        "error",
+        "instructions",
+        "outcome",
+        "reason",
+        "result",
+        "visit_id",
+        "worker_urn",
+    )
 
     def __init__(
         self,
@@ -261,6 +291,7 @@ class Served:
         instructions: list[Instruction] | None = None,
         reason: str | None = None,
         error: BaseException | None = None,
+        dropped: Sequence[DroppedEntry] = (),
     ) -> None:
         self.visit_id = visit_id
         self.worker_urn = worker_urn
@@ -269,6 +300,7 @@ class Served:
         self.instructions = instructions
         self.reason = reason
         self.error = error
+        self.dropped = dropped
 
 
 class ToolRound:
@@ -373,9 +405,16 @@ class Chain:
         """``(visit_id, node_id, step)`` of the last visit the chain started."""
 
     def advance(
-        self, serve: Serve, result: Result, instructions: Sequence[Instruction]
+        self,
+        serve: Serve,
+        result: Result,
+        instructions: Sequence[Instruction],
+        dropped: Sequence[DroppedEntry] = (),
     ) -> Serve | None:
-        """The next visit to serve after ``serve`` gave ``result``, or None to report back."""
+        """The next visit to serve after ``serve`` gave ``result``, or None to report back.
+
+        ``dropped`` are the entries the result's routing dropped (``next_dropped``).
+        """
         node = chain_target(self._nodes, instructions)
         if node is None:
             return None
@@ -396,6 +435,10 @@ class Chain:
                 message.step,
                 {"body": result.body},
             )
+            if dropped:
+                emit_dropped(
+                    self._events, self._log, message.node_id, thread_id, message.step, dropped
+                )
             self._emit(EventKind.NODE_STARTED, node.id, thread_id, step, {})
         following = NodeMessage(
             run_id=message.run_id,
@@ -487,17 +530,71 @@ def current_context() -> ServingContext | None:
 # --- routing ------------------------------------------------------------------------------
 
 
-def route_result(node: Node, message: NodeMessage, result: Result) -> list[Instruction]:
-    """The instructions a node's ``result`` resolves to.
+def route_result(
+    node: Node, message: NodeMessage, result: Result
+) -> tuple[list[Instruction], Sequence[DroppedEntry]]:
+    """The instructions a node's ``result`` resolves to, and the entries dropped on the way.
 
     A ``next`` list in the result with at least one usable entry wins; else
-    the node's router decides (``route_with_next``); no router and no usable
-    ``next`` finishes the thread (``[]``).
+    the node's router decides (``route_with_next``, given the decoded
+    entries); no router and no usable ``next`` finishes the thread (``[]``).
+    Entries that cannot be read, in ``next`` or in what the router returned,
+    are dropped and returned as :class:`~beamagent.graph.instructions.DroppedEntry`
+    values (``source`` says which).
+
+    >>> node = Node("a", serving=lambda m: "x")
+    >>> message = NodeMessage(run_id="r", job_id="j", node_id="a")
+    >>> instructions, dropped = route_result(node, message, Result("x", next=["b", Route("b")]))
+    >>> instructions, [d.reason for d in dropped]
+    ([Route(node_id='b', count=1)], ['entry is not an object: str'])
+
+    Raises:
+        InvalidNext: the router returned something that is not a list.
+        InvalidNode: the node's router does not know the node (``LinearRouter``).
     """
+    entries = result.next
+    dropped: Sequence[DroppedEntry] = ()
+    instructions: list[Instruction] = []
+    if entries:
+        instructions, dropped = decode_next(entries)
     router = node.router
-    if router is not None:
-        return router.route_with_next(message, result.outputs, result.next)
-    return parse_next(result.next) if result.next else []
+    if router is None:
+        return instructions, dropped
+    routed = router.route_with_next(message, result.outputs, instructions)
+    if type(routed) is list:
+        for item in routed:
+            if type(item) not in _INSTRUCTIONS:
+                break
+        else:
+            return routed, dropped  # what routers return: no need to decode it again
+    if not isinstance(routed, list | tuple):
+        raise InvalidNext(routed, node.id, source="router")
+    routed, bad = decode_next(routed)
+    return routed, [*dropped, *(attrs.evolve(d, source="router") for d in bad)]
+
+
+_INSTRUCTIONS = frozenset({Route, Yield, Sub, End, Retry})
+
+
+def emit_dropped(
+    events: EventLog | None,
+    logger: Any,
+    node_id: str | None,
+    thread_id: str | None,
+    step: int,
+    dropped: Sequence[DroppedEntry],
+) -> None:
+    """Record a ``next_dropped`` event for ``dropped`` and log it as a warning."""
+    entries = [d.to_dict() for d in dropped]
+    if events is not None:
+        events.record(EventKind.NEXT_DROPPED, node_id, thread_id, step, {"dropped": entries})
+    logger.warning(
+        EventKind.NEXT_DROPPED.value,
+        node_id=node_id,
+        thread_id=thread_id,
+        step=step,
+        dropped=entries,
+    )
 
 
 # --- the actor and its pool ----------------------------------------------------------------
@@ -537,7 +634,7 @@ class NodeActor(PooledProcess):
             assert served.instructions is not None
             if not run.executor.is_alive():
                 break  # the run is over (its executor was killed): serve nothing more for it
-            following = chain.advance(serve, served.result, served.instructions)
+            following = chain.advance(serve, served.result, served.instructions, served.dropped)
             if following is None:
                 break
             serve = following
@@ -563,7 +660,7 @@ class NodeActor(PooledProcess):
         serving = node.serving
         assert serving is not None  # sub nodes never reach a node actor
         try:
-            result = serving.handle(message)
+            result = _checked(node, serving.handle(message))
             rounds = 0
             while result.tool_calls:
                 if rounds >= serve.run.max_tool_rounds:
@@ -574,41 +671,60 @@ class NodeActor(PooledProcess):
                 rounds += 1
                 results = self._call_tools(serve, result.tool_calls)
                 message = message.with_tool_results(results)
-                result = serving.handle(message)
-            if not isinstance(result, Result):
-                raise TypeError(
-                    f"serving of node {node.id!r} returned {type(result).__name__}, not a Result"
-                )
+                result = _checked(node, serving.handle(message))
         except RetryRequested as exc:
             return Served(
                 visit_id, self._urn, ServedOutcome.RETRY, reason=exc.reason or DEFAULT_RETRY_REASON
             )
-        except Exception as exc:  # a failing serving fails the visit, not the actor
-            log.warning(
-                "serving_failed",
-                run_id=serve.run.run_id,
-                node_id=node.id,
-                thread_id=message.thread_id,
-                error=repr(exc),
-            )
-            return Served(
-                visit_id,
-                self._urn,
-                ServedOutcome.RETRY,
-                reason=f"the serving failed: {type(exc).__name__}: {exc}",
-                error=exc,
-            )
+        except Exception as exc:  # a failing serving fails the visit or the run, not the actor
+            return self._serving_failed(serve, message, exc)
         try:
-            instructions = route_result(node, message, result)
+            instructions, dropped = route_result(node, message, result)
         except Exception as exc:  # InvalidNode, or a router bug: retrying gives the same answer
-            if not isinstance(exc, InvalidNode):
+            if isinstance(exc, InvalidNext):
+                exc = exc.at_node(node.id)
+            elif not isinstance(exc, InvalidNode):
                 log.error(
                     "router_failed", run_id=serve.run.run_id, node_id=node.id, error=repr(exc)
                 )
             return Served(visit_id, self._urn, ServedOutcome.FATAL, result=result, error=exc)
         return Served(
-            visit_id, self._urn, ServedOutcome.OK, result=result, instructions=instructions
+            visit_id,
+            self._urn,
+            ServedOutcome.OK,
+            result=result,
+            instructions=instructions,
+            dropped=dropped,
         )
+
+    def _serving_failed(self, serve: Serve, message: NodeMessage, exc: Exception) -> Served:
+        """A retryable error retries the visit; any other ends the run (Agens, LangGraph)."""
+        node = serve.node
+        run = serve.run
+        retry_on = node.retry_on if node.retry_on is not None else run.retry_on
+        retried = is_retryable(exc, retry_on)
+        log.warning(
+            "serving_failed",
+            run_id=run.run_id,
+            node_id=node.id,
+            thread_id=message.thread_id,
+            error=repr(exc),
+            retried=retried,
+        )
+        if retried:
+            return Served(
+                serve.visit_id,
+                self._urn,
+                ServedOutcome.RETRY,
+                reason=f"the serving failed: {type(exc).__name__}: {exc}",
+                error=exc,
+            )
+        error: RunError
+        if isinstance(exc, InvalidNext):
+            error = exc.at_node(node.id)  # the serving built a Result with a bad next
+        else:
+            error = ServingFailed(exc, node.id, run_id=run.run_id, thread_id=message.thread_id)
+        return Served(serve.visit_id, self._urn, ServedOutcome.FATAL, error=error)
 
     def _call_tools(self, serve: Serve, calls: Sequence[ToolCall]) -> list[ToolResult]:
         serving_tools = getattr(serve.node.serving, "tools", None)
@@ -627,6 +743,14 @@ class NodeActor(PooledProcess):
 
 
 _NO_TOOLS = ToolRegistry()
+
+
+def _checked(node: Node, result: Any) -> Result:
+    if type(result) is not Result and not isinstance(result, Result):
+        raise TypeError(
+            f"serving of node {node.id!r} returned {type(result).__name__}, not a Result"
+        )
+    return result
 
 
 class NodeActors(DynamicSupervisor):

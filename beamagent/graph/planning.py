@@ -20,17 +20,20 @@ from typing import Any
 
 import attrs
 
+from beamagent.errors import QueryFailed, QueryTimeout, RetryRequested, SessionError
 from beamagent.graph.instructions import End, Retry, Route, Sub, Yield
 from beamagent.graph.serving import Result
 from beamagent.log import get_logger
 
 __all__ = [
     "DEFAULT_RETRY_REASON",
+    "TRANSIENT_ERRORS",
     "Arrival",
     "Join",
     "JoinBarrier",
     "Plan",
     "PlanKind",
+    "is_retryable",
     "plan",
 ]
 
@@ -38,6 +41,30 @@ log = get_logger(__name__)
 
 #: The reason given to a node retried without one (Agens' wording).
 DEFAULT_RETRY_REASON = "the previous response did not pass validation"
+
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (SessionError, QueryTimeout, QueryFailed)
+"""Serving exceptions every node retries: transient backend failures.
+
+``SessionError`` covers its transport family (``TransportError``,
+``ConnectTimeout``, ``BufferOverflow``): the session's process or connection
+failed and its supervisor restarts it. ``QueryTimeout``: no answer in time.
+``QueryFailed``: the backend answered with an error result (an HTTP or API error).
+"""
+
+_ALWAYS_RETRIED: tuple[type[Exception], ...] = (RetryRequested, *TRANSIENT_ERRORS)
+
+
+def is_retryable(error: BaseException, retry_on: tuple[type[BaseException], ...] = ()) -> bool:
+    """Whether a serving's exception retries its node visit; if not, it ends the run.
+
+    Retried: :class:`~beamagent.errors.RetryRequested`, :data:`TRANSIENT_ERRORS`,
+    and instances of the types in ``retry_on`` (the node's, else the job's). A
+    retried visit still counts against the job's ``max_retries``.
+
+    >>> is_retryable(ValueError("bug")), is_retryable(ValueError("bug"), (ValueError,))
+    (False, True)
+    """
+    return isinstance(error, (_ALWAYS_RETRIED, retry_on))
 
 
 class PlanKind(enum.StrEnum):

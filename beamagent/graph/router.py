@@ -101,6 +101,11 @@ class Router(abc.ABC):
 
         ``next_entries`` is read with :func:`~beamagent.graph.instructions.parse_next`;
         when it is empty, missing, or holds nothing usable, static routing decides.
+        (In a run, the node actor gives it the entries already decoded, and reports
+        the dropped ones in a ``next_dropped`` event.)
+
+        Raises:
+            InvalidNext: ``next_entries`` is not a list, a tuple or None.
         """
         dynamic = parse_next(next_entries)
         if dynamic:

@@ -77,6 +77,7 @@ class EventKind(enum.StrEnum):
     NODE_STARTED = "node_started"
     NODE_RESULT = "node_result"
     NODE_RETRY = "node_retry"
+    NEXT_DROPPED = "next_dropped"
     TOOL_CALL = "tool_call"
     YIELD_WAIT = "yield_wait"
     YIELD_DONE = "yield_done"
@@ -100,8 +101,11 @@ class RunEvent:
     """Something that happened in a run: ``kind``, where (node, thread, step), and details.
 
     ``data`` holds the kind's details: ``node_result`` has ``body``;
-    ``node_retry`` has ``reason`` and ``retries``; ``tool_call`` has ``tool``,
-    ``call_id`` and ``is_error``; ``yield_wait`` has ``total`` and ``ready``;
+    ``node_retry`` has ``reason`` and ``retries``; ``next_dropped`` has
+    ``dropped``, a list of ``{"index", "entry", "reason", "source"}``, one for
+    each entry of the node's ``next`` (or of its router's instructions) that
+    could not be read; ``tool_call`` has ``tool``, ``call_id`` and
+    ``is_error``; ``yield_wait`` has ``total`` and ``ready``;
     ``yield_done`` has ``total`` and ``threads``; ``sub_started`` / ``sub_done``
     have ``job_id`` (and ``status``); the terminal events have ``status`` (and
     ``error`` for ``run_error``).
@@ -416,9 +420,10 @@ class Run:
 
         Raises:
             TimeoutError: it did not end within ``timeout`` seconds.
-            BeamAgentError: the run's error when it failed (``MaxRetriesExceeded``,
-                ``MaxStepsExceeded``, ``InvalidNode``, ``JobNotLoaded``,
-                ``RunError``...), unless ``raise_error=False``.
+            BeamAgentError: the run's error when it failed (``ServingFailed``,
+                ``InvalidNext``, ``MaxRetriesExceeded``, ``MaxStepsExceeded``,
+                ``InvalidNode``, ``JobNotLoaded``, ``RunError``...), unless
+                ``raise_error=False``.
         """
         result = self._log.wait(timeout)
         if raise_error and result.error is not None:

@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeVar, overload, runtime_checkable
 
 import attrs
 
-from beamagent.errors import InvalidOption, RetryRequested
+from beamagent.errors import InvalidNext, InvalidOption, RetryRequested
 from beamagent.log import get_logger
 
 __all__ = [
@@ -50,7 +50,12 @@ def _to_dict(value: Mapping[str, Any]) -> dict[str, Any]:
     return dict(value)
 
 
-def _to_next(value: Iterable[Any]) -> tuple[Any, ...]:
+def _to_next(value: Iterable[Any] | None) -> tuple[Any, ...]:
+    # A str or a dict is iterable too: taking it apart would drop every "entry" silently.
+    if not isinstance(value, list | tuple):
+        if value is None:
+            return ()
+        raise InvalidNext(value)
     return tuple(dict(e) if isinstance(e, Mapping) else e for e in value)
 
 
@@ -118,7 +123,12 @@ class Result:
     :func:`~beamagent.graph.instructions.parse_next` reads them, or
     :class:`~beamagent.graph.instructions.Instruction` values); a non-empty
     ``next`` that names at least one instruction overrides the node's router.
-    Mappings are copied on construction.
+    It must be a list or a tuple (None is empty). Mappings are copied on
+    construction.
+
+    Raises:
+        InvalidNext: ``next`` is not a list, a tuple or None (a node whose
+            serving does this ends its run with this error).
     """
 
     body: str = attrs.field(validator=attrs.validators.instance_of(str))
@@ -143,6 +153,8 @@ class Result:
         Raises:
             RetryRequested: ``data`` is not an object or a key has the wrong shape;
                 the reason says what to fix, so it can be shown to a model.
+            InvalidNext: ``next`` is present but not a list (this ends the run,
+                as in Agens, rather than asking the model again).
         """
         if not isinstance(data, Mapping):
             raise RetryRequested(
@@ -162,7 +174,7 @@ class Result:
         if next_entries is None:
             next_entries = []
         elif not isinstance(next_entries, list | tuple):
-            raise RetryRequested(f"next must be a list, got {_json_kind(next_entries)}")
+            raise InvalidNext(next_entries)  # Agens: invalid_next ends the run
         raw_calls = data.get("tool_calls")
         if raw_calls is None:
             raw_calls = []
@@ -238,6 +250,7 @@ def parse_structured_answer(answer: Any) -> Result:
     Raises:
         RetryRequested: the answer is not valid JSON, not an object, or has a key
             of the wrong shape; the reason says what was wrong.
+        InvalidNext: its ``next`` is not a list.
     """
     if isinstance(answer, Result):
         return answer
@@ -274,6 +287,9 @@ class Serving(Protocol):
 
     ``handle`` may raise :class:`~beamagent.errors.RetryRequested` to have the
     node run again with the reason (counted against the job's ``max_retries``).
+    Transient backend errors (``SessionError``, ``QueryTimeout``, ``QueryFailed``)
+    and the types in the node's ``retry_on`` are retried too; any other
+    exception ends the run with :class:`~beamagent.errors.ServingFailed`.
     It is called from the node's actor, possibly for several visits at once
     (up to the node's ``concurrency``), so it must be thread-safe.
     """
@@ -305,7 +321,9 @@ class FunctionServing:
 
         Raises:
             RetryRequested: raised by the function, or a dict of the wrong shape.
-            TypeError: the function returned something else (a bug in it).
+            InvalidNext: a dict whose ``next`` is not a list.
+            TypeError: the function returned something else (a bug in it: the
+                run ends).
         """
         value = self.fn(message)
         if isinstance(value, Result):

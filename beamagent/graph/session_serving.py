@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from beamagent.errors import InvalidOption, RunError
+from beamagent.errors import InvalidOption, QueryFailed, RunError
 from beamagent.graph.node import current_context
 from beamagent.graph.outputs import outputs_schema
 from beamagent.graph.router import Router
@@ -236,9 +236,14 @@ class SessionServing:
         """Run the prompt on this node copy's session and parse the structured answer.
 
         Raises:
-            RetryRequested: the answer is not the JSON object asked for.
-            RunError: no runtime to start a session on.
-            BeamAgentError: the session failed (the visit is retried).
+            RetryRequested: the answer is not the JSON object asked for (retried).
+            InvalidNext: the answer's ``next`` is not a list (the run ends).
+            QueryFailed: the backend answered with an error result (retried).
+            SessionError, QueryTimeout: the session failed or the model did not
+                answer in time (retried).
+            RunError: no runtime to start a session on (the run ends).
+            BeamAgentError: anything else ``start_session`` or the query refused
+                (the run ends unless the node's ``retry_on`` lists it).
         """
         context = current_context()
         router = context.node.router if context is not None else None
@@ -297,8 +302,9 @@ def _answer(messages: list[Message]) -> Any:
     for message in reversed(messages):
         if message.type is MessageType.RESULT:
             if message.is_error:
-                raise RunError(
-                    f"the model's query failed ({message.subtype}): {message.content or ''}"
+                raise QueryFailed(
+                    f"the model's query failed ({message.subtype}): {message.content or ''}",
+                    message.subtype,
                 )
             if message.structured_output is not None:
                 return message.structured_output

@@ -9,7 +9,7 @@ import pytest
 
 
 @pytest.mark.parametrize(
-    "name", ["instructions", "job", "outputs", "planning", "router", "serving"]
+    "name", ["instructions", "job", "node", "outputs", "planning", "router", "serving"]
 )
 def test_docstring_examples(name: str) -> None:
     module = importlib.import_module(f"beamagent.graph.{name}")

@@ -11,14 +11,21 @@ from typing import Any
 import pytest
 
 from beamagent.errors import (
+    ConnectTimeout,
     InputRequired,
+    InvalidNext,
     InvalidNode,
     JobNotLoaded,
     MaxRetriesExceeded,
     MaxStepsExceeded,
+    QueryFailed,
+    QueryTimeout,
     RetryRequested,
     RunAlreadyExists,
     RunNotFound,
+    ServingFailed,
+    SessionError,
+    TransportError,
 )
 from beamagent.graph import (
     TERMINAL_EVENTS,
@@ -35,6 +42,7 @@ from beamagent.graph import (
     Result,
     Retry,
     Route,
+    Router,
     RunEvent,
     RunStatus,
     Sub,
@@ -496,31 +504,252 @@ def test_a_retried_node_keeps_previous_result_and_sees_the_reason(rt: Runtime) -
     assert seen == [("draft", None, 0), ("draft", "too vague", 1)]
 
 
-def test_a_serving_that_raises_is_retried(rt: Runtime) -> None:
+def test_a_serving_that_raises_ends_the_run_at_once(rt: Runtime) -> None:
+    # Agens ends the run at the first serving error; LangGraph raises unless a node has a
+    # retry policy. A bug must not cost max_retries more model calls.
     calls = []
 
-    def crashing(message: NodeMessage) -> str:
+    def broken(message: NodeMessage) -> str:
+        calls.append(message.retries)
+        raise RuntimeError("bug")
+
+    job = Job("j", [Node("n", serving=broken)], start="n", max_retries=3)
+    run = rt.run_job(job, "x")
+    with pytest.raises(
+        ServingFailed, match="node 'n' \\(thread 0\\) raised RuntimeError: bug"
+    ) as info:
+        run.result(WAIT)
+    assert calls == [0]
+    error = info.value
+    assert isinstance(error.error, RuntimeError)
+    assert error.__cause__ is error.error
+    assert (error.node_id, error.thread_id, error.run_id) == ("n", "0", run.run_id)
+    assert "retry_on" in str(error)  # the message says how to retry it instead
+    events = list(run.events(WAIT))
+    assert kinds(events) == ["run_started", "node_started", "run_error"]
+    assert events[-1].data["error"].startswith("ServingFailed: ")
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_a_serving_error_in_retry_on_is_retried(rt: Runtime, durable: bool) -> None:
+    calls = []
+
+    def flaky(message: NodeMessage) -> str:
         calls.append(message.retry_reason)
         if len(calls) == 1:
-            raise ValueError("the API is down")
+            raise ConnectionError("the API is down")
         return "recovered"
 
-    job = Job("j", [Node("n", serving=crashing)], start="n")
-    run = rt.run_job(job, "x")
+    job = Job(
+        "j",
+        [
+            Node("a", serving=lambda m: body("a", Route("n"))),
+            Node("n", serving=flaky, retry_on=(ConnectionError,)),
+        ],
+        start="a",
+    )
+    run = rt.run_job(job, "x", durable=durable)
     assert run.result(WAIT).output.body == "recovered"  # type: ignore[union-attr]
+    assert calls[0] is None
     assert calls[1] is not None
-    assert "ValueError: the API is down" in calls[1]
+    assert "ConnectionError: the API is down" in calls[1]
     (retry,) = of(list(run.events(WAIT)), EventKind.NODE_RETRY, "n")
     assert "the API is down" in retry.data["reason"]
 
 
-def test_a_serving_that_always_raises_spends_the_budget(rt: Runtime) -> None:
+def test_a_job_sets_retry_on_for_its_nodes_and_a_node_may_override_it(rt: Runtime) -> None:
+    calls: dict[str, int] = {"inherits": 0, "overrides": 0}
+
+    def failing_once(message: NodeMessage) -> Result:
+        calls[message.node_id] += 1
+        if calls[message.node_id] == 1:
+            raise KeyError("not yet")
+        return body(
+            message.node_id, *([Route("overrides")] if message.node_id == "inherits" else [])
+        )
+
+    job = Job(
+        "j",
+        [
+            Node("inherits", serving=failing_once),
+            Node("overrides", serving=failing_once, retry_on=()),  # retries nothing extra
+        ],
+        start="inherits",
+        retry_on=(LookupError,),  # KeyError is a LookupError
+    )
+    run = rt.run_job(job, "x")
+    with pytest.raises(ServingFailed, match="node 'overrides'"):
+        run.result(WAIT)
+    assert calls == {"inherits": 2, "overrides": 1}
+    assert [e.node_id for e in of(list(run.events(WAIT)), EventKind.NODE_RETRY)] == ["inherits"]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        SessionError("the session died", reason="exit 137"),
+        TransportError("the pipe broke"),
+        ConnectTimeout("no handshake"),
+        QueryTimeout("no answer in 120 s"),
+        QueryFailed("HTTP 529 overloaded", "error"),
+        RetryRequested("not good enough"),
+    ],
+)
+def test_transient_backend_errors_are_retried_without_retry_on(
+    rt: Runtime, error: Exception
+) -> None:
+    raised: list[Exception] = []
+
+    def flaky(message: NodeMessage) -> str:
+        if not raised:
+            raised.append(error)
+            raise error
+        return "second try"
+
+    run = rt.run_job(Job("j", [Node("n", serving=flaky)], start="n"), "x")
+    assert run.result(WAIT).output.body == "second try"  # type: ignore[union-attr]
+    assert len(of(list(run.events(WAIT)), EventKind.NODE_RETRY)) == 1
+
+
+def test_a_retried_error_that_never_stops_spends_the_budget(rt: Runtime) -> None:
     def broken(message: NodeMessage) -> str:
-        raise RuntimeError("bug")
+        raise QueryTimeout(f"no answer (attempt {message.retries})")
 
     job = Job("j", [Node("n", serving=broken)], start="n", max_retries=1)
-    with pytest.raises(MaxRetriesExceeded, match="RuntimeError: bug"):
+    with pytest.raises(MaxRetriesExceeded, match="QueryTimeout: no answer") as info:
         rt.run_job(job, "x").result(WAIT)
+    assert isinstance(info.value.__cause__, QueryTimeout)  # the last one, kept as the cause
+    assert "attempt 1" in str(info.value.__cause__)
+
+
+@pytest.mark.parametrize("durable", [False, True])
+@pytest.mark.parametrize("nxt", ["bad", {"type": "end"}, 7])
+def test_a_next_that_is_not_a_list_ends_the_run_with_invalid_next(
+    rt: Runtime, durable: bool, nxt: Any
+) -> None:
+    calls = []
+
+    def serving(message: NodeMessage) -> Result:
+        calls.append(message.node_id)
+        return Result("b", next=nxt)  # a str used to become characters, each dropped
+
+    job = Job(
+        "j", [Node("a", serving=lambda m: body("a", Route("b"))), Node("b", serving=serving)], "a"
+    )
+    run = rt.run_job(job, "x", durable=durable)
+    with pytest.raises(InvalidNext, match="node 'b' gave a next that is not a list") as info:
+        run.result(WAIT)
+    assert info.value.node_id == "b"
+    assert info.value.value == nxt
+    assert calls == ["b"]  # not retried
+    events = list(run.events(WAIT))
+    assert kinds(events)[-1] == "run_error"
+    assert of(events, EventKind.NODE_RETRY) == []
+    assert events[-1].data["error"].startswith("InvalidNext: ")
+
+
+def test_a_model_style_dict_answer_with_a_bad_next_ends_the_run(rt: Runtime) -> None:
+    calls = []
+
+    def serving(message: NodeMessage) -> dict[str, Any]:
+        calls.append(1)
+        return {"body": "b", "next": "route"}
+
+    run = rt.run_job(Job("j", [Node("n", serving=serving)], start="n"), "x")
+    with pytest.raises(InvalidNext, match=r"node 'n'.*'route'"):
+        run.result(WAIT)
+    assert calls == [1]
+
+
+def test_a_router_that_returns_no_list_ends_the_run_with_invalid_next(rt: Runtime) -> None:
+    class Forgetful(Router):
+        def outputs(self, message: NodeMessage) -> list[Output]:
+            return []
+
+        def resolve(self, message: NodeMessage, outputs: list[Output]) -> list[Any]:
+            return None  # type: ignore[return-value]  # forgot the return
+
+    job = Job("j", [Node("n", serving=lambda m: "x", router=Forgetful())], start="n")
+    with pytest.raises(InvalidNext, match="the router of node 'n' returned instructions"):
+        rt.run_job(job, "x").result(WAIT)
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_dropped_next_entries_are_a_next_dropped_event_and_a_warning(
+    rt: Runtime, durable: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    from beamagent.log import event_dict
+
+    caplog.set_level(logging.DEBUG, logger="beamagent")
+    job = Job(
+        "j",
+        [
+            Node(
+                "a",
+                serving=lambda m: body(
+                    "a", {"type": "rout", "value": "b"}, Route("b"), 42, {"type": "route"}
+                ),
+            ),
+            Node("b", serving=lambda m: body("b", {"type": "ende"})),
+        ],
+        start="a",
+    )
+    run = rt.run_job(job, "x", durable=durable)
+    result = run.result(WAIT)
+    # The typo'd "ende" is dropped: b's thread finishes and the run completes, but not silently.
+    assert result.status is RunStatus.COMPLETED
+    events = list(run.events(WAIT))
+    assert kinds(events) == [
+        "run_started",
+        "node_started",
+        "node_result",
+        "next_dropped",
+        "node_started",
+        "node_result",
+        "next_dropped",
+        "run_complete",
+    ]
+    first, second = of(events, EventKind.NEXT_DROPPED)
+    assert (first.node_id, first.thread_id, first.step) == ("a", "0", 1)
+    assert first.data["dropped"] == [
+        {
+            "index": 0,
+            "entry": "{'type': 'rout', 'value': 'b'}",
+            "reason": "unknown type 'rout'",
+            "source": "next",
+        },
+        {"index": 2, "entry": "42", "reason": "entry is not an object: int", "source": "next"},
+        {
+            "index": 3,
+            "entry": "{'type': 'route'}",
+            "reason": "route needs a non-empty string value",
+            "source": "next",
+        },
+    ]
+    assert [d["reason"] for d in second.data["dropped"]] == ["unknown type 'ende'"]
+    warnings = [
+        (r.levelname, event_dict(r).get("node_id"))
+        for r in caplog.records
+        if event_dict(r)["event"] == "next_dropped" and event_dict(r).get("run_id") == run.run_id
+    ]
+    assert warnings == [("WARNING", "a"), ("WARNING", "b")]
+
+
+def test_junk_from_a_router_is_reported_as_dropped(rt: Runtime) -> None:
+    class Sloppy(Router):
+        def outputs(self, message: NodeMessage) -> list[Output]:
+            return []
+
+        def resolve(self, message: NodeMessage, outputs: list[Output]) -> list[Any]:
+            return ["b", End()]  # a node id where a Route belongs
+
+    job = Job("j", [Node("n", serving=lambda m: "x", router=Sloppy())], start="n")
+    run = rt.run_job(job, "x")
+    assert run.result(WAIT).status is RunStatus.ENDED
+    (dropped,) = of(list(run.events(WAIT)), EventKind.NEXT_DROPPED)
+    assert dropped.data["dropped"] == [
+        {"index": 0, "entry": "'b'", "reason": "entry is not an object: str", "source": "router"}
+    ]
 
 
 class _Crash(BaseException):
@@ -615,8 +844,9 @@ def test_a_sub_node_runs_a_sub_job_and_routes_its_output(rt: Runtime) -> None:
 def test_a_failing_sub_job_fails_the_parent(rt: Runtime) -> None:
     job = Job("main", [Node("start", serving=lambda m: body("s", Sub("summarize")))], start="start")
     run = rt.run_job(job, "x", subs={"summarize": sub_job(fail=True)})
-    with pytest.raises(MaxRetriesExceeded, match="sub broke"):
+    with pytest.raises(ServingFailed, match=r"node 'work'.*sub broke") as info:
         run.result(WAIT)
+    assert info.value.run_id == f"{run.run_id}.2"  # the sub-run's error, as it was
     done = of(list(run.events(WAIT)), EventKind.SUB_DONE)
     assert [e.data["status"] for e in done] == ["error"]
 

@@ -9,14 +9,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from beamagent.errors import InvalidNext
 from beamagent.graph import (
     MAX_ROUTE_COUNT,
+    DroppedEntry,
     End,
     Instruction,
     Retry,
     Route,
     Sub,
     Yield,
+    decode_next,
     parse_next,
 )
 
@@ -88,9 +91,28 @@ def test_parse_next_entry(entry: Any, expected: list[Instruction]) -> None:
     assert parse_next([entry]) == expected
 
 
-@pytest.mark.parametrize("entries", [None, 5, "x", "route", {"type": "end"}, 1.5, True, b"[]"])
-def test_parse_next_of_a_non_list_is_empty(entries: Any) -> None:
-    assert parse_next(entries) == []
+def test_parse_next_of_none_is_empty() -> None:
+    assert parse_next(None) == []
+    assert decode_next(None) == ([], [])
+
+
+@pytest.mark.parametrize("entries", [5, "x", "route", {"type": "end"}, 1.5, True, b"[]", {1, 2}])
+def test_a_next_that_is_not_a_list_is_invalid_next(entries: Any) -> None:
+    # Agens: invalid_next. A str or a dict must not be taken apart into dropped "entries".
+    with pytest.raises(InvalidNext, match="next that is not a list") as info:
+        parse_next(entries)
+    assert info.value.value == entries
+    assert info.value.node_id is None
+    with pytest.raises(InvalidNext):
+        decode_next(entries)
+
+
+def test_invalid_next_names_the_node_and_the_value() -> None:
+    error = InvalidNext("bad").at_node("review")
+    assert error.node_id == "review"
+    assert "node 'review' gave a next that is not a list: 'bad' (a str)" in str(error)
+    long = InvalidNext("x" * 10_000)
+    assert len(str(long)) < 500  # the value is shortened, not copied whole
 
 
 def test_parse_next_keeps_order_and_drops_junk_between() -> None:
@@ -121,23 +143,100 @@ def test_parse_next_max_count_is_configurable() -> None:
     assert parse_next([entry], max_count=5) == [Route("a", 5)]
 
 
-def test_dropped_entries_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+def test_dropped_entries_are_logged_as_warnings(caplog: pytest.LogCaptureFixture) -> None:
     from beamagent.log import event_dict
 
     caplog.set_level(logging.DEBUG, logger="beamagent")
-    parse_next([{"type": "goto"}, {"type": "end"}, 7])
-    dropped = [r for r in caplog.records if event_dict(r)["event"] == "next_entry_dropped"]
-    assert [event_dict(r)["index"] for r in dropped] == [0, 2]
-    assert all(r.levelname == "DEBUG" for r in dropped)
+    parse_next([{"type": "rout", "value": "b"}, {"type": "end"}, 7])
+    dropped = [event_dict(r) for r in caplog.records]
+    dropped = [e for e in dropped if e["event"] == "next_entry_dropped"]
+    assert [e["index"] for e in dropped] == [0, 2]
+    assert [e["reason"] for e in dropped] == ["unknown type 'rout'", "entry is not an object: int"]
+    assert all(
+        r.levelname == "WARNING" for r in caplog.records if r.msg and "dropped" in str(r.msg)
+    )
+
+
+def test_decode_next_reports_the_dropped_entries_without_logging(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="beamagent")
+    entries = [{"type": "rout", "value": "b"}, Route("c"), "junk", {"type": "end"}]
+    instructions, dropped = decode_next(entries)
+    assert caplog.records == []
+    assert instructions == [Route("c"), End()]
+    assert dropped == [
+        DroppedEntry(0, {"type": "rout", "value": "b"}, "unknown type 'rout'"),
+        DroppedEntry(2, "junk", "entry is not an object: str"),
+    ]
+    assert dropped[1].to_dict() == {
+        "index": 2,
+        "entry": "'junk'",
+        "reason": "entry is not an object: str",
+        "source": "next",
+    }
 
 
 @given(json_values)
-def test_parse_next_never_raises_on_json(value: Any) -> None:
-    result = parse_next(value)
-    assert isinstance(result, list)
+def test_parse_next_of_json_raises_only_invalid_next(value: Any) -> None:
+    try:
+        result = parse_next(value)
+    except InvalidNext:
+        assert value is not None
+        assert not isinstance(value, list)
+        return
+    assert isinstance(value, list) or value is None
     assert all(isinstance(i, Route | Yield | Sub | End | Retry) for i in result)
     if isinstance(value, list):
-        assert len(result) <= len(value)
+        instructions, dropped = decode_next(value)
+        assert instructions == result
+        assert len(result) + len(dropped) == len(value)  # every entry is kept or reported
+
+
+class _Odd:
+    """An object no JSON decoder makes, whose repr fails while ``broken`` is set (so that
+    Hypothesis can still print a failing example)."""
+
+    broken = False
+
+    def __repr__(self) -> str:
+        if _Odd.broken:
+            raise RuntimeError("no repr")
+        return "_Odd()"
+
+
+# Arbitrary Python values: JSON, instruction objects, and things JSON never holds.
+any_values = st.recursive(
+    json_values
+    | instructions
+    | st.binary()
+    | st.complex_numbers()
+    | st.floats()
+    | st.builds(object)
+    | st.builds(_Odd)
+    | st.sampled_from([Route, End, type, Ellipsis, NotImplemented]),
+    lambda children: (
+        st.lists(children)
+        | st.tuples(children, children)
+        | st.frozensets(st.integers() | st.text())
+        | st.dictionaries(st.text() | st.integers() | st.none(), children)
+        | st.builds(lambda pairs: dict(pairs), st.lists(st.tuples(st.just("type"), children)))
+    ),
+    max_leaves=25,
+)
+
+
+@given(any_values)
+def test_parse_next_lets_only_beamagent_errors_escape(value: Any) -> None:
+    _Odd.broken = True
+    try:
+        result = parse_next(value)
+    except InvalidNext as exc:  # the one error it documents; any other fails the test
+        str(exc)  # the message can be built whatever the value is
+        return
+    finally:
+        _Odd.broken = False
+    assert all(isinstance(i, Route | Yield | Sub | End | Retry) for i in result)
 
 
 @given(st.lists(json_values | instructions))

@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from beamagent.errors import InvalidJob, InvalidNode
 from beamagent.graph import (
@@ -310,11 +312,20 @@ def _with(path: list[str | int], value: Any) -> dict[str, Any]:
         (_with(["max_steps"], 0), "max_steps must be an int >= 1"),
         (_with(["id"], 7), "a job id must be a non-empty string"),
         (_with(["nodes", "draft"], "echo"), "node 'draft' must be an object"),
-        (_with(["nodes", "draft", "tools"], []), "node 'draft': unknown keys 'tools'"),
+        (_with(["nodes", "draft", "colour"], []), "node 'draft': unknown keys 'colour'"),
+        (_with(["nodes", "draft", "tools"], "search"), "node 'draft': tools must be a list"),
+        (_with(["nodes", "draft", "resources"], {}), "node 'draft': resources must be a list"),
+        (_with(["nodes", "draft", "metadata"], []), "node 'draft': metadata must be an object"),
+        (_with(["metadata"], "x"), "job 'essay': metadata must be an object"),
+        (_with(["start"], ["draft"]), r"start must be a node id \(a string\), got \['draft'\]"),
+        (_with(["start"], {"id": "draft"}), "start must be a node id"),
+        (
+            _with(["nodes", "archive", "serving"], 5),
+            "node 'archive': serving must be a serving name",
+        ),
         (_with(["nodes", "draft", "serving"], "nope"), "node 'draft': unknown serving 'nope'"),
         (_with(["nodes", "draft", "serving"], ["echo"]), "node 'draft': unknown serving"),
         (_with(["nodes", "draft", "serving"], ...), "node 'draft' needs exactly one of serving"),
-        (_with(["nodes", "archive", "serving"], "echo"), "node 'archive' needs exactly one"),
         (_with(["nodes", "draft", "concurrency"], 0), "node 'draft': concurrency must be"),
         (_with(["nodes", "draft", "objective"], 5), "node 'draft': objective must be a string"),
         (_with(["nodes", "publish", "router"], "ghost"), "node 'publish': unknown router 'ghost'"),
@@ -366,3 +377,312 @@ def test_from_json_invalid_json() -> None:
         Job.from_json("{nope", SERVINGS)
     with pytest.raises(InvalidJob, match="must be an object"):
         Job.from_json("[]", SERVINGS)
+
+
+# --- retry_on -------------------------------------------------------------------------------
+
+
+def test_retry_on_defaults_and_forms() -> None:
+    node = Node("a", serving=echo)
+    assert node.retry_on is None  # the job's applies
+    assert Node("a", serving=echo, retry_on=ValueError).retry_on == (ValueError,)
+    assert Node("a", serving=echo, retry_on=[ValueError, KeyError]).retry_on == (
+        ValueError,
+        KeyError,
+    )
+    assert Node("a", serving=echo, retry_on=()).retry_on == ()  # retry nothing extra
+    job = Job("j", [node], "a", retry_on=(ConnectionError,))
+    assert job.retry_on == (ConnectionError,)
+    assert Job("j", [node], "a").retry_on == ()
+
+
+@pytest.mark.parametrize("retry_on", ["ValueError", 5, (ValueError, "x"), (KeyboardInterrupt,)])
+def test_retry_on_must_name_exception_types(retry_on: Any) -> None:
+    with pytest.raises(InvalidJob, match="node 'a': retry_on must be a tuple of Exception"):
+        Node("a", serving=echo, retry_on=retry_on)
+    with pytest.raises(InvalidJob, match="job 'j': retry_on must be a tuple of Exception"):
+        Job("j", [Node("a", serving=echo)], "a", retry_on=retry_on)
+
+
+# --- fuzz: only beamagent errors escape -----------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _mostly(good: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Mostly a plausible value, sometimes any JSON value (a fuzz that fails at the first
+    key never reaches the deeper checks)."""
+    return st.integers(0, 4).flatmap(lambda pick: json_values if pick == 0 else good)
+
+
+def _object(
+    fields: dict[str, st.SearchStrategy[Any]], required: frozenset[str] = frozenset()
+) -> st.SearchStrategy[Any]:
+    """Objects with these keys (mostly plausible values; the ``required`` ones mostly
+    present), sometimes with an unknown key."""
+    complete = st.fixed_dictionaries(
+        {k: _mostly(v) for k, v in fields.items() if k in required},
+        optional={k: _mostly(v) for k, v in fields.items() if k not in required},
+    )
+    partial = st.fixed_dictionaries({}, optional={k: _mostly(v) for k, v in fields.items()})
+    known = st.integers(0, 9).flatmap(lambda pick: partial if pick == 0 else complete)
+    unknown = st.dictionaries(st.text(max_size=6), json_values, min_size=1, max_size=1)
+    return st.integers(0, 9).flatmap(
+        lambda pick: st.builds(lambda a, b: {**a, **b}, known, unknown) if pick == 0 else known
+    )
+
+
+_ids = st.sampled_from(["a", "b", "draft", "ghost", ""])
+_texts = st.text(max_size=8)
+_inline_router = _object({"order": st.lists(_ids, max_size=3)}) | _object(
+    {
+        "edges": st.lists(
+            _object(
+                {
+                    "kind": st.sampled_from(["route", "fallback", "yield", "sub", "end", "x"]),
+                    "type": st.sampled_from(["route", "end"]),
+                    "to": _ids,
+                    "to_id": _ids,
+                    "count": st.integers(-1, 3),
+                    "reason": _texts,
+                    "conditions": st.lists(
+                        _object(
+                            {
+                                "key": _texts,
+                                "op": st.sampled_from(["eq", "gt", "lte", "~"]),
+                                "value": json_values,
+                            }
+                        ),
+                        max_size=2,
+                    ),
+                }
+            ),
+            max_size=3,
+        ),
+        "outputs": st.lists(
+            _object(
+                {
+                    "key": _texts,
+                    "type": st.sampled_from(["int", "enum", "bool", "string", "float"]),
+                    "description": _texts,
+                    "min": st.integers(-3, 3),
+                    "max": st.integers(-3, 3),
+                    "choices": st.lists(_texts, max_size=3),
+                }
+            ),
+            max_size=2,
+        ),
+    }
+)
+_node = _object(
+    {
+        "serving": st.sampled_from(["echo", "class", "nope"]),
+        "router": st.sampled_from(["reviewer", "ghost"]) | _inline_router,
+        "objective": _texts,
+        "sub": _ids,
+        "concurrency": st.integers(-1, 3),
+        "metadata": st.dictionaries(_texts, json_values, max_size=2),
+        "agent_id": json_values,
+        "tools": st.lists(json_values, max_size=2),
+        "resources": st.lists(st.dictionaries(_texts, json_values, max_size=2), max_size=2),
+    }
+)
+_job = st.sampled_from(["start", "starting_node_id"]).flatmap(
+    lambda start_key: _object(
+        {
+            "id": st.just("j"),
+            "description": _texts,
+            start_key: _ids,
+            "max_retries": st.integers(-1, 3),
+            "max_steps": st.integers(0, 3),
+            "metadata": st.dictionaries(_texts, json_values, max_size=2),
+            "outputs": json_values,
+            "nodes": st.dictionaries(_ids | _texts, _node, max_size=3),
+        },
+        required=frozenset({"id", "nodes", start_key}),
+    )
+)
+# A valid skeleton around one fuzzed node reaches the node, router and edge parsers more often.
+_one_node_jobs = st.builds(
+    lambda node: {"id": "j", "start": "a", "nodes": {"a": node, "b": {"serving": "echo"}}},
+    _node,
+)
+job_definitions = _mostly(_job | _one_node_jobs)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(job_definitions)
+def test_from_dict_and_from_json_raise_only_beamagent_errors(data: Any) -> None:
+    for load in (
+        lambda: Job.from_dict(data, SERVINGS, ROUTERS),
+        lambda: Job.from_json(json.dumps(data), SERVINGS, ROUTERS),
+    ):
+        try:
+            job = load()
+        except InvalidJob:  # the one error they document; any other fails the test
+            continue
+        assert isinstance(job, Job)
+        assert job.start in job.nodes
+
+
+# --- Agens 0.2 job configs ------------------------------------------------------------------
+
+# What Agens 0.2 writes for a job (``Jason.encode!`` of an ``Agens.Job.Config``: every struct
+# field, nil as null, servings as their module names): a classifier with an agent and MCP
+# tools, a sub-job node (Agens requires a serving there too), and a plain node.
+AGENS_CONFIG = """
+{
+  "id": "support_triage",
+  "description": "Classify a support ticket, look up the customer, and draft a reply.",
+  "starting_node_id": "classify",
+  "max_retries": 2,
+  "outputs": null,
+  "nodes": {
+    "classify": {
+      "serving": "Elixir.Support.Servings.Classifier",
+      "agent_id": "triage-agent",
+      "sub": null,
+      "objective": "Decide whether the ticket is a bug, a billing question or other.",
+      "tools": [
+        "{\\"name\\": \\"lookup_customer\\", \\"inputSchema\\": {\\"type\\": \\"object\\"}}"
+      ],
+      "resources": [
+        {"uri": "file:///kb/billing.md", "name": "billing-kb",
+         "description": "Billing policies", "content": null}
+      ]
+    },
+    "research": {
+      "serving": "Elixir.Support.Servings.SubResult",
+      "agent_id": null,
+      "sub": "customer_research",
+      "objective": null,
+      "tools": null,
+      "resources": null
+    },
+    "reply": {
+      "serving": "Elixir.Support.Servings.Writer",
+      "agent_id": "writer-agent",
+      "sub": null,
+      "objective": "Draft a short, friendly reply.",
+      "tools": [],
+      "resources": []
+    }
+  }
+}
+"""
+
+AGENS_SERVINGS: dict[str, Any] = {
+    "Elixir.Support.Servings.Classifier": echo,
+    "Elixir.Support.Servings.Writer": ECHO,
+}
+
+
+def test_an_agens_job_config_loads_unchanged() -> None:
+    job = Job.from_json(AGENS_CONFIG, AGENS_SERVINGS)
+    assert (job.id, job.start, job.max_retries, job.max_steps) == (
+        "support_triage",
+        "classify",
+        2,
+        10_000,
+    )
+    assert job.description.startswith("Classify a support ticket")
+    assert job.metadata == {}  # "outputs": null is no outputs
+    classify = job.node("classify")
+    assert isinstance(classify.serving, FunctionServing)
+    assert classify.objective == "Decide whether the ticket is a bug, a billing question or other."
+    assert classify.metadata["agent_id"] == "triage-agent"
+    assert json.loads(classify.metadata["tools"][0])["name"] == "lookup_customer"
+    assert classify.metadata["resources"] == [
+        {
+            "uri": "file:///kb/billing.md",
+            "name": "billing-kb",
+            "description": "Billing policies",
+            "content": None,
+        }
+    ]
+    research = job.node("research")
+    assert research.sub == "customer_research"
+    assert research.serving is None  # a sub node: the sub-run's output is its result
+    assert research.metadata == {"serving": "Elixir.Support.Servings.SubResult"}
+    reply = job.node("reply")
+    assert reply.serving is ECHO
+    assert reply.metadata == {"agent_id": "writer-agent", "tools": [], "resources": []}
+
+
+def test_an_agens_config_outputs_and_our_metadata_are_kept() -> None:
+    data = json.loads(AGENS_CONFIG)
+    data["outputs"] = [["category", "string"]]
+    data["metadata"] = {"owner": "support"}
+    data["nodes"]["reply"]["metadata"] = {"team": "tier1"}
+    job = Job.from_dict(data, AGENS_SERVINGS)
+    assert job.metadata == {"owner": "support", "outputs": [["category", "string"]]}
+    assert job.node("reply").metadata == {
+        "team": "tier1",
+        "agent_id": "writer-agent",
+        "tools": [],
+        "resources": [],
+    }
+
+
+def test_an_agens_key_given_twice_is_refused() -> None:
+    data = json.loads(AGENS_CONFIG)
+    data["nodes"]["reply"]["metadata"] = {"agent_id": "other"}
+    with pytest.raises(InvalidJob, match="node 'reply': 'agent_id' is given both"):
+        Job.from_dict(data, AGENS_SERVINGS)
+    data = json.loads(AGENS_CONFIG)
+    data["outputs"] = []
+    data["metadata"] = {"outputs": []}
+    with pytest.raises(InvalidJob, match="'outputs' is given both"):
+        Job.from_dict(data, AGENS_SERVINGS)
+
+
+def test_an_agens_config_with_an_unknown_serving_names_it() -> None:
+    with pytest.raises(InvalidJob, match=r"unknown serving 'Elixir\.Support\.Servings\.Writer'"):
+        Job.from_json(AGENS_CONFIG, {"Elixir.Support.Servings.Classifier": echo})
+
+
+def test_an_agens_config_runs() -> None:
+    from beamagent.graph import RunStatus
+    from beamagent.runtime import Runtime
+
+    def classify(message: NodeMessage) -> Result:
+        return Result("billing", next=[Route("research")])
+
+    def writer(message: NodeMessage) -> str:
+        assert message.previous_result is not None
+        return f"reply using {message.previous_result.body}"
+
+    research = Job("customer_research", [Node("look", serving=lambda m: "gold plan")], "look")
+    data = json.loads(AGENS_CONFIG)
+    job = Job.from_dict(
+        data,
+        {"Elixir.Support.Servings.Classifier": classify, "Elixir.Support.Servings.Writer": writer},
+        {"to_reply": LinearRouter(["research", "reply"])},
+    )
+    # The routers of an Agens job live in its servings; here a serving routes by ``next``
+    # and the sub node has none: its sub-run's output finishes the thread.
+    with Runtime(store=":memory:") as rt:
+        result = rt.run_job(job, "I was charged twice", subs={"customer_research": research})
+        done = result.result(10)
+    assert done.status is RunStatus.COMPLETED
+    assert [r.node_id for r in done.results_by_thread["0"]] == ["classify", "research"]
+    assert done.output is not None
+    assert done.output.body == "gold plan"
+
+
+def test_metadata_is_copied_and_checked() -> None:
+    given = {"agent_id": "x"}
+    node = Node("a", serving=echo, metadata=given)
+    given["agent_id"] = "changed"
+    assert node.metadata == {"agent_id": "x"}
+    assert hash(node) == hash(Node("a", serving=node.serving, metadata={"other": 1}))
+    with pytest.raises(InvalidJob, match="node 'a': metadata must be a mapping"):
+        Node("a", serving=echo, metadata=[("k", 1)])  # type: ignore[arg-type]
+    with pytest.raises(InvalidJob, match="metadata must be a mapping with string keys"):
+        Job("j", [node], "a", metadata={1: "x"})  # type: ignore[dict-item]

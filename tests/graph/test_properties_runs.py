@@ -8,6 +8,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from beamagent.errors import ServingFailed
 from beamagent.graph import (
     TERMINAL_EVENTS,
     End,
@@ -68,6 +69,7 @@ def serving_for(answers: list[Any]) -> Any:
     max_steps=st.integers(1, 12),
     max_retries=st.integers(0, 2),
     durable=st.booleans(),
+    retry_on=st.sampled_from([(), (ValueError,)]),
 )
 def test_random_graphs_end_once_within_max_steps(
     scripts: list[list[Any]],
@@ -75,6 +77,7 @@ def test_random_graphs_end_once_within_max_steps(
     max_steps: int,
     max_retries: int,
     durable: bool,
+    retry_on: tuple[type[Exception], ...],
 ) -> None:
     job = Job(
         "random",
@@ -82,6 +85,7 @@ def test_random_graphs_end_once_within_max_steps(
         start="n0",
         max_steps=max_steps,
         max_retries=max_retries,
+        retry_on=retry_on,  # the scripted ValueError ends the run, or is retried
     )
     sub = Job(
         "sub",
@@ -99,6 +103,15 @@ def test_random_graphs_end_once_within_max_steps(
     assert events[-1] is terminal[0]
     assert result.status in TERMINAL_STATUS[terminal[0].kind]
     assert (result.error is not None) == (result.status is RunStatus.ERROR)
+    if isinstance(result.error, ServingFailed):
+        assert not retry_on  # a listed error is retried, never the run's end by itself
+    if not retry_on and any(e.kind is EventKind.NODE_RETRY for e in events):
+        # Only Retry instructions retry when nothing is listed: never a raised ValueError.
+        assert all(
+            "scripted failure" not in e.data["reason"]
+            for e in events
+            if e.kind is EventKind.NODE_RETRY
+        )
     started = [e for e in events if e.kind is EventKind.NODE_STARTED]
     assert len(started) <= max_steps
     assert events[0].kind is EventKind.RUN_STARTED

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from beamagent.errors import InvalidNode
+from beamagent.errors import InvalidNext, InvalidNode
 from beamagent.graph import (
     Condition,
     Edge,
@@ -114,15 +114,21 @@ def test_next_instruction_objects_override_too() -> None:
     assert router.route_with_next(message(), {}, (Yield("j"),)) == [Yield("j")]
 
 
-@pytest.mark.parametrize(
-    "nxt", [None, [], (), [{"type": "nope"}, 3, {"type": "route"}], "end", {"type": "end"}]
-)
+@pytest.mark.parametrize("nxt", [None, [], (), [{"type": "nope"}, 3, {"type": "route"}]])
 def test_unusable_next_falls_back_to_route(nxt: Any) -> None:
     router = RecordingRouter([Output("a")])
     assert router.route_with_next(message(), {"a": 1}, nxt) == [Route("next")]
     assert router.route_with_next(message(), {}, nxt) == [
         Retry("the outputs are missing the required keys 'a'")
     ]
+
+
+@pytest.mark.parametrize("nxt", ["end", {"type": "end"}, 7])
+def test_a_next_that_is_not_a_list_is_invalid_next(nxt: Any) -> None:
+    router = RecordingRouter([])
+    with pytest.raises(InvalidNext, match="not a list"):
+        router.route_with_next(message(), {}, nxt)
+    assert router.calls == []
 
 
 def test_check_targets_default_knows_nothing() -> None:

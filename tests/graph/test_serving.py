@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from beamagent.errors import InvalidOption, RetryRequested
+from beamagent.errors import InvalidNext, InvalidOption, RetryRequested
 from beamagent.graph import (
     FunctionServing,
     NodeMessage,
@@ -129,8 +129,6 @@ def test_from_dict_missing_and_null_keys_are_empty() -> None:
         ({"body": ["a"]}, "body must be a string, got an array"),
         ({"outputs": []}, "outputs must be an object, got an array"),
         ({"outputs": "a=1"}, "outputs must be an object, got a string"),
-        ({"next": {"type": "end"}}, "next must be a list, got an object"),
-        ({"next": "end"}, "next must be a list, got a string"),
         ({"tool_calls": {}}, "tool_calls must be a list, got an object"),
         ({"tool_calls": [5]}, r"tool_calls\[0\] must be an object, got a number"),
         ({"tool_calls": [{"arguments": {}}]}, r"tool_calls\[0\]\.name must be a non-empty"),
@@ -145,6 +143,29 @@ def test_from_dict_asks_for_a_retry(data: Any, reason: str) -> None:
     with pytest.raises(RetryRequested, match=reason) as info:
         Result.from_dict(data)
     assert info.value.reason is not None
+
+
+@pytest.mark.parametrize("nxt", [{"type": "end"}, "end", 5, True])
+def test_from_dict_with_a_next_that_is_not_a_list_is_invalid_next(nxt: Any) -> None:
+    # Agens ends the run (invalid_next) rather than asking the model again.
+    with pytest.raises(InvalidNext, match="next that is not a list") as info:
+        Result.from_dict({"body": "b", "next": nxt})
+    assert info.value.value == nxt
+    with pytest.raises(InvalidNext):
+        parse_structured_answer(json.dumps({"next": nxt}))
+
+
+@pytest.mark.parametrize("nxt", ["bad", {"type": "end"}, 5, {Route("a")}, iter([Route("a")])])
+def test_result_with_a_next_that_is_not_a_list_is_invalid_next(nxt: Any) -> None:
+    # A str used to be split into characters, each dropped silently.
+    with pytest.raises(InvalidNext, match="not a list"):
+        Result("body", next=nxt)
+
+
+def test_result_next_may_be_none_a_list_or_a_tuple() -> None:
+    assert Result("b", next=None).next == ()
+    assert Result("b", next=[Route("a")]).next == (Route("a"),)
+    assert Result("b", next=(Route("a"),)).next == (Route("a"),)
 
 
 @pytest.mark.parametrize(
@@ -197,22 +218,26 @@ def test_parse_structured_answer_asks_for_a_retry(answer: Any, reason: str) -> N
 
 
 @given(json_values)
-def test_parse_structured_answer_only_ever_raises_retry(value: Any) -> None:
+def test_parse_structured_answer_only_ever_raises_retry_or_invalid_next(value: Any) -> None:
     for answer in (value, json.dumps(value)):
         outcome = _outcome(answer)
-        assert isinstance(outcome, Result | RetryRequested)
+        assert isinstance(outcome, Result | RetryRequested | InvalidNext)
         if isinstance(outcome, RetryRequested):
             assert outcome.reason
+        if isinstance(outcome, InvalidNext):
+            assert isinstance(value, dict)
+            assert value.get("next") is not None
+            assert not isinstance(value["next"], list)
     text_outcome = _outcome(json.dumps(value))
     if not isinstance(value, dict):
         assert isinstance(text_outcome, RetryRequested)
         assert "must be a JSON object" in str(text_outcome.reason)
 
 
-def _outcome(answer: Any) -> Result | RetryRequested:
+def _outcome(answer: Any) -> Result | RetryRequested | InvalidNext:
     try:
         return parse_structured_answer(answer)
-    except RetryRequested as exc:
+    except (RetryRequested, InvalidNext) as exc:
         return exc
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from beamagent.errors import InvalidOption, MaxRetriesExceeded
+from beamagent.errors import InvalidNext, InvalidOption, MaxRetriesExceeded
 from beamagent.graph import (
     Edge,
     EdgeRouter,
@@ -49,10 +49,11 @@ class Model:
         self.prompts: list[str] = []
         self._lock = threading.Lock()
 
-    def __call__(self, prompt: str, params: Mapping[str, Any]) -> str:
+    def __call__(self, prompt: str, params: Mapping[str, Any]) -> Any:
         with self._lock:
             self.prompts.append(prompt)
-        return str(self.script(prompt))
+        reply = self.script(prompt)
+        return reply if isinstance(reply, list) else str(reply)
 
 
 def triage_job(model: Model, **serving: Any) -> Job:
@@ -138,6 +139,37 @@ def test_a_malformed_answer_is_retried_with_the_reason_in_the_prompt(rt: Runtime
     )
     (retry,) = [e for e in run.events(WAIT) if e.kind is EventKind.NODE_RETRY]
     assert retry.node_id == "classify"
+
+
+def test_a_model_next_that_is_not_a_list_ends_the_run_without_asking_again(rt: Runtime) -> None:
+    model = Model(lambda prompt: answer("?", outputs={"category": "bug"}, next="fix"))
+    run = rt.run_job(triage_job(model), "x")
+    with pytest.raises(InvalidNext, match="node 'classify' gave a next that is not a list: 'fix'"):
+        run.result(WAIT)
+    assert len(model.prompts) == 1  # Agens: invalid_next; it used to be asked three more times
+    assert [e for e in run.events(WAIT) if e.kind is EventKind.NODE_RETRY] == []
+
+
+def test_an_error_result_from_the_backend_is_retried(rt: Runtime) -> None:
+    replies = iter(
+        [
+            [
+                {
+                    "type": "result",
+                    "subtype": "error_during_execution",
+                    "is_error": True,
+                    "result": "API overloaded (529)",
+                }
+            ],
+            answer("ok", outputs={"category": "question"}),
+        ]
+    )
+    model = Model(lambda prompt: next(replies))
+    run = rt.run_job(triage_job(model), "x")
+    assert run.result(WAIT).status is RunStatus.COMPLETED
+    (retry,) = [e for e in run.events(WAIT) if e.kind is EventKind.NODE_RETRY]
+    assert "QueryFailed: the model's query failed (error_during_execution)" in retry.data["reason"]
+    assert "API overloaded" in retry.data["reason"]
 
 
 def test_outputs_outside_the_schema_are_retried_then_fail(rt: Runtime) -> None:
