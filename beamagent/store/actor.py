@@ -63,6 +63,15 @@ class StoreActor(Process):
         super().__init__()
         self.store = store
 
+    def on_start(self) -> None:
+        """Repair what a killed predecessor may have left (an open transaction, the lock)."""
+        try:
+            self.store.recover_writer()
+        except StoreError as exc:
+            # Writes will report the problem to their callers; crashing here would only
+            # restart into the same store.
+            log.error("store_recovery_failed", error=str(exc))
+
     @staticmethod
     def _failed(method: str, exc: sqlite3.Error) -> StoreError:
         log.error("store_write_failed", method=method, error=str(exc))

@@ -311,6 +311,18 @@ class SessionStore(Protocol):
         """Release every resource the store holds; later calls raise ``StoreError``."""
         ...
 
+    def recover_writer(self) -> None:
+        """Make the store ready for a new writer after the previous one was killed.
+
+        The store actor calls it when it starts, so a restarted actor never inherits a
+        transaction or a lock its killed predecessor left behind. Cheap when there is
+        nothing to repair.
+
+        Raises:
+            StoreError: the store cannot be made writable (closed, or cannot reconnect).
+        """
+        ...
+
     # --- graph run checkpoints (beamagent.graph) ---------------------------------------
 
     def save_run(

@@ -662,6 +662,9 @@ class MemoryStore:
 
     # --- lifecycle ------------------------------------------------------------------------
 
+    def recover_writer(self) -> None:
+        """Nothing to repair: a change is applied under one lock that ``with`` releases."""
+
     def close(self) -> None:
         """Drop every session; later calls raise :class:`~beamagent.errors.StoreError`."""
         with self._lock:

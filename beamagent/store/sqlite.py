@@ -23,7 +23,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -294,12 +294,69 @@ def _tighten_side_files(path: Path) -> None:
             continue
 
 
+#: How often a writer waiting for the write lock checks that its holder is still alive
+#: (seconds). A live holder wakes the waiter when it releases; this only bounds how long
+#: a lock left by a dead thread goes unnoticed.
+_LOCK_POLL = 0.05
+
+
+class _WriteLock:
+    """The write lock: not reentrant, and recoverable from a holder that died holding it.
+
+    A store actor killed mid-write (``supervisors.kill`` raises in its thread at the next
+    bytecode) can stop anywhere, even between taking the lock and releasing it. So the
+    lock remembers its holder, and a thread that finds the holder dead takes it over. A
+    thread that finds that *it* holds the lock does the same: writes never nest, so that
+    hold was leaked by an interrupted call of its own. Whoever takes a lock over rolls back
+    the transaction the previous holder may have left open (see :class:`_WriteTransaction`).
+    """
+
+    __slots__ = ("_cond", "_owner", "_waiting")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._owner: threading.Thread | None = None
+        self._waiting = 0
+
+    def acquire(self) -> threading.Thread | None:
+        """Take the lock, waiting while a live thread holds it.
+
+        Returns the thread it was taken over from (dead, or the caller itself), or
+        ``None`` when it was free.
+        """
+        me = threading.current_thread()
+        with self._cond:
+            owner = self._owner
+            if owner is None:
+                self._owner = me
+                return None
+            self._waiting += 1
+            try:
+                while owner is not None and owner is not me and owner.is_alive():
+                    self._cond.wait(_LOCK_POLL)
+                    owner = self._owner
+                self._owner = me
+            finally:
+                self._waiting -= 1
+            return owner
+
+    def release(self) -> None:
+        """Free the lock and wake one waiting writer."""
+        with self._cond:
+            self._owner = None
+            if self._waiting:
+                self._cond.notify()
+
+
 class _WriteTransaction:
     """``with store._write() as conn``: hold the write lock, ``BEGIN IMMEDIATE`` ... ``COMMIT``.
 
-    On an exception (also one from ``COMMIT``) the transaction is rolled back, so that the
-    next ``BEGIN`` starts clean, and the exception goes on. A class rather than a
-    ``@contextmanager`` generator because every recorded message pays for it.
+    On an exception (also one from ``BEGIN`` or ``COMMIT``) the transaction is rolled back
+    and the lock released before the exception goes on. A kill can still land between any
+    two bytecodes of this class; the next writer repairs whatever it left: it takes over a
+    lock whose holder died (:class:`_WriteLock`) and rolls back a transaction left open on
+    the connection before it begins its own. A class rather than a ``@contextmanager``
+    generator because every recorded message pays for it.
     """
 
     __slots__ = ("_store",)
@@ -309,13 +366,16 @@ class _WriteTransaction:
 
     def __enter__(self) -> sqlite3.Connection:
         store = self._store
-        store._write_lock.acquire()
+        if store._write_lock.acquire() is not None:
+            store._log_takeover()
         try:
             store._check_open()
             conn = store._writer
+            if conn.in_transaction:
+                store._discard_open_transaction(conn)
             conn.execute("BEGIN IMMEDIATE")
         except BaseException:
-            store._write_lock.release()
+            store._end_failed_write()
             raise
         return conn
 
@@ -323,19 +383,15 @@ class _WriteTransaction:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
         store = self._store
-        conn = store._writer
+        if exc_type is not None:
+            store._end_failed_write()
+            return
         try:
-            if exc_type is None:
-                try:
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            elif conn.in_transaction:
-                conn.execute("ROLLBACK")
-        finally:
-            store._write_lock.release()
+            store._writer.execute("COMMIT")
+        except BaseException:
+            store._end_failed_write()
+            raise
+        store._write_lock.release()
 
 
 class SqliteStore:
@@ -358,7 +414,7 @@ class SqliteStore:
             )
         self._path = Path(os.path.abspath(Path(raw).expanduser()))
         self._clock = MonotonicClock(clock)
-        self._write_lock = threading.Lock()
+        self._write_lock = _WriteLock()
         self._readers_lock = threading.Lock()
         self._readers: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
         self._local = threading.local()
@@ -370,7 +426,7 @@ class SqliteStore:
             raise StoreError(f"cannot open the session store {str(self._path)!r}: {exc}") from exc
         try:
             self._check_identity()
-            self._configure_writer()
+            self._configure_writer(self._writer)
             self._migrate()
             _tighten_side_files(self._path)
         except sqlite3.DatabaseError as exc:
@@ -432,8 +488,7 @@ class SqliteStore:
                 f"than this beamagent understands ({SCHEMA_VERSION}); upgrade beamagent"
             )
 
-    def _configure_writer(self) -> None:
-        conn = self._writer
+    def _configure_writer(self, conn: sqlite3.Connection) -> None:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreError(
@@ -514,6 +569,63 @@ class SqliteStore:
     def _write(self) -> _WriteTransaction:
         """A write transaction on the single writer; committed before the caller returns."""
         return _WriteTransaction(self)
+
+    def _log_takeover(self) -> None:
+        log.warning("store_write_lock_recovered", path=str(self._path))
+
+    def _discard_open_transaction(self, conn: sqlite3.Connection) -> None:
+        # Left open by a writer killed mid-transaction: nothing of it was committed, and
+        # BEGIN would fail with "cannot start a transaction within a transaction".
+        log.warning("store_open_transaction_discarded", path=str(self._path))
+        conn.execute("ROLLBACK")
+
+    def _end_failed_write(self) -> None:
+        """Roll back whatever the writer has open, then release the write lock."""
+        try:
+            if not self._closed:
+                conn = self._writer
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            # The failure that got us here is the one to report; the next write retries
+            # the rollback before it begins.
+            log.warning("store_rollback_failed", path=str(self._path), error=str(exc))
+        finally:
+            self._write_lock.release()
+
+    def recover_writer(self) -> None:
+        """Make the write connection clean for a new writer (the store actor's ``on_start``).
+
+        Takes the write lock (over from a holder that died holding it, if need be) and
+        rolls back any transaction a writer killed mid-write left open: none of it was
+        committed. If that rollback fails, the write connection is replaced by a new one.
+
+        Raises:
+            StoreError: the store is closed, or a new write connection cannot be opened.
+        """
+        if self._write_lock.acquire() is not None:
+            self._log_takeover()
+        try:
+            self._check_open()
+            conn = self._writer
+            try:
+                if conn.in_transaction:
+                    self._discard_open_transaction(conn)
+                return
+            except sqlite3.Error as exc:
+                log.warning("store_writer_replaced", path=str(self._path), error=str(exc))
+            try:
+                fresh = self._connect()
+                self._configure_writer(fresh)
+            except sqlite3.Error as exc:
+                raise StoreError(
+                    f"cannot reopen the session store {str(self._path)!r} for writing: {exc}"
+                ) from exc
+            self._writer = fresh
+            with suppress(sqlite3.Error):
+                conn.close()
+        finally:
+            self._write_lock.release()
 
     # --- row helpers ----------------------------------------------------------------------
 
@@ -1212,14 +1324,18 @@ class SqliteStore:
 
     def close(self) -> None:
         """Close every connection this store opened; later calls raise ``StoreError``."""
-        with self._write_lock, self._readers_lock:
-            if self._closed:
-                return
-            self._closed = True
-            for _, conn in self._readers:
-                conn.close()
-            self._readers = []
-            self._writer.close()
+        self._write_lock.acquire()
+        try:
+            with self._readers_lock:
+                if self._closed:
+                    return
+                self._closed = True
+                for _, conn in self._readers:
+                    conn.close()
+                self._readers = []
+                self._writer.close()
+        finally:
+            self._write_lock.release()
         log.info("store_closed", path=str(self._path))
 
     # --- graph run checkpoints ------------------------------------------------------------
