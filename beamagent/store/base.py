@@ -424,29 +424,109 @@ def new_share_id() -> str:
     return "share_" + secrets.token_hex(16)
 
 
+def storable(text: str) -> bool:
+    """Whether a store can keep ``text`` as it is: it has no lone surrogate.
+
+    Python strings may hold lone surrogates (``os.fsdecode(b"caf\\xe9")`` is
+    ``'caf\\udce9'``; ``json.loads`` makes one of a ``"\\udce9"`` escape); UTF-8, and so
+    SQLite, cannot encode them.
+    """
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def storable_text(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD (a valid pair becomes its character).
+
+    >>> storable_text("caf\\udce9") == "caf\\ufffd"
+    True
+    """
+    if storable(text):
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _not_storable(what: str, value: str) -> InvalidOption:
+    return InvalidOption(
+        f"{what} {value!r} is not valid Unicode: it holds a lone surrogate (what os.fsdecode "
+        "makes of undecodable bytes); names and ids must be valid text"
+    )
+
+
 def check_id(value: Any, what: str) -> str:
-    """``value`` if it is a non-empty string, else :class:`InvalidOption`."""
+    """``value`` if it is a non-empty, valid Unicode string, else :class:`InvalidOption`."""
     if not isinstance(value, str) or not value:
         raise InvalidOption(f"{what} must be a non-empty string, got {value!r}")
+    if not storable(value):
+        raise _not_storable(what, value)
     return value
 
 
 def check_optional_str(value: Any, what: str) -> str | None:
-    """``value`` if it is ``None`` or a string, else :class:`InvalidOption`."""
-    if value is not None and not isinstance(value, str):
+    """``value`` if it is ``None`` or a valid Unicode string, else :class:`InvalidOption`."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
         raise InvalidOption(f"{what} must be a string or None, got {value!r}")
+    if not storable(value):
+        raise _not_storable(what, value)
     return value
 
 
+def lookup_key(value: Any) -> str | None:
+    """``value`` if it can name something stored, else ``None`` (which finds nothing).
+
+    An id that is not a string, or holds a lone surrogate, was refused when things were
+    created, so looking it up finds nothing: both stores then raise their not-found error.
+    """
+    return value if isinstance(value, str) and storable(value) else None
+
+
 def check_mapping(value: Any, what: str) -> dict[str, Any]:
-    """A JSON-round-tripped copy of a mapping (``None`` → ``{}``), else :class:`InvalidOption`."""
+    """A JSON-round-tripped copy of a mapping (``None`` → ``{}``), else :class:`InvalidOption`.
+
+    For metadata the caller sets (``extra``, thread ``metadata``): it must be JSON as it
+    is, so a non-finite float or a lone surrogate is refused, naming where it is.
+    """
     if value is None:
         return {}
     if not isinstance(value, Mapping):
         raise InvalidOption(f"{what} must be a mapping, got {type(value).__name__}")
-    decoded = json.loads(encode_json(value, what))
+    text = encode_json(value, what)
+    if not storable(text):
+        try:
+            found = _find_unstorable(value)
+        except RecursionError:
+            found = None
+        raise _not_storable(*((what + found[0], found[1]) if found else (what, text)))
+    decoded = json.loads(text)
     assert isinstance(decoded, dict)
     return decoded
+
+
+def _find_unstorable(value: Any, path: str = "") -> tuple[str, str] | None:
+    """Where the first string holding a lone surrogate is in ``value``, and that string."""
+    items: Iterable[tuple[Any, Any]]
+    if isinstance(value, str):
+        return None if storable(value) else (path, value)
+    if isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if isinstance(key, str) and not storable(key):
+            return f"{path} key", key
+        found = _find_unstorable(item, f"{path}[{key!r}]")
+        if found is not None:
+            return found
+    return None
 
 
 #: Keys of ``extra`` the store itself maintains; callers change them through the store's
@@ -473,11 +553,55 @@ _JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allo
 
 
 def encode_json(value: Any, what: str) -> str:
-    """Compact JSON text of ``value``, or :class:`InvalidOption` if it is not JSON-able."""
+    """Compact JSON text of ``value``, or :class:`InvalidOption` if it is not strict JSON.
+
+    Strict: ``NaN`` and ``±Infinity`` are refused. Lone surrogates pass through (the text
+    is then not :func:`storable`); :func:`check_mapping` refuses them, and
+    :func:`encode_content` replaces them.
+    """
     try:
         return _JSON_ENCODER.encode(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidOption(f"{what} must be JSON-serialisable: {exc}") from None
+
+
+def encode_content(value: Any, what: str) -> str:
+    """JSON text of content (a message body), made storable whatever its strings and floats.
+
+    Content comes from backends and models, so it is never refused for its values: a lone
+    surrogate (in a key or a value) becomes U+FFFD and a non-finite float becomes ``null``,
+    as JavaScript's ``JSON.stringify`` does. What is not JSON at all (bytes, a set, a
+    cycle) is still :class:`InvalidOption`.
+    """
+    try:
+        text = _JSON_ENCODER.encode(value)
+    except ValueError:
+        # A non-finite float somewhere (rare: only then is the value walked and copied).
+        try:
+            text = _JSON_ENCODER.encode(_finite(value))
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise InvalidOption(f"{what} must be JSON-serialisable: {exc}") from None
+    except (TypeError, RecursionError) as exc:
+        raise InvalidOption(f"{what} must be JSON-serialisable: {exc}") from None
+    # Lone surrogates can only be inside JSON strings, so fixing the text fixes each string.
+    return text if text.isascii() else storable_text(text)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None`` (float keys by JS names)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {_finite_key(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _finite_key(key: Any) -> Any:
+    if isinstance(key, float) and not math.isfinite(key):
+        return "NaN" if math.isnan(key) else ("Infinity" if key > 0 else "-Infinity")
+    return key
 
 
 def check_limit(limit: Any) -> int | None:
@@ -510,6 +634,8 @@ def check_types(types: Any) -> frozenset[str] | None:
     if types is None:
         return None
     if isinstance(types, str):
+        if not storable(types):
+            raise _not_storable("types", types)
         return frozenset({types})
     try:
         chosen = frozenset(types)
@@ -517,6 +643,9 @@ def check_types(types: Any) -> frozenset[str] | None:
         raise InvalidOption(f"types must be an iterable of strings, got {types!r}") from None
     if not all(isinstance(t, str) for t in chosen):
         raise InvalidOption(f"types must be an iterable of strings, got {types!r}")
+    for kind in chosen:
+        if not storable(kind):
+            raise _not_storable("types", kind)
     return chosen
 
 
@@ -554,7 +683,9 @@ def prepare_message(message: Any, active_thread_id: str | None) -> PreparedMessa
     """Check a message dict and encode it; stamp ``active_thread_id`` if it has no thread.
 
     A message is a JSON-able mapping with a non-empty string ``type``. The indexed
-    columns take ``uuid``, ``message_id`` and ``thread_id`` when they are strings.
+    columns take ``type``, ``uuid``, ``message_id``, ``thread_id`` and ``model`` when
+    they are non-empty strings. The body is content (:func:`encode_content`): lone
+    surrogates become U+FFFD and non-finite floats ``null``, in the columns too.
     """
     if not isinstance(message, Mapping):
         raise InvalidOption(f"a message must be a mapping, got {type(message).__name__}")
@@ -572,18 +703,20 @@ def prepare_message(message: Any, active_thread_id: str | None) -> PreparedMessa
         body = dict(message)
     get = body.get
     return PreparedMessage(
-        type=kind,
+        type=kind if kind.isascii() else storable_text(kind),
         uuid=_column(get("uuid")),
         message_id=_column(get("message_id")),
         thread_id=_column(get("thread_id")),
         model=_column(get("model")),
-        body=encode_json(body, "a message"),
+        body=encode_content(body, "a message"),
     )
 
 
 def _column(value: Any) -> str | None:
-    """An indexed column's value: a non-empty string, else ``None``."""
-    return value if isinstance(value, str) and value else None
+    """An indexed column's value: a non-empty string (made storable), else ``None``."""
+    if isinstance(value, str) and value:
+        return value if value.isascii() else storable_text(value)
+    return None
 
 
 def with_thread_id(body: str, thread_id: str) -> PreparedMessage:

@@ -46,6 +46,7 @@ from beamagent.store.base import (
     new_share_id,
     new_thread_id,
     prepare_message,
+    storable_text,
     with_thread_id,
 )
 from beamagent.store.selectors import (
@@ -299,6 +300,9 @@ class MemoryStore:
         limit: int | None = None,
     ) -> list[SessionRecord]:
         """Sessions matching every given filter, most recently updated first."""
+        check_optional_str(backend, "backend")
+        check_optional_str(cwd, "cwd")
+        check_optional_str(model, "model")
         since = check_since(since)
         limit = check_limit(limit)
         with self._locked():
@@ -474,8 +478,10 @@ class MemoryStore:
 
     def summarize_session(self, session_id: str, *, content: str | None = None) -> dict[str, Any]:
         """Store and return a summary of the visible messages."""
-        if content is not None and not isinstance(content, str):
-            raise InvalidOption(f"content must be a string or None, got {content!r}")
+        if content is not None:
+            if not isinstance(content, str):
+                raise InvalidOption(f"content must be a string or None, got {content!r}")
+            content = storable_text(content)
         with self._locked():
             session = self._session(session_id)
             visible = self._visible(session)
@@ -698,6 +704,8 @@ class MemoryStore:
         texts = list(results)
         if not isinstance(state, str) or not all(isinstance(t, str) for t in texts):
             raise InvalidOption("a run checkpoint's state and results must be JSON texts")
+        state = storable_text(state)
+        texts = [storable_text(t) for t in texts]
         with self._locked():
             rows = self._run_rows()
             now = self._clock.now()

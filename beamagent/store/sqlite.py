@@ -55,11 +55,13 @@ from beamagent.store.base import (
     check_update_fields,
     encode_json,
     fork_extra,
+    lookup_key,
     merge_extra,
     new_session_id,
     new_share_id,
     new_thread_id,
     prepare_message,
+    storable_text,
     with_thread_id,
 )
 from beamagent.store.selectors import (
@@ -632,7 +634,7 @@ class SqliteStore:
     @staticmethod
     def _load(conn: sqlite3.Connection, session_id: Any) -> SessionRecord:
         row = None
-        if isinstance(session_id, str):
+        if lookup_key(session_id) is not None:
             row = conn.execute(
                 f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)
             ).fetchone()
@@ -680,7 +682,7 @@ class SqliteStore:
     @staticmethod
     def _thread_row(conn: sqlite3.Connection, session_id: str, thread_id: Any) -> ThreadRecord:
         row = None
-        if isinstance(thread_id, str):
+        if lookup_key(thread_id) is not None:
             row = conn.execute(
                 f"SELECT {_THREAD_COLUMNS} FROM threads WHERE session_id = ? AND thread_id = ?",
                 (session_id, thread_id),
@@ -896,6 +898,9 @@ class SqliteStore:
         limit: int | None = None,
     ) -> list[SessionRecord]:
         """Sessions matching every given filter, most recently updated first."""
+        check_optional_str(backend, "backend")
+        check_optional_str(cwd, "cwd")
+        check_optional_str(model, "model")
         since = check_since(since)
         limit = check_limit(limit)
         where: list[str] = []
@@ -935,7 +940,7 @@ class SqliteStore:
             # The hot path of every session: read and write only the columns an append
             # uses, not the whole record (see _append for the general case).
             row = None
-            if isinstance(session_id, str):
+            if lookup_key(session_id) is not None:
                 row = conn.execute(_RECORD_READ, (session_id,)).fetchone()
             if row is None:
                 raise SessionNotFound(session_id)
@@ -1095,8 +1100,10 @@ class SqliteStore:
 
     def summarize_session(self, session_id: str, *, content: str | None = None) -> dict[str, Any]:
         """Store and return a summary of the visible messages."""
-        if content is not None and not isinstance(content, str):
-            raise InvalidOption(f"content must be a string or None, got {content!r}")
+        if content is not None:
+            if not isinstance(content, str):
+                raise InvalidOption(f"content must be a string or None, got {content!r}")
+            content = storable_text(content)
         with self._write() as conn:
             record = self._load(conn, session_id)
             visible = record.visible_message_count
@@ -1358,6 +1365,8 @@ class SqliteStore:
         texts = list(results)
         if not isinstance(state, str) or not all(isinstance(t, str) for t in texts):
             raise InvalidOption("a run checkpoint's state and results must be JSON texts")
+        state = storable_text(state)
+        texts = [storable_text(t) for t in texts]
         with self._write() as conn:
             now = self._clock.now()
             conn.execute(
@@ -1394,7 +1403,7 @@ class SqliteStore:
         with self._read() as conn:
             row = conn.execute(
                 f"SELECT {self._RUN_COLUMNS}, state FROM graph_runs WHERE run_id = ?",
-                (run_id if isinstance(run_id, str) else None,),
+                (lookup_key(run_id),),
             ).fetchone()
             if row is None:
                 raise RunNotFound(f"no run {run_id!r} in the store")
@@ -1445,7 +1454,7 @@ class SqliteStore:
         with self._write() as conn:
             deleted = conn.execute(
                 "DELETE FROM graph_runs WHERE run_id = ?",
-                (run_id if isinstance(run_id, str) else None,),
+                (lookup_key(run_id),),
             ).rowcount
             if not deleted:
                 raise RunNotFound(f"no run {run_id!r} in the store")

@@ -6,6 +6,8 @@ outliving the runtime.
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import sqlite3
 import threading
@@ -115,6 +117,20 @@ def test_send_query_and_receive_message_are_recorded(rt: Runtime) -> None:
     while session.receive_message(ref, timeout=10).type is not MessageType.RESULT:
         pass
     assert contents(rt.get_session_messages(session, types="assistant")) == ["a", "b"]
+
+
+def test_a_prompt_and_replies_with_lone_surrogates_are_recorded(rt: Runtime) -> None:
+    session = rt.start_session(backend="local")
+    delivered = session.query(os.fsdecode(b"caf\xe9"))  # an undecodable file name, say
+    assert delivered[-1].content == "caf\udce9"  # delivered as the backend sent it
+    stored = rt.get_session_messages(session)
+    assert types(stored) == QUERY_TYPES
+    assert contents(stored)[0] == contents(stored)[-1] == "caf\ufffd"
+    rt.store_write(
+        "record_message", session.session_id, {"type": "assistant", "usage": {"cost": math.nan}}
+    )
+    assert rt.store.get_session_messages(session.session_id)[-1]["usage"] == {"cost": None}
+    assert session.query("still recording")[-1].content == "still recording"
 
 
 # --- sessions: list / get / messages / delete -------------------------------------------------
