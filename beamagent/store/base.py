@@ -604,19 +604,26 @@ def _finite_key(key: Any) -> Any:
     return key
 
 
+#: The largest integer SQLite stores (a signed 64-bit int); offsets and limits are bounded by
+#: it in both stores, so neither accepts what the other could not.
+MAX_INT = 2**63 - 1
+
+
 def check_limit(limit: Any) -> int | None:
-    """``limit`` if it is ``None`` or a positive int, else :class:`InvalidOption`."""
+    """``limit`` if it is ``None`` or an int in ``[1, MAX_INT]``, else :class:`InvalidOption`."""
     if limit is None:
         return None
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise InvalidOption(f"limit must be a positive integer or None, got {limit!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_INT:
+        raise InvalidOption(
+            f"limit must be a positive integer (at most 2**63 - 1) or None, got {limit!r}"
+        )
     return limit
 
 
 def check_offset(offset: Any) -> int:
-    """``offset`` if it is an int >= 0, else :class:`InvalidOption`."""
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise InvalidOption(f"offset must be an integer >= 0, got {offset!r}")
+    """``offset`` if it is an int in ``[0, MAX_INT]``, else :class:`InvalidOption`."""
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_INT:
+        raise InvalidOption(f"offset must be an integer in [0, 2**63 - 1], got {offset!r}")
     return offset
 
 
@@ -624,9 +631,13 @@ def check_since(since: Any) -> float | None:
     """``since`` if it is ``None`` or a finite number of epoch seconds, else InvalidOption."""
     if since is None:
         return None
-    if isinstance(since, bool) or not isinstance(since, int | float) or not math.isfinite(since):
+    try:
+        seconds = float(since) if isinstance(since, int | float) else math.nan
+    except OverflowError:  # an int too large for a float
+        seconds = math.nan
+    if isinstance(since, bool) or not math.isfinite(seconds):
         raise InvalidOption(f"since must be epoch seconds (a number) or None, got {since!r}")
-    return float(since)
+    return seconds
 
 
 def check_types(types: Any) -> frozenset[str] | None:

@@ -11,6 +11,8 @@
   is marked with ``PRAGMA application_id = APPLICATION_ID``. A file that is not SQLite,
   is someone else's database, or has a newer schema raises
   :class:`~beamagent.errors.StoreError` naming the path; it is never overwritten.
+* A database error met later (damaged pages, an I/O error, a full disk) is a
+  :class:`~beamagent.errors.StoreError` naming the path too, for reads and writes alike.
 """
 
 from __future__ import annotations
@@ -221,10 +223,25 @@ def messages_query(
     )
 
 
+class _DamagedRow(Exception):
+    """A stored JSON text that is not a JSON object: the file was damaged (or edited)."""
+
+
 def _decode(text: str) -> dict[str, Any]:
-    value = json.loads(text)
-    assert isinstance(value, dict)
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise _DamagedRow(f"a stored JSON text does not decode ({exc})") from exc
+    if not isinstance(value, dict):
+        raise _DamagedRow(f"a stored JSON text is a {type(value).__name__}, not an object")
     return value
+
+
+def _decode_any(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise _DamagedRow(f"a stored JSON text does not decode ({exc})") from exc
 
 
 def _session_from_row(row: Sequence[Any]) -> SessionRecord:
@@ -354,11 +371,12 @@ class _WriteTransaction:
     """``with store._write() as conn``: hold the write lock, ``BEGIN IMMEDIATE`` ... ``COMMIT``.
 
     On an exception (also one from ``BEGIN`` or ``COMMIT``) the transaction is rolled back
-    and the lock released before the exception goes on. A kill can still land between any
-    two bytecodes of this class; the next writer repairs whatever it left: it takes over a
-    lock whose holder died (:class:`_WriteLock`) and rolls back a transaction left open on
-    the connection before it begins its own. A class rather than a ``@contextmanager``
-    generator because every recorded message pays for it.
+    and the lock released before the exception goes on; a database error (disk full, I/O
+    error, a damaged file) goes on as :class:`StoreError` naming the file. A kill can
+    still land between any two bytecodes of this class; the next writer repairs whatever
+    it left: it takes over a lock whose holder died (:class:`_WriteLock`) and rolls back a
+    transaction left open on the connection before it begins its own. A class rather than
+    a ``@contextmanager`` generator because every recorded message pays for it.
     """
 
     __slots__ = ("_store",)
@@ -376,8 +394,10 @@ class _WriteTransaction:
             if conn.in_transaction:
                 store._discard_open_transaction(conn)
             conn.execute("BEGIN IMMEDIATE")
-        except BaseException:
+        except BaseException as exc:
             store._end_failed_write()
+            if isinstance(exc, sqlite3.Error):
+                raise store._failed("write", exc) from exc
             raise
         return conn
 
@@ -387,11 +407,15 @@ class _WriteTransaction:
         store = self._store
         if exc_type is not None:
             store._end_failed_write()
+            if isinstance(exc, sqlite3.Error | _DamagedRow):
+                raise store._failed("write", exc) from exc
             return
         try:
             store._writer.execute("COMMIT")
-        except BaseException:
+        except BaseException as failed:
             store._end_failed_write()
+            if isinstance(failed, sqlite3.Error):
+                raise store._failed("commit", failed) from failed
             raise
         store._write_lock.release()
 
@@ -559,14 +583,31 @@ class SqliteStore:
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction: one consistent snapshot for every query inside."""
+        """A read transaction: one consistent snapshot for every query inside.
+
+        A database error (a damaged file, an I/O error) or a damaged row inside is raised
+        as :class:`StoreError` naming the file.
+        """
         self._check_open()
-        conn = self._reader()
-        conn.execute("BEGIN")
+        try:
+            conn = self._reader()
+            conn.execute("BEGIN")
+        except sqlite3.Error as exc:
+            raise self._failed("read", exc) from exc
         try:
             yield conn
+        except (sqlite3.Error, _DamagedRow) as exc:
+            raise self._failed("read", exc) from exc
         finally:
-            conn.execute("ROLLBACK")
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+
+    def _failed(self, action: str, exc: BaseException) -> StoreError:
+        """The :class:`StoreError` for a database error (or a damaged row) during ``action``."""
+        if self._closed:  # closed by another thread meanwhile
+            return StoreError(f"the session store {str(self._path)!r} is closed")
+        log.error("store_failed", path=str(self._path), action=action, error=str(exc))
+        return StoreError(f"the session store {str(self._path)!r} failed to {action}: {exc}")
 
     def _write(self) -> _WriteTransaction:
         """A write transaction on the single writer; committed before the caller returns."""
@@ -1407,16 +1448,15 @@ class SqliteStore:
             ).fetchone()
             if row is None:
                 raise RunNotFound(f"no run {run_id!r} in the store")
-            bodies = [
-                r[0]
+            out = self._run_from_row(row[:6])
+            out["state"] = _decode_any(row[6])
+            out["results"] = [
+                _decode_any(r[0])
                 for r in conn.execute(
                     "SELECT body FROM graph_run_results WHERE run_id = ? ORDER BY rowid",
                     (run_id,),
                 )
             ]
-        out = self._run_from_row(row[:6])
-        out["state"] = json.loads(row[6])
-        out["results"] = [json.loads(body) for body in bodies]
         return out
 
     def list_runs(

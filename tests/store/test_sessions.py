@@ -219,16 +219,34 @@ def test_record_message_picks_the_model(store: SessionStore) -> None:
     assert [r.session_id for r in store.list_sessions(model="new")] == ["s1"]
 
 
-@pytest.mark.parametrize("limit", [0, -1, True, 1.5, "3"])
+@pytest.mark.parametrize("limit", [0, -1, True, 1.5, "3", 2**63, 2**64])
 def test_list_sessions_rejects_bad_limits(store: SessionStore, limit: Any) -> None:
     with pytest.raises(InvalidOption, match="limit"):
         store.list_sessions(limit=limit)
+    with pytest.raises(InvalidOption, match="limit"):
+        store.list_runs(limit=limit)
 
 
-@pytest.mark.parametrize("since", ["yesterday", math.nan, math.inf, False])
+@pytest.mark.parametrize("since", ["yesterday", math.nan, math.inf, False, 2**1100, -(2**1100)])
 def test_list_sessions_rejects_bad_since(store: SessionStore, since: Any) -> None:
     with pytest.raises(InvalidOption, match="since"):
         store.list_sessions(since=since)
+
+
+def test_integers_up_to_sqlites_largest_are_accepted(store: SessionStore) -> None:
+    seeded(store, "s1", 3)
+    largest = 2**63 - 1
+    assert len(store.list_sessions(limit=largest)) == 1
+    assert store.list_runs(limit=largest) == []
+    assert store.list_sessions(since=2**64) == []  # a (far) future float
+    assert contents(store.get_session_messages("s1", offset=1, limit=largest)) == ["m2", "m3"]
+    assert store.get_session_messages("s1", offset=largest, limit=largest) == []
+    users = store.get_session_messages("s1", types="user", offset=largest, limit=largest)
+    assert users == []
+    assert contents(store.get_session_messages("s1", types="user", limit=largest))[-1] == "m3"
+    assert store.revert_session("s1", {"visible_message_count": 2**70}).visible_message_count == 3
+    assert store.thread_start("s1", thread_id="t").visible_message_count == 0
+    assert store.thread_rollback("s1", "t", {"count": 2**70}).visible_message_count == 0
 
 
 # --- messages -----------------------------------------------------------------------------
@@ -328,6 +346,9 @@ def test_revert_view_applies_before_types_offset_limit(store: SessionStore) -> N
         {"limit": 0},
         {"limit": -2},
         {"limit": False},
+        {"offset": 2**63},
+        {"limit": 2**64},
+        {"offset": 2**63, "types": ["user"]},
         {"types": [1]},
         {"types": 5},
     ],

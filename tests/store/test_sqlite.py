@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import stat
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -381,3 +382,65 @@ def test_acknowledged_messages_survive_sigkill(db_path: Path) -> None:
         assert count >= 200
         contents = [m["content"] for m in store.get_session_messages("s1")]
         assert contents == [str(i) for i in range(1, count + 1)]
+
+
+# --- damage found after opening -----------------------------------------------------------
+
+
+def _filled(db_path: Path) -> None:
+    with SqliteStore(db_path) as store:
+        store.create_session("s1", "local")
+        store.thread_start("s1", thread_id="t1")
+        store.record_messages(
+            "s1", [{"type": "user", "content": "x" * 300, "uuid": str(i)} for i in range(50)]
+        )
+        store.save_run("r1", job_id="j", status="done", state="{}", results=["1"])
+
+
+DAMAGED_CALLS: dict[str, Callable[[SqliteStore], object]] = {
+    "get_session": lambda s: s.get_session("s1"),
+    "list_sessions": lambda s: s.list_sessions(),
+    "get_session_messages": lambda s: s.get_session_messages("s1"),
+    "get_session_messages types": lambda s: s.get_session_messages("s1", types="user"),
+    "thread_list": lambda s: s.thread_list("s1"),
+    "thread_read": lambda s: s.thread_read("s1", "t1", include_messages=True),
+    "load_run": lambda s: s.load_run("r1"),
+    "list_runs": lambda s: s.list_runs(),
+    "record_message": lambda s: s.record_message("s1", {"type": "user"}),
+    "create_session": lambda s: s.create_session("s2", "local"),
+    "summarize_session": lambda s: s.summarize_session("s1"),
+}
+
+
+def test_every_call_on_damaged_pages_is_a_store_error_naming_the_file(db_path: Path) -> None:
+    _filled(db_path)
+    data = bytearray(db_path.read_bytes())
+    assert len(data) > 3 * 4096
+    data[4096:] = b"\xff" * (len(data) - 4096)  # every page after the first (the header)
+    db_path.write_bytes(data)
+    with SqliteStore(db_path) as store:  # the header and the schema page are intact
+        for name, call in DAMAGED_CALLS.items():
+            with pytest.raises(StoreError, match=f"{re.escape(str(db_path))}.*malformed"):
+                call(store)
+            assert store._writer.in_transaction is False, name
+
+
+def test_a_damaged_row_is_a_store_error_naming_the_file(db_path: Path) -> None:
+    _filled(db_path)
+    conn = raw(db_path)
+    conn.execute("UPDATE messages SET body = 'not json' WHERE seq = 2")
+    conn.execute("UPDATE threads SET metadata = '[1]'")
+    conn.execute("UPDATE graph_run_results SET body = '{'")
+    conn.close()
+    with SqliteStore(db_path) as store:
+        calls: list[Callable[[], object]] = [
+            lambda: store.get_session_messages("s1"),
+            lambda: store.thread_list("s1"),
+            lambda: store.thread_fork("s1", "t1"),  # a write that reads the rows
+            lambda: store.load_run("r1"),
+        ]
+        for call in calls:
+            with pytest.raises(StoreError, match=re.escape(str(db_path))):
+                call()
+        assert store.get_session_messages("s1", limit=1)[0]["uuid"] == "0"  # the rest is fine
+        assert store.record_message("s1", {"type": "user"}) == 51
