@@ -100,10 +100,17 @@ class StoreActor(Process):
         except sqlite3.Error as exc:
             raise self._failed(method, exc) from exc
 
-    def record(self, session_id: str, messages: list[dict[str, Any]]) -> list[int]:
-        """Record a session's messages in one transaction; returns their seqs."""
+    def record(
+        self, session_id: str, messages: list[dict[str, Any]], skip_recorded: bool = False
+    ) -> list[int]:
+        """Record a session's messages in one transaction; returns their seqs.
+
+        ``skip_recorded=True`` makes it safe to retry a call whose outcome is unknown (this
+        actor died during it): messages already stored are not recorded twice (see
+        ``SessionStore.record_messages``).
+        """
         try:
-            return self.store.record_messages(session_id, messages)
+            return self.store.record_messages(session_id, messages, skip_recorded=skip_recorded)
         except sqlite3.Error as exc:
             raise self._failed("record_messages", exc) from exc
 
@@ -128,8 +135,8 @@ class StoreRecorder:
         self._ref = ref
         self._timeout = timeout
 
-    def _ask(self, method: str, *args: Any) -> Any:
-        return self._ref.ask(ProxyCall((method,), args, {}), timeout=self._timeout)
+    def _ask(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._ref.ask(ProxyCall((method,), args, kwargs), timeout=self._timeout)
 
     def session_started(self, meta: Mapping[str, Any]) -> None:
         """Upsert the session's metadata."""
@@ -139,6 +146,11 @@ class StoreRecorder:
         """Update metadata fields (model, native session id)."""
         self._ask("write", "update_session", (session_id,), dict(fields))
 
-    def record(self, session_id: str, messages: list[dict[str, Any]]) -> None:
-        """Record messages durably, in order."""
-        self._ask("record", session_id, messages)
+    def record(
+        self, session_id: str, messages: list[dict[str, Any]], *, skip_recorded: bool = False
+    ) -> None:
+        """Record messages durably, in order (``skip_recorded``: see ``StoreActor.record``)."""
+        if skip_recorded:
+            self._ask("record", session_id, messages, skip_recorded=True)
+        else:
+            self._ask("record", session_id, messages)

@@ -15,7 +15,7 @@ import json
 import math
 import secrets
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
@@ -215,8 +215,21 @@ class SessionStore(Protocol):
         """Append one message; returns its ``seq`` (1, 2, ... per session)."""
         ...
 
-    def record_messages(self, session_id: str, messages: Iterable[Mapping[str, Any]]) -> list[int]:
-        """Append messages in one transaction (all or none); returns their seqs."""
+    def record_messages(
+        self,
+        session_id: str,
+        messages: Iterable[Mapping[str, Any]],
+        *,
+        skip_recorded: bool = False,
+    ) -> list[int]:
+        """Append messages in one transaction (all or none); returns their seqs.
+
+        With ``skip_recorded`` the call can be retried after a failure whose outcome is
+        unknown (the store actor died mid-call): the batch's leading messages that are
+        already stored, with the same ``uuid`` at consecutive seqs among the session's last
+        :data:`SKIP_RECORDED_WINDOW` messages, are not appended again; their stored seqs
+        are returned with the new ones.
+        """
         ...
 
     def get_session_messages(
@@ -721,6 +734,33 @@ def prepare_message(message: Any, active_thread_id: str | None) -> PreparedMessa
         model=_column(get("model")),
         body=encode_content(body, "a message"),
     )
+
+
+#: How far back ``record_messages(..., skip_recorded=True)`` looks for a batch that is
+#: already stored: a retry follows its failure closely, and a uuid seen longer ago is more
+#: likely a backend repeating itself than the same message.
+SKIP_RECORDED_WINDOW = 1000
+
+
+def check_flag(value: Any, what: str) -> bool:
+    """``value`` if it is a bool, else :class:`InvalidOption`."""
+    if not isinstance(value, bool):
+        raise InvalidOption(f"{what} must be True or False, got {value!r}")
+    return value
+
+
+def recorded_prefix(batch: Sequence[PreparedMessage], stored_uuids: Iterable[str | None]) -> int:
+    """How many leading messages of ``batch`` are already stored.
+
+    ``stored_uuids`` are the uuids of the stored messages from the latest one whose uuid is
+    the batch's first (in seq order). A message without a uuid is never taken as stored.
+    """
+    count = 0
+    for prepared, stored in zip(batch, stored_uuids, strict=False):
+        if prepared.uuid is None or prepared.uuid != stored:
+            break
+        count += 1
+    return count
 
 
 def _column(value: Any) -> str | None:

@@ -25,6 +25,7 @@ from beamagent.errors import (
     ThreadNotFound,
 )
 from beamagent.store.base import (
+    SKIP_RECORDED_WINDOW,
     MonotonicClock,
     PreparedMessage,
     SessionRecord,
@@ -32,6 +33,7 @@ from beamagent.store.base import (
     ThreadRecord,
     ThreadStatus,
     check_extra,
+    check_flag,
     check_id,
     check_limit,
     check_mapping,
@@ -46,6 +48,7 @@ from beamagent.store.base import (
     new_share_id,
     new_thread_id,
     prepare_message,
+    recorded_prefix,
     storable_text,
     with_thread_id,
 )
@@ -330,14 +333,50 @@ class MemoryStore:
         (seq,) = self.record_messages(session_id, [message])
         return seq
 
-    def record_messages(self, session_id: str, messages: Iterable[Mapping[str, Any]]) -> list[int]:
-        """Append messages atomically (all are checked before any is stored)."""
+    def record_messages(
+        self,
+        session_id: str,
+        messages: Iterable[Mapping[str, Any]],
+        *,
+        skip_recorded: bool = False,
+    ) -> list[int]:
+        """Append messages atomically (all are checked before any is stored).
+
+        With ``skip_recorded``, leading messages already stored are not appended again
+        (see :meth:`SessionStore.record_messages`).
+
+        Raises:
+            SessionNotFound: no such session.
+            InvalidOption: a message is not a JSON-able mapping with a string ``type``.
+            StoreError: the store is closed.
+        """
         batch = list(messages)
+        if skip_recorded is not False:
+            check_flag(skip_recorded, "skip_recorded")
         with self._locked():
             session = self._session(session_id)
             active = session.stored.active_thread_id  # appends do not change it
             prepared = [prepare_message(m, active) for m in batch]
+            if skip_recorded and prepared:
+                done = self._recorded_seqs(session, prepared)
+                if len(done) == len(prepared):
+                    return done
+                return done + self._append(session, prepared[len(done) :], self._clock.now())
             return self._append(session, prepared, self._clock.now())
+
+    @staticmethod
+    def _recorded_seqs(session: _Session, batch: list[PreparedMessage]) -> list[int]:
+        """The seqs of the leading messages of ``batch`` that are stored already."""
+        first = batch[0].uuid
+        if first is None:
+            return []
+        messages = session.messages
+        for index in range(len(messages) - 1, max(0, len(messages) - SKIP_RECORDED_WINDOW) - 1, -1):
+            if messages[index].prepared.uuid == first:
+                stored = (m.prepared.uuid for m in messages[index : index + len(batch)])
+                start = index + 1
+                return list(range(start, start + recorded_prefix(batch, stored)))
+        return []
 
     def get_session_messages(
         self,

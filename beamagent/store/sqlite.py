@@ -40,6 +40,7 @@ from beamagent.errors import (
     ThreadNotFound,
 )
 from beamagent.store.base import (
+    SKIP_RECORDED_WINDOW,
     MonotonicClock,
     PreparedMessage,
     SessionRecord,
@@ -47,6 +48,7 @@ from beamagent.store.base import (
     ThreadRecord,
     ThreadStatus,
     check_extra,
+    check_flag,
     check_id,
     check_limit,
     check_mapping,
@@ -63,6 +65,7 @@ from beamagent.store.base import (
     new_share_id,
     new_thread_id,
     prepare_message,
+    recorded_prefix,
     storable_text,
     with_thread_id,
 )
@@ -974,9 +977,26 @@ class SqliteStore:
         (seq,) = self.record_messages(session_id, [message])
         return seq
 
-    def record_messages(self, session_id: str, messages: Iterable[Mapping[str, Any]]) -> list[int]:
-        """Append messages in one transaction (all or none); returns their seqs."""
+    def record_messages(
+        self,
+        session_id: str,
+        messages: Iterable[Mapping[str, Any]],
+        *,
+        skip_recorded: bool = False,
+    ) -> list[int]:
+        """Append messages in one transaction (all or none); returns their seqs.
+
+        With ``skip_recorded``, leading messages already stored are not appended again
+        (see :meth:`SessionStore.record_messages`).
+
+        Raises:
+            SessionNotFound: no such session.
+            InvalidOption: a message is not a JSON-able mapping with a string ``type``.
+            StoreError: the store is closed, or the database failed (nothing was written).
+        """
         batch = list(messages)
+        if skip_recorded is not False:
+            check_flag(skip_recorded, "skip_recorded")
         with self._write() as conn:
             # The hot path of every session: read and write only the columns an append
             # uses, not the whole record (see _append for the general case).
@@ -987,8 +1007,40 @@ class SqliteStore:
                 raise SessionNotFound(session_id)
             count, active_thread_id = row
             prepared = [prepare_message(m, active_thread_id) for m in batch]
+            if skip_recorded and prepared:
+                done = self._recorded_seqs(conn, session_id, count, prepared)
+                if done:
+                    if len(done) == len(prepared):
+                        return done
+                    prepared = prepared[len(done) :]
+                    new, _ = self._insert_messages(
+                        conn, session_id, count, prepared, self._clock.now()
+                    )
+                    return done + new
             seqs, _ = self._insert_messages(conn, session_id, count, prepared, self._clock.now())
             return seqs
+
+    @staticmethod
+    def _recorded_seqs(
+        conn: sqlite3.Connection, session_id: str, count: int, batch: Sequence[PreparedMessage]
+    ) -> list[int]:
+        """The seqs of the leading messages of ``batch`` that are stored already."""
+        first = batch[0].uuid
+        if first is None:
+            return []
+        # Two index reads: the latest seq with that uuid (messages_by_uuid), then the uuids
+        # from there on (the primary key).
+        (start,) = conn.execute(
+            "SELECT max(seq) FROM messages WHERE session_id = ? AND uuid = ? AND seq > ?",
+            (session_id, first, count - SKIP_RECORDED_WINDOW),
+        ).fetchone()
+        if start is None:
+            return []
+        stored = conn.execute(
+            "SELECT uuid FROM messages WHERE session_id = ? AND seq >= ? AND seq < ? ORDER BY seq",
+            (session_id, start, start + len(batch)),
+        )
+        return list(range(start, start + recorded_prefix(batch, (row[0] for row in stored))))
 
     def get_session_messages(
         self,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pykka.messages import ProxyCall
 
 import supervisors
 from beamagent import LocalExit, Message, MessageType, Runtime, Session
@@ -30,7 +31,7 @@ from beamagent.errors import (
     ThreadNotFound,
 )
 from beamagent.store import MemoryStore, SessionRecord, ThreadRecord, ThreadStatus
-from beamagent.store.actor import WRITE_METHODS
+from beamagent.store.actor import WRITE_METHODS, StoreRecorder
 from beamagent.store.api import message_from_stored
 
 QUERY_TYPES = [MessageType.USER, MessageType.SYSTEM, MessageType.ASSISTANT, MessageType.RESULT]
@@ -485,6 +486,21 @@ def test_store_actor_rejects_reads_and_survives(rt: Runtime) -> None:
     with pytest.raises(InvalidOption, match="not a store write"):
         rt.store_write("get_session", session.session_id)
     assert rt.store_write("record_message", session.session_id, {"type": "text"}) == 1
+
+
+def test_a_record_retried_through_the_store_actor_is_not_duplicated(rt: Runtime) -> None:
+    session = rt.start_session(backend="local")
+    session.query("hello")
+    sid = session.session_id
+    batch = [m.to_dict() for m in rt.get_session_messages(session)[1:]]  # they have uuids
+    assert all(m["uuid"] for m in batch)
+    recorder = StoreRecorder(rt.store_actor)
+    recorder.record(sid, batch, skip_recorded=True)  # the first attempt committed
+    assert rt.get_session(session).message_count == 4
+    call = ProxyCall(("record",), (sid, batch), {"skip_recorded": True})
+    assert rt.store_actor.ask(call) == [2, 3, 4]
+    recorder.record(sid, batch)  # without it, a retry duplicates
+    assert rt.get_session(session).message_count == 7
 
 
 class FlakyDiskStore(MemoryStore):
