@@ -204,21 +204,22 @@ class MemoryStore:
     def _append(
         self, session: _Session, prepared: Iterable[PreparedMessage], now: float
     ) -> list[int]:
-        seqs: list[int] = []
+        first = len(session.messages) + 1
+        new = [_Message(seq, now, item) for seq, item in enumerate(prepared, first)]
         model = session.model
         touched: set[str] = set()
         for item in prepared:
-            seq = len(session.messages) + 1
-            session.messages.append(_Message(seq, now, item))
-            seqs.append(seq)
             if item.model is not None:
                 model = item.model
             if item.thread_id is not None:
                 touched.add(item.thread_id)
+        # One C call adds the whole batch, so a kill (an exception raised in this thread
+        # between two bytecodes) never leaves half of it, and the count is len(messages).
+        session.appended = (now, model)
+        session.messages.extend(new)
         for thread_id in touched & session.threads.keys():
             session.threads[thread_id] = attrs.evolve(session.threads[thread_id], updated_at=now)
-        session.appended = (now, model)
-        return seqs
+        return list(range(first, first + len(new)))
 
     def _activate(self, session: _Session, thread_id: str | None, now: float) -> None:
         previous = session.record.active_thread_id

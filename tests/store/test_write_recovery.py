@@ -22,6 +22,7 @@ from pykka.messages import ProxyCall
 
 import supervisors
 from beamagent.store import MemoryStore, SessionStore, SqliteStore
+from beamagent.store import memory as memory_module
 from beamagent.store.actor import StoreActor
 
 
@@ -298,3 +299,28 @@ def test_killing_the_store_actor_mid_write_never_wedges_the_store(any_store: Ses
         a["content"] == b["content"] and a["uuid"][-1] + b["uuid"][-1] == "ab" for a, b in pairs
     )
     assert sorted(a["content"] for a, _ in pairs) == sorted(expected[1:])
+
+
+def test_a_memory_store_append_killed_midway_leaves_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = MemoryStore()
+    store.create_session("s1", "local")
+    store.record_message("s1", {"type": "user", "content": "before"})
+    real = memory_module._Message
+    made: list[object] = []
+
+    def killed_on_the_second(*args: Any) -> Any:
+        if len(made) == 1:
+            raise Killed("in the middle of the batch")
+        made.append(real(*args))
+        return made[-1]
+
+    monkeypatch.setattr(memory_module, "_Message", killed_on_the_second)
+    with pytest.raises(Killed):
+        store.record_messages("s1", [{"type": "user", "content": str(i)} for i in range(3)])
+    monkeypatch.undo()
+    assert made  # the kill landed after part of the batch was built
+    assert [m["content"] for m in store.get_session_messages("s1")] == ["before"]
+    assert store.get_session("s1").message_count == 1
+    assert store.record_message("s1", {"type": "user", "content": "next"}) == 2
