@@ -61,6 +61,7 @@ WRITE_METHODS = frozenset(
         "thread_archive",
         "thread_unarchive",
         "thread_rollback",
+        "save_routing_entry",
     }
 )
 

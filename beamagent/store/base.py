@@ -336,6 +336,28 @@ class SessionStore(Protocol):
         """
         ...
 
+    # --- routing state (beamagent.routing) ----------------------------------------------
+
+    def save_routing_entry(self, kind: str, key: str, value: str | None) -> None:
+        """Set one entry of durable routing state, or delete it (``value=None``).
+
+        Kinds in use: ``"health"`` (backend → status) and ``"sticky"`` (affinity key →
+        backend). Deleting an entry that does not exist does nothing.
+
+        Raises:
+            InvalidOption: ``kind`` or ``key`` is not a non-empty valid string, or ``value``
+                is neither that nor ``None``.
+        """
+        ...
+
+    def routing_entries(self, kind: str) -> dict[str, str]:
+        """Every entry of one kind of routing state, ``{key: value}`` in key order.
+
+        Raises:
+            InvalidOption: ``kind`` is not a non-empty valid string.
+        """
+        ...
+
     # --- graph run checkpoints (beamagent.graph) ---------------------------------------
 
     def save_run(
@@ -734,6 +756,14 @@ def prepare_message(message: Any, active_thread_id: str | None) -> PreparedMessa
         model=_column(get("model")),
         body=encode_content(body, "a message"),
     )
+
+
+def check_routing_entry(kind: Any, key: Any, value: Any) -> None:
+    """The arguments of ``save_routing_entry``, or :class:`InvalidOption`."""
+    check_id(kind, "kind")
+    check_id(key, "key")
+    if value is not None:
+        check_id(value, "value")
 
 
 #: How far back ``record_messages(..., skip_recorded=True)`` looks for a batch that is

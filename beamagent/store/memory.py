@@ -39,6 +39,7 @@ from beamagent.store.base import (
     check_mapping,
     check_offset,
     check_optional_str,
+    check_routing_entry,
     check_since,
     check_types,
     check_update_fields,
@@ -138,6 +139,7 @@ class MemoryStore:
         self._clock = MonotonicClock(clock)
         self._lock = threading.RLock()
         self._sessions: dict[str, _Session] = {}
+        self._routing: dict[str, dict[str, str]] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -716,6 +718,34 @@ class MemoryStore:
         with self._lock:
             self._closed = True
             self._sessions.clear()
+            self._routing.clear()
+
+    # --- routing state --------------------------------------------------------------------
+
+    def save_routing_entry(self, kind: str, key: str, value: str | None) -> None:
+        """Set one entry of durable routing state, or delete it (``value=None``).
+
+        Raises:
+            InvalidOption: a bad ``kind``, ``key`` or ``value`` (see ``SessionStore``).
+            StoreError: the store is closed.
+        """
+        check_routing_entry(kind, key, value)
+        with self._locked():
+            if value is None:
+                self._routing.get(kind, {}).pop(key, None)
+            else:
+                self._routing.setdefault(kind, {})[key] = value
+
+    def routing_entries(self, kind: str) -> dict[str, str]:
+        """Every entry of one kind of routing state, ``{key: value}`` in key order.
+
+        Raises:
+            InvalidOption: a bad ``kind``.
+            StoreError: the store is closed.
+        """
+        check_id(kind, "kind")
+        with self._locked():
+            return dict(sorted(self._routing.get(kind, {}).items()))
 
     # --- graph run checkpoints ------------------------------------------------------------
 

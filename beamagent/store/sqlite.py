@@ -54,6 +54,7 @@ from beamagent.store.base import (
     check_mapping,
     check_offset,
     check_optional_str,
+    check_routing_entry,
     check_since,
     check_types,
     check_update_fields,
@@ -168,6 +169,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
         "CREATE INDEX graph_run_results_by_run ON graph_run_results (run_id)",
+    ),
+    (
+        # Routing state that must outlive the registry (beamagent.routing): health
+        # overrides ("health": backend -> status) and sticky bindings ("sticky").
+        """
+        CREATE TABLE routing_state (
+            kind  TEXT NOT NULL,
+            key   TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (kind, key)
+        )
+        """,
     ),
 )
 
@@ -1437,6 +1450,40 @@ class SqliteStore:
         finally:
             self._write_lock.release()
         log.info("store_closed", path=str(self._path))
+
+    # --- routing state --------------------------------------------------------------------
+
+    def save_routing_entry(self, kind: str, key: str, value: str | None) -> None:
+        """Set one entry of durable routing state, or delete it (``value=None``).
+
+        Raises:
+            InvalidOption: a bad ``kind``, ``key`` or ``value`` (see ``SessionStore``).
+            StoreError: the store is closed, or the database failed.
+        """
+        check_routing_entry(kind, key, value)
+        with self._write() as conn:
+            if value is None:
+                conn.execute("DELETE FROM routing_state WHERE kind = ? AND key = ?", (kind, key))
+            else:
+                conn.execute(
+                    "INSERT INTO routing_state (kind, key, value) VALUES (?, ?, ?) "
+                    "ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value",
+                    (kind, key, value),
+                )
+
+    def routing_entries(self, kind: str) -> dict[str, str]:
+        """Every entry of one kind of routing state, ``{key: value}`` in key order.
+
+        Raises:
+            InvalidOption: a bad ``kind``.
+            StoreError: the store is closed, or the database failed.
+        """
+        check_id(kind, "kind")
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT key, value FROM routing_state WHERE kind = ? ORDER BY key", (kind,)
+            )
+            return dict(rows.fetchall())
 
     # --- graph run checkpoints ------------------------------------------------------------
 

@@ -471,7 +471,9 @@ def test_every_mutation_runs_on_the_one_store_actor_thread() -> None:
             rt.thread_unarchive(session, thread.thread_id)
             rt.thread_resume(session, thread.thread_id)
             rt.delete_session("f")
+            rt.store_write("save_routing_entry", "health", "local", "degraded")
             rt.get_session_messages(session)  # reads are not writes
+            rt.store.routing_entries("health")
             rt.thread_list(session)
         names = {name for name, _ in store.writer_threads}
         assert {"create_session", "update_session", "record_messages"} <= names

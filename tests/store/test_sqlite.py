@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -146,6 +147,65 @@ def test_migrations_upgrade_in_order_and_roll_back_on_failure(
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(fixed)
     finally:
         conn.close()
+
+
+def _schema(path: Path) -> list[tuple[str, str, str]]:
+    conn = raw(path)
+    try:
+        return conn.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+def test_a_version_2_file_migrates_to_version_3_keeping_its_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert SCHEMA_VERSION == 3
+    old_path = tmp_path / "v2.db"
+    released = sqlite_module.MIGRATIONS
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", released[:2])
+    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", 2)
+    with SqliteStore(old_path) as store:  # what beamagent wrote before routing state
+        store.create_session("s1", "local", extra={"k": 1})
+        store.record_messages("s1", [{"type": "user", "content": str(i)} for i in range(3)])
+        store.save_run("r1", job_id="j", status="done", state="{}", results=["1"])
+    conn = raw(old_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.close()
+    monkeypatch.undo()
+
+    with SqliteStore(old_path) as store:
+        assert store.get_session("s1").extra == {"k": 1}
+        assert [m["content"] for m in store.get_session_messages("s1")] == ["0", "1", "2"]
+        assert store.load_run("r1")["results"] == [1]
+        store.save_routing_entry("health", "codex", "unhealthy")
+    with SqliteStore(old_path) as store:
+        assert store.routing_entries("health") == {"codex": "unhealthy"}
+    conn = raw(old_path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    finally:
+        conn.close()
+    fresh = tmp_path / "v3.db"
+    SqliteStore(fresh).close()
+    assert _schema(old_path) == _schema(fresh)  # migrating gives what creating gives
+
+
+#: sha256 (first 16 hex digits) of each released step: v1 (sessions, messages, threads),
+#: v2 (graph runs), v3 (routing state).
+RELEASED_MIGRATION_DIGESTS = ["050b222b511eaa90", "560572df891345fb", "44157687b7ac68c8"]
+
+
+def test_released_migration_steps_are_never_edited() -> None:
+    # A file at version i was made by MIGRATIONS[:i]; editing a released step would leave
+    # such files with another schema than new ones. Append a step instead.
+    digests = [
+        hashlib.sha256("\n".join(step).encode()).hexdigest()[:16]
+        for step in sqlite_module.MIGRATIONS[:3]
+    ]
+    assert digests == RELEASED_MIGRATION_DIGESTS
 
 
 def test_a_newer_schema_is_refused(db_path: Path) -> None:
