@@ -629,6 +629,26 @@ class SqliteStore:
         """A write transaction on the single writer; committed before the caller returns."""
         return _WriteTransaction(self)
 
+    @contextmanager
+    def _idle_writer(self) -> Iterator[sqlite3.Connection]:
+        """The write connection between transactions, held under the write lock.
+
+        For :mod:`beamagent.testing.faults`, which changes the connection's settings.
+
+        Raises:
+            StoreError: the store is closed.
+        """
+        if self._write_lock.acquire() is not None:
+            self._log_takeover()
+        try:
+            self._check_open()
+            conn = self._writer
+            if conn.in_transaction:
+                self._discard_open_transaction(conn)
+            yield conn
+        finally:
+            self._write_lock.release()
+
     def _log_takeover(self) -> None:
         log.warning("store_write_lock_recovered", path=str(self._path))
 
