@@ -15,7 +15,7 @@ import json
 import math
 import secrets
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
@@ -215,8 +215,21 @@ class SessionStore(Protocol):
         """Append one message; returns its ``seq`` (1, 2, ... per session)."""
         ...
 
-    def record_messages(self, session_id: str, messages: Iterable[Mapping[str, Any]]) -> list[int]:
-        """Append messages in one transaction (all or none); returns their seqs."""
+    def record_messages(
+        self,
+        session_id: str,
+        messages: Iterable[Mapping[str, Any]],
+        *,
+        skip_recorded: bool = False,
+    ) -> list[int]:
+        """Append messages in one transaction (all or none); returns their seqs.
+
+        With ``skip_recorded`` the call can be retried after a failure whose outcome is
+        unknown (the store actor died mid-call): the batch's leading messages that are
+        already stored, with the same ``uuid`` at consecutive seqs among the session's last
+        :data:`SKIP_RECORDED_WINDOW` messages, are not appended again; their stored seqs
+        are returned with the new ones.
+        """
         ...
 
     def get_session_messages(
@@ -309,6 +322,40 @@ class SessionStore(Protocol):
 
     def close(self) -> None:
         """Release every resource the store holds; later calls raise ``StoreError``."""
+        ...
+
+    def recover_writer(self) -> None:
+        """Make the store ready for a new writer after the previous one was killed.
+
+        The store actor calls it when it starts, so a restarted actor never inherits a
+        transaction or a lock its killed predecessor left behind. Cheap when there is
+        nothing to repair.
+
+        Raises:
+            StoreError: the store cannot be made writable (closed, or cannot reconnect).
+        """
+        ...
+
+    # --- routing state (beamagent.routing) ----------------------------------------------
+
+    def save_routing_entry(self, kind: str, key: str, value: str | None) -> None:
+        """Set one entry of durable routing state, or delete it (``value=None``).
+
+        Kinds in use: ``"health"`` (backend → status) and ``"sticky"`` (affinity key →
+        backend). Deleting an entry that does not exist does nothing.
+
+        Raises:
+            InvalidOption: ``kind`` or ``key`` is not a non-empty valid string, or ``value``
+                is neither that nor ``None``.
+        """
+        ...
+
+    def routing_entries(self, kind: str) -> dict[str, str]:
+        """Every entry of one kind of routing state, ``{key: value}`` in key order.
+
+        Raises:
+            InvalidOption: ``kind`` is not a non-empty valid string.
+        """
         ...
 
     # --- graph run checkpoints (beamagent.graph) ---------------------------------------
@@ -412,29 +459,109 @@ def new_share_id() -> str:
     return "share_" + secrets.token_hex(16)
 
 
+def storable(text: str) -> bool:
+    """Whether a store can keep ``text`` as it is: it has no lone surrogate.
+
+    Python strings may hold lone surrogates (``os.fsdecode(b"caf\\xe9")`` is
+    ``'caf\\udce9'``; ``json.loads`` makes one of a ``"\\udce9"`` escape); UTF-8, and so
+    SQLite, cannot encode them.
+    """
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def storable_text(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD (a valid pair becomes its character).
+
+    >>> storable_text("caf\\udce9") == "caf\\ufffd"
+    True
+    """
+    if storable(text):
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _not_storable(what: str, value: str) -> InvalidOption:
+    return InvalidOption(
+        f"{what} {value!r} is not valid Unicode: it holds a lone surrogate (what os.fsdecode "
+        "makes of undecodable bytes); names and ids must be valid text"
+    )
+
+
 def check_id(value: Any, what: str) -> str:
-    """``value`` if it is a non-empty string, else :class:`InvalidOption`."""
+    """``value`` if it is a non-empty, valid Unicode string, else :class:`InvalidOption`."""
     if not isinstance(value, str) or not value:
         raise InvalidOption(f"{what} must be a non-empty string, got {value!r}")
+    if not storable(value):
+        raise _not_storable(what, value)
     return value
 
 
 def check_optional_str(value: Any, what: str) -> str | None:
-    """``value`` if it is ``None`` or a string, else :class:`InvalidOption`."""
-    if value is not None and not isinstance(value, str):
+    """``value`` if it is ``None`` or a valid Unicode string, else :class:`InvalidOption`."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
         raise InvalidOption(f"{what} must be a string or None, got {value!r}")
+    if not storable(value):
+        raise _not_storable(what, value)
     return value
 
 
+def lookup_key(value: Any) -> str | None:
+    """``value`` if it can name something stored, else ``None`` (which finds nothing).
+
+    An id that is not a string, or holds a lone surrogate, was refused when things were
+    created, so looking it up finds nothing: both stores then raise their not-found error.
+    """
+    return value if isinstance(value, str) and storable(value) else None
+
+
 def check_mapping(value: Any, what: str) -> dict[str, Any]:
-    """A JSON-round-tripped copy of a mapping (``None`` → ``{}``), else :class:`InvalidOption`."""
+    """A JSON-round-tripped copy of a mapping (``None`` → ``{}``), else :class:`InvalidOption`.
+
+    For metadata the caller sets (``extra``, thread ``metadata``): it must be JSON as it
+    is, so a non-finite float or a lone surrogate is refused, naming where it is.
+    """
     if value is None:
         return {}
     if not isinstance(value, Mapping):
         raise InvalidOption(f"{what} must be a mapping, got {type(value).__name__}")
-    decoded = json.loads(encode_json(value, what))
+    text = encode_json(value, what)
+    if not storable(text):
+        try:
+            found = _find_unstorable(value)
+        except RecursionError:
+            found = None
+        raise _not_storable(*((what + found[0], found[1]) if found else (what, text)))
+    decoded = json.loads(text)
     assert isinstance(decoded, dict)
     return decoded
+
+
+def _find_unstorable(value: Any, path: str = "") -> tuple[str, str] | None:
+    """Where the first string holding a lone surrogate is in ``value``, and that string."""
+    items: Iterable[tuple[Any, Any]]
+    if isinstance(value, str):
+        return None if storable(value) else (path, value)
+    if isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if isinstance(key, str) and not storable(key):
+            return f"{path} key", key
+        found = _find_unstorable(item, f"{path}[{key!r}]")
+        if found is not None:
+            return found
+    return None
 
 
 #: Keys of ``extra`` the store itself maintains; callers change them through the store's
@@ -461,26 +588,77 @@ _JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allo
 
 
 def encode_json(value: Any, what: str) -> str:
-    """Compact JSON text of ``value``, or :class:`InvalidOption` if it is not JSON-able."""
+    """Compact JSON text of ``value``, or :class:`InvalidOption` if it is not strict JSON.
+
+    Strict: ``NaN`` and ``±Infinity`` are refused. Lone surrogates pass through (the text
+    is then not :func:`storable`); :func:`check_mapping` refuses them, and
+    :func:`encode_content` replaces them.
+    """
     try:
         return _JSON_ENCODER.encode(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidOption(f"{what} must be JSON-serialisable: {exc}") from None
 
 
+def encode_content(value: Any, what: str) -> str:
+    """JSON text of content (a message body), made storable whatever its strings and floats.
+
+    Content comes from backends and models, so it is never refused for its values: a lone
+    surrogate (in a key or a value) becomes U+FFFD and a non-finite float becomes ``null``,
+    as JavaScript's ``JSON.stringify`` does. What is not JSON at all (bytes, a set, a
+    cycle) is still :class:`InvalidOption`.
+    """
+    try:
+        text = _JSON_ENCODER.encode(value)
+    except ValueError:
+        # A non-finite float somewhere (rare: only then is the value walked and copied).
+        try:
+            text = _JSON_ENCODER.encode(_finite(value))
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise InvalidOption(f"{what} must be JSON-serialisable: {exc}") from None
+    except (TypeError, RecursionError) as exc:
+        raise InvalidOption(f"{what} must be JSON-serialisable: {exc}") from None
+    # Lone surrogates can only be inside JSON strings, so fixing the text fixes each string.
+    return text if text.isascii() else storable_text(text)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None`` (float keys by JS names)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {_finite_key(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _finite_key(key: Any) -> Any:
+    if isinstance(key, float) and not math.isfinite(key):
+        return "NaN" if math.isnan(key) else ("Infinity" if key > 0 else "-Infinity")
+    return key
+
+
+#: The largest integer SQLite stores (a signed 64-bit int); offsets and limits are bounded by
+#: it in both stores, so neither accepts what the other could not.
+MAX_INT = 2**63 - 1
+
+
 def check_limit(limit: Any) -> int | None:
-    """``limit`` if it is ``None`` or a positive int, else :class:`InvalidOption`."""
+    """``limit`` if it is ``None`` or an int in ``[1, MAX_INT]``, else :class:`InvalidOption`."""
     if limit is None:
         return None
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise InvalidOption(f"limit must be a positive integer or None, got {limit!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_INT:
+        raise InvalidOption(
+            f"limit must be a positive integer (at most 2**63 - 1) or None, got {limit!r}"
+        )
     return limit
 
 
 def check_offset(offset: Any) -> int:
-    """``offset`` if it is an int >= 0, else :class:`InvalidOption`."""
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise InvalidOption(f"offset must be an integer >= 0, got {offset!r}")
+    """``offset`` if it is an int in ``[0, MAX_INT]``, else :class:`InvalidOption`."""
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_INT:
+        raise InvalidOption(f"offset must be an integer in [0, 2**63 - 1], got {offset!r}")
     return offset
 
 
@@ -488,9 +666,13 @@ def check_since(since: Any) -> float | None:
     """``since`` if it is ``None`` or a finite number of epoch seconds, else InvalidOption."""
     if since is None:
         return None
-    if isinstance(since, bool) or not isinstance(since, int | float) or not math.isfinite(since):
+    try:
+        seconds = float(since) if isinstance(since, int | float) else math.nan
+    except OverflowError:  # an int too large for a float
+        seconds = math.nan
+    if isinstance(since, bool) or not math.isfinite(seconds):
         raise InvalidOption(f"since must be epoch seconds (a number) or None, got {since!r}")
-    return float(since)
+    return seconds
 
 
 def check_types(types: Any) -> frozenset[str] | None:
@@ -498,6 +680,8 @@ def check_types(types: Any) -> frozenset[str] | None:
     if types is None:
         return None
     if isinstance(types, str):
+        if not storable(types):
+            raise _not_storable("types", types)
         return frozenset({types})
     try:
         chosen = frozenset(types)
@@ -505,6 +689,9 @@ def check_types(types: Any) -> frozenset[str] | None:
         raise InvalidOption(f"types must be an iterable of strings, got {types!r}") from None
     if not all(isinstance(t, str) for t in chosen):
         raise InvalidOption(f"types must be an iterable of strings, got {types!r}")
+    for kind in chosen:
+        if not storable(kind):
+            raise _not_storable("types", kind)
     return chosen
 
 
@@ -542,7 +729,9 @@ def prepare_message(message: Any, active_thread_id: str | None) -> PreparedMessa
     """Check a message dict and encode it; stamp ``active_thread_id`` if it has no thread.
 
     A message is a JSON-able mapping with a non-empty string ``type``. The indexed
-    columns take ``uuid``, ``message_id`` and ``thread_id`` when they are strings.
+    columns take ``type``, ``uuid``, ``message_id``, ``thread_id`` and ``model`` when
+    they are non-empty strings. The body is content (:func:`encode_content`): lone
+    surrogates become U+FFFD and non-finite floats ``null``, in the columns too.
     """
     if not isinstance(message, Mapping):
         raise InvalidOption(f"a message must be a mapping, got {type(message).__name__}")
@@ -560,18 +749,55 @@ def prepare_message(message: Any, active_thread_id: str | None) -> PreparedMessa
         body = dict(message)
     get = body.get
     return PreparedMessage(
-        type=kind,
+        type=kind if kind.isascii() else storable_text(kind),
         uuid=_column(get("uuid")),
         message_id=_column(get("message_id")),
         thread_id=_column(get("thread_id")),
         model=_column(get("model")),
-        body=encode_json(body, "a message"),
+        body=encode_content(body, "a message"),
     )
 
 
+def check_routing_entry(kind: Any, key: Any, value: Any) -> None:
+    """The arguments of ``save_routing_entry``, or :class:`InvalidOption`."""
+    check_id(kind, "kind")
+    check_id(key, "key")
+    if value is not None:
+        check_id(value, "value")
+
+
+#: How far back ``record_messages(..., skip_recorded=True)`` looks for a batch that is
+#: already stored: a retry follows its failure closely, and a uuid seen longer ago is more
+#: likely a backend repeating itself than the same message.
+SKIP_RECORDED_WINDOW = 1000
+
+
+def check_flag(value: Any, what: str) -> bool:
+    """``value`` if it is a bool, else :class:`InvalidOption`."""
+    if not isinstance(value, bool):
+        raise InvalidOption(f"{what} must be True or False, got {value!r}")
+    return value
+
+
+def recorded_prefix(batch: Sequence[PreparedMessage], stored_uuids: Iterable[str | None]) -> int:
+    """How many leading messages of ``batch`` are already stored.
+
+    ``stored_uuids`` are the uuids of the stored messages from the latest one whose uuid is
+    the batch's first (in seq order). A message without a uuid is never taken as stored.
+    """
+    count = 0
+    for prepared, stored in zip(batch, stored_uuids, strict=False):
+        if prepared.uuid is None or prepared.uuid != stored:
+            break
+        count += 1
+    return count
+
+
 def _column(value: Any) -> str | None:
-    """An indexed column's value: a non-empty string, else ``None``."""
-    return value if isinstance(value, str) and value else None
+    """An indexed column's value: a non-empty string (made storable), else ``None``."""
+    if isinstance(value, str) and value:
+        return value if value.isascii() else storable_text(value)
+    return None
 
 
 def with_thread_id(body: str, thread_id: str) -> PreparedMessage:

@@ -25,6 +25,7 @@ from beamagent.errors import (
 )
 from beamagent.log import get_logger
 from beamagent.store.base import (
+    SKIP_RECORDED_WINDOW,
     MonotonicClock,
     PreparedMessage,
     SessionRecord,
@@ -32,11 +33,13 @@ from beamagent.store.base import (
     ThreadRecord,
     ThreadStatus,
     check_extra,
+    check_flag,
     check_id,
     check_limit,
     check_mapping,
     check_offset,
     check_optional_str,
+    check_routing_entry,
     check_since,
     check_types,
     check_update_fields,
@@ -46,6 +49,8 @@ from beamagent.store.base import (
     new_share_id,
     new_thread_id,
     prepare_message,
+    recorded_prefix,
+    storable_text,
     with_thread_id,
 )
 from beamagent.store.selectors import (
@@ -134,6 +139,7 @@ class MemoryStore:
         self._clock = MonotonicClock(clock)
         self._lock = threading.RLock()
         self._sessions: dict[str, _Session] = {}
+        self._routing: dict[str, dict[str, str]] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -200,21 +206,22 @@ class MemoryStore:
     def _append(
         self, session: _Session, prepared: Iterable[PreparedMessage], now: float
     ) -> list[int]:
-        seqs: list[int] = []
+        first = len(session.messages) + 1
+        new = [_Message(seq, now, item) for seq, item in enumerate(prepared, first)]
         model = session.model
         touched: set[str] = set()
         for item in prepared:
-            seq = len(session.messages) + 1
-            session.messages.append(_Message(seq, now, item))
-            seqs.append(seq)
             if item.model is not None:
                 model = item.model
             if item.thread_id is not None:
                 touched.add(item.thread_id)
+        # One C call adds the whole batch, so a kill (an exception raised in this thread
+        # between two bytecodes) never leaves half of it, and the count is len(messages).
+        session.appended = (now, model)
+        session.messages.extend(new)
         for thread_id in touched & session.threads.keys():
             session.threads[thread_id] = attrs.evolve(session.threads[thread_id], updated_at=now)
-        session.appended = (now, model)
-        return seqs
+        return list(range(first, first + len(new)))
 
     def _activate(self, session: _Session, thread_id: str | None, now: float) -> None:
         previous = session.record.active_thread_id
@@ -299,6 +306,9 @@ class MemoryStore:
         limit: int | None = None,
     ) -> list[SessionRecord]:
         """Sessions matching every given filter, most recently updated first."""
+        check_optional_str(backend, "backend")
+        check_optional_str(cwd, "cwd")
+        check_optional_str(model, "model")
         since = check_since(since)
         limit = check_limit(limit)
         with self._locked():
@@ -326,14 +336,50 @@ class MemoryStore:
         (seq,) = self.record_messages(session_id, [message])
         return seq
 
-    def record_messages(self, session_id: str, messages: Iterable[Mapping[str, Any]]) -> list[int]:
-        """Append messages atomically (all are checked before any is stored)."""
+    def record_messages(
+        self,
+        session_id: str,
+        messages: Iterable[Mapping[str, Any]],
+        *,
+        skip_recorded: bool = False,
+    ) -> list[int]:
+        """Append messages atomically (all are checked before any is stored).
+
+        With ``skip_recorded``, leading messages already stored are not appended again
+        (see :meth:`SessionStore.record_messages`).
+
+        Raises:
+            SessionNotFound: no such session.
+            InvalidOption: a message is not a JSON-able mapping with a string ``type``.
+            StoreError: the store is closed.
+        """
         batch = list(messages)
+        if skip_recorded is not False:
+            check_flag(skip_recorded, "skip_recorded")
         with self._locked():
             session = self._session(session_id)
             active = session.stored.active_thread_id  # appends do not change it
             prepared = [prepare_message(m, active) for m in batch]
+            if skip_recorded and prepared:
+                done = self._recorded_seqs(session, prepared)
+                if len(done) == len(prepared):
+                    return done
+                return done + self._append(session, prepared[len(done) :], self._clock.now())
             return self._append(session, prepared, self._clock.now())
+
+    @staticmethod
+    def _recorded_seqs(session: _Session, batch: list[PreparedMessage]) -> list[int]:
+        """The seqs of the leading messages of ``batch`` that are stored already."""
+        first = batch[0].uuid
+        if first is None:
+            return []
+        messages = session.messages
+        for index in range(len(messages) - 1, max(0, len(messages) - SKIP_RECORDED_WINDOW) - 1, -1):
+            if messages[index].prepared.uuid == first:
+                stored = (m.prepared.uuid for m in messages[index : index + len(batch)])
+                start = index + 1
+                return list(range(start, start + recorded_prefix(batch, stored)))
+        return []
 
     def get_session_messages(
         self,
@@ -474,8 +520,10 @@ class MemoryStore:
 
     def summarize_session(self, session_id: str, *, content: str | None = None) -> dict[str, Any]:
         """Store and return a summary of the visible messages."""
-        if content is not None and not isinstance(content, str):
-            raise InvalidOption(f"content must be a string or None, got {content!r}")
+        if content is not None:
+            if not isinstance(content, str):
+                raise InvalidOption(f"content must be a string or None, got {content!r}")
+            content = storable_text(content)
         with self._locked():
             session = self._session(session_id)
             visible = self._visible(session)
@@ -662,11 +710,42 @@ class MemoryStore:
 
     # --- lifecycle ------------------------------------------------------------------------
 
+    def recover_writer(self) -> None:
+        """Nothing to repair: a change is applied under one lock that ``with`` releases."""
+
     def close(self) -> None:
         """Drop every session; later calls raise :class:`~beamagent.errors.StoreError`."""
         with self._lock:
             self._closed = True
             self._sessions.clear()
+            self._routing.clear()
+
+    # --- routing state --------------------------------------------------------------------
+
+    def save_routing_entry(self, kind: str, key: str, value: str | None) -> None:
+        """Set one entry of durable routing state, or delete it (``value=None``).
+
+        Raises:
+            InvalidOption: a bad ``kind``, ``key`` or ``value`` (see ``SessionStore``).
+            StoreError: the store is closed.
+        """
+        check_routing_entry(kind, key, value)
+        with self._locked():
+            if value is None:
+                self._routing.get(kind, {}).pop(key, None)
+            else:
+                self._routing.setdefault(kind, {})[key] = value
+
+    def routing_entries(self, kind: str) -> dict[str, str]:
+        """Every entry of one kind of routing state, ``{key: value}`` in key order.
+
+        Raises:
+            InvalidOption: a bad ``kind``.
+            StoreError: the store is closed.
+        """
+        check_id(kind, "kind")
+        with self._locked():
+            return dict(sorted(self._routing.get(kind, {}).items()))
 
     # --- graph run checkpoints ------------------------------------------------------------
 
@@ -695,6 +774,8 @@ class MemoryStore:
         texts = list(results)
         if not isinstance(state, str) or not all(isinstance(t, str) for t in texts):
             raise InvalidOption("a run checkpoint's state and results must be JSON texts")
+        state = storable_text(state)
+        texts = [storable_text(t) for t in texts]
         with self._locked():
             rows = self._run_rows()
             now = self._clock.now()

@@ -25,6 +25,7 @@ from typing import Any
 import attrs
 
 from beamagent.errors import InvalidSelector
+from beamagent.store.base import storable
 
 __all__ = [
     "REVERT_FORMS",
@@ -92,6 +93,8 @@ def _parse(selector: Any, forms: Sequence[str], allow_drop: bool) -> RevertSelec
     ):
         if isinstance(selector, DropCount) and selector.n < 0:
             raise _invalid(selector, forms, "a count must be >= 0")
+        if isinstance(selector, MessageMatch):
+            _check_match_value(selector, selector.key.value, selector.value, forms)
         return selector
     if not isinstance(selector, Mapping) or len(selector) != 1:
         raise _invalid(selector, forms, "a selector is a mapping with exactly one key")
@@ -105,10 +108,17 @@ def _parse(selector: Any, forms: Sequence[str], allow_drop: bool) -> RevertSelec
             return DropCount(value)
         return VisibleCount(value)
     if key in ("message_id", "uuid"):
-        if not isinstance(value, str) or not value:
-            raise _invalid(selector, forms, f"{key} must be a non-empty string")
+        _check_match_value(selector, key, value, forms)
         return MessageMatch(MatchKey(key), value)
     raise _invalid(selector, forms, "unknown selector")
+
+
+def _check_match_value(selector: Any, key: str, value: Any, forms: Sequence[str]) -> None:
+    if not isinstance(value, str) or not value:
+        raise _invalid(selector, forms, f"{key} must be a non-empty string")
+    if not storable(value):
+        # No stored message can have it: ids are stored as valid text.
+        raise _invalid(selector, forms, f"{key} is not valid Unicode (it holds a lone surrogate)")
 
 
 def parse_revert_selector(selector: Any) -> RevertSelector:

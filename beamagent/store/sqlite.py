@@ -11,6 +11,8 @@
   is marked with ``PRAGMA application_id = APPLICATION_ID``. A file that is not SQLite,
   is someone else's database, or has a newer schema raises
   :class:`~beamagent.errors.StoreError` naming the path; it is never overwritten.
+* A database error met later (damaged pages, an I/O error, a full disk) is a
+  :class:`~beamagent.errors.StoreError` naming the path too, for reads and writes alike.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ from beamagent.errors import (
 )
 from beamagent.log import get_logger
 from beamagent.store.base import (
+    SKIP_RECORDED_WINDOW,
     MonotonicClock,
     PreparedMessage,
     SessionRecord,
@@ -45,21 +48,26 @@ from beamagent.store.base import (
     ThreadRecord,
     ThreadStatus,
     check_extra,
+    check_flag,
     check_id,
     check_limit,
     check_mapping,
     check_offset,
     check_optional_str,
+    check_routing_entry,
     check_since,
     check_types,
     check_update_fields,
     encode_json,
     fork_extra,
+    lookup_key,
     merge_extra,
     new_session_id,
     new_share_id,
     new_thread_id,
     prepare_message,
+    recorded_prefix,
+    storable_text,
     with_thread_id,
 )
 from beamagent.store.selectors import (
@@ -162,6 +170,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX graph_run_results_by_run ON graph_run_results (run_id)",
     ),
+    (
+        # Routing state that must outlive the registry (beamagent.routing): health
+        # overrides ("health": backend -> status) and sticky bindings ("sticky").
+        """
+        CREATE TABLE routing_state (
+            kind  TEXT NOT NULL,
+            key   TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (kind, key)
+        )
+        """,
+    ),
 )
 
 #: The schema version this code writes and understands.
@@ -219,10 +239,25 @@ def messages_query(
     )
 
 
+class _DamagedRow(Exception):
+    """A stored JSON text that is not a JSON object: the file was damaged (or edited)."""
+
+
 def _decode(text: str) -> dict[str, Any]:
-    value = json.loads(text)
-    assert isinstance(value, dict)
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise _DamagedRow(f"a stored JSON text does not decode ({exc})") from exc
+    if not isinstance(value, dict):
+        raise _DamagedRow(f"a stored JSON text is a {type(value).__name__}, not an object")
     return value
+
+
+def _decode_any(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise _DamagedRow(f"a stored JSON text does not decode ({exc})") from exc
 
 
 def _session_from_row(row: Sequence[Any]) -> SessionRecord:
@@ -294,12 +329,70 @@ def _tighten_side_files(path: Path) -> None:
             continue
 
 
+#: How often a writer waiting for the write lock checks that its holder is still alive
+#: (seconds). A live holder wakes the waiter when it releases; this only bounds how long
+#: a lock left by a dead thread goes unnoticed.
+_LOCK_POLL = 0.05
+
+
+class _WriteLock:
+    """The write lock: not reentrant, and recoverable from a holder that died holding it.
+
+    A store actor killed mid-write (``supervisors.kill`` raises in its thread at the next
+    bytecode) can stop anywhere, even between taking the lock and releasing it. So the
+    lock remembers its holder, and a thread that finds the holder dead takes it over. A
+    thread that finds that *it* holds the lock does the same: writes never nest, so that
+    hold was leaked by an interrupted call of its own. Whoever takes a lock over rolls back
+    the transaction the previous holder may have left open (see :class:`_WriteTransaction`).
+    """
+
+    __slots__ = ("_cond", "_owner", "_waiting")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._owner: threading.Thread | None = None
+        self._waiting = 0
+
+    def acquire(self) -> threading.Thread | None:
+        """Take the lock, waiting while a live thread holds it.
+
+        Returns the thread it was taken over from (dead, or the caller itself), or
+        ``None`` when it was free.
+        """
+        me = threading.current_thread()
+        with self._cond:
+            owner = self._owner
+            if owner is None:
+                self._owner = me
+                return None
+            self._waiting += 1
+            try:
+                while owner is not None and owner is not me and owner.is_alive():
+                    self._cond.wait(_LOCK_POLL)
+                    owner = self._owner
+                self._owner = me
+            finally:
+                self._waiting -= 1
+            return owner
+
+    def release(self) -> None:
+        """Free the lock and wake one waiting writer."""
+        with self._cond:
+            self._owner = None
+            if self._waiting:
+                self._cond.notify()
+
+
 class _WriteTransaction:
     """``with store._write() as conn``: hold the write lock, ``BEGIN IMMEDIATE`` ... ``COMMIT``.
 
-    On an exception (also one from ``COMMIT``) the transaction is rolled back, so that the
-    next ``BEGIN`` starts clean, and the exception goes on. A class rather than a
-    ``@contextmanager`` generator because every recorded message pays for it.
+    On an exception (also one from ``BEGIN`` or ``COMMIT``) the transaction is rolled back
+    and the lock released before the exception goes on; a database error (disk full, I/O
+    error, a damaged file) goes on as :class:`StoreError` naming the file. A kill can
+    still land between any two bytecodes of this class; the next writer repairs whatever
+    it left: it takes over a lock whose holder died (:class:`_WriteLock`) and rolls back a
+    transaction left open on the connection before it begins its own. A class rather than
+    a ``@contextmanager`` generator because every recorded message pays for it.
     """
 
     __slots__ = ("_store",)
@@ -309,13 +402,18 @@ class _WriteTransaction:
 
     def __enter__(self) -> sqlite3.Connection:
         store = self._store
-        store._write_lock.acquire()
+        if store._write_lock.acquire() is not None:
+            store._log_takeover()
         try:
             store._check_open()
             conn = store._writer
+            if conn.in_transaction:
+                store._discard_open_transaction(conn)
             conn.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            store._write_lock.release()
+        except BaseException as exc:
+            store._end_failed_write()
+            if isinstance(exc, sqlite3.Error):
+                raise store._failed("write", exc) from exc
             raise
         return conn
 
@@ -323,19 +421,19 @@ class _WriteTransaction:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
         store = self._store
-        conn = store._writer
+        if exc_type is not None:
+            store._end_failed_write()
+            if isinstance(exc, sqlite3.Error | _DamagedRow):
+                raise store._failed("write", exc) from exc
+            return
         try:
-            if exc_type is None:
-                try:
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            elif conn.in_transaction:
-                conn.execute("ROLLBACK")
-        finally:
-            store._write_lock.release()
+            store._writer.execute("COMMIT")
+        except BaseException as failed:
+            store._end_failed_write()
+            if isinstance(failed, sqlite3.Error):
+                raise store._failed("commit", failed) from failed
+            raise
+        store._write_lock.release()
 
 
 class SqliteStore:
@@ -358,7 +456,7 @@ class SqliteStore:
             )
         self._path = Path(os.path.abspath(Path(raw).expanduser()))
         self._clock = MonotonicClock(clock)
-        self._write_lock = threading.Lock()
+        self._write_lock = _WriteLock()
         self._readers_lock = threading.Lock()
         self._readers: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
         self._local = threading.local()
@@ -370,7 +468,7 @@ class SqliteStore:
             raise StoreError(f"cannot open the session store {str(self._path)!r}: {exc}") from exc
         try:
             self._check_identity()
-            self._configure_writer()
+            self._configure_writer(self._writer)
             self._migrate()
             _tighten_side_files(self._path)
         except sqlite3.DatabaseError as exc:
@@ -432,8 +530,7 @@ class SqliteStore:
                 f"than this beamagent understands ({SCHEMA_VERSION}); upgrade beamagent"
             )
 
-    def _configure_writer(self) -> None:
-        conn = self._writer
+    def _configure_writer(self, conn: sqlite3.Connection) -> None:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreError(
@@ -502,25 +599,119 @@ class SqliteStore:
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction: one consistent snapshot for every query inside."""
+        """A read transaction: one consistent snapshot for every query inside.
+
+        A database error (a damaged file, an I/O error) or a damaged row inside is raised
+        as :class:`StoreError` naming the file.
+        """
         self._check_open()
-        conn = self._reader()
-        conn.execute("BEGIN")
+        try:
+            conn = self._reader()
+            conn.execute("BEGIN")
+        except sqlite3.Error as exc:
+            raise self._failed("read", exc) from exc
         try:
             yield conn
+        except (sqlite3.Error, _DamagedRow) as exc:
+            raise self._failed("read", exc) from exc
         finally:
-            conn.execute("ROLLBACK")
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+
+    def _failed(self, action: str, exc: BaseException) -> StoreError:
+        """The :class:`StoreError` for a database error (or a damaged row) during ``action``."""
+        if self._closed:  # closed by another thread meanwhile
+            return StoreError(f"the session store {str(self._path)!r} is closed")
+        log.error("store_failed", path=str(self._path), action=action, error=str(exc))
+        return StoreError(f"the session store {str(self._path)!r} failed to {action}: {exc}")
 
     def _write(self) -> _WriteTransaction:
         """A write transaction on the single writer; committed before the caller returns."""
         return _WriteTransaction(self)
+
+    @contextmanager
+    def _idle_writer(self) -> Iterator[sqlite3.Connection]:
+        """The write connection between transactions, held under the write lock.
+
+        For :mod:`beamagent.testing.faults`, which changes the connection's settings.
+
+        Raises:
+            StoreError: the store is closed.
+        """
+        if self._write_lock.acquire() is not None:
+            self._log_takeover()
+        try:
+            self._check_open()
+            conn = self._writer
+            if conn.in_transaction:
+                self._discard_open_transaction(conn)
+            yield conn
+        finally:
+            self._write_lock.release()
+
+    def _log_takeover(self) -> None:
+        log.warning("store_write_lock_recovered", path=str(self._path))
+
+    def _discard_open_transaction(self, conn: sqlite3.Connection) -> None:
+        # Left open by a writer killed mid-transaction: nothing of it was committed, and
+        # BEGIN would fail with "cannot start a transaction within a transaction".
+        log.warning("store_open_transaction_discarded", path=str(self._path))
+        conn.execute("ROLLBACK")
+
+    def _end_failed_write(self) -> None:
+        """Roll back whatever the writer has open, then release the write lock."""
+        try:
+            if not self._closed:
+                conn = self._writer
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            # The failure that got us here is the one to report; the next write retries
+            # the rollback before it begins.
+            log.warning("store_rollback_failed", path=str(self._path), error=str(exc))
+        finally:
+            self._write_lock.release()
+
+    def recover_writer(self) -> None:
+        """Make the write connection clean for a new writer (the store actor's ``on_start``).
+
+        Takes the write lock (over from a holder that died holding it, if need be) and
+        rolls back any transaction a writer killed mid-write left open: none of it was
+        committed. If that rollback fails, the write connection is replaced by a new one.
+
+        Raises:
+            StoreError: the store is closed, or a new write connection cannot be opened.
+        """
+        if self._write_lock.acquire() is not None:
+            self._log_takeover()
+        try:
+            self._check_open()
+            conn = self._writer
+            try:
+                if conn.in_transaction:
+                    self._discard_open_transaction(conn)
+                return
+            except sqlite3.Error as exc:
+                log.warning("store_writer_replaced", path=str(self._path), error=str(exc))
+            try:
+                fresh = self._connect()
+                self._configure_writer(fresh)
+            except sqlite3.Error as exc:
+                raise StoreError(
+                    f"cannot reopen the session store {str(self._path)!r} for writing: {exc}"
+                ) from exc
+            self._writer = fresh
+            with suppress(sqlite3.Error):
+                conn.close()
+        finally:
+            self._write_lock.release()
 
     # --- row helpers ----------------------------------------------------------------------
 
     @staticmethod
     def _load(conn: sqlite3.Connection, session_id: Any) -> SessionRecord:
         row = None
-        if isinstance(session_id, str):
+        if lookup_key(session_id) is not None:
             row = conn.execute(
                 f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)
             ).fetchone()
@@ -568,7 +759,7 @@ class SqliteStore:
     @staticmethod
     def _thread_row(conn: sqlite3.Connection, session_id: str, thread_id: Any) -> ThreadRecord:
         row = None
-        if isinstance(thread_id, str):
+        if lookup_key(thread_id) is not None:
             row = conn.execute(
                 f"SELECT {_THREAD_COLUMNS} FROM threads WHERE session_id = ? AND thread_id = ?",
                 (session_id, thread_id),
@@ -784,6 +975,9 @@ class SqliteStore:
         limit: int | None = None,
     ) -> list[SessionRecord]:
         """Sessions matching every given filter, most recently updated first."""
+        check_optional_str(backend, "backend")
+        check_optional_str(cwd, "cwd")
+        check_optional_str(model, "model")
         since = check_since(since)
         limit = check_limit(limit)
         where: list[str] = []
@@ -816,21 +1010,70 @@ class SqliteStore:
         (seq,) = self.record_messages(session_id, [message])
         return seq
 
-    def record_messages(self, session_id: str, messages: Iterable[Mapping[str, Any]]) -> list[int]:
-        """Append messages in one transaction (all or none); returns their seqs."""
+    def record_messages(
+        self,
+        session_id: str,
+        messages: Iterable[Mapping[str, Any]],
+        *,
+        skip_recorded: bool = False,
+    ) -> list[int]:
+        """Append messages in one transaction (all or none); returns their seqs.
+
+        With ``skip_recorded``, leading messages already stored are not appended again
+        (see :meth:`SessionStore.record_messages`).
+
+        Raises:
+            SessionNotFound: no such session.
+            InvalidOption: a message is not a JSON-able mapping with a string ``type``.
+            StoreError: the store is closed, or the database failed (nothing was written).
+        """
         batch = list(messages)
+        if skip_recorded is not False:
+            check_flag(skip_recorded, "skip_recorded")
         with self._write() as conn:
             # The hot path of every session: read and write only the columns an append
             # uses, not the whole record (see _append for the general case).
             row = None
-            if isinstance(session_id, str):
+            if lookup_key(session_id) is not None:
                 row = conn.execute(_RECORD_READ, (session_id,)).fetchone()
             if row is None:
                 raise SessionNotFound(session_id)
             count, active_thread_id = row
             prepared = [prepare_message(m, active_thread_id) for m in batch]
+            if skip_recorded and prepared:
+                done = self._recorded_seqs(conn, session_id, count, prepared)
+                if done:
+                    if len(done) == len(prepared):
+                        return done
+                    prepared = prepared[len(done) :]
+                    new, _ = self._insert_messages(
+                        conn, session_id, count, prepared, self._clock.now()
+                    )
+                    return done + new
             seqs, _ = self._insert_messages(conn, session_id, count, prepared, self._clock.now())
             return seqs
+
+    @staticmethod
+    def _recorded_seqs(
+        conn: sqlite3.Connection, session_id: str, count: int, batch: Sequence[PreparedMessage]
+    ) -> list[int]:
+        """The seqs of the leading messages of ``batch`` that are stored already."""
+        first = batch[0].uuid
+        if first is None:
+            return []
+        # Two index reads: the latest seq with that uuid (messages_by_uuid), then the uuids
+        # from there on (the primary key).
+        (start,) = conn.execute(
+            "SELECT max(seq) FROM messages WHERE session_id = ? AND uuid = ? AND seq > ?",
+            (session_id, first, count - SKIP_RECORDED_WINDOW),
+        ).fetchone()
+        if start is None:
+            return []
+        stored = conn.execute(
+            "SELECT uuid FROM messages WHERE session_id = ? AND seq >= ? AND seq < ? ORDER BY seq",
+            (session_id, start, start + len(batch)),
+        )
+        return list(range(start, start + recorded_prefix(batch, (row[0] for row in stored))))
 
     def get_session_messages(
         self,
@@ -983,8 +1226,10 @@ class SqliteStore:
 
     def summarize_session(self, session_id: str, *, content: str | None = None) -> dict[str, Any]:
         """Store and return a summary of the visible messages."""
-        if content is not None and not isinstance(content, str):
-            raise InvalidOption(f"content must be a string or None, got {content!r}")
+        if content is not None:
+            if not isinstance(content, str):
+                raise InvalidOption(f"content must be a string or None, got {content!r}")
+            content = storable_text(content)
         with self._write() as conn:
             record = self._load(conn, session_id)
             visible = record.visible_message_count
@@ -1212,15 +1457,53 @@ class SqliteStore:
 
     def close(self) -> None:
         """Close every connection this store opened; later calls raise ``StoreError``."""
-        with self._write_lock, self._readers_lock:
-            if self._closed:
-                return
-            self._closed = True
-            for _, conn in self._readers:
-                conn.close()
-            self._readers = []
-            self._writer.close()
+        self._write_lock.acquire()
+        try:
+            with self._readers_lock:
+                if self._closed:
+                    return
+                self._closed = True
+                for _, conn in self._readers:
+                    conn.close()
+                self._readers = []
+                self._writer.close()
+        finally:
+            self._write_lock.release()
         log.info("store_closed", path=str(self._path))
+
+    # --- routing state --------------------------------------------------------------------
+
+    def save_routing_entry(self, kind: str, key: str, value: str | None) -> None:
+        """Set one entry of durable routing state, or delete it (``value=None``).
+
+        Raises:
+            InvalidOption: a bad ``kind``, ``key`` or ``value`` (see ``SessionStore``).
+            StoreError: the store is closed, or the database failed.
+        """
+        check_routing_entry(kind, key, value)
+        with self._write() as conn:
+            if value is None:
+                conn.execute("DELETE FROM routing_state WHERE kind = ? AND key = ?", (kind, key))
+            else:
+                conn.execute(
+                    "INSERT INTO routing_state (kind, key, value) VALUES (?, ?, ?) "
+                    "ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value",
+                    (kind, key, value),
+                )
+
+    def routing_entries(self, kind: str) -> dict[str, str]:
+        """Every entry of one kind of routing state, ``{key: value}`` in key order.
+
+        Raises:
+            InvalidOption: a bad ``kind``.
+            StoreError: the store is closed, or the database failed.
+        """
+        check_id(kind, "kind")
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT key, value FROM routing_state WHERE kind = ? ORDER BY key", (kind,)
+            )
+            return dict(rows.fetchall())
 
     # --- graph run checkpoints ------------------------------------------------------------
 
@@ -1242,6 +1525,8 @@ class SqliteStore:
         texts = list(results)
         if not isinstance(state, str) or not all(isinstance(t, str) for t in texts):
             raise InvalidOption("a run checkpoint's state and results must be JSON texts")
+        state = storable_text(state)
+        texts = [storable_text(t) for t in texts]
         with self._write() as conn:
             now = self._clock.now()
             conn.execute(
@@ -1278,20 +1563,19 @@ class SqliteStore:
         with self._read() as conn:
             row = conn.execute(
                 f"SELECT {self._RUN_COLUMNS}, state FROM graph_runs WHERE run_id = ?",
-                (run_id if isinstance(run_id, str) else None,),
+                (lookup_key(run_id),),
             ).fetchone()
             if row is None:
                 raise RunNotFound(f"no run {run_id!r} in the store")
-            bodies = [
-                r[0]
+            out = self._run_from_row(row[:6])
+            out["state"] = _decode_any(row[6])
+            out["results"] = [
+                _decode_any(r[0])
                 for r in conn.execute(
                     "SELECT body FROM graph_run_results WHERE run_id = ? ORDER BY rowid",
                     (run_id,),
                 )
             ]
-        out = self._run_from_row(row[:6])
-        out["state"] = json.loads(row[6])
-        out["results"] = [json.loads(body) for body in bodies]
         return out
 
     def list_runs(
@@ -1329,7 +1613,7 @@ class SqliteStore:
         with self._write() as conn:
             deleted = conn.execute(
                 "DELETE FROM graph_runs WHERE run_id = ?",
-                (run_id if isinstance(run_id, str) else None,),
+                (lookup_key(run_id),),
             ).rowcount
             if not deleted:
                 raise RunNotFound(f"no run {run_id!r} in the store")

@@ -1,4 +1,4 @@
-"""beamagent's public test kit: a fake model server and the pinned agent CLIs."""
+"""beamagent's public test kit: a fake model server, the pinned agent CLIs, store faults."""
 
 from beamagent.testing.clis import (
     CLI_ENVIRONMENTS,
@@ -33,6 +33,7 @@ from beamagent.testing.fake_model import (
     is_side_request,
     shell_tool_arguments,
 )
+from beamagent.testing.faults import disk_full
 
 __all__ = [
     "CLI_ENVIRONMENTS",
@@ -54,6 +55,7 @@ __all__ = [
     "cli_path",
     "codex_env",
     "copilot_env",
+    "disk_full",
     "ensure_installed",
     "example_from_schema",
     "gemini_env",

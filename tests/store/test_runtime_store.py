@@ -6,6 +6,8 @@ outliving the runtime.
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import sqlite3
 import threading
@@ -14,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pykka.messages import ProxyCall
 
 import supervisors
 from beamagent import LocalExit, Message, MessageType, Runtime, Session
 from beamagent.backends.local import LocalHandler
 from beamagent.errors import (
+    BeamAgentError,
     InvalidOption,
     InvalidSelector,
     NotShared,
@@ -28,7 +32,7 @@ from beamagent.errors import (
     ThreadNotFound,
 )
 from beamagent.store import MemoryStore, SessionRecord, ThreadRecord, ThreadStatus
-from beamagent.store.actor import WRITE_METHODS
+from beamagent.store.actor import WRITE_METHODS, StoreRecorder
 from beamagent.store.api import message_from_stored
 
 QUERY_TYPES = [MessageType.USER, MessageType.SYSTEM, MessageType.ASSISTANT, MessageType.RESULT]
@@ -115,6 +119,20 @@ def test_send_query_and_receive_message_are_recorded(rt: Runtime) -> None:
     while session.receive_message(ref, timeout=10).type is not MessageType.RESULT:
         pass
     assert contents(rt.get_session_messages(session, types="assistant")) == ["a", "b"]
+
+
+def test_a_prompt_and_replies_with_lone_surrogates_are_recorded(rt: Runtime) -> None:
+    session = rt.start_session(backend="local")
+    delivered = session.query(os.fsdecode(b"caf\xe9"))  # an undecodable file name, say
+    assert delivered[-1].content == "caf\udce9"  # delivered as the backend sent it
+    stored = rt.get_session_messages(session)
+    assert types(stored) == QUERY_TYPES
+    assert contents(stored)[0] == contents(stored)[-1] == "caf\ufffd"
+    rt.store_write(
+        "record_message", session.session_id, {"type": "assistant", "usage": {"cost": math.nan}}
+    )
+    assert rt.store.get_session_messages(session.session_id)[-1]["usage"] == {"cost": None}
+    assert session.query("still recording")[-1].content == "still recording"
 
 
 # --- sessions: list / get / messages / delete -------------------------------------------------
@@ -453,7 +471,9 @@ def test_every_mutation_runs_on_the_one_store_actor_thread() -> None:
             rt.thread_unarchive(session, thread.thread_id)
             rt.thread_resume(session, thread.thread_id)
             rt.delete_session("f")
+            rt.store_write("save_routing_entry", "health", "local", "degraded")
             rt.get_session_messages(session)  # reads are not writes
+            rt.store.routing_entries("health")
             rt.thread_list(session)
         names = {name for name, _ in store.writer_threads}
         assert {"create_session", "update_session", "record_messages"} <= names
@@ -469,6 +489,125 @@ def test_store_actor_rejects_reads_and_survives(rt: Runtime) -> None:
     with pytest.raises(InvalidOption, match="not a store write"):
         rt.store_write("get_session", session.session_id)
     assert rt.store_write("record_message", session.session_id, {"type": "text"}) == 1
+
+
+def test_a_record_retried_through_the_store_actor_is_not_duplicated(rt: Runtime) -> None:
+    session = rt.start_session(backend="local")
+    session.query("hello")
+    sid = session.session_id
+    batch = [m.to_dict() for m in rt.get_session_messages(session)[1:]]  # they have uuids
+    assert all(m["uuid"] for m in batch)
+    recorder = StoreRecorder(rt.store_actor)
+    recorder.record(sid, batch, skip_recorded=True)  # the first attempt committed
+    assert rt.get_session(session).message_count == 4
+    call = ProxyCall(("record",), (sid, batch), {"skip_recorded": True})
+    assert rt.store_actor.ask(call) == [2, 3, 4]
+    recorder.record(sid, batch)  # without it, a retry duplicates
+    assert rt.get_session(session).message_count == 7
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"type": "user"}
+    for _ in range(depth):
+        value = {"type": "user", "inner": value}
+    return value
+
+
+Call = tuple[str, tuple[Any, ...], dict[str, Any]]
+
+
+def _bad_calls(sid: str, tid: str) -> list[Call]:
+    """Calls a confused or hostile caller could make; ``(actor method, args, kwargs)``."""
+    bad = os.fsdecode(b"caf\xe9")
+    big = 2**64
+    nan = math.nan
+    cyclic: dict[str, Any] = {"type": "user"}
+    cyclic["self"] = cyclic
+
+    def write(method: Any, *args: Any, **kwargs: Any) -> Call:
+        return ("write", (method, args, kwargs), {})
+
+    return [
+        write("create_session", bad, "local"),
+        write("create_session", "n", bad),
+        write("create_session", "n", "local", model=bad),
+        write("create_session", "n", "local", cwd=bad),
+        write("create_session", "n", "local", native_session_id=bad),
+        write("create_session", "n", "local", extra={"k": bad}),
+        write("create_session", "n", "local", extra={"k": nan}),
+        write("create_session", "n", "local", extra={"k": [1, {"x": math.inf}]}),
+        write("create_session", big, "local"),
+        write("update_session", sid, model=bad),
+        write("update_session", sid, native_session_id=bad),
+        write("update_session", sid, extra={bad: 1}),
+        write("update_session", sid, extra={"x": -math.inf}),
+        write("update_session", sid, colour="blue"),
+        write("record_messages", bad, [{"type": "user"}]),
+        write("record_messages", big, [{"type": "user"}]),
+        write("record_messages", sid, 5),
+        write("record_messages", sid, [5]),
+        write("record_messages", sid, [{"type": "user", "b": b"bytes"}]),
+        write("record_messages", sid, [cyclic]),
+        write("record_messages", sid, [_nested(100_000)]),
+        write("record_messages", sid, [{"type": "user"}], skip_recorded="yes"),
+        write("record_message", sid, {"type": bad, "uuid": bad, "x": nan}),  # stored
+        write("record_message", sid, {"type": "user", "n": big, "f": -math.inf}),  # stored
+        write("get_session", sid),
+        write(["not", "hashable"]),
+        ("write", ("record_messages", 5, {}), {}),
+        ("write", ("record_messages", (), 5), {}),
+        write("record_messages"),
+        write("revert_session", sid, {"uuid": bad}),
+        write("revert_session", sid, {"visible_message_count": big}),  # clamped
+        write("revert_session", sid, {"visible_message_count": nan}),
+        write("unrevert_session", sid),
+        write("thread_rollback", sid, tid, {"count": big}),  # clamped
+        write("thread_rollback", sid, tid, {"message_id": bad}),
+        write("thread_rollback", sid, bad, {"count": 1}),
+        write("fork_session", sid, session_id=bad),
+        write("fork_session", sid, extra={"x": nan}),
+        write("share_session", sid, share_id=bad),
+        write("unshare_session", bad),
+        write("summarize_session", sid, content=bad),  # stored
+        write("summarize_session", sid, content=big),
+        write("thread_start", sid, name=bad),
+        write("thread_start", sid, metadata={bad: 1}),
+        write("thread_start", sid, thread_id=big),
+        write("thread_fork", sid, bad),
+        write("thread_archive", sid, big),
+        write("delete_session", bad),
+        ("record", (bad, [{"type": "user"}]), {}),
+        ("record", (sid, [{"type": "user", "x": nan, "y": bad}]), {}),  # stored
+        ("record", (sid, "text"), {}),
+        ("record", (sid, None), {}),
+        ("record", (sid, [{"type": "user"}]), {"skip_recorded": big}),
+        ("session_started", ({"session_id": bad, "backend": "local"},), {}),
+        ("session_started", (5,), {}),
+        ("session_started", ({},), {}),
+        ("session_started", ({"session_id": "n", "backend": "local", "model": big},), {}),
+    ]
+
+
+def test_no_input_crashes_the_store_actor(rt: Runtime) -> None:
+    session = rt.start_session(backend="local")
+    sid = session.session_id
+    tid = rt.thread_start(session).thread_id
+    actor = rt.store_actor
+    urn = actor.actor_urn
+    calls = _bad_calls(sid, tid)
+    assert len(calls) >= 50
+    refused = 0
+    for method, args, kwargs in calls:
+        try:
+            actor.ask(ProxyCall((method,), args, kwargs), timeout=30)
+        except BeamAgentError:
+            refused += 1
+        assert actor.is_alive(), (method, args)
+        assert rt.store_actor.actor_urn == urn, (method, args)
+    assert refused >= 45
+    assert [r.session_id for r in rt.list_sessions()] == [sid]  # no refused call wrote
+    session.query("still recording")
+    assert rt.get_session_messages(session)[-1].type is MessageType.RESULT
 
 
 class FlakyDiskStore(MemoryStore):

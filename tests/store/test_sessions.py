@@ -219,16 +219,34 @@ def test_record_message_picks_the_model(store: SessionStore) -> None:
     assert [r.session_id for r in store.list_sessions(model="new")] == ["s1"]
 
 
-@pytest.mark.parametrize("limit", [0, -1, True, 1.5, "3"])
+@pytest.mark.parametrize("limit", [0, -1, True, 1.5, "3", 2**63, 2**64])
 def test_list_sessions_rejects_bad_limits(store: SessionStore, limit: Any) -> None:
     with pytest.raises(InvalidOption, match="limit"):
         store.list_sessions(limit=limit)
+    with pytest.raises(InvalidOption, match="limit"):
+        store.list_runs(limit=limit)
 
 
-@pytest.mark.parametrize("since", ["yesterday", math.nan, math.inf, False])
+@pytest.mark.parametrize("since", ["yesterday", math.nan, math.inf, False, 2**1100, -(2**1100)])
 def test_list_sessions_rejects_bad_since(store: SessionStore, since: Any) -> None:
     with pytest.raises(InvalidOption, match="since"):
         store.list_sessions(since=since)
+
+
+def test_integers_up_to_sqlites_largest_are_accepted(store: SessionStore) -> None:
+    seeded(store, "s1", 3)
+    largest = 2**63 - 1
+    assert len(store.list_sessions(limit=largest)) == 1
+    assert store.list_runs(limit=largest) == []
+    assert store.list_sessions(since=2**64) == []  # a (far) future float
+    assert contents(store.get_session_messages("s1", offset=1, limit=largest)) == ["m2", "m3"]
+    assert store.get_session_messages("s1", offset=largest, limit=largest) == []
+    users = store.get_session_messages("s1", types="user", offset=largest, limit=largest)
+    assert users == []
+    assert contents(store.get_session_messages("s1", types="user", limit=largest))[-1] == "m3"
+    assert store.revert_session("s1", {"visible_message_count": 2**70}).visible_message_count == 3
+    assert store.thread_start("s1", thread_id="t").visible_message_count == 0
+    assert store.thread_rollback("s1", "t", {"count": 2**70}).visible_message_count == 0
 
 
 # --- messages -----------------------------------------------------------------------------
@@ -278,7 +296,7 @@ def test_messages_round_trip_as_json(store: SessionStore) -> None:
         ["type", "user"],
         "user",
         {"type": "user", "blob": b"bytes"},
-        {"type": "user", "x": math.inf},
+        {"type": "user", "x": {1, 2}},
     ],
 )
 def test_bad_messages_are_refused_and_batches_are_atomic(store: SessionStore, message: Any) -> None:
@@ -328,6 +346,9 @@ def test_revert_view_applies_before_types_offset_limit(store: SessionStore) -> N
         {"limit": 0},
         {"limit": -2},
         {"limit": False},
+        {"offset": 2**63},
+        {"limit": 2**64},
+        {"offset": 2**63, "types": ["user"]},
         {"types": [1]},
         {"types": 5},
     ],
@@ -649,3 +670,90 @@ def test_concurrent_record_messages_get_contiguous_seqs(store: SessionStore) -> 
     assert sorted(seq for seqs in threads_seqs for seq in seqs) == list(range(1, 401))
     assert all(seqs == sorted(seqs) for seqs in threads_seqs)
     assert store.get_session("s1").message_count == 400
+
+
+# --- retrying a record whose outcome is unknown ---------------------------------------------
+
+
+def recorded_uuids(store: SessionStore, session_id: str = "s1") -> list[Any]:
+    return [m.get("uuid") for m in store.get_session_messages(session_id, include_hidden=True)]
+
+
+def test_a_retried_batch_that_was_committed_is_not_recorded_twice(store: SessionStore) -> None:
+    seeded(store, "s1", 2)
+    batch = [agent("a", uuid="a"), agent("b", uuid="b"), agent("c", uuid="c")]
+    assert store.record_messages("s1", batch) == [3, 4, 5]
+    before = store.get_session("s1")
+    assert store.record_messages("s1", batch, skip_recorded=True) == [3, 4, 5]
+    assert store.get_session("s1") == before  # nothing written, not even updated_at
+    assert recorded_uuids(store) == ["u1", "u2", "a", "b", "c"]
+
+
+def test_a_retried_batch_that_was_not_committed_is_recorded(store: SessionStore) -> None:
+    seeded(store, "s1", 2)
+    batch = [agent("a", uuid="a"), agent("b", uuid="b")]
+    assert store.record_messages("s1", batch, skip_recorded=True) == [3, 4]
+    assert recorded_uuids(store) == ["u1", "u2", "a", "b"]
+
+
+def test_a_retry_that_extends_the_batch_records_only_the_new_messages(
+    store: SessionStore,
+) -> None:
+    seeded(store, "s1", 1)
+    store.record_messages("s1", [agent("a", uuid="a"), agent("b", uuid="b")])
+    store.record_message("s1", user("meanwhile", uuid="x"))  # someone else wrote since
+    retry = [agent("a", uuid="a"), agent("b", uuid="b"), agent("c", uuid="c", model="new")]
+    assert store.record_messages("s1", retry, skip_recorded=True) == [2, 3, 5]
+    assert recorded_uuids(store) == ["u1", "a", "b", "x", "c"]
+    assert store.get_session("s1").model == "new"
+
+
+@pytest.mark.parametrize(
+    ("stored", "retry", "seqs", "after"),
+    [
+        # Only a leading run is skipped: a stored uuid later in the batch is a new message.
+        (["a", "b"], ["n", "a"], [3, 4], ["a", "b", "n", "a"]),
+        # The stored copies must follow each other: b did not come right after a.
+        (["a", "x", "b"], ["a", "b"], [1, 4], ["a", "x", "b", "b"]),
+        # The latest copy of the first uuid is the one compared.
+        (["a", "q", "a", "b"], ["a", "b", "c"], [3, 4, 5], ["a", "q", "a", "b", "c"]),
+        # A message without a uuid is never taken as stored, and ends the skipped run.
+        (["a", None], ["a", None], [1, 3], ["a", None, None]),
+        ([None], [None], [2], [None, None]),
+    ],
+)
+def test_skip_recorded_skips_only_a_leading_consecutive_run(
+    store: SessionStore,
+    stored: list[str | None],
+    retry: list[str | None],
+    seqs: list[int],
+    after: list[str | None],
+) -> None:
+    store.create_session("s1", "claude")
+
+    def batch(uuids: list[str | None]) -> list[dict[str, Any]]:
+        return [agent(str(u)) if u is None else agent(u, uuid=u) for u in uuids]
+
+    store.record_messages("s1", batch(stored))
+    assert store.record_messages("s1", batch(retry), skip_recorded=True) == seqs
+    assert recorded_uuids(store) == after
+
+
+def test_skip_recorded_looks_back_a_bounded_window(store: SessionStore) -> None:
+    from beamagent.store.base import SKIP_RECORDED_WINDOW
+
+    store.create_session("s1", "claude")
+    store.record_message("s1", agent("old", uuid="a"))
+    store.record_messages("s1", [user(str(i)) for i in range(SKIP_RECORDED_WINDOW - 1)])
+    assert store.record_messages("s1", [agent("a", uuid="a")], skip_recorded=True) == [1]
+    store.record_message("s1", user("one more"))  # now "a" is just out of the window
+    last = SKIP_RECORDED_WINDOW + 1
+    assert store.record_messages("s1", [agent("a", uuid="a")], skip_recorded=True) == [last + 1]
+
+
+def test_skip_recorded_must_be_a_bool(store: SessionStore) -> None:
+    seeded(store, "s1", 1)
+    with pytest.raises(InvalidOption, match="skip_recorded"):
+        store.record_messages("s1", [user("x", uuid="u1")], skip_recorded="yes")  # type: ignore[arg-type]
+    assert store.record_messages("s1", [], skip_recorded=True) == []
+    assert store.get_session("s1").message_count == 1

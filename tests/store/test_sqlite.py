@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import signal
 import sqlite3
 import stat
@@ -10,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -145,6 +147,65 @@ def test_migrations_upgrade_in_order_and_roll_back_on_failure(
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(fixed)
     finally:
         conn.close()
+
+
+def _schema(path: Path) -> list[tuple[str, str, str]]:
+    conn = raw(path)
+    try:
+        return conn.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+def test_a_version_2_file_migrates_to_version_3_keeping_its_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert SCHEMA_VERSION == 3
+    old_path = tmp_path / "v2.db"
+    released = sqlite_module.MIGRATIONS
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", released[:2])
+    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", 2)
+    with SqliteStore(old_path) as store:  # what beamagent wrote before routing state
+        store.create_session("s1", "local", extra={"k": 1})
+        store.record_messages("s1", [{"type": "user", "content": str(i)} for i in range(3)])
+        store.save_run("r1", job_id="j", status="done", state="{}", results=["1"])
+    conn = raw(old_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.close()
+    monkeypatch.undo()
+
+    with SqliteStore(old_path) as store:
+        assert store.get_session("s1").extra == {"k": 1}
+        assert [m["content"] for m in store.get_session_messages("s1")] == ["0", "1", "2"]
+        assert store.load_run("r1")["results"] == [1]
+        store.save_routing_entry("health", "codex", "unhealthy")
+    with SqliteStore(old_path) as store:
+        assert store.routing_entries("health") == {"codex": "unhealthy"}
+    conn = raw(old_path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    finally:
+        conn.close()
+    fresh = tmp_path / "v3.db"
+    SqliteStore(fresh).close()
+    assert _schema(old_path) == _schema(fresh)  # migrating gives what creating gives
+
+
+#: sha256 (first 16 hex digits) of each released step: v1 (sessions, messages, threads),
+#: v2 (graph runs), v3 (routing state).
+RELEASED_MIGRATION_DIGESTS = ["050b222b511eaa90", "560572df891345fb", "44157687b7ac68c8"]
+
+
+def test_released_migration_steps_are_never_edited() -> None:
+    # A file at version i was made by MIGRATIONS[:i]; editing a released step would leave
+    # such files with another schema than new ones. Append a step instead.
+    digests = [
+        hashlib.sha256("\n".join(step).encode()).hexdigest()[:16]
+        for step in sqlite_module.MIGRATIONS[:3]
+    ]
+    assert digests == RELEASED_MIGRATION_DIGESTS
 
 
 def test_a_newer_schema_is_refused(db_path: Path) -> None:
@@ -379,3 +440,65 @@ def test_acknowledged_messages_survive_sigkill(db_path: Path) -> None:
         assert count >= 200
         contents = [m["content"] for m in store.get_session_messages("s1")]
         assert contents == [str(i) for i in range(1, count + 1)]
+
+
+# --- damage found after opening -----------------------------------------------------------
+
+
+def _filled(db_path: Path) -> None:
+    with SqliteStore(db_path) as store:
+        store.create_session("s1", "local")
+        store.thread_start("s1", thread_id="t1")
+        store.record_messages(
+            "s1", [{"type": "user", "content": "x" * 300, "uuid": str(i)} for i in range(50)]
+        )
+        store.save_run("r1", job_id="j", status="done", state="{}", results=["1"])
+
+
+DAMAGED_CALLS: dict[str, Callable[[SqliteStore], object]] = {
+    "get_session": lambda s: s.get_session("s1"),
+    "list_sessions": lambda s: s.list_sessions(),
+    "get_session_messages": lambda s: s.get_session_messages("s1"),
+    "get_session_messages types": lambda s: s.get_session_messages("s1", types="user"),
+    "thread_list": lambda s: s.thread_list("s1"),
+    "thread_read": lambda s: s.thread_read("s1", "t1", include_messages=True),
+    "load_run": lambda s: s.load_run("r1"),
+    "list_runs": lambda s: s.list_runs(),
+    "record_message": lambda s: s.record_message("s1", {"type": "user"}),
+    "create_session": lambda s: s.create_session("s2", "local"),
+    "summarize_session": lambda s: s.summarize_session("s1"),
+}
+
+
+def test_every_call_on_damaged_pages_is_a_store_error_naming_the_file(db_path: Path) -> None:
+    _filled(db_path)
+    data = bytearray(db_path.read_bytes())
+    assert len(data) > 3 * 4096
+    data[4096:] = b"\xff" * (len(data) - 4096)  # every page after the first (the header)
+    db_path.write_bytes(data)
+    with SqliteStore(db_path) as store:  # the header and the schema page are intact
+        for name, call in DAMAGED_CALLS.items():
+            with pytest.raises(StoreError, match=f"{re.escape(str(db_path))}.*malformed"):
+                call(store)
+            assert store._writer.in_transaction is False, name
+
+
+def test_a_damaged_row_is_a_store_error_naming_the_file(db_path: Path) -> None:
+    _filled(db_path)
+    conn = raw(db_path)
+    conn.execute("UPDATE messages SET body = 'not json' WHERE seq = 2")
+    conn.execute("UPDATE threads SET metadata = '[1]'")
+    conn.execute("UPDATE graph_run_results SET body = '{'")
+    conn.close()
+    with SqliteStore(db_path) as store:
+        calls: list[Callable[[], object]] = [
+            lambda: store.get_session_messages("s1"),
+            lambda: store.thread_list("s1"),
+            lambda: store.thread_fork("s1", "t1"),  # a write that reads the rows
+            lambda: store.load_run("r1"),
+        ]
+        for call in calls:
+            with pytest.raises(StoreError, match=re.escape(str(db_path))):
+                call()
+        assert store.get_session_messages("s1", limit=1)[0]["uuid"] == "0"  # the rest is fine
+        assert store.record_message("s1", {"type": "user"}) == 51
