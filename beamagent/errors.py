@@ -48,6 +48,7 @@ __all__ = [
     "ServingFailed",
     "SessionError",
     "SessionNotFound",
+    "SessionRestarting",
     "StoreError",
     "ThreadNotFound",
     "TransportError",
@@ -99,15 +100,32 @@ class SessionNotFound(BeamAgentError, LookupError):
 
 
 class SessionError(BeamAgentError):
-    """The session is in its ``error`` state (its transport died) or failed to start.
+    """The session failed: its backend died, it failed to start, or it was given up.
 
-    Every call but ``health()`` and ``session_info()`` answers this until the
-    session's supervisor restarts it. ``reason`` says what went wrong.
+    A call that was cut off by its session's end raises this; calls made
+    while a session restarts wait for it instead. ``reason`` says what went
+    wrong (``"given_up"`` when the session spent its restart budget).
+
+    Attributes:
+        reason: a short machine-readable cause.
+        delivered: for a query cut off by the end of its session: ``True`` if
+            the prompt had reached the backend, ``False`` if it had not (it is
+            then safe to send again), ``None`` when not a query or unknown.
     """
 
-    def __init__(self, message: str, reason: Any = None) -> None:
+    def __init__(self, message: str, reason: Any = None, *, delivered: bool | None = None) -> None:
         self.reason = reason
+        self.delivered = delivered
         super().__init__(message)
+
+
+class SessionRestarting(SessionError):
+    """The session's backend died and its supervisor is about to restart it.
+
+    The call was not carried out. ``Session`` handles catch it, wait for the
+    restarted session and make the call again; users see it only when they
+    talk to a session actor directly.
+    """
 
 
 class TransportError(SessionError):

@@ -12,14 +12,24 @@
 store (after every session has recorded its last message), then the registry.
 Several runtimes can live in one process; each names its processes under its
 own id. ``default_runtime()`` is the one the module-level API uses.
+
+Every process is addressed by its registered name, never by a ref kept from
+its start: a call that finds its target restarting waits for the new one
+(bounded). Each session has its own restart budget (``session_restarts``):
+a crash-looping session is given up alone, and its handle then says so.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import itertools
 import threading
-from collections.abc import Mapping
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping
 from typing import Any, cast
 
 import pykka
@@ -34,11 +44,11 @@ from beamagent.errors import (
     InvalidOption,
     SessionError,
     SessionNotFound,
+    StoreError,
     UnknownBackend,
 )
 from beamagent.graph.api import GraphApi
 from beamagent.log import get_logger
-from beamagent.messages import MessageType
 from beamagent.routing.api import RoutingApi
 from beamagent.routing.policies import BackendInfo
 from beamagent.routing.registry import RoutingRegistry
@@ -49,14 +59,20 @@ from beamagent.store.actor import StoreActor
 from beamagent.store.api import StoreApi
 from supervisors import (
     AlreadyRegistered,
+    ChildNotFound,
     ChildSpec,
     DynamicSupervisor,
     DynamicSupervisorRef,
+    ExitReason,
+    NoReply,
     StartChildError,
     Supervisor,
     SupervisorRef,
     WaitTimeout,
+    await_name,
     monitor,
+    registered,
+    reserved,
     whereis,
 )
 
@@ -76,6 +92,36 @@ SESSION_OPTIONS = frozenset(
     }
 )
 _runtime_ids = itertools.count(1)
+ROOT_RESTARTS = (200, 10.0)
+"""The root supervisor's intensity: restarts of the registry and the store actor.
+
+Each takes well under a millisecond and loses nothing (both come back from the
+store), so only a crash loop — one that fails at every start — should stop the
+runtime; that spends this budget within seconds.
+"""
+GIVEN_UP_MEMORY = 1024
+"""How many given-up sessions a runtime remembers, to tell their handles why they are gone."""
+
+
+def _budget(value: Any, option: str) -> tuple[int, float] | None:
+    """``(max_restarts, max_seconds)`` checked, or None (no limit)."""
+    if value is None:
+        return None
+    ok = (
+        isinstance(value, tuple | list)
+        and len(value) == 2
+        and isinstance(value[0], int)
+        and not isinstance(value[0], bool)
+        and value[0] >= 0
+        and isinstance(value[1], int | float)
+        and not isinstance(value[1], bool)
+        and 0 < value[1] < 1e9
+    )
+    if not ok:
+        raise InvalidOption(
+            f"{option} must be (max_restarts >= 0, max_seconds > 0) or None; got {value!r}"
+        )
+    return int(value[0]), float(value[1])
 
 
 class BackendSpec:
@@ -97,26 +143,72 @@ class BackendSpec:
         return BackendInfo(self.name, self.handler.capabilities)
 
 
-def _backend_specs(backends: Mapping[str, Any] | None) -> dict[str, BackendSpec]:
+def _builtin_backends() -> dict[str, BackendSpec]:
     from beamagent.backends.claude import ClaudeHandler
     from beamagent.backends.codex import CodexHandler
     from beamagent.backends.openai import OpenAIHandler
 
-    specs = {
+    return {
         "claude": BackendSpec("claude", ClaudeHandler),
         "codex": BackendSpec("codex", CodexHandler),
         "openai": BackendSpec("openai", OpenAIHandler),
         "local": BackendSpec("local", LocalHandler),
     }
-    for raw_name, value in (backends or {}).items():
+
+
+def _backend_specs(backends: Any) -> tuple[dict[str, BackendSpec], tuple[str, ...]]:
+    """Every startable backend, and the routable ones in preference order.
+
+    The built-ins can always be started by name; routing picks only among the
+    backends ``backends`` names (default: ``local`` alone).
+
+    Raises:
+        InvalidOption: ``backends`` is malformed.
+        UnknownBackend: a name given without a handler is not a built-in.
+    """
+    specs = _builtin_backends()
+    if backends is None:
+        return specs, ("local",)
+    if isinstance(backends, Mapping):
+        entries = list(backends.items())
+    elif isinstance(backends, str | bytes) or not hasattr(backends, "__iter__"):
+        raise InvalidOption(
+            "backends must name the routable backends: a list of names, or a mapping of "
+            f"name to a handler class, (handler, options), a BackendSpec or True; got {backends!r}"
+        )
+    else:
+        entries = [(e.name, e) if isinstance(e, BackendSpec) else (e, True) for e in backends]
+    routable: list[str] = []
+    for raw_name, value in entries:
+        if not isinstance(raw_name, str):
+            raise InvalidOption(f"backend names must be strings; got {raw_name!r}")
         name = canonical_backend_name(raw_name)
-        if isinstance(value, BackendSpec):
+        if value is True:
+            if name not in specs:
+                raise UnknownBackend(raw_name, sorted(specs))
+        elif value is False or value is None:
+            continue  # named, but not routable (a built-in stays startable by name)
+        elif isinstance(value, BackendSpec):
             specs[name] = value
         elif isinstance(value, tuple):
             specs[name] = BackendSpec(name, value[0], value[1] if len(value) > 1 else None)
         else:
             specs[name] = BackendSpec(name, value)
-    return specs
+        if name not in routable:
+            routable.append(name)
+    return specs, tuple(routable)
+
+
+def _weak_hook(owner: object, method: str) -> Any:
+    """``owner.method(...)`` while ``owner`` lives, without keeping it alive."""
+    ref = weakref.ref(owner)
+
+    def call(*args: Any) -> None:
+        target = ref()
+        if target is not None:
+            getattr(target, method)(*args)
+
+    return call
 
 
 class Runtime(RoutingApi, StoreApi, GraphApi):
@@ -125,9 +217,24 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
     Args:
         store: ``None`` (the default file: ``$BEAMAGENT_STORE`` or the user
             data dir), ``":memory:"``, a path, or a ``SessionStore`` object.
-        backends: extra backends by name: a handler class, ``(handler_class,
-            default_options)`` or a ``BackendSpec``. ``local`` is always there.
+        backends: the backends routing may choose, in preference order
+            (default: ``local`` alone, so nothing paid starts unless enabled).
+            A list of names (``["local", "claude"]``) enables built-ins; a
+            mapping adds or replaces backends by name: a handler class,
+            ``(handler_class, default_options)``, a ``BackendSpec``, or
+            ``True`` for the built-in of that name. The built-ins (``local``,
+            ``claude``, ``codex``, ``openai``) can always be started by
+            naming them in ``start_session(backend=...)``; only the backends
+            named here are ever picked by routing (``start_session()`` with no
+            backend, policies, ``select_backend``).
         session_defaults: default session options (e.g. ``connect_timeout``).
+        session_restarts: each session's own restart budget, ``(max_restarts,
+            max_seconds)`` (default ``(3, 5.0)``): a session whose backend
+            dies more often is given up, alone; its handle then raises
+            ``SessionError(reason="given_up")`` saying why.
+        sessions_supervisor_restarts: a budget for all sessions together
+            (default None: no limit, so a burst of unrelated crashes never
+            stops healthy sessions); when spent, every session is stopped.
         handle_signals: stop gracefully on SIGTERM (default True; see
             :mod:`beamagent.lifecycle`). False leaves SIGTERM to the host.
 
@@ -136,6 +243,8 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
     :mod:`beamagent.lifecycle`).
 
     Raises:
+        InvalidOption: a malformed option.
+        StoreError: the store cannot be opened.
         BeamAgentError: the interpreter is exiting.
     """
 
@@ -145,14 +254,18 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
         backends: Mapping[str, Any] | None = None,
         *,
         session_defaults: Mapping[str, Any] | None = None,
+        session_restarts: tuple[int, float] | None = (3, 5.0),
+        sessions_supervisor_restarts: tuple[int, float] | None = None,
         handle_signals: bool = True,
     ) -> None:
         self.id = f"rt{next(_runtime_ids)}"
-        self._backends = _backend_specs(backends)
+        self._session_budget = _budget(session_restarts, "session_restarts")
+        supervisor_budget = _budget(sessions_supervisor_restarts, "sessions_supervisor_restarts")
+        self._backends, self._routable = _backend_specs(backends)
         self._session_defaults = dict(session_defaults or {})
+        self._given_up: OrderedDict[str, str] = OrderedDict()
         self._owns_store = not isinstance(store, SessionStore)
         self.store: SessionStore = open_store(store)
-        self._session_backends: dict[str, str] = {}
         self._lock = threading.Lock()
         self._stopped = False
         ns = ("beamagent", self.id)
@@ -162,12 +275,23 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
             "sessions": (*ns, "sessions"),
             "runs": (*ns, "runs"),
         }
+        sessions_budget = {
+            "max_restarts": None if supervisor_budget is None else supervisor_budget[0],
+            "max_seconds": 10.0 if supervisor_budget is None else supervisor_budget[1],
+            # Weakly: the tree must not keep an unstopped runtime from being collected.
+            "on_give_up": _weak_hook(self, "_session_given_up"),
+        }
+        registry_options = {"store": self.store, "session_namespace": (*ns, "session")}
         children = [
-            ChildSpec("registry", (RoutingRegistry, (), {}), name=self._names["registry"]),
+            ChildSpec(
+                "registry",
+                (RoutingRegistry, (), registry_options),
+                name=self._names["registry"],
+            ),
             ChildSpec("store", (StoreActor, (self.store,), {}), name=self._names["store"]),
             ChildSpec(
                 "sessions",
-                (DynamicSupervisor, (), {"max_restarts": 100, "max_seconds": 10.0}),
+                (DynamicSupervisor, (), sessions_budget),
                 type="supervisor",
                 name=self._names["sessions"],
             ),
@@ -180,13 +304,15 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
         ]
         with lifecycle.signals_deferred():  # a SIGTERM now must not leave a tree unregistered
             try:
-                self.root: SupervisorRef = Supervisor.start(children=children, max_restarts=10)
+                self.root: SupervisorRef = Supervisor.start(
+                    children=children, max_restarts=ROOT_RESTARTS[0], max_seconds=ROOT_RESTARTS[1]
+                )
             except BaseException:
                 if self._owns_store:
                     self.store.close()
                 raise
             lifecycle.runtime_started(self, handle_signals=handle_signals)
-        log.info("runtime_started", runtime=self.id, backends=sorted(self._backends))
+        log.info("runtime_started", runtime=self.id, routable=list(self._routable))
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -212,20 +338,26 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
                 lifecycle.runtime_stopped(self)
         log.info("runtime_stopped", runtime=self.id)
 
+    async def astop(self) -> None:
+        """Async twin of :meth:`stop`: the shutdown runs off the event loop."""
+        await asyncio.get_running_loop().run_in_executor(None, self.stop)
+
     @property
     def stopped(self) -> bool:
         """True once :meth:`stop` was called."""
         return self._stopped
 
-    def _child(self, key: str) -> pykka.ActorRef[Any]:
+    def _child(self, key: str, timeout: float = CALL_TIMEOUT) -> pykka.ActorRef[Any]:
+        """The runtime's ``key`` process, waiting (bounded) while the root restarts it."""
         ref = whereis(self._names[key])
-        if ref is None:
-            # The root may be restarting it: its answer means pending exits are handled.
-            try:
-                self.root.count_children(timeout=CALL_TIMEOUT)
-            except pykka.ActorDeadError:
-                raise BeamAgentError(f"runtime {self.id} is stopped") from None
-            ref = whereis(self._names[key])
+        if ref is not None:
+            return ref
+        try:
+            ref = await_name(self._names[key], timeout)
+        except WaitTimeout:
+            raise BeamAgentError(
+                f"runtime {self.id}: the {key} process did not come back within {timeout} s"
+            ) from None
         if ref is None:
             raise BeamAgentError(f"runtime {self.id} has no {key} process (stopped?)")
         return ref
@@ -250,14 +382,53 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
         """The store's writer actor."""
         return self._child("store")
 
+    def _call_child(
+        self, key: str, message: Any, timeout: float, *, repeatable: bool
+    ) -> tuple[bool, Any]:
+        """Ask the runtime's ``key`` process, across its restarts: ``(done, reply)``.
+
+        A message its process never began to handle goes to the next
+        incarnation; one it died handling is repeated only when ``repeatable``
+        (else ``(False, None)``: the outcome is unknown).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            ref = self._child(key, max(deadline - time.monotonic(), 0.0))
+            try:
+                return True, ref.ask(message, timeout=max(deadline - time.monotonic(), 0.0))
+            except NoReply:
+                if not repeatable:
+                    return False, None
+            except pykka.ActorDeadError:
+                pass  # not handled: the restarted process gets it
+            if time.monotonic() >= deadline:
+                raise BeamAgentError(f"runtime {self.id}: the {key} process kept dying")
+
     def _registry_call(self, method: str, *args: Any, timeout: float = CALL_TIMEOUT) -> Any:
-        return self.registry.ask(ProxyCall((method,), args, {}), timeout=timeout)
+        # Registry calls are cheap and safe to repeat (a repeated selection only moves
+        # a round-robin cursor once more), so a registry restart costs one delay.
+        return self._call_child(
+            "registry", ProxyCall((method,), args, {}), timeout, repeatable=True
+        )[1]
 
     def store_write(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Run a mutating store method through the store actor (the single writer)."""
-        return self.store_actor.ask(
-            ProxyCall(("write",), (method, args, kwargs), {}), timeout=CALL_TIMEOUT
+        """Run a mutating store method through the store actor (the single writer).
+
+        Raises:
+            StoreError: the write failed, or the store process died while
+                making it (it may or may not have been applied).
+        """
+        done, reply = self._call_child(
+            "store",
+            ProxyCall(("write",), (method, args, kwargs), {}),
+            CALL_TIMEOUT,
+            repeatable=False,
         )
+        if not done:
+            raise StoreError(
+                f"the store process died during {method}; it may or may not have been applied"
+            )
+        return reply
 
     # --- backends ---------------------------------------------------------------------------
 
@@ -274,44 +445,80 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
         return spec
 
     def backends(self) -> list[str]:
-        """Names of the registered backends."""
+        """Names of the registered backends (startable by name)."""
         return list(self._backends)
 
-    def available_backends(self) -> list[BackendInfo]:
-        """Registered backends whose prerequisites are present, in preference order."""
-        from beamagent.backends.names import KNOWN_BACKENDS
+    def routable_backends(self) -> list[str]:
+        """The backends routing may choose, in preference order (``Runtime(backends=...)``)."""
+        return list(self._routable)
 
-        order = {name: i for i, name in enumerate(KNOWN_BACKENDS)}
-        ready = [s for s in self._backends.values() if s.handler.availability()[0]]
-        ready.sort(key=lambda s: (order.get(s.name, len(order)), s.name))
-        return [s.info() for s in ready]
+    def available_backends(self) -> list[BackendInfo]:
+        """Routable backends whose prerequisites are present, in preference order."""
+        specs = [self._backends[name] for name in self._routable]
+        return [s.info() for s in specs if s.handler.availability()[0]]
 
     def backend_availability(self) -> dict[str, tuple[bool, str]]:
-        """For every registered backend: whether it is available, and why not."""
-        return {name: spec.handler.availability() for name, spec in self._backends.items()}
+        """For every registered backend: whether routing may choose it, and why not."""
+        result = {}
+        for name, spec in self._backends.items():
+            if name in self._routable:
+                result[name] = spec.handler.availability()
+            else:
+                result[name] = (
+                    False,
+                    f"not enabled for routing: name it in Runtime(backends=[..., {name!r}]) "
+                    f"or start it explicitly with start_session(backend={name!r})",
+                )
+        return result
 
     # --- sessions ----------------------------------------------------------------------------
 
     def _session_name(self, session_id: str) -> tuple[str, ...]:
         return ("beamagent", self.id, "session", session_id)
 
-    def _session_ref(self, session_id: str) -> pykka.ActorRef[Any]:
+    def _session_ref(
+        self, session_id: str, timeout: float | None = CALL_TIMEOUT
+    ) -> pykka.ActorRef[Any]:
+        """The live session process, waiting (up to ``timeout``) while it restarts.
+
+        Raises:
+            SessionNotFound: no such session is running (or coming back).
+            SessionError: it was given up (``reason="given_up"``), or is still
+                restarting after ``timeout`` (``reason="restarting"``).
+        """
         name = self._session_name(session_id)
         ref = whereis(name)
+        if ref is not None:
+            return ref
+        try:
+            ref = await_name(name, timeout)
+        except WaitTimeout:
+            raise SessionError(
+                f"session {session_id} is still restarting after {timeout} s",
+                reason="restarting",
+            ) from None
         if ref is None:
-            # Between a crash and its restart the name is free: a call to the
-            # supervisor returns only after it handled the exit (and restarted).
-            with contextlib.suppress(pykka.ActorDeadError, BeamAgentError):
-                self.sessions_supervisor.count_children(timeout=CALL_TIMEOUT)
-            ref = whereis(name)
-        if ref is None:
+            why = self._given_up.get(session_id)
+            if why is not None:
+                raise SessionError(why, reason="given_up")
             raise SessionNotFound(session_id)
         return ref
 
-    def _complete_types(self, session_id: str) -> frozenset[MessageType]:
-        backend = self._session_backends.get(session_id, "local")
-        spec = self._backends.get(backend)
-        return spec.handler.complete_types if spec else frozenset({MessageType.RESULT})
+    def _session_given_up(self, _child_id: Hashable, spec: ChildSpec, reason: ExitReason) -> None:
+        """The sessions supervisor gave a crash-looping session up (runs in its thread)."""
+        session_id = str(spec.id)
+        budget = f"{spec.max_restarts} restarts within {spec.max_seconds} s"
+        with self._lock:
+            self._given_up[session_id] = (
+                f"session {session_id} was given up after more than {budget}; "
+                f"its last exit: {reason}"
+            )
+            while len(self._given_up) > GIVEN_UP_MEMORY:
+                self._given_up.popitem(last=False)
+        registry = whereis(self._names["registry"])
+        if registry is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                registry.tell(ProxyCall(("unregister_session",), (session_id,), {}))
 
     def start_session(self, backend: str | None = None, **opts: Any) -> Session:
         """Start a session on ``backend`` and return its handle once it is ready.
@@ -333,6 +540,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
         session_id = config.session_id
         if whereis(self._session_name(session_id)) is not None:
             raise InvalidOption(f"session {session_id!r} is already running")
+        budget = self._session_budget
         if not resuming and self._stored(session_id):
             raise InvalidOption(
                 f"session {session_id!r} already has a stored history; "
@@ -344,6 +552,8 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
             restart="transient",
             shutdown=10.0,
             name=self._session_name(session_id),
+            max_restarts=None if budget is None else budget[0],
+            max_seconds=5.0 if budget is None else budget[1],
         )
         try:
             ref = self.sessions_supervisor.start_child(child, timeout=CALL_TIMEOUT)
@@ -356,18 +566,29 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
             raise SessionError(
                 f"session {session_id} failed to start: {reason!r}", reason=reason
             ) from reason
-        self._session_backends[session_id] = config.backend
-        session = Session(self, session_id)
+        with self._lock:
+            self._given_up.pop(session_id, None)
+        session = Session(self, session_id, config.handler_cls.complete_types)
         wait = config.connect_timeout + config.init_timeout + 5.0
         try:
             session._call("await_ready", timeout=wait)
         except BaseException:
-            self._session_backends.pop(session_id, None)
             self._quietly_stop(ref)
             raise
         self._registry_call("register_session", session_id, config.backend, ref.actor_urn)
         self._route_decided(session_id, config.lineage.route_decision)
         return session
+
+    async def astart_session(self, backend: str | None = None, **opts: Any) -> Session:
+        """Async twin of :meth:`start_session`.
+
+        Starting a CLI backend takes a process start and a handshake (0.5-1 s);
+        that waiting happens off the event loop.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            None, functools.partial(self.start_session, backend, **opts)
+        )
 
     def _stored(self, session_id: str) -> bool:
         try:
@@ -386,8 +607,13 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
         return Session(self, session_id)
 
     def live_sessions(self) -> list[str]:
-        """Ids of the sessions running now."""
-        return [sid for sid in list(self._session_backends) if whereis(self._session_name(sid))]
+        """Ids of the sessions running now (those under a user's supervisor included)."""
+        prefix = self._session_name("")[:-1]
+        return [
+            name[-1]
+            for name in registered()
+            if isinstance(name, tuple) and len(name) == 4 and name[:3] == prefix
+        ]
 
     def stop_session(self, session_id: str) -> None:
         """Stop a live session gracefully (its history stays in the store).
@@ -397,14 +623,18 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
         """
         if self._stop_external_session(session_id):  # one a user's supervisor started
             return
-        ref = self._session_ref(session_id)
-        try:
-            self.sessions_supervisor.terminate_child(ref, timeout=CALL_TIMEOUT)
-        except BeamAgentError:
-            raise
-        except Exception:
-            pass  # it ended on its own meanwhile
-        self._session_backends.pop(session_id, None)
+        for _attempt in range(5):
+            ref = self._session_ref(session_id)
+            try:
+                self.sessions_supervisor.terminate_child(ref, timeout=CALL_TIMEOUT)
+            except ChildNotFound:
+                # It ended on its own meanwhile: gone, or restarted (then stop that one).
+                if whereis(self._session_name(session_id)) is None and not reserved(
+                    self._session_name(session_id)
+                ):
+                    break
+                continue
+            break
         self._registry_call("unregister_session", session_id)
 
     def _quietly_stop(self, ref: pykka.ActorRef[Any]) -> None:

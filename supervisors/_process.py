@@ -399,6 +399,15 @@ class Process(pykka.ThreadingActor):
         self._outstanding.add(envelope.reply_to)
         return envelope.reply_to
 
+    def caller_future(self) -> pykka.Future[Any] | None:
+        """The reply future of the ``ask`` being handled; None for a ``tell`` or outside one.
+
+        For marking the caller's future (e.g. "the request reached the
+        backend") without deferring the reply.
+        """
+        envelope = self._current
+        return None if envelope is None else envelope.reply_to
+
     def reply(self, future: pykka.Future[Any], value: Any = None) -> None:
         """Answer a caller whose reply was deferred with ``value``."""
         self._outstanding.discard(future)

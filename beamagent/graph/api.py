@@ -22,7 +22,9 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import re
@@ -144,7 +146,8 @@ class GraphApi:
             workers = NodeWorkers(name, cache)
             spec = ChildSpec(
                 "node-actors",
-                (NodeActors, (), {"max_restarts": 1000, "max_seconds": 10.0}),
+                # Node actors are independent: no number of crashes among them stops the pool.
+                (NodeActors, (), {"max_restarts": None}),
                 type="supervisor",
                 name=name,
             )
@@ -222,7 +225,7 @@ class GraphApi:
                 status = self.store.load_run(run_id)["status"]
                 raise RunAlreadyExists(
                     f"run {run_id!r} is already in the store (status {status}); pick another "
-                    "id, resume_run() it, or delete it first"
+                    "id, resume_run() it, or delete it first with delete_run()"
                 )
         return self._start_run(
             job,
@@ -235,6 +238,33 @@ class GraphApi:
             restored=None,
             restored_results=(),
         )
+
+    async def arun_job(
+        self,
+        job: Job,
+        input: Any,
+        run_id: str | None = None,
+        *,
+        subs: Mapping[str, Job] | None = None,
+        tools: ToolRegistry | None = None,
+        durable: bool = True,
+        max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
+    ) -> Run:
+        """Async twin of :meth:`run_job` (starting the run happens off the event loop).
+
+        Await the outcome with ``await run.aresult()`` or ``async for e in run.aevents()``.
+        """
+        start = functools.partial(
+            self.run_job,
+            job,
+            input,
+            run_id,
+            subs=subs,
+            tools=tools,
+            durable=durable,
+            max_tool_rounds=max_tool_rounds,
+        )
+        return await asyncio.get_running_loop().run_in_executor(None, start)
 
     def resume_run(
         self,
@@ -442,7 +472,21 @@ class GraphApi:
         """
         return self.store.list_runs(status=status, job_id=job_id, limit=limit)
 
-    def _stop_run(self, run_id: str, timeout: float) -> None:
+    def delete_run(self, run_id: str) -> None:
+        """Delete a stored run's checkpoint and results (a live run is not deleted).
+
+        To keep the store from growing for ever, delete runs you no longer need
+        to resume or inspect, or prune old ones with :meth:`Runtime.prune`.
+
+        Raises:
+            RunNotFound: the store has no run ``run_id``.
+            RunAlreadyExists: the run is running in this runtime; stop it first.
+        """
+        if run_id in self.live_runs():
+            raise RunAlreadyExists(f"run {run_id!r} is running; stop it before deleting it")
+        self.store.delete_run(run_id)
+
+    def _stop_run(self, run_id: str, timeout: float | None) -> None:
         ref = whereis(self._run_name(run_id))
         if ref is None:
             return

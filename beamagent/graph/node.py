@@ -56,6 +56,8 @@ from supervisors import (
     Killed,
     Process,
     StartChildError,
+    WaitTimeout,
+    await_name,
     kill,
     monitor,
     whereis,
@@ -827,7 +829,12 @@ class NodeWorkers:
                     if ref.is_alive():
                         self._borrowers[ref.actor_urn] = borrower
                         return ref
-            supervisor = whereis(self._name)
+            try:  # a restarting supervisor is waited for
+                supervisor = await_name(self._name, timeout)
+            except WaitTimeout:
+                raise RunError(
+                    f"the node actors' supervisor did not come back within {timeout} s"
+                ) from None
             if not isinstance(supervisor, DynamicSupervisorRef):
                 raise RunError("the node actors' supervisor is not running (runtime stopped?)")
             try:

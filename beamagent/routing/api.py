@@ -35,7 +35,7 @@ from beamagent.log import get_logger
 from beamagent.routing.policies import BackendInfo, Health, Policy, RouteDecision, RouteRequest
 from beamagent.session.actor import SessionActor, SessionConfig
 from beamagent.session.handle import Session
-from beamagent.store.actor import StoreRecorder
+from beamagent.store.recorder import StoreRecorder
 from supervisors import ChildSpec, Down, Normal, lookup, monitor, shutdown, whereis
 
 if TYPE_CHECKING:
@@ -168,7 +168,7 @@ class RoutingApi:
         id: str
         _backends: dict[str, BackendSpec]
         _session_defaults: dict[str, Any]
-        _session_backends: dict[str, str]
+        _session_budget: tuple[int, float] | None
         _names: dict[str, tuple[str, ...]]
 
         @property
@@ -188,7 +188,9 @@ class RoutingApi:
 
         def _session_name(self, session_id: str) -> tuple[str, ...]: ...
 
-        def _session_ref(self, session_id: str) -> pykka.ActorRef[Any]: ...
+        def _session_ref(
+            self, session_id: str, timeout: float | None = ...
+        ) -> pykka.ActorRef[Any]: ...
 
         def _resume_start_options(
             self, backend: str | None, opts: dict[str, Any]
@@ -446,8 +448,15 @@ class RoutingApi:
                 self._check_options(spec, {k: v for k, v in options.items() if k != "resume"})
         start = SessionStart(self, session_id, backend, options)
         name: Hashable = self._session_name(session_id)
+        budget = self._session_budget
         return ChildSpec(
-            session_id, start, restart="transient", shutdown=_SESSION_SHUTDOWN, name=name
+            session_id,
+            start,
+            restart="transient",
+            shutdown=_SESSION_SHUTDOWN,
+            name=name,
+            max_restarts=None if budget is None else budget[0],
+            max_seconds=5.0 if budget is None else budget[1],
         )
 
     def _check_session_id(self, session_id: object) -> None:
@@ -487,9 +496,12 @@ class RoutingApi:
             backend=spec.name,
             handler_cls=spec.handler,
             options={k: v for k, v in merged.items() if k not in SESSION_OPTIONS},
-            recorder=StoreRecorder(self.store_actor),
+            recorder=StoreRecorder(self._names["store"]),
             **{k: v for k, v in merged.items() if k in SESSION_OPTIONS},
         )
+        # The backend's own options are checked by its handler: build one now, in the
+        # caller's thread, so a bad option fails before anything is started or stored.
+        spec.handler({**config.options, "session_id": session_id})
         config.lineage.route_decision = decision
         return config
 
@@ -499,7 +511,6 @@ class RoutingApi:
         decision = config.lineage.route_decision or {}
         sticky = decision.get("policy") == Policy.STICKY.value
         affinity = session_id if sticky and decision.get("affinity_key") == session_id else None
-        self._session_backends[session_id] = backend
         self._registry_call("register_session", session_id, backend, urn, affinity)
         registry_name = self._names["registry"]
 
@@ -528,7 +539,6 @@ class RoutingApi:
         if process is None or own is None or process.parent_urn == own.actor_urn:
             return False
         shutdown(ref, _SESSION_SHUTDOWN, Normal())
-        self._session_backends.pop(session_id, None)
         with contextlib.suppress(BeamAgentError, pykka.ActorDeadError):
             self._registry_call("unregister_session", session_id, ref.actor_urn)
         return True

@@ -8,18 +8,23 @@ decisions, and which backend each live session runs on.
 It is a thin shell: every method is a few lines around ``select`` or a dict.
 Callers normally go through ``Runtime`` (``select_backend``, ``set_health``...),
 which calls these methods with ``ProxyCall`` asks.
+
+What users set survives a restart of the registry: health overrides and
+sticky bindings are written to the store (``routing_state``) and read back
+in ``on_start``; the live-session index is rebuilt from the registered
+session names. Round-robin cursors and the decision journal start afresh.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
-from beamagent.errors import InvalidOption
+from beamagent.errors import BeamAgentError, InvalidOption, StoreError
 from beamagent.log import get_logger
 from beamagent.routing.policies import (
     BackendInfo,
@@ -29,7 +34,8 @@ from beamagent.routing.policies import (
     RoutingState,
     select,
 )
-from supervisors import Process
+from beamagent.store.base import SessionStore
+from supervisors import Process, lookup, registered, reserved, whereis
 
 __all__ = ["JOURNAL_SIZE", "RoutingRegistry"]
 
@@ -66,13 +72,25 @@ class RoutingRegistry(Process):
 
     Args:
         journal_size: how many decisions :meth:`decisions` can return (>= 1).
+        store: where health overrides and sticky bindings are kept, so that
+            they survive a restart of this actor (None: memory only).
+        session_namespace: the name prefix of the runtime's sessions
+            (``name = (*session_namespace, session_id)``); the index is
+            rebuilt from those names when the registry (re)starts, and an
+            entry whose session is gone for good is dropped.
 
     State changes only here, one message at a time, so concurrent callers never
     see a half-written binding or cursor; a sticky binding is written only when
     its decision succeeded (``select`` returns a new state only then).
     """
 
-    def __init__(self, journal_size: int = JOURNAL_SIZE) -> None:
+    def __init__(
+        self,
+        journal_size: int = JOURNAL_SIZE,
+        *,
+        store: SessionStore | None = None,
+        session_namespace: tuple[Hashable, ...] | None = None,
+    ) -> None:
         super().__init__()
         if not isinstance(journal_size, int) or isinstance(journal_size, bool) or journal_size < 1:
             raise InvalidOption(f"journal_size must be an int >= 1; got {journal_size!r}")
@@ -80,8 +98,56 @@ class RoutingRegistry(Process):
         # session id -> (backend, URN of the session process or None)
         self.sessions: dict[str, tuple[str, str | None]] = {}
         self.journal: deque[_Entry] = deque(maxlen=journal_size)
+        self._store = store
+        self._namespace = session_namespace
+        self._pruned_at = 0  # index size after the last prune: prune again at twice that
         # Bound once (as the session actor does): a filtered-out call is then ~free.
         self._log = log.bind()
+
+    def on_start(self) -> None:
+        store = self._store
+        if store is not None:
+            try:
+                health = store.routing_entries("health")
+                sticky = store.routing_entries("sticky")
+            except BeamAgentError as exc:
+                # Routing must work without its memory rather than not at all.
+                self._log.error("routing_state_unreadable", error=str(exc))
+            else:
+                state = self.state
+                for backend, status in health.items():
+                    try:
+                        state = state.with_health(backend, status)
+                    except BeamAgentError:
+                        self._log.warning("routing_health_skipped", backend=backend)
+                for key, backend in sticky.items():
+                    state = state.bind(key, backend)
+                self.state = state
+                if health or sticky:
+                    self._log.info("routing_state_restored", health=len(health), sticky=len(sticky))
+        self._rebuild_index()
+
+    # --- durable state -----------------------------------------------------------------
+
+    def _persist(self, kind: str, key: str, value: str | None) -> None:
+        store = self._store
+        if store is not None:
+            store.save_routing_entry(kind, key, value)
+
+    def _persist_affinity(self, before: Mapping[str, str]) -> None:
+        """Write the sticky bindings that changed since ``before``; a failure is logged."""
+        after = self.state.affinity
+        if after is before or self._store is None:
+            return
+        try:
+            for key, backend in after.items():
+                if before.get(key) != backend:
+                    self._persist("sticky", key, backend)
+            for key in before:
+                if key not in after:
+                    self._persist("sticky", key, None)
+        except BeamAgentError as exc:
+            self._log.warning("sticky_binding_not_saved", error=str(exc))
 
     # --- selection ---------------------------------------------------------------------
 
@@ -113,7 +179,9 @@ class RoutingRegistry(Process):
                 indexed = self.sessions.get(session_id)
                 if indexed is not None:
                     request = attrs.evolve(request, last_backend=indexed[0])
+            before = self.state.affinity
             decision, self.state = select(request, self.state, available)
+            self._persist_affinity(before)
         except Exception as exc:
             self.journal.append((time.time(), session_id, None, exc, policy))
             self._log.info(
@@ -135,10 +203,21 @@ class RoutingRegistry(Process):
     def set_health(self, backend: str, status: Health | str | None) -> None:
         """Override a backend's health (``None`` removes the override).
 
+        The override is saved in the store first, so it survives a restart.
+
         Raises:
             InvalidRouteRequest: ``backend`` or ``status`` is malformed.
+            StoreError: it could not be saved (nothing changed).
         """
-        self.state = self.state.with_health(backend, status)
+        state = self.state.with_health(backend, status)
+        override = state.health.get(backend)
+        try:
+            self._persist("health", backend, None if override is None else override.value)
+        except StoreError:
+            raise
+        except BeamAgentError as exc:
+            raise StoreError(f"the health override could not be saved: {exc}") from exc
+        self.state = state
         self._log.info("backend_health_set", backend=backend, status=status)
 
     def health_overrides(self) -> dict[str, str]:
@@ -147,7 +226,9 @@ class RoutingRegistry(Process):
 
     def clear(self) -> None:
         """Forget sticky bindings and round-robin cursors (health overrides stay)."""
+        before = self.state.affinity
         self.state = self.state.cleared()
+        self._persist_affinity(before)
         self._log.info("routing_cleared")
 
     def bindings(self) -> dict[str, str]:
@@ -189,7 +270,11 @@ class RoutingRegistry(Process):
         """
         self.sessions[session_id] = (backend, urn)
         if affinity_key is not None:
+            before = self.state.affinity
             self.state = self.state.bind(affinity_key, backend)
+            self._persist_affinity(before)
+        if len(self.sessions) > max(2 * self._pruned_at, 64):
+            self._prune()
 
     def unregister_session(self, session_id: str, urn: str | None = None) -> None:
         """Drop a session from the index, and the sticky binding keyed by its id.
@@ -200,14 +285,54 @@ class RoutingRegistry(Process):
         current = self.sessions.get(session_id)
         if current is None or (urn is not None and current[1] != urn):
             return
+        self._drop(session_id)
+
+    def _drop(self, session_id: str) -> None:
         del self.sessions[session_id]
+        before = self.state.affinity
         self.state = self.state.unbind(session_id)
+        self._persist_affinity(before)
 
     def session_backend(self, session_id: str) -> str | None:
         """The backend of an indexed session, or None."""
         entry = self.sessions.get(session_id)
+        if entry is not None and self._gone(session_id):
+            self._drop(session_id)
+            return None
         return None if entry is None else entry[0]
 
     def live_sessions(self) -> dict[str, str]:
-        """Every indexed session id and its backend."""
+        """Every indexed session id and its backend (sessions that are gone are dropped)."""
+        self._prune()
         return {sid: entry[0] for sid, entry in self.sessions.items()}
+
+    # --- the index follows the session names -------------------------------------------
+
+    def _gone(self, session_id: str) -> bool:
+        """True when the session is neither running nor being restarted."""
+        if self._namespace is None:
+            return False
+        name = (*self._namespace, session_id)
+        return whereis(name) is None and not reserved(name)
+
+    def _prune(self) -> None:
+        for session_id in [sid for sid in self.sessions if self._gone(sid)]:
+            self._drop(session_id)
+        self._pruned_at = len(self.sessions)
+
+    def _rebuild_index(self) -> None:
+        """Index every session registered under the namespace (after a restart of this actor)."""
+        namespace = self._namespace
+        if namespace is None:
+            return
+        size = len(namespace)
+        for name, ref in registered().items():
+            if not (isinstance(name, tuple) and len(name) == size + 1 and name[:size] == namespace):
+                continue
+            config = getattr(lookup(ref), "config", None)
+            backend = getattr(config, "backend", None)
+            if isinstance(backend, str):
+                self.sessions[str(name[-1])] = (backend, ref.actor_urn)
+        self._pruned_at = len(self.sessions)
+        if self.sessions:
+            self._log.info("session_index_rebuilt", sessions=len(self.sessions))

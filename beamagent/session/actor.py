@@ -11,17 +11,25 @@ Guarantees:
   query) and leaves the session ``ready`` — never stuck in ``active_query``;
 * every message is recorded (through the recorder, i.e. the store) before the
   consumer can see it;
-* when the transport dies, the session answers ``SessionError`` to everything
-  but ``health``/``session_info``, lingers in ``error`` for ``error_linger``
-  seconds, then ends abnormally so its supervisor restarts it. A session that
-  never became ready ends with ``Shutdown`` instead (a start failure is
-  reported to the starter, not retried for ever).
+* when the transport dies, the session answers ``SessionRestarting`` (a
+  ``SessionError``: the call was not carried out, handles wait and retry) to
+  everything but ``health``/``session_info``, lingers in ``error`` for
+  ``error_linger`` seconds, then ends abnormally so its supervisor restarts
+  it. A session that never became ready ends with ``Shutdown`` instead (a
+  start failure is reported to the starter, not retried for ever);
+* a query cut off by the backend's death fails with ``SessionError`` whose
+  ``delivered`` says whether the prompt had reached the backend;
+* a failed store write is a ``StoreError`` to the caller whose messages could
+  not be recorded; the session stays ``ready``, keeps those messages and
+  writes them (in order, before anything newer) once the store works again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
+import math
 import re
 import threading
 import time
@@ -32,6 +40,7 @@ from typing import Any, Protocol
 
 import attrs
 import pykka
+from pykka._threading import ThreadingFuture
 
 from beamagent.backends.base import (
     BackendHandler,
@@ -58,6 +67,8 @@ from beamagent.errors import (
     QueryInProgress,
     QueryTimeout,
     SessionError,
+    SessionRestarting,
+    StoreError,
     TransportError,
     UnknownControlMethod,
 )
@@ -65,7 +76,14 @@ from beamagent.log import get_logger
 from beamagent.messages import Message, MessageType, _build_message
 from supervisors import Crashed, Process, Shutdown, TimerRef, send_after
 
-__all__ = ["QueryRef", "Recorder", "SessionActor", "SessionConfig", "SessionLineage"]
+__all__ = [
+    "CallFuture",
+    "QueryRef",
+    "Recorder",
+    "SessionActor",
+    "SessionConfig",
+    "SessionLineage",
+]
 
 log = get_logger("beamagent.session")
 
@@ -75,8 +93,28 @@ SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 UNIVERSAL_CONTROLS = ("setModel", "setPermissionMode", "setMaxThinkingTokens", "stopTask")
 
 
+class CallFuture(ThreadingFuture[Any]):
+    """The reply future of a ``Session`` call.
+
+    The session sets ``delivered`` the moment it hands the call's prompt to
+    the backend, so a caller whose session died mid-call knows whether the
+    prompt reached the backend (at-most-once delivery).
+    """
+
+    delivered = False
+
+
+def _mark_delivered(future: pykka.Future[Any] | None) -> None:
+    if isinstance(future, CallFuture):
+        future.delivered = True
+
+
 class Recorder(Protocol):
-    """Where a session records its metadata and every message (the store)."""
+    """Where a session records its metadata and every message (the store).
+
+    Each method raises ``StoreError`` when the write failed (nothing of it was
+    written); the session keeps what it could not record and tries again.
+    """
 
     def session_started(self, meta: Mapping[str, Any]) -> None:
         """The session (re)started; ``meta`` has backend, model, cwd, native id..."""
@@ -115,21 +153,59 @@ class SessionLineage:
     """Kept for the backend handler across restarts (e.g. a client-side conversation)."""
 
 
+def _seconds(minimum: float, inclusive: bool) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    bound = f">= {minimum}" if inclusive else f"> {minimum}"
+
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        ok = (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and (value >= minimum if inclusive else value > minimum)
+        )
+        if not ok:
+            raise InvalidOption(
+                f"session option {attribute.name!r} must be a finite number of seconds "
+                f"{bound}; got {value!r}"
+            )
+
+    return check
+
+
+def _buffer_max(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 2**40:
+        raise InvalidOption(
+            f"session option 'buffer_max' must be an int of bytes from 1 to 2**40; got {value!r}"
+        )
+
+
+def _query_defaults(value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidOption(f"session option 'query_defaults' must be a mapping; got {value!r}")
+    return dict(value)
+
+
 @attrs.define
 class SessionConfig:
-    """Everything a session actor needs to start; the same object on every restart."""
+    """Everything a session actor needs to start; the same object on every restart.
+
+    The session options are checked when it is built, before anything starts.
+
+    Raises:
+        InvalidOption: a session option is out of its range (the message names it).
+    """
 
     session_id: str
     backend: str
     handler_cls: type[BackendHandler]
     options: dict[str, Any]
     recorder: Recorder | None = None
-    connect_timeout: float = 15.0
-    init_timeout: float = 15.0
-    buffer_max: int = 10_000_000
-    error_linger: float = 1.0
-    drain_timeout: float = 5.0
-    query_defaults: dict[str, Any] = attrs.field(factory=dict)
+    connect_timeout: float = attrs.field(default=15.0, validator=_seconds(0, inclusive=False))
+    init_timeout: float = attrs.field(default=15.0, validator=_seconds(0, inclusive=False))
+    buffer_max: int = attrs.field(default=10_000_000, validator=_buffer_max)
+    error_linger: float = attrs.field(default=1.0, validator=_seconds(0, inclusive=True))
+    drain_timeout: float = attrs.field(default=5.0, validator=_seconds(0, inclusive=False))
+    query_defaults: dict[str, Any] = attrs.field(factory=dict, converter=_query_defaults)
     lineage: SessionLineage = attrs.field(factory=SessionLineage)
     on_state: Callable[[str, str], None] | None = None
 
@@ -162,6 +238,7 @@ class _Query:
         "consumer_token",
         "deadline",
         "done",
+        "failure",
         "id",
         "interrupted",
         "queue",
@@ -177,6 +254,7 @@ class _Query:
         self.collect: tuple[pykka.Future[Any], list[Message]] | None = None
         self.deadline = 0.0  # monotonic time a blocking query's collect timer fires at
         self.done = False
+        self.failure: BeamAgentError | None = None  # for a consumer that was not waiting yet
         self.interrupted = False
         self.started = time.monotonic()
         self.timer: TimerRef | None = None
@@ -215,6 +293,13 @@ class SessionActor(Process):
         self._control_ids = itertools.count(1)
         self._error: SessionError | None = None
         self._pending_user: Message | None = None
+        # Store writes that failed, kept (in order) until the store works again.
+        self._unrecorded: list[dict[str, Any]] = []
+        self._unstored_meta: dict[str, Any] | None = None
+        self._unstored_fields: dict[str, Any] = {}
+        self._flush_timer: TimerRef | None = None
+        self._flush_delay = 0.0
+        self._timer_flush_token = 0
         self._info: dict[str, Any] = {}
         self._started_at = time.time()
 
@@ -250,7 +335,8 @@ class SessionActor(Process):
 
         self.transport.start(sink)
         if config.recorder is not None:
-            config.recorder.session_started(self._meta())
+            self._unstored_meta = self._meta()
+            self._flush_store()
         self._log.info("session_started", model=self.handler.model)
 
     def on_stop(self) -> None:
@@ -258,14 +344,37 @@ class SessionActor(Process):
 
     def on_failure(self, *_exc_info: Any) -> None:
         self._log.error("session_crashed", state=str(self.state))
-        self._shutdown_io(SessionError(f"session {self.session_id} crashed", reason="crashed"))
+        self._shutdown_io(
+            self._restart_error(
+                SessionError(f"session {self.session_id} crashed", reason="crashed")
+            )
+        )
+
+    def _restart_error(self, error: SessionError) -> SessionError:
+        """What callers whose calls never ran get: retry-after-restart, when one will come."""
+        if not self.config.lineage.ever_ready:
+            return error
+        return SessionRestarting(
+            f"{error}; the session is being restarted, the call was not carried out",
+            reason=error.reason,
+        )
 
     def _shutdown_io(self, error: SessionError) -> None:
         self._cancel_timer()
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         try:
-            self._record([])  # a prompt sent to a backend that then died is history too
+            failed = self._record([])  # a prompt sent to a backend that then died is history too
         except Exception:
             self._log.exception("record_failed")
+        else:
+            if failed is not None:
+                self._log.error(
+                    "session_history_lost",
+                    messages=len(self._unrecorded),
+                    error=str(failed),
+                )
         self._fail_waiters(error)
         transport, self.transport = self.transport, None
         if transport is not None:
@@ -390,6 +499,10 @@ class SessionActor(Process):
                 self._end_drain()
         elif kind == "linger":
             self._finish_error()
+        elif kind == "flush":
+            self._flush_timer = None
+            if timeout.token == self._timer_flush_token:
+                self._retry_store()
         elif kind == "control":
             entry = self._controls.pop(timeout.key, None)
             if entry is not None:
@@ -473,10 +586,7 @@ class SessionActor(Process):
             native = output.info.get("native_session_id")
             if native and native != self.config.lineage.native_session_id:
                 self.config.lineage.native_session_id = str(native)
-                if self.config.recorder is not None:
-                    self.config.recorder.session_updated(
-                        self.session_id, {"native_session_id": str(native)}
-                    )
+                self._store_fields({"native_session_id": str(native)})
         for request_id, result, error in output.replies:
             self._control_reply(request_id, result, error)
         for call in output.calls:
@@ -556,21 +666,138 @@ class SessionActor(Process):
             return message
         return message.with_fields(session_id=self.session_id)
 
-    def _record(self, messages: list[Message]) -> None:
-        # The user prompt is recorded in the same write as the first answer (one
-        # store round trip per query, not two); it still precedes every delivery.
+    def _record(self, messages: list[Message]) -> StoreError | None:
+        """Record ``messages`` (after any the store refused earlier); the error if it failed.
+
+        The user prompt is recorded in the same write as the first answer (one
+        store round trip per query, not two); it still precedes every delivery.
+        What a failed write held is kept and written first next time.
+        """
         if self._pending_user is not None:
             messages = [self._pending_user, *messages]
             self._pending_user = None
         recorder = self.config.recorder
-        if recorder is not None and messages:
-            recorder.record(self.session_id, [m.to_dict(copy=False) for m in messages])
+        if recorder is None:
+            return None
+        if self._unstored_meta is not None or self._unstored_fields or self._unrecorded:
+            batch = [*self._unrecorded, *(m.to_dict(copy=False) for m in messages)]
+            self._unrecorded = []
+            error = self._flush_store()
+            if error is not None:
+                self._unrecorded = batch
+                return error
+        elif messages:
+            batch = [m.to_dict(copy=False) for m in messages]
+        else:
+            return None
+        if not batch:
+            return None
+        try:
+            recorder.record(self.session_id, batch)
+        except StoreError as exc:
+            self._unrecorded = batch
+            self._schedule_store_retry(exc)
+            return exc
+        except InvalidOption as exc:
+            # The store refuses this batch itself (it cannot be made storable): keeping
+            # it would block every later write, so it is reported and dropped.
+            self._log.error("record_refused", messages=len(batch), error=str(exc))
+            return StoreError(f"session {self.session_id}: the store refused messages: {exc}")
+        if self._flush_delay:
+            self._log.info("store_writes_resumed")
+            self._flush_delay = 0.0
+        return None
+
+    def _flush_store(self) -> StoreError | None:
+        """Write metadata the store refused earlier; the error if it still fails."""
+        recorder = self.config.recorder
+        if recorder is None:
+            return None
+        try:
+            if self._unstored_meta is not None:
+                recorder.session_started(self._unstored_meta)
+                self._unstored_meta = None
+            if self._unstored_fields:
+                recorder.session_updated(self.session_id, self._unstored_fields)
+                self._unstored_fields = {}
+        except StoreError as exc:
+            self._schedule_store_retry(exc)
+            return exc
+        return None
+
+    def _store_fields(self, fields: Mapping[str, Any]) -> None:
+        """Record changed metadata (model, native id); kept and retried if the store fails."""
+        if self.config.recorder is None:
+            return
+        self._unstored_fields.update(fields)
+        if self._unstored_meta is None and not self._unrecorded:
+            self._flush_store()
+
+    def _schedule_store_retry(self, error: StoreError) -> None:
+        if self._flush_timer is not None:
+            return
+        self._flush_delay = min(max(self._flush_delay * 2, 0.25), 5.0)
+        self._log.warning(
+            "store_write_failed",
+            error=str(error),
+            unrecorded=len(self._unrecorded),
+            retry_in=self._flush_delay,
+        )
+        self._timer_flush_token = next(self._tokens)
+        self._flush_timer = send_after(
+            self.actor_ref, _Timeout("flush", self._timer_flush_token), self._flush_delay
+        )
+
+    def _retry_store(self) -> None:
+        if self.state is SessionState.ERROR:
+            return
+        self._record([])
+
+    def _store_failed(self, error: StoreError, messages: list[Message]) -> None:
+        """The store refused messages of the running query: its caller gets ``error``.
+
+        The messages stay with the session (written once the store works
+        again); a query that has not finished is abandoned, as on a timeout.
+        """
+        query = self._query
+        if query is None or query.done:
+            return
+        handler = self.handler
+        assert handler is not None
+        failure = StoreError(
+            f"session {self.session_id}: the answer could not be recorded ({error}); the "
+            "session kept it and writes it once the store works again"
+        )
+        query.queue.clear()
+        if query.consumer is not None:
+            future, query.consumer = query.consumer, None
+            self.reply_error(future, failure)
+        elif query.collect is not None:
+            future, _ = query.collect
+            query.collect = None
+            self.reply_error(future, failure)
+        else:
+            query.failure = failure  # the caller asks later (or is inside _collect now)
+        query.cancel_timer()
+        if any(handler.is_query_complete(m) for m in messages):
+            query.done = True
+            self._set_state(SessionState.READY)
+            self._replay_postponed()
+        else:
+            self._abandon(query)
 
     def _deliver(self, messages: list[Message]) -> None:
         handler = self.handler
         assert handler is not None
         stamped = [self._stamp(m) for m in messages]
-        self._record(stamped)
+        failed = self._record(stamped)
+        if failed is not None:
+            if not self._draining:
+                self._store_failed(failed, stamped)
+            for message in stamped:
+                if self._draining and handler.is_query_complete(message):
+                    self._end_drain()
+            return
         query = self._query
         for message in stamped:
             if self._draining:
@@ -639,18 +866,24 @@ class SessionActor(Process):
     def _fail_waiters(self, error: SessionError) -> None:
         query = self._query
         if query is not None:
+            # The running query's prompt went to the backend that is now gone.
+            cut_off = copy.copy(error)
+            if type(cut_off) is SessionRestarting:
+                cut_off = SessionError(str(error), reason=error.reason)
+            cut_off.delivered = True
             if query.consumer is not None:
                 future, query.consumer = query.consumer, None
-                self.reply_error(future, error)
+                self.reply_error(future, cut_off)
             if query.collect is not None:
                 future, _ = query.collect
                 query.collect = None
-                self.reply_error(future, error)
+                self.reply_error(future, cut_off)
         for future in self._ready_waiters:
             self.reply_error(future, error)
         self._ready_waiters = []
+        not_run = self._restart_error(error)
         for _call, future in self._postponed:
-            self.reply_error(future, error)
+            self.reply_error(future, not_run)
         self._postponed = []
         for future, timer, _method in self._controls.values():
             if timer is not None:
@@ -661,7 +894,7 @@ class SessionActor(Process):
     def _check_usable(self) -> None:
         if self.state is SessionState.ERROR:
             assert self._error is not None
-            raise SessionError(str(self._error), reason=self._error.reason)
+            raise self._restart_error(SessionError(str(self._error), reason=self._error.reason))
 
     def _postpone_if_not_ready(self, call: Callable[[pykka.Future[Any]], Any]) -> bool:
         """Queue a call until the session is ready (and not draining); True if queued.
@@ -688,11 +921,16 @@ class SessionActor(Process):
     def send_query(self, prompt: str, params: Mapping[str, Any] | None = None) -> Any:
         """Start a query; returns its ``QueryRef``."""
         self._check_usable()
-        if self._postpone_if_not_ready(lambda _future: self._start_query(prompt, params)):
+        if self._postpone_if_not_ready(lambda future: self._start_query(prompt, params, future)):
             return _DEFERRED
-        return self._start_query(prompt, params)
+        return self._start_query(prompt, params, self.caller_future())
 
-    def _start_query(self, prompt: str, params: Mapping[str, Any] | None) -> QueryRef:
+    def _start_query(
+        self,
+        prompt: str,
+        params: Mapping[str, Any] | None,
+        caller: pykka.Future[Any] | None = None,
+    ) -> QueryRef:
         self._check_usable()
         if self.state is SessionState.ACTIVE_QUERY:
             raise QueryInProgress(
@@ -701,6 +939,14 @@ class SessionActor(Process):
             )
         if not isinstance(prompt, str):
             raise InvalidOption(f"prompt must be a str; got {type(prompt).__name__}")
+        if not prompt.isascii():
+            try:
+                prompt.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidOption(
+                    f"prompt is not valid Unicode text: {exc.reason} at index {exc.start} "
+                    f"({prompt[exc.start : exc.end]!r}); decode bytes with errors='replace'"
+                ) from None
         handler = self.handler
         assert handler is not None
         merged = {**self.config.query_defaults, **(params or {})}
@@ -720,6 +966,7 @@ class SessionActor(Process):
             },
         )
         self._log.info("query_sent", query=query.id, chars=len(prompt))
+        _mark_delivered(caller)
         self._apply(output)
         return QueryRef(self.session_id, query.id, self.config.lineage.incarnations)
 
@@ -736,6 +983,9 @@ class SessionActor(Process):
             raise BadQueryRef(f"{ref!r} is not the current query of session {self.session_id}")
         if query.queue:
             return query.queue.popleft()
+        if query.failure is not None:
+            failure, query.failure = query.failure, None
+            raise failure
         if query.interrupted:
             query.interrupted = False
             raise Interrupted(f"query {query.id} of session {self.session_id} was interrupted")
@@ -753,35 +1003,41 @@ class SessionActor(Process):
             )
         return _DEFERRED
 
-    def query(self, prompt: str, params: Mapping[str, Any] | None, timeout: float) -> Any:
+    def query(self, prompt: str, params: Mapping[str, Any] | None, timeout: float | None) -> Any:
         """Run a query and answer with all its messages (terminal one included)."""
         self._check_usable()
         if self._postpone_if_not_ready(
             lambda future: self._collect(prompt, params, timeout, future)
         ):
             return _DEFERRED
-        return self._collect(prompt, params, timeout, None)
+        return self._collect(prompt, params, timeout, self.caller_future(), deferred=False)
 
     def _collect(
         self,
         prompt: str,
         params: Mapping[str, Any] | None,
-        timeout: float,
+        timeout: float | None,
         future: pykka.Future[Any] | None,
+        deferred: bool = True,
     ) -> Any:
-        self._start_query(prompt, params)
+        self._start_query(prompt, params, future)
         query = self._query
         assert query is not None
+        if query.failure is not None:
+            failure, query.failure = query.failure, None
+            raise failure
         if query.done:  # the backend answered synchronously
             collected = list(query.queue)
             query.queue.clear()
             return collected
         collected = list(query.queue)
         query.queue.clear()
-        if future is None:
+        if not deferred or future is None:
             future = self.defer_reply()
         query.collect = (future, collected)
         query.consumer_token = next(self._tokens)
+        if timeout is None:
+            return _DEFERRED
         # Arm the timeout from a message to ourselves rather than now: output the backend
         # already queued (the local agent answers within _start_query) is handled first,
         # and a query it completes never needs the timer. Scheduling and cancelling one
@@ -886,8 +1142,7 @@ class SessionActor(Process):
         self.config.lineage.model = model
         if output is not None:
             self._apply(output)
-        if self.config.recorder is not None:
-            self.config.recorder.session_updated(self.session_id, {"model": model})
+        self._store_fields({"model": model})
         return model
 
     def set_permission_mode(self, mode: str) -> str:
@@ -904,7 +1159,7 @@ class SessionActor(Process):
             self._apply(output)
         return mode
 
-    def send_control(self, method: str, params: Mapping[str, Any], timeout: float) -> Any:
+    def send_control(self, method: str, params: Mapping[str, Any], timeout: float | None) -> Any:
         """A backend-native control request, else the universal fallback."""
         self._check_usable()
         handler = self.handler
@@ -914,7 +1169,11 @@ class SessionActor(Process):
         if output is not None:
             future = self.defer_reply()
             # The caller waits at most ``timeout``; a late reply is dropped at the timer.
-            timer = send_after(self.actor_ref, _Timeout("control", 0, request_id), timeout)
+            timer = (
+                None
+                if timeout is None
+                else send_after(self.actor_ref, _Timeout("control", 0, request_id), timeout)
+            )
             self._controls[request_id] = (future, timer, method)
             self._apply(output)
             return _DEFERRED

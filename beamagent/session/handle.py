@@ -1,21 +1,26 @@
 """``Session``: the handle users hold. It names a session; it is not an actor ref.
 
 Every call looks the session up by its registered name, so a handle keeps
-working after the session's supervisor restarted it. The async twins
-(``aquery``, ``astream``...) bridge the actor's reply straight into the event
-loop (no thread pool): they never block the loop.
+working after the session's supervisor restarted it; a call made while the
+session restarts waits for it (within the call's timeout). Delivery is **at
+most once**: a call the session never began is sent to its next incarnation;
+one it was carrying out when it died is repeated only if it is safe to repeat
+(reads, health, info, settings). A query cut off that way raises
+``SessionError`` whose ``delivered`` says whether the prompt reached the
+backend. The async twins (``aquery``, ``astream``...) bridge the actor's
+reply straight into the event loop (no thread pool): they never block it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 import pykka
 from pykka._envelope import Envelope
-from pykka._threading import ThreadingFuture
 from pykka.messages import ProxyCall
 
 from beamagent.errors import (
@@ -26,9 +31,12 @@ from beamagent.errors import (
     QueryTimeout,
     SessionError,
     SessionNotFound,
+    SessionRestarting,
 )
-from beamagent.messages import Message
-from beamagent.session.actor import QueryRef
+from beamagent.messages import Message, MessageType
+from beamagent.session.actor import CallFuture, QueryRef
+from beamagent.timeouts import check_timeout
+from supervisors import NoReply, WaitTimeout, lookup, monitor
 
 if TYPE_CHECKING:
     from beamagent.runtime import Runtime
@@ -40,7 +48,32 @@ CALL_TIMEOUT = 30.0
 _GRACE = 5.0  # the actor enforces query timeouts itself; this only guards a wedged actor
 
 
-class _LoopFuture(ThreadingFuture[Any]):
+def _timeouts(timeout: Any) -> tuple[float | None, float | None]:
+    """The checked ``timeout`` and the handle's own, slightly longer, bound for the call."""
+    seconds = check_timeout(timeout)
+    return seconds, None if seconds is None else seconds + _GRACE
+
+
+REPEATABLE = frozenset(
+    {
+        "await_ready",
+        "health",
+        "session_info",
+        "receive_message",
+        "interrupt",
+        "abort",
+        "set_model",
+        "set_permission_mode",
+    }
+)
+"""Calls a handle repeats on the restarted session when the old one died carrying them out.
+
+``query``, ``send_query`` and ``send_control`` are not among them: they may
+have reached the backend (at most once).
+"""
+
+
+class _LoopFuture(CallFuture):
     """A Pykka future that also resolves an asyncio future, thread-safely."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, target: asyncio.Future[Any]) -> None:
@@ -61,7 +94,7 @@ class _LoopFuture(ThreadingFuture[Any]):
         self._notify()
 
 
-def _resolve(target: asyncio.Future[Any], source: ThreadingFuture[Any]) -> None:
+def _resolve(target: asyncio.Future[Any], source: CallFuture) -> None:
     if target.done():
         return
     try:
@@ -81,11 +114,17 @@ class Session:
             messages[-1].content  # 'hello'
     """
 
-    __slots__ = ("_runtime", "session_id")
+    __slots__ = ("_complete", "_runtime", "session_id")
 
-    def __init__(self, runtime: Runtime, session_id: str) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        session_id: str,
+        complete_types: frozenset[MessageType] | None = None,
+    ) -> None:
         self._runtime = runtime
         self.session_id = session_id
+        self._complete = complete_types
 
     def __repr__(self) -> str:
         return f"<Session {self.session_id}>"
@@ -103,47 +142,96 @@ class Session:
 
     # --- plumbing -----------------------------------------------------------------------
 
+    def _cut_off(self, method: str, future: CallFuture) -> SessionError:
+        if method in ("query", "send_query"):
+            delivered = future.delivered
+            where = "had reached" if delivered else "had not reached"
+            return SessionError(
+                f"session {self.session_id} ended during {method}; the prompt {where} its "
+                "backend (the handle does not send it again)",
+                reason="ended",
+                delivered=delivered,
+            )
+        return SessionError(
+            f"session {self.session_id} ended during {method}; it may have been carried out",
+            reason="ended",
+        )
+
     def _call(self, method: str, *args: Any, timeout: float | None = CALL_TIMEOUT) -> Any:
         message = ProxyCall(attr_path=(method,), args=args, kwargs={})
-        for attempt in (1, 2):
-            ref = self._runtime._session_ref(self.session_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            ref = self._runtime._session_ref(self.session_id, remaining)
+            future = CallFuture()
+            ref.actor_inbox.put(Envelope(message, reply_to=future))
             try:
-                return ref.ask(message, timeout=timeout)
+                return future.get(timeout=remaining)
+            except SessionRestarting:
+                # Not carried out; the session ends and comes back: wait for that.
+                self._wait_for_end(ref, deadline)
+            except NoReply:
+                if method not in REPEATABLE:
+                    raise self._cut_off(method, future) from None
             except pykka.ActorDeadError:
-                if attempt == 2:
-                    raise SessionError(
-                        f"session {self.session_id} ended during the call", reason="ended"
-                    ) from None
+                pass  # it ended before handling the call: the next incarnation gets it
             except pykka.Timeout:
                 raise QueryTimeout(
                     f"session {self.session_id} did not answer {method} within {timeout} s"
                 ) from None
-        raise AssertionError("unreachable")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise QueryTimeout(
+                    f"session {self.session_id} did not come back to answer {method} "
+                    f"within {timeout} s"
+                )
+
+    def _wait_for_end(self, ref: pykka.ActorRef[Any], deadline: float | None) -> None:
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        with contextlib.suppress(WaitTimeout):
+            monitor(ref, watcher=None).wait(remaining)
 
     async def _acall(self, method: str, *args: Any, timeout: float | None = CALL_TIMEOUT) -> Any:
         loop = asyncio.get_running_loop()
         message = ProxyCall(attr_path=(method,), args=args, kwargs={})
-        for attempt in (1, 2):
-            ref = self._runtime._session_ref(self.session_id)
-            target: asyncio.Future[Any] = loop.create_future()
-            ref.actor_inbox.put(Envelope(message, reply_to=_LoopFuture(loop, target)))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        runtime = self._runtime
+        while True:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:
-                return await asyncio.wait_for(target, timeout)
+                ref = runtime._session_ref(self.session_id, 0.0)
+            except SessionError as exc:
+                if exc.reason != "restarting":
+                    raise
+                # Restarting: wait for it off the loop.
+                ref = await loop.run_in_executor(
+                    None, runtime._session_ref, self.session_id, remaining
+                )
+            target: asyncio.Future[Any] = loop.create_future()
+            future = _LoopFuture(loop, target)
+            ref.actor_inbox.put(Envelope(message, reply_to=future))
+            try:
+                return await asyncio.wait_for(target, remaining)
+            except SessionRestarting:
+                await loop.run_in_executor(None, self._wait_for_end, ref, deadline)
+            except NoReply:
+                if method not in REPEATABLE:
+                    raise self._cut_off(method, future) from None
             except pykka.ActorDeadError:
-                if attempt == 2:
-                    raise SessionError(
-                        f"session {self.session_id} ended during the call", reason="ended"
-                    ) from None
+                pass
             except TimeoutError:
                 raise QueryTimeout(
                     f"session {self.session_id} did not answer {method} within {timeout} s"
                 ) from None
-        raise AssertionError("unreachable")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise QueryTimeout(
+                    f"session {self.session_id} did not come back to answer {method} "
+                    f"within {timeout} s"
+                )
 
     # --- queries ----------------------------------------------------------------------------
 
     def query(
-        self, prompt: str, *, timeout: float = DEFAULT_QUERY_TIMEOUT, **params: Any
+        self, prompt: str, *, timeout: float | None = DEFAULT_QUERY_TIMEOUT, **params: Any
     ) -> list[Message]:
         """Run a query and return all its messages, the terminal one included.
 
@@ -154,17 +242,16 @@ class Session:
             Interrupted: someone interrupted the query.
             SessionError: the backend died.
         """
-        return cast(
-            list[Message], self._call("query", prompt, params, timeout, timeout=timeout + _GRACE)
-        )
+        seconds, bound = _timeouts(timeout)
+        return cast(list[Message], self._call("query", prompt, params, seconds, timeout=bound))
 
     async def aquery(
-        self, prompt: str, *, timeout: float = DEFAULT_QUERY_TIMEOUT, **params: Any
+        self, prompt: str, *, timeout: float | None = DEFAULT_QUERY_TIMEOUT, **params: Any
     ) -> list[Message]:
         """Async twin of :meth:`query`."""
+        seconds, bound = _timeouts(timeout)
         return cast(
-            list[Message],
-            await self._acall("query", prompt, params, timeout, timeout=timeout + _GRACE),
+            list[Message], await self._acall("query", prompt, params, seconds, timeout=bound)
         )
 
     def send_query(
@@ -172,20 +259,32 @@ class Session:
         prompt: str,
         params: Mapping[str, Any] | None = None,
         *,
-        timeout: float = CALL_TIMEOUT,
+        timeout: float | None = CALL_TIMEOUT,
     ) -> QueryRef:
         """Start a query; read its messages with :meth:`receive_message`."""
-        return cast(QueryRef, self._call("send_query", prompt, dict(params or {}), timeout=timeout))
+        return cast(
+            QueryRef,
+            self._call("send_query", prompt, dict(params or {}), timeout=check_timeout(timeout)),
+        )
 
     async def asend_query(
-        self, prompt: str, params: Mapping[str, Any] | None = None, *, timeout: float = CALL_TIMEOUT
+        self,
+        prompt: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = CALL_TIMEOUT,
     ) -> QueryRef:
         """Async twin of :meth:`send_query`."""
         return cast(
-            QueryRef, await self._acall("send_query", prompt, dict(params or {}), timeout=timeout)
+            QueryRef,
+            await self._acall(
+                "send_query", prompt, dict(params or {}), timeout=check_timeout(timeout)
+            ),
         )
 
-    def receive_message(self, ref: QueryRef, timeout: float = DEFAULT_QUERY_TIMEOUT) -> Message:
+    def receive_message(
+        self, ref: QueryRef, timeout: float | None = DEFAULT_QUERY_TIMEOUT
+    ) -> Message:
         """The next message of query ``ref``.
 
         Raises:
@@ -194,24 +293,25 @@ class Session:
             QueryTimeout: nothing arrived within ``timeout`` (the query goes on).
             Interrupted: the query was interrupted (reported once).
         """
-        return cast(Message, self._call("receive_message", ref, timeout, timeout=timeout + _GRACE))
+        seconds, bound = _timeouts(timeout)
+        return cast(Message, self._call("receive_message", ref, seconds, timeout=bound))
 
     async def areceive_message(
-        self, ref: QueryRef, timeout: float = DEFAULT_QUERY_TIMEOUT
+        self, ref: QueryRef, timeout: float | None = DEFAULT_QUERY_TIMEOUT
     ) -> Message:
         """Async twin of :meth:`receive_message`."""
-        return cast(
-            Message, await self._acall("receive_message", ref, timeout, timeout=timeout + _GRACE)
-        )
+        seconds, bound = _timeouts(timeout)
+        return cast(Message, await self._acall("receive_message", ref, seconds, timeout=bound))
 
     def stream(
-        self, prompt: str, *, timeout: float = DEFAULT_QUERY_TIMEOUT, **params: Any
+        self, prompt: str, *, timeout: float | None = DEFAULT_QUERY_TIMEOUT, **params: Any
     ) -> Iterator[Message]:
         """Yield the messages of a query as they arrive, the terminal one last.
 
         ``timeout`` bounds the wait for each message. Leaving the loop early
         interrupts the query, so the session is ready for the next one.
         """
+        timeout = check_timeout(timeout)  # before the prompt is sent
         ref = self.send_query(prompt, params)
         finished = False
         try:
@@ -232,9 +332,10 @@ class Session:
                 self._quietly_interrupt()
 
     async def astream(
-        self, prompt: str, *, timeout: float = DEFAULT_QUERY_TIMEOUT, **params: Any
+        self, prompt: str, *, timeout: float | None = DEFAULT_QUERY_TIMEOUT, **params: Any
     ) -> AsyncIterator[Message]:
         """Async twin of :meth:`stream` (an async iterator)."""
+        timeout = check_timeout(timeout)  # before the prompt is sent
         ref = await self.asend_query(prompt, params)
         finished = False
         try:
@@ -254,7 +355,14 @@ class Session:
                     await self._acall("interrupt")
 
     def _is_terminal(self, message: Message) -> bool:
-        return message.type in self._runtime._complete_types(self.session_id)
+        complete = self._complete
+        if complete is None:
+            process = lookup(self._runtime._session_ref(self.session_id))
+            config = getattr(process, "config", None)
+            if config is None:
+                return message.type is MessageType.RESULT
+            complete = self._complete = config.handler_cls.complete_types
+        return message.type in complete
 
     def _quietly_interrupt(self) -> None:
         with contextlib.suppress(NoActiveQuery, SessionNotFound, SessionError):
@@ -325,7 +433,11 @@ class Session:
         return cast(str, await self._acall("set_permission_mode", mode))
 
     def send_control(
-        self, method: str, params: Mapping[str, Any] | None = None, *, timeout: float = CALL_TIMEOUT
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = CALL_TIMEOUT,
     ) -> Any:
         """A control request: native when the backend has ``method``, else the fallback.
 
@@ -335,19 +447,24 @@ class Session:
         Raises:
             UnknownControlMethod: neither knows ``method``.
         """
-        return self._call("send_control", method, dict(params or {}), timeout, timeout=timeout)
+        seconds = check_timeout(timeout)
+        return self._call("send_control", method, dict(params or {}), seconds, timeout=seconds)
 
     async def asend_control(
-        self, method: str, params: Mapping[str, Any] | None = None, *, timeout: float = CALL_TIMEOUT
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = CALL_TIMEOUT,
     ) -> Any:
         """Async twin of :meth:`send_control`."""
+        seconds = check_timeout(timeout)
         return await self._acall(
-            "send_control", method, dict(params or {}), timeout, timeout=timeout
+            "send_control", method, dict(params or {}), seconds, timeout=seconds
         )
 
-    def server_health(self) -> dict[str, Any]:
-        """Backend health details (where the backend has a server, its health endpoint)."""
-        info = self.session_info()
+    @staticmethod
+    def _server_health(info: Mapping[str, Any]) -> dict[str, Any]:
         return {
             "backend": info["backend"],
             "healthy": info["state"] in ("ready", "active_query"),
@@ -355,21 +472,53 @@ class Session:
             **(info.get("server_health") or {}),
         }
 
+    def server_health(self) -> dict[str, Any]:
+        """Backend health details (where the backend has a server, its health endpoint)."""
+        return self._server_health(self.session_info())
+
+    async def aserver_health(self) -> dict[str, Any]:
+        """Async twin of :meth:`server_health`."""
+        return self._server_health(await self.asession_info())
+
     def account_info(self) -> dict[str, Any]:
         """Account details from the backend's init data (empty if none)."""
         return dict(self.session_info().get("account_info") or {})
+
+    async def aaccount_info(self) -> dict[str, Any]:
+        """Async twin of :meth:`account_info`."""
+        return dict((await self.asession_info()).get("account_info") or {})
 
     def supported_models(self) -> list[Any]:
         """Models from the backend's init data."""
         return list(self.session_info().get("supported_models") or [])
 
+    async def asupported_models(self) -> list[Any]:
+        """Async twin of :meth:`supported_models`."""
+        return list((await self.asession_info()).get("supported_models") or [])
+
     def supported_commands(self) -> list[Any]:
         """Slash commands from the backend's init data."""
         return list(self.session_info().get("supported_commands") or [])
 
+    async def asupported_commands(self) -> list[Any]:
+        """Async twin of :meth:`supported_commands`."""
+        return list((await self.asession_info()).get("supported_commands") or [])
+
     def supported_agents(self) -> list[Any]:
         """Agents from the backend's init data."""
         return list(self.session_info().get("supported_agents") or [])
+
+    async def asupported_agents(self) -> list[Any]:
+        """Async twin of :meth:`supported_agents`."""
+        return list((await self.asession_info()).get("supported_agents") or [])
+
+    async def abackend(self) -> str:
+        """Async twin of :meth:`backend`."""
+        return cast(str, (await self.asession_info())["backend"])
+
+    async def aadapter_module(self) -> str:
+        """Async twin of :meth:`adapter_module`."""
+        return cast(str, (await self.asession_info())["adapter_module"])
 
     def stop(self) -> None:
         """Stop the session (its history stays in the store)."""

@@ -30,15 +30,12 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-import pykka
-from pykka.messages import ProxyCall
-
 from beamagent.errors import BeamAgentError, InvalidOption, StoreError
 from beamagent.log import get_logger
 from beamagent.store.base import SessionStore
 from supervisors import Process
 
-__all__ = ["StoreActor", "StoreRecorder"]
+__all__ = ["StoreActor"]
 
 log = get_logger(__name__)
 
@@ -162,31 +159,3 @@ class StoreActor(Process):
             raise
         except Exception as exc:
             raise self._refused("create_session", exc) from exc
-
-
-class StoreRecorder:
-    """The session-side view of the store actor (the session's ``Recorder``)."""
-
-    def __init__(self, ref: pykka.ActorRef[Any], timeout: float = 30.0) -> None:
-        self._ref = ref
-        self._timeout = timeout
-
-    def _ask(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self._ref.ask(ProxyCall((method,), args, kwargs), timeout=self._timeout)
-
-    def session_started(self, meta: Mapping[str, Any]) -> None:
-        """Upsert the session's metadata."""
-        self._ask("session_started", dict(meta))
-
-    def session_updated(self, session_id: str, fields: Mapping[str, Any]) -> None:
-        """Update metadata fields (model, native session id)."""
-        self._ask("write", "update_session", (session_id,), dict(fields))
-
-    def record(
-        self, session_id: str, messages: list[dict[str, Any]], *, skip_recorded: bool = False
-    ) -> None:
-        """Record messages durably, in order (``skip_recorded``: see ``StoreActor.record``)."""
-        if skip_recorded:
-            self._ask("record", session_id, messages, skip_recorded=True)
-        else:
-            self._ask("record", session_id, messages)

@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ from beamagent.messages import Message, normalize
 from beamagent.session.actor import SESSION_ID  # a fork must be resumable under its id
 from beamagent.session.handle import Session
 from beamagent.store.base import SessionRecord, SessionStore, ThreadDetail, ThreadRecord
+from supervisors import reserved, whereis
 
 if TYPE_CHECKING:
     from beamagent.runtime import BackendSpec
@@ -86,16 +88,20 @@ class StoreApi:
 
         def stop_session(self, session_id: str) -> None: ...
 
-        def _session_ref(self, session_id: str) -> pykka.ActorRef[Any]: ...
+        def _session_ref(
+            self, session_id: str, timeout: float | None = ...
+        ) -> pykka.ActorRef[Any]: ...
+
+        def _session_name(self, session_id: str) -> tuple[str, ...]: ...
+
+        def live_runs(self) -> list[str]: ...
 
     # --- helpers --------------------------------------------------------------------------
 
     def _is_live(self, session_id: str) -> bool:
-        try:
-            self._session_ref(session_id)
-        except SessionNotFound:
-            return False
-        return True
+        """Running, or being restarted by its supervisor (not waited for)."""
+        name = self._session_name(session_id)
+        return whereis(name) is not None or reserved(name)
 
     # --- sessions ---------------------------------------------------------------------------
 
@@ -171,6 +177,42 @@ class StoreApi:
                 self.stop_session(sid)
         self.store_write("delete_session", sid)
         log.info("session_deleted", session_id=sid)
+
+    def prune(
+        self, older_than: float, *, sessions: bool = True, runs: bool = True
+    ) -> dict[str, int]:
+        """Delete stored history not updated for ``older_than`` seconds; returns the counts.
+
+        Sessions that are live in this runtime and runs that are running here
+        are kept, whatever their age. Use it as a retention policy, e.g. once a
+        day: ``rt.prune(30 * 86400)`` keeps the last 30 days.
+
+        Raises:
+            InvalidOption: ``older_than`` is not a number of seconds >= 0.
+        """
+        if (
+            not isinstance(older_than, int | float)
+            or isinstance(older_than, bool)
+            or not 0 <= older_than < float("inf")
+        ):
+            raise InvalidOption(f"older_than must be seconds >= 0; got {older_than!r}")
+        cutoff = time.time() - older_than
+        deleted = {"sessions": 0, "runs": 0}
+        if sessions:
+            for record in self.store.list_sessions():
+                if record.updated_at < cutoff and not self._is_live(record.session_id):
+                    with contextlib.suppress(SessionNotFound):
+                        self.store_write("delete_session", record.session_id)
+                        deleted["sessions"] += 1
+        if runs:
+            live = set(self.live_runs())
+            for run in self.store.list_runs():
+                if run["updated_at"] < cutoff and run["run_id"] not in live:
+                    with contextlib.suppress(BeamAgentError):
+                        self.store.delete_run(run["run_id"])
+                        deleted["runs"] += 1
+        log.info("store_pruned", older_than=older_than, **deleted)
+        return deleted
 
     def fork_session(
         self,

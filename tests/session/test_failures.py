@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ from beamagent.errors import (
     BufferOverflow,
     ConnectTimeout,
     Interrupted,
+    QueryInProgress,
     QueryTimeout,
     SessionError,
     TransportError,
@@ -176,9 +178,10 @@ def test_transport_death_gives_session_error_then_restart(rt: Runtime) -> None:
     with pytest.raises(TransportError, match="exited with status 3"):
         session.query("die")
     assert session.health() == "error"
-    with pytest.raises(SessionError):
-        session.query("during the linger")
     assert session.session_info()["state"] == "error"
+    # A call made during the linger is not carried out by the failed incarnation: it
+    # waits for the restarted session and runs there, once.
+    assert session.query("during the linger")[-1].content == "during the linger"
     assert isinstance(mon.wait(5).reason, supervisors.Crashed)
     assert session.query("alive again")[-1].content == "alive again"
     assert session.health() == "ready"
@@ -259,3 +262,35 @@ def test_unknown_native_control_error_names_the_method(rt: Runtime) -> None:
         session.send_control("teleport")
     assert info.value.method == "teleport"
     assert str(info.value).count("teleport") == 1
+
+
+def test_a_slow_plain_reply_callable_does_not_block_the_session(rt: Runtime) -> None:
+    release = threading.Event()
+    entered = threading.Event()
+
+    def reply(prompt: str, params: Mapping[str, Any]) -> Any:
+        if prompt == "fast":
+            return "done fast"
+        entered.set()
+        release.wait(10)  # a plain callable (not a generator) that takes its time
+        return f"done {prompt}"
+
+    session = rt.start_session(backend="local", reply=reply, drain_timeout=0.2)
+    try:
+        started = time.monotonic()
+        with pytest.raises(QueryTimeout):
+            session.query("slow", timeout=0.3)  # returns at its timeout, not the reply's
+        assert time.monotonic() - started < 5
+        assert entered.is_set()
+        entered.clear()
+        ref = session.send_query("slow again")
+        assert entered.wait(5)
+        assert session.health() == "active_query"  # answered while the reply works
+        with pytest.raises(QueryInProgress):
+            session.send_query("second")
+        session.interrupt()
+        with pytest.raises(Interrupted):
+            session.receive_message(ref, timeout=5)
+    finally:
+        release.set()
+    assert session.query("fast")[-1].content == "done fast"

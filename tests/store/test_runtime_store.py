@@ -32,7 +32,7 @@ from beamagent.errors import (
     ThreadNotFound,
 )
 from beamagent.store import MemoryStore, SessionRecord, ThreadRecord, ThreadStatus
-from beamagent.store.actor import WRITE_METHODS, StoreRecorder
+from beamagent.store.actor import WRITE_METHODS
 from beamagent.store.api import message_from_stored
 
 QUERY_TYPES = [MessageType.USER, MessageType.SYSTEM, MessageType.ASSISTANT, MessageType.RESULT]
@@ -122,17 +122,20 @@ def test_send_query_and_receive_message_are_recorded(rt: Runtime) -> None:
 
 
 def test_a_prompt_and_replies_with_lone_surrogates_are_recorded(rt: Runtime) -> None:
-    session = rt.start_session(backend="local")
-    delivered = session.query(os.fsdecode(b"caf\xe9"))  # an undecodable file name, say
+    bad = os.fsdecode(b"caf\xe9")  # an undecodable file name, say
+    session = rt.start_session(backend="local", reply=lambda prompt, params: bad)
+    with pytest.raises(InvalidOption, match="not valid Unicode"):
+        session.query(bad)  # refused before it is sent or stored
+    delivered = session.query("name the file")
     assert delivered[-1].content == "caf\udce9"  # delivered as the backend sent it
     stored = rt.get_session_messages(session)
     assert types(stored) == QUERY_TYPES
-    assert contents(stored)[0] == contents(stored)[-1] == "caf\ufffd"
+    assert contents(stored)[-1] == "caf\ufffd"
     rt.store_write(
         "record_message", session.session_id, {"type": "assistant", "usage": {"cost": math.nan}}
     )
     assert rt.store.get_session_messages(session.session_id)[-1]["usage"] == {"cost": None}
-    assert session.query("still recording")[-1].content == "still recording"
+    assert session.query("still recording")[-1].content == bad  # and still recording
 
 
 # --- sessions: list / get / messages / delete -------------------------------------------------
@@ -497,12 +500,11 @@ def test_a_record_retried_through_the_store_actor_is_not_duplicated(rt: Runtime)
     sid = session.session_id
     batch = [m.to_dict() for m in rt.get_session_messages(session)[1:]]  # they have uuids
     assert all(m["uuid"] for m in batch)
-    recorder = StoreRecorder(rt.store_actor)
-    recorder.record(sid, batch, skip_recorded=True)  # the first attempt committed
+    retry = ProxyCall(("record",), (sid, batch), {"skip_recorded": True})
+    assert rt.store_actor.ask(retry) == [2, 3, 4]  # the first attempt committed
     assert rt.get_session(session).message_count == 4
-    call = ProxyCall(("record",), (sid, batch), {"skip_recorded": True})
-    assert rt.store_actor.ask(call) == [2, 3, 4]
-    recorder.record(sid, batch)  # without it, a retry duplicates
+    plain = ProxyCall(("record",), (sid, batch), {})
+    rt.store_actor.ask(plain)  # without it, a retry duplicates
     assert rt.get_session(session).message_count == 7
 
 
@@ -748,3 +750,26 @@ def test_a_restarted_session_keeps_recording_into_the_same_history(rt: Runtime) 
     assert contents(stored)[0] == "crash"
     assert "after" in contents(stored)
     assert rt.get_session(session).native_session_id == native
+
+
+def test_prune_and_delete_run_keep_the_store_bounded(tmp_path: Path) -> None:
+    from beamagent.errors import RunNotFound
+    from beamagent.graph import FunctionServing, Job, Node
+
+    job = Job("one", [Node("n", serving=FunctionServing(lambda m: "ok"))], start="n")
+    with Runtime(store=tmp_path / "prune.db") as rt:
+        old = rt.start_session(backend="local", session_id="old")
+        old.query("hi")
+        old.stop()
+        live = rt.start_session(backend="local", session_id="live")
+        live.query("hi")
+        rt.run_job(job, "x", "run-old").result(10)
+        assert rt.prune(3600) == {"sessions": 0, "runs": 0}  # nothing that old yet
+        assert rt.prune(0) == {"sessions": 1, "runs": 1}  # the live session stays
+        assert [r.session_id for r in rt.list_sessions()] == ["live"]
+        rt.run_job(job, "x", "run-two").result(10)
+        rt.delete_run("run-two")
+        with pytest.raises(RunNotFound):
+            rt.delete_run("run-two")
+        with pytest.raises(InvalidOption):
+            rt.prune(-1)

@@ -1,0 +1,201 @@
+"""Regression tests for the restart boundaries between sessions, store and registry.
+
+Each test reproduces one way the OTP promise broke when an actor a session
+depends on (or the session itself) restarted, and proves it holds now.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import attrs
+import pytest
+
+import supervisors
+from beamagent import LocalExit, MessageType, Runtime
+from beamagent.errors import SessionError, SessionNotFound
+
+
+@pytest.fixture
+def rt() -> Iterator[Runtime]:
+    with Runtime(store=":memory:") as runtime:
+        yield runtime
+
+
+class Counting:
+    """A ``reply`` callable that counts how often each prompt reached the backend."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: Counter[str] = Counter()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def reply(self, prompt: str, params: Mapping[str, Any]) -> Any:
+        with self.lock:
+            self.seen[prompt] += 1
+        if prompt.startswith("hang"):
+
+            def hang() -> Iterator[str]:
+                yield "partial"
+                self.entered.set()
+                self.release.wait(10)
+                yield "late"
+
+            return hang()
+        if prompt.startswith("die"):
+            return [LocalExit(1)]
+        return f"echo {prompt}"
+
+
+def _kill_session(rt: Runtime, session_id: str) -> supervisors.MonitorRef:
+    ref = rt._session_ref(session_id)
+    mon = supervisors.monitor(ref, watcher=None)
+    supervisors.kill(ref)
+    return mon
+
+
+def test_a_store_restart_is_invisible_to_sessions(rt: Runtime) -> None:
+    sessions = [rt.start_session(backend="local") for _ in range(3)]
+    for s in sessions:
+        s.query("before")
+    store = rt.store_actor
+    mon = supervisors.monitor(store, watcher=None)
+    supervisors.kill(store)
+    mon.wait(5)
+    for s in sessions:
+        assert s.query("after")[-1].content == "after"
+        assert s.health() == "ready"
+    assert rt.store_actor is not store
+    for s in sessions:
+        kinds = [(m.type, m.content) for m in rt.get_session_messages(s.session_id)]
+        for text in ("before", "after"):  # prompt and answer, once each
+            assert kinds.count((MessageType.USER, text)) == 1
+            assert kinds.count((MessageType.ASSISTANT, text)) == 1
+
+
+def test_a_restarting_session_is_waited_for_not_reported_missing() -> None:
+    with Runtime(store=":memory:", session_restarts=None) as rt:
+        session = rt.start_session(backend="local")
+        for _ in range(20):
+            mon = _kill_session(rt, session.session_id)
+            mon.wait(5)
+            # Immediately after the kill, before the supervisor restarted it.
+            assert session.health() in ("connecting", "initializing", "ready")
+            assert session.session_info()["session_id"] == session.session_id
+            assert session.query("again")[-1].content == "again"
+        assert session.session_info()["incarnation"] == 21
+
+
+def test_calls_during_the_error_linger_wait_for_the_restarted_session() -> None:
+    counting = Counting()
+    with Runtime(store=":memory:", session_defaults={"error_linger": 0.3}) as rt:
+        session = rt.start_session(backend="local", reply=counting.reply)
+        with pytest.raises(SessionError) as cut:
+            session.query("die now")
+        assert cut.value.delivered is True
+        # The session lingers in `error` for 0.3 s, then restarts: this call waits.
+        assert session.query("next")[-1].content == "echo next"
+        assert counting.seen["die now"] == 1
+        assert counting.seen["next"] == 1
+
+
+def test_a_session_under_a_users_supervisor_is_waited_for_too(rt: Runtime) -> None:
+    spec = attrs.evolve(rt.child_spec(backend="local"), max_restarts=None)
+    sup = supervisors.Supervisor.start(children=[spec], max_restarts=100)
+    try:
+        session = rt.session(spec.id)
+        for _ in range(10):
+            _kill_session(rt, spec.id).wait(5)
+            assert session.query("hi")[-1].content == "hi"
+        assert session.health() == "ready"
+    finally:
+        sup.stop()
+
+
+def test_a_query_cut_off_mid_answer_is_not_sent_again(rt: Runtime) -> None:
+    counting = Counting()
+    session = rt.start_session(backend="local", reply=counting.reply)
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            session.query("hang here", timeout=10)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=run)
+    caller.start()
+    assert counting.entered.wait(5)
+    _kill_session(rt, session.session_id).wait(5)
+    caller.join(10)
+    counting.release.set()
+    assert len(outcome) == 1
+    error = outcome[0]
+    assert isinstance(error, SessionError)
+    assert error.delivered is True
+    assert "had reached" in str(error)
+    assert counting.seen["hang here"] == 1  # never run twice
+    assert session.query("after")[-1].content == "echo after"
+    prompts = [
+        m.content for m in rt.get_session_messages(session.session_id) if m.type is MessageType.USER
+    ]
+    assert prompts.count("hang here") <= 1
+    assert prompts.count("after") == 1
+
+
+def test_a_crash_looping_session_is_given_up_alone() -> None:
+    counting = Counting()
+    with Runtime(
+        store=":memory:",
+        session_defaults={"error_linger": 0},
+        session_restarts=(2, 60.0),
+    ) as rt:
+        healthy = rt.start_session(backend="local")
+        looper = rt.start_session(backend="local", reply=counting.reply)
+        for _ in range(3):
+            with pytest.raises(SessionError):
+                looper.query("die again")
+        with pytest.raises(SessionError) as given_up:
+            looper.query("anyone?")
+        assert given_up.value.reason == "given_up"
+        assert "given up" in str(given_up.value)
+        assert healthy.query("fine")[-1].content == "fine"
+        assert looper.session_id not in rt.live_sessions()
+        assert looper.session_id not in rt._registry_call("live_sessions")
+        assert looper.health() == "unknown"
+        # The id can be used again (a fresh session that continues the stored history).
+        again = rt.start_session(backend="local", resume=looper.session_id)
+        assert again.query("back")[-1].content == "back"
+
+
+def test_a_burst_of_independent_crashes_takes_no_healthy_session_down() -> None:
+    with Runtime(store=":memory:", session_defaults={"error_linger": 0}) as rt:
+        sessions = [rt.start_session(backend="local") for _ in range(150)]
+        monitors = [_kill_session(rt, s.session_id) for s in sessions]
+        for mon in monitors:
+            mon.wait(10)
+        for s in sessions:
+            assert s.query("still here")[-1].content == "still here"
+        assert len(rt.live_sessions()) == 150
+
+
+def test_budgets_are_validated() -> None:
+    from beamagent.errors import InvalidOption
+
+    with pytest.raises(InvalidOption, match="session_restarts"):
+        Runtime(store=":memory:", session_restarts=(-1, 5.0))
+    with pytest.raises(InvalidOption, match="sessions_supervisor_restarts"):
+        Runtime(store=":memory:", sessions_supervisor_restarts=(3, 0))
+
+
+def test_a_stopped_session_is_not_found_and_leaves_no_index_entry(rt: Runtime) -> None:
+    session = rt.start_session(backend="local")
+    session.stop()
+    with pytest.raises(SessionNotFound):
+        session.query("gone")
+    assert session.session_id not in rt.live_sessions()
+    assert session.session_id not in rt._registry_call("live_sessions")
