@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test lint typecheck pytest clis bench clean
+.PHONY: demo test lint typecheck pytest clis bench soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ pytest: $(STAMP) clis
 	$(BIN)/python -m pytest -p no:cacheprovider
 
 test: lint typecheck pytest
+
+# The long form of the reliability suite (tests/reliability): more faults, kills, examples.
+soak: $(STAMP) clis
+	BEAMAGENT_SOAK=1 $(BIN)/python -m pytest -p no:cacheprovider -m reliability -s \
+		-o timeout=7200 tests/reliability
 
 bench: $(BENCH_STAMP) clis
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
