@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from beamagent.graph.serving import Result
+from beamagent.timeouts import check_timeout
 
 _allocate_lock = _thread.allocate_lock
 
@@ -418,20 +419,27 @@ class Run:
     def result(self, timeout: float | None = None, *, raise_error: bool = True) -> RunResult:
         """Wait for the run to end and return how it ended.
 
+        ``timeout`` is seconds, or None (the default) to wait as long as it takes.
+
         Raises:
             TimeoutError: it did not end within ``timeout`` seconds.
+            InvalidOption: ``timeout`` is neither None nor seconds > 0.
             BeamAgentError: the run's error when it failed (``ServingFailed``,
                 ``InvalidNext``, ``MaxRetriesExceeded``, ``MaxStepsExceeded``,
                 ``InvalidNode``, ``JobNotLoaded``, ``RunError``...), unless
                 ``raise_error=False``.
         """
-        result = self._log.wait(timeout)
+        return self._outcome(self._log.wait(check_timeout(timeout)), raise_error)
+
+    @staticmethod
+    def _outcome(result: RunResult, raise_error: bool) -> RunResult:
         if raise_error and result.error is not None:
             raise result.error
         return result
 
     async def aresult(self, timeout: float | None = None, *, raise_error: bool = True) -> RunResult:
         """Async twin of :meth:`result` (waits on the event loop, not a thread)."""
+        timeout = check_timeout(timeout)
 
         async def terminal() -> None:
             async for _event in self._log.afollow():
@@ -442,24 +450,32 @@ class Run:
                 await asyncio.wait_for(terminal(), timeout)
             except TimeoutError:
                 raise TimeoutError(f"run {self.run_id} did not end within {timeout} s") from None
-        return self.result(0, raise_error=raise_error)
+        return self._outcome(self._log.wait(0), raise_error)
 
     def events(self, timeout: float | None = None) -> Iterator[RunEvent]:
         """Every event of the run from the first, live, ending with the terminal one.
 
-        ``timeout`` bounds each wait for the next event (``TimeoutError``).
+        ``timeout`` bounds each wait for the next event (``TimeoutError``); None
+        (the default) waits as long as it takes.
+
+        Raises:
+            InvalidOption: ``timeout`` is neither None nor seconds > 0.
         """
-        return self._log.follow(timeout)
+        return self._log.follow(check_timeout(timeout))
 
     def aevents(self) -> AsyncIterator[RunEvent]:
         """Async twin of :meth:`events` (an async iterator)."""
         return self._log.afollow()
 
-    def stop(self, timeout: float = 30.0) -> RunResult:
+    def stop(self, timeout: float | None = 30.0) -> RunResult:
         """Stop the run (status ``stopped``, in-flight nodes cancelled); returns its result.
 
         A run that already ended is left as it is. Never raises the run's error.
+
+        Raises:
+            InvalidOption: ``timeout`` is neither None nor seconds > 0.
         """
+        timeout = check_timeout(timeout)
         if self._log.result is None:
             self._runtime._stop_run(self.run_id, timeout)
         return self._log.wait(timeout)
