@@ -112,6 +112,29 @@ __all__ = [
 _UNSET: Any = object()
 
 
+def _options(
+    function: str, opts: Mapping[str, Any] | None, given: Mapping[str, Any], accepted: Any
+) -> dict[str, Any]:
+    """The seed's positional options map merged with keywords (keywords win).
+
+    Raises:
+        InvalidOption: ``opts`` is not a mapping, or has a key ``function`` does not take.
+    """
+    if opts is None:
+        return {k: v for k, v in given.items() if v is not _UNSET}
+    if not isinstance(opts, Mapping):
+        raise InvalidOption(f"{function}: options must be a mapping; got {opts!r}")
+    unknown = sorted(str(k) for k in opts if k not in accepted)
+    if unknown:
+        raise InvalidOption(
+            f"{function}: unknown option(s) {', '.join(unknown)}; "
+            f"accepted: {', '.join(sorted(accepted))}"
+        )
+    merged = dict(opts)
+    merged.update({k: v for k, v in given.items() if v is not _UNSET})
+    return merged
+
+
 def _default() -> Runtime:
     # Imported here: beamagent.runtime imports this package (through routing.api).
     from beamagent.runtime import default_runtime
@@ -283,23 +306,23 @@ def query(
     params: Mapping[str, Any] | None = None,
     /,
     *,
-    timeout: float | None = None,
+    timeout: Any = _UNSET,
 ) -> list[Message]:
     """Run a blocking query: ``query(session, prompt)`` or ``query(session, prompt, params)``.
 
     Returns every message of the query, the terminal one included. The
-    timeout is the ``timeout`` keyword, else ``params["timeout"]``, else 120 s.
+    timeout is the ``timeout`` keyword, else ``params["timeout"]``, else 120 s;
+    ``None`` (given either way) means no limit.
 
     Raises:
         SessionNotFound, QueryInProgress, QueryTimeout, Interrupted, SessionError.
+        InvalidOption: a timeout that is neither None nor seconds > 0.
     """
     options = dict(params or {})
-    limit = options.pop("timeout", None)
-    if timeout is not None:
+    limit = options.pop("timeout", DEFAULT_QUERY_TIMEOUT)
+    if timeout is not _UNSET:
         limit = timeout
-    return _handle(session).query(
-        prompt, timeout=DEFAULT_QUERY_TIMEOUT if limit is None else limit, **options
-    )
+    return _handle(session).query(prompt, timeout=limit, **options)
 
 
 def send_query(
@@ -458,15 +481,27 @@ def supported_models(session: Session | str) -> list[Any]:
 
 
 def list_sessions(
+    opts: Mapping[str, Any] | None = None,
+    /,
     *,
-    backend: str | None = None,
-    cwd: str | None = None,
-    model: str | None = None,
-    since: float | None = None,
-    limit: int | None = None,
+    backend: Any = _UNSET,
+    cwd: Any = _UNSET,
+    model: Any = _UNSET,
+    since: Any = _UNSET,
+    limit: Any = _UNSET,
 ) -> list[SessionRecord]:
-    """Stored sessions matching every given filter, most recently updated first."""
-    return _default().list_sessions(backend=backend, cwd=cwd, model=model, since=since, limit=limit)
+    """Stored sessions matching every given filter, most recently updated first.
+
+    Filters as keywords or as the seed's map: ``list_sessions({"limit": 10})``.
+
+    Raises:
+        InvalidOption: a bad filter.
+    """
+    given = {"backend": backend, "cwd": cwd, "model": model, "since": since, "limit": limit}
+    options = _options("list_sessions", opts, given, {*given, "adapter"})
+    if "adapter" in options:
+        options["backend"] = options.pop("adapter")
+    return _default().list_sessions(**options)
 
 
 def get_session(session_id: Session | str) -> SessionRecord:
@@ -480,20 +515,24 @@ def get_session(session_id: Session | str) -> SessionRecord:
 
 def get_session_messages(
     session_id: Session | str,
+    opts: Mapping[str, Any] | None = None,
+    /,
     *,
-    types: Iterable[str] | str | None = None,
-    offset: int = 0,
-    limit: int | None = None,
-    include_hidden: bool = False,
+    types: Iterable[str] | str | None = _UNSET,
+    offset: int = _UNSET,
+    limit: int | None = _UNSET,
+    include_hidden: bool = _UNSET,
 ) -> list[Message]:
     """A session's visible recorded messages (``include_hidden`` ignores a revert).
+
+    Options as keywords or as the seed's map: ``get_session_messages(id, {"limit": 5})``.
 
     Raises:
         SessionNotFound, InvalidOption.
     """
-    return _runtime_of(session_id).get_session_messages(
-        session_id, types=types, offset=offset, limit=limit, include_hidden=include_hidden
-    )
+    given = {"types": types, "offset": offset, "limit": limit, "include_hidden": include_hidden}
+    options = _options("get_session_messages", opts, given, given)
+    return _runtime_of(session_id).get_session_messages(session_id, **options)
 
 
 def delete_session(session_id: Session | str) -> None:
@@ -507,19 +546,21 @@ def delete_session(session_id: Session | str) -> None:
 
 def fork_session(
     session: Session | str,
+    opts: Mapping[str, Any] | None = None,
+    /,
     *,
-    session_id: str | None = None,
-    extra: Mapping[str, Any] | None = None,
-    include_hidden: bool = True,
+    session_id: str | None = _UNSET,
+    extra: Mapping[str, Any] | None = _UNSET,
+    include_hidden: bool = _UNSET,
 ) -> SessionRecord:
     """Copy a session's history into a new stored session (resumable under its id).
 
     Raises:
         SessionNotFound, InvalidOption.
     """
-    return _runtime_of(session).fork_session(
-        session, session_id=session_id, extra=extra, include_hidden=include_hidden
-    )
+    given = {"session_id": session_id, "extra": extra, "include_hidden": include_hidden}
+    options = _options("fork_session", opts, given, given)
+    return _runtime_of(session).fork_session(session, **options)
 
 
 def revert_session(session: Session | str, selector: Any) -> SessionRecord:
@@ -540,13 +581,22 @@ def unrevert_session(session: Session | str) -> SessionRecord:
     return _runtime_of(session).unrevert_session(session)
 
 
-def share_session(session: Session | str, *, share_id: str | None = None) -> dict[str, Any]:
+def share_session(
+    session: Session | str,
+    opts: Mapping[str, Any] | None = None,
+    /,
+    *,
+    share_id: str | None = _UNSET,
+) -> dict[str, Any]:
     """Share a session; returns the share.
 
     Raises:
-        SessionNotFound.
+        SessionNotFound, InvalidOption.
     """
-    return _runtime_of(session).share_session(session, share_id=share_id)
+    given = {"share_id": share_id}
+    return _runtime_of(session).share_session(
+        session, **_options("share_session", opts, given, given)
+    )
 
 
 def unshare_session(session: Session | str) -> dict[str, Any]:
@@ -558,13 +608,22 @@ def unshare_session(session: Session | str) -> dict[str, Any]:
     return _runtime_of(session).unshare_session(session)
 
 
-def summarize_session(session: Session | str, *, content: str | None = None) -> dict[str, Any]:
+def summarize_session(
+    session: Session | str,
+    opts: Mapping[str, Any] | None = None,
+    /,
+    *,
+    content: str | None = _UNSET,
+) -> dict[str, Any]:
     """Summarize a session (or store ``content`` as its summary).
 
     Raises:
-        SessionNotFound.
+        SessionNotFound, InvalidOption.
     """
-    return _runtime_of(session).summarize_session(session, content=content)
+    given = {"content": content}
+    return _runtime_of(session).summarize_session(
+        session, **_options("summarize_session", opts, given, given)
+    )
 
 
 # --- the store: threads ---------------------------------------------------------------------
@@ -572,23 +631,27 @@ def summarize_session(session: Session | str, *, content: str | None = None) -> 
 
 def thread_start(
     session: Session | str,
+    opts: Mapping[str, Any] | None = None,
+    /,
     *,
-    name: str | None = None,
-    metadata: Mapping[str, Any] | None = None,
-    thread_id: str | None = None,
-    parent_thread_id: str | None = None,
+    name: str | None = _UNSET,
+    metadata: Mapping[str, Any] | None = _UNSET,
+    thread_id: str | None = _UNSET,
+    parent_thread_id: str | None = _UNSET,
 ) -> ThreadRecord:
     """Start a thread in a session (it becomes the active thread).
 
     Raises:
         SessionNotFound, InvalidOption.
     """
+    given = {
+        "name": name,
+        "metadata": metadata,
+        "thread_id": thread_id,
+        "parent_thread_id": parent_thread_id,
+    }
     return _runtime_of(session).thread_start(
-        session,
-        name=name,
-        metadata=metadata,
-        thread_id=thread_id,
-        parent_thread_id=parent_thread_id,
+        session, **_options("thread_start", opts, given, given)
     )
 
 
@@ -610,24 +673,42 @@ def thread_list(session: Session | str) -> list[ThreadRecord]:
     return _runtime_of(session).thread_list(session)
 
 
-def thread_fork(session: Session | str, thread_id: str, *, name: str | None = None) -> ThreadRecord:
+def thread_fork(
+    session: Session | str,
+    thread_id: str,
+    opts: Mapping[str, Any] | None = None,
+    /,
+    *,
+    name: str | None = _UNSET,
+) -> ThreadRecord:
     """Fork a thread into a new one.
 
     Raises:
-        SessionNotFound, ThreadNotFound.
+        SessionNotFound, ThreadNotFound, InvalidOption.
     """
-    return _runtime_of(session).thread_fork(session, thread_id, name=name)
+    given = {"name": name}
+    return _runtime_of(session).thread_fork(
+        session, thread_id, **_options("thread_fork", opts, given, given)
+    )
 
 
 def thread_read(
-    session: Session | str, thread_id: str, *, include_messages: bool = False
+    session: Session | str,
+    thread_id: str,
+    opts: Mapping[str, Any] | None = None,
+    /,
+    *,
+    include_messages: bool = _UNSET,
 ) -> ThreadDetail:
     """A thread, with its messages when ``include_messages``.
 
     Raises:
-        SessionNotFound, ThreadNotFound.
+        SessionNotFound, ThreadNotFound, InvalidOption.
     """
-    return _runtime_of(session).thread_read(session, thread_id, include_messages=include_messages)
+    given = {"include_messages": include_messages}
+    return _runtime_of(session).thread_read(
+        session, thread_id, **_options("thread_read", opts, given, given)
+    )
 
 
 def thread_archive(session: Session | str, thread_id: str) -> ThreadRecord:

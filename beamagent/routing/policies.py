@@ -29,7 +29,13 @@ import attrs
 
 from beamagent.backends.names import canonical_backend_name
 from beamagent.capabilities import Capability, parse_capabilities
-from beamagent.errors import BackendNotEligible, InvalidRouteRequest, NoBackendAvailable
+from beamagent.errors import (
+    BackendNotEligible,
+    BeamAgentError,
+    InvalidOption,
+    InvalidRouteRequest,
+    NoBackendAvailable,
+)
 
 __all__ = [
     "BackendInfo",
@@ -41,6 +47,7 @@ __all__ = [
     "RouteDecision",
     "RouteRequest",
     "RoutingState",
+    "backend_infos",
     "select",
 ]
 
@@ -399,6 +406,35 @@ class BackendInfo:
         default=frozenset(), converter=parse_capabilities
     )
     """What the backend supports."""
+
+
+def backend_infos(available: Any) -> tuple[BackendInfo, ...]:
+    """``available`` as ``BackendInfo``s: plain names are accepted (declaring no capabilities).
+
+    >>> [b.name for b in backend_infos(["claude", BackendInfo("local")])]
+    ['claude', 'local']
+
+    Raises:
+        InvalidOption: ``available`` is not a sequence of names and ``BackendInfo``s.
+    """
+    if isinstance(available, str | bytes) or not isinstance(available, Iterable):
+        raise InvalidOption(
+            f"available must be a sequence of backend names or BackendInfo; got {available!r}"
+        )
+    infos = []
+    for entry in available:
+        if isinstance(entry, BackendInfo):
+            infos.append(entry)
+        elif isinstance(entry, str):
+            try:
+                infos.append(BackendInfo(entry))
+            except (ValueError, BeamAgentError) as exc:
+                raise InvalidOption(f"available: {exc}") from None
+        else:
+            raise InvalidOption(
+                f"available entries must be backend names or BackendInfo; got {entry!r}"
+            )
+    return tuple(infos)
 
 
 def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
@@ -871,7 +907,8 @@ def select(
 ) -> tuple[RouteDecision, RoutingState]:
     """Choose a backend for ``request``; return the decision and the next state.
 
-    ``available`` lists the runtime's backends in default preference order. The
+    ``available`` lists the runtime's backends in default preference order
+    (``BackendInfo``s, or plain names, which declare no capabilities). The
     candidates are those not excluded, not ``unhealthy`` or ``down`` (the
     request's ``health`` wins over ``state.health``), and having every requested
     capability; the policy picks among them. The state changes only for
@@ -890,8 +927,12 @@ def select(
         BackendNotEligible: the ``explicit`` backend is not a candidate; its
             ``reasons`` say why.
         NoBackendAvailable: no backend is a candidate.
+        InvalidOption: ``available`` holds something that is neither a name
+            nor a ``BackendInfo``.
     """
     request = RouteRequest.from_value(request)
+    if not all(type(info) is BackendInfo for info in available):
+        available = backend_infos(available)
     plan = _plan(request, state, available)
     policy = request.policy
 

@@ -416,7 +416,12 @@ def test_availability_and_bad_cli_path(
     available, why = ClaudeHandler.availability()
     assert available, why
     assert str(clis["claude"]) in why or "claude" in why
-    assert runtime.backend_availability()["claude"][0] is True
+    # Installed, but routing never picks it unless enabled: no paid agent by surprise.
+    assert runtime.backend_availability()["claude"][0] is False
+    assert "not enabled" in runtime.backend_availability()["claude"][1]
+    with Runtime(store=":memory:", backends=["claude", "local"]) as enabled:
+        assert enabled.backend_availability()["claude"][0] is True
+        assert [b.name for b in enabled.available_backends()] == ["claude", "local"]
 
     with pytest.raises(InvalidOption, match="cli_path"):
         runtime.start_session(backend="claude", cli_path=str(tmp_path / "no-such-claude"))

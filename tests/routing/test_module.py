@@ -287,3 +287,31 @@ def test_store_and_thread_functions_delegate(rt: Runtime) -> None:
     routing.delete_session("stored-2")
     with pytest.raises(SessionNotFound):
         routing.get_session("stored-2")
+
+
+def test_the_seeds_options_maps_are_accepted_everywhere(rt: Runtime) -> None:
+    session = routing.start_session({"backend": "local"}, session_id="maps-1")
+    routing.query(session, "one")
+    routing.query(session, "two")
+    assert [m.content for m in routing.get_session_messages("maps-1", {"limit": 1})] == ["one"]
+    assert len(routing.get_session_messages("maps-1", {"types": ["user"], "offset": 1})) == 1
+    # A keyword wins over the same key in the map.
+    assert len(routing.get_session_messages("maps-1", {"limit": 1}, limit=2)) == 2
+    assert [r.session_id for r in routing.list_sessions({"backend": "local", "limit": 5})] == [
+        "maps-1"
+    ]
+    assert [r.session_id for r in routing.list_sessions({"adapter": "local"})] == ["maps-1"]
+    thread = routing.thread_start(session, {"name": "t1", "metadata": {"k": 1}})
+    assert thread.name == "t1"
+    detail = routing.thread_read(session, thread.thread_id, {"include_messages": True})
+    assert detail.thread.thread_id == thread.thread_id
+    assert routing.thread_fork(session, thread.thread_id, {"name": "t2"}).name == "t2"
+    assert routing.share_session(session, {"share_id": "share_" + "a" * 32})["share_id"]
+    assert routing.summarize_session(session, {"content": "short"})["content"] == "short"
+    fork = routing.fork_session(session, {"session_id": "maps-fork", "include_hidden": False})
+    assert fork.session_id == "maps-fork"
+    with pytest.raises(InvalidOption, match="unknown option"):
+        routing.get_session_messages("maps-1", {"limt": 1})
+    with pytest.raises(InvalidOption, match="mapping"):
+        routing.list_sessions(["backend"])  # type: ignore[arg-type]
+    routing.stop(session)

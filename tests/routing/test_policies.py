@@ -11,6 +11,7 @@ from beamagent.backends.names import BACKEND_ALIASES, KNOWN_BACKENDS, canonical_
 from beamagent.capabilities import Capability
 from beamagent.errors import (
     BackendNotEligible,
+    InvalidOption,
     InvalidRouteRequest,
     NoBackendAvailable,
     UnknownCapability,
@@ -748,3 +749,14 @@ def test_failover_with_no_candidate() -> None:
     with pytest.raises(NoBackendAvailable) as info:
         pick({"policy": "failover", "excluded_backends": "codex"}, "codex")
     assert info.value.policy == "failover"
+
+
+def test_select_accepts_plain_backend_names() -> None:
+    decision, _ = select(RouteRequest(policy="round_robin"), RoutingState(), ["claude", "codex"])
+    assert decision.backend == "claude"
+    decision, _ = select({"backend": "codex"}, RoutingState(), ("claude", BackendInfo("codex")))
+    assert decision.backend == "codex"
+    with pytest.raises(InvalidOption, match="available"):
+        select(None, RoutingState(), [42])
+    with pytest.raises(InvalidOption, match="available"):
+        select(None, RoutingState(), "claude")
