@@ -14,10 +14,12 @@ same codec, handler and session machinery as the real CLIs:
 Replies: the prompt echoed by default; ``replies=[...]`` consumes one entry per
 query (then echoes); ``reply=callable(prompt, params)`` returns a ``str``, a list
 of message dicts (emitted as they are; a ``result`` is appended if missing) or
-a generator (streamed from a short-lived thread; it may block, e.g. to script a
-slow reply). Items of a list or generator: ``str`` (an assistant text), ``dict``
-(a raw message), ``bytes`` (raw bytes, for fault injection) or
-:class:`LocalExit` (the agent "process" exits with a status).
+a generator. A ``reply`` callable always runs on a short-lived thread of its
+own, never on the session's, so it may block (e.g. to script a slow reply)
+while the session answers ``health()``, interrupts and its own timeouts.
+Items of a list or generator: ``str`` (an assistant text), ``dict`` (a raw
+message), ``bytes`` (raw bytes, for fault injection) or :class:`LocalExit`
+(the agent "process" exits with a status).
 """
 
 from __future__ import annotations
@@ -93,7 +95,8 @@ class LocalAgent(InProcessPeer):
         self._exit: Callable[[int], None] = lambda _status: None
         self._turn = 0
         self._seq = itertools.count(1)
-        self._cancel = threading.Event()
+        self._cancel = threading.Event()  # this query's interrupt
+        self._superseded = threading.Event()  # set when the next query starts
         self._streamer: threading.Thread | None = None
         self._closed = False
 
@@ -156,21 +159,38 @@ class LocalAgent(InProcessPeer):
 
     def _script(self, prompt: str, params: Mapping[str, Any]) -> Any:
         if self._reply is not None:
-            return self._reply(prompt, params)
+            # A user callable may take its time: it runs on the streaming thread, never
+            # on the session's, so the session stays responsive (health, interrupts,
+            # its own timeouts) while it works.
+            return self._called(self._reply, prompt, params)
         if self._replies:
             return self._replies.pop(0)
         return prompt
 
+    @staticmethod
+    def _called(reply: ReplyFn, prompt: str, params: Mapping[str, Any]) -> Iterator[Any]:
+        script = reply(prompt, params)
+        if inspect.isgenerator(script):
+            yield from script
+        elif isinstance(script, str | bytes | LocalExit | Mapping):
+            yield script
+        else:
+            yield from list(script)
+
     def _query(self, prompt: str, params: Mapping[str, Any]) -> None:
         self._turn += 1
-        self._cancel.clear()
+        # A reply still streaming for an earlier query is superseded: it stops and says
+        # nothing more (a real CLI moves on to the new turn the same way).
+        self._superseded.set()
+        self._superseded = threading.Event()
+        self._cancel = threading.Event()
         started = time.monotonic()
         script = self._script(prompt, params)
         if inspect.isgenerator(script):
             self._emit(encode_line(self._init_line()))
             thread = threading.Thread(
                 target=self._stream,
-                args=(script, prompt, started),
+                args=(script, prompt, started, self._cancel, self._superseded),
                 name=f"local-agent-{self.native_session_id[-8:]}",
                 daemon=True,
             )
@@ -190,14 +210,21 @@ class LocalAgent(InProcessPeer):
             out += encode_line(self._result_line(prompt, texts, started))
         self._emit(bytes(out))
 
-    def _stream(self, script: Iterator[Any], prompt: str, started: float) -> None:
+    def _stream(
+        self,
+        script: Iterator[Any],
+        prompt: str,
+        started: float,
+        cancel: threading.Event,
+        superseded: threading.Event,
+    ) -> None:
         texts: list[str] = []
         saw_result = False
         try:
             for item in script:
-                if self._closed:
+                if self._closed or superseded.is_set():
                     return
-                if self._cancel.is_set():
+                if cancel.is_set():
                     self._emit(
                         encode_line(self._result_line(prompt, texts, started, "interrupted"))
                     )
@@ -207,7 +234,9 @@ class LocalAgent(InProcessPeer):
                     return
                 saw_result = saw_result or (isinstance(item, dict) and item.get("type") == "result")
                 self._emit(self._item_bytes(item, texts))
-            if self._cancel.is_set():
+            if superseded.is_set():
+                return
+            if cancel.is_set():
                 self._emit(encode_line(self._result_line(prompt, texts, started, "interrupted")))
             elif not saw_result:
                 self._emit(encode_line(self._result_line(prompt, texts, started)))
