@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from beamagent.errors import InvalidOption
+from beamagent.errors import InvalidOption, StoreError
 from beamagent.store.base import (
     SessionRecord,
     SessionStore,
@@ -23,7 +23,7 @@ from beamagent.store.base import (
     ThreadRecord,
     ThreadStatus,
 )
-from beamagent.store.location import default_store_path
+from beamagent.store.location import ENV_VAR, default_store_path
 from beamagent.store.memory import MemoryStore
 from beamagent.store.selectors import DropCount, MatchKey, MessageMatch, VisibleCount
 from beamagent.store.sqlite import SqliteStore
@@ -48,7 +48,19 @@ __all__ = [
 def open_store(spec: Any = None) -> SessionStore:
     """The store ``spec`` names (see the module docstring); the caller closes it."""
     if spec is None:
-        spec = default_store_path()
+        path = default_store_path()
+        if str(path) == ":memory:":
+            return MemoryStore()
+        try:
+            return SqliteStore(path)
+        except StoreError as exc:
+            where = f"${ENV_VAR}" if os.environ.get(ENV_VAR) else "in the user data dir"
+            raise StoreError(
+                f"{exc}. This is the default store ({where}); "
+                "choose another place with the BEAMAGENT_STORE environment variable, "
+                "Runtime(store='/path/to/sessions.db'), or Runtime(store=':memory:') for "
+                "history that is not kept"
+            ) from exc
     if isinstance(spec, str | os.PathLike):
         raw = os.fspath(spec)
         if raw == ":memory:":

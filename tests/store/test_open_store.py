@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import platformdirs
 import pytest
 
-from beamagent.errors import InvalidOption
+from beamagent.errors import InvalidOption, StoreError
 from beamagent.store import MemoryStore, SessionStore, SqliteStore, open_store
 from beamagent.store.location import default_store_path
 
@@ -51,3 +52,24 @@ def test_open_store_specs(tmp_path: Path) -> None:
 def test_open_store_rejects_other_things(spec: object) -> None:
     with pytest.raises(InvalidOption):
         open_store(spec)
+
+
+def test_an_unusable_default_store_says_how_to_choose_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocked = tmp_path / "read-only"
+    blocked.mkdir()
+    blocked.chmod(0o500)
+    monkeypatch.setenv("BEAMAGENT_STORE", str(blocked / "sub" / "sessions.db"))
+    try:
+        if os.access(blocked, os.W_OK):  # root ignores the mode: use a file as parent instead
+            (tmp_path / "a-file").write_text("x")
+            monkeypatch.setenv("BEAMAGENT_STORE", str(tmp_path / "a-file" / "sessions.db"))
+        with pytest.raises(StoreError) as info:
+            open_store()
+    finally:
+        blocked.chmod(0o700)
+    message = str(info.value)
+    assert "BEAMAGENT_STORE" in message
+    assert "Runtime(store=" in message
+    assert ":memory:" in message
