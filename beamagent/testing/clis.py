@@ -138,9 +138,9 @@ def ensure_installed(
 ) -> dict[str, Path]:
     """Install the pinned CLIs into ``node_modules`` unless they are there already.
 
-    Runs ``npm install --no-save`` in the repo root (it installs exactly what
-    ``package-lock.json`` records; see docs/fake-model-server.md for why not
-    ``npm ci``). Returns name -> executable. Raises CliInstallError when npm is
+    Runs ``npm ci`` in the repo root: it installs exactly what
+    ``package-lock.json`` records and fails if the lock and ``package.json``
+    disagree. Returns name -> executable. Raises CliInstallError when npm is
     missing or the install fails.
     """
     root = root or project_root()
@@ -150,7 +150,7 @@ def ensure_installed(
     if npm is None or shutil.which("node") is None:
         raise CliInstallError(
             "npm and node are needed to install the agent CLIs: install Node.js 20+ "
-            "(e.g. `apt-get install nodejs npm`), then run `npm install --no-save` "
+            "(e.g. `apt-get install nodejs npm`), then run `npm ci` "
             f"in {root}"
         )
     # Two test processes may get here at once: npm must not run twice in one tree.
@@ -171,7 +171,7 @@ def ensure_installed(
 
 
 def _run_npm_install(npm: str, root: Path, timeout: float) -> None:
-    command = [npm, "install", "--no-save", "--no-audit", "--no-fund", "--loglevel=error"]
+    command = [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"]
     started = time.monotonic()
     try:
         done = subprocess.run(
