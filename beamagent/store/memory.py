@@ -360,12 +360,14 @@ class MemoryStore:
             session = self._session(session_id)
             active = session.stored.active_thread_id  # appends do not change it
             prepared = [prepare_message(m, active) for m in batch]
+            done: list[int] = []
             if skip_recorded and prepared:
                 done = self._recorded_seqs(session, prepared)
                 if len(done) == len(prepared):
-                    return done
-                return done + self._append(session, prepared[len(done) :], self._clock.now())
-            return self._append(session, prepared, self._clock.now())
+                    return done  # all stored already: nothing changes
+                prepared = prepared[len(done) :]
+            seqs = self._append(session, prepared, self._clock.now())
+            return done + seqs if done else seqs
 
     @staticmethod
     def _recorded_seqs(session: _Session, batch: list[PreparedMessage]) -> list[int]:

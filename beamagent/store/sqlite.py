@@ -340,46 +340,51 @@ class _WriteLock:
 
     A store actor killed mid-write (``supervisors.kill`` raises in its thread at the next
     bytecode) can stop anywhere, even between taking the lock and releasing it. So the
-    lock remembers its holder, and a thread that finds the holder dead takes it over. A
-    thread that finds that *it* holds the lock does the same: writes never nest, so that
-    hold was leaked by an interrupted call of its own. Whoever takes a lock over rolls back
-    the transaction the previous holder may have left open (see :class:`_WriteTransaction`).
+    lock records its holder, and a thread that finds the holder dead takes it over (the
+    caller then rolls back what the dead holder may have left open: see
+    :class:`_WriteTransaction`). Taking and freeing the lock are each one C call
+    (``dict.setdefault``, ``dict.pop``), so a kill lands before or after them, never
+    between holding the lock and recording the holder. A thread that finds that it holds
+    the lock already gets it: writes never nest, so that hold was leaked by an interrupted
+    call of its own.
     """
 
-    __slots__ = ("_cond", "_owner", "_waiting")
+    __slots__ = ("_cond", "_holder", "_waiting")
 
     def __init__(self) -> None:
+        self._holder: dict[str, threading.Thread] = {}
         self._cond = threading.Condition(threading.Lock())
-        self._owner: threading.Thread | None = None
         self._waiting = 0
 
     def acquire(self) -> threading.Thread | None:
         """Take the lock, waiting while a live thread holds it.
 
-        Returns the thread it was taken over from (dead, or the caller itself), or
-        ``None`` when it was free.
+        Returns the dead thread it was taken over from, or ``None``.
         """
         me = threading.current_thread()
+        if self._holder.setdefault("thread", me) is me:
+            return None
         with self._cond:
-            owner = self._owner
-            if owner is None:
-                self._owner = me
-                return None
             self._waiting += 1
             try:
-                while owner is not None and owner is not me and owner.is_alive():
+                while True:
+                    holder = self._holder.setdefault("thread", me)
+                    if holder is me:
+                        return None
+                    if not holder.is_alive():
+                        # Only waiters (all under this condition) can get here: a dead
+                        # holder never releases, so nobody else can take the lock meanwhile.
+                        self._holder["thread"] = me
+                        return holder
                     self._cond.wait(_LOCK_POLL)
-                    owner = self._owner
-                self._owner = me
             finally:
                 self._waiting -= 1
-            return owner
 
     def release(self) -> None:
         """Free the lock and wake one waiting writer."""
-        with self._cond:
-            self._owner = None
-            if self._waiting:
+        self._holder.pop("thread", None)
+        if self._waiting:
+            with self._cond:
                 self._cond.notify()
 
 
@@ -695,11 +700,19 @@ class SqliteStore:
                 log.warning("store_writer_replaced", path=str(self._path), error=str(exc))
             try:
                 fresh = self._connect()
-                self._configure_writer(fresh)
             except sqlite3.Error as exc:
                 raise StoreError(
                     f"cannot reopen the session store {str(self._path)!r} for writing: {exc}"
                 ) from exc
+            try:
+                self._configure_writer(fresh)
+            except BaseException as exc:
+                fresh.close()
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(
+                        f"cannot reopen the session store {str(self._path)!r} for writing: {exc}"
+                    ) from exc
+                raise
             self._writer = fresh
             with suppress(sqlite3.Error):
                 conn.close()
@@ -1040,18 +1053,14 @@ class SqliteStore:
                 raise SessionNotFound(session_id)
             count, active_thread_id = row
             prepared = [prepare_message(m, active_thread_id) for m in batch]
+            done: list[int] = []
             if skip_recorded and prepared:
                 done = self._recorded_seqs(conn, session_id, count, prepared)
-                if done:
-                    if len(done) == len(prepared):
-                        return done
-                    prepared = prepared[len(done) :]
-                    new, _ = self._insert_messages(
-                        conn, session_id, count, prepared, self._clock.now()
-                    )
-                    return done + new
+                if len(done) == len(prepared):
+                    return done  # all stored already: nothing changes
+                prepared = prepared[len(done) :]
             seqs, _ = self._insert_messages(conn, session_id, count, prepared, self._clock.now())
-            return seqs
+            return done + seqs if done else seqs
 
     @staticmethod
     def _recorded_seqs(
