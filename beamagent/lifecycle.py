@@ -71,7 +71,7 @@ class _Tree:
         self.runtime = weakref.ref(runtime)
         self.runtime_id = runtime.id
         self.root = runtime.root
-        self.store = runtime.store
+        self.store = runtime._store
         self.owns_store = runtime._owns_store
 
     def stop(self) -> None:

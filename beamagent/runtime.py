@@ -265,7 +265,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
         self._session_defaults = dict(session_defaults or {})
         self._given_up: OrderedDict[str, str] = OrderedDict()
         self._owns_store = not isinstance(store, SessionStore)
-        self.store: SessionStore = open_store(store)
+        self._store: SessionStore = open_store(store)
         self._lock = threading.Lock()
         self._stopped = False
         ns = ("beamagent", self.id)
@@ -281,14 +281,14 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
             # Weakly: the tree must not keep an unstopped runtime from being collected.
             "on_give_up": _weak_hook(self, "_session_given_up"),
         }
-        registry_options = {"store": self.store, "session_namespace": (*ns, "session")}
+        registry_options = {"store": self._store, "session_namespace": (*ns, "session")}
         children = [
             ChildSpec(
                 "registry",
                 (RoutingRegistry, (), registry_options),
                 name=self._names["registry"],
             ),
-            ChildSpec("store", (StoreActor, (self.store,), {}), name=self._names["store"]),
+            ChildSpec("store", (StoreActor, (self._store,), {}), name=self._names["store"]),
             ChildSpec(
                 "sessions",
                 (DynamicSupervisor, (), sessions_budget),
@@ -309,7 +309,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
                 )
             except BaseException:
                 if self._owns_store:
-                    self.store.close()
+                    self._store.close()
                 raise
             lifecycle.runtime_started(self, handle_signals=handle_signals)
         log.info("runtime_started", runtime=self.id, routable=list(self._routable))
@@ -333,7 +333,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
                 with contextlib.suppress(pykka.ActorDeadError):
                     self.root.stop(timeout=60)
                 if self._owns_store:
-                    self.store.close()
+                    self._store.close()
             finally:
                 lifecycle.runtime_stopped(self)
         log.info("runtime_stopped", runtime=self.id)
@@ -592,7 +592,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
 
     def _stored(self, session_id: str) -> bool:
         try:
-            self.store.get_session(session_id)
+            self._store.get_session(session_id)
         except SessionNotFound:
             return False
         return True

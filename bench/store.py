@@ -108,7 +108,7 @@ def bench_record(tmp: Path) -> None:
         report("record_message", ours * 1e6, base * 1e6, "us/msg", "goal ratio <= 1.5")
 
         def store_only() -> None:
-            rt.store.record_message("bench", MESSAGE)
+            rt._store.record_message("bench", MESSAGE)
 
         base, direct = paired(raw_one, store_only, 2_000)
         report(
@@ -195,7 +195,7 @@ def bench_deep_page(tmp: Path) -> None:
             "us/call",
             "baseline: naive LIMIT/OFFSET scan; ours is an index range read",
         )
-        dicts = per_op(lambda: rt.store.get_session_messages("deep", limit=50, offset=99_000), 50)
+        dicts = per_op(lambda: rt._store.get_session_messages("deep", limit=50, offset=99_000), 50)
         figure(
             "get_session_messages_deep_page_store_dicts",
             dicts * 1e6,

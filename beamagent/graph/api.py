@@ -106,7 +106,7 @@ class GraphApi:
 
     if TYPE_CHECKING:
         id: str
-        store: SessionStore
+        _store: SessionStore
 
         @property
         def runs_supervisor(self) -> DynamicSupervisorRef: ...
@@ -222,7 +222,7 @@ class GraphApi:
                 ) from None
         if given_id:
             with contextlib.suppress(RunNotFound):
-                status = self.store.load_run(run_id)["status"]
+                status = self._store.load_run(run_id)["status"]
                 raise RunAlreadyExists(
                     f"run {run_id!r} is already in the store (status {status}); pick another "
                     "id, resume_run() it, or delete it first with delete_run()"
@@ -290,7 +290,7 @@ class GraphApi:
         """
         if not isinstance(job, Job):
             raise InvalidJob(f"resume_run needs a Job, got {type(job).__name__}")
-        record = self.store.load_run(run_id)
+        record = self._store.load_run(run_id)
         with contextlib.suppress(RunNotFound):
             if not self.get_run(run_id).done():
                 raise RunAlreadyExists(f"run {run_id!r} is already running")
@@ -341,7 +341,7 @@ class GraphApi:
             subs=subs,
             log=events,
             runtime=self,
-            store=self.store if durable else None,
+            store=self._store if durable else None,
             tools=tools,
             thread_cache=cache,
             workers=workers,
@@ -470,7 +470,7 @@ class GraphApi:
         ``status="interrupted"`` (or ``"running"`` after a crash) lists what
         :meth:`resume_run` can continue.
         """
-        return self.store.list_runs(status=status, job_id=job_id, limit=limit)
+        return self._store.list_runs(status=status, job_id=job_id, limit=limit)
 
     def delete_run(self, run_id: str) -> None:
         """Delete a stored run's checkpoint and results (a live run is not deleted).
@@ -484,7 +484,7 @@ class GraphApi:
         """
         if run_id in self.live_runs():
             raise RunAlreadyExists(f"run {run_id!r} is running; stop it before deleting it")
-        self.store.delete_run(run_id)
+        self._store.delete_run(run_id)
 
     def _stop_run(self, run_id: str, timeout: float | None) -> None:
         ref = whereis(self._run_name(run_id))

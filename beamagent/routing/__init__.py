@@ -47,7 +47,13 @@ if TYPE_CHECKING:
     from beamagent.messages import Message
     from beamagent.runtime import Runtime
     from beamagent.session.actor import QueryRef
-    from beamagent.store.base import SessionRecord, ThreadDetail, ThreadRecord
+    from beamagent.store.base import (
+        SessionRecord,
+        ShareRecord,
+        SummaryRecord,
+        ThreadDetail,
+        ThreadRecord,
+    )
     from supervisors import ChildSpec
 
 __all__ = [
@@ -587,7 +593,7 @@ def share_session(
     /,
     *,
     share_id: str | None = _UNSET,
-) -> dict[str, Any]:
+) -> ShareRecord:
     """Share a session; returns the share.
 
     Raises:
@@ -599,7 +605,7 @@ def share_session(
     )
 
 
-def unshare_session(session: Session | str) -> dict[str, Any]:
+def unshare_session(session: Session | str) -> ShareRecord:
     """Revoke a session's share.
 
     Raises:
@@ -614,7 +620,7 @@ def summarize_session(
     /,
     *,
     content: str | None = _UNSET,
-) -> dict[str, Any]:
+) -> SummaryRecord:
     """Summarize a session (or store ``content`` as its summary).
 
     Raises:

@@ -19,6 +19,8 @@ from beamagent.errors import InvalidOption, StoreError
 from beamagent.store.base import (
     SessionRecord,
     SessionStore,
+    ShareRecord,
+    SummaryRecord,
     ThreadDetail,
     ThreadRecord,
     ThreadStatus,
@@ -35,7 +37,9 @@ __all__ = [
     "MessageMatch",
     "SessionRecord",
     "SessionStore",
+    "ShareRecord",
     "SqliteStore",
+    "SummaryRecord",
     "ThreadDetail",
     "ThreadRecord",
     "ThreadStatus",

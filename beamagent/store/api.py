@@ -2,7 +2,7 @@
 
 Every method takes the session as a :class:`~beamagent.session.Session` handle or a
 session id ``str``; the session does not have to be live (the store keeps stopped
-sessions). Reads go straight to ``runtime.store`` (each reading thread has its own
+sessions). Reads go straight to ``runtime._store`` (each reading thread has its own
 connection); every mutation runs on the store actor, the single writer, and returns
 once it is committed.
 
@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import pykka
 
 from beamagent.errors import BeamAgentError, InvalidOption, SessionNotFound
@@ -33,7 +34,14 @@ from beamagent.log import get_logger
 from beamagent.messages import Message, normalize
 from beamagent.session.actor import SESSION_ID  # a fork must be resumable under its id
 from beamagent.session.handle import Session
-from beamagent.store.base import SessionRecord, SessionStore, ThreadDetail, ThreadRecord
+from beamagent.store.base import (
+    SessionRecord,
+    SessionStore,
+    ShareRecord,
+    SummaryRecord,
+    ThreadDetail,
+    ThreadRecord,
+)
 from supervisors import reserved, whereis
 
 if TYPE_CHECKING:
@@ -80,7 +88,7 @@ class StoreApi:
     """Mixed into ``Runtime``: the durable history of sessions (see the module docstring)."""
 
     if TYPE_CHECKING:
-        store: SessionStore
+        _store: SessionStore
 
         def store_write(self, method: str, *args: Any, **kwargs: Any) -> Any: ...
 
@@ -121,7 +129,7 @@ class StoreApi:
         Raises:
             InvalidOption: ``limit`` is not a positive int, or ``since`` not a number.
         """
-        return self.store.list_sessions(
+        return self._store.list_sessions(
             backend=backend, cwd=cwd, model=model, since=since, limit=limit
         )
 
@@ -131,7 +139,7 @@ class StoreApi:
         Raises:
             SessionNotFound: the store has no such session.
         """
-        return self.store.get_session(session_id_of(session_id))
+        return self._store.get_session(session_id_of(session_id))
 
     def get_session_messages(
         self,
@@ -152,7 +160,7 @@ class StoreApi:
             SessionNotFound: the store has no such session.
             InvalidOption: a bad ``offset``, ``limit`` or ``types``.
         """
-        stored = self.store.get_session_messages(
+        stored = self._store.get_session_messages(
             session_id_of(session_id),
             types=types,
             offset=offset,
@@ -171,7 +179,7 @@ class StoreApi:
             SessionNotFound: the store has no such session.
         """
         sid = session_id_of(session_id)
-        self.store.get_session(sid)  # unknown → SessionNotFound, before stopping anything
+        self._store.get_session(sid)  # unknown → SessionNotFound, before stopping anything
         if self._is_live(sid):
             with contextlib.suppress(SessionNotFound):  # it ended meanwhile
                 self.stop_session(sid)
@@ -199,17 +207,17 @@ class StoreApi:
         cutoff = time.time() - older_than
         deleted = {"sessions": 0, "runs": 0}
         if sessions:
-            for record in self.store.list_sessions():
+            for record in self._store.list_sessions():
                 if record.updated_at < cutoff and not self._is_live(record.session_id):
                     with contextlib.suppress(SessionNotFound):
                         self.store_write("delete_session", record.session_id)
                         deleted["sessions"] += 1
         if runs:
             live = set(self.live_runs())
-            for run in self.store.list_runs():
+            for run in self._store.list_runs():
                 if run["updated_at"] < cutoff and run["run_id"] not in live:
                     with contextlib.suppress(BeamAgentError):
-                        self.store.delete_run(run["run_id"])
+                        self._store.delete_run(run["run_id"])
                         deleted["runs"] += 1
         log.info("store_pruned", older_than=older_than, **deleted)
         return deleted
@@ -270,32 +278,29 @@ class StoreApi:
         record: SessionRecord = self.store_write("unrevert_session", session_id_of(session))
         return record
 
-    def share_session(self, session: SessionRef, *, share_id: str | None = None) -> dict[str, Any]:
-        """Share a session: ``{share_id, session_id, created_at, status: "active"}``.
+    def share_session(self, session: SessionRef, *, share_id: str | None = None) -> ShareRecord:
+        """Share a session: a :class:`ShareRecord` with ``status="active"``.
 
         A generated ``share_id`` is ``share_`` + 32 hex digits (128 random bits).
 
         Raises:
             SessionNotFound; InvalidOption if ``share_id`` is used by another session.
         """
-        share: dict[str, Any] = self.store_write(
-            "share_session", session_id_of(session), share_id=share_id
-        )
-        return share
+        share = self.store_write("share_session", session_id_of(session), share_id=share_id)
+        return ShareRecord.from_dict(share)
 
-    def unshare_session(self, session: SessionRef) -> dict[str, Any]:
-        """Revoke the share: status ``"revoked"`` with ``revoked_at``.
+    def unshare_session(self, session: SessionRef) -> ShareRecord:
+        """Revoke the share: ``status="revoked"`` with ``revoked_at``.
 
         Raises:
             SessionNotFound; NotShared if the session was never shared.
         """
-        share: dict[str, Any] = self.store_write("unshare_session", session_id_of(session))
-        return share
+        return ShareRecord.from_dict(self.store_write("unshare_session", session_id_of(session)))
 
     def summarize_session(
         self, session: SessionRef, *, content: str | None = None
-    ) -> dict[str, Any]:
-        """Store a summary: ``{session_id, content, generated_at, message_count, generated_by}``.
+    ) -> SummaryRecord:
+        """Store a summary; returns its :class:`SummaryRecord`.
 
         Without ``content`` the text is the deterministic four-line summary of the
         visible messages (see ``docs/store.md``).
@@ -303,10 +308,8 @@ class StoreApi:
         Raises:
             SessionNotFound.
         """
-        summary: dict[str, Any] = self.store_write(
-            "summarize_session", session_id_of(session), content=content
-        )
-        return summary
+        summary = self.store_write("summarize_session", session_id_of(session), content=content)
+        return SummaryRecord.from_dict(summary)
 
     # --- threads ------------------------------------------------------------------------------
 
@@ -349,7 +352,7 @@ class StoreApi:
         Raises:
             SessionNotFound.
         """
-        return self.store.thread_list(session_id_of(session))
+        return self._store.thread_list(session_id_of(session))
 
     def thread_fork(
         self, session: SessionRef, thread_id: str, *, name: str | None = None
@@ -367,16 +370,18 @@ class StoreApi:
     def thread_read(
         self, session: SessionRef, thread_id: str, *, include_messages: bool = False
     ) -> ThreadDetail:
-        """The thread, plus its visible messages (stored dicts) if ``include_messages``.
-
-        Turn a message dict into a ``Message`` with :func:`message_from_stored`.
+        """The thread, plus its visible messages (``Message`` objects) if ``include_messages``.
 
         Raises:
             SessionNotFound, ThreadNotFound.
         """
-        return self.store.thread_read(
+        detail = self._store.thread_read(
             session_id_of(session), thread_id, include_messages=include_messages
         )
+        if detail.messages is None:
+            return detail
+        messages = tuple(message_from_stored(m) for m in detail.messages)
+        return attrs.evolve(detail, messages=messages)
 
     def thread_archive(self, session: SessionRef, thread_id: str) -> ThreadRecord:
         """Archive a thread; if it was active, the session has no active thread after.
@@ -443,7 +448,7 @@ class StoreApi:
             raise InvalidOption(
                 f"session {sid!r} is already running; use runtime.session({sid!r}) to talk to it"
             )
-        record = self.store.get_session(sid)
+        record = self._store.get_session(sid)
         opts["session_id"] = sid
         chosen = record.backend if backend is None else backend
         try:

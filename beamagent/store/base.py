@@ -27,6 +27,8 @@ __all__ = [
     "PreparedMessage",
     "SessionRecord",
     "SessionStore",
+    "ShareRecord",
+    "SummaryRecord",
     "ThreadDetail",
     "ThreadRecord",
     "ThreadStatus",
@@ -152,10 +154,84 @@ class ThreadRecord:
 
 @attrs.frozen
 class ThreadDetail:
-    """Answer of ``thread_read``: the thread, and its visible messages when asked for."""
+    """Answer of ``thread_read``: the thread, and its visible messages when asked for.
+
+    ``Runtime.thread_read`` gives the messages as :class:`~beamagent.messages.Message`
+    objects (as ``get_session_messages`` does); a store itself gives the stored dicts.
+    """
 
     thread: ThreadRecord
-    messages: tuple[dict[str, Any], ...] | None = None
+    messages: tuple[Any, ...] | None = None
+
+
+@attrs.frozen
+class ShareRecord:
+    """A session's share (``share_session`` / ``unshare_session``).
+
+    ``status`` is ``"active"`` until ``unshare_session`` makes it ``"revoked"``
+    (``revoked_at`` set).
+    """
+
+    share_id: str
+    session_id: str
+    created_at: float
+    status: str
+    revoked_at: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ShareRecord:
+        """The record of a store's share dict."""
+        return cls(
+            share_id=data["share_id"],
+            session_id=data["session_id"],
+            created_at=data["created_at"],
+            status=data["status"],
+            revoked_at=data.get("revoked_at"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON-able dict (``revoked_at`` only once revoked)."""
+        data: dict[str, Any] = {
+            "share_id": self.share_id,
+            "session_id": self.session_id,
+            "created_at": self.created_at,
+            "status": self.status,
+        }
+        if self.revoked_at is not None:
+            data["revoked_at"] = self.revoked_at
+        return data
+
+
+@attrs.frozen
+class SummaryRecord:
+    """A session's stored summary (``summarize_session``)."""
+
+    session_id: str
+    content: str
+    generated_at: float
+    message_count: int
+    generated_by: str
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SummaryRecord:
+        """The record of a store's summary dict."""
+        return cls(
+            session_id=data["session_id"],
+            content=data["content"],
+            generated_at=data["generated_at"],
+            message_count=data["message_count"],
+            generated_by=data["generated_by"],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON-able dict of every field."""
+        return {
+            "session_id": self.session_id,
+            "content": self.content,
+            "generated_at": self.generated_at,
+            "message_count": self.message_count,
+            "generated_by": self.generated_by,
+        }
 
 
 @runtime_checkable

@@ -5,7 +5,7 @@ full disk does, with SQLite's own ``SQLITE_FULL``, and undoes it on exit::
 
     from beamagent.testing import disk_full
 
-    with disk_full(rt.store):
+    with disk_full(rt):  # a Runtime on a SQLite store, or the SqliteStore itself
         with pytest.raises(StoreError, match="disk is full"):
             rt.share_session(session)
     rt.share_session(session)  # works again
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from beamagent.errors import InvalidOption
 from beamagent.store.sqlite import SqliteStore
@@ -26,8 +27,10 @@ _EVENTS = ("INSERT", "UPDATE", "DELETE")
 
 
 @contextmanager
-def disk_full(store: SqliteStore) -> Iterator[None]:
+def disk_full(store: Any) -> Iterator[None]:
     """Every write to ``store`` fails as on a full disk until the block ends; reads work.
+
+    ``store`` is a :class:`~beamagent.store.SqliteStore` or a ``Runtime`` using one.
 
     A write raises :class:`~beamagent.errors.StoreError` ("... database or disk is full",
     caused by an ``sqlite3.OperationalError`` whose ``sqlite_errorname`` is
@@ -49,6 +52,7 @@ def disk_full(store: SqliteStore) -> Iterator[None]:
         InvalidOption: ``store`` is not a :class:`~beamagent.store.SqliteStore`.
         StoreError: the store is closed.
     """
+    store = getattr(store, "_store", store)  # a Runtime's store
     if not isinstance(store, SqliteStore):
         raise InvalidOption(f"disk_full needs a SqliteStore (a file to fill), got {store!r}")
     with store._idle_writer() as conn:

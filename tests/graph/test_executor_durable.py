@@ -216,7 +216,7 @@ def test_resume_refuses_unknown_finished_and_mismatched_runs(rt: Runtime) -> Non
     rt.run_job(job, "x", run_id="done").result(WAIT)
     with pytest.raises(RunError, match="completed"):
         rt.resume_run("done", job)
-    rt.store.save_run("other", job_id="else", status="interrupted", state="{}")
+    rt._store.save_run("other", job_id="else", status="interrupted", state="{}")
     with pytest.raises(InvalidJob, match="else"):
         rt.resume_run("other", job)
 
@@ -250,14 +250,14 @@ def test_checkpoints_hold_the_results_and_a_non_durable_run_writes_none(rt: Runt
     )
     rt.run_job(job, {"q": 1}, run_id="kept").result(WAIT)
     rt.run_job(job, {"q": 1}, run_id="not-kept", durable=False).result(WAIT)
-    record = rt.store.load_run("kept")
+    record = rt._store.load_run("kept")
     assert record["status"] == "completed"
     assert record["state"]["input"] == {"q": 1}
     assert record["state"]["visits"] == []
     assert [(r["node"], r["result"]["body"]) for r in record["results"]] == [("a", "A"), ("b", "B")]
     assert record["results"][0]["result"]["outputs"] == {"n": 1}
     with pytest.raises(RunNotFound):
-        rt.store.load_run("not-kept")
+        rt._store.load_run("not-kept")
 
 
 # --- the store's run methods -------------------------------------------------------------------

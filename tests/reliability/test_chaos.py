@@ -188,7 +188,7 @@ def _inject(rt: Runtime, backend: Backend, rng: random.Random, kind: str, ids: l
             return ""
         return "store_kill_mid_write" if busy else kind
     if kind == "disk_full":
-        with disk_full(rt.store):  # type: ignore[arg-type]
+        with disk_full(rt):
             threading.Event().wait(rng.uniform(0.005, 0.03))
         return kind
     raise AssertionError(kind)

@@ -60,7 +60,7 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path) ->
                 assert prompts[ack["prompt"]] == 1, ack
                 assert all(uuids[u] == 1 for u in ack["uuids"]), ack
             for run_id in runs:
-                status = rt.store.load_run(run_id)["status"]
+                status = rt._store.load_run(run_id)["status"]
                 if status in ("running", "interrupted"):
                     result = rt.resume_run(run_id, slow_job()).result(60)
                     assert result.status in FINISHED

@@ -278,7 +278,7 @@ def test_store_and_thread_functions_delegate(rt: Runtime) -> None:
     assert len(routing.get_session_messages(session)) == 1
     assert len(routing.get_session_messages(session, include_hidden=True)) == total
     assert routing.unrevert_session("stored-1").visible_message_count == total
-    assert routing.summarize_session(session, content="short")["content"] == "short"
+    assert routing.summarize_session(session, content="short").content == "short"
     fork = routing.fork_session(session, session_id="stored-2")
     assert fork.session_id == "stored-2"
     share = routing.share_session("stored-1")
@@ -306,8 +306,8 @@ def test_the_seeds_options_maps_are_accepted_everywhere(rt: Runtime) -> None:
     detail = routing.thread_read(session, thread.thread_id, {"include_messages": True})
     assert detail.thread.thread_id == thread.thread_id
     assert routing.thread_fork(session, thread.thread_id, {"name": "t2"}).name == "t2"
-    assert routing.share_session(session, {"share_id": "share_" + "a" * 32})["share_id"]
-    assert routing.summarize_session(session, {"content": "short"})["content"] == "short"
+    assert routing.share_session(session, {"share_id": "share_" + "a" * 32}).share_id
+    assert routing.summarize_session(session, {"content": "short"}).content == "short"
     fork = routing.fork_session(session, {"session_id": "maps-fork", "include_hidden": False})
     assert fork.session_id == "maps-fork"
     with pytest.raises(InvalidOption, match="unknown option"):

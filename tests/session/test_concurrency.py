@@ -35,7 +35,7 @@ def test_100_sessions_20_queries_from_100_threads(tmp_path: Path) -> None:
             thread.join(120)
         assert failures == []
         for index in (0, 57, 99):
-            stored = rt.store.get_session_messages(sessions[index].session_id)
+            stored = rt._store.get_session_messages(sessions[index].session_id)
             users = [m["content"] for m in stored if m["type"] == "user"]
             assert users == [f"s{index}-q{q}" for q in range(20)]
             assert len(stored) == 80  # user + system + assistant + result, 20 times

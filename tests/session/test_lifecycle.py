@@ -213,7 +213,7 @@ def test_bad_options_are_typed_errors(rt: Runtime) -> None:
 def test_history_is_recorded_before_delivery(rt: Runtime) -> None:
     session = rt.start_session(backend="local")
     for message in session.stream("record me"):
-        stored = rt.store.get_session_messages(session.session_id)
+        stored = rt._store.get_session_messages(session.session_id)
         assert any(m.get("uuid") == message.uuid for m in stored)
-    types = [m["type"] for m in rt.store.get_session_messages(session.session_id)]
+    types = [m["type"] for m in rt._store.get_session_messages(session.session_id)]
     assert types == ["user", "system", "assistant", "result"]

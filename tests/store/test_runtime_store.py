@@ -134,7 +134,7 @@ def test_a_prompt_and_replies_with_lone_surrogates_are_recorded(rt: Runtime) -> 
     rt.store_write(
         "record_message", session.session_id, {"type": "assistant", "usage": {"cost": math.nan}}
     )
-    assert rt.store.get_session_messages(session.session_id)[-1]["usage"] == {"cost": None}
+    assert rt._store.get_session_messages(session.session_id)[-1]["usage"] == {"cost": None}
     assert session.query("still recording")[-1].content == bad  # and still recording
 
 
@@ -476,7 +476,7 @@ def test_every_mutation_runs_on_the_one_store_actor_thread() -> None:
             rt.delete_session("f")
             rt.store_write("save_routing_entry", "health", "local", "degraded")
             rt.get_session_messages(session)  # reads are not writes
-            rt.store.routing_entries("health")
+            rt._store.routing_entries("health")
             rt.thread_list(session)
         names = {name for name, _ in store.writer_threads}
         assert {"create_session", "update_session", "record_messages"} <= names

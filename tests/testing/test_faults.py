@@ -114,11 +114,11 @@ def test_only_a_sqlite_store_can_be_filled() -> None:
 
 def test_a_full_disk_through_the_runtime(tmp_path: Path) -> None:
     with Runtime(store=tmp_path / "s.db") as rt:
-        assert isinstance(rt.store, SqliteStore)
+        assert isinstance(rt._store, SqliteStore)
         session = rt.start_session(backend="local")
         session.query("one")
         writer = rt.store_actor.actor_urn
-        with disk_full(rt.store):
+        with disk_full(rt._store):
             with pytest.raises(StoreError, match="disk is full"):
                 rt.share_session(session)
             with pytest.raises(StoreError, match="disk is full"):
@@ -126,4 +126,4 @@ def test_a_full_disk_through_the_runtime(tmp_path: Path) -> None:
             assert len(rt.get_session_messages(session)) == 4
         assert rt.store_actor.actor_urn == writer  # the store actor lived through it
         assert rt.share_session(session)["status"] == "active"
-        assert rt.store.get_session(session.session_id).message_count == 4
+        assert rt._store.get_session(session.session_id).message_count == 4
