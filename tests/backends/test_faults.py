@@ -2,12 +2,17 @@
 
 The real handlers and transports run against processes that misbehave on
 purpose: noise on stdout, a 10 MB line, a CLI that never answers, one that
-exits at once, and a JSON-RPC peer whose request ids collide with ours.
+exits at once or mid-turn, a launcher killed while its child lives on, and a
+JSON-RPC peer whose request ids collide with ours. Every failure is a typed
+error, a session that was ready is restarted by its supervisor, and no
+process of the failed incarnation's group is left.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,23 +21,53 @@ import pytest
 
 from beamagent import Runtime, Session
 from beamagent.backends.permissions import Deny
-from beamagent.errors import BufferOverflow, ConnectTimeout, InvalidOption, TransportError
+from beamagent.errors import (
+    BufferOverflow,
+    ConnectTimeout,
+    InvalidOption,
+    TransportError,
+)
 from beamagent.messages import MessageType
-from tests.backends.conftest import recorder
+from supervisors import Crashed, MonitorRef
+from tests.backends.conftest import group_members, receive_until, recorder, watch_incarnation
 
 FAKES = Path(__file__).parent / "fakes"
 TEN_MB = 10 * 1024 * 1024
 
 
-def fake_claude(runtime: Runtime, mode: str, **options: Any) -> Session:
+WAIT = 30.0
+
+
+def fake_claude(
+    runtime: Runtime, mode: str, script: str = "fake_claude.py", **options: Any
+) -> Session:
     env = {"FAKE_MODE": mode, **options.pop("env", {})}
     return runtime.start_session(
         backend="claude",
-        cli_path=str(FAKES / "fake_claude.py"),
+        cli_path=str(FAKES / script),
         command_prefix=[sys.executable],
         env=env,
         **options,
     )
+
+
+def crashed(incarnation: MonitorRef, pid: int) -> BaseException:
+    """Wait for a failed incarnation to end; check it left no process; return its error.
+
+    It must end abnormally, so that its supervisor restarts it.
+    """
+    down = incarnation.wait(WAIT)
+    assert isinstance(down.reason, Crashed), down.reason
+    assert group_members(pid) == []
+    return down.reason.exception
+
+
+def assert_restarted(session: Session, old_pid: int) -> None:
+    """The session runs its second incarnation, on a new process, and is ready."""
+    info = session.session_info()
+    assert (info["incarnation"], info["state"]) == (2, "ready")
+    assert info["pid"] != old_pid
+    assert session.health() == "ready"
 
 
 def test_garbage_lines_are_skipped(runtime: Runtime) -> None:
@@ -125,3 +160,50 @@ def test_codex_id_spaces_are_kept_apart_amid_noise(runtime: Runtime, tmp_path: P
     assert messages[1].content == "echo: hi"
     assert session.session_info()["thread_id"] == "thread-fake-1"
     assert session.health() == "ready"
+
+
+def test_a_launcher_killed_while_its_child_lives_on_ends_the_session(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    hang_once = {"FAKE_HANG_ONCE": str(tmp_path / "hung")}
+    session = fake_claude(runtime, "hang_turn", "fake_launcher.py", env=hang_once)
+    launcher = session.session_info()["pid"]
+    [child] = [pid for pid in group_members(launcher) if pid != launcher]
+    ref = session.send_query("never answered")
+    assert session.receive_message(ref, timeout=WAIT).type is MessageType.SYSTEM  # turn started
+    incarnation = watch_incarnation(runtime, session)
+
+    # The child keeps stdout open and would never end the turn: the launcher's exit must.
+    os.kill(launcher, signal.SIGKILL)
+
+    error = receive_until(session, ref, TransportError)
+    assert error.reason == ("cli_exit", -signal.SIGKILL)  # type: ignore[attr-defined]
+    assert f"exited with status {-signal.SIGKILL}" in str(error)
+    assert crashed(incarnation, launcher) is not None
+    assert child not in group_members(launcher)
+    assert session.query("answered", timeout=WAIT)[-1].content == "echo: answered"
+    assert_restarted(session, launcher)
+
+
+def test_a_cli_that_dies_mid_turn_fails_the_query_and_is_restarted(runtime: Runtime) -> None:
+    session = fake_claude(runtime, "die", error_linger=2.0)
+    pid = session.session_info()["pid"]
+    incarnation = watch_incarnation(runtime, session)
+
+    with pytest.raises(TransportError, match="exited with status 5") as caught:
+        session.query("this turn kills it", timeout=WAIT)
+
+    assert caught.value.reason == ("cli_exit", 5)
+    assert "segfault in the middle of a turn" in str(caught.value)
+    assert session.health() == "error"  # lingers in error, then its supervisor restarts it
+    assert session.session_info()["error"] == str(caught.value)
+    assert crashed(incarnation, pid) is caught.value
+    # The prompt that reached the dead backend is history too, with what came before the exit.
+    history = runtime.get_session_messages(session.session_id)
+    assert [(m.type, m.content) for m in history] == [
+        (MessageType.USER, "this turn kills it"),
+        (MessageType.SYSTEM, None),
+    ]
+    with pytest.raises(TransportError, match="exited with status 5"):
+        session.query("the restarted CLI dies too", timeout=WAIT)
+    assert session.session_info()["incarnation"] == 2

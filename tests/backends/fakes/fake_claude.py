@@ -4,16 +4,27 @@
 Usage: FAKE_MODE=<mode> fake_claude.py [the real CLI's flags, ignored].
 
 Modes:
-  garbage  answer initialize, then surround every reply with noise lines
-  huge     answer each user turn with one assistant line of SIZE bytes ($FAKE_SIZE)
-  hang     read stdin, never answer
-  exit     print to stderr and exit with status 3 at once
+  garbage       answer initialize, then surround every reply with noise lines
+  echo          answer initialize and every user turn plainly
+  huge          answer each user turn with one assistant line of SIZE bytes ($FAKE_SIZE)
+  hang          read stdin, never answer
+  hang_turn     answer initialize; start each user turn (system/init) but never end it
+                (never answer an interrupt); with $FAKE_HANG_ONCE=<file>, only the first
+                one: it creates the file, and later turns, of this process or of the next
+                one, are answered plainly
+  die           start a turn, then print to stderr and exit with status 5 mid-turn
+  close_stdout  answer initialize, then close stdout and live on until stdin closes
+  exit          print to stderr and exit with status 3 at once
+
+$FAKE_IGNORE_TERM=1: ignore SIGTERM. $FAKE_LINGER=1: do not exit when stdin closes
+(with both, only SIGKILL ends it).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 OUT = sys.stdout.buffer
@@ -95,10 +106,13 @@ def turn(session: str, text: str, noisy: bool) -> None:
 
 def main() -> int:
     mode = os.environ.get("FAKE_MODE", "garbage")
+    if os.environ.get("FAKE_IGNORE_TERM"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if mode == "exit":
         sys.stderr.write("fake claude: cannot start, configuration is broken\n")
         return 3
     session = "fake-session-1"
+    hang_once = os.environ.get("FAKE_HANG_ONCE")
     for line in sys.stdin.buffer:
         if mode == "hang":
             continue
@@ -111,14 +125,28 @@ def main() -> int:
                 if mode == "garbage":
                     raw(NOISE[0])
                 emit(init_response(obj["request_id"]))
+                if mode == "close_stdout":
+                    os.close(1)  # stdout is gone; stdin still reads: the process lives on
             continue
         if obj.get("type") == "user":
             content = obj["message"]["content"]
+            if mode == "hang_turn" and not (hang_once and os.path.exists(hang_once)):
+                if hang_once:
+                    open(hang_once, "w").close()
+                emit({"type": "system", "subtype": "init", "session_id": session, "tools": []})
+                continue  # never ended (control requests such as interrupt are never answered)
+            if mode == "die":
+                emit({"type": "system", "subtype": "init", "session_id": session, "tools": []})
+                sys.stderr.write("fake claude: segfault in the middle of a turn\n")
+                sys.stderr.flush()
+                return 5
             if mode == "huge":
                 size = int(os.environ.get("FAKE_SIZE", str(10 * 1024 * 1024)))
                 turn(session, "x" * size, noisy=False)
             else:
-                turn(session, f"echo: {content}", noisy=True)
+                turn(session, f"echo: {content}", noisy=mode == "garbage")
+    while os.environ.get("FAKE_LINGER"):
+        signal.pause()
     return 0
 
 
