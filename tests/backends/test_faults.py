@@ -105,6 +105,42 @@ def test_a_line_beyond_buffer_max_fails_the_session_with_buffer_overflow(
         session.query("too big", timeout=30)
 
 
+def test_buffer_max_bounds_unparsed_bytes_not_complete_lines(runtime: Runtime) -> None:
+    # The local agent echoes the prompt twice (assistant, result) in one chunk of ~10 MB.
+    session = runtime.start_session(backend="local")
+    prompt = "p" * (5 * 1024 * 1024)
+
+    messages = session.query(prompt, timeout=WAIT)
+
+    assert [m.content for m in messages[1:]] == [prompt, prompt]
+    assert session.health() == "ready"
+
+
+def test_an_oversized_remainder_fails_after_the_complete_lines_before_it(
+    runtime: Runtime,
+) -> None:
+    line = b'{"type": "assistant", "content": "complete"}\n'
+
+    def reply(prompt: str, params: Any) -> Any:
+        if prompt != "go":
+            return prompt
+        return (item for item in [line + b"x" * 2000])  # streamed: one chunk of its own
+
+    session = runtime.start_session(backend="local", reply=reply, buffer_max=1000)
+    incarnation = watch_incarnation(runtime, session)
+
+    with pytest.raises(BufferOverflow, match="more than 1000 unparsed bytes"):
+        session.query("go", timeout=WAIT)
+
+    down = incarnation.wait(WAIT)
+    assert isinstance(down.reason, Crashed)
+    assert isinstance(down.reason.exception, BufferOverflow)
+    history = runtime.get_session_messages(session.session_id)
+    assert [m.content for m in history][-1] == "complete"  # parsed and recorded first
+    assert session.query("again", timeout=WAIT)[-1].content == "again"
+    assert session.session_info()["incarnation"] == 2
+
+
 def test_a_cli_that_hangs_at_start_times_out(runtime: Runtime) -> None:
     with pytest.raises(ConnectTimeout, match=r"did not finish its handshake within 0\.5 s"):
         fake_claude(runtime, "hang", init_timeout=0.5)
