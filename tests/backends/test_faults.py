@@ -243,3 +243,32 @@ def test_a_cli_that_dies_mid_turn_fails_the_query_and_is_restarted(runtime: Runt
     with pytest.raises(TransportError, match="exited with status 5"):
         session.query("the restarted CLI dies too", timeout=WAIT)
     assert session.session_info()["incarnation"] == 2
+
+
+def test_nan_infinity_surrogates_and_bad_utf8_become_canonical_messages(tmp_path: Path) -> None:
+    # A real SQLite file: the store writes strict JSON as UTF-8.
+    with Runtime(store=str(tmp_path / "sessions.db")) as runtime:
+        session = fake_claude(runtime, "weird")
+
+        messages = session.query("strange data", timeout=WAIT)
+
+        system, lone, bad, result = messages
+        assert system.system_info is not None
+        assert system.system_info["cost"] is None
+        assert lone.content == "lone \ufffd surrogate in strange data"
+        assert lone.usage == {"input_tokens": None}
+        assert bad.content == "bad \ufffd\ufffd bytes"
+        assert (result.type, result.content) == (MessageType.RESULT, "done \ufffd")
+        assert (result.duration_ms, result.total_cost_usd) == (None, None)
+        assert result.usage == {"big": None}
+        for message in messages:
+            json.dumps(message.to_dict(), allow_nan=False, ensure_ascii=False).encode()
+        # Nothing crashed: the prompt and the answers are history, the session lives on.
+        history = runtime.get_session_messages(session.session_id)
+        assert [(m.type, m.content) for m in history] == [
+            (MessageType.USER, "strange data"),
+            *((m.type, m.content) for m in messages),
+        ]
+        assert session.query("again", timeout=WAIT)[-1].content == "done \ufffd"
+        assert session.session_info()["incarnation"] == 1
+        assert session.health() == "ready"

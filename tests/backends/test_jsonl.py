@@ -152,10 +152,30 @@ def test_decode_lines_example() -> None:
     )
 
 
-def test_invalid_utf8_is_skipped_not_raised() -> None:
-    decoded = decode_lines(b'{"a":"\xff"}\n{"ok":true}\n')
-    assert decoded.objects == [{"ok": True}]
-    assert decoded.skipped == [b'{"a":"\xff"}']
+def test_invalid_utf8_is_replaced_not_raised_nor_the_line_lost() -> None:
+    decoded = decode_lines(b'{"a":"\xff\xc3"}\n{"ok":true}\n\xff\n')
+    assert decoded.objects == [{"a": "\ufffd\ufffd"}, {"ok": True}]
+    assert decoded.skipped == [b"\xff"]
+
+
+def test_non_finite_numbers_become_null() -> None:
+    line = b'{"a":NaN,"b":[Infinity,-Infinity,1e999,-1e999,1.5,2],"c":{"d":NaN}}\n'
+    [obj] = decode_lines(line).objects
+    assert obj == {"a": None, "b": [None, None, None, None, 1.5, 2], "c": {"d": None}}
+    json.dumps(obj, allow_nan=False)
+
+
+def test_surrogate_escapes_become_valid_unicode() -> None:
+    line = rb'{"lone":"a\ud800b","low":"\uDC00","pair":"\ud83d\ude00","\ud801k":1,"lit":"\\ud800"}'
+    [obj] = decode_lines(line + b"\n").objects
+    assert obj == {
+        "lone": "a\ufffdb",
+        "low": "\ufffd",
+        "pair": "\U0001f600",
+        "\ufffdk": 1,
+        "lit": "\\ud800",  # an escaped backslash, not an escape: kept as written
+    }
+    json.dumps(obj, ensure_ascii=False).encode("utf-8")
 
 
 def test_utf16_is_not_guessed() -> None:

@@ -13,6 +13,8 @@ Modes:
                 one: it creates the file, and later turns, of this process or of the next
                 one, are answered plainly
   die           start a turn, then print to stderr and exit with status 5 mid-turn
+  weird         answer turns with lines Python's json accepts but JSON does not: NaN,
+                Infinity, 1e999, lone surrogate escapes; and a line with invalid UTF-8
   close_stdout  answer initialize, then close stdout and live on until stdin closes
   exit          print to stderr and exit with status 3 at once
 
@@ -104,6 +106,30 @@ def turn(session: str, text: str, noisy: bool) -> None:
     )
 
 
+def weird_turn(session: str, text: str) -> None:
+    """A turn whose lines carry NaN, infinities, lone surrogates and invalid UTF-8."""
+    emit({"type": "system", "subtype": "init", "session_id": session, "cost": float("nan")})
+    emit(  # json.dumps writes NaN/Infinity tokens and \\ud800 escapes
+        {
+            "type": "assistant",
+            "session_id": session,
+            "message": {
+                "content": [{"type": "text", "text": f"lone \ud800 surrogate in {text}"}],
+                "usage": {"input_tokens": float("inf")},
+            },
+        }
+    )
+    raw(
+        b'{"type": "assistant", "session_id": "' + session.encode() + b'", "message": '
+        b'{"content": [{"type": "text", "text": "bad \xff\xfe bytes"}]}}\n'
+    )
+    raw(
+        b'{"type": "result", "subtype": "success", "is_error": false, "result": "done \\udc00",'
+        b' "duration_ms": NaN, "total_cost_usd": -Infinity, "usage": {"big": 1e999},'
+        b' "session_id": "' + session.encode() + b'"}\n'
+    )
+
+
 def main() -> int:
     mode = os.environ.get("FAKE_MODE", "garbage")
     if os.environ.get("FAKE_IGNORE_TERM"):
@@ -140,6 +166,9 @@ def main() -> int:
                 sys.stderr.write("fake claude: segfault in the middle of a turn\n")
                 sys.stderr.flush()
                 return 5
+            if mode == "weird":
+                weird_turn(session, content)
+                continue
             if mode == "huge":
                 size = int(os.environ.get("FAKE_SIZE", str(10 * 1024 * 1024)))
                 turn(session, "x" * size, noisy=False)
