@@ -44,7 +44,7 @@ class Events:
         return self.queue.get(timeout=WAIT)
 
     def line(self) -> bytes:
-        """Data up to the next newline (chunks may split it)."""
+        """Data until a chunk ends a line (one line may come in pieces, or several at once)."""
         data = b""
         while not data.endswith(b"\n"):
             event = self.next()
@@ -166,3 +166,21 @@ def test_a_cli_that_closes_stdout_but_lives_on_is_ended(
     assert exited.status == -signal.SIGTERM
     assert transport.pid is not None
     assert group_members(transport.pid) == []
+
+
+def test_stderr_is_drained_and_only_its_tail_kept(transports: list[SubprocessTransport]) -> None:
+    transport, events = start(
+        transports, "fake_claude.py", FAKE_MODE="stderr_flood", FAKE_SIZE=str(8 * 1024 * 1024)
+    )
+    transport.send(INITIALIZE)
+    events.line()
+    user = b'{"type":"user","message":{"role":"user","content":"hi"}}\n'
+    transport.send(user)  # flooded, then answered: the CLI was never blocked on stderr
+    assert json.loads(events.line().split(b"\n")[0])["type"] == "system"
+    transport.send(user)  # flooded, then it exits
+
+    _data, exited = events.exited()
+
+    assert exited.status == 4
+    assert len(exited.stderr_tail) <= SubprocessTransport.STDERR_TAIL
+    assert exited.stderr_tail.endswith("fake claude: the last words after the flood\n")

@@ -13,6 +13,9 @@ Modes:
                 one: it creates the file, and later turns, of this process or of the next
                 one, are answered plainly
   die           start a turn, then print to stderr and exit with status 5 mid-turn
+  stderr_flood  before each turn write $FAKE_SIZE bytes to stderr; answer the first turn,
+                exit with status 4 in the second (after a last stderr line)
+  drip          answer turns one byte at a time, $FAKE_DRIP_MS (default 2) ms apart
   weird         answer turns with lines Python's json accepts but JSON does not: NaN,
                 Infinity, 1e999, lone surrogate escapes; and a line with invalid UTF-8
   close_stdout  answer initialize, then close stdout and live on until stdin closes
@@ -28,18 +31,33 @@ import json
 import os
 import signal
 import sys
+import time
 
 OUT = sys.stdout.buffer
+ERR = sys.stderr.buffer
 
 
 def emit(obj: object) -> None:
-    OUT.write(json.dumps(obj).encode() + b"\n")
-    OUT.flush()
+    raw(json.dumps(obj).encode() + b"\n")
 
 
 def raw(data: bytes) -> None:
+    if os.environ.get("FAKE_MODE") == "drip":
+        delay = float(os.environ.get("FAKE_DRIP_MS", "2")) / 1000
+        for byte in data:
+            OUT.write(bytes([byte]))
+            OUT.flush()
+            time.sleep(delay)
+        return
     OUT.write(data)
     OUT.flush()
+
+
+def flood_stderr(size: int) -> None:
+    chunk = b"stderr noise " * 5041 + b"\n"  # ~64 KB
+    for _ in range(size // len(chunk)):
+        ERR.write(chunk)
+    ERR.flush()
 
 
 NOISE = [
@@ -139,6 +157,7 @@ def main() -> int:
         return 3
     session = "fake-session-1"
     hang_once = os.environ.get("FAKE_HANG_ONCE")
+    turns = 0
     for line in sys.stdin.buffer:
         if mode == "hang":
             continue
@@ -166,6 +185,12 @@ def main() -> int:
                 sys.stderr.write("fake claude: segfault in the middle of a turn\n")
                 sys.stderr.flush()
                 return 5
+            if mode == "stderr_flood":
+                turns += 1
+                flood_stderr(int(os.environ.get("FAKE_SIZE", str(16 * 1024 * 1024))))
+                if turns > 1:
+                    ERR.write(b"fake claude: the last words after the flood\n")
+                    return 4
             if mode == "weird":
                 weird_turn(session, content)
                 continue
