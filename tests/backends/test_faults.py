@@ -21,12 +21,15 @@ from typing import Any
 import pytest
 
 from beamagent import Runtime, Session
+from beamagent.backends.base import HandlerOutput
+from beamagent.backends.claude import ClaudeHandler
 from beamagent.backends.permissions import Deny
 from beamagent.errors import (
     BufferOverflow,
     ConnectTimeout,
     InvalidOption,
     QueryTimeout,
+    SessionError,
     TransportError,
 )
 from beamagent.messages import MessageType
@@ -337,3 +340,31 @@ def test_a_slow_drip_of_bytes_still_parses(runtime: Runtime) -> None:
     ]
     assert messages[1].content == "echo: échec ✓ 日本語"
     assert session.health() == "ready"
+
+
+class CrashingClaude(ClaudeHandler):
+    """A handler with a bug: it raises on any output that mentions CRASH."""
+
+    def handle_data(self, buffer: bytes) -> tuple[HandlerOutput, bytes]:
+        if b"CRASH" in buffer:
+            raise RuntimeError("handler bug")
+        return super().handle_data(buffer)
+
+
+def test_a_crashed_session_ends_its_cli_and_the_cli_s_children() -> None:
+    with Runtime(store=":memory:", backends={"crashy": CrashingClaude}) as runtime:
+        session = runtime.start_session(
+            backend="crashy",
+            cli_path=str(FAKES / "fake_launcher.py"),
+            command_prefix=[sys.executable],
+            env={"FAKE_MODE": "echo"},
+        )
+        launcher = session.session_info()["pid"]
+        assert len(group_members(launcher)) == 2  # the launcher and its child
+        incarnation = watch_incarnation(runtime, session)
+
+        with pytest.raises(SessionError, match="crashed"):
+            session.query("CRASH", timeout=WAIT)
+
+        assert isinstance(crashed(incarnation, launcher), RuntimeError)
+        assert_restarted(session, launcher)
