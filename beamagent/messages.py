@@ -9,12 +9,21 @@ goes through :func:`normalize` instead, which never raises).
     >>> m = normalize({"type": "result", "result": "4", "num_turns": 1}, now_ms=0)
     >>> (m.type, m.content, m.num_turns)
     (<MessageType.RESULT: 'result'>, '4', 1)
+
+Messages hold canonical JSON only, whatever a backend sent: a non-finite
+float (``NaN``, ``Infinity``, which Python's ``json`` accepts) becomes ``None``
+inside mappings and lists and is refused (``InvalidOption``) as a number
+field, and every string is valid Unicode (a surrogate pair is joined, a lone
+surrogate becomes U+FFFD). So :meth:`Message.to_dict` is always
+``json.dumps(..., allow_nan=False, ensure_ascii=False)``-able and UTF-8-encodable.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import operator
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
@@ -116,14 +125,39 @@ def _is_mapping(value: object) -> bool:
     return type(value) is dict or isinstance(value, Mapping)
 
 
-def _copy_json(value: Any) -> Any:
-    """Deep-copy a JSON value into fresh dicts and lists (tuples become lists).
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
-    Iterative rather than recursive: anything ``json.loads`` accepted must be
-    copyable, and a recursive copy uses more stack per level than the parser.
+
+def _valid_text(text: str) -> str:
+    """``text`` as valid Unicode: surrogate pairs joined, lone surrogates U+FFFD.
+
+    ``json.loads`` turns a ``\\ud800`` escape into a lone surrogate, which no
+    UTF-8 encoder (SQLite's included) accepts.
+    """
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _canonical_scalar(value: Any) -> Any:
+    """A JSON scalar in canonical form: finite or ``None``, valid Unicode."""
+    if isinstance(value, str):
+        return _valid_text(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return value
+
+
+def _copy_json(value: Any) -> Any:
+    """Deep-copy a JSON value into fresh dicts and lists (tuples become lists), canonically.
+
+    Non-finite floats become ``None`` and strings (keys too) valid Unicode
+    (see the module docstring). Iterative rather than recursive: anything
+    ``json.loads`` accepted must be copyable, and a recursive copy uses more
+    stack per level than the parser.
     """
     if not _is_container(value):
-        return value
+        return _canonical_scalar(value)
     root: Any = {} if _is_mapping(value) else []
     stack: list[tuple[Any, Any]] = [(value, root)]
     while stack:
@@ -131,12 +165,20 @@ def _copy_json(value: Any) -> Any:
         items = src.items() if _is_mapping(src) else enumerate(src)
         into_dict = type(dst) is dict
         for key, item in items:
-            if _is_container(item):
-                copy: Any = {} if _is_mapping(item) else []
+            kind = type(item)
+            # Inline checks, cheapest first: this runs for every value of every message.
+            if kind is str:
+                copy: Any = item if item.isascii() else _valid_text(item)
+            elif kind is int or kind is bool or item is None:
+                copy = item
+            elif _is_container(item):
+                copy = {} if _is_mapping(item) else []
                 stack.append((item, copy))
             else:
-                copy = item
+                copy = _canonical_scalar(item)
             if into_dict:
+                if type(key) is str and not key.isascii():
+                    key = _valid_text(key)
                 dst[key] = copy
             else:
                 dst.append(copy)
@@ -158,6 +200,26 @@ def _copy_sequence(value: Iterable[Any] | None) -> tuple[Any, ...] | None:
     if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
         raise InvalidOption(f"expected a list, got {type(value).__name__}")
     return tuple(_copy_json(item) for item in value)
+
+
+def _text_or_other(value: Any) -> Any:
+    """attrs converter of str fields: a str made valid Unicode; anything else for the validator."""
+    return _valid_text(value) if isinstance(value, str) else value
+
+
+def _finite(*types: type) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    """attrs validator: like :func:`_optional`, and a float must be finite (JSON has no NaN)."""
+    check_type = _optional(*types)
+
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        check_type(instance, attribute, value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidOption(
+                f"{type(instance).__name__}.{attribute.name} must be a finite number or None, "
+                f"got {value!r}"
+            )
+
+    return check
 
 
 def _optional(*types: type) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
@@ -203,6 +265,12 @@ def _to_stop_reason(value: StopReason | str | None) -> StopReason | None:
         raise InvalidOption(f"unknown parsed stop reason {value!r}; known: {known}") from None
 
 
+def _text_field() -> Any:
+    return attrs.field(
+        default=None, kw_only=True, converter=_text_or_other, validator=_optional(str)
+    )
+
+
 # --- content blocks -----------------------------------------------------------------
 
 
@@ -215,12 +283,12 @@ class ContentBlock:
     """
 
     type: ContentBlockType = attrs.field(converter=_to_block_type)
-    text: str | None = attrs.field(default=None, kw_only=True, validator=_optional(str))
-    thinking: str | None = attrs.field(default=None, kw_only=True, validator=_optional(str))
-    id: str | None = attrs.field(default=None, kw_only=True, validator=_optional(str))
-    name: str | None = attrs.field(default=None, kw_only=True, validator=_optional(str))
+    text: str | None = _text_field()
+    thinking: str | None = _text_field()
+    id: str | None = _text_field()
+    name: str | None = _text_field()
     input: dict[str, Any] | None = attrs.field(default=None, kw_only=True, converter=_copy_mapping)
-    tool_use_id: str | None = attrs.field(default=None, kw_only=True, validator=_optional(str))
+    tool_use_id: str | None = _text_field()
     #: A tool result's content: a string or a list of blocks, as the backend sent it.
     content: Any = attrs.field(default=None, kw_only=True, converter=_copy_json)
     is_error: bool | None = attrs.field(default=None, kw_only=True, validator=_optional(bool))
@@ -327,46 +395,50 @@ class Message:
     """A canonical message: ``type`` plus whichever optional fields apply.
 
     Mapping and list fields are private deep copies of what was passed in
-    (plain dicts and lists, so they stay JSON-serialisable); treat them as
+    (plain dicts and lists in canonical form, so they stay JSON-serialisable:
+    non-finite floats become ``None``, strings valid Unicode); treat them as
     read-only (a message from :func:`normalize` shares nested values between
     its fields and ``raw``, never with the caller). ``stop_reason_parsed``
     defaults to the parse of ``stop_reason``.
+
+    Raises:
+        InvalidOption: a field has the wrong type, or a number field is not finite.
 
         >>> Message("text", content="hi").to_dict()["type"]
         'text'
     """
 
     type: MessageType = attrs.field(converter=_to_message_type)
-    content: str | None = _field(_optional(str))
+    content: str | None = _text_field()
     content_blocks: tuple[ContentBlock, ...] = attrs.field(
         default=(), kw_only=True, converter=_to_blocks
     )
-    tool_name: str | None = _field(_optional(str))
+    tool_name: str | None = _text_field()
     tool_input: dict[str, Any] | None = attrs.field(
         default=None, kw_only=True, converter=_copy_mapping
     )
-    tool_use_id: str | None = _field(_optional(str))
-    parent_tool_use_id: str | None = _field(_optional(str))
-    uuid: str | None = _field(_optional(str))
-    session_id: str | None = _field(_optional(str))
-    message_id: str | None = _field(_optional(str))
-    model: str | None = _field(_optional(str))
+    tool_use_id: str | None = _text_field()
+    parent_tool_use_id: str | None = _text_field()
+    uuid: str | None = _text_field()
+    session_id: str | None = _text_field()
+    message_id: str | None = _text_field()
+    model: str | None = _text_field()
     usage: dict[str, Any] | None = attrs.field(default=None, kw_only=True, converter=_copy_mapping)
     model_usage: dict[str, Any] | None = attrs.field(
         default=None, kw_only=True, converter=_copy_mapping
     )
-    stop_reason: str | None = _field(_optional(str))
+    stop_reason: str | None = _text_field()
     stop_reason_parsed: StopReason | None = attrs.field(
         default=attrs.Factory(_default_stop_reason_parsed, takes_self=True),
         kw_only=True,
         converter=_to_stop_reason,
     )
     is_error: bool | None = _field(_optional(bool))
-    subtype: str | None = _field(_optional(str))
-    duration_ms: float | None = _field(_optional(int, float))
-    duration_api_ms: float | None = _field(_optional(int, float))
+    subtype: str | None = _text_field()
+    duration_ms: float | None = _field(_finite(int, float))
+    duration_api_ms: float | None = _field(_finite(int, float))
     num_turns: int | None = _field(_optional(int))
-    total_cost_usd: float | None = _field(_optional(int, float))
+    total_cost_usd: float | None = _field(_finite(int, float))
     errors: tuple[Any, ...] | None = attrs.field(
         default=None, kw_only=True, converter=_copy_sequence
     )
@@ -381,7 +453,9 @@ class Message:
     system_info: dict[str, Any] | None = attrs.field(
         default=None, kw_only=True, converter=_copy_mapping
     )
-    request_id: str | int | None = _field(_optional(str, int))
+    request_id: str | int | None = attrs.field(
+        default=None, kw_only=True, converter=_text_or_other, validator=_optional(str, int)
+    )
     request: dict[str, Any] | None = attrs.field(
         default=None, kw_only=True, converter=_copy_mapping
     )
@@ -391,7 +465,7 @@ class Message:
     rate_limit_info: dict[str, Any] | None = attrs.field(
         default=None, kw_only=True, converter=_copy_mapping
     )
-    thread_id: str | None = _field(_optional(str))
+    thread_id: str | None = _text_field()
     #: Milliseconds since the epoch.
     timestamp: int | None = _field(_optional(int))
     #: The backend's original mapping (left out of repr: it can be large).
@@ -449,8 +523,8 @@ class Message:
             # shallow copy would).
             values = list(_all_message_values(self))
             for name, value in changes.items():
-                if value is not None and type(value) is not str:
-                    break  # let the validators say what is wrong
+                if value is not None and (type(value) is not str or not value.isascii()):
+                    break  # let the converters and validators deal with it
                 values[_FIELD_INDEX[name]] = value
             else:
                 clone: Message = object.__new__(Message)
@@ -509,7 +583,9 @@ def _is_int(value: object) -> bool:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_bool(value: object) -> bool:
@@ -718,7 +794,9 @@ def normalize(mapping: Mapping[str, Any], *, now_ms: int | None = None) -> Messa
     """Turn one backend mapping (a parsed JSON object) into a :class:`Message`; never raises.
 
     A missing or unknown ``type`` gives ``MessageType.RAW``. Values of the
-    wrong type for a field are dropped (the original stays in ``raw``).
+    wrong type for a field are dropped (the original stays in ``raw``), and so
+    are non-finite numbers; inside mappings and lists (``raw`` included) they
+    become ``None``, and lone surrogates in strings U+FFFD.
     ``timestamp`` is the mapping's integer ``timestamp`` if it has one, else
     ``now_ms``, else the current time in milliseconds.
     """
@@ -733,8 +811,10 @@ def _normalize_owned(
 ) -> Message:
     """:func:`normalize` of a dict the caller hands over: no copies, nothing re-validated.
 
-    For the library's own decoders only, with a dict ``json.loads`` just returned and
-    nobody else holds: the message keeps it as ``raw`` and shares its nested values.
+    For the library's own decoders only, with a dict their parser just returned and
+    nobody else holds, in canonical form (no non-finite float, no lone surrogate: see
+    ``beamagent.backends.jsonl``): the message keeps it as ``raw`` and shares its
+    nested values.
     Anything else goes through :func:`normalize`. A ``session_id`` (a str: the
     canonical id a handler knows) replaces the backend's, saving the session a copy.
     """

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, cast
 
 import attrs
 
+from beamagent.backends.process_group import terminate_group
 from beamagent.capabilities import Capability
 from beamagent.errors import TransportError
 from beamagent.log import get_logger
@@ -328,9 +329,17 @@ class InProcessTransport(Transport):
 class SubprocessTransport(Transport):
     """A child process spoken to over stdin/stdout (never through a shell).
 
-    One reader thread delivers stdout chunks as ``Data``; another keeps the
-    tail of stderr (for the ``Exited`` event and logs, never forwarded as
-    data). When stdout closes, the process is reaped and ``Exited`` sent.
+    The child runs in a session of its own, so its pid is also the id of the
+    process group that holds everything it spawns. Three threads serve it:
+    one delivers stdout chunks as ``Data``, one keeps the tail of stderr (for
+    the ``Exited`` event and logs, never forwarded as data), and one waits
+    for the launched process itself. When that process exits -- even while a
+    descendant still holds stdout open, as the native binary behind Codex's
+    npm launcher does -- the rest of its group is terminated (SIGTERM, then
+    SIGKILL after ``kill_timeout``), the remaining stdout is delivered, and
+    ``Exited`` is sent with the launched process's status. ``close`` ends the
+    whole group the same way and reaps everything, so no process of a
+    session outlives it.
     """
 
     STDERR_TAIL = 4096
@@ -350,10 +359,15 @@ class SubprocessTransport(Transport):
         self.cwd = cwd
         self.kill_timeout = kill_timeout
         self._proc: subprocess.Popen[bytes] | None = None
-        self._threads: list[threading.Thread] = []
+        self._stdout_thread: threading.Thread | None = None
+        self._stderr_thread: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
         self._stderr_tail = bytearray()
         self._write_lock = threading.Lock()
+        self._close_lock = threading.Lock()
         self._closing = False
+        # Set once the launched process has exited (before it is reaped, see _watch).
+        self._exited = threading.Event()
 
     def start(self, sink: TransportSink) -> None:
         try:
@@ -364,7 +378,9 @@ class SubprocessTransport(Transport):
                 stderr=subprocess.PIPE,
                 env=self.env,
                 cwd=self.cwd,
-                start_new_session=True,  # a signal to our group must not hit the CLI
+                # Its own session: a signal to our group must not hit the CLI, and its
+                # pid names a group that holds everything it spawns (see process_group).
+                start_new_session=True,
             )
         except OSError as exc:
             raise TransportError(
@@ -372,13 +388,18 @@ class SubprocessTransport(Transport):
             ) from exc
         proc = self._proc
         sink(Connected({"transport": "subprocess", "pid": proc.pid}))
-        stderr = threading.Thread(target=self._read_stderr, name=f"stderr-{proc.pid}", daemon=True)
-        stdout = threading.Thread(
+        self._stderr_thread = threading.Thread(
+            target=self._read_stderr, name=f"stderr-{proc.pid}", daemon=True
+        )
+        self._stdout_thread = threading.Thread(
             target=self._read_stdout, args=(sink,), name=f"stdout-{proc.pid}", daemon=True
         )
-        self._threads = [stderr, stdout]
-        stderr.start()
-        stdout.start()
+        self._watcher = threading.Thread(
+            target=self._watch, args=(sink,), name=f"wait-{proc.pid}", daemon=True
+        )
+        self._stderr_thread.start()
+        self._stdout_thread.start()
+        self._watcher.start()
 
     def _read_stdout(self, sink: TransportSink) -> None:
         proc = self._proc
@@ -392,11 +413,11 @@ class SubprocessTransport(Transport):
             if not chunk:
                 break
             sink(Data(chunk))
-        status = proc.wait()
-        # stderr is read to EOF by its own thread; give it a moment so the tail is complete.
-        self._threads[0].join(timeout=1.0)
-        tail = bytes(self._stderr_tail).decode("utf-8", "replace")
-        sink(Exited(status, tail))
+        # A CLI that closed its stdout but lives on can never answer again: end it, so
+        # that the watcher reports its exit.
+        if not self._exited.wait(self.kill_timeout) and not self._closing:
+            log.warning("backend_stdout_closed", pid=proc.pid)
+            terminate_group(proc.pid, self.kill_timeout)
 
     def _read_stderr(self) -> None:
         proc = self._proc
@@ -409,12 +430,37 @@ class SubprocessTransport(Transport):
                 return
             if not chunk:
                 return
+            # Read everything (a CLI blocked on a full stderr pipe stalls), keep the tail.
             self._stderr_tail += chunk
             del self._stderr_tail[: -self.STDERR_TAIL]
 
+    def _watch(self, sink: TransportSink) -> None:
+        """Wait for the launched process; end the rest of its group; report ``Exited``."""
+        proc = self._proc
+        assert proc is not None
+        # Wait without reaping: until it is reaped, the exited process keeps its pid (the
+        # group id) from being reused, so signalling the group stays safe.
+        with contextlib.suppress(ChildProcessError):  # already reaped
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        self._exited.set()
+        if not terminate_group(proc.pid, self.kill_timeout):
+            log.error("backend_group_survived", pid=proc.pid, argv0=self.argv[0])
+        status = proc.wait()
+        # Deliver what is left on stdout before the exit; the whole group is gone, so
+        # EOF comes unless a process left the group on purpose.
+        for thread, timeout in (
+            (self._stdout_thread, self.kill_timeout),
+            (self._stderr_thread, 1.0),
+        ):
+            if thread is not None:
+                thread.join(timeout=timeout)
+        tail = bytes(self._stderr_tail).decode("utf-8", "replace")
+        log.debug("backend_exited", pid=proc.pid, status=status, closing=self._closing)
+        sink(Exited(status, tail))
+
     def send(self, data: bytes) -> None:
         proc = self._proc
-        if proc is None or proc.stdin is None or proc.poll() is not None:
+        if proc is None or proc.stdin is None or self._exited.is_set():
             raise TransportError("the backend process is not running", reason="not_running")
         with self._write_lock:
             try:
@@ -426,33 +472,35 @@ class SubprocessTransport(Transport):
                 ) from exc
 
     def signal(self, signum: int) -> None:
-        """Send a signal to the backend process (e.g. SIGINT to interrupt a CLI)."""
+        """Send a signal to the launched process (e.g. SIGINT to interrupt a CLI)."""
         proc = self._proc
-        if proc is not None and proc.poll() is None:
+        if proc is not None and not self._exited.is_set():
+            # os.kill, not Popen.send_signal: that polls, and reaping here would free
+            # the group id before the watcher has ended the group.
             with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signum)
+                os.kill(proc.pid, signum)
 
     def close(self) -> None:
-        proc = self._proc
-        if proc is None or self._closing:
-            return
-        self._closing = True
+        """End the backend: EOF on stdin, then SIGTERM/SIGKILL to its whole group; reap it.
+
+        Waits up to ``kill_timeout`` for the CLI to exit on EOF, as most do,
+        then ends its group; returns once every thread of the transport is done.
+        """
+        with self._close_lock:
+            proc = self._proc
+            if proc is None or self._closing:
+                return
+            self._closing = True
         if proc.stdin is not None:
             with contextlib.suppress(OSError, ValueError):
                 proc.stdin.close()  # EOF: most CLIs exit on their own
-        try:
-            proc.wait(timeout=self.kill_timeout)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(timeout=self.kill_timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if not self._exited.wait(self.kill_timeout):
+            terminate_group(proc.pid, self.kill_timeout)
         current = threading.current_thread()
-        for thread in self._threads:
-            if thread is not current:
-                thread.join(timeout=self.kill_timeout)
+        # The watcher may itself spend up to 2 x kill_timeout ending the group.
+        for thread in (self._watcher, self._stdout_thread, self._stderr_thread):
+            if thread is not None and thread is not current:
+                thread.join(timeout=3 * self.kill_timeout + 1.0)
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 with contextlib.suppress(OSError):
@@ -460,8 +508,9 @@ class SubprocessTransport(Transport):
 
     @property
     def pid(self) -> int | None:
-        """The backend process id, once started."""
+        """The launched process's id (and its process group's), once started."""
         return self._proc.pid if self._proc is not None else None
 
     def info(self) -> dict[str, Any]:
+        """``pid`` (also the process group id), ``argv0``."""
         return {"transport": "subprocess", "pid": self.pid, "argv0": self.argv[0]}

@@ -2,7 +2,11 @@
 
 One JSON object per ``\\n``-terminated line. Whatever else a CLI prints on the
 same stream (banners, warnings, JSON that is not an object) is skipped, never
-fatal. :class:`JsonlDecoder` is the incremental form a transport should use: it
+fatal. The objects are canonical JSON, whatever the line held: ``NaN`` and
+``Infinity`` (which Python's ``json`` accepts) and numbers too large for a
+float become ``None``, and every string is valid Unicode (invalid UTF-8 and
+lone ``\\ud800`` escapes become U+FFFD), so anything decoded here can be
+stored and sent on. :class:`JsonlDecoder` is the incremental form a transport should use: it
 scans each byte once however a long line is split into chunks.
 :func:`decode_lines` is the same thing as a pure function over a buffer.
 
@@ -13,12 +17,15 @@ scans each byte once however a long line is split into chunks.
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any, Final
 
 import attrs
 
 from beamagent.errors import ProtocolError
 from beamagent.log import get_logger
+from beamagent.messages import _copy_json
 
 __all__ = ["JsonlDecoded", "JsonlDecoder", "decode_lines", "encode_line"]
 
@@ -26,7 +33,20 @@ log = get_logger(__name__)
 
 _PREVIEW_BYTES: Final = 120
 _BOM: Final = b"\xef\xbb\xbf"
-_DECODER: Final = json.JSONDecoder()
+
+
+def _finite_float(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None  # 1e999 parses as inf
+
+
+def _no_constant(_name: str) -> None:
+    return None  # NaN, Infinity, -Infinity: not JSON, and not storable as JSON
+
+
+_DECODER: Final = json.JSONDecoder(parse_float=_finite_float, parse_constant=_no_constant)
+# An escape that json.loads turns into a surrogate code point (lone, or half of a pair).
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 @attrs.frozen(unsafe_hash=False)
@@ -44,21 +64,27 @@ class JsonlDecoded:
 
 
 def _parse_line(line: bytes) -> dict[str, Any] | None:
-    """The JSON object on ``line``, or ``None`` if the line is anything else."""
+    """The JSON object on ``line`` in canonical form, or ``None`` if the line is anything else."""
+    # Decode explicitly (json.loads(bytes) would also guess UTF-16/32), replacing what is
+    # not UTF-8: one bad byte must not cost a whole message (a turn's result, say).
+    text = line.decode("utf-8", "replace")
     try:
-        # Decode explicitly: json.loads(bytes) would also guess UTF-16/32.
-        text = line.decode("utf-8")
         try:
-            # raw_decode skips json.loads's two whitespace scans (a third of its cost);
-            # anything it does not parse whole (surrounding blanks, junk) gets json.loads.
+            # raw_decode skips decode's two whitespace scans (a third of its cost); anything
+            # it does not parse whole (surrounding blanks, junk) gets the full decode.
             value, end = _DECODER.raw_decode(text)
         except ValueError:
             end = -1
         if end != len(text):
-            value = json.loads(text)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+            value = _DECODER.decode(text)
+    except (ValueError, RecursionError):
         return None
-    return value if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        return None
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        scrubbed: dict[str, Any] = _copy_json(value)  # pairs joined, lone halves U+FFFD
+        return scrubbed
+    return value
 
 
 def _parse_complete(data: bytes, objects: list[dict[str, Any]], skipped: list[bytes]) -> None:
@@ -97,7 +123,8 @@ def decode_lines(buffer: bytes, *, max_line_bytes: int | None = None) -> JsonlDe
     """Split ``buffer`` into JSON objects; the unterminated tail is the ``leftover``.
 
     Lines end with ``\\n`` (a ``\\r`` before it is dropped); blank lines are
-    ignored; lines that are not JSON objects (or not UTF-8) go to ``skipped``.
+    ignored; lines that are not JSON objects go to ``skipped``. Objects are
+    canonical (see the module docstring).
     Raises :class:`~beamagent.errors.ProtocolError` when the leftover is longer
     than ``max_line_bytes``. Feeding ``leftover + next_chunk`` rescans the
     leftover each time; a transport should use :class:`JsonlDecoder`.

@@ -463,16 +463,20 @@ class _Turn:
         if isinstance(chunk.get("error"), Mapping):  # some servers report errors in-stream
             self.error = str(chunk["error"].get("message") or chunk["error"])
             return []
-        self.message_id = chunk.get("id") or self.message_id
-        self.model = chunk.get("model") or self.model
+        # Whatever the server sends, only values of the right type are taken.
+        self.message_id = _str(chunk.get("id")) or self.message_id
+        self.model = _str(chunk.get("model")) or self.model
         if isinstance(chunk.get("usage"), Mapping):
             self.usage = dict(chunk["usage"])
         out: list[Message] = []
-        for choice in chunk.get("choices") or []:
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else []:
             if not isinstance(choice, Mapping):
                 continue
-            delta = choice.get("delta") or {}
-            content = delta.get("content") if isinstance(delta, Mapping) else None
+            delta = choice.get("delta")
+            if not isinstance(delta, Mapping):
+                delta = {}
+            content = delta.get("content")
             if isinstance(content, str) and content:
                 self.parts.append(content)
                 if partial:
@@ -484,7 +488,8 @@ class _Turn:
                             timestamp=_now_ms(),
                         )
                     )
-            for call in (delta.get("tool_calls") or []) if isinstance(delta, Mapping) else []:
+            calls = delta.get("tool_calls")
+            for call in calls if isinstance(calls, list) else []:
                 self._tool_call_delta(call)
             if choice.get("finish_reason"):
                 self.finish_reason = str(choice["finish_reason"])
@@ -493,14 +498,15 @@ class _Turn:
     def _tool_call_delta(self, call: Any) -> None:
         if not isinstance(call, Mapping):
             return
-        entry = self.tool_calls.setdefault(
-            int(call.get("index", len(self.tool_calls))), {"id": None, "name": "", "arguments": ""}
-        )
-        entry["id"] = call.get("id") or entry["id"]
-        function = call.get("function") or {}
+        index = call.get("index")
+        if not isinstance(index, int) or isinstance(index, bool):
+            index = len(self.tool_calls)
+        entry = self.tool_calls.setdefault(index, {"id": None, "name": "", "arguments": ""})
+        entry["id"] = _str(call.get("id")) or entry["id"]
+        function = call.get("function")
         if isinstance(function, Mapping):
-            entry["name"] += function.get("name") or ""
-            entry["arguments"] += function.get("arguments") or ""
+            entry["name"] += _str(function.get("name"))
+            entry["arguments"] += _str(function.get("arguments"))
 
     def _stop_reason(self) -> str | None:
         return {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}.get(
@@ -560,6 +566,11 @@ def _error_detail(body: str) -> str:
         if isinstance(error, str):
             return error
     return body[:300]
+
+
+def _str(value: Any) -> str:
+    """``value`` if it is a str, else ``""`` (a server's field of the wrong type is ignored)."""
+    return value if isinstance(value, str) else ""
 
 
 def _now_ms() -> int:

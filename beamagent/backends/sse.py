@@ -23,6 +23,9 @@ __all__ = ["SseDecoder", "SseEvent", "encode_event"]
 
 _LINE_END: Final = re.compile(r"\r\n|\r|\n")
 _BOM: Final = "\ufeff"
+# A longer retry value is ignored: ~30,000 years of ms, and int() of thousands of digits
+# raises (Python's int max str digits) -- a stream must never make the decoder raise.
+_MAX_RETRY_DIGITS: Final = 15
 
 
 @attrs.frozen
@@ -43,7 +46,9 @@ class SseEvent:
 class SseDecoder:
     """Feed it chunks of an event stream; it returns the events they complete.
 
-    Not thread-safe: one reader owns it.
+    Not thread-safe: one reader owns it. Whatever the bytes, it never raises:
+    invalid UTF-8 is replaced (U+FFFD), unknown fields and malformed ``retry``
+    values (not digits, or more than 15 of them) are ignored, as the spec says.
 
         >>> d = SseDecoder()
         >>> d.feed(b"data: hel"), d.feed(b"lo\\r"), d.feed(b"\\n\\r\\n")
@@ -139,7 +144,12 @@ class SseDecoder:
         elif name == "id":
             if "\0" not in value:
                 self._last_id = value
-        elif name == "retry" and value.isascii() and value.isdigit():
+        elif (
+            name == "retry"
+            and value.isascii()
+            and value.isdigit()
+            and len(value) <= _MAX_RETRY_DIGITS
+        ):
             self._retry = self._block_retry = int(value)
 
     def _dispatch(self, events: list[SseEvent]) -> None:
@@ -157,9 +167,12 @@ class SseDecoder:
         self._block_retry = None
 
 
-def _check_field(name: str, value: str) -> None:
+def _check_field(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidOption(f"an SSE {name} must be a str, got {type(value).__name__}: {value!r}")
     if "\n" in value or "\r" in value:
         raise InvalidOption(f"an SSE {name} cannot contain a line break: {value!r}")
+    return value
 
 
 def encode_event(
@@ -175,19 +188,37 @@ def encode_event(
 
         >>> encode_event("a\\nb", event="delta")
         b'event: delta\\ndata: a\\ndata: b\\n\\n'
+
+    Raises:
+        InvalidOption: a field is not a str (``retry``: not an int >= 0 that
+            decoders read), ``event``/``id`` holds a line break or ``id`` a NUL
+            (decoders would misread or ignore it), or a field holds a lone
+            surrogate (the stream is UTF-8).
     """
     lines: list[str] = []
+    if not isinstance(data, str):
+        raise InvalidOption(f"SSE data must be a str, got {type(data).__name__}: {data!r}")
     if event is not None:
-        _check_field("event name", event)
-        lines.append(f"event: {event}")
+        lines.append(f"event: {_check_field('event name', event)}")
     if id is not None:
-        _check_field("id", id)
-        if "\0" in id:
+        if "\0" in _check_field("id", id):
             raise InvalidOption(f"an SSE id cannot contain NUL (decoders ignore it): {id!r}")
         lines.append(f"id: {id}")
     if retry is not None:
-        if isinstance(retry, bool) or not isinstance(retry, int) or retry < 0:
-            raise InvalidOption(f"an SSE retry must be a non-negative int (ms), got {retry!r}")
+        if (
+            isinstance(retry, bool)
+            or not isinstance(retry, int)
+            or not 0 <= retry < 10**_MAX_RETRY_DIGITS
+        ):
+            raise InvalidOption(
+                f"an SSE retry must be an int (ms) from 0 to {10**_MAX_RETRY_DIGITS - 1}, "
+                f"got {retry!r}"
+            )
         lines.append(f"retry: {retry}")
     lines.extend(f"data: {line}" for line in _LINE_END.split(data))
-    return ("\n".join(lines) + "\n\n").encode("utf-8")
+    try:
+        return ("\n".join(lines) + "\n\n").encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidOption(
+            f"an SSE event must be valid Unicode (the stream is UTF-8): {exc}"
+        ) from None

@@ -548,28 +548,36 @@ class SessionActor(Process):
             )
 
     def _on_data(self, data: bytes) -> None:
+        # buffer_max bounds what is held unparsed (an unterminated line), not what
+        # arrives: complete lines of any size are parsed and let go.
         handler = self.handler
         assert handler is not None
-        had_newline = b"\n" in self._buffer
-        self._buffer += data
-        if len(self._buffer) > self.config.buffer_max:
-            self._fail(
-                BufferOverflow(
-                    f"session {self.session_id}: backend sent more than "
-                    f"{self.config.buffer_max} unparsed bytes",
-                    reason="buffer_overflow",
-                )
-            )
+        buffer = self._buffer
+        if handler.line_framed and b"\n" not in data and b"\n" not in buffer:
+            buffer += data  # an unterminated line grows: nothing to parse yet
+            self._check_unparsed(len(buffer))
             return
-        if handler.line_framed and not had_newline and b"\n" not in data:
-            return
+        if buffer:
+            buffer += data
+            data = bytes(buffer)
         try:
-            output, leftover = handler.handle_data(bytes(self._buffer))
+            output, leftover = handler.handle_data(data)
         except ProtocolError as exc:
             self._fail(SessionError(f"session {self.session_id}: {exc}", reason="protocol"))
             return
         self._buffer = bytearray(leftover)
-        self._apply(output)
+        self._apply(output)  # the complete lines before an oversized leftover still count
+        self._check_unparsed(len(leftover))
+
+    def _check_unparsed(self, size: int) -> None:
+        if size > self.config.buffer_max:
+            self._fail(
+                BufferOverflow(
+                    f"session {self.session_id}: backend sent more than "
+                    f"{self.config.buffer_max} unparsed bytes (a line without its end)",
+                    reason="buffer_overflow",
+                )
+            )
 
     def _apply(self, output: HandlerOutput) -> None:
         transport = self.transport

@@ -8,6 +8,7 @@ never pass with the real-CLI tests silently skipped.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -135,3 +136,25 @@ def session_starter(
         )
 
     return start_session
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (non-zombie) processes of process group ``pgid``, read from /proc.
+
+    A CLI backend runs in a session of its own, so its pid is its group id;
+    the leak check sees only this process's children, this sees grandchildren too.
+    """
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue  # gone meanwhile
+        # After the parenthesised command name: state, ppid, pgrp.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return sorted(members)

@@ -18,7 +18,7 @@ import pytest
 from beamagent import Runtime
 from beamagent.backends.codex import CodexHandler
 from beamagent.backends.permissions import Allow, Deny, PermissionContext
-from beamagent.errors import Interrupted, UnknownControlMethod
+from beamagent.errors import Interrupted, TransportError, UnknownControlMethod
 from beamagent.messages import MessageType
 from beamagent.testing import (
     ErrorStatus,
@@ -29,7 +29,9 @@ from beamagent.testing import (
     ToolCall,
     codex_env,
 )
+from supervisors import Crashed
 from tests.backends.conftest import (
+    group_members,
     of_type,
     receive_until,
     recorder,
@@ -340,3 +342,33 @@ def test_interrupt_while_an_approval_is_pending(
 
     assert session.query("ECHO:still usable", timeout=WAIT)[-1].content == "still usable"
     assert not target.exists()
+
+
+def test_killing_only_the_npm_launcher_ends_the_session_and_its_whole_group(
+    start: Any, runtime: Runtime, server: FakeModelServer
+) -> None:
+    session = start()
+    session.query("ECHO:remember the word mango", timeout=WAIT)
+    launcher = session.session_info()["pid"]
+    assert [pid for pid in group_members(launcher) if pid != launcher], "no native binary"
+    server.script([Stall(WAIT)])
+    ref = session.send_query("this turn loses its launcher")
+    server.wait_for_requests(2, WAIT, predicate=lambda r: r.turn is not None)
+    incarnation = watch_incarnation(runtime, session)
+
+    # The orphaned native binary keeps stdout open: only watching the launcher notices.
+    os.kill(launcher, signal.SIGKILL)
+
+    error = receive_until(session, ref)
+    assert isinstance(error, TransportError)
+    assert error.reason == ("cli_exit", -signal.SIGKILL)
+    assert f"exited with status {-signal.SIGKILL}" in str(error)
+    down = incarnation.wait(WAIT)
+    assert isinstance(down.reason, Crashed)
+    assert group_members(launcher) == []
+    messages = session.query("ECHO:back after the launcher died", timeout=WAIT)
+    assert messages[-1].content == "back after the launcher died"
+    info = session.session_info()
+    assert info["incarnation"] == 2
+    assert info["pid"] != launcher
+    assert "remember the word mango" in server.model_requests()[-1].text

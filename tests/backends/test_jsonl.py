@@ -152,10 +152,30 @@ def test_decode_lines_example() -> None:
     )
 
 
-def test_invalid_utf8_is_skipped_not_raised() -> None:
-    decoded = decode_lines(b'{"a":"\xff"}\n{"ok":true}\n')
-    assert decoded.objects == [{"ok": True}]
-    assert decoded.skipped == [b'{"a":"\xff"}']
+def test_invalid_utf8_is_replaced_not_raised_nor_the_line_lost() -> None:
+    decoded = decode_lines(b'{"a":"\xff\xc3"}\n{"ok":true}\n\xff\n')
+    assert decoded.objects == [{"a": "\ufffd\ufffd"}, {"ok": True}]
+    assert decoded.skipped == [b"\xff"]
+
+
+def test_non_finite_numbers_become_null() -> None:
+    line = b'{"a":NaN,"b":[Infinity,-Infinity,1e999,-1e999,1.5,2],"c":{"d":NaN}}\n'
+    [obj] = decode_lines(line).objects
+    assert obj == {"a": None, "b": [None, None, None, None, 1.5, 2], "c": {"d": None}}
+    json.dumps(obj, allow_nan=False)
+
+
+def test_surrogate_escapes_become_valid_unicode() -> None:
+    line = rb'{"lone":"a\ud800b","low":"\uDC00","pair":"\ud83d\ude00","\ud801k":1,"lit":"\\ud800"}'
+    [obj] = decode_lines(line + b"\n").objects
+    assert obj == {
+        "lone": "a\ufffdb",
+        "low": "\ufffd",
+        "pair": "\U0001f600",
+        "\ufffdk": 1,
+        "lit": "\\ud800",  # an escaped backslash, not an escape: kept as written
+    }
+    json.dumps(obj, ensure_ascii=False).encode("utf-8")
 
 
 def test_utf16_is_not_guessed() -> None:
@@ -215,3 +235,56 @@ def test_flush_parses_a_final_unterminated_line() -> None:
     decoder.feed(b"trailing noise")
     assert decoder.flush().skipped == [b"trailing noise"]
     assert decoder.flush() == JsonlDecoded(objects=[], leftover=b"", skipped=[])
+
+
+def _strict(obj: dict[str, Any]) -> None:
+    json.dumps(obj, allow_nan=False, ensure_ascii=False).encode("utf-8")
+
+
+@heavy
+@given(st.binary(max_size=600), st.lists(st.integers(min_value=0), max_size=8))
+def test_arbitrary_bytes_never_raise_and_give_canonical_objects(
+    stream: bytes, cuts: list[int]
+) -> None:
+    decoded = decode_lines(stream)
+    for obj in decoded.objects:
+        assert isinstance(obj, dict)
+        _strict(obj)
+    assert _feed_decoder(_split(stream, cuts)) == (
+        decoded.objects,
+        decoded.skipped,
+        decoded.leftover,
+    )
+
+
+@heavy
+@given(st.binary(max_size=200), st.integers(min_value=0, max_value=64))
+def test_a_line_limit_raises_protocol_error_only(stream: bytes, limit: int) -> None:
+    try:
+        decoded = decode_lines(stream, max_line_bytes=limit)
+    except ProtocolError:
+        assert len(stream) - (stream.rfind(b"\n") + 1) > limit
+    else:
+        assert len(decoded.leftover) <= limit
+
+
+# What a sloppy backend writes with Python's json.dumps: NaN tokens, \ud800 escapes.
+hostile_values = st.recursive(
+    json_scalars
+    | st.floats()
+    | st.text(st.characters() | st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@heavy
+@given(st.lists(st.dictionaries(st.text(max_size=5), hostile_values, max_size=4), max_size=5))
+def test_sloppy_json_lines_decode_to_canonical_objects(objects: list[dict[str, Any]]) -> None:
+    stream = b"".join(json.dumps(obj).encode() + b"\n" for obj in objects)
+    decoded = decode_lines(stream)
+    assert len(decoded.objects) == len(objects)  # nothing lost
+    for obj in decoded.objects:
+        _strict(obj)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from beamagent.backends.jsonl import decode_lines
 from beamagent.backends.jsonrpc import (
     INTERNAL_ERROR,
     METHOD_NOT_FOUND,
@@ -243,3 +244,36 @@ def test_inbound_requests_keep_the_peers_id_space() -> None:
     assert [m.id for m in inbound.drain()] == ["x"]
     with pytest.raises(InvalidOption, match="only a request"):
         inbound.add(classify({"method": "note"}))
+
+
+def _check_fields(message: RpcMessage) -> None:
+    assert message.id is None or type(message.id) in (int, str)
+    assert message.method is None or isinstance(message.method, str)
+    if message.error is not None:
+        assert type(message.error.code) is int
+        assert isinstance(message.error.message, str)
+
+
+@given(st.binary(max_size=400))
+def test_lines_of_arbitrary_bytes_classify_without_raising(stream: bytes) -> None:
+    pending: PendingRequests[None] = PendingRequests()
+    pending.register("initialize", None)
+    for obj in decode_lines(stream + b"\n").objects:
+        message = classify(obj)
+        _check_fields(message)
+        pending.resolve(message)
+
+
+# Structured junk: RPC keys with any JSON Python's json accepts (NaN, deep nesting).
+wild = st.recursive(
+    json_scalars | st.floats(),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(rpc_keys | st.text(max_size=4), children)
+    ),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(rpc_keys, wild, max_size=6) | wild)
+def test_classify_gives_typed_fields_for_any_value(value: Any) -> None:
+    _check_fields(classify(value))

@@ -38,7 +38,7 @@ def _reference(stream: bytes) -> list[SseEvent]:
             event_type = value
         elif field == "id" and "\0" not in value:
             last_id = value
-        elif field == "retry" and re.fullmatch(r"[0-9]+", value):
+        elif field == "retry" and re.fullmatch(r"[0-9]{1,15}", value):
             retry = int(value)
     return events
 
@@ -271,10 +271,56 @@ def test_encode_event_wire_form() -> None:
         ({"event": "a\nb"}, "event name cannot contain a line break"),
         ({"id": "a\rb"}, "id cannot contain a line break"),
         ({"id": "a\0b"}, "cannot contain NUL"),
-        ({"retry": -1}, "non-negative int"),
-        ({"retry": True}, "non-negative int"),
+        ({"retry": -1}, "retry must be an int"),
+        ({"retry": True}, "retry must be an int"),
+        ({"retry": 10**15}, "retry must be an int"),
+        ({"event": 5}, "event name must be a str"),
+        ({"id": b"7"}, "id must be a str"),
+        ({"data": None}, "data must be a str"),
+        ({"data": "a\ud800"}, "must be valid Unicode"),
     ],
 )
 def test_encode_event_rejects_unencodable_fields(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(InvalidOption, match=match):
-        encode_event("x", **kwargs)  # type: ignore[arg-type]
+        encode_event(**{"data": "x", **kwargs})  # type: ignore[arg-type]
+
+
+not_text = st.none() | st.integers() | st.floats() | st.binary() | st.lists(st.text(), max_size=2)
+
+
+@given(
+    st.one_of(
+        not_text.map(lambda v: {"data": v}),
+        not_text.filter(lambda v: v is not None).map(lambda v: {"event": v}),
+        not_text.filter(lambda v: v is not None).map(lambda v: {"id": v}),
+        (not_text | st.booleans() | st.text())
+        .filter(lambda v: v is not None and not (type(v) is int and 0 <= v < 10**15))
+        .map(lambda v: {"retry": v}),
+        st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1).map(
+            lambda v: {"data": v}
+        ),
+    )
+)
+def test_encode_event_raises_only_invalid_option(kwargs: dict[str, object]) -> None:
+    with pytest.raises(InvalidOption):
+        encode_event(**{"data": "x", **kwargs})  # type: ignore[arg-type]
+
+
+@given(st.binary(max_size=400), cuts)
+def test_arbitrary_bytes_never_raise_nor_depend_on_chunks(
+    stream: bytes, cut_points: list[int]
+) -> None:
+    whole = _decode_chunks([stream])
+    assert _decode_chunks(_split(stream, cut_points)) == whole
+    decoder = SseDecoder()
+    decoder.feed(stream)
+    tail = decoder.flush(dispatch_incomplete=True)
+    for event in whole + tail:
+        for text in (event.data, event.event, event.id or ""):
+            text.encode("utf-8")  # replaced, never a surrogate
+        assert event.retry is None or event.retry >= 0
+
+
+def test_a_retry_too_long_for_an_int_is_ignored() -> None:
+    events = SseDecoder().feed(b"retry: " + b"9" * 5000 + b"\ndata: x\n\nretry: 15\ndata: y\n\n")
+    assert [(e.data, e.retry) for e in events] == [("x", None), ("y", 15)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any
 
@@ -49,6 +50,11 @@ small_json = _json(json_scalars, 4)
 json_objects = st.dictionaries(st.text(max_size=8), json_values, max_size=5)
 # NaN is a float json.loads accepts; normalize must survive it even though it breaks ==.
 wild_values = _json(json_scalars | st.floats(), 6)
+# What json.loads makes of \ud800 escapes: surrogate code points, lone or in pairs.
+surrogate_texts = st.text(
+    st.characters() | st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), max_size=6
+)
+hostile_values = _json(json_scalars | st.floats() | surrogate_texts, 8)
 
 KNOWN_KEYS = (
     "content", "result", "text", "thinking", "summary", "suggestion", "uuid", "session_id",
@@ -645,3 +651,73 @@ def test_content_block_from_dict() -> None:
     text = ContentBlock.from_dict({"type": "text", "text": 5, "id": "i"})
     assert text == ContentBlock("text", id="i")
     assert text.to_dict() == {"type": "text", "id": "i"}
+
+
+# --- canonical JSON: what a backend sends never makes a message unstorable ---------------
+
+
+def _strict_json(message: Message) -> str:
+    """The stored form as strict JSON text, encodable as UTF-8 (what the store writes)."""
+    for copy in (True, False):
+        text = json.dumps(message.to_dict(copy=copy), allow_nan=False, ensure_ascii=False)
+        text.encode("utf-8")
+    return text
+
+
+@given(
+    st.dictionaries(st.sampled_from(KNOWN_KEYS) | surrogate_texts, hostile_values, max_size=6),
+    st.sampled_from([t.value for t in MessageType]),
+)
+@heavy
+def test_normalized_messages_are_always_strict_json(mapping: dict[str, Any], kind: str) -> None:
+    message = normalize({**mapping, "type": kind}, now_ms=1)
+    _strict_json(message)
+    assert Message.from_dict(message.to_dict()) == message  # no NaN left to break ==
+
+
+def test_non_finite_numbers_become_null_and_number_fields_drop_them() -> None:
+    raw = {
+        "type": "result",
+        "duration_ms": math.nan,
+        "total_cost_usd": math.inf,
+        "usage": {"input_tokens": 3, "cost": -math.inf, "per": [math.nan, 1.5]},
+    }
+
+    message = normalize(raw, now_ms=1)
+
+    assert (message.duration_ms, message.total_cost_usd) == (None, None)
+    assert message.usage == {"input_tokens": 3, "cost": None, "per": [None, 1.5]}
+    assert message.raw is not None
+    assert message.raw["duration_ms"] is None
+    assert json.loads(_strict_json(message))["usage"]["cost"] is None
+
+
+def test_the_constructor_refuses_non_finite_number_fields_and_nulls_nested_ones() -> None:
+    with pytest.raises(InvalidOption, match="duration_ms must be a finite number"):
+        Message("result", duration_ms=math.nan)
+    with pytest.raises(InvalidOption, match="total_cost_usd must be a finite number"):
+        Message("result", total_cost_usd=-math.inf)
+    message = Message("result", usage={"x": math.nan}, structured_output=[math.inf])
+    assert (message.usage, message.structured_output) == ({"x": None}, [None])
+
+
+def test_surrogates_become_valid_unicode_everywhere() -> None:
+    lone, pair = "a\ud800b", "\ud83d\ude00"
+    message = normalize(
+        {
+            "type": "assistant",
+            "session_id": lone,
+            "message": {"content": [{"type": "text", "text": lone + pair}]},
+            lone: {"key": pair},
+        },
+        now_ms=1,
+    )
+
+    assert message.session_id == "a\ufffdb"
+    assert message.content == "a\ufffdb\U0001f600"  # a pair is joined into its character
+    assert message.raw is not None
+    assert message.raw["a\ufffdb"] == {"key": "\U0001f600"}
+    _strict_json(message)
+    built = Message("text", content=lone, content_blocks=[ContentBlock("text", text=lone)])
+    assert built.content == built.content_blocks[0].text == "a\ufffdb"
+    assert built.with_fields(uuid=lone).uuid == "a\ufffdb"

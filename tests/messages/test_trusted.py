@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 from hypothesis import given
 
+from beamagent.backends.jsonl import decode_lines
 from beamagent.messages import Message, _build_message, _normalize_owned, normalize
 from tests.messages.test_messages import heavy, json_objects, known_key_objects, messages
 
@@ -33,15 +34,20 @@ def _message_containers(message: Message) -> list[Any]:
     return _containers(values)
 
 
+def parsed_line(mapping: dict[str, Any]) -> dict[str, Any]:
+    """``mapping`` as the library's decoders hand it over: written by a backend, parsed."""
+    [parsed] = decode_lines(json.dumps(mapping).encode() + b"\n").objects
+    return parsed
+
+
 def _stored_text(message: Message) -> str:
-    # Compared as text: NaN (which json.loads accepts) is never == itself.
-    return json.dumps(message.to_dict())
+    return json.dumps(message.to_dict(), allow_nan=False)
 
 
 @given(known_key_objects)
 @heavy
 def test_owned_normalize_matches_normalize(mapping: dict[str, Any]) -> None:
-    parsed = json.loads(json.dumps(mapping))
+    parsed = parsed_line(mapping)
     owned = _normalize_owned(parsed, now_ms=1)
     assert _stored_text(owned) == _stored_text(normalize(mapping, now_ms=1))
     assert owned.raw is parsed  # handed over, not copied
@@ -50,7 +56,7 @@ def test_owned_normalize_matches_normalize(mapping: dict[str, Any]) -> None:
 @given(json_objects)
 @heavy
 def test_trusted_messages_pass_the_validating_constructor(mapping: dict[str, Any]) -> None:
-    message = _normalize_owned(json.loads(json.dumps(mapping)), now_ms=1)
+    message = _normalize_owned(parsed_line(mapping), now_ms=1)
     # evolve re-runs every converter and validator: same types, same values.
     assert attrs.evolve(message) == message
     assert normalize(mapping, now_ms=1) == message
@@ -80,5 +86,5 @@ def test_build_message_defaults() -> None:
 @given(json_objects)
 @heavy
 def test_owned_normalize_stamps_like_with_fields(mapping: dict[str, Any]) -> None:
-    stamped = _normalize_owned(json.loads(json.dumps(mapping)), now_ms=1, session_id="s")
+    stamped = _normalize_owned(parsed_line(mapping), now_ms=1, session_id="s")
     assert stamped == normalize(mapping, now_ms=1).with_fields(session_id="s")

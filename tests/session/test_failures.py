@@ -155,7 +155,8 @@ def test_stream_left_early_interrupts(rt: Runtime, gate: Gate) -> None:
 
 def test_buffer_overflow_errors_then_restarts(rt: Runtime) -> None:
     def reply(prompt: str, params: Mapping[str, Any]) -> Any:
-        return [b"x" * 5000] if prompt == "overflow" else prompt
+        # Streamed, so that the 5000 bytes arrive on their own: an unterminated line.
+        return (item for item in [b"x" * 5000]) if prompt == "overflow" else prompt
 
     session = rt.start_session(backend="local", reply=reply, buffer_max=1000, error_linger=0)
     old = session_ref(rt, session.session_id)
