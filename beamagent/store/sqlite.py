@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import json
 import os
 import sqlite3
@@ -24,6 +26,7 @@ import stat
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -336,56 +339,73 @@ _LOCK_POLL = 0.05
 
 
 class _WriteLock:
-    """The write lock: not reentrant, and recoverable from a holder that died holding it.
+    """The write lock: fair, not reentrant, and recoverable from a holder that died holding it.
 
     A store actor killed mid-write (``supervisors.kill`` raises in its thread at the next
     bytecode) can stop anywhere, even between taking the lock and releasing it. So the
     lock records its holder, and a thread that finds the holder dead takes it over (the
     caller then rolls back what the dead holder may have left open: see
-    :class:`_WriteTransaction`). Taking and freeing the lock are each one C call
-    (``dict.setdefault``, ``dict.pop``), so a kill lands before or after them, never
-    between holding the lock and recording the holder. A thread that finds that it holds
-    the lock already gets it: writes never nest, so that hold was leaked by an interrupted
-    call of its own.
+    :class:`_WriteTransaction`). A thread that finds that it holds the lock already gets
+    it: writes never nest, so that hold was leaked by an interrupted call of its own.
+
+    Every step is one C call (``dict.setdefault``/``get``, ``deque.append``/``popleft``, a
+    raw lock's timed ``acquire``/``release``), never a Python-level ``Condition``, whose
+    internal lock a thread killed inside ``with``/``wait`` can leave held for ever. Waiters
+    queue up and ``release`` hands the lock to the first live one (FIFO: a busy writer
+    cannot starve the others); a waiter that misses its wake-up polls again within
+    ``_LOCK_POLL``.
     """
 
-    __slots__ = ("_cond", "_holder", "_waiting")
+    __slots__ = ("_holder", "_queue", "_takeovers")
 
     def __init__(self) -> None:
         self._holder: dict[str, threading.Thread] = {}
-        self._cond = threading.Condition(threading.Lock())
-        self._waiting = 0
+        self._queue: deque[tuple[threading.Thread, _thread.LockType]] = deque()
+        self._takeovers: dict[threading.Thread, threading.Thread] = {}  # dead -> heir
 
     def acquire(self) -> threading.Thread | None:
-        """Take the lock, waiting while a live thread holds it.
+        """Take the lock, waiting (in turn) while a live thread holds it.
 
         Returns the dead thread it was taken over from, or ``None``.
         """
         me = threading.current_thread()
-        if self._holder.setdefault("thread", me) is me:
+        if not self._queue and self._holder.setdefault("thread", me) is me:
             return None
-        with self._cond:
-            self._waiting += 1
-            try:
-                while True:
-                    holder = self._holder.setdefault("thread", me)
-                    if holder is me:
+        gate = _thread.allocate_lock()
+        gate.acquire()
+        entry = (me, gate)
+        self._queue.append(entry)
+        try:
+            while True:
+                holder = self._holder.get("thread")
+                if holder is me:
+                    return None  # handed over by release(), or an earlier hold of ours
+                if holder is None:
+                    first = bool(self._queue) and self._queue[0] is entry
+                    if first and self._holder.setdefault("thread", me) is me:
                         return None
-                    if not holder.is_alive():
-                        # Only waiters (all under this condition) can get here: a dead
-                        # holder never releases, so nobody else can take the lock meanwhile.
-                        self._holder["thread"] = me
-                        return holder
-                    self._cond.wait(_LOCK_POLL)
-            finally:
-                self._waiting -= 1
+                # Of several waiters that saw the same dead holder, only the first to claim
+                # it (one setdefault, atomic) takes over.
+                elif not holder.is_alive() and self._takeovers.setdefault(holder, me) is me:
+                    self._holder["thread"] = me
+                    return holder
+                gate.acquire(timeout=_LOCK_POLL)
+        finally:
+            with contextlib.suppress(ValueError):  # release() already took us off
+                self._queue.remove(entry)
 
     def release(self) -> None:
-        """Free the lock and wake one waiting writer."""
+        """Hand the lock to the first live waiter, or free it."""
+        while True:
+            try:
+                waiter, gate = self._queue.popleft()
+            except IndexError:
+                break
+            if waiter.is_alive():
+                self._holder["thread"] = waiter
+                gate.release()
+                return
         self._holder.pop("thread", None)
-        if self._waiting:
-            with self._cond:
-                self._cond.notify()
 
 
 class _WriteTransaction:
