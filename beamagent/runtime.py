@@ -92,7 +92,7 @@ SESSION_OPTIONS = frozenset(
     }
 )
 _runtime_ids = itertools.count(1)
-ROOT_RESTARTS = (200, 10.0)
+ROOT_RESTARTS = (1000, 10.0)
 """The root supervisor's intensity: restarts of the registry and the store actor.
 
 Each takes well under a millisecond and loses nothing (both come back from the
