@@ -389,6 +389,11 @@ class ClaudeHandler(BackendHandler):
                     info.update(self._init_info(obj))
                 message = normalize(obj)
                 if kind == "result" and message.is_error:
+                    if message.subtype in (None, "success"):
+                        # e.g. 'Not logged in' comes as is_error with subtype 'success'.
+                        message = message.with_fields(subtype="error_during_execution")
+                    if _not_logged_in(message):
+                        info["backend_health"] = ("unhealthy", "the claude CLI is not logged in")
                     messages.append(_error_from_result(message))
                 messages.append(message)
         output = HandlerOutput(
@@ -608,6 +613,12 @@ def _initialize_info(response: Any) -> dict[str, Any]:
         "output_style": response.get("output_style"),
         "cli_pid": response.get("pid"),
     }
+
+
+def _not_logged_in(result: Message) -> bool:
+    """Whether a failed result says the CLI has no credentials ("Not logged in · ...")."""
+    text = result.content if isinstance(result.content, str) else ""
+    return "not logged in" in text.lower() or "/login" in text
 
 
 def _error_from_result(result: Message) -> Message:

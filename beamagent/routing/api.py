@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -92,6 +92,19 @@ def _merge(base: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
     ):
         del merged["backend"]
     return merged
+
+
+def _backend_health_hook(registry_name: Hashable) -> Callable[[str, str, str], None]:
+    """Tell the registry (by name, without waiting) what a backend said of its health."""
+
+    def report(backend: str, status: str, reason: str) -> None:
+        registry = whereis(registry_name)
+        if registry is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                registry.ask(ProxyCall(("set_health",), (backend, status), {}), block=False)
+        log.warning("backend_marked", backend=backend, status=status, reason=reason)
+
+    return report
 
 
 class SessionStart:
@@ -502,6 +515,7 @@ class RoutingApi:
         # The backend's own options are checked by its handler: build one now, in the
         # caller's thread, so a bad option fails before anything is started or stored.
         spec.handler({**config.options, "session_id": session_id})
+        config.on_backend_health = _backend_health_hook(self._names["registry"])
         config.lineage.route_decision = decision
         return config
 

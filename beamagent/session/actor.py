@@ -208,6 +208,9 @@ class SessionConfig:
     query_defaults: dict[str, Any] = attrs.field(factory=dict, converter=_query_defaults)
     lineage: SessionLineage = attrs.field(factory=SessionLineage)
     on_state: Callable[[str, str], None] | None = None
+    on_backend_health: Callable[[str, str, str], None] | None = None
+    """Told ``(backend, status, reason)`` when the backend reports its own health
+    (e.g. a CLI that is not logged in): routing stops choosing it. Must not block."""
 
 
 @attrs.frozen
@@ -591,6 +594,9 @@ class SessionActor(Process):
                 return
         if output.info:
             self._info.update(output.info)
+            health = output.info.get("backend_health")
+            if health is not None:
+                self._backend_health(health)
             native = output.info.get("native_session_id")
             if native and native != self.config.lineage.native_session_id:
                 self.config.lineage.native_session_id = str(native)
@@ -613,6 +619,16 @@ class SessionActor(Process):
                 self._set_state(output.state)
         if output.messages:
             self._deliver(list(output.messages))
+
+    def _backend_health(self, health: Any) -> None:
+        status, reason = health
+        self._log.warning("backend_health_reported", status=status, reason=reason)
+        hook = self.config.on_backend_health
+        if hook is not None:
+            try:
+                hook(self.config.backend, str(status), str(reason))
+            except Exception:
+                self._log.exception("backend_health_hook_failed")
 
     def _start_call(self, call: OffThreadCall) -> None:
         """Run a handler's user callback on its own thread; the outcome comes back as a message.

@@ -67,6 +67,11 @@ def crashed(incarnation: MonitorRef, pid: int) -> BaseException:
     return down.reason.exception
 
 
+def same_error(reason: BaseException, caught: BaseException) -> bool:
+    """The session ended with the error its caller got (the caller's copy says delivered)."""
+    return type(reason) is type(caught) and str(reason) == str(caught)
+
+
 def assert_restarted(session: Session, old_pid: int) -> None:
     """The session's supervisor started a second incarnation, on a new process."""
     info = session.session_info()
@@ -114,7 +119,7 @@ def test_a_line_beyond_buffer_max_fails_the_session_with_buffer_overflow(
     with pytest.raises(BufferOverflow, match="more than 10000000 unparsed bytes") as caught:
         session.query("too big", timeout=30)
 
-    assert crashed(incarnation, pid) is caught.value  # the CLI was ended with it
+    assert same_error(crashed(incarnation, pid), caught.value)  # the CLI was ended with it
     assert_restarted(session, pid)
 
 
@@ -247,7 +252,7 @@ def test_a_cli_that_dies_mid_turn_fails_the_query_and_is_restarted(runtime: Runt
     assert "segfault in the middle of a turn" in str(caught.value)
     assert session.health() == "error"  # lingers in error, then its supervisor restarts it
     assert session.session_info()["error"] == str(caught.value)
-    assert crashed(incarnation, pid) is caught.value
+    assert same_error(crashed(incarnation, pid), caught.value)
     # The prompt that reached the dead backend is history too, with what came before the exit.
     history = runtime.get_session_messages(session.session_id)
     assert [(m.type, m.content) for m in history] == [
@@ -323,7 +328,7 @@ def test_a_stderr_flood_neither_blocks_the_cli_nor_grows_without_bound(
     message = str(caught.value)
     assert message.endswith("fake claude: the last words after the flood")
     assert len(message) < 500  # the tail of stderr, not 16 MB of it
-    assert crashed(incarnation, pid) is caught.value
+    assert same_error(crashed(incarnation, pid), caught.value)
     assert_restarted(session, pid)
 
 
@@ -368,3 +373,20 @@ def test_a_crashed_session_ends_its_cli_and_the_cli_s_children() -> None:
 
         assert isinstance(crashed(incarnation, launcher), RuntimeError)
         assert_restarted(session, launcher)
+
+
+def test_a_cli_that_is_not_logged_in_gives_an_error_result_and_turns_unhealthy(
+    runtime: Runtime,
+) -> None:
+    session = fake_claude(runtime, "not_logged_in")
+    messages = session.query("hello", timeout=WAIT)
+    result = messages[-1]
+    assert result.type is MessageType.RESULT
+    assert result.is_error is True
+    assert result.subtype != "success"  # an error result, not a 'successful' one
+    assert any(m.type is MessageType.ERROR and "Not logged in" in str(m.content) for m in messages)
+    assert session.session_info()["backend_health"][0] == "unhealthy"
+    # Routing stops choosing it. The session told the registry before it answered the
+    # query, so this later call to the registry sees it.
+    assert runtime.backend_health()["claude"] == "unhealthy"
+    runtime.set_health("claude", None)  # after `claude /login`

@@ -19,6 +19,8 @@ Modes:
   weird         answer turns with lines Python's json accepts but JSON does not: NaN,
                 Infinity, 1e999, lone surrogate escapes; and a line with invalid UTF-8
   close_stdout  answer initialize, then close stdout and live on until stdin closes
+  not_logged_in answer every turn as the real CLI does without credentials: a result
+                "Not logged in · Please run /login" with is_error true, subtype "success"
   exit          print to stderr and exit with status 3 at once
 
 $FAKE_IGNORE_TERM=1: ignore SIGTERM. $FAKE_LINGER=1: do not exit when stdin closes
@@ -193,6 +195,11 @@ def main() -> int:
                     return 4
             if mode == "weird":
                 weird_turn(session, content)
+                continue
+            if mode == "not_logged_in":
+                emit({"type": "system", "subtype": "init", "session_id": session, "tools": []})
+                text = "Not logged in \u00b7 Please run /login"
+                emit({"type": "result", "subtype": "success", "is_error": True, "result": text})
                 continue
             if mode == "huge":
                 size = int(os.environ.get("FAKE_SIZE", str(10 * 1024 * 1024)))
