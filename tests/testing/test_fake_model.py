@@ -946,11 +946,16 @@ schemas = st.recursive(
             st.integers(0, 3),
             st.integers(0, 2),
         ),
-        st.dictionaries(st.text(min_size=1, max_size=8), inner, max_size=4).flatmap(
-            lambda props: st.builds(
-                lambda required: {"type": "object", "properties": props, "required": required},
-                st.lists(st.sampled_from(sorted(props)), unique=True) if props else st.just([]),
-            )
+        # Each property drawn with a "required" flag (not a flatmap over the keys: a
+        # flatmap inside st.recursive can make generation crawl for minutes).
+        st.dictionaries(
+            st.text(min_size=1, max_size=8), st.tuples(inner, st.booleans()), max_size=4
+        ).map(
+            lambda props: {
+                "type": "object",
+                "properties": {key: schema for key, (schema, _) in props.items()},
+                "required": sorted(key for key, (_, required) in props.items() if required),
+            }
         ),
     ),
     max_leaves=8,
