@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -16,7 +17,8 @@ import pytest
 
 import supervisors
 from beamagent import LocalExit, MessageType, Runtime
-from beamagent.errors import SessionError, SessionNotFound
+from beamagent.errors import SessionError, SessionNotFound, StoreError
+from beamagent.testing.faults import disk_full
 
 
 @pytest.fixture
@@ -199,3 +201,25 @@ def test_a_stopped_session_is_not_found_and_leaves_no_index_entry(rt: Runtime) -
         session.query("gone")
     assert session.session_id not in rt.live_sessions()
     assert session.session_id not in rt._registry_call("live_sessions")
+
+
+def test_a_failed_store_write_fails_the_caller_not_the_session(tmp_path: Path) -> None:
+    with Runtime(store=tmp_path / "full.db") as rt:
+        session = rt.start_session(backend="local")
+        idle = rt.start_session(backend="local")
+        session.query("before")
+        with disk_full(rt):
+            with pytest.raises(StoreError, match="could not be recorded"):
+                session.query("while full")
+            assert session.health() == "ready"
+            assert idle.health() == "ready"  # idle sessions are not touched at all
+        # The disk is back: the kept prompt and answer are written first, in order, once.
+        session.query("after")
+        kinds = [(m.type, m.content) for m in rt.get_session_messages(session.session_id)]
+        for text in ("before", "while full", "after"):
+            assert kinds.count((MessageType.USER, text)) == 1
+            assert kinds.count((MessageType.ASSISTANT, text)) == 1
+        users = [c for t, c in kinds if t is MessageType.USER]
+        assert users == ["before", "while full", "after"]
+        assert session.session_info()["incarnation"] == 1  # never crashed
+        assert idle.query("fine")[-1].content == "fine"

@@ -127,7 +127,7 @@ def test_a_prompt_and_replies_with_lone_surrogates_are_recorded(rt: Runtime) -> 
     with pytest.raises(InvalidOption, match="not valid Unicode"):
         session.query(bad)  # refused before it is sent or stored
     delivered = session.query("name the file")
-    assert delivered[-1].content == "caf\udce9"  # delivered as the backend sent it
+    assert delivered[-1].content == "caf\ufffd"  # made valid text, as it is stored
     stored = rt.get_session_messages(session)
     assert types(stored) == QUERY_TYPES
     assert contents(stored)[-1] == "caf\ufffd"
@@ -135,7 +135,7 @@ def test_a_prompt_and_replies_with_lone_surrogates_are_recorded(rt: Runtime) -> 
         "record_message", session.session_id, {"type": "assistant", "usage": {"cost": math.nan}}
     )
     assert rt._store.get_session_messages(session.session_id)[-1]["usage"] == {"cost": None}
-    assert session.query("still recording")[-1].content == bad  # and still recording
+    assert session.query("still recording")[-1].content == "caf\ufffd"  # and still recording
 
 
 # --- sessions: list / get / messages / delete -------------------------------------------------
@@ -285,14 +285,14 @@ def test_share_and_unshare(rt: Runtime) -> None:
     with pytest.raises(NotShared):
         rt.unshare_session(session)
     share = rt.share_session(session)
-    assert re.fullmatch(r"share_[0-9a-f]{32}", share["share_id"])
-    assert share["session_id"] == session.session_id
-    assert share["status"] == "active"
+    assert re.fullmatch(r"share_[0-9a-f]{32}", share.share_id)
+    assert share.session_id == session.session_id
+    assert share.status == "active"
     revoked = rt.unshare_session(session)
-    assert revoked["status"] == "revoked"
-    assert revoked["revoked_at"] >= share["created_at"]
+    assert revoked.status == "revoked"
+    assert revoked.revoked_at >= share.created_at
     again = rt.share_session(session.session_id, share_id="share_mine")
-    assert again["share_id"] == "share_mine"
+    assert again.share_id == "share_mine"
     assert rt.get_session(session).extra["share"]["status"] == "active"
     other = rt.start_session(backend="local")
     with pytest.raises(InvalidOption):
@@ -303,15 +303,15 @@ def test_summarize(rt: Runtime) -> None:
     session = rt.start_session(backend="local", replies=["the answer"])
     session.query("what is it?")
     summary = rt.summarize_session(session)
-    assert summary["content"] == (
+    assert summary.content == (
         "Conversation summary\nMessages: 4\nFirst user message: what is it?\n"
         "Latest agent output: the answer"
     )
-    assert summary["message_count"] == 4
-    assert summary["generated_by"] == "deterministic"
-    assert summary["session_id"] == session.session_id
+    assert summary.message_count == 4
+    assert summary.generated_by == "deterministic"
+    assert summary.session_id == session.session_id
     given = rt.summarize_session(session.session_id, content="mine")
-    assert (given["content"], given["generated_by"]) == ("mine", "caller")
+    assert (given.content, given.generated_by) == ("mine", "caller")
     assert rt.get_session(session).extra["summary"]["content"] == "mine"
 
 
@@ -331,7 +331,7 @@ def test_messages_recorded_while_a_thread_is_active_carry_its_id(rt: Runtime) ->
     detail = rt.thread_read(session, thread.thread_id, include_messages=True)
     assert detail.thread.message_count == 4
     assert detail.messages is not None
-    assert message_from_stored(detail.messages[0]).content == "inside"
+    assert detail.messages[0].content == "inside"
     assert rt.thread_read(session, thread.thread_id).messages is None
 
 
@@ -359,7 +359,7 @@ def test_thread_lifecycle_through_a_live_session(rt: Runtime) -> None:
     session.query("m3")  # extends the rolled-back view; the dropped messages stay hidden
     detail = rt.thread_read(session, "main", include_messages=True)
     assert detail.messages is not None
-    assert [m["content"] for m in detail.messages if m["type"] == "user"] == ["m1", "m3"]
+    assert [m.content for m in detail.messages if m.type is MessageType.USER] == ["m1", "m3"]
 
     archived = rt.thread_archive(session, "main")
     assert (archived.archived, archived.status) == (True, ThreadStatus.ARCHIVED)
@@ -632,7 +632,7 @@ def test_a_database_error_is_a_store_error_and_the_writer_lives_on() -> None:
             writer = rt.store_actor.actor_urn
             with pytest.raises(StoreError, match="disk is full"):
                 rt.share_session(session)
-            assert rt.share_session(session)["status"] == "active"
+            assert rt.share_session(session).status == "active"
             assert rt.store_actor.actor_urn == writer  # not restarted: it never crashed
             session.query("still recording")
             assert len(rt.get_session_messages(session)) == 4

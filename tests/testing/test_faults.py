@@ -118,12 +118,12 @@ def test_a_full_disk_through_the_runtime(tmp_path: Path) -> None:
         session = rt.start_session(backend="local")
         session.query("one")
         writer = rt.store_actor.actor_urn
-        with disk_full(rt._store):
+        with disk_full(rt):
             with pytest.raises(StoreError, match="disk is full"):
                 rt.share_session(session)
             with pytest.raises(StoreError, match="disk is full"):
                 rt.thread_start(session)
             assert len(rt.get_session_messages(session)) == 4
         assert rt.store_actor.actor_urn == writer  # the store actor lived through it
-        assert rt.share_session(session)["status"] == "active"
+        assert rt.share_session(session).status == "active"
         assert rt._store.get_session(session.session_id).message_count == 4
