@@ -49,3 +49,4 @@ def test_readme_python_blocks_run(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "hello" in out
     assert "reviewed draft of a release note" in out
+    assert out.rstrip().endswith("ended")  # as the README's comment says
