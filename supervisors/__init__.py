@@ -24,12 +24,15 @@ from supervisors._names import await_name, register, registered, reserved, unreg
 from supervisors._process import (
     MonitorRef,
     Process,
+    ProcessFuture,
+    current_owner,
     current_process,
     demonitor,
     kill,
     link,
     lookup,
     monitor,
+    owner_alive,
     require,
     send_exit,
     shutdown,
@@ -38,6 +41,7 @@ from supervisors._process import (
     unlink,
 )
 from supervisors._reasons import Crashed, ExitReason, Killed, NoProc, Normal, Shutdown, is_abnormal
+from supervisors._scheduler import blocking, release_idle_workers
 from supervisors._supervisor import (
     ChildInfo,
     DynamicSupervisor,
@@ -94,6 +98,7 @@ __all__ = [
     "NotHandled",
     "NotInProcess",
     "Process",
+    "ProcessFuture",
     "ReplyError",
     "RestartType",
     "Shutdown",
@@ -105,6 +110,8 @@ __all__ = [
     "TimerRef",
     "WaitTimeout",
     "await_name",
+    "blocking",
+    "current_owner",
     "current_process",
     "demonitor",
     "format_tree",
@@ -113,9 +120,11 @@ __all__ = [
     "link",
     "lookup",
     "monitor",
+    "owner_alive",
     "register",
     "registered",
     "release_idle_timer_thread",
+    "release_idle_workers",
     "require",
     "reserved",
     "send_after",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -46,17 +47,43 @@ class Mailbox:
     ``close()`` and ``put()`` share one lock, so a message is either queued
     before the close (and then rejected by it) or rejected at once: an ``ask``
     to a process that is ending can never hang, unlike Pykka's plain queue.
+
+    Two ways to be drained: a thread of its own blocks in :meth:`get`; or,
+    once :meth:`attach` gave it a ``schedule`` callback, the shared scheduler
+    runs its process when mail arrives (``schedule`` is called once per
+    transition from idle to runnable) and the process takes mail with
+    :meth:`take`, which marks it idle again when nothing is left.
     """
 
-    __slots__ = ("_closed", "_lock", "_messages", "_not_empty", "_owner", "_signals")
+    __slots__ = (
+        "_closed",
+        "_lock",
+        "_messages",
+        "_not_empty",
+        "_owner",
+        "_schedule",
+        "_scheduled",
+        "_signals",
+    )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._not_empty = threading.Condition(self._lock)
+        self._not_empty: threading.Condition | None = None  # made on first blocking get()
         self._messages: deque[Envelope[Any]] = deque()
         self._signals: deque[Envelope[Any]] = deque()
         self._closed = False
         self._owner = "process"
+        self._schedule: Callable[[], None] | None = None
+        self._scheduled = False
+
+    def attach(self, schedule: Callable[[], None]) -> None:
+        """Drain through the scheduler: ``schedule()`` when mail makes it runnable.
+
+        The process counts as runnable now (it has its start to run).
+        """
+        with self._lock:
+            self._schedule = schedule
+            self._scheduled = True
 
     def set_owner(self, owner: str) -> None:
         """Name the owning process in the errors given to rejected callers."""
@@ -67,8 +94,14 @@ class Mailbox:
         with self._lock:
             if not self._closed:
                 self._messages.append(envelope)
-                self._not_empty.notify()
-                return
+                schedule = self._wake()
+                if schedule is None:
+                    return
+            else:
+                schedule = None
+        if schedule is not None:
+            schedule()
+            return
         reject_envelope(envelope, self._owner)
 
     def put_signal(self, envelope: Envelope[Any]) -> bool:
@@ -77,12 +110,28 @@ class Mailbox:
             if self._closed:
                 return False
             self._signals.append(envelope)
+            schedule = self._wake()
+        if schedule is not None:
+            schedule()
+        return True
+
+    def _wake(self) -> Callable[[], None] | None:
+        # Under the lock. Scheduled: the callback to run (once) after it; else None.
+        schedule = self._schedule
+        if schedule is not None:
+            if self._scheduled:
+                return None
+            self._scheduled = True
+            return schedule
+        if self._not_empty is not None:
             self._not_empty.notify()
-            return True
+        return None
 
     def get(self) -> Envelope[Any] | None:
         """Block for the next envelope (signals first); None once the mailbox is closed."""
-        with self._not_empty:
+        with self._lock:
+            if self._not_empty is None:
+                self._not_empty = threading.Condition(self._lock)
             while True:
                 if self._signals:
                     return self._signals.popleft()
@@ -91,6 +140,20 @@ class Mailbox:
                 if self._closed:
                     return None
                 self._not_empty.wait()
+
+    def take(self) -> Envelope[Any] | None:
+        """The next envelope without waiting (signals first).
+
+        None when nothing is queued (or the mailbox is closed); the process is
+        then idle until the next :meth:`put` schedules it again.
+        """
+        with self._lock:
+            if self._signals:
+                return self._signals.popleft()
+            if self._messages:
+                return self._messages.popleft()
+            self._scheduled = False
+            return None
 
     def empty(self) -> bool:
         """True when nothing is queued."""
@@ -109,5 +172,6 @@ class Mailbox:
             pending = [*self._signals, *self._messages]
             self._signals.clear()
             self._messages.clear()
-            self._not_empty.notify_all()
+            if self._not_empty is not None:
+                self._not_empty.notify_all()
         return pending

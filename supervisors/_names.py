@@ -18,6 +18,7 @@ from typing import Any
 
 import pykka
 
+from supervisors._scheduler import blocking
 from supervisors.errors import AlreadyRegistered, NoSuchProcess, WaitTimeout
 
 __all__ = [
@@ -139,7 +140,8 @@ def await_name(name: Hashable, timeout: float | None = None) -> pykka.ActorRef[A
                     raise WaitTimeout(
                         f"the process named {name!r} was still restarting after {timeout} s"
                     )
-                _changed.wait(remaining)
+                with blocking():
+                    _changed.wait(remaining)
         finally:
             _waiters -= 1
 

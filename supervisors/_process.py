@@ -16,8 +16,10 @@ that loop (and only that loop) so it can:
 
 from __future__ import annotations
 
+import _thread
 import ctypes
 import itertools
+import queue
 import sys
 import threading
 from collections.abc import Callable, Hashable, Iterator
@@ -27,21 +29,25 @@ from typing import Any, ClassVar, Self, TypeAlias, cast
 
 import attrs
 import pykka
+from pykka import Future
 from pykka import messages as pykka_messages
 from pykka._actor import ActorInbox
 from pykka._envelope import Envelope
+from pykka._threading import ThreadingFuture, ThreadingFutureResult
 
 from supervisors import _names
 from supervisors._log import get_logger
 from supervisors._mailbox import Mailbox, reject_envelope
 from supervisors._messages import Down, Exit
 from supervisors._reasons import Crashed, ExitReason, Killed, NoProc, Normal, Shutdown
+from supervisors._scheduler import SLICE, blocking, scheduler
 from supervisors._timers import cancel_timers_for
 from supervisors.errors import NoReply, NoSuchProcess, NotInProcess, ReplyError, WaitTimeout
 
 __all__ = [
     "MonitorRef",
     "Process",
+    "ProcessFuture",
     "ProcessTarget",
     "current_process",
     "demonitor",
@@ -157,8 +163,10 @@ class MonitorRef:
         Raises:
             WaitTimeout: it was still alive after ``timeout`` seconds.
         """
-        if not self._event.wait(timeout):
-            raise WaitTimeout(f"process {self.target_urn} still alive after {timeout} s")
+        if not self._event.is_set():
+            with blocking():
+                if not self._event.wait(timeout):
+                    raise WaitTimeout(f"process {self.target_urn} still alive after {timeout} s")
         assert self._down is not None
         return self._down
 
@@ -176,6 +184,96 @@ class MonitorRef:
                 watcher(down)
             except Exception:
                 log.exception("monitor_callback_failed", monitor=self.id, urn=self.target_urn)
+
+
+class _Flag:
+    """A one-way flag on a raw lock: ``set`` once, ``wait`` until set (no ``Condition``)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        with suppress(RuntimeError):  # already set
+            self._lock.release()
+
+    def is_set(self) -> bool:
+        return not self._lock.locked()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            self._lock.release()
+            return True
+        return False
+
+
+class ProcessFuture(ThreadingFuture[Any]):
+    """The reply future of an ``ask`` to a process.
+
+    Waiting on it inside another process's handler is a *managed* blocking
+    wait: the shared scheduler lets another worker run meanwhile, so a
+    handler that asks a busy process never starves or deadlocks the pool.
+
+    Its waits and hand-overs are single C calls on raw locks, never a
+    Python-level ``Condition``: a ``kill`` landing in a handler that waits on
+    a reply cannot leave a lock held that the replying process then needs.
+    """
+
+    def __init__(self) -> None:
+        Future.__init__(self)  # not ThreadingFuture's: no Condition
+        self._result: ThreadingFutureResult | None = None
+        self._unset = _thread.allocate_lock()  # taken by the one set that wins
+        self._done = _thread.allocate_lock()  # free once a result is in
+        self._done.acquire()
+
+    def get(self, *, timeout: float | None = None) -> Any:
+        """The value, waiting up to ``timeout`` seconds (see ``pykka.Future.get``).
+
+        Raises:
+            pykka.Timeout: no value within ``timeout``.
+            Exception: the exception set on the future.
+        """
+        if self._get_hook is not None:
+            return Future.get(self, timeout=timeout)
+        if self._result is None:
+            with blocking():
+                got = self._done.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
+            if not got:
+                raise pykka.Timeout(f"{timeout} seconds")
+            self._done.release()  # let any other waiter through
+        result = self._result
+        assert result is not None
+        if result.exc_info is not None:
+            exc_type, exc_value, exc_traceback = result.exc_info
+            assert exc_type is not None
+            if exc_value is None:
+                exc_value = exc_type()
+            if exc_value.__traceback__ is not exc_traceback:
+                raise exc_value.with_traceback(exc_traceback)
+            raise exc_value
+        return result.value
+
+    def _put(self, result: ThreadingFutureResult) -> None:
+        if self._get_hook is not None or not self._unset.acquire(False):
+            raise queue.Full
+        self._result = result
+        self._done.release()
+
+    def set(self, value: Any = None) -> None:
+        """Set the value (``queue.Full`` if the future already has one)."""
+        self._put(ThreadingFutureResult(value=value))
+
+    def set_exception(self, exc_info: Any = None) -> None:
+        """Set an exception (default: the one being handled)."""
+        self._put(ThreadingFutureResult(exc_info=exc_info or sys.exc_info()))
+
+    def set_get_hook(self, func: Any) -> None:
+        """Compute the value with ``func(timeout)`` when it is first asked for."""
+        if not self._unset.acquire(False):
+            raise queue.Full
+        Future.set_get_hook(self, func)
 
 
 class Process(pykka.ThreadingActor):
@@ -213,6 +311,14 @@ class Process(pykka.ThreadingActor):
     trap_exit: bool = False
     """Receive ``Exit`` messages from linked processes instead of dying with them."""
 
+    dedicated_thread: bool = False
+    """Run on a thread of its own instead of the shared scheduler.
+
+    For processes whose handlers block in C for long (a database, a blocking
+    library call) where the scheduler cannot tell: they would hold a worker.
+    Waits the scheduler knows about (replies, monitors, starts) never need it.
+    """
+
     ref_class: ClassVar[type[pykka.ActorRef[Any]]] = pykka.ActorRef
     """The ``ActorRef`` subclass handed out for this process (supervisors add methods)."""
 
@@ -240,9 +346,14 @@ class Process(pykka.ThreadingActor):
         self._outstanding: set[pykka.Future[Any]] = set()
         self._stop_envelopes: list[Envelope[Any]] = []
         self._thread: threading.Thread | None = None
-        self._started = threading.Event()
+        self._launched = False
+        self._started = _Flag()
         self._start_error: BaseException | None = None
         self.mailbox.set_owner(str(self))
+
+    @staticmethod
+    def _create_future() -> pykka.Future[Any]:
+        return ProcessFuture()
 
     @staticmethod
     def _create_actor_inbox() -> ActorInbox:
@@ -286,21 +397,31 @@ class Process(pykka.ThreadingActor):
             self._finish(Normal())
             raise
         self._start_actor_loop()
-        self._started.wait()
+        if not self._started.is_set():
+            with blocking():
+                self._started.wait()
         if self._start_error is not None:
             raise self._start_error
         return ref
 
     def _start_actor_loop(self) -> None:
-        thread = threading.Thread(
-            target=self._actor_loop,
-            name=f"{type(self).__name__}-{next(_thread_counter)}",
-            daemon=self.use_daemon_thread,
-        )
-        self._thread = thread
-        thread.start()
+        if self.dedicated_thread:
+            thread = threading.Thread(
+                target=self._actor_loop,
+                name=f"{type(self).__name__}-{next(_thread_counter)}",
+                daemon=self.use_daemon_thread,
+            )
+            self._thread = thread
+            thread.start()
+            return
+        # On the shared scheduler: the first slice runs on_start, mail schedules the rest.
+        self.mailbox.attach(self._submit)
+        scheduler.submit(self)
 
-    # --- the loop -----------------------------------------------------------------
+    def _submit(self) -> None:
+        scheduler.submit(self)
+
+    # --- the loop (a thread of its own) -------------------------------------------
 
     def _actor_loop(self) -> None:
         _local.process = self
@@ -325,7 +446,7 @@ class Process(pykka.ThreadingActor):
         try:
             self.on_start()
         except BaseException as exc:
-            self._in_user_code = False
+            self._leave_user_code()
             if self._terminated:
                 self._start_error = pykka.ActorDeadError(f"{self} was killed while starting")
             else:
@@ -333,54 +454,117 @@ class Process(pykka.ThreadingActor):
                 self._terminate(Crashed(exc), cast(ExcInfo, sys.exc_info()))
             self._started.set()
             return False
-        self._in_user_code = False
+        self._leave_user_code()
         if self.process_state == "starting":
             self.process_state = "running"
         self._started.set()
         return True
 
+    def _leave_user_code(self) -> None:
+        # Under the lock a kill takes to decide whether to interrupt this thread: once
+        # this returns, no kill can land in whatever the thread runs next.
+        with self._sys_lock:
+            self._in_user_code = False
+
     def _receive_loop(self) -> tuple[ExitReason | None, ExcInfo | None]:
         mailbox = self.mailbox
-        handle = self._handle_receive
+        dispatch = self._handle_envelope
         while True:
             if self._requested_exit is not None:
                 return self._requested_exit, None
             envelope = mailbox.get()
             if envelope is None or self._terminated:
                 return None, None
-            message = envelope.message
-            kind = type(message)
-            if kind is _ExitSignal:
-                if not self.trap_exit:
-                    return message.reason, None
-                message = Exit(message.from_urn, message.reason)
-            elif kind is _ShutdownRequest:
-                return message.reason, None
-            elif kind is pykka_messages._ActorStop:
-                self._stop_envelopes.append(envelope)
-                return Normal(), None
-            reply_to = envelope.reply_to
-            self._current = envelope
-            self._in_user_code = True
-            try:
-                response = handle(message)
-            except BaseException as exc:
-                self._in_user_code = False
-                self._current = None
+            outcome = dispatch(envelope)
+            if outcome is not None:
+                return outcome
+
+    # --- the loop (a slice on the shared scheduler) --------------------------------
+
+    def _run_slice(self) -> None:
+        """Run ``on_start`` (first time) and up to ``SLICE`` messages; called by a worker."""
+        if self._finished:
+            return  # killed while it waited in the run queue
+        _local.process = self
+        self._thread = threading.current_thread()
+        try:
+            if not self._launched:
+                self._launched = True
+                if not self._run_on_start():
+                    return
+            mailbox = self.mailbox
+            dispatch = self._handle_envelope
+            for _ in range(SLICE):
                 if self._terminated:
-                    return None, None
-                exc_info = cast(ExcInfo, sys.exc_info())
-                if reply_to is not None:
-                    _settle(reply_to, exc_info=exc_info)
-                    if isinstance(exc, ReplyError):
-                        continue
-                return Crashed(exc), exc_info
-            self._in_user_code = False
+                    return
+                if self._requested_exit is not None:
+                    self._terminate(self._requested_exit, None)
+                    return
+                envelope = mailbox.take()
+                if envelope is None:
+                    return  # idle until the next message schedules it
+                outcome = dispatch(envelope)
+                if outcome is not None:
+                    reason, exc_info = outcome
+                    if reason is not None:
+                        self._terminate(reason, exc_info)
+                    return
+            if self._requested_exit is not None:
+                self._terminate(self._requested_exit, None)
+                return
+            scheduler.submit(self)  # mail left: to the back of the run queue
+        except _ProcessKilled:
+            pass  # the killer already ended the process
+        except BaseException as exc:  # a bug in this loop must still end the process cleanly
+            log.exception("process_loop_failed", process=str(self))
+            self._terminate(Crashed(exc), cast(ExcInfo, sys.exc_info()))
+        finally:
+            self._started.set()
+            self._thread = None
+            _local.process = None
+            if self._kill_injected:
+                _clear_pending_kill()
+
+    # --- one message ----------------------------------------------------------------
+
+    def _handle_envelope(
+        self, envelope: Envelope[Any]
+    ) -> tuple[ExitReason | None, ExcInfo | None] | None:
+        """Handle one envelope: None to go on, else how the process ends (None: it ended)."""
+        message = envelope.message
+        kind = type(message)
+        if kind is _ExitSignal:
+            if not self.trap_exit:
+                return message.reason, None
+            message = Exit(message.from_urn, message.reason)
+        elif kind is _ShutdownRequest:
+            return message.reason, None
+        elif kind is pykka_messages._ActorStop:
+            self._stop_envelopes.append(envelope)
+            return Normal(), None
+        reply_to = envelope.reply_to
+        self._current = envelope
+        self._in_user_code = True
+        try:
+            response = self._handle_receive(message)
+        except BaseException as exc:
+            self._leave_user_code()
             self._current = None
-            if self._deferred:
-                self._deferred = False
-            elif reply_to is not None:
-                _settle(reply_to, value=response)
+            if self._terminated:
+                return None, None
+            exc_info = cast(ExcInfo, sys.exc_info())
+            if reply_to is not None:
+                _settle(reply_to, exc_info=exc_info)
+                if isinstance(exc, ReplyError):
+                    return None
+            return Crashed(exc), exc_info
+        self._leave_user_code()
+        self._current = None
+        if self._deferred:
+            self._deferred = False
+        elif reply_to is not None:
+            _settle(reply_to, value=response)
+        return None
 
     def defer_reply(self) -> pykka.Future[Any]:
         """Answer the ``ask`` being handled later, with :meth:`reply` / :meth:`reply_error`.
@@ -466,6 +650,10 @@ class Process(pykka.ThreadingActor):
             reason = self.exit_reason
             links, self._links = self._links, set()
         self.actor_stopped.set()
+        if not self._started.is_set():  # ended before its start ran (killed meanwhile)
+            if self._start_error is None:
+                self._start_error = pykka.ActorDeadError(f"{self} ended before it started")
+            self._started.set()
         pending = self.mailbox.close()
         pykka.ActorRegistry.unregister(self.actor_ref)
         _names.release_process(self.actor_urn)
@@ -508,19 +696,22 @@ class Process(pykka.ThreadingActor):
             log.warning("process_exited", process=str(self), reason=str(reason))
 
     def _kill(self) -> bool:
+        me = threading.current_thread()
         with self._sys_lock:
             if self._finished:
                 return False
             self._terminated = True
             self.exit_reason = Killed()
-        in_user_code = self._in_user_code
+            thread = self._thread
+            # Decided under the lock the running thread takes to leave user code: the
+            # interrupt can only land in this process's own handler (a scheduler worker
+            # goes on to run other processes afterwards).
+            if self._in_user_code and thread is not None and thread is not me and thread.is_alive():
+                self._kill_injected = True
+                _async_raise(thread, _ProcessKilled)
         self._finish(Killed())
-        thread = self._thread
-        if thread is threading.current_thread():
+        if thread is me:
             raise _ProcessKilled()
-        if in_user_code and thread is not None and thread.is_alive():
-            self._kill_injected = True
-            _async_raise(thread, _ProcessKilled)
         return True
 
     # --- signals from other processes ------------------------------------------------
@@ -611,6 +802,32 @@ def current_process() -> Process | None:
     """The ``Process`` whose thread is running this code, or None outside any process."""
     process: Process | None = getattr(_local, "process", None)
     return process
+
+
+def current_owner() -> Process | threading.Thread:
+    """What is running this code, for locks that must survive a holder killed mid-hold.
+
+    The running ``Process`` (on the shared scheduler a worker thread outlives the
+    processes it runs, so the thread says nothing about the holder), else the thread.
+    Pair with :func:`owner_alive`.
+    """
+    process: Process | None = getattr(_local, "process", None)
+    return threading.current_thread() if process is None else process
+
+
+def owner_alive(owner: Process | threading.Thread) -> bool:
+    """Whether ``owner`` (from :func:`current_owner`) may still run code.
+
+    A killed process counts as alive until its handler has unwound (a kill interrupts
+    the handler, which may still be running its ``finally`` blocks), so a lock it held
+    is never taken over while it could still release it.
+    """
+    if isinstance(owner, threading.Thread):
+        return owner.is_alive()
+    if not owner._finished:
+        return True
+    thread = owner._thread
+    return thread is not None and thread.is_alive()
 
 
 def start_link(

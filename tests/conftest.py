@@ -69,7 +69,8 @@ def leak_check() -> Iterator[None]:
     actors_before = {ref.actor_urn for ref in pykka.ActorRegistry.get_all()}
     children_before = _child_pids()
     yield
-    supervisors.release_idle_timer_thread()  # the shared scheduler lingers when idle
+    supervisors.release_idle_timer_thread()  # the shared timer thread lingers when idle
+    supervisors.release_idle_workers()  # the scheduler keeps its idle workers for more work
     deadline = time.monotonic() + LEAK_GRACE_SECONDS
     # Give threads that were already told to stop a moment to finish: join, don't sleep.
     for thread in set(threading.enumerate()) - threads_before:

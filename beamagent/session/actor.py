@@ -40,7 +40,6 @@ from typing import Any, Protocol
 
 import attrs
 import pykka
-from pykka._threading import ThreadingFuture
 
 from beamagent.backends.base import (
     BackendHandler,
@@ -74,7 +73,7 @@ from beamagent.errors import (
 )
 from beamagent.log import get_logger
 from beamagent.messages import Message, MessageType, _build_message
-from supervisors import Crashed, Process, Shutdown, TimerRef, send_after
+from supervisors import Crashed, Process, ProcessFuture, Shutdown, TimerRef, send_after
 
 __all__ = [
     "CallFuture",
@@ -93,7 +92,7 @@ SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 UNIVERSAL_CONTROLS = ("setModel", "setPermissionMode", "setMaxThinkingTokens", "stopTask")
 
 
-class CallFuture(ThreadingFuture[Any]):
+class CallFuture(ProcessFuture):
     """The reply future of a ``Session`` call.
 
     The session sets ``delivered`` the moment it hands the call's prompt to

@@ -70,6 +70,10 @@ _ARGUMENT_ERRORS = (TypeError, ValueError, ArithmeticError, RecursionError)
 class StoreActor(Process):
     """Owns the store's writes; ``write(method, *args, **kwargs)`` runs one of them."""
 
+    # One actor per runtime that spends its time in SQLite's C code (fsync included):
+    # a thread of its own rather than a scheduler worker it would hold for as long.
+    dedicated_thread = True
+
     def __init__(self, store: SessionStore) -> None:
         super().__init__()
         self.store = store

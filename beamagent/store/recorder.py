@@ -17,11 +17,10 @@ from typing import Any
 
 import pykka
 from pykka._envelope import Envelope
-from pykka._threading import ThreadingFuture
 from pykka.messages import ProxyCall
 
 from beamagent.errors import BeamAgentError, StoreError
-from supervisors import NoReply, WaitTimeout, await_name
+from supervisors import NoReply, ProcessFuture, WaitTimeout, await_name
 
 __all__ = ["StoreRecorder"]
 
@@ -59,7 +58,7 @@ class StoreRecorder:
                 ) from None
             if ref is None:
                 raise StoreError("the store process is gone (is the runtime stopped?)")
-            future: ThreadingFuture[Any] = ThreadingFuture()
+            future = ProcessFuture()
             ref.actor_inbox.put(Envelope(message, reply_to=future))
             try:
                 return future.get(timeout=max(remaining, 0.0))

@@ -83,6 +83,7 @@ from beamagent.store.selectors import (
     selector_to_dict,
 )
 from beamagent.store.summary import AGENT_OUTPUT_TYPES, USER_TYPES, first_text, format_summary
+from supervisors import Process, blocking, current_owner, owner_alive
 
 __all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "SqliteStore", "messages_query"]
 
@@ -338,15 +339,22 @@ def _tighten_side_files(path: Path) -> None:
 _LOCK_POLL = 0.05
 
 
+_Owner = Process | threading.Thread
+"""A write-lock holder: the process running the write (else the thread; see current_owner)."""
+
+
 class _WriteLock:
     """The write lock: fair, not reentrant, and recoverable from a holder that died holding it.
 
-    A store actor killed mid-write (``supervisors.kill`` raises in its thread at the next
+    A writer killed mid-write (``supervisors.kill`` raises in the handler at the next
     bytecode) can stop anywhere, even between taking the lock and releasing it. So the
-    lock records its holder, and a thread that finds the holder dead takes it over (the
-    caller then rolls back what the dead holder may have left open: see
-    :class:`_WriteTransaction`). A thread that finds that it holds the lock already gets
-    it: writes never nest, so that hold was leaked by an interrupted call of its own.
+    lock records its holder — the process running the write, else the thread
+    (``supervisors.current_owner``: a scheduler worker outlives the processes it runs)
+    — and a writer that finds the holder dead takes it over (the caller then rolls back
+    what the dead holder may have left open: see :class:`_WriteTransaction`). A writer
+    that finds that it holds the lock already gets it: writes never nest, so that hold
+    was leaked by an interrupted call of its own. Waiting is a managed blocking wait
+    (``supervisors.blocking``), so waiting writers never starve the scheduler.
 
     Every step is one C call (``dict.setdefault``/``get``, ``deque.append``/``popleft``, a
     raw lock's timed ``acquire``/``release``), never a Python-level ``Condition``, whose
@@ -359,37 +367,38 @@ class _WriteLock:
     __slots__ = ("_holder", "_queue", "_takeovers")
 
     def __init__(self) -> None:
-        self._holder: dict[str, threading.Thread] = {}
-        self._queue: deque[tuple[threading.Thread, _thread.LockType]] = deque()
-        self._takeovers: dict[threading.Thread, threading.Thread] = {}  # dead -> heir
+        self._holder: dict[str, _Owner] = {}
+        self._queue: deque[tuple[_Owner, _thread.LockType]] = deque()
+        self._takeovers: dict[_Owner, _Owner] = {}  # dead -> heir
 
-    def acquire(self) -> threading.Thread | None:
-        """Take the lock, waiting (in turn) while a live thread holds it.
+    def acquire(self) -> _Owner | None:
+        """Take the lock, waiting (in turn) while a live holder holds it.
 
-        Returns the dead thread it was taken over from, or ``None``.
+        Returns the dead holder it was taken over from, or ``None``.
         """
-        me = threading.current_thread()
-        if not self._queue and self._holder.setdefault("thread", me) is me:
+        me = current_owner()
+        if not self._queue and self._holder.setdefault("owner", me) is me:
             return None
         gate = _thread.allocate_lock()
         gate.acquire()
         entry = (me, gate)
         self._queue.append(entry)
         try:
-            while True:
-                holder = self._holder.get("thread")
-                if holder is me:
-                    return None  # handed over by release(), or an earlier hold of ours
-                if holder is None:
-                    first = bool(self._queue) and self._queue[0] is entry
-                    if first and self._holder.setdefault("thread", me) is me:
-                        return None
-                # Of several waiters that saw the same dead holder, only the first to claim
-                # it (one setdefault, atomic) takes over.
-                elif not holder.is_alive() and self._takeovers.setdefault(holder, me) is me:
-                    self._holder["thread"] = me
-                    return holder
-                gate.acquire(timeout=_LOCK_POLL)
+            with blocking():  # a scheduler worker waiting here is replaced meanwhile
+                while True:
+                    holder = self._holder.get("owner")
+                    if holder is me:
+                        return None  # handed over by release(), or an earlier hold of ours
+                    if holder is None:
+                        first = bool(self._queue) and self._queue[0] is entry
+                        if first and self._holder.setdefault("owner", me) is me:
+                            return None
+                    # Of several waiters that saw the same dead holder, only the first to
+                    # claim it (one setdefault, atomic) takes over.
+                    elif not owner_alive(holder) and self._takeovers.setdefault(holder, me) is me:
+                        self._holder["owner"] = me
+                        return holder
+                    gate.acquire(timeout=_LOCK_POLL)
         finally:
             with contextlib.suppress(ValueError):  # release() already took us off
                 self._queue.remove(entry)
@@ -401,11 +410,11 @@ class _WriteLock:
                 waiter, gate = self._queue.popleft()
             except IndexError:
                 break
-            if waiter.is_alive():
-                self._holder["thread"] = waiter
+            if owner_alive(waiter):
+                self._holder["owner"] = waiter
                 gate.release()
                 return
-        self._holder.pop("thread", None)
+        self._holder.pop("owner", None)
 
 
 class _WriteTransaction:

@@ -1,0 +1,261 @@
+"""The shared scheduler: processes run on a small pool of worker threads (M:N).
+
+A process that has mail is put on one run queue; a worker takes it and runs a
+*slice* of it — up to :data:`SLICE` messages, one at a time, in order — and
+puts it back if mail is left. A process runs on one worker at a time, so its
+handlers never run concurrently, exactly as with a thread of its own; an idle
+process costs no thread, no stack and no futex.
+
+Handlers may block (an ``ask`` to another process, ``Future.get``, a lock,
+I/O). A worker that blocks would starve the others — or deadlock them, when
+the process it waits for needs a worker to answer. Two mechanisms keep the
+pool live, as Java's ``ForkJoinPool`` does with managed blocking:
+
+* **managed blocking**: the waits ``supervisors`` and ``beamagent`` know about
+  (``Future.get`` of a process's reply, ``MonitorRef.wait``, a synchronous
+  ``start``, ``await_name``) run inside :func:`blocking`, which adds a
+  compensating worker at once when no other worker is free;
+* **a monitor**: for waits nobody announced (a user's lock, ``time.sleep``, a
+  socket), a monitor thread adds a worker when the run queue has waited for a
+  tick with no slice finished.
+
+The pool keeps ``core`` workers (one per CPU, at least two) and shrinks back
+to them: an extra worker ends after ``idle_timeout`` seconds without work.
+Workers are daemon threads, so an interpreter never waits for an idle pool at
+exit. :func:`release_idle_workers` ends the idle ones now (tests that check no
+thread outlives them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from supervisors._log import get_logger
+
+if TYPE_CHECKING:
+    from supervisors._process import Process
+
+__all__ = ["SLICE", "Scheduler", "blocking", "release_idle_workers", "scheduler"]
+
+log = get_logger(__name__)
+
+SLICE = 64
+"""Messages a process handles before it yields its worker to the next process."""
+
+_STOP: Any = object()
+_local = threading.local()
+
+
+class _Worker:
+    # Plain attributes each thread sets for itself; counts are computed from them when
+    # needed, so a kill interrupting a handler between two updates cannot leave a shared
+    # counter wrong for ever.
+    __slots__ = ("blocked", "idle", "thread")
+
+    def __init__(self, thread: threading.Thread) -> None:
+        self.thread = thread
+        self.blocked = 0  # nesting depth of blocking() on this worker
+        self.idle = False  # waiting on the run queue
+
+
+class Scheduler:
+    """A run queue of processes and the worker threads that drain it.
+
+    Args:
+        core: workers kept while there is work (default: one per CPU, at least 2).
+        max_workers: the most workers at once, compensation included.
+        idle_timeout: seconds an extra worker waits for work before it ends.
+        tick: how often (seconds) the monitor checks for a stalled run queue.
+    """
+
+    def __init__(
+        self,
+        core: int | None = None,
+        max_workers: int = 512,
+        idle_timeout: float = 1.0,
+        tick: float = 0.01,
+    ) -> None:
+        self.core = max(2, core if core is not None else (os.cpu_count() or 2))
+        self.max_workers = max(self.core, max_workers)
+        self.idle_timeout = idle_timeout
+        self.tick = tick
+        self._runq: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._workers: dict[threading.Thread, _Worker] = {}
+        self._slices = 0  # slices run: the monitor's sign of progress
+        self._serial = itertools.count(1)
+        self._monitor: threading.Thread | None = None
+        self._releasing = False
+
+    # --- submitting -----------------------------------------------------------------
+
+    def _counts(self) -> tuple[int, int, int]:
+        """(workers, idle, blocked) now."""
+        workers = list(self._workers.values())
+        idle = sum(1 for w in workers if w.idle)
+        blocked = sum(1 for w in workers if w.blocked)
+        return len(workers), idle, blocked
+
+    def submit(self, process: Process) -> None:
+        """Queue ``process`` to run a slice (its mailbox says it has work)."""
+        self._runq.put(process)
+        # A worker that is idle picks it up; otherwise make sure there is capacity.
+        total, idle, blocked = self._counts()
+        if idle == 0 and total - blocked < self.core:
+            self._spawn(reason="capacity")
+
+    def _spawn(self, reason: str) -> bool:
+        with self._lock:
+            if len(self._workers) >= self.max_workers:
+                return False
+            thread = threading.Thread(
+                target=self._work,
+                name=f"supervisors-worker-{next(self._serial)}",
+                daemon=True,
+            )
+            self._workers[thread] = _Worker(thread)
+            self._releasing = False
+            start_monitor = self._monitor is None
+            if start_monitor:
+                self._monitor = threading.Thread(
+                    target=self._watch, name="supervisors-scheduler-monitor", daemon=True
+                )
+        thread.start()
+        if start_monitor:
+            assert self._monitor is not None
+            self._monitor.start()
+        if reason != "capacity":
+            log.debug("scheduler_worker_added", reason=reason, workers=len(self._workers))
+        return True
+
+    # --- workers --------------------------------------------------------------------
+
+    def _work(self) -> None:
+        me = threading.current_thread()
+        worker = self._workers[me]
+        _local.worker = worker
+        runq = self._runq
+        try:
+            while True:
+                try:
+                    worker.idle = True
+                    try:
+                        item = runq.get(timeout=self.idle_timeout)
+                    except queue.Empty:
+                        item = None
+                    worker.idle = False
+                    if item is _STOP:
+                        return
+                    if item is None:
+                        if self._releasing or len(self._workers) > self.core:
+                            return
+                        continue
+                    worker.blocked = 0  # a new slice is in no blocking wait
+                    item._run_slice()
+                    self._slices += 1
+                except BaseException:
+                    # A kill aimed at a handler that had just returned (it raises at the
+                    # next bytecode, wherever that is): that process already ended. The
+                    # worker lives on.
+                    worker.idle = False
+                    log.debug("scheduler_stray_interrupt", exc_info=True)
+        finally:
+            self._workers.pop(me, None)
+            _local.worker = None
+
+    def _watch(self) -> None:
+        """Add a worker when the run queue stalls behind workers blocked unannounced."""
+        seen = -1
+        wake = threading.Event()
+        while True:
+            wake.wait(self.tick)
+            with self._lock:
+                if not self._workers:
+                    self._monitor = None
+                    return
+            slices = self._slices
+            if self._runq.qsize() and slices == seen and self._counts()[1] == 0:
+                self._spawn(reason="stalled")
+            seen = slices
+
+    # --- managed blocking -----------------------------------------------------------------
+
+    def enter_blocking(self) -> _Worker | None:
+        """A worker is about to block: make sure another one can run meanwhile."""
+        worker: _Worker | None = getattr(_local, "worker", None)
+        if worker is None:
+            return None
+        worker.blocked += 1
+        if worker.blocked == 1:
+            total, idle, blocked = self._counts()
+            if idle == 0 and (total - blocked < self.core or self._runq.qsize()):
+                self._spawn(reason="blocking")
+        return worker
+
+    def exit_blocking(self, worker: _Worker | None) -> None:
+        """The blocking wait of ``worker`` is over."""
+        if worker is not None and worker.blocked > 0:
+            worker.blocked -= 1
+
+    # --- introspection and release ------------------------------------------------------
+
+    def workers(self) -> int:
+        """How many worker threads exist now."""
+        return len(self._workers)
+
+    def release_idle(self, timeout: float = 5.0) -> bool:
+        """End every idle worker now (and the monitor once none is left).
+
+        Returns True if no worker is left.
+        """
+        with self._lock:
+            self._releasing = True
+            threads = list(self._workers)
+        for _ in threads:
+            self._runq.put(_STOP)
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout)
+        monitor = self._monitor
+        if monitor is not None and not self._workers:
+            monitor.join(timeout)
+        return not self._workers
+
+
+scheduler = Scheduler()
+"""The process-wide scheduler every non-dedicated ``Process`` runs on."""
+
+
+@contextlib.contextmanager
+def blocking() -> Iterator[None]:
+    """Announce a blocking wait, so the scheduler can run other processes meanwhile.
+
+    Use it around a wait that may take a while when the code can run in a
+    process handler (``with blocking(): event.wait()``). Outside a scheduler
+    worker it does nothing.
+    """
+    worker = scheduler.enter_blocking()
+    try:
+        yield
+    finally:
+        scheduler.exit_blocking(worker)
+
+
+def in_worker() -> bool:
+    """Whether this thread is one of the scheduler's workers."""
+    return getattr(_local, "worker", None) is not None
+
+
+def release_idle_workers(timeout: float = 5.0) -> bool:
+    """End the scheduler's idle workers now instead of keeping them for the next work.
+
+    For tests that check that no thread outlives them. Returns True if no
+    worker is left.
+    """
+    return scheduler.release_idle(timeout)

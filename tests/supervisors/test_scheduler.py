@@ -1,0 +1,274 @@
+"""The shared scheduler: processes on a pool of workers (M:N), managed blocking, kills."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pykka
+import pytest
+
+import supervisors as s
+from supervisors._scheduler import SLICE, scheduler
+
+
+class Echo(s.Process):
+    def on_receive(self, message: Any) -> Any:
+        return message
+
+
+class Recorder(s.Process):
+    """Keeps every message it gets, in order; answers 'dump' with them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[Any] = []
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "dump":
+            return list(self.seen)
+        self.seen.append(message)
+        return None
+
+
+class Relay(s.Process):
+    """Answers by asking the next process in a chain, and waiting for its answer."""
+
+    def __init__(self, next_ref: pykka.ActorRef[Any] | None) -> None:
+        super().__init__()
+        self.next_ref = next_ref
+
+    def on_receive(self, message: Any) -> Any:
+        if self.next_ref is None:
+            return message + 1
+        return self.next_ref.ask(message, timeout=10) + 1
+
+
+class Gate(s.Process):
+    """Blocks its handler on a plain threading.Event: a wait nobody announced."""
+
+    def __init__(self, event: threading.Event) -> None:
+        super().__init__()
+        self.event = event
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "wait":
+            return self.event.wait(10)
+        return message
+
+
+class Spinner(s.Process):
+    def __init__(self, started: threading.Event) -> None:
+        super().__init__()
+        self.started = started
+
+    def on_receive(self, message: Any) -> Any:
+        self.started.set()
+        while True:  # a handler stuck in Python code
+            pass
+
+
+def _stop_all(refs: list[pykka.ActorRef[Any]]) -> None:
+    for ref in refs:
+        ref.stop(block=False)
+    for ref in refs:
+        s.monitor(ref).wait(10)
+
+
+def test_idle_processes_cost_no_thread() -> None:
+    before = threading.active_count()
+    refs = [Echo.start() for _ in range(2000)]
+    try:
+        assert refs[-1].ask("hi", timeout=5) == "hi"
+        # The workers (core, maybe one added while starts waited) and the monitor: a
+        # handful, whatever the number of processes.
+        assert threading.active_count() - before <= scheduler.core + 4
+    finally:
+        _stop_all(refs)
+
+
+def test_messages_are_handled_in_order_across_slices() -> None:
+    ref = Recorder.start()
+    try:
+        for i in range(SLICE * 5 + 3):
+            ref.tell(i)
+        assert ref.ask("dump", timeout=5) == list(range(SLICE * 5 + 3))
+    finally:
+        _stop_all([ref])
+
+
+def test_a_process_never_runs_on_two_workers_at_once() -> None:
+    class Counter(s.Process):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inside = 0
+            self.overlaps = 0
+            self.count = 0
+
+        def on_receive(self, message: Any) -> Any:
+            if message == "result":
+                return self.count, self.overlaps
+            self.inside += 1
+            if self.inside != 1:
+                self.overlaps += 1
+            self.count += 1
+            self.inside -= 1
+            return None
+
+    ref = Counter.start()
+    try:
+        senders = [
+            threading.Thread(target=lambda: [ref.tell(i) for i in range(500)]) for _ in range(8)
+        ]
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join(10)
+        assert ref.ask("result", timeout=10) == (4000, 0)
+    finally:
+        _stop_all([ref])
+
+
+def test_a_chain_of_blocking_asks_longer_than_the_pool_never_deadlocks() -> None:
+    # Every handler of the chain waits for the next one: with a fixed pool (of one
+    # worker, or of scheduler.core) the first `core` handlers would hold every worker
+    # and wait for processes that can never run. Managed blocking adds workers instead.
+    length = scheduler.core * 4 + 1
+    refs: list[pykka.ActorRef[Any]] = []
+    nxt: pykka.ActorRef[Any] | None = None
+    for _ in range(length):
+        nxt = Relay.start(nxt)
+        refs.append(nxt)
+    try:
+        assert refs[-1].ask(0, timeout=20) == length
+        # Many chains at once, from many threads.
+        results: list[int] = []
+        lock = threading.Lock()
+
+        def call() -> None:
+            value = refs[-1].ask(0, timeout=20)
+            with lock:
+                results.append(value)
+
+        callers = [threading.Thread(target=call) for _ in range(6)]
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join(30)
+        assert results == [length] * 6
+    finally:
+        _stop_all(refs)
+
+
+def test_waits_nobody_announced_do_not_starve_other_processes() -> None:
+    event = threading.Event()
+    gates = [Gate.start(event) for _ in range(scheduler.core + 2)]
+    echo = Echo.start()
+    try:
+        waits = [g.ask("wait", block=False) for g in gates]
+        # Every core worker may now be stuck in Event.wait; the monitor adds workers.
+        assert echo.ask("still served", timeout=10) == "still served"
+        event.set()
+        assert [w.get(timeout=10) for w in waits] == [True] * len(gates)
+    finally:
+        event.set()
+        _stop_all([*gates, echo])
+
+
+def test_kill_interrupts_only_the_running_handler_and_the_worker_goes_on() -> None:
+    started = threading.Event()
+    spinner = Spinner.start(started)
+    others = [Echo.start() for _ in range(scheduler.core * 3)]
+    try:
+        spinner.tell("spin")
+        assert started.wait(5)
+        mon = s.monitor(spinner)
+        assert s.kill(spinner)
+        assert mon.wait(5).reason == s.Killed()
+        # Every worker still serves (none carries the kill into another process).
+        for _ in range(3):
+            assert [o.ask(i, timeout=5) for i, o in enumerate(others)] == list(range(len(others)))
+    finally:
+        _stop_all(others)
+
+
+def test_a_dedicated_process_has_a_thread_of_its_own() -> None:
+    class Own(s.Process):
+        dedicated_thread = True
+
+        def on_receive(self, message: Any) -> Any:
+            return threading.current_thread().name
+
+    class Shared(s.Process):
+        def on_receive(self, message: Any) -> Any:
+            return threading.current_thread().name
+
+    own, shared = Own.start(), Shared.start()
+    try:
+        assert own.ask("name", timeout=5).startswith("Own-")
+        assert shared.ask("name", timeout=5).startswith("supervisors-worker-")
+    finally:
+        _stop_all([own, shared])
+
+
+@pytest.mark.parametrize("dedicated", [False, True])
+def test_a_killed_process_owner_stays_alive_until_its_handler_unwound(dedicated: bool) -> None:
+    entered = threading.Event()
+    unwind = threading.Event()
+    owners: list[Any] = []
+
+    class Holder(s.Process):
+        dedicated_thread = dedicated
+
+        def on_receive(self, message: Any) -> Any:
+            owners.append(s.current_owner())
+            entered.set()
+            try:
+                while True:  # stuck in Python code until killed
+                    pass
+            finally:
+                unwind.wait(10)  # still unwinding: the owner must count as alive
+
+    ref = Holder.start()
+    try:
+        ref.tell("hold")
+        assert entered.wait(5)
+        owner = owners[0]
+        assert owner is s.lookup(ref)
+        assert s.owner_alive(owner)
+        thread = owner._thread
+        s.kill(ref)
+        s.monitor(ref).wait(5)
+        assert s.owner_alive(owner)  # dead to the world, but its finally block still runs
+        unwind.set()
+        if dedicated:  # its thread ends with it
+            thread.join(5)
+            assert not s.owner_alive(owner)
+        assert s.current_owner() is threading.current_thread()
+    finally:
+        unwind.set()
+
+
+@pytest.mark.parametrize("dedicated", [False, True])
+def test_users_pykka_style_actor_supervised_on_either_kind_of_thread(dedicated: bool) -> None:
+    class Child(s.Process):
+        dedicated_thread = dedicated
+
+        def on_receive(self, message: Any) -> Any:
+            if message == "crash":
+                raise RuntimeError("boom")
+            return "pong"
+
+    name = f"sched-child-{dedicated}"
+    sup = s.Supervisor.start([s.ChildSpec("child", (Child, (), {}), name=name)])
+    try:
+        first = s.whereis(name)
+        assert first is not None
+        assert first.ask("ping", timeout=5) == "pong"
+        first.tell("crash")
+        s.monitor(first).wait(5)
+        second = s.await_name(name, timeout=5)
+        assert second is not None
+        assert second.ask("ping", timeout=5) == "pong"
+    finally:
+        sup.stop()
