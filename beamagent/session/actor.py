@@ -308,10 +308,14 @@ class SessionActor(Process):
 
     # --- lifecycle -------------------------------------------------------------------
 
-    def on_start(self) -> None:
+    def _open_backend(self) -> None:
+        """Build the handler from the options and the lineage, and start its transport.
+
+        Used at every (re)start: the lineage's native id, model and permission
+        mode make the backend resume where it was.
+        """
         config = self.config
         lineage = config.lineage
-        lineage.incarnations += 1
         options = dict(config.options)
         if lineage.model is not None:
             options["model"] = lineage.model
@@ -321,13 +325,13 @@ class SessionActor(Process):
             lineage.native_session_id is not None
             and "native_session_id" in config.handler_cls.option_names()
         ):
-            options.setdefault("native_session_id", lineage.native_session_id)
+            # The lineage's id is the one the backend last reported: it wins over the
+            # option (which named what to resume at the first start).
+            options["native_session_id"] = lineage.native_session_id
         options["session_id"] = config.session_id
         options["backend_state"] = lineage.backend_state
         self.handler = config.handler_cls(options)
         self.transport = self.handler.open_transport()
-        if lineage.incarnations > 1:
-            self._log.warning("session_restarted", incarnation=lineage.incarnations)
         self._arm("connect", config.connect_timeout)
         generation = self._generation
         actor_ref = self.actor_ref
@@ -337,6 +341,15 @@ class SessionActor(Process):
                 actor_ref.tell(_TransportEvent(generation, event))
 
         self.transport.start(sink)
+
+    def on_start(self) -> None:
+        config = self.config
+        lineage = config.lineage
+        lineage.incarnations += 1
+        if lineage.incarnations > 1:
+            self._log.warning("session_restarted", incarnation=lineage.incarnations)
+        self._open_backend()
+        assert self.handler is not None
         if config.recorder is not None:
             self._unstored_meta = self._meta()
             self._flush_store()

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +261,29 @@ def test_killed_cli_restarts_and_resumes_the_thread(
     last = server.model_requests()[-1]
     assert "remember the word pineapple" in last.text
     assert "back again" in last.text
+
+
+def test_a_restart_resumes_the_thread_codex_last_reported(
+    start: Any, runtime: Runtime, server: FakeModelServer
+) -> None:
+    # Nothing to resume under this id: codex starts a new thread, whose id the session keeps.
+    session = start(native_session_id=str(uuid.uuid4()))
+    session.query("ECHO:remember the word pineapple", timeout=WAIT)
+    info = session.session_info()
+    assert info["resume_missing"] is True
+    thread = info["thread_id"]
+    incarnation = watch_incarnation(runtime, session)
+
+    os.killpg(info["pid"], signal.SIGKILL)
+    incarnation.wait(WAIT)
+    messages = session.query("ECHO:back again", timeout=WAIT)
+
+    assert messages[-1].content == "back again"
+    info = session.session_info()
+    assert info["incarnation"] == 2
+    # The thread that holds the conversation, not the id first asked for.
+    assert (info["thread_id"], info["resumed"]) == (thread, True)
+    assert "remember the word pineapple" in server.model_requests()[-1].text
 
 
 def test_model_error_status_gives_an_error_message_and_a_usable_session(
