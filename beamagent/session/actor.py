@@ -1197,14 +1197,35 @@ class SessionActor(Process):
         return mode
 
     def send_control(self, method: str, params: Mapping[str, Any], timeout: float | None) -> Any:
-        """A backend-native control request, else the universal fallback."""
+        """A backend-native control request, else the universal fallback.
+
+        Postponed while the backend (re)connects, as queries are.
+        """
         self._check_usable()
+        if self.state in (SessionState.CONNECTING, SessionState.INITIALIZING):
+            self._postponed.append(
+                (
+                    lambda future: self._send_control(method, params, timeout, future),
+                    self.defer_reply(),
+                )
+            )
+            return _DEFERRED
+        return self._send_control(method, params, timeout, None)
+
+    def _send_control(
+        self,
+        method: str,
+        params: Mapping[str, Any],
+        timeout: float | None,
+        future: pykka.Future[Any] | None,
+    ) -> Any:
         handler = self.handler
         assert handler is not None
         request_id = f"ctl_{next(self._control_ids)}"
         output = handler.handle_control(method, dict(params), request_id)
         if output is not None:
-            future = self.defer_reply()
+            if future is None:
+                future = self.defer_reply()
             # The caller waits at most ``timeout``; a late reply is dropped at the timer.
             timer = (
                 None
