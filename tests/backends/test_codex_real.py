@@ -31,6 +31,7 @@ from beamagent.testing import (
     codex_env,
 )
 from supervisors import Crashed
+from tests._events import LogEvents, until_hibernating
 from tests.backends.conftest import (
     group_members,
     of_type,
@@ -396,3 +397,36 @@ def test_killing_only_the_npm_launcher_ends_the_session_and_its_whole_group(
     assert info["incarnation"] == 2
     assert info["pid"] != launcher
     assert "remember the word mango" in server.model_requests()[-1].text
+
+
+def test_an_idle_session_hibernates_and_resumes_its_thread(
+    start: Any, server: FakeModelServer
+) -> None:
+    with LogEvents() as events:
+        session = start(idle_timeout=1.0)
+        session.query("ECHO:remember the word pineapple", timeout=WAIT)
+        before = session.session_info()
+        launcher, thread = before["pid"], before["thread_id"]
+
+        until_hibernating(events, session, WAIT)
+
+        # The npm launcher and the native binary it started are both gone.
+        assert group_members(launcher) == []
+        info = session.session_info()
+        assert info["state"] == "hibernating"
+        assert "pid" not in info
+        assert info["thread_id"] == thread
+        session.set_model("gpt-6-sol")  # kept for the woken CLI, which is not started
+        assert session.health() == "hibernating"
+        messages = session.query("ECHO:back again", timeout=WAIT)
+
+    assert messages[-1].content == "back again"
+    info = session.session_info()
+    assert (info["state"], info["incarnation"], info["hibernations"]) == ("ready", 1, 1)
+    assert info["resumed"] is True  # thread/resume
+    assert info["thread_id"] == thread
+    assert info["pid"] != launcher
+    last = server.model_requests()[-1]
+    assert "remember the word pineapple" in last.text
+    assert "back again" in last.text
+    assert last.json["model"] == "gpt-6-sol"
