@@ -88,6 +88,7 @@ SESSION_OPTIONS = frozenset(
         "buffer_max",
         "error_linger",
         "drain_timeout",
+        "idle_timeout",
         "query_defaults",
     }
 )
@@ -525,8 +526,10 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
 
         Options: ``session_id`` (default ``session_<32 hex>``), ``connect_timeout``
         and ``init_timeout`` (15 s), ``buffer_max`` (10 MB), ``error_linger``
-        (1 s), ``drain_timeout`` (5 s), ``query_defaults``, plus the backend's
-        own options (``model``, ``permission_mode``, ``cwd``...).
+        (1 s), ``drain_timeout`` (5 s), ``idle_timeout`` (None: never hibernate;
+        seconds: stop the idle backend and resume it on the next call),
+        ``query_defaults``, plus the backend's own options (``model``,
+        ``permission_mode``, ``cwd``...).
 
         Raises:
             UnknownBackend, InvalidOption: bad backend or option.

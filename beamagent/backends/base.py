@@ -58,6 +58,8 @@ class SessionState(enum.StrEnum):
     READY = "ready"
     ACTIVE_QUERY = "active_query"
     ERROR = "error"
+    HIBERNATING = "hibernating"
+    """Idle: the backend was stopped; the next call that needs it starts it again."""
 
 
 # --- transport events ------------------------------------------------------------------
@@ -161,6 +163,10 @@ class BackendHandler(abc.ABC):
     """Message types that end a query (BeamAgent: ``result``; some backends ``error`` too)."""
     line_framed: ClassVar[bool] = True
     """Data is newline-framed: the actor skips parsing until a newline arrives."""
+    hibernates: ClassVar[bool] = False
+    """A new handler, built from the session's lineage (native id, model, permission
+    mode, ``backend_state``), continues the conversation: an idle session may stop
+    this backend and start it again on the next call (``idle_timeout``)."""
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         self.options = dict(options)

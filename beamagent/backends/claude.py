@@ -160,6 +160,7 @@ class ClaudeHandler(BackendHandler):
     """
 
     name: ClassVar[str] = "claude"
+    hibernates: ClassVar[bool] = True  # woken with --resume=<native id>
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {
             Capability.SESSION_LIFECYCLE,

@@ -118,6 +118,7 @@ class CodexHandler(BackendHandler):
     """
 
     name: ClassVar[str] = "codex"
+    hibernates: ClassVar[bool] = True  # woken with thread/resume
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {
             Capability.SESSION_LIFECYCLE,

@@ -353,6 +353,7 @@ class LocalHandler(BackendHandler):
     """Handler of the ``local`` backend (see the module docstring)."""
 
     name: ClassVar[str] = "local"
+    hibernates: ClassVar[bool] = True  # a new agent under the same native id
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {
             Capability.SESSION_LIFECYCLE,

@@ -246,6 +246,7 @@ class OpenAIHandler(BackendHandler):
     """
 
     name: ClassVar[str] = "openai"
+    hibernates: ClassVar[bool] = True  # the conversation lives in backend_state
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {
             Capability.SESSION_LIFECYCLE,

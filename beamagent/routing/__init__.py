@@ -376,7 +376,7 @@ def interrupt(session: Session | str) -> None:
 
 
 def health(session: Session | str) -> str:
-    """The session's state (``ready``, ``active_query``...), ``"unknown"`` if not running."""
+    """The session's state (``ready``, ``hibernating``...), ``"unknown"`` if not running."""
     if isinstance(session, str):
         return Session(_default(), session).health()
     return _handle(session).health()

@@ -1,9 +1,10 @@
 """The session actor: one backend conversation as a supervised state machine.
 
-States ``connecting → initializing → ready ⇄ active_query`` and ``error``
-(BeamAgent's gen_statem). The actor owns the transport, the message queue,
-the single consumer, the timeouts and the state; the backend handler only
-translates. Transport events arrive as messages from the transport's threads.
+States ``connecting → initializing → ready ⇄ active_query``, ``error`` and
+``hibernating`` (BeamAgent's gen_statem, plus hibernation). The actor owns
+the transport, the message queue, the single consumer, the timeouts and the
+state; the backend handler only translates. Transport events arrive as
+messages from the transport's threads.
 
 Guarantees:
 
@@ -21,7 +22,16 @@ Guarantees:
   ``delivered`` says whether the prompt had reached the backend;
 * a failed store write is a ``StoreError`` to the caller whose messages could
   not be recorded; the session stays ``ready``, keeps those messages and
-  writes them (in order, before anything newer) once the store works again.
+  writes them (in order, before anything newer) once the store works again;
+* with ``idle_timeout``, a session whose backend had nothing to do for that
+  long (no query, permission request or control request outstanding, no
+  traffic either way) *hibernates*: it closes its transport (the process
+  group is reaped, as on stop) and drops its handler, keeping its identity,
+  lineage and mailbox. The next call that needs the backend builds a new
+  handler from the lineage -- the same path as a restart, so the backend
+  resumes its conversation -- and is postponed until it is ready; reads do
+  not wake it. A failed wake fails the postponed calls with its error and the
+  session with it, as a failed reconnect does.
 """
 
 from __future__ import annotations
@@ -171,6 +181,26 @@ def _seconds(minimum: float, inclusive: bool) -> Callable[[Any, attrs.Attribute[
     return check
 
 
+def _idle_timeout(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise InvalidOption(
+            f"session option {attribute.name!r} must be a finite number of seconds > 0, "
+            f"or None (never hibernate); got {value!r}"
+        )
+    if not instance.handler_cls.hibernates:
+        raise InvalidOption(
+            f"session option 'idle_timeout': backend {instance.backend!r} cannot hibernate "
+            "(its handler does not resume a conversation in a new backend); leave it None"
+        )
+
+
 def _buffer_max(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 2**40:
         raise InvalidOption(
@@ -204,6 +234,8 @@ class SessionConfig:
     buffer_max: int = attrs.field(default=10_000_000, validator=_buffer_max)
     error_linger: float = attrs.field(default=1.0, validator=_seconds(0, inclusive=True))
     drain_timeout: float = attrs.field(default=5.0, validator=_seconds(0, inclusive=False))
+    idle_timeout: float | None = attrs.field(default=None, validator=_idle_timeout)
+    """Hibernate after this many idle seconds (None: never); see ``SessionActor``."""
     query_defaults: dict[str, Any] = attrs.field(factory=dict, converter=_query_defaults)
     lineage: SessionLineage = attrs.field(factory=SessionLineage)
     on_state: Callable[[str, str], None] | None = None
@@ -228,7 +260,7 @@ class _CallResult:
 
 @attrs.frozen
 class _Timeout:
-    kind: str  # connect | init | consumer | collect | arm_collect | drain | linger | control
+    kind: str  # connect | init | consumer | collect | arm_collect | drain | linger | control | idle
     token: int
     key: str = ""
 
@@ -304,13 +336,26 @@ class SessionActor(Process):
         self._timer_flush_token = 0
         self._info: dict[str, Any] = {}
         self._started_at = time.time()
+        # Hibernation: see the module docstring.
+        self._idle_timer: TimerRef | None = None
+        self._idle_token = 0
+        self._last_activity = time.monotonic()
+        self._calls_pending = 0  # user callbacks (permission requests, hooks) not yet answered
+        self._waking = False
+        self._wake_started = 0.0
+        self._dormant: dict[str, Any] | None = None  # the dropped handler's facts, for info
+        self._hibernations = 0
 
     # --- lifecycle -------------------------------------------------------------------
 
-    def on_start(self) -> None:
+    def _open_backend(self) -> None:
+        """Build the handler from the options and the lineage, and start its transport.
+
+        Used at every (re)start and to wake from hibernation: the lineage's
+        native id, model and permission mode make the backend resume where it was.
+        """
         config = self.config
         lineage = config.lineage
-        lineage.incarnations += 1
         options = dict(config.options)
         if lineage.model is not None:
             options["model"] = lineage.model
@@ -320,13 +365,13 @@ class SessionActor(Process):
             lineage.native_session_id is not None
             and "native_session_id" in config.handler_cls.option_names()
         ):
-            options.setdefault("native_session_id", lineage.native_session_id)
+            # The lineage's id is the one the backend last reported: it wins over the
+            # option (which named what to resume at the first start).
+            options["native_session_id"] = lineage.native_session_id
         options["session_id"] = config.session_id
         options["backend_state"] = lineage.backend_state
         self.handler = config.handler_cls(options)
         self.transport = self.handler.open_transport()
-        if lineage.incarnations > 1:
-            self._log.warning("session_restarted", incarnation=lineage.incarnations)
         self._arm("connect", config.connect_timeout)
         generation = self._generation
         actor_ref = self.actor_ref
@@ -336,6 +381,15 @@ class SessionActor(Process):
                 actor_ref.tell(_TransportEvent(generation, event))
 
         self.transport.start(sink)
+
+    def on_start(self) -> None:
+        config = self.config
+        lineage = config.lineage
+        lineage.incarnations += 1
+        if lineage.incarnations > 1:
+            self._log.warning("session_restarted", incarnation=lineage.incarnations)
+        self._open_backend()
+        assert self.handler is not None
         if config.recorder is not None:
             self._unstored_meta = self._meta()
             self._flush_store()
@@ -511,6 +565,9 @@ class SessionActor(Process):
                 self.reply_error(
                     entry[0], QueryTimeout(f"control request {timeout.key} was not answered")
                 )
+        elif kind == "idle" and timeout.token == self._idle_token:
+            self._idle_timer = None
+            self._idle_check()
 
     # --- transport events ------------------------------------------------------------------
 
@@ -582,6 +639,7 @@ class SessionActor(Process):
             )
 
     def _apply(self, output: HandlerOutput) -> None:
+        self._touch()  # traffic with the backend, either way
         transport = self.transport
         for chunk in output.writes:
             if transport is None:
@@ -637,6 +695,7 @@ class SessionActor(Process):
         """
         actor_ref = self.actor_ref
         generation = self._generation
+        self._calls_pending += 1  # a pending permission request keeps the session awake
 
         def run() -> None:
             result: Any = None
@@ -653,6 +712,7 @@ class SessionActor(Process):
         ).start()
 
     def _on_call_result(self, message: _CallResult) -> None:
+        self._calls_pending -= 1
         if message.generation != self._generation or self.state is SessionState.ERROR:
             return
         handler = self.handler
@@ -662,6 +722,8 @@ class SessionActor(Process):
         self._apply(handler.on_call_result(message.key, message.result, message.error))
 
     def _become_ready(self) -> None:
+        if self._waking:
+            self._woke()
         self._cancel_timer()
         self.config.lineage.ever_ready = True
         self._set_state(SessionState.READY)
@@ -869,6 +931,8 @@ class SessionActor(Process):
         if self.state is SessionState.ERROR:
             return
         self._error = error
+        if self._waking:
+            self._wake_failed(error)
         self._set_state(SessionState.ERROR)
         self._log.warning("session_failed", reason=str(error.reason), error=str(error))
         self._generation += 1  # ignore whatever the dead transport still delivers
@@ -922,8 +986,14 @@ class SessionActor(Process):
     def _postpone_if_not_ready(self, call: Callable[[pykka.Future[Any]], Any]) -> bool:
         """Queue a call until the session is ready (and not draining); True if queued.
 
-        ``call`` gets the caller's (deferred) future when it is replayed.
+        ``call`` gets the caller's (deferred) future when it is replayed. A
+        hibernating session is woken: the call waits for the backend as during a
+        reconnect.
         """
+        if self.state is SessionState.HIBERNATING:
+            self._postponed.append((call, self.defer_reply()))
+            self._wake()
+            return True
         if self.state in (SessionState.CONNECTING, SessionState.INITIALIZING) or (
             self._draining and self.state is SessionState.READY
         ):
@@ -931,12 +1001,135 @@ class SessionActor(Process):
             return True
         return False
 
+    # --- hibernation ----------------------------------------------------------------------------
+
+    def _touch(self) -> None:
+        """Traffic with the backend: idleness counts from now (one timer, re-armed lazily)."""
+        self._last_activity = time.monotonic()
+        if (
+            self._idle_timer is None
+            and self.config.idle_timeout is not None
+            and self.state is not SessionState.HIBERNATING
+        ):
+            self._arm_idle(self.config.idle_timeout)
+
+    def _arm_idle(self, seconds: float) -> None:
+        self._idle_token = next(self._tokens)
+        self._idle_timer = send_after(self.actor_ref, _Timeout("idle", self._idle_token), seconds)
+
+    def _idle_check(self) -> None:
+        """The idle timer fired: hibernate if idle long enough, else look again later.
+
+        The timer is not moved at each call (cancelling one is not free with
+        thousands pending); it fires, and is re-armed for what is left.
+        """
+        timeout = self.config.idle_timeout
+        if timeout is None or self.state in (SessionState.ERROR, SessionState.HIBERNATING):
+            return
+        blocker = self._hibernation_blocker()
+        if blocker is not None:
+            self._log.debug("hibernation_deferred", blocker=blocker)
+            self._arm_idle(timeout)  # idleness will count from the end of that work
+            return
+        remaining = self._last_activity + timeout - time.monotonic()
+        if remaining > 0:
+            self._arm_idle(remaining)
+            return
+        self._hibernate()
+
+    def _hibernation_blocker(self) -> str | None:
+        """What is under way that needs the backend (or its answer), if anything."""
+        if self.state is not SessionState.READY:
+            return self.state.value  # a query, a (re)connect
+        if self._draining:
+            return "draining"
+        if self._calls_pending:
+            return "callback"  # a permission request or a hook awaits the user's answer
+        if self._controls:
+            return "control_request"
+        if self._postponed or self._ready_waiters:
+            return "waiting_calls"
+        return None
+
+    def _hibernate(self) -> None:
+        """Stop the backend; keep the identity, the lineage and the mailbox."""
+        handler, transport = self.handler, self.transport
+        assert handler is not None
+        self._dormant = _handler_facts(handler)
+        if transport is not None:
+            for key in transport.info():  # the pid and the like named the process now gone
+                self._info.pop(key, None)
+        self._generation += 1  # whatever the closing transport still reports is dropped
+        self._buffer = bytearray()
+        self._cancel_timer()
+        self.handler = None
+        self.transport = None
+        self._hibernations += 1
+        self._set_state(SessionState.HIBERNATING)
+        closing = time.monotonic()
+        if transport is not None:
+            try:
+                transport.close()  # as on stop: EOF, then the process group is ended and reaped
+            except Exception:
+                self._log.exception("transport_close_failed")
+        self._log.info(
+            "session_hibernated",
+            idle_timeout=self.config.idle_timeout,
+            hibernations=self._hibernations,
+            native_session_id=self._native_id(),
+            close_ms=int((time.monotonic() - closing) * 1000),
+        )
+
+    def _remember_setting(self, key: str, value: str) -> None:
+        """A model or permission mode set while hibernating: the woken backend starts with it."""
+        setattr(self.config.lineage, key, value)
+        if self._dormant is not None:
+            self._dormant[key] = value
+
+    def _wake(self) -> None:
+        """Start the backend of a hibernating session again: a reconnect that resumes."""
+        self._log.info("session_waking", native_session_id=self._native_id())
+        self._waking = True
+        self._wake_started = time.monotonic()
+        self._set_state(SessionState.CONNECTING)
+        try:
+            self._open_backend()
+        except SessionError as exc:  # e.g. the executable cannot be started
+            self._fail(exc)
+            return
+        except BeamAgentError as exc:  # e.g. the CLI was uninstalled meanwhile
+            self._fail(SessionError(str(exc), reason="wake_failed"))
+            return
+        self._dormant = None
+        self._touch()
+
+    def _woke(self) -> None:
+        self._waking = False
+        self._log.info(
+            "session_woke",
+            ms=int((time.monotonic() - self._wake_started) * 1000),
+            native_session_id=self._native_id(),
+        )
+
+    def _wake_failed(self, error: SessionError) -> None:
+        """The calls that wait for the wake get its error: typed, and not carried out."""
+        self._waking = False
+        self._log.warning("session_wake_failed", error=str(error))
+        failure = type(error)(
+            f"session {self.session_id} could not resume its backend after hibernating: {error}",
+            reason=error.reason,
+            delivered=False,
+        )
+        postponed, self._postponed = self._postponed, []
+        for _call, future in postponed:
+            self.reply_error(future, failure)
+
     # --- the API the handle calls (through ProxyCall) ---------------------------------------------
 
     def await_ready(self) -> Any:
         """Answer once the session is ready (or raise its start error)."""
         self._check_usable()
-        if self.state in (SessionState.READY, SessionState.ACTIVE_QUERY):
+        if self.state in (SessionState.READY, SessionState.ACTIVE_QUERY, SessionState.HIBERNATING):
             return self._session_info()
         self._ready_waiters.append(self.defer_reply())
         return _DEFERRED
@@ -1092,6 +1285,8 @@ class SessionActor(Process):
     def abort(self) -> None:
         """Abort the running work: the backend's abort if it has one, else interrupt."""
         self._check_usable()
+        if self.state is SessionState.HIBERNATING:
+            return self.interrupt()  # nothing runs: NoActiveQuery, and no need to wake
         handler = self.handler
         assert handler is not None
         output = handler.encode_abort()
@@ -1133,20 +1328,20 @@ class SessionActor(Process):
             info.update(self.transport.info())
         info.update(self._info)
         if handler is not None:
-            info.update(handler.info())
+            info.update(_handler_facts(handler))
+        else:  # hibernating: what the dropped handler said
+            info.update(self._dormant or dict.fromkeys(_FACTS))
         info.update(
             {
                 "session_id": self.session_id,
                 "backend": self.config.backend,
                 "state": self.state.value,
-                "model": handler.model if handler else None,
-                "permission_mode": handler.permission_mode if handler else None,
-                "adapter_module": type(handler).__module__ if handler else None,
                 "capabilities": sorted(c.value for c in self.config.handler_cls.capabilities),
                 "native_session_id": self._native_id(),
                 "incarnation": self.config.lineage.incarnations,
                 "started_at": self._started_at,
                 "route_decision": self.config.lineage.route_decision,
+                "hibernations": self._hibernations,
             }
         )
         if self._error is not None:
@@ -1158,6 +1353,10 @@ class SessionActor(Process):
         self._check_usable()
         if not isinstance(model, str) or not model:
             raise InvalidOption(f"model must be a non-empty str; got {model!r}")
+        if self.state is SessionState.HIBERNATING:
+            self._remember_setting("model", model)  # the woken backend starts with it
+            self._store_fields({"model": model})
+            return model
         handler = self.handler
         assert handler is not None
         output = handler.set_model(model)
@@ -1173,6 +1372,9 @@ class SessionActor(Process):
         self._check_usable()
         if not isinstance(mode, str) or not mode:
             raise InvalidOption(f"permission mode must be a non-empty str; got {mode!r}")
+        if self.state is SessionState.HIBERNATING:
+            self._remember_setting("permission_mode", mode)  # the woken backend starts with it
+            return mode
         handler = self.handler
         assert handler is not None
         output = handler.set_permission_mode(mode)
@@ -1183,14 +1385,44 @@ class SessionActor(Process):
         return mode
 
     def send_control(self, method: str, params: Mapping[str, Any], timeout: float | None) -> Any:
-        """A backend-native control request, else the universal fallback."""
+        """A backend-native control request, else the universal fallback.
+
+        Postponed while the backend (re)connects; a hibernating session answers
+        the universal controls itself and wakes for any other.
+        """
         self._check_usable()
+        if self.state is SessionState.HIBERNATING and method in UNIVERSAL_CONTROLS:
+            return self._universal_control(method, params)
+        if self.state in (
+            SessionState.HIBERNATING,
+            SessionState.CONNECTING,
+            SessionState.INITIALIZING,
+        ):
+            self._postponed.append(
+                (
+                    lambda future: self._send_control(method, params, timeout, future),
+                    self.defer_reply(),
+                )
+            )
+            if self.state is SessionState.HIBERNATING:
+                self._wake()
+            return _DEFERRED
+        return self._send_control(method, params, timeout, None)
+
+    def _send_control(
+        self,
+        method: str,
+        params: Mapping[str, Any],
+        timeout: float | None,
+        future: pykka.Future[Any] | None,
+    ) -> Any:
         handler = self.handler
         assert handler is not None
         request_id = f"ctl_{next(self._control_ids)}"
         output = handler.handle_control(method, dict(params), request_id)
         if output is not None:
-            future = self.defer_reply()
+            if future is None:
+                future = self.defer_reply()
             # The caller waits at most ``timeout``; a late reply is dropped at the timer.
             timer = (
                 None
@@ -1236,6 +1468,19 @@ class SessionActor(Process):
             self.reply_error(
                 future, SessionError(f"control request {method!r} failed: {error}", reason=error)
             )
+
+
+_FACTS = ("model", "permission_mode", "adapter_module")
+
+
+def _handler_facts(handler: BackendHandler) -> dict[str, Any]:
+    """What ``session_info()`` shows of a handler (kept when it is dropped to hibernate)."""
+    return {
+        **handler.info(),
+        "model": handler.model,
+        "permission_mode": handler.permission_mode,
+        "adapter_module": type(handler).__module__,
+    }
 
 
 _DEFERRED: Any = object()

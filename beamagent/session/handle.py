@@ -387,7 +387,10 @@ class Session:
         await self._acall("abort")
 
     def health(self) -> str:
-        """The session's state name, or ``"unknown"`` if it is not running."""
+        """The session's state name, or ``"unknown"`` if it is not running.
+
+        Never wakes a hibernating session (it answers ``"hibernating"``).
+        """
         try:
             return cast(str, self._call("health", timeout=CALL_TIMEOUT))
         except (SessionNotFound, SessionError, QueryTimeout):
@@ -467,7 +470,7 @@ class Session:
     def _server_health(info: Mapping[str, Any]) -> dict[str, Any]:
         return {
             "backend": info["backend"],
-            "healthy": info["state"] in ("ready", "active_query"),
+            "healthy": info["state"] in ("ready", "active_query", "hibernating"),
             "state": info["state"],
             **(info.get("server_health") or {}),
         }

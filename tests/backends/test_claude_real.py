@@ -30,7 +30,9 @@ from beamagent.testing import (
     ToolCall,
     claude_env,
 )
+from tests._events import LogEvents, until_hibernating
 from tests.backends.conftest import (
+    group_members,
     of_type,
     receive_until,
     recorder,
@@ -485,3 +487,36 @@ def test_interrupt_while_a_permission_request_is_pending(
     last = server.model_requests()[-1].text
     assert "Request interrupted by user for tool use" in last
     assert "still usable?" in last
+
+
+def test_an_idle_session_hibernates_and_resumes_with_its_context(
+    start: Any, server: FakeModelServer
+) -> None:
+    with LogEvents() as events:
+        session = start(idle_timeout=1.0)
+        session.query("ECHO:remember the word pineapple", timeout=WAIT)
+        before = session.session_info()
+        pid, native = before["pid"], before["native_session_id"]
+
+        until_hibernating(events, session, WAIT)
+
+        assert group_members(pid) == []  # the CLI and everything it started are gone
+        info = session.session_info()
+        assert info["state"] == "hibernating"
+        assert "pid" not in info
+        assert info["native_session_id"] == native
+        session.set_model("claude-haiku-4-5")  # kept for the woken CLI, which is not started
+        assert session.health() == "hibernating"
+        messages = session.query("ECHO:back again", timeout=WAIT)
+
+    assert messages[-1].content == "back again"
+    info = session.session_info()
+    assert (info["state"], info["incarnation"], info["hibernations"]) == ("ready", 1, 1)
+    assert info["resumed"] is True  # claude --resume=<native id>
+    assert info["native_session_id"] == native
+    assert info["pid"] != pid
+    # The woken CLI sent the earlier turn along with the new prompt, to the new model.
+    last = server.model_requests()[-1]
+    assert "remember the word pineapple" in last.text
+    assert "back again" in last.text
+    assert last.json["model"] == "claude-haiku-4-5"

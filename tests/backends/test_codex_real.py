@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from beamagent.testing import (
     codex_env,
 )
 from supervisors import Crashed
+from tests._events import LogEvents, until_hibernating
 from tests.backends.conftest import (
     group_members,
     of_type,
@@ -262,6 +264,29 @@ def test_killed_cli_restarts_and_resumes_the_thread(
     assert "back again" in last.text
 
 
+def test_a_restart_resumes_the_thread_codex_last_reported(
+    start: Any, runtime: Runtime, server: FakeModelServer
+) -> None:
+    # Nothing to resume under this id: codex starts a new thread, whose id the session keeps.
+    session = start(native_session_id=str(uuid.uuid4()))
+    session.query("ECHO:remember the word pineapple", timeout=WAIT)
+    info = session.session_info()
+    assert info["resume_missing"] is True
+    thread = info["thread_id"]
+    incarnation = watch_incarnation(runtime, session)
+
+    os.killpg(info["pid"], signal.SIGKILL)
+    incarnation.wait(WAIT)
+    messages = session.query("ECHO:back again", timeout=WAIT)
+
+    assert messages[-1].content == "back again"
+    info = session.session_info()
+    assert info["incarnation"] == 2
+    # The thread that holds the conversation, not the id first asked for.
+    assert (info["thread_id"], info["resumed"]) == (thread, True)
+    assert "remember the word pineapple" in server.model_requests()[-1].text
+
+
 def test_model_error_status_gives_an_error_message_and_a_usable_session(
     start: Any, server: FakeModelServer
 ) -> None:
@@ -372,3 +397,36 @@ def test_killing_only_the_npm_launcher_ends_the_session_and_its_whole_group(
     assert info["incarnation"] == 2
     assert info["pid"] != launcher
     assert "remember the word mango" in server.model_requests()[-1].text
+
+
+def test_an_idle_session_hibernates_and_resumes_its_thread(
+    start: Any, server: FakeModelServer
+) -> None:
+    with LogEvents() as events:
+        session = start(idle_timeout=1.0)
+        session.query("ECHO:remember the word pineapple", timeout=WAIT)
+        before = session.session_info()
+        launcher, thread = before["pid"], before["thread_id"]
+
+        until_hibernating(events, session, WAIT)
+
+        # The npm launcher and the native binary it started are both gone.
+        assert group_members(launcher) == []
+        info = session.session_info()
+        assert info["state"] == "hibernating"
+        assert "pid" not in info
+        assert info["thread_id"] == thread
+        session.set_model("gpt-6-sol")  # kept for the woken CLI, which is not started
+        assert session.health() == "hibernating"
+        messages = session.query("ECHO:back again", timeout=WAIT)
+
+    assert messages[-1].content == "back again"
+    info = session.session_info()
+    assert (info["state"], info["incarnation"], info["hibernations"]) == ("ready", 1, 1)
+    assert info["resumed"] is True  # thread/resume
+    assert info["thread_id"] == thread
+    assert info["pid"] != launcher
+    last = server.model_requests()[-1]
+    assert "remember the word pineapple" in last.text
+    assert "back again" in last.text
+    assert last.json["model"] == "gpt-6-sol"

@@ -6,6 +6,7 @@ depends on (or the session itself) restarted, and proves it holds now.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -19,6 +20,7 @@ import supervisors
 from beamagent import LocalExit, MessageType, Runtime
 from beamagent.errors import SessionError, SessionNotFound, StoreError
 from beamagent.testing.faults import disk_full
+from tests.session._gated import Gate, GatedLocal
 
 
 @pytest.fixture
@@ -192,6 +194,28 @@ def test_budgets_are_validated() -> None:
         Runtime(store=":memory:", session_restarts=(-1, 5.0))
     with pytest.raises(InvalidOption, match="sessions_supervisor_restarts"):
         Runtime(store=":memory:", sessions_supervisor_restarts=(3, 0))
+
+
+def test_a_control_request_waits_until_the_restarted_session_is_ready() -> None:
+    gate = Gate()
+    with Runtime(store=":memory:", backends={"gated": GatedLocal}) as rt:
+        session = rt.start_session(backend="gated", gate=gate)
+        gate.hold = True
+        _kill_session(rt, session.session_id).wait(5)
+        assert gate.reached.wait(5)  # the restarted session is held at its handshake
+
+        async def scenario() -> tuple[str, Any]:
+            control = asyncio.ensure_future(session.asend_control("echo", {"n": 1}, timeout=10))
+            await asyncio.sleep(0)  # the request is in the session's mailbox now
+            during = await session.ahealth()  # answered after the request was handled
+            gate.release.set()
+            return during, await control
+
+        during, answer = asyncio.run(scenario())
+
+        # Sent before the handshake, the strict agent would have refused it.
+        assert during == "initializing"
+        assert answer == {"echo": {"n": 1}}
 
 
 def test_a_stopped_session_is_not_found_and_leaves_no_index_entry(rt: Runtime) -> None:
