@@ -12,6 +12,7 @@ import pykka
 import pytest
 
 import supervisors
+from beamagent.backends.io_loop import release_idle_io_loop
 
 LEAK_GRACE_SECONDS = 5.0
 
@@ -70,6 +71,7 @@ def leak_check() -> Iterator[None]:
     children_before = _child_pids()
     yield
     supervisors.release_idle_timer_thread()  # the shared scheduler lingers when idle
+    release_idle_io_loop()  # so does the shared I/O loop (unless a transport is still open)
     deadline = time.monotonic() + LEAK_GRACE_SECONDS
     # Give threads that were already told to stop a moment to finish: join, don't sleep.
     for thread in set(threading.enumerate()) - threads_before:
