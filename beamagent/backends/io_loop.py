@@ -14,6 +14,12 @@ queues a message. Process exits are watched with a pidfd
 not available, :func:`wait_process_exit` polls ``os.waitid`` from the loop
 instead (an exit is then seen up to 50 ms late), still without a thread.
 
+Host names are the one thing the loop cannot resolve without blocking
+(``getaddrinfo`` has no non-blocking form), so asyncio runs those look-ups on
+the loop's default executor: here a pool of at most ``RESOLVER_THREADS`` (4)
+threads named ``beamagent-io-resolve``, started on first need (an IP address
+needs none) and joined when the loop stops.
+
 Example::
 
     lease = acquire_io_loop()
@@ -51,6 +57,9 @@ T = TypeVar("T")
 _EXIT_POLL_FIRST: Final = 0.001
 _EXIT_POLL_MAX: Final = 0.05
 
+RESOLVER_THREADS: Final = 4
+"""At most this many host-name look-ups run at once (asyncio's default would be up to 32)."""
+
 
 class IoLoop:
     """One incarnation of the shared loop: an asyncio event loop and the thread running it.
@@ -69,6 +78,10 @@ class IoLoop:
         self._idle_epoch = 0
         self._resources: dict[str, tuple[Any, Callable[[Any], Awaitable[None]]]] = {}
         self.loop.set_exception_handler(_log_loop_exception)
+        self._resolver = concurrent.futures.ThreadPoolExecutor(
+            RESOLVER_THREADS, thread_name_prefix="beamagent-io-resolve"
+        )
+        self.loop.set_default_executor(self._resolver)
         self.thread = threading.Thread(target=self._run, name="beamagent-io", daemon=True)
         """The thread running the loop (a daemon: it never holds up the interpreter's exit)."""
 
@@ -100,6 +113,8 @@ class IoLoop:
                 self.loop.run_until_complete(self._wind_down())
             finally:
                 self.loop.close()
+                # close() does not wait for the resolver's threads; they must not outlive us.
+                self._resolver.shutdown(wait=True, cancel_futures=True)
                 log.debug("io_loop_stopped")
 
     async def _wind_down(self) -> None:

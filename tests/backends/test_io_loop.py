@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -96,6 +97,31 @@ def test_a_callback_that_raises_does_not_stop_the_loop() -> None:
         assert lease.submit(answer()).result(WAIT) == 42
     finally:
         lease.release()
+
+
+async def resolve_many(n: int) -> set[str]:
+    """Resolve an address ``n`` times at once; the names of the threads that did it."""
+
+    def resolve() -> str:
+        socket.getaddrinfo("127.0.0.1", 80, type=socket.SOCK_STREAM)  # a literal: no network
+        return threading.current_thread().name
+
+    loop = asyncio.get_running_loop()
+    # As asyncio's loop.getaddrinfo does (httpx connecting to a host name).
+    return set(await asyncio.gather(*(loop.run_in_executor(None, resolve) for _ in range(n))))
+
+
+def test_name_lookups_take_a_few_threads_and_end_with_the_loop() -> None:
+    lease = acquire_io_loop()
+    try:
+        names = lease.submit(resolve_many(50)).result(WAIT)
+    finally:
+        lease.release()
+
+    assert 1 <= len(names) <= io_loop.RESOLVER_THREADS
+    assert all(name.startswith("beamagent-io-resolve") for name in names)
+    assert release_idle_io_loop()
+    assert [t for t in threading.enumerate() if t.name.startswith("beamagent-io")] == []
 
 
 @pytest.fixture(params=["pidfd", "polling"])
