@@ -3,7 +3,8 @@
 States ``connecting → initializing → ready ⇄ active_query`` and ``error``
 (BeamAgent's gen_statem). The actor owns the transport, the message queue,
 the single consumer, the timeouts and the state; the backend handler only
-translates. Transport events arrive as messages from the transport's threads.
+translates. Transport events arrive as messages from the transport (for CLIs and
+HTTP, from the shared I/O loop's thread).
 
 Guarantees:
 
