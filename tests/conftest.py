@@ -12,6 +12,7 @@ import pykka
 import pytest
 
 import supervisors
+from beamagent.backends.io_loop import release_idle_io_loop
 
 LEAK_GRACE_SECONDS = 5.0
 
@@ -71,6 +72,7 @@ def leak_check() -> Iterator[None]:
     yield
     supervisors.release_idle_timer_thread()  # the shared timer thread lingers when idle
     supervisors.release_idle_workers()  # the scheduler keeps its idle workers for more work
+    release_idle_io_loop()  # so does the shared I/O loop (unless a transport is still open)
     deadline = time.monotonic() + LEAK_GRACE_SECONDS
     # Give threads that were already told to stop a moment to finish: join, don't sleep.
     for thread in set(threading.enumerate()) - threads_before:

@@ -8,24 +8,27 @@ the actor owns queueing, the single consumer, timeouts and state.
 
 Handlers are plain objects called from the session actor's thread only; they
 never block and never touch the actor. Transports call their ``sink`` from
-their own threads (or, in-process, synchronously).
+the shared I/O loop's thread (or, in-process, synchronously).
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
+import collections
 import contextlib
 import enum
-import io
 import os
+import signal
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, cast
+from typing import IO, Any, ClassVar, cast
 
 import attrs
 
-from beamagent.backends.process_group import terminate_group
+from beamagent.backends.io_loop import IoLease, acquire_io_loop, open_pidfd, wait_process_exit
+from beamagent.backends.process_group import signal_group, terminate_group_async
 from beamagent.capabilities import Capability
 from beamagent.errors import TransportError
 from beamagent.log import get_logger
@@ -336,19 +339,32 @@ class SubprocessTransport(Transport):
     """A child process spoken to over stdin/stdout (never through a shell).
 
     The child runs in a session of its own, so its pid is also the id of the
-    process group that holds everything it spawns. Three threads serve it:
-    one delivers stdout chunks as ``Data``, one keeps the tail of stderr (for
-    the ``Exited`` event and logs, never forwarded as data), and one waits
-    for the launched process itself. When that process exits -- even while a
-    descendant still holds stdout open, as the native binary behind Codex's
-    npm launcher does -- the rest of its group is terminated (SIGTERM, then
-    SIGKILL after ``kill_timeout``), the remaining stdout is delivered, and
-    ``Exited`` is sent with the launched process's status. ``close`` ends the
-    whole group the same way and reaps everything, so no process of a
-    session outlives it.
+    process group that holds everything it spawns. No thread of its own
+    serves it: the shared I/O loop (:mod:`beamagent.backends.io_loop`) reads
+    its stdout and delivers the chunks as ``Data``, drains its stderr and
+    keeps the tail (for the ``Exited`` event and logs, never forwarded as
+    data), and watches the launched process itself (a pidfd). When that
+    process exits -- even while a descendant still holds stdout open, as the
+    native binary behind Codex's npm launcher does -- the rest of its group
+    is terminated (SIGTERM, then SIGKILL after ``kill_timeout``), the
+    remaining stdout is delivered, and ``Exited`` is sent with the launched
+    process's status; nothing is delivered after it. ``close`` ends the whole
+    group the same way and reaps everything, so no process of a session
+    outlives it.
+
+    ``send`` never blocks: it writes what the pipe takes at once, on the
+    caller's thread, and the loop writes the rest as the CLI reads its stdin
+    (at most ``STDIN_PENDING_MAX`` bytes may wait; beyond that ``send``
+    raises ``TransportError``). ``sink`` is called on the loop's thread
+    (``Connected`` on the thread calling ``start``) and must not block.
     """
 
     STDERR_TAIL = 4096
+    """Bytes of stderr kept for the ``Exited`` event."""
+    STDIN_PENDING_MAX = 64 * 1024 * 1024
+    """Bytes that may wait for a CLI that does not read its stdin before ``send`` refuses more."""
+    READ_CHUNK = 65536
+    """Bytes read per readiness event: a pipe's buffer, so one read empties a full pipe."""
 
     def __init__(
         self,
@@ -365,15 +381,28 @@ class SubprocessTransport(Transport):
         self.cwd = cwd
         self.kill_timeout = kill_timeout
         self._proc: subprocess.Popen[bytes] | None = None
-        self._stdout_thread: threading.Thread | None = None
-        self._stderr_thread: threading.Thread | None = None
-        self._watcher: threading.Thread | None = None
+        self._lease: IoLease | None = None
+        self._sink: TransportSink | None = None
+        self._pidfd: int | None = None
+        self._stdin_fd = self._stdout_fd = self._stderr_fd = -1
         self._stderr_tail = bytearray()
-        self._write_lock = threading.Lock()
-        self._close_lock = threading.Lock()
+        # Guards what other threads touch: stdin, its pending bytes, and the flags below.
+        self._lock = threading.Lock()
+        self._pending: collections.deque[memoryview] = collections.deque()
+        self._pending_bytes = 0
+        self._stdin_open = False
+        self._stdin_error: str | None = None
         self._closing = False
-        # Set once the launched process has exited (before it is reaped, see _watch).
+        # Set once the launched process has exited, before it is reaped (see _lifecycle).
         self._exited = threading.Event()
+        # Set once Exited was delivered, every fd closed and the loop's lease given back.
+        self._finished = threading.Event()
+        # Touched on the loop's thread only.
+        self._stdout_eof: asyncio.Future[None] | None = None
+        self._stderr_eof: asyncio.Future[None] | None = None
+        self._terminating: asyncio.Task[bool] | None = None
+        self._lifecycle_task: asyncio.Task[None] | None = None
+        self._grace_timers: list[asyncio.TimerHandle] = []
 
     def start(self, sink: TransportSink) -> None:
         try:
@@ -393,124 +422,269 @@ class SubprocessTransport(Transport):
                 f"cannot start {self.argv[0]!r}: {exc.strerror or exc}", reason="spawn_failed"
             ) from exc
         proc = self._proc
-        sink(Connected({"transport": "subprocess", "pid": proc.pid}))
-        self._stderr_thread = threading.Thread(
-            target=self._read_stderr, name=f"stderr-{proc.pid}", daemon=True
+        self._stdin_fd, self._stdout_fd, self._stderr_fd = (
+            cast(IO[bytes], stream).fileno() for stream in (proc.stdin, proc.stdout, proc.stderr)
         )
-        self._stdout_thread = threading.Thread(
-            target=self._read_stdout, args=(sink,), name=f"stdout-{proc.pid}", daemon=True
-        )
-        self._watcher = threading.Thread(
-            target=self._watch, args=(sink,), name=f"wait-{proc.pid}", daemon=True
-        )
-        self._stderr_thread.start()
-        self._stdout_thread.start()
-        self._watcher.start()
+        for fd in (self._stdin_fd, self._stdout_fd, self._stderr_fd):
+            os.set_blocking(fd, False)  # our ends only: the CLI's ends stay blocking
+        # Opened while it is our unreaped child, so the pidfd cannot name another process.
+        self._pidfd = open_pidfd(proc.pid)
+        self._stdin_open = True
+        self._sink = sink
+        self._lease = acquire_io_loop()
+        try:
+            sink(Connected({"transport": "subprocess", "pid": proc.pid}))
+        finally:
+            self._lease.call_soon(self._begin)  # reading starts after Connected was delivered
 
-    def _read_stdout(self, sink: TransportSink) -> None:
-        proc = self._proc
-        assert proc is not None
-        stream = cast(io.BufferedReader, proc.stdout)
-        while True:
-            try:
-                chunk = stream.read1(65536)
-            except (OSError, ValueError):
-                chunk = b""
-            if not chunk:
-                break
-            sink(Data(chunk))
+    # --- on the loop ---------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stdout_eof = loop.create_future()
+        self._stderr_eof = loop.create_future()
+        loop.add_reader(self._stdout_fd, self._on_stdout)
+        loop.add_reader(self._stderr_fd, self._on_stderr)
+        self._lifecycle_task = loop.create_task(self._lifecycle())
+
+    def _deliver(self, event: TransportEvent) -> None:
+        sink = self._sink
+        assert sink is not None
+        try:
+            sink(event)
+        except Exception:  # a broken sink must not take the loop down with it
+            log.exception("transport_sink_failed", pid=self.pid, kind=type(event).__name__)
+
+    def _on_stdout(self) -> None:
+        try:
+            chunk = os.read(self._stdout_fd, self.READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            self._deliver(Data(chunk))
+            return
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._stdout_fd)
+        _resolve(self._stdout_eof)
         # A CLI that closed its stdout but lives on can never answer again: end it, so
-        # that the watcher reports its exit.
-        if not self._exited.wait(self.kill_timeout) and not self._closing:
-            log.warning("backend_stdout_closed", pid=proc.pid)
-            terminate_group(proc.pid, self.kill_timeout)
+        # that its exit is reported.
+        if not self._exited.is_set() and not self._closing:
+            self._grace_timers.append(
+                loop.call_later(self.kill_timeout, self._stdout_closed_too_long)
+            )
 
-    def _read_stderr(self) -> None:
-        proc = self._proc
-        assert proc is not None
-        stream = cast(io.BufferedReader, proc.stderr)
-        while True:
-            try:
-                chunk = stream.read1(65536)
-            except (OSError, ValueError):
-                return
-            if not chunk:
-                return
-            # Read everything (a CLI blocked on a full stderr pipe stalls), keep the tail.
-            self._stderr_tail += chunk
-            del self._stderr_tail[: -self.STDERR_TAIL]
+    def _stdout_closed_too_long(self) -> None:
+        if not self._exited.is_set() and not self._closing:
+            log.warning("backend_stdout_closed", pid=self.pid)
+            self._terminate()
 
-    def _watch(self, sink: TransportSink) -> None:
+    def _on_stderr(self) -> None:
+        try:
+            chunk = os.read(self._stderr_fd, self.READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            asyncio.get_running_loop().remove_reader(self._stderr_fd)
+            _resolve(self._stderr_eof)
+            return
+        # Read everything (a CLI blocked on a full stderr pipe stalls), keep the tail.
+        self._stderr_tail += chunk
+        del self._stderr_tail[: -self.STDERR_TAIL]
+
+    def _terminate(self) -> asyncio.Task[bool]:
+        """End the group (once; later callers await the same termination).
+
+        Only ever started before the launched process is reaped: until then its
+        pid cannot name another group.
+        """
+        if self._terminating is None:
+            pid = self.pid
+            assert pid is not None
+            self._terminating = asyncio.get_running_loop().create_task(
+                terminate_group_async(pid, self.kill_timeout)
+            )
+        return self._terminating
+
+    async def _lifecycle(self) -> None:
         """Wait for the launched process; end the rest of its group; report ``Exited``."""
         proc = self._proc
         assert proc is not None
-        # Wait without reaping: until it is reaped, the exited process keeps its pid (the
-        # group id) from being reused, so signalling the group stays safe.
-        with contextlib.suppress(ChildProcessError):  # already reaped
-            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-        self._exited.set()
-        if not terminate_group(proc.pid, self.kill_timeout):
-            log.error("backend_group_survived", pid=proc.pid, argv0=self.argv[0])
-        status = proc.wait()
-        # Deliver what is left on stdout before the exit; the whole group is gone, so
-        # EOF comes unless a process left the group on purpose.
-        for thread, timeout in (
-            (self._stdout_thread, self.kill_timeout),
-            (self._stderr_thread, 1.0),
-        ):
-            if thread is not None:
-                thread.join(timeout=timeout)
-        tail = bytes(self._stderr_tail).decode("utf-8", "replace")
-        log.debug("backend_exited", pid=proc.pid, status=status, closing=self._closing)
-        sink(Exited(status, tail))
+        status: int | None = None
+        try:
+            # Wait without reaping: until it is reaped, the exited process keeps its pid
+            # (the group id) from being reused, so signalling the group stays safe.
+            await wait_process_exit(proc.pid, self._pidfd)
+            self._exited.set()
+            if not await self._terminate():
+                log.error("backend_group_survived", pid=proc.pid, argv0=self.argv[0])
+            status = self._reap()
+            # Deliver what is left on stdout before the exit; the whole group is gone, so
+            # EOF comes unless a process left the group on purpose.
+            for eof, timeout in ((self._stdout_eof, self.kill_timeout), (self._stderr_eof, 1.0)):
+                assert eof is not None
+                await asyncio.wait([eof], timeout=timeout)
+        except Exception:
+            log.exception("backend_watch_failed", pid=proc.pid)
+        finally:
+            self._stop_io()
+            if status is None:  # a bug above, or the loop is going away: leave nothing behind
+                self._exited.set()
+                signal_group(proc.pid, signal.SIGKILL)
+                status = self._reap(self.kill_timeout)
+            tail = bytes(self._stderr_tail).decode("utf-8", "replace")
+            log.debug("backend_exited", pid=proc.pid, status=status, closing=self._closing)
+            self._deliver(Exited(status, tail))
+            assert self._lease is not None
+            self._lease.release()  # before _finished: close() returns with the loop free
+            self._finished.set()
 
-    def send(self, data: bytes) -> None:
+    def _reap(self, timeout: float | None = None) -> int:
         proc = self._proc
-        if proc is None or proc.stdin is None or self._exited.is_set():
-            raise TransportError("the backend process is not running", reason="not_running")
-        with self._write_lock:
+        assert proc is not None
+        with self._lock:  # signal() must not hit a reaped pid
             try:
-                proc.stdin.write(data)
-                proc.stdin.flush()
-            except (BrokenPipeError, OSError, ValueError) as exc:
-                raise TransportError(
-                    f"write to backend failed: {exc}", reason="send_failed"
-                ) from exc
+                return proc.wait(timeout)  # it has exited: this does not block
+            except subprocess.TimeoutExpired:
+                log.error("backend_unreaped", pid=proc.pid)
+                return -1
 
-    def signal(self, signum: int) -> None:
-        """Send a signal to the launched process (e.g. SIGINT to interrupt a CLI)."""
+    def _stop_io(self) -> None:
+        """Stop watching the pipes and close them, and the pidfd."""
         proc = self._proc
-        if proc is not None and not self._exited.is_set():
-            # os.kill, not Popen.send_signal: that polls, and reaping here would free
-            # the group id before the watcher has ended the group.
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signum)
-
-    def close(self) -> None:
-        """End the backend: EOF on stdin, then SIGTERM/SIGKILL to its whole group; reap it.
-
-        Waits up to ``kill_timeout`` for the CLI to exit on EOF, as most do,
-        then ends its group; returns once every thread of the transport is done.
-        """
-        with self._close_lock:
-            proc = self._proc
-            if proc is None or self._closing:
-                return
-            self._closing = True
-        if proc.stdin is not None:
-            with contextlib.suppress(OSError, ValueError):
-                proc.stdin.close()  # EOF: most CLIs exit on their own
-        if not self._exited.wait(self.kill_timeout):
-            terminate_group(proc.pid, self.kill_timeout)
-        current = threading.current_thread()
-        # The watcher may itself spend up to 2 x kill_timeout ending the group.
-        for thread in (self._watcher, self._stdout_thread, self._stderr_thread):
-            if thread is not None and thread is not current:
-                thread.join(timeout=3 * self.kill_timeout + 1.0)
+        assert proc is not None
+        loop = asyncio.get_running_loop()
+        for timer in self._grace_timers:
+            timer.cancel()
+        loop.remove_reader(self._stdout_fd)
+        loop.remove_reader(self._stderr_fd)
+        self._close_stdin()
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
+        if self._pidfd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._pidfd)
+            self._pidfd = None
+
+    def _close_stdin(self) -> None:
+        proc = self._proc
+        assert proc is not None
+        with self._lock:
+            if not self._stdin_open:
+                return
+            self._stdin_open = False
+            self._pending.clear()
+            self._pending_bytes = 0
+            asyncio.get_running_loop().remove_writer(self._stdin_fd)
+            with contextlib.suppress(OSError, ValueError):
+                cast(IO[bytes], proc.stdin).close()  # nothing buffered: send() writes the fd
+
+    def _watch_stdin(self) -> None:
+        with self._lock:
+            if self._stdin_open and self._pending:
+                asyncio.get_running_loop().add_writer(self._stdin_fd, self._flush_stdin)
+
+    def _flush_stdin(self) -> None:
+        with self._lock:
+            while self._pending and self._stdin_open:
+                chunk = self._pending[0]
+                try:
+                    written = os.write(self._stdin_fd, chunk)
+                except (BlockingIOError, InterruptedError):
+                    return  # still full: called again when the CLI has read some
+                except OSError as exc:
+                    # It closed its stdin (or died): later sends fail; its exit is reported.
+                    self._stdin_error = exc.strerror or str(exc)
+                    self._pending.clear()
+                    self._pending_bytes = 0
+                    break
+                self._pending_bytes -= written
+                if written < len(chunk):
+                    self._pending[0] = chunk[written:]
+                else:
+                    self._pending.popleft()
+            asyncio.get_running_loop().remove_writer(self._stdin_fd)
+
+    def _begin_close(self) -> None:
+        self._close_stdin()  # EOF: most CLIs exit on their own
+        if not self._exited.is_set():
+            loop = asyncio.get_running_loop()
+            self._grace_timers.append(loop.call_later(self.kill_timeout, self._close_too_long))
+
+    def _close_too_long(self) -> None:
+        if not self._exited.is_set():
+            self._terminate()
+
+    # --- from any thread -------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Write ``data`` to the CLI's stdin without blocking (see the class docstring)."""
+        with self._lock:
+            if self._proc is None or self._exited.is_set() or not self._stdin_open:
+                raise TransportError("the backend process is not running", reason="not_running")
+            if self._stdin_error is not None:
+                raise TransportError(
+                    f"write to backend failed: {self._stdin_error}", reason="send_failed"
+                )
+            if self._pending:  # keep the order: behind what waits already
+                if self._pending_bytes + len(data) > self.STDIN_PENDING_MAX:
+                    raise TransportError(
+                        f"the backend has not read {self._pending_bytes} bytes of its stdin; "
+                        "it is stuck, or too slow for what is sent to it",
+                        reason="stdin_full",
+                    )
+                self._queue(memoryview(data))
+                return
+            try:
+                written = os.write(self._stdin_fd, data)
+            except (BlockingIOError, InterruptedError):
+                written = 0
+            except OSError as exc:
+                self._stdin_error = exc.strerror or str(exc)
+                raise TransportError(
+                    f"write to backend failed: {exc}", reason="send_failed"
+                ) from exc
+            if written < len(data):
+                self._queue(memoryview(data)[written:])
+                assert self._lease is not None
+                self._lease.call_soon(self._watch_stdin)
+
+    def _queue(self, chunk: memoryview) -> None:
+        self._pending.append(chunk)
+        self._pending_bytes += len(chunk)
+
+    def signal(self, signum: int) -> None:
+        """Send a signal to the launched process (e.g. SIGINT to interrupt a CLI)."""
+        with self._lock:  # held while it is reaped: the pid cannot be another's meanwhile
+            proc = self._proc
+            if proc is not None and not self._exited.is_set():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signum)
+
+    def close(self) -> None:
+        """End the backend: EOF on stdin, then SIGTERM/SIGKILL to its whole group; reap it.
+
+        Gives the CLI ``kill_timeout`` to exit on EOF, as most do, then ends
+        its group; returns once the process is reaped, ``Exited`` delivered
+        and every pipe closed. Idempotent.
+        """
+        with self._lock:
+            if self._proc is None or self._closing:
+                return
+            self._closing = True
+        lease = self._lease
+        if lease is None or not lease.call_soon(self._begin_close):
+            return  # already finished: everything is released
+        if lease.in_loop_thread():
+            return  # cannot wait for the loop on the loop; it finishes on its own
+        # EOF, then up to twice kill_timeout ending the group, then the last output.
+        if not self._finished.wait(4 * self.kill_timeout + 2.0):
+            log.error("backend_close_timed_out", pid=self.pid, argv0=self.argv[0])
 
     @property
     def pid(self) -> int | None:
@@ -520,3 +694,8 @@ class SubprocessTransport(Transport):
     def info(self) -> dict[str, Any]:
         """``pid`` (also the process group id), ``argv0``."""
         return {"transport": "subprocess", "pid": self.pid, "argv0": self.argv[0]}
+
+
+def _resolve(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)

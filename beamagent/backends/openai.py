@@ -8,20 +8,21 @@ yields an ``error`` message and an error ``result``, and the session stays
 usable. The conversation (completed exchanges only) lives in the session's
 lineage, so it survives a supervisor restart.
 
-The HTTP call must never block the session actor, so it runs on a thread of
-:class:`HttpStreamTransport`, which speaks a small JSON Lines protocol with
-the handler: the handler *writes* request and cancel commands, the transport
-*delivers* one line per server-sent event, then ``done`` (or ``http_error``,
-``transport_error``, ``cancelled``). The handler stays a pure translator and
-the actor's byte-stream machinery (buffering, queueing, timeouts) is reused.
+The HTTP call must never block the session actor, so it runs as a task on the
+shared I/O loop (:class:`HttpStreamTransport`, no thread per request), which
+speaks a small JSON Lines protocol with the handler: the handler *writes*
+request and cancel commands, the transport *delivers* one line per server-sent
+event, then ``done`` (or ``http_error``, ``transport_error``, ``cancelled``).
+The handler stays a pure translator and the actor's byte-stream machinery
+(buffering, queueing, timeouts) is reused.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
+import http.cookiejar
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ from beamagent.backends.base import (
     Transport,
     TransportSink,
 )
+from beamagent.backends.io_loop import IoLease, acquire_io_loop
 from beamagent.backends.jsonl import decode_lines, encode_line
 from beamagent.capabilities import Capability
 from beamagent.errors import InvalidOption, TransportError
@@ -54,18 +56,25 @@ _RESERVED: Final = frozenset({"model", "messages", "stream", "stream_options"})
 
 
 class HttpStreamTransport(Transport):
-    """Runs streaming HTTP requests on a worker thread; events come back as JSON lines.
+    """Runs streaming HTTP requests on the shared I/O loop; events come back as JSON lines.
 
     Commands (bytes written with :meth:`send`, one JSON object per line):
 
     * ``{"op": "request", "id": N, "method": "POST", "url": ..., "json": {...}}``
       starts a request (one at a time);
-    * ``{"op": "cancel", "id": N}`` aborts it: the socket is shut down, which
-      wakes a read blocked on a stalled server.
+    * ``{"op": "cancel", "id": N}`` aborts it: its task on the loop is
+      cancelled, which ends it wherever it waits (connecting, for the
+      response headers, on a stalled stream).
 
     Delivered lines: ``{"op": "event", "id", "event", "data"}`` per SSE event,
     then exactly one of ``{"op": "done"}``, ``{"op": "http_error", "status",
     "body"}``, ``{"op": "transport_error", "error"}``, ``{"op": "cancelled"}``.
+
+    No thread per session or per request: requests are tasks on the shared
+    I/O loop (:mod:`beamagent.backends.io_loop`), sent through one
+    ``httpx.AsyncClient`` that every session on the loop shares (connections
+    are pooled; headers and timeouts go with each request; it keeps no
+    cookies, so sessions share no state).
     """
 
     def __init__(
@@ -79,26 +88,27 @@ class HttpStreamTransport(Transport):
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self._sink: TransportSink | None = None
-        self._client: httpx.Client | None = None
+        self._lease: IoLease | None = None
         self._lock = threading.Lock()
-        self._workers: list[threading.Thread] = []
         self._current: int | None = None
         self._cancelled: set[int] = set()
-        self._response: httpx.Response | None = None
+        self._running = 0  # request tasks not finished yet (a new one may start as one ends)
+        self._idle = threading.Event()
+        self._idle.set()
         self._closed = False
+        # Touched on the loop's thread only.
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._entered: set[int] = set()  # tasks that began running (cancel() reaches them)
 
     def start(self, sink: TransportSink) -> None:
-        import httpx  # imported here: it costs ~70 ms and only this backend needs it
+        import httpx  # noqa: F401 - here, not at import: it costs ~70 ms and only we need it
 
         self._sink = sink
-        self._client = httpx.Client(
-            headers=self.headers,
-            timeout=httpx.Timeout(self.read_timeout, connect=self.connect_timeout),
-        )
+        self._lease = acquire_io_loop()
         sink(Connected({"transport": "http"}))
 
     def send(self, data: bytes) -> None:
-        if self._closed or self._client is None:
+        if self._closed or self._lease is None:
             raise TransportError("the HTTP transport is closed", reason="closed")
         for command in decode_lines(data).objects:
             op = command.get("op")
@@ -111,47 +121,55 @@ class HttpStreamTransport(Transport):
         request_id = int(command["id"])
         with self._lock:
             # Busy until the last line of the previous request was handed over; its
-            # thread may still be finishing, which is fine (close() joins them all).
+            # task may still be finishing, which is fine (close() waits for them all).
             if self._current is not None:
                 raise TransportError(
                     "the HTTP transport is already running a request", reason="busy"
                 )
             self._current = request_id
-            worker = threading.Thread(
-                target=self._run,
-                args=(request_id, command),
-                name=f"beamagent-http-{request_id}",
-                daemon=True,
-            )
-            self._workers = [w for w in self._workers if w.is_alive()]
-            self._workers.append(worker)
-        worker.start()
+            self._running += 1
+            self._idle.clear()
+        assert self._lease is not None
+        if not self._lease.call_soon(self._spawn, request_id, dict(command)):
+            self._request_ended(request_id)
+            raise TransportError("the HTTP transport is closed", reason="closed")
 
     def _emit(self, line: Mapping[str, Any]) -> None:
         sink = self._sink
         if sink is not None and not self._closed:
             sink(Data(encode_line(line)))
 
-    def _run(self, request_id: int, command: Mapping[str, Any]) -> None:
+    # --- on the loop ---------------------------------------------------------------------
+
+    def _spawn(self, request_id: int, command: dict[str, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(request_id, command))
+        self._tasks[request_id] = task
+        task.add_done_callback(lambda _task: self._tasks.pop(request_id, None))
+
+    async def _run(self, request_id: int, command: Mapping[str, Any]) -> None:
         import httpx
         from httpx_sse import EventSource, SSEError
 
-        client = self._client
-        assert client is not None
+        self._entered.add(request_id)
         final: dict[str, Any] = {"op": "done", "id": request_id}
         try:
-            with client.stream(
+            if self._is_cancelled(request_id):
+                raise _Cancelled  # cancelled before it started
+            assert self._lease is not None
+            client = self._lease.io_loop.resource(_CLIENT_KEY, _new_client, _close_client)
+            async with client.stream(
                 str(command.get("method", "POST")),
                 str(command["url"]),
                 json=command.get("json"),
-                headers={"Accept": "text/event-stream", "Cache-Control": "no-store"},
+                headers={
+                    **self.headers,
+                    "Accept": "text/event-stream",
+                    "Cache-Control": "no-store",
+                },
+                timeout=httpx.Timeout(self.read_timeout, connect=self.connect_timeout),
             ) as response:
-                with self._lock:
-                    self._response = response
-                if request_id in self._cancelled:
-                    raise _Cancelled
                 if response.status_code >= 400:
-                    body = response.read().decode("utf-8", "replace")
+                    body = (await response.aread()).decode("utf-8", "replace")
                     final = {
                         "op": "http_error",
                         "id": request_id,
@@ -159,9 +177,7 @@ class HttpStreamTransport(Transport):
                         "body": body[:20_000],
                     }
                 else:
-                    for event in EventSource(response).iter_sse():
-                        if request_id in self._cancelled:
-                            raise _Cancelled
+                    async for event in EventSource(response).aiter_sse():
                         self._emit(
                             {
                                 "op": "event",
@@ -170,51 +186,78 @@ class HttpStreamTransport(Transport):
                                 "data": event.data,
                             }
                         )
-        except _Cancelled:
+        except (_Cancelled, asyncio.CancelledError):
             final = {"op": "cancelled", "id": request_id}
-        except (httpx.HTTPError, SSEError, OSError, ValueError) as exc:
-            if request_id in self._cancelled:
+        except Exception as exc:  # a bug too: the session must get its final line
+            if self._is_cancelled(request_id):
                 final = {"op": "cancelled", "id": request_id}
             else:
+                if not isinstance(exc, httpx.HTTPError | SSEError | OSError | ValueError):
+                    log.error("http_request_crashed", request=request_id, error=repr(exc))
                 final = {
                     "op": "transport_error",
                     "id": request_id,
                     "error": f"{type(exc).__name__}: {exc}",
                 }
         finally:
-            with self._lock:
-                self._response = None
+            self._entered.discard(request_id)
         # Free the transport before the final line: the session may send the next
         # request as soon as it has read it.
         with self._lock:
-            self._current = None
+            if self._current == request_id:
+                self._current = None
             self._cancelled.discard(request_id)
-        self._emit(final)
+        try:
+            self._emit(final)
+        finally:
+            self._request_ended(request_id)  # else close() would wait for it in vain
+
+    def _cancel_task(self, request_id: int) -> None:
+        # A task that has not begun would be cancelled before its first line, losing its
+        # final line: it sees the cancellation itself when it begins.
+        task = self._tasks.get(request_id)
+        if task is not None and request_id in self._entered:
+            task.cancel()
+
+    # --- from any thread -------------------------------------------------------------------
+
+    def _is_cancelled(self, request_id: int) -> bool:
+        with self._lock:
+            return request_id in self._cancelled
+
+    def _request_ended(self, request_id: int) -> None:
+        with self._lock:
+            if self._current == request_id:
+                self._current = None
+            self._running -= 1
+            if not self._running:
+                self._idle.set()
 
     def _cancel(self, request_id: Any) -> None:
         with self._lock:
             if request_id is None or request_id != self._current:
                 return
             self._cancelled.add(request_id)
-            response = self._response
-        if response is not None:
-            _shutdown_socket(response)
+        assert self._lease is not None
+        self._lease.call_soon(self._cancel_task, request_id)
 
     def close(self) -> None:
+        """Cancel the running request, wait for it to end, and let go of the loop."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            current, response, workers = self._current, self._response, list(self._workers)
+            current = self._current
             if current is not None:
                 self._cancelled.add(current)
-        if response is not None:
-            _shutdown_socket(response)
-        for worker in workers:
-            if worker is not threading.current_thread():
-                worker.join(timeout=self.connect_timeout + 5.0)
-        if self._client is not None:
-            self._client.close()
+        lease = self._lease
+        if lease is None:
+            return
+        if current is not None:
+            lease.call_soon(self._cancel_task, current)
+        if not lease.in_loop_thread() and not self._idle.wait(self.connect_timeout + 5.0):
+            log.error("http_close_timed_out", request=current)
+        lease.release()
 
     def info(self) -> dict[str, Any]:
         return {"transport": "http"}
@@ -224,13 +267,26 @@ class _Cancelled(Exception):
     pass
 
 
-def _shutdown_socket(response: httpx.Response) -> None:
-    """Wake a thread blocked reading ``response``: shut its socket down (close would not)."""
-    stream = response.extensions.get("network_stream")
-    sock = stream.get_extra_info("socket") if stream is not None else None
-    if isinstance(sock, socket.socket):
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+_CLIENT_KEY: Final = "beamagent.backends.openai.client"
+
+
+def _new_client() -> httpx.AsyncClient:
+    """The HTTP client every ``openai`` session on the I/O loop shares."""
+    import httpx
+
+    # Sessions share connections, not state: a cookie set for one session must not
+    # reach another, so the jar refuses every cookie (these APIs authenticate by header).
+    no_cookies = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    return httpx.AsyncClient(
+        cookies=no_cookies,
+        # A streamed reply holds its connection for the whole turn: never make a
+        # session wait for another's; keep some idle ones for the next turns.
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
+    )
+
+
+async def _close_client(client: httpx.AsyncClient) -> None:
+    await client.aclose()
 
 
 class OpenAIHandler(BackendHandler):

@@ -10,16 +10,28 @@ signalling the group does not. A process that leaves the group on purpose
 Membership is read from ``/proc`` on Linux, so that zombies (exited, waiting
 for a parent to reap them) do not count as alive; elsewhere a group is alive
 while ``killpg(pgid, 0)`` finds it.
+
+:func:`terminate_group` blocks its caller; :func:`terminate_group_async` does
+the same on an asyncio loop (the shared I/O loop ends groups that way, so a
+group that takes seconds to die holds up no other session).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
 from typing import Final
 
-__all__ = ["group_alive", "signal_group", "terminate_group", "wait_group_gone"]
+__all__ = [
+    "group_alive",
+    "signal_group",
+    "terminate_group",
+    "terminate_group_async",
+    "wait_group_gone",
+    "wait_group_gone_async",
+]
 
 _PROC: Final = "/proc"
 _FIRST_POLL: Final = 0.001
@@ -93,3 +105,27 @@ def terminate_group(pgid: int, timeout: float) -> bool:
         return True
     signal_group(pgid, signal.SIGKILL)
     return wait_group_gone(pgid, timeout)
+
+
+async def wait_group_gone_async(pgid: int, timeout: float) -> bool:
+    """:func:`wait_group_gone` for an asyncio loop: polls without blocking the loop."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = _FIRST_POLL
+    while group_alive(pgid):
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return False
+        await asyncio.sleep(min(delay, remaining))
+        delay = min(delay * 2, _MAX_POLL)
+    return True
+
+
+async def terminate_group_async(pgid: int, timeout: float) -> bool:
+    """:func:`terminate_group` for an asyncio loop: SIGTERM, then SIGKILL after ``timeout``."""
+    if not signal_group(pgid, signal.SIGTERM):
+        return True
+    if await wait_group_gone_async(pgid, timeout):
+        return True
+    signal_group(pgid, signal.SIGKILL)
+    return await wait_group_gone_async(pgid, timeout)

@@ -4,7 +4,8 @@ States ``connecting → initializing → ready ⇄ active_query``, ``error`` and
 ``hibernating`` (BeamAgent's gen_statem, plus hibernation). The actor owns
 the transport, the message queue, the single consumer, the timeouts and the
 state; the backend handler only translates. Transport events arrive as
-messages from the transport's threads.
+messages from the transport (for CLIs and HTTP, from the shared I/O loop's
+thread).
 
 Guarantees:
 

@@ -1059,6 +1059,9 @@ class _HTTPServer(HTTPServer):
     """An HTTPServer that runs each connection on a thread it can join on stop()."""
 
     daemon_threads = True
+    # socketserver's default backlog (5) overflows when many clients connect at once (one
+    # asyncio loop connects every session's request together), and some see resets.
+    request_queue_size = 128
 
     def __init__(self, owner: FakeModelServer, address: tuple[str, int]) -> None:
         self.owner = owner

@@ -15,9 +15,11 @@ import json
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
+import pykka
 import pytest
 
 from beamagent import Runtime, Session
@@ -390,3 +392,42 @@ def test_a_cli_that_is_not_logged_in_gives_an_error_result_and_turns_unhealthy(
     # query, so this later call to the registry sees it.
     assert runtime.backend_health()["claude"] == "unhealthy"
     runtime.set_health("claude", None)  # after `claude /login`
+
+
+def test_thirty_sessions_answer_without_a_thread_each_for_their_cli(runtime: Runtime) -> None:
+    threads_before = threading.active_count()
+    actors_before = len(pykka.ActorRegistry.get_all())
+    sessions = [fake_claude(runtime, "echo") for _ in range(30)]
+
+    refs = [session.send_query(f"turn {n}") for n, session in enumerate(sessions)]
+    for number, (session, ref) in enumerate(zip(sessions, refs, strict=True)):
+        messages = [session.receive_message(ref, timeout=WAIT) for _ in range(3)]
+        assert messages[-1].type is MessageType.RESULT
+        assert messages[-1].content == f"echo: turn {number}"
+
+    # Each session is an actor (a thread of its own until processes share a scheduler);
+    # its CLI's pipes and exit add nothing per session: the I/O loop is one thread.
+    actors = len(pykka.ActorRegistry.get_all()) - actors_before
+    assert threading.active_count() - threads_before <= actors + 2
+    pids = [session.session_info()["pid"] for session in sessions]
+    for session in sessions:
+        session.stop()
+    assert [pid for pid in pids if group_members(pid)] == []
+
+
+def test_a_cli_that_stops_reading_stdin_blocks_neither_its_session_nor_others(
+    runtime: Runtime,
+) -> None:
+    deaf = fake_claude(runtime, "deaf")
+    other = fake_claude(runtime, "echo")
+    pid = deaf.session_info()["pid"]
+
+    # Far beyond a pipe's buffer: written as the CLI reads, which it never does.
+    ref = deaf.send_query("x" * (4 * 1024 * 1024))
+
+    assert deaf.health() == "active_query"  # the session's thread is not stuck in a write
+    assert other.query("meanwhile", timeout=WAIT)[-1].content == "echo: meanwhile"
+    with pytest.raises(QueryTimeout):
+        deaf.receive_message(ref, timeout=0.5)  # nothing came; its own timeouts still work
+    deaf.stop()
+    assert group_members(pid) == []

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import queue
 import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from beamagent import Runtime, Session
-from beamagent.backends.openai import OpenAIHandler
-from beamagent.errors import Interrupted, InvalidOption, SessionError
+from beamagent.backends import openai
+from beamagent.backends.base import Data, TransportEvent
+from beamagent.backends.io_loop import release_idle_io_loop
+from beamagent.backends.jsonl import decode_lines, encode_line
+from beamagent.backends.openai import HttpStreamTransport, OpenAIHandler
+from beamagent.errors import Interrupted, InvalidOption, SessionError, TransportError
 from beamagent.messages import ContentBlockType, MessageType
 from beamagent.testing import ErrorStatus, FakeModelServer, Malformed, Stall, Text, ToolCall
 from supervisors import send_exit
@@ -284,3 +292,149 @@ def test_text_turn_scripted(start: Any, http_server: FakeModelServer) -> None:
     session = start()
 
     assert session.query("anything", timeout=WAIT)[-1].content == "scripted answer"
+
+
+def our_threads() -> int:
+    """Threads of this process, leaving out the fake server's own (one per connection)."""
+    return sum(1 for t in threading.enumerate() if not t.name.startswith("fake-model"))
+
+
+class Lines:
+    """A transport sink that decodes the JSON lines an ``HttpStreamTransport`` delivers."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    def __call__(self, event: TransportEvent) -> None:
+        if isinstance(event, Data):
+            for line in decode_lines(event.data).objects:
+                self.queue.put(dict(line))
+
+    def final(self) -> dict[str, Any]:
+        """Lines until the request's last one (events are skipped)."""
+        while True:
+            line = self.queue.get(timeout=WAIT)
+            if line["op"] != "event":
+                return line
+
+
+def request(request_id: int, url: str) -> bytes:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    return encode_line({"op": "request", "id": request_id, "url": url, "json": body})
+
+
+def test_requests_in_flight_take_no_thread_each(http_server: FakeModelServer) -> None:
+    http_server.script([Stall(WAIT * 3)] * 10)
+    threads_before = our_threads()
+    transports = [HttpStreamTransport() for _ in range(10)]
+    sinks = [Lines() for _ in transports]
+    try:
+        for transport, sink in zip(transports, sinks, strict=True):
+            transport.start(sink)
+            transport.send(request(1, http_server.url + "/v1/chat/completions"))
+        http_server.wait_for_requests(10, WAIT, predicate=lambda r: r.turn is not None)
+
+        # Ten replies stalled mid-stream; the requests were one thread each before.
+        assert our_threads() - threads_before <= 1
+
+        for transport in transports:
+            transport.send(encode_line({"op": "cancel", "id": 1}))
+        assert [sink.final()["op"] for sink in sinks] == ["cancelled"] * 10
+    finally:
+        for transport in transports:
+            transport.close()
+
+
+def test_closing_mid_request_ends_it_and_lets_go_of_the_loop(
+    http_server: FakeModelServer,
+) -> None:
+    http_server.script([Stall(WAIT * 3)])
+    transport = HttpStreamTransport()
+    sink = Lines()
+    transport.start(sink)
+    transport.send(request(1, http_server.url + "/v1/chat/completions"))
+    http_server.wait_for_requests(1, WAIT, predicate=lambda r: r.turn is not None)
+
+    transport.close()  # returns once the request's task has ended
+
+    assert sink.queue.empty()  # nothing is delivered after close, not even "cancelled"
+    assert release_idle_io_loop()  # no lease left: the loop's thread is gone
+    assert not any(t.name == "beamagent-io" for t in threading.enumerate())
+    with pytest.raises(TransportError, match="closed"):
+        transport.send(request(2, http_server.url + "/v1/chat/completions"))
+
+
+def test_interrupt_before_the_response_headers(start: Any) -> None:
+    # A server that accepts the connection and never answers: no headers ever come.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        session = start(base_url=f"http://127.0.0.1:{silent.getsockname()[1]}/v1")
+        ref = session.send_query("no answer")
+        assert session.receive_message(ref, timeout=WAIT).type is MessageType.SYSTEM
+
+        session.interrupt()
+
+        receive_until(session, ref, Interrupted)  # not after read_timeout (600 s)
+        assert session.health() == "ready"
+
+
+def test_the_read_timeout_applies(start: Any, http_server: FakeModelServer) -> None:
+    http_server.script([Stall(WAIT * 3)])
+    session = start(read_timeout=0.3)
+
+    messages = session.query("stalls past the read timeout", timeout=WAIT)
+
+    [error] = of_type(messages, "error")
+    assert "ReadTimeout" in (error.content or "")
+    assert messages[-1].is_error is True
+    assert session.health() == "ready"
+
+
+def test_the_shared_client_keeps_no_cookies() -> None:
+    client = openai._new_client()
+    response = httpx.Response(
+        200,
+        headers={"set-cookie": "session=abc; Path=/"},
+        request=httpx.Request("GET", "http://127.0.0.1/v1/models"),
+    )
+
+    client.cookies.extract_cookies(response)
+
+    assert list(client.cookies.jar) == []  # one session's cookie never reaches another
+    asyncio.run(client.aclose())
+
+
+def test_sessions_with_queries_in_flight_take_no_thread_each(
+    start: Any, http_server: FakeModelServer
+) -> None:
+    n = 20
+    http_server.script([Stall(WAIT * 3)] * n)
+    before = set(threading.enumerate())
+    sessions = [start() for _ in range(n)]
+    idle = our_threads()
+
+    refs = [session.send_query(f"query {i}") for i, session in enumerate(sessions)]
+    http_server.wait_for_requests(n, WAIT, predicate=lambda r: r.turn is not None)
+    for session, ref in zip(sessions, refs, strict=True):
+        assert session.receive_message(ref, timeout=WAIT).type is MessageType.SYSTEM
+        assert session.health() == "active_query"
+
+    # Twenty replies held back by the server, and no thread per session or request
+    # (there was one per request before): the sessions run on the scheduler's workers,
+    # their replies stream on the shared I/O loop.
+    added = {t.name for t in set(threading.enumerate()) - before}
+    ours = {name for name in added if not name.startswith("fake-model")}
+    assert {name for name in ours if not name.startswith("supervisors-worker-")} <= {
+        "beamagent-io",
+        "supervisors-timers",
+        "supervisors-scheduler-monitor",
+    }
+    assert our_threads() - idle <= 2  # a worker the scheduler may add meanwhile, at most
+    assert len(ours) < n // 2
+
+    for session in sessions:
+        session.interrupt()
+    for session, ref in zip(sessions, refs, strict=True):
+        receive_until(session, ref, Interrupted)
+        assert session.health() == "ready"

@@ -19,6 +19,8 @@ Modes:
   weird         answer turns with lines Python's json accepts but JSON does not: NaN,
                 Infinity, 1e999, lone surrogate escapes; and a line with invalid UTF-8
   close_stdout  answer initialize, then close stdout and live on until stdin closes
+  deaf          answer initialize, then never read stdin again (a full pipe blocks a writer)
+                and live on until a signal ends it
   not_logged_in answer every turn as the real CLI does without credentials: a result
                 "Not logged in · Please run /login" with is_error true, subtype "success"
   exit          print to stderr and exit with status 3 at once
@@ -174,6 +176,9 @@ def main() -> int:
                 emit(init_response(obj["request_id"]))
                 if mode == "close_stdout":
                     os.close(1)  # stdout is gone; stdin still reads: the process lives on
+                if mode == "deaf":
+                    while True:
+                        signal.pause()
             continue
         if obj.get("type") == "user":
             content = obj["message"]["content"]
