@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import queue
 import threading
 import time
 import weakref
@@ -42,6 +43,7 @@ from beamagent.backends.names import canonical_backend_name
 from beamagent.errors import (
     BeamAgentError,
     InvalidOption,
+    QueryTimeout,
     SessionError,
     SessionNotFound,
     StoreError,
@@ -65,11 +67,13 @@ from supervisors import (
     DynamicSupervisorRef,
     ExitReason,
     NoReply,
+    ProcessFuture,
     StartChildError,
     Supervisor,
     SupervisorRef,
     WaitTimeout,
     await_name,
+    demonitor,
     monitor,
     registered,
     reserved,
@@ -77,6 +81,16 @@ from supervisors import (
 )
 
 __all__ = ["BackendSpec", "Runtime", "default_runtime", "shutdown_default_runtime"]
+
+
+class _SessionEnded(Exception):
+    """A starting session ended without answering its ``ready`` future."""
+
+
+def _settle_ended(ready: ProcessFuture) -> None:
+    with contextlib.suppress(queue.Full):  # it answered first
+        ready.set_exception((_SessionEnded, _SessionEnded(), None))
+
 
 log = get_logger(__name__)
 
@@ -549,9 +563,10 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
                 f"session {session_id!r} already has a stored history; "
                 f"continue it with start_session(resume={session_id!r})"
             )
+        ready = ProcessFuture()
         child = ChildSpec(
             session_id,
-            (SessionActor, (config,), {}),
+            (SessionActor, (config,), {"ready": ready}),
             restart="transient",
             shutdown=10.0,
             name=self._session_name(session_id),
@@ -573,11 +588,25 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
             self._given_up.pop(session_id, None)
         session = Session(self, session_id, config.handler_cls.complete_types)
         wait = config.connect_timeout + config.init_timeout + 5.0
+        deadline = time.monotonic() + wait
+        # The session answers `ready` once ready, or with its start error before it ends.
+        # If it ends without a word (killed, crashed and restarting), ask the handle,
+        # which waits for a restarting session and tells a gone one.
+        watch = monitor(ref, watcher=lambda _down: _settle_ended(ready))
         try:
-            session._call("await_ready", timeout=wait)
+            try:
+                ready.get(timeout=wait)
+            except _SessionEnded:
+                session._call("await_ready", timeout=max(deadline - time.monotonic(), 0.0))
+            except pykka.Timeout:
+                raise QueryTimeout(
+                    f"session {session_id} did not become ready within {wait} s"
+                ) from None
         except BaseException:
             self._quietly_stop(ref)
             raise
+        finally:
+            demonitor(watch)
         self._registry_call("register_session", session_id, config.backend, ref.actor_urn)
         self._route_decided(session_id, config.lineage.route_decision)
         return session

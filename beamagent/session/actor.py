@@ -303,7 +303,13 @@ class _Query:
 class SessionActor(Process):
     """One session: see the module docstring. Started by the runtime's ``sessions``."""
 
-    def __init__(self, config: SessionConfig) -> None:
+    def __init__(self, config: SessionConfig, ready: pykka.Future[Any] | None = None) -> None:
+        """``ready``: answered like an ``await_ready`` call made before the session started.
+
+        The runtime's ``start_session`` passes one, so a session that fails before it is
+        ever ready still hands over its error (it ends at once: a later call would find
+        no session). A restarted incarnation gets the same, already answered, future.
+        """
         super().__init__()
         self.config = config
         self.session_id = config.session_id
@@ -322,7 +328,7 @@ class SessionActor(Process):
         self._draining = False
         self._drain_token = 0
         self._drain_timer: TimerRef | None = None
-        self._ready_waiters: list[pykka.Future[Any]] = []
+        self._ready_waiters: list[pykka.Future[Any]] = [] if ready is None else [ready]
         self._postponed: list[tuple[Callable[[pykka.Future[Any]], Any], pykka.Future[Any]]] = []
         self._controls: dict[str, tuple[pykka.Future[Any], TimerRef | None, str]] = {}
         self._control_ids = itertools.count(1)
