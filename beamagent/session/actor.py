@@ -49,6 +49,7 @@ from beamagent.backends.base import (
     Disconnected,
     Exited,
     HandlerOutput,
+    Messages,
     OffThreadCall,
     SessionState,
     Transport,
@@ -522,6 +523,8 @@ class SessionActor(Process):
         assert handler is not None
         if isinstance(event, Data):
             self._on_data(event.data)
+        elif isinstance(event, Messages):
+            self._apply(handler.handle_messages(event.messages))
         elif isinstance(event, Connected):
             self._info.update({k: v for k, v in event.info.items() if k != "transport"})
             if self.state is SessionState.CONNECTING:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
 
 import supervisors
-from beamagent import LocalExit, MessageType, Runtime
+from beamagent import LocalExit, Message, MessageType, Runtime
 from beamagent.backends.base import Connected, HandlerOutput, SessionState
 from beamagent.backends.local import LocalHandler
 from beamagent.errors import (
@@ -196,10 +196,16 @@ class CrashingHandler(LocalHandler):
             raise RuntimeError("handler bug")
         return super().handle_data(buffer)
 
+    def handle_messages(self, messages: Sequence[Message]) -> HandlerOutput:
+        if any("CRASH" in (m.content or "") for m in messages):
+            raise RuntimeError("handler bug")
+        return super().handle_messages(messages)
 
-def test_handler_crash_restarts_session_and_handle_survives() -> None:
+
+@pytest.mark.parametrize("codec", ["messages", "jsonl"])
+def test_handler_crash_restarts_session_and_handle_survives(codec: str) -> None:
     with Runtime(store=":memory:", backends={"crashy": CrashingHandler}) as rt:
-        session = rt.start_session(backend="crashy")
+        session = rt.start_session(backend="crashy", codec=codec)
         old = session_ref(rt, session.session_id)
         mon = supervisors.monitor(old, watcher=None)
         with pytest.raises(SessionError):
