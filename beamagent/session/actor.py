@@ -9,8 +9,8 @@ Guarantees:
 
 * a blocking ``query`` that times out interrupts the backend (or abandons the
   query) and leaves the session ``ready`` — never stuck in ``active_query``;
-* every message is recorded (through the recorder, i.e. the store) before the
-  consumer can see it;
+* every message is recorded (through the recorder, straight into the store, on
+  this actor's thread) before the consumer can see it;
 * when the transport dies, the session answers ``SessionRestarting`` (a
   ``SessionError``: the call was not carried out, handles wait and retry) to
   everything but ``health``/``session_info``, lingers in ``error`` for
@@ -113,8 +113,11 @@ def _mark_delivered(future: pykka.Future[Any] | None) -> None:
 class Recorder(Protocol):
     """Where a session records its metadata and every message (the store).
 
-    Each method raises ``StoreError`` when the write failed (nothing of it was
-    written); the session keeps what it could not record and tries again.
+    Called on the session's own thread, and synchronously: a method returns
+    once the write is durable. Each raises ``StoreError`` when the write failed
+    (nothing of it was written); the session keeps what it could not record and
+    tries again, passing ``skip_recorded=True`` to ``record`` when it does.
+    The runtime's is :class:`~beamagent.store.recorder.StoreRecorder`.
     """
 
     def session_started(self, meta: Mapping[str, Any]) -> None:
@@ -123,8 +126,14 @@ class Recorder(Protocol):
     def session_updated(self, session_id: str, fields: Mapping[str, Any]) -> None:
         """Metadata changed (model, native session id)."""
 
-    def record(self, session_id: str, messages: list[dict[str, Any]]) -> None:
-        """Durably record messages, in order, before they are delivered."""
+    def record(
+        self, session_id: str, messages: list[dict[str, Any]], *, skip_recorded: bool = False
+    ) -> None:
+        """Durably record messages, in order, before they are delivered.
+
+        A retry comes with ``skip_recorded=True``: messages already stored (by a
+        write reported as failed) must not be stored twice.
+        """
 
 
 @attrs.frozen
@@ -706,7 +715,9 @@ class SessionActor(Process):
         recorder = self.config.recorder
         if recorder is None:
             return None
+        retry = False
         if self._unstored_meta is not None or self._unstored_fields or self._unrecorded:
+            retry = bool(self._unrecorded)
             batch = [*self._unrecorded, *(m.to_dict(copy=False) for m in messages)]
             self._unrecorded = []
             error = self._flush_store()
@@ -720,7 +731,10 @@ class SessionActor(Process):
         if not batch:
             return None
         try:
-            recorder.record(self.session_id, batch)
+            if retry:  # what failed may have been stored after all: never twice
+                recorder.record(self.session_id, batch, skip_recorded=True)
+            else:
+                recorder.record(self.session_id, batch)
         except StoreError as exc:
             self._unrecorded = batch
             self._schedule_store_retry(exc)
