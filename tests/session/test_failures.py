@@ -17,6 +17,7 @@ from beamagent.errors import (
     BufferOverflow,
     ConnectTimeout,
     Interrupted,
+    InvalidOption,
     QueryInProgress,
     QueryTimeout,
     SessionError,
@@ -189,16 +190,26 @@ def test_transport_death_gives_session_error_then_restart(rt: Runtime) -> None:
 
 
 class CrashingHandler(LocalHandler):
-    """A handler with a bug: it raises on any output containing CRASH."""
+    """A handler with bugs: it raises on any output containing CRASH, or REFUSE.
+
+    REFUSE raises an expected error (a ``ReplyError``), which answers a caller when a
+    call raises it; raised while handling the backend's output, it is still a crash.
+    """
+
+    @staticmethod
+    def _check(text: str) -> None:
+        if "CRASH" in text:
+            raise RuntimeError("handler bug")
+        if "REFUSE" in text:
+            raise InvalidOption("handler bug")
 
     def handle_data(self, buffer: bytes) -> tuple[HandlerOutput, bytes]:
-        if b"CRASH" in buffer:
-            raise RuntimeError("handler bug")
+        self._check(buffer.decode(errors="replace"))
         return super().handle_data(buffer)
 
     def handle_messages(self, messages: Sequence[Message]) -> HandlerOutput:
-        if any("CRASH" in (m.content or "") for m in messages):
-            raise RuntimeError("handler bug")
+        for message in messages:
+            self._check(message.content or "")
         return super().handle_messages(messages)
 
 
@@ -208,14 +219,37 @@ def test_handler_crash_restarts_session_and_handle_survives(codec: str) -> None:
         session = rt.start_session(backend="crashy", codec=codec)
         old = session_ref(rt, session.session_id)
         mon = supervisors.monitor(old, watcher=None)
-        with pytest.raises(SessionError):
+        with pytest.raises(SessionError, match="crashed") as info:
             session.query("CRASH now")
+        assert info.value.delivered
         reason = mon.wait(5).reason
         assert isinstance(reason, supervisors.Crashed)
         assert isinstance(reason.exception, RuntimeError)
         assert session.query("fine")[-1].content == "fine"
         children = rt.sessions_supervisor.which_children()
         assert [c.restarts for c in children] == [1]
+        # The prompt reached the backend: it is history, recorded before the crash.
+        stored = rt._store.get_session_messages(session.session_id)
+        assert [m["content"] for m in stored if m["type"] == "user"] == ["CRASH now", "fine"]
+
+
+@pytest.mark.parametrize("codec", ["messages", "jsonl"])
+@pytest.mark.parametrize("word", ["CRASH", "REFUSE"])
+def test_a_handler_crash_after_a_call_does_not_fail_the_call(codec: str, word: str) -> None:
+    # The handler crashes on output the call caused; the call itself succeeded.
+    with Runtime(store=":memory:", backends={"crashy": CrashingHandler}) as rt:
+        session = rt.start_session(backend="crashy", codec=codec)
+        old = session_ref(rt, session.session_id)
+        mon = supervisors.monitor(old, watcher=None)
+        ref = session.send_query(f"{word} now")
+        assert ref.session_id == session.session_id
+        reason = mon.wait(5).reason
+        assert isinstance(reason, supervisors.Crashed)
+        if word == "REFUSE":  # an expected error from the output is a crash all the same
+            assert isinstance(reason.exception.__cause__, InvalidOption)
+        with pytest.raises(SessionError, match="restarted"):
+            session.receive_message(ref, 5)
+        assert session.query("fine")[-1].content == "fine"
 
 
 class SilentHandler(LocalHandler):
