@@ -110,10 +110,13 @@ class CallFuture(ThreadingFuture[Any]):
 
     The session sets ``delivered`` the moment it hands the call's prompt to
     the backend, so a caller whose session died mid-call knows whether the
-    prompt reached the backend (at-most-once delivery).
+    prompt reached the backend (at-most-once delivery). The caller sets
+    ``abandoned`` when it stops waiting: a query the session has not started
+    by then (postponed, or still in its mailbox) is never sent.
     """
 
     delivered = False
+    abandoned = False
 
 
 def _mark_delivered(future: pykka.Future[Any] | None) -> None:
@@ -1073,6 +1076,11 @@ class SessionActor(Process):
         params: Mapping[str, Any] | None,
         caller: pykka.Future[Any] | None = None,
     ) -> QueryRef:
+        if isinstance(caller, CallFuture) and caller.abandoned:
+            raise QueryTimeout(
+                f"session {self.session_id}: the caller stopped waiting before the query "
+                "started; its prompt was not sent"
+            )
         self._check_usable()
         if self.state is SessionState.ACTIVE_QUERY:
             raise QueryInProgress(

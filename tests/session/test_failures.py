@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,6 +24,7 @@ from beamagent.errors import (
     SessionError,
     TransportError,
 )
+from beamagent.session import handle as handle_module
 
 
 class Gate:
@@ -129,6 +131,39 @@ def test_blocking_query_timeout_recovers(rt: Runtime, gate: Gate) -> None:
     assert session.health() == "ready"
     gate.released.set()
     assert session.query("works again")[-1].content == "works again"
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_postponed_query_whose_caller_gave_up_is_never_sent(
+    rt: Runtime, gate: Gate, api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The session drains an interrupted query, so the next one is postponed; its caller
+    # gives up first (on the handle's own bound: the query's timer starts with the
+    # query). At most once: the backend never sees that prompt, even once it could.
+    monkeypatch.setattr(handle_module, "_GRACE", 0.0)
+    prompts: list[str] = []
+
+    def reply(prompt: str, params: Mapping[str, Any]) -> Any:
+        prompts.append(prompt)
+        return gate.reply(prompt, params)
+
+    session = rt.start_session(backend="local", reply=reply)
+    session.send_query("slow one")
+    assert gate.entered.wait(5)
+    session.interrupt()  # the session is ready, and drains the slow reply
+
+    def give_up() -> Any:
+        if api == "sync":
+            return session.query("given up", timeout=0.2)
+        return asyncio.run(session.aquery("given up", timeout=0.2))
+
+    with pytest.raises(QueryTimeout, match="did not answer query"):
+        give_up()
+    gate.released.set()  # the drain ends: the postponed query would be sent now
+    assert session.query("next")[-1].content == "next"
+    assert prompts == ["slow one", "next"]
+    stored = rt.get_session_messages(session.session_id)
+    assert [m.content for m in stored if m.type is MessageType.USER] == ["slow one", "next"]
 
 
 def test_receive_timeout_keeps_the_query(rt: Runtime, gate: Gate) -> None:
