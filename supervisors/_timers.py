@@ -74,6 +74,12 @@ class _TimerService:
     def schedule(self, target: pykka.ActorRef[Any], message: Any, seconds: float) -> TimerRef:
         timer = TimerRef(self, time.monotonic() + seconds, next(self._seq), target, message)
         with self._cond:
+            # A process that has ended already had its timers cancelled (cancel_for runs
+            # after actor_stopped is set): one armed now, e.g. by its own thread before a
+            # kill lands, would never be, and would keep the scheduler thread alive.
+            if target.actor_stopped.is_set():
+                timer.state = "cancelled"
+                return timer
             heapq.heappush(self._heap, timer)
             self._by_target.setdefault(target.actor_urn, set()).add(timer)
             if self._thread is None:
@@ -158,8 +164,9 @@ _service = _TimerService()
 def send_after(target: pykka.ActorRef[Any], message: Any, seconds: float) -> TimerRef:
     """Tell ``message`` to ``target`` after ``seconds``; dropped silently if it is dead by then.
 
-    A process's pending timers are cancelled when it ends, so they never keep
-    the scheduler thread alive for a process that is gone.
+    A process's pending timers are cancelled when it ends, and a timer aimed at
+    one that has ended is cancelled from the start, so they never keep the
+    scheduler thread alive for a process that is gone.
 
     Example::
 

@@ -1,8 +1,9 @@
 """The backend handler protocol and the transports it runs over.
 
 A backend is two things: a *transport* that moves bytes (an in-process peer,
-a subprocess's stdio, an HTTP stream) and a *handler* that is the only
-backend-specific code. The session actor owns both: transport events come in
+a subprocess's stdio, an HTTP stream; an in-process peer may hand over
+ready-made messages instead, see :class:`Messages`) and a *handler* that is the
+only backend-specific code. The session actor owns both: transport events come in
 as messages, the handler turns them into canonical messages and actions, and
 the actor owns queueing, the single consumer, timeouts and state.
 
@@ -42,6 +43,7 @@ __all__ = [
     "Exited",
     "HandlerOutput",
     "InProcessTransport",
+    "Messages",
     "OffThreadCall",
     "SessionState",
     "SubprocessTransport",
@@ -83,6 +85,17 @@ class Data:
 
 
 @attrs.frozen
+class Messages:
+    """Canonical messages from a peer that builds them itself, in-process: nothing to parse.
+
+    The session hands them to :meth:`BackendHandler.handle_messages`. No CLI
+    transport sends this event; the ``local`` backend's default transport does.
+    """
+
+    messages: Sequence[Message]
+
+
+@attrs.frozen
 class Disconnected:
     """The transport closed without a process exit status (e.g. a socket)."""
 
@@ -97,7 +110,7 @@ class Exited:
     stderr_tail: str = ""
 
 
-TransportEvent = Connected | Data | Disconnected | Exited
+TransportEvent = Connected | Data | Messages | Disconnected | Exited
 TransportSink = Callable[[TransportEvent], None]
 """Where a transport delivers its events; the session actor makes it a ``tell``."""
 
@@ -206,6 +219,14 @@ class BackendHandler(abc.ABC):
     @abc.abstractmethod
     def handle_data(self, buffer: bytes) -> tuple[HandlerOutput, bytes]:
         """Parse as much of ``buffer`` as possible; return the output and the leftover."""
+
+    def handle_messages(self, messages: Sequence[Message]) -> HandlerOutput:
+        """Ready-made messages from an in-process peer (a :class:`Messages` event).
+
+        The default passes them on as they are; a handler whose transport never
+        sends :class:`Messages` (every CLI's) never gets this call.
+        """
+        return HandlerOutput(messages=messages)
 
     def is_query_complete(self, message: Message) -> bool:
         """Whether ``message`` is the terminal message of the current query."""

@@ -1,15 +1,24 @@
 """``local``: the embedded default backend — deterministic, no I/O, scriptable.
 
-A :class:`LocalAgent` lives in-process at the far end of an
-:class:`~beamagent.backends.base.InProcessTransport` and speaks a small JSONL
-protocol shaped like Claude Code's stream-json, so the local backend runs the
-same codec, handler and session machinery as the real CLIs:
+A :class:`LocalAgent` lives in-process at the far end of a transport and
+speaks a small protocol shaped like Claude Code's stream-json:
 
 * ``{"type":"initialize"}`` → a ``control_response`` with models, commands,
   agents and account (the session is ``ready`` after it);
 * ``{"type":"query","prompt":...}`` → ``system/init``, one ``assistant`` message
   per reply part, and a terminal ``result``;
 * ``{"type":"interrupt"}`` stops a streamed reply with an ``interrupted`` result.
+
+Two codecs (the ``codec`` option). ``"messages"`` (the default): the agent
+builds the answers to a query as canonical :class:`~beamagent.messages.Message`
+objects and hands them over through a :class:`LocalTransport`, with no JSON
+in between; the messages are those the JSONL codec would give, without a
+``raw`` wire dict (there is no wire). ``"jsonl"``: every answer is a JSON line
+through an :class:`~beamagent.backends.base.InProcessTransport`, decoded and
+normalised by the handler, so the backend exercises the same codec and byte
+handling as the real CLIs. Commands to the agent are JSON lines in both. A
+reply that sends raw ``bytes`` switches the agent to JSON lines for the rest of
+its life, so byte-level faults behave exactly as under ``"jsonl"``.
 
 Replies: the prompt echoed by default; ``replies=[...]`` consumes one entry per
 query (then echoes); ``reply=callable(prompt, params)`` returns a ``str``, a list
@@ -39,24 +48,39 @@ import attrs
 from beamagent.backends.base import (
     BackendHandler,
     Connected,
+    Data,
+    Exited,
     HandlerOutput,
     InProcessPeer,
     InProcessTransport,
+    Messages,
     SessionState,
     Transport,
+    TransportSink,
 )
 from beamagent.backends.jsonl import decode_lines, encode_line
 from beamagent.capabilities import Capability
-from beamagent.errors import InvalidOption
-from beamagent.messages import Message, _normalize_owned
+from beamagent.errors import InvalidOption, TransportError
+from beamagent.messages import (
+    ContentBlockType,
+    Message,
+    MessageType,
+    _build_block,
+    _build_message,
+    _copy_json,
+    _normalize_owned,
+    _valid_text,
+)
 
-__all__ = ["LocalAgent", "LocalExit", "LocalHandler", "ReplyFn"]
+__all__ = ["CODECS", "LocalAgent", "LocalExit", "LocalHandler", "LocalTransport", "ReplyFn"]
 
 ReplyFn = Callable[[str, Mapping[str, Any]], Any]
 """``reply(prompt, params)`` → str | list of items | generator of items."""
 
 DEFAULT_MODEL = "local-echo"
 LOCAL_MODELS = ("local-echo", "local-large")
+CODECS = ("messages", "jsonl")
+"""Values of the ``codec`` option; the first is the default (see the module docstring)."""
 
 
 @attrs.frozen
@@ -81,8 +105,11 @@ class LocalAgent(InProcessPeer):
         models: Sequence[str] = LOCAL_MODELS,
         commands: Sequence[str] = ("/help", "/clear"),
         agents: Sequence[str] = ("general",),
+        session_id: str | None = None,
     ) -> None:
         self.native_session_id = native_session_id
+        # Stamped on the messages it builds (the JSONL codec's handler stamps its own).
+        self.session_id = session_id
         self.model = model
         self.cwd = cwd
         self.permission_mode = permission_mode
@@ -93,6 +120,9 @@ class LocalAgent(InProcessPeer):
         self._agents = list(agents)
         self._emit: Callable[[bytes], None] = lambda _data: None
         self._exit: Callable[[int], None] = lambda _status: None
+        self._deliver: Callable[[Sequence[Message]], None] | None = None
+        self._raw_bytes = False  # a reply sent raw bytes: JSON lines from then on
+        self._init_info: tuple[Any, dict[str, Any]] | None = None  # (key, canonical part)
         self._turn = 0
         self._seq = itertools.count(1)
         self._cancel = threading.Event()  # this query's interrupt
@@ -102,6 +132,14 @@ class LocalAgent(InProcessPeer):
 
     def attach(self, emit: Callable[[bytes], None], exit: Callable[[int], None]) -> None:
         self._emit, self._exit = emit, exit
+
+    def attach_messages(self, deliver: Callable[[Sequence[Message]], None]) -> None:
+        """Answer queries with canonical messages through ``deliver`` (no JSON lines).
+
+        Raw ``bytes`` from a reply still go through ``emit``, and from then on
+        everything does (see the module docstring).
+        """
+        self._deliver = deliver
 
     # --- protocol ------------------------------------------------------------------
 
@@ -187,7 +225,7 @@ class LocalAgent(InProcessPeer):
         started = time.monotonic()
         script = self._script(prompt, params)
         if inspect.isgenerator(script):
-            self._emit(encode_line(self._init_line()))
+            self._send([self._init_part()])
             thread = threading.Thread(
                 target=self._stream,
                 args=(script, prompt, started, self._cancel, self._superseded),
@@ -198,17 +236,17 @@ class LocalAgent(InProcessPeer):
             thread.start()
             return
         items: list[Any] = [script] if isinstance(script, str | bytes | LocalExit) else list(script)
-        out = bytearray(encode_line(self._init_line()))
+        parts = [self._init_part()]
         texts: list[str] = []
         for item in items:
             if isinstance(item, LocalExit):
-                self._emit(bytes(out))
+                self._send(parts)
                 self._exit(item.status)
                 return
-            out += self._item_bytes(item, texts)
+            parts.append(self._item_part(item, texts))
         if not any(isinstance(i, dict) and i.get("type") == "result" for i in items):
-            out += encode_line(self._result_line(prompt, texts, started))
-        self._emit(bytes(out))
+            parts.append(self._result_part(prompt, texts, started))
+        self._send(parts)
 
     def _stream(
         self,
@@ -225,27 +263,83 @@ class LocalAgent(InProcessPeer):
                 if self._closed or superseded.is_set():
                     return
                 if cancel.is_set():
-                    self._emit(
-                        encode_line(self._result_line(prompt, texts, started, "interrupted"))
-                    )
+                    self._send([self._result_part(prompt, texts, started, "interrupted")])
                     return
                 if isinstance(item, LocalExit):
                     self._exit(item.status)
                     return
                 saw_result = saw_result or (isinstance(item, dict) and item.get("type") == "result")
-                self._emit(self._item_bytes(item, texts))
+                self._send([self._item_part(item, texts)])
             if superseded.is_set():
                 return
             if cancel.is_set():
-                self._emit(encode_line(self._result_line(prompt, texts, started, "interrupted")))
+                self._send([self._result_part(prompt, texts, started, "interrupted")])
             elif not saw_result:
-                self._emit(encode_line(self._result_line(prompt, texts, started)))
+                self._send([self._result_part(prompt, texts, started)])
         except Exception as exc:  # a failing script is an agent crash
-            self._emit(encode_line({"type": "error", "error": f"local reply failed: {exc!r}"}))
+            error = {"type": "error", "error": f"local reply failed: {exc!r}"}
+            self._send([self._item_part(error, [])])
             self._exit(1)
         finally:
             with contextlib.suppress(Exception):
                 script.close()  # type: ignore[attr-defined]
+
+    # --- what the agent says: messages, or JSON lines --------------------------------
+
+    def _send(self, parts: Sequence[Message | bytes]) -> None:
+        """Hand ``parts`` over in order: runs of messages delivered, runs of bytes emitted."""
+        messages: list[Message] = []
+        data = bytearray()
+        for part in parts:
+            if type(part) is bytes:
+                if messages:
+                    assert self._deliver is not None
+                    self._deliver(messages)
+                    messages = []
+                data += part
+            else:
+                if data:
+                    self._emit(bytes(data))
+                    data = bytearray()
+                messages.append(part)  # type: ignore[arg-type]
+        if messages:
+            assert self._deliver is not None
+            self._deliver(messages)
+        if data:
+            self._emit(bytes(data))
+
+    def _lines(self) -> bool:
+        """Whether the agent writes JSON lines (no message channel, or raw bytes were sent)."""
+        return self._deliver is None or self._raw_bytes
+
+    def _init_part(self) -> Message | bytes:
+        if self._lines():
+            return encode_line(self._init_line())
+        return self._init_message()
+
+    def _result_part(
+        self, prompt: str, texts: list[str], started: float, subtype: str = "success"
+    ) -> Message | bytes:
+        if self._lines():
+            return encode_line(self._result_line(prompt, texts, started, subtype))
+        return self._result_message(prompt, texts, started, subtype)
+
+    def _item_part(self, item: Any, texts: list[str]) -> Message | bytes:
+        if isinstance(item, bytes):
+            self._raw_bytes = True
+            return item
+        if self._lines() or not isinstance(item, str | Mapping):
+            return self._item_bytes(item, texts)
+        if isinstance(item, str):
+            texts.append(item)
+            return self._assistant_message(item)
+        # A dict is a message "as the backend wrote it": through JSON, as under the JSONL
+        # codec, so both codecs give the same message (and the same errors).
+        line = self._item_bytes(item, texts)
+        objects = decode_lines(line).objects
+        if not objects:
+            return line  # JSON the decoder skips as noise (nested too deep): skipped here too
+        return _normalize_owned(objects[0], session_id=self.session_id)
 
     def _item_bytes(self, item: Any, texts: list[str]) -> bytes:
         if isinstance(item, bytes):
@@ -320,6 +414,85 @@ class LocalAgent(InProcessPeer):
             "model": self.model,
         }
 
+    # The builders below give the messages the JSONL codec would decode from the lines
+    # above, field for field (tests/backends/test_local.py compares them), minus ``raw``.
+
+    def _stamp(self) -> tuple[str, int]:
+        """The session id messages carry, and the time (ms) normalize would stamp."""
+        return self.session_id or _text(self.native_session_id), time.time_ns() // 1_000_000
+
+    def _init_message(self) -> Message:
+        key = (self.model, self.permission_mode)
+        cached = self._init_info
+        if cached is None or cached[0] != key:
+            static = {
+                "model": self.model,
+                "cwd": self.cwd,
+                "tools": [],
+                "permission_mode": self.permission_mode or "default",
+                "slash_commands": list(self._commands),
+                "agents": list(self._agents),
+                "version": "local-1",
+            }
+            cached = self._init_info = (key, _copy_json(static))
+        session_id, now = self._stamp()
+        uuid = self._uuid()
+        info: dict[str, Any] = {"session_id": _text(self.native_session_id), "uuid": uuid}
+        for name, value in cached[1].items():
+            info[name] = list(value) if type(value) is list else value
+        return _build_message(
+            MessageType.SYSTEM,
+            {
+                "subtype": "init",
+                "uuid": uuid,
+                "session_id": session_id,
+                "model": _text_or_none(self.model),
+                "system_info": info,
+                "timestamp": now,
+            },
+        )
+
+    def _assistant_message(self, text: str) -> Message:
+        session_id, now = self._stamp()
+        content = _text(text)
+        return _build_message(
+            MessageType.ASSISTANT,
+            {
+                "content": content,
+                "content_blocks": (_build_block(ContentBlockType.TEXT, {"text": content}),),
+                "uuid": self._uuid(),
+                "session_id": session_id,
+                "message_id": _text(f"msg_{self.native_session_id[-8:]}_{next(self._seq)}"),
+                "model": _text_or_none(self.model),
+                "usage": {"input_tokens": 0, "output_tokens": len(text.split())},
+                "stop_reason": "end_turn",
+                "timestamp": now,
+            },
+        )
+
+    def _result_message(
+        self, prompt: str, texts: list[str], started: float, subtype: str
+    ) -> Message:
+        session_id, now = self._stamp()
+        text = "".join(texts)
+        return _build_message(
+            MessageType.RESULT,
+            {
+                "content": _text(text),
+                "subtype": subtype,
+                "is_error": subtype != "success",
+                "uuid": self._uuid(),
+                "session_id": session_id,
+                "num_turns": self._turn,
+                "duration_ms": int((time.monotonic() - started) * 1000),
+                "stop_reason": "end_turn",
+                "total_cost_usd": 0.0,
+                "usage": {"input_tokens": len(prompt.split()), "output_tokens": len(text.split())},
+                "model": _text_or_none(self.model),
+                "timestamp": now,
+            },
+        )
+
     def close(self) -> None:
         self._closed = True
         self._cancel.set()
@@ -342,11 +515,74 @@ def _uuid4() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+def _text(value: str) -> str:
+    return value if value.isascii() else _valid_text(value)
+
+
+def _text_or_none(value: Any) -> str | None:
+    return _text(value) if isinstance(value, str) else None
+
+
 def _control_response(request_id: Any, response: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "type": "control_response",
         "response": {"subtype": "success", "request_id": request_id, "response": dict(response)},
     }
+
+
+class LocalTransport(Transport):
+    """The transport of the ``local`` backend's ``"messages"`` codec: no bytes for answers.
+
+    Like :class:`~beamagent.backends.base.InProcessTransport` (commands go to the
+    agent as JSON lines, synchronously, on the caller's thread), and the agent's
+    answers arrive as :class:`~beamagent.backends.base.Messages` events holding
+    the messages it built; raw bytes it emits arrive as ``Data``.
+    """
+
+    def __init__(self, agent: LocalAgent) -> None:
+        self._agent = agent
+        self._sink: TransportSink | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def start(self, sink: TransportSink) -> None:
+        self._sink = sink
+        self._agent.attach(self._emit, self._exit)
+        self._agent.attach_messages(self._deliver)
+        sink(Connected({"transport": "in_process"}))
+
+    def _emit(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is not None and not self._closed:
+            sink(Data(data))
+
+    def _deliver(self, messages: Sequence[Message]) -> None:
+        sink = self._sink
+        if sink is not None and not self._closed:
+            sink(Messages(messages))
+
+    def _exit(self, status: int) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._sink is not None:
+            self._sink(Exited(status))
+
+    def send(self, data: bytes) -> None:
+        if self._closed:
+            raise TransportError("in-process transport is closed", reason="closed")
+        self._agent.receive(data)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._agent.close()
+
+    def info(self) -> dict[str, Any]:
+        return {"transport": "in_process"}
 
 
 class LocalHandler(BackendHandler):
@@ -378,6 +614,12 @@ class LocalHandler(BackendHandler):
         replies = self.options.get("replies", ())
         if isinstance(replies, str | bytes) or not isinstance(replies, Sequence):
             raise InvalidOption(f"local option 'replies' must be a list; got {replies!r}")
+        codec = self.options.get("codec", CODECS[0])
+        if codec not in CODECS:
+            raise InvalidOption(
+                f"local option 'codec' must be one of {', '.join(map(repr, CODECS))}; got {codec!r}"
+            )
+        self.codec: str = codec
         self.model = self.model or DEFAULT_MODEL
         self.native_session_id = str(
             self.options.get("native_session_id") or f"local-{uuid.uuid4().hex}"
@@ -394,6 +636,7 @@ class LocalHandler(BackendHandler):
             "commands",
             "agents",
             "native_session_id",
+            "codec",
         }
 
     def open_transport(self) -> Transport:
@@ -407,8 +650,11 @@ class LocalHandler(BackendHandler):
             models=self.options.get("models", LOCAL_MODELS),
             commands=self.options.get("commands", ("/help", "/clear")),
             agents=self.options.get("agents", ("general",)),
+            session_id=self.session_id,
         )
-        return InProcessTransport(agent)
+        if self.codec == "jsonl":
+            return InProcessTransport(agent)
+        return LocalTransport(agent)
 
     def on_connected(self, event: Connected) -> HandlerOutput:
         return HandlerOutput(

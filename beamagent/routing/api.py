@@ -40,6 +40,7 @@ from supervisors import ChildSpec, Down, Normal, lookup, monitor, shutdown, wher
 
 if TYPE_CHECKING:
     from beamagent.runtime import BackendSpec
+    from beamagent.store.base import SessionStore
     from supervisors import DynamicSupervisorRef
 
 __all__ = ["AVAILABILITY_TTL", "RoutingApi", "SessionStart"]
@@ -183,6 +184,7 @@ class RoutingApi:
         _session_defaults: dict[str, Any]
         _session_budget: tuple[int, float] | None
         _names: dict[str, tuple[str, ...]]
+        _store: SessionStore
 
         @property
         def registry(self) -> pykka.ActorRef[Any]: ...
@@ -509,7 +511,7 @@ class RoutingApi:
             backend=spec.name,
             handler_cls=spec.handler,
             options={k: v for k, v in merged.items() if k not in SESSION_OPTIONS},
-            recorder=StoreRecorder(self._names["store"]),
+            recorder=StoreRecorder(self._store),
             **{k: v for k, v in merged.items() if k in SESSION_OPTIONS},
         )
         # The backend's own options are checked by its handler: build one now, in the

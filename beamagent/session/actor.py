@@ -5,14 +5,16 @@ States ``connecting → initializing → ready ⇄ active_query``, ``error`` and
 the transport, the message queue, the single consumer, the timeouts and the
 state; the backend handler only translates. Transport events arrive as
 messages from the transport (for CLIs and HTTP, from the shared I/O loop's
-thread).
+thread); those an in-process transport gives synchronously, on the actor's
+own thread, are handled right after the call that caused them (see
+``_batched``).
 
 Guarantees:
 
 * a blocking ``query`` that times out interrupts the backend (or abandons the
   query) and leaves the session ``ready`` — never stuck in ``active_query``;
-* every message is recorded (through the recorder, i.e. the store) before the
-  consumer can see it;
+* every message is recorded (through the recorder, straight into the store, on
+  this actor's thread) before the consumer can see it;
 * when the transport dies, the session answers ``SessionRestarting`` (a
   ``SessionError``: the call was not carried out, handles wait and retry) to
   everything but ``health``/``session_info``, lingers in ``error`` for
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import itertools
 import math
 import re
@@ -47,7 +50,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import attrs
 import pykka
@@ -59,6 +62,7 @@ from beamagent.backends.base import (
     Disconnected,
     Exited,
     HandlerOutput,
+    Messages,
     OffThreadCall,
     SessionState,
     Transport,
@@ -84,7 +88,16 @@ from beamagent.errors import (
 )
 from beamagent.log import get_logger
 from beamagent.messages import Message, MessageType, _build_message
-from supervisors import Crashed, Process, ProcessFuture, Shutdown, TimerRef, send_after
+from supervisors import (
+    Crashed,
+    Process,
+    ProcessFuture,
+    ReplyError,
+    Shutdown,
+    TimerRef,
+    current_process,
+    send_after,
+)
 
 __all__ = [
     "CallFuture",
@@ -108,10 +121,13 @@ class CallFuture(ProcessFuture):
 
     The session sets ``delivered`` the moment it hands the call's prompt to
     the backend, so a caller whose session died mid-call knows whether the
-    prompt reached the backend (at-most-once delivery).
+    prompt reached the backend (at-most-once delivery). The caller sets
+    ``abandoned`` when it stops waiting: a query the session has not started
+    by then (postponed, or still in its mailbox) is never sent.
     """
 
     delivered = False
+    abandoned = False
 
 
 def _mark_delivered(future: pykka.Future[Any] | None) -> None:
@@ -122,8 +138,11 @@ def _mark_delivered(future: pykka.Future[Any] | None) -> None:
 class Recorder(Protocol):
     """Where a session records its metadata and every message (the store).
 
-    Each method raises ``StoreError`` when the write failed (nothing of it was
-    written); the session keeps what it could not record and tries again.
+    Called on the session's own thread, and synchronously: a method returns
+    once the write is durable. Each raises ``StoreError`` when the write failed
+    (nothing of it was written); the session keeps what it could not record and
+    tries again, passing ``skip_recorded=True`` to ``record`` when it does.
+    The runtime's is :class:`~beamagent.store.recorder.StoreRecorder`.
     """
 
     def session_started(self, meta: Mapping[str, Any]) -> None:
@@ -132,8 +151,14 @@ class Recorder(Protocol):
     def session_updated(self, session_id: str, fields: Mapping[str, Any]) -> None:
         """Metadata changed (model, native session id)."""
 
-    def record(self, session_id: str, messages: list[dict[str, Any]]) -> None:
-        """Durably record messages, in order, before they are delivered."""
+    def record(
+        self, session_id: str, messages: list[dict[str, Any]], *, skip_recorded: bool = False
+    ) -> None:
+        """Durably record messages, in order, before they are delivered.
+
+        A retry comes with ``skip_recorded=True``: messages already stored (by a
+        write reported as failed) must not be stored twice.
+        """
 
 
 @attrs.frozen
@@ -261,9 +286,45 @@ class _CallResult:
 
 @attrs.frozen
 class _Timeout:
-    kind: str  # connect | init | consumer | collect | arm_collect | drain | linger | control | idle
+    kind: str  # connect | init | consumer | collect | drain | linger | control | idle
     token: int
     key: str = ""
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _batched(method: _Method) -> _Method:
+    """Handle the transport output a call causes right after the call, not as messages.
+
+    An in-process backend (``local``) answers synchronously, inside ``transport.send``:
+    its events are queued on the actor (see the sink in ``SessionActor.on_start``) and
+    handled once the call's own work is done, in order, before the next mailbox message.
+    Telling them to the actor instead cost a trip through the mailbox per batch of output.
+
+    The call's outcome decides what happens to them, as it would to told events: after a
+    result or an expected error (a ``ReplyError`` answering a caller) they are handled;
+    after a crash (or a kill) they are dropped, like the mailbox of an ended process.
+    """
+
+    @functools.wraps(method)
+    def run(self: SessionActor, *args: Any, **kwargs: Any) -> Any:
+        if self._sync_events is not None:  # inside a batch already: that one drains
+            return method(self, *args, **kwargs)
+        self._sync_events = deque()
+        try:
+            result = method(self, *args, **kwargs)
+        except BaseException as exc:
+            if isinstance(exc, ReplyError) and self.caller_future() is not None:
+                self._end_batch(exc, None)  # the caller's answer: the session goes on
+            else:
+                self._sync_events = None
+                self._arm_after_batch = None
+            raise
+        self._end_batch(None, result)
+        return result
+
+    return run  # type: ignore[return-value]
 
 
 class _Query:
@@ -352,6 +413,10 @@ class SessionActor(Process):
         self._wake_started = 0.0
         self._dormant: dict[str, Any] | None = None  # the dropped handler's facts, for info
         self._hibernations = 0
+        # Transport events produced on this actor's own thread during a batch (see
+        # _batched), and the blocking query whose timeout is armed once it ends.
+        self._sync_events: deque[_TransportEvent] | None = None
+        self._arm_after_batch: _Query | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -384,6 +449,10 @@ class SessionActor(Process):
         actor_ref = self.actor_ref
 
         def sink(event: TransportEvent) -> None:
+            events = self._sync_events
+            if events is not None and current_process() is self:
+                events.append(_TransportEvent(generation, event))  # handled after this call
+                return
             with contextlib.suppress(pykka.ActorDeadError):  # late output of an ended session
                 actor_ref.tell(_TransportEvent(generation, event))
 
@@ -487,6 +556,7 @@ class SessionActor(Process):
             self._timer = None
         self._timer_token = 0
 
+    @_batched
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, _TransportEvent):
             if message.generation == self._generation:
@@ -499,6 +569,62 @@ class SessionActor(Process):
             self._on_call_result(message)
             return None
         return super().on_receive(message)
+
+    def _end_batch(self, error: BaseException | None, result: Any) -> None:
+        """Handle the queued transport events (and what they cause), then arm a timeout.
+
+        ``error``/``result`` are the outcome of the call that opened the batch. Handling
+        an event that raises is the session's crash, as it is for a told event, not the
+        call's failure: the caller gets the call's own outcome (or, for a deferred reply,
+        what a crash gives waiting callers) before the exception ends the process.
+        """
+        events = self._sync_events
+        assert events is not None
+        try:
+            while events:
+                message = events.popleft()
+                if message.generation == self._generation:
+                    self._on_transport(message.event)
+        except Exception as exc:
+            self._answer_before_crash(error, result)
+            if isinstance(exc, ReplyError):  # would answer the caller, not end the process
+                raise RuntimeError(
+                    f"session {self.session_id}: handling backend output raised {exc!r}"
+                ) from exc
+            raise
+        finally:
+            self._sync_events = None
+            query, self._arm_after_batch = self._arm_after_batch, None
+        if query is not None and query is self._query and query.collect is not None:
+            self._arm_collect(query)
+
+    def _answer_before_crash(self, error: BaseException | None, result: Any) -> None:
+        """Answer everyone as ``on_failure`` would, and the batch's caller with its outcome.
+
+        Otherwise the process loop would answer the caller with the crash's exception.
+        ``on_failure`` runs after this and finds nobody left to answer.
+        """
+        self._shutdown_io(
+            self._restart_error(
+                SessionError(f"session {self.session_id} crashed", reason="crashed")
+            )
+        )
+        future = self.caller_future()
+        if future is None:
+            return
+        if error is not None:
+            self.reply_error(future, error)
+        elif result is not _DEFERRED:
+            self.reply(future, result)
+
+    def _arm_collect(self, query: _Query) -> None:
+        """Start a blocking query's timeout, counted from when the query started."""
+        query.cancel_timer()
+        query.timer = send_after(
+            self.actor_ref,
+            _Timeout("collect", query.consumer_token),
+            max(query.deadline - time.monotonic(), 0.0),
+        )
 
     def _on_timeout(self, timeout: _Timeout) -> None:
         kind = timeout.kind
@@ -544,18 +670,6 @@ class SessionActor(Process):
                         "interrupted and the session is ready again"
                     ),
                 )
-        elif kind == "arm_collect":
-            query = self._query
-            if (
-                query is not None
-                and query.collect is not None
-                and query.consumer_token == timeout.token
-            ):
-                query.timer = send_after(
-                    self.actor_ref,
-                    _Timeout("collect", timeout.token),
-                    query.deadline - time.monotonic(),
-                )
         elif kind == "drain":
             if timeout.token == self._drain_token and self._draining:
                 self._log.debug("session_drain_timed_out")
@@ -585,6 +699,8 @@ class SessionActor(Process):
         assert handler is not None
         if isinstance(event, Data):
             self._on_data(event.data)
+        elif isinstance(event, Messages):
+            self._apply(handler.handle_messages(event.messages))
         elif isinstance(event, Connected):
             self._info.update({k: v for k, v in event.info.items() if k != "transport"})
             if self.state is SessionState.CONNECTING:
@@ -771,7 +887,9 @@ class SessionActor(Process):
         recorder = self.config.recorder
         if recorder is None:
             return None
+        retry = False
         if self._unstored_meta is not None or self._unstored_fields or self._unrecorded:
+            retry = bool(self._unrecorded)
             batch = [*self._unrecorded, *(m.to_dict(copy=False) for m in messages)]
             self._unrecorded = []
             error = self._flush_store()
@@ -785,7 +903,10 @@ class SessionActor(Process):
         if not batch:
             return None
         try:
-            recorder.record(self.session_id, batch)
+            if retry:  # what failed may have been stored after all: never twice
+                recorder.record(self.session_id, batch, skip_recorded=True)
+            else:
+                recorder.record(self.session_id, batch)
         except StoreError as exc:
             self._unrecorded = batch
             self._schedule_store_retry(exc)
@@ -1141,6 +1262,7 @@ class SessionActor(Process):
         self._ready_waiters.append(self.defer_reply())
         return _DEFERRED
 
+    @_batched
     def send_query(self, prompt: str, params: Mapping[str, Any] | None = None) -> Any:
         """Start a query; returns its ``QueryRef``."""
         self._check_usable()
@@ -1154,6 +1276,11 @@ class SessionActor(Process):
         params: Mapping[str, Any] | None,
         caller: pykka.Future[Any] | None = None,
     ) -> QueryRef:
+        if isinstance(caller, CallFuture) and caller.abandoned:
+            raise QueryTimeout(
+                f"session {self.session_id}: the caller stopped waiting before the query "
+                "started; its prompt was not sent"
+            )
         self._check_usable()
         if self.state is SessionState.ACTIVE_QUERY:
             raise QueryInProgress(
@@ -1226,6 +1353,7 @@ class SessionActor(Process):
             )
         return _DEFERRED
 
+    @_batched
     def query(self, prompt: str, params: Mapping[str, Any] | None, timeout: float | None) -> Any:
         """Run a query and answer with all its messages (terminal one included)."""
         self._check_usable()
@@ -1261,15 +1389,18 @@ class SessionActor(Process):
         query.consumer_token = next(self._tokens)
         if timeout is None:
             return _DEFERRED
-        # Arm the timeout from a message to ourselves rather than now: output the backend
-        # already queued (the local agent answers within _start_query) is handled first,
-        # and a query it completes never needs the timer. Scheduling and cancelling one
-        # wakes the timer thread twice: 20-35 us of a local query on a 2-core machine.
-        # The deadline still counts from now.
+        # Arm the timeout once the output the backend gave at once (the local agent answers
+        # within _start_query) has been handled: a query it completes never needs the
+        # timer. Scheduling and cancelling one wakes the timer thread twice: 20-35 us of a
+        # local query on a 2-core machine. The deadline still counts from now.
         query.deadline = time.monotonic() + timeout
-        self.actor_ref.tell(_Timeout("arm_collect", query.consumer_token))
+        if self._sync_events is not None:
+            self._arm_after_batch = query  # at the end of this batch (see _batched)
+        else:
+            self._arm_collect(query)
         return _DEFERRED
 
+    @_batched
     def interrupt(self) -> None:
         """Interrupt the running query; its consumer gets ``Interrupted``."""
         self._check_usable()
@@ -1289,6 +1420,7 @@ class SessionActor(Process):
             self.reply_error(future, error)
             query.interrupted = False
 
+    @_batched
     def abort(self) -> None:
         """Abort the running work: the backend's abort if it has one, else interrupt."""
         self._check_usable()
@@ -1355,6 +1487,7 @@ class SessionActor(Process):
             info["error"] = str(self._error)
         return info
 
+    @_batched
     def set_model(self, model: str) -> str:
         """Switch model (on the live backend where it supports it); returns it."""
         self._check_usable()
@@ -1374,6 +1507,7 @@ class SessionActor(Process):
         self._store_fields({"model": model})
         return model
 
+    @_batched
     def set_permission_mode(self, mode: str) -> str:
         """Change the permission mode (on the live backend where it supports it)."""
         self._check_usable()
@@ -1391,6 +1525,7 @@ class SessionActor(Process):
             self._apply(output)
         return mode
 
+    @_batched
     def send_control(self, method: str, params: Mapping[str, Any], timeout: float | None) -> Any:
         """A backend-native control request, else the universal fallback.
 

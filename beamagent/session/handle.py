@@ -176,6 +176,7 @@ class Session:
             except pykka.ActorDeadError:
                 pass  # it ended before handling the call: the next incarnation gets it
             except pykka.Timeout:
+                future.abandoned = True  # if not started yet, it never will be
                 raise QueryTimeout(
                     f"session {self.session_id} did not answer {method} within {timeout} s"
                 ) from None
@@ -211,6 +212,16 @@ class Session:
             ref.actor_inbox.put(Envelope(message, reply_to=future))
             try:
                 return await asyncio.wait_for(target, remaining)
+            except QueryTimeout:
+                raise  # the session's own answer (a TimeoutError too)
+            except TimeoutError:
+                future.abandoned = True  # if not started yet, it never will be
+                raise QueryTimeout(
+                    f"session {self.session_id} did not answer {method} within {timeout} s"
+                ) from None
+            except asyncio.CancelledError:
+                future.abandoned = True
+                raise
             except SessionRestarting:
                 await loop.run_in_executor(None, self._wait_for_end, ref, deadline)
             except NoReply:
@@ -218,10 +229,6 @@ class Session:
                     raise self._cut_off(method, future) from None
             except pykka.ActorDeadError:
                 pass
-            except TimeoutError:
-                raise QueryTimeout(
-                    f"session {self.session_id} did not answer {method} within {timeout} s"
-                ) from None
             if deadline is not None and time.monotonic() >= deadline:
                 raise QueryTimeout(
                     f"session {self.session_id} did not come back to answer {method} "

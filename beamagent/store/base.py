@@ -241,7 +241,9 @@ class SessionStore(Protocol):
     Unknown sessions raise :class:`~beamagent.errors.SessionNotFound`, unknown threads
     :class:`~beamagent.errors.ThreadNotFound`, bad arguments
     :class:`~beamagent.errors.InvalidOption` or :class:`~beamagent.errors.InvalidSelector`.
-    Every method returns only after its change is committed.
+    Every method returns only after its change is committed. Methods are called from
+    several threads at once (a runtime's sessions record concurrently): a store
+    serialises its own writes.
 
     >>> from beamagent.store import MemoryStore
     >>> store = MemoryStore()

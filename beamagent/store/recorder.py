@@ -1,91 +1,113 @@
-"""``StoreRecorder``: a session's way to the store actor, by name, across its restarts.
+"""``StoreRecorder``: a session records into the store itself, on its own thread.
 
-A session never holds the store actor's ref: each write looks the actor up by
-its registered name and, while the runtime's supervisor restarts it, waits
-for the new one (bounded by the recorder's timeout). A write whose store
-actor died before handling it is sent again; one whose actor died while
-handling it may have committed, so it is sent again with ``skip_recorded``,
-which drops the messages the store already holds. A store restart therefore
-costs a session one delayed write, never a lost or duplicated message.
+Recording is on every query's path, so it costs no actor round trip: the
+session calls the store object directly, and the store serialises the write
+with every other one (``SqliteStore``: one transaction on its single write
+connection under its write lock; ``MemoryStore``: its lock). The store's
+guarantees carry over unchanged: a call returns once its transaction is
+committed, so a session still delivers only what is recorded; a failed call
+wrote nothing. A writer killed mid-transaction (a session actor killed while
+it records) leaves nothing behind that counts: the next writer takes its lock
+over and rolls its transaction back, and since the session died with it, the
+messages were never delivered to anyone.
+
+Errors are mapped as the store actor maps them (:func:`~beamagent.store.actor.refused`).
+A retry of messages whose earlier write failed passes ``skip_recorded=True``,
+so a retry can never duplicate what a write reported as failed yet committed.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import pykka
-from pykka._envelope import Envelope
-from pykka.messages import ProxyCall
-
-from beamagent.errors import BeamAgentError, StoreError
-from supervisors import NoReply, ProcessFuture, WaitTimeout, await_name
+from beamagent.errors import BeamAgentError, InvalidOption
+from beamagent.store.actor import refused
+from beamagent.store.base import SessionStore
 
 __all__ = ["StoreRecorder"]
 
 
 class StoreRecorder:
-    """The session-side view of the store actor (the session's ``Recorder``).
+    """The session's ``Recorder``: writes straight into ``store`` (thread-safe).
 
     Args:
-        name: the store actor's registered name.
-        timeout: seconds a write may take, waiting for a restarting store included.
+        store: the runtime's store object. Its methods are called from session
+            threads, several at once: a store must serialise its own writes (both
+            built-in stores do).
 
-    Every method raises ``StoreError`` when the write did not happen (the
-    store failed it, or no store actor answered in time).
+    Every method returns once its write is committed and raises what the store
+    raised, mapped to ``beamagent.errors`` types: ``StoreError`` when the write
+    failed (nothing of it was written), ``InvalidOption`` when the store cannot
+    take the arguments.
     """
 
-    __slots__ = ("_name", "_timeout")
+    __slots__ = ("_store",)
 
-    def __init__(self, name: Hashable, timeout: float = 30.0) -> None:
-        self._name = name
-        self._timeout = timeout
+    def __init__(self, store: SessionStore) -> None:
+        self._store = store
 
     def __repr__(self) -> str:
-        return f"StoreRecorder({self._name!r})"
-
-    def _ask(self, method: str, args: tuple[Any, ...], retry_args: tuple[Any, ...]) -> Any:
-        deadline = time.monotonic() + self._timeout
-        message = ProxyCall((method,), args, {})
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                ref = await_name(self._name, max(remaining, 0.0))
-            except WaitTimeout:
-                raise StoreError(
-                    f"the store process did not come back within {self._timeout} s"
-                ) from None
-            if ref is None:
-                raise StoreError("the store process is gone (is the runtime stopped?)")
-            future = ProcessFuture()
-            ref.actor_inbox.put(Envelope(message, reply_to=future))
-            try:
-                return future.get(timeout=max(remaining, 0.0))
-            except NoReply:
-                # It died while writing: the write may have committed. Again, idempotently.
-                message = ProxyCall((method,), retry_args, {})
-            except pykka.ActorDeadError:
-                pass  # it ended before handling the write: send it to the next one
-            except pykka.Timeout:
-                raise StoreError(
-                    f"the store did not answer {method} within {self._timeout} s"
-                ) from None
-            except BeamAgentError:
-                raise
-            except Exception as exc:  # the store actor crashed on it (and is restarting)
-                raise StoreError(f"the store failed {method}: {exc!r}") from exc
+        return f"StoreRecorder({self._store!r})"
 
     def session_started(self, meta: Mapping[str, Any]) -> None:
-        """Upsert the session's metadata."""
-        args = (dict(meta),)
-        self._ask("session_started", args, args)
+        """Upsert the session's metadata when it (re)starts (history and threads are kept).
+
+        Raises:
+            InvalidOption: ``meta`` is not a mapping with a valid ``session_id`` and
+                ``backend``.
+            StoreError: the write failed.
+        """
+        if not isinstance(meta, Mapping):
+            raise InvalidOption(f"session metadata must be a mapping, got {meta!r}")
+        try:
+            self._store.create_session(
+                meta.get("session_id"),  # type: ignore[arg-type]  # the store checks them
+                meta.get("backend"),  # type: ignore[arg-type]
+                model=meta.get("model"),
+                cwd=meta.get("cwd"),
+                native_session_id=meta.get("native_session_id"),
+            )
+        except BeamAgentError:
+            raise
+        except Exception as exc:
+            raise refused("create_session", exc) from exc
 
     def session_updated(self, session_id: str, fields: Mapping[str, Any]) -> None:
-        """Update metadata fields (model, native session id)."""
-        args = ("update_session", (session_id,), dict(fields))
-        self._ask("write", args, args)
+        """Update metadata fields (model, native session id).
 
-    def record(self, session_id: str, messages: list[dict[str, Any]]) -> None:
-        """Record messages durably, in order (each exactly once, also across store restarts)."""
-        self._ask("record", (session_id, messages), (session_id, messages, True))
+        Raises:
+            SessionNotFound: no such session.
+            InvalidOption: a field the store does not take.
+            StoreError: the write failed.
+        """
+        try:
+            self._store.update_session(session_id, **fields)
+        except BeamAgentError:
+            raise
+        except Exception as exc:
+            raise refused("update_session", exc) from exc
+
+    def record(
+        self,
+        session_id: str,
+        messages: list[dict[str, Any]],
+        *,
+        skip_recorded: bool = False,
+    ) -> None:
+        """Record messages in one transaction, in order, before they are delivered.
+
+        ``skip_recorded=True`` (for a retry) skips those already stored (see
+        ``SessionStore.record_messages``).
+
+        Raises:
+            SessionNotFound: no such session.
+            InvalidOption: the messages cannot be stored.
+            StoreError: the write failed; nothing was recorded.
+        """
+        try:
+            self._store.record_messages(session_id, messages, skip_recorded=skip_recorded)
+        except BeamAgentError:
+            raise
+        except Exception as exc:
+            raise refused("record_messages", exc) from exc

@@ -3,8 +3,9 @@
 200 ``local`` sessions and 10 concurrent graph runs work under continuous query load
 from 8 threads, while a chaos thread injects faults in random order: session actors
 killed, backends dying mid-answer, node actors killed, the registry killed, the store
-actor killed (often mid-transaction), and store writes failing (a full disk, for real:
-SQLite's page limit). Afterwards:
+actor killed, a session killed while it writes into the store (inside its transaction,
+after its rows went in and before the commit: sessions record straight into the store),
+and store writes failing (a full disk, for real: SQLite's page limit). Afterwards:
 
 * every session that was not given up answers ``ready``;
 * every acknowledged message is in the store exactly once, in order, in its own session;
@@ -42,6 +43,8 @@ from beamagent.errors import (
 from beamagent.graph import FunctionServing, Job, LinearRouter, Node
 from beamagent.graph.node import NodeActor
 from beamagent.graph.run import TERMINAL_EVENTS
+from beamagent.session.actor import SessionActor
+from beamagent.store import SqliteStore
 from beamagent.testing.faults import disk_full
 from tests.reliability.conftest import scale
 
@@ -55,8 +58,36 @@ FAULT_KINDS = (
     "node_kill",
     "registry_kill",
     "store_kill",
+    "writer_kill",
     "disk_full",
 )
+
+
+class ChaosStore(SqliteStore):
+    """The SQLite store, able to kill the session that writes into it, mid-transaction."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.lock = threading.Lock()
+        self.kill_orders = 0  # pending "kill the next writer" orders from the chaos thread
+        self.killed_mid_write = 0
+
+    def order_writer_kill(self) -> None:
+        with self.lock:
+            self.kill_orders += 1
+
+    def _insert_messages(self, *args: Any) -> Any:  # runs inside the write transaction
+        result = super()._insert_messages(*args)
+        process = supervisors.current_process()
+        if isinstance(process, SessionActor):
+            with self.lock:
+                kill = self.kill_orders > 0
+                if kill:
+                    self.kill_orders -= 1
+                    self.killed_mid_write += 1
+            if kill:  # the rows are in, the commit has not run: raises here, in this thread
+                supervisors.kill(process.actor_ref)
+        return result
 
 
 class Backend:
@@ -167,7 +198,14 @@ def _runs_loop(rt: Runtime, stop: threading.Event, outcomes: list[tuple[str, int
         outcomes.append((run.run_id, len(terminal)))
 
 
-def _inject(rt: Runtime, backend: Backend, rng: random.Random, kind: str, ids: list[str]) -> str:
+def _inject(
+    rt: Runtime,
+    backend: Backend,
+    store: ChaosStore,
+    rng: random.Random,
+    kind: str,
+    ids: list[str],
+) -> str:
     if kind == "session_kill":
         return (
             "session_kill" if _kill(supervisors.whereis(rt._session_name(rng.choice(ids)))) else ""
@@ -187,6 +225,9 @@ def _inject(rt: Runtime, backend: Backend, rng: random.Random, kind: str, ids: l
         if not _kill(ref):
             return ""
         return "store_kill_mid_write" if busy else kind
+    if kind == "writer_kill":
+        store.order_writer_kill()  # the next session to write dies inside its transaction
+        return kind
     if kind == "disk_full":
         with disk_full(rt):
             threading.Event().wait(rng.uniform(0.005, 0.03))
@@ -199,18 +240,22 @@ def _open_fds() -> int:
 
 
 @pytest.fixture
-def chaos_runtime(tmp_path: Path) -> Iterator[tuple[Runtime, Backend]]:
+def chaos_runtime(tmp_path: Path) -> Iterator[tuple[Runtime, Backend, ChaosStore]]:
     backend = Backend()
-    with Runtime(
-        store=tmp_path / "chaos.db",
-        session_defaults={"error_linger": 0, "drain_timeout": 1.0},
-    ) as rt:
-        yield rt, backend
+    store = ChaosStore(tmp_path / "chaos.db")
+    try:
+        with Runtime(
+            store=store,
+            session_defaults={"error_linger": 0, "drain_timeout": 1.0},
+        ) as rt:
+            yield rt, backend, store
+    finally:
+        store.close()
 
 
 @pytest.mark.timeout(600)
-def test_chaos(chaos_runtime: tuple[Runtime, Backend]) -> None:
-    rt, backend = chaos_runtime
+def test_chaos(chaos_runtime: tuple[Runtime, Backend, ChaosStore]) -> None:
+    rt, backend, store = chaos_runtime
     fds_before = _open_fds()
     ids = [
         rt.start_session(backend="local", reply=backend.reply).session_id for _ in range(SESSIONS)
@@ -231,7 +276,7 @@ def test_chaos(chaos_runtime: tuple[Runtime, Backend]) -> None:
     try:
         while sum(injected.values()) < FAULTS:
             kind = rng.choice(FAULT_KINDS)
-            done = _inject(rt, backend, rng, kind, ids)
+            done = _inject(rt, backend, store, rng, kind, ids)
             if done:
                 injected[done] += 1
             threading.Event().wait(rng.uniform(0.005, 0.03))  # ~50 faults/s: load gets done
@@ -239,10 +284,13 @@ def test_chaos(chaos_runtime: tuple[Runtime, Backend]) -> None:
         stop.set()
         for thread in [*workers, runner]:
             thread.join(120)
+        with store.lock:
+            store.kill_orders = 0  # the checks below record nothing that should die
     elapsed = time.monotonic() - started
     assert not any(t.is_alive() for t in [*workers, runner]), "load threads did not finish"
     assert load.unexpected == [], load.unexpected[:5]
     assert load.queries >= 1000, f"only {load.queries} queries got through: the check is vacuous"
+    assert store.killed_mid_write > 0, "no session was killed inside a store write"
 
     # Every session not given up is (or becomes) ready.
     given_up = []
@@ -263,14 +311,19 @@ def test_chaos(chaos_runtime: tuple[Runtime, Backend]) -> None:
         position = {m.uuid: i for i, m in enumerate(stored) if m.uuid}
         counts = Counter(m.uuid for m in stored if m.uuid)
         prompts = Counter(m.content for m in stored if m.type is MessageType.USER)
-        last = -1
+        # Order holds per load thread (its queries happen one after the other). Across
+        # threads the acknowledgements are no order: a thread can be descheduled between
+        # getting its answer and recording it, while another one's whole query runs.
+        last: dict[str, int] = defaultdict(lambda: -1)
         for prompt, uuids in acked:
             assert prompts[prompt] == 1, (session_id, prompt, prompts[prompt])
+            thread = prompt.split("-", 1)[0]  # q<seed>
             for uuid in uuids:
                 assert counts[uuid] == 1, (session_id, uuid)
-                assert position[uuid] > last, (session_id, "out of order")
-                last = position[uuid]
+                assert position[uuid] > last[thread], (session_id, "out of order")
+                last[thread] = position[uuid]
                 checked += 1
+        assert max(prompts.values(), default=0) <= 1, (session_id, "a prompt stored twice")
         for message in stored:
             if message.type is MessageType.USER:
                 assert isinstance(message.content, str)
@@ -290,7 +343,9 @@ def test_chaos(chaos_runtime: tuple[Runtime, Backend]) -> None:
         f"queries acknowledged={load.queries}, errors={dict(load.errors)}; "
         f"messages checked={checked}, lost=0, duplicated=0, cross-delivered=0; "
         f"double deliveries={len(doubled)}; session restarts={restarts}; "
+        f"sessions killed inside a store transaction={store.killed_mid_write}; "
         f"given up={len(given_up)}; runs={len(outcomes)}, all with one terminal event"
     )
     rt.stop()
+    store.close()
     assert _open_fds() <= fds_before + 2  # sqlite's reader connections are closed with the store

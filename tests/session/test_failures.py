@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
 
 import supervisors
-from beamagent import LocalExit, MessageType, Runtime
+from beamagent import LocalExit, Message, MessageType, Runtime
 from beamagent.backends.base import Connected, HandlerOutput, SessionState
 from beamagent.backends.local import LocalHandler
 from beamagent.errors import (
     BufferOverflow,
     ConnectTimeout,
     Interrupted,
+    InvalidOption,
     QueryInProgress,
     QueryTimeout,
     SessionError,
     TransportError,
 )
+from beamagent.session import handle as handle_module
 
 
 class Gate:
@@ -130,6 +133,39 @@ def test_blocking_query_timeout_recovers(rt: Runtime, gate: Gate) -> None:
     assert session.query("works again")[-1].content == "works again"
 
 
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_postponed_query_whose_caller_gave_up_is_never_sent(
+    rt: Runtime, gate: Gate, api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The session drains an interrupted query, so the next one is postponed; its caller
+    # gives up first (on the handle's own bound: the query's timer starts with the
+    # query). At most once: the backend never sees that prompt, even once it could.
+    monkeypatch.setattr(handle_module, "_GRACE", 0.0)
+    prompts: list[str] = []
+
+    def reply(prompt: str, params: Mapping[str, Any]) -> Any:
+        prompts.append(prompt)
+        return gate.reply(prompt, params)
+
+    session = rt.start_session(backend="local", reply=reply)
+    session.send_query("slow one")
+    assert gate.entered.wait(5)
+    session.interrupt()  # the session is ready, and drains the slow reply
+
+    def give_up() -> Any:
+        if api == "sync":
+            return session.query("given up", timeout=0.2)
+        return asyncio.run(session.aquery("given up", timeout=0.2))
+
+    with pytest.raises(QueryTimeout, match="did not answer query"):
+        give_up()
+    gate.released.set()  # the drain ends: the postponed query would be sent now
+    assert session.query("next")[-1].content == "next"
+    assert prompts == ["slow one", "next"]
+    stored = rt.get_session_messages(session.session_id)
+    assert [m.content for m in stored if m.type is MessageType.USER] == ["slow one", "next"]
+
+
 def test_receive_timeout_keeps_the_query(rt: Runtime, gate: Gate) -> None:
     session = rt.start_session(backend="local", reply=gate.reply)
     ref = session.send_query("slow")
@@ -189,27 +225,66 @@ def test_transport_death_gives_session_error_then_restart(rt: Runtime) -> None:
 
 
 class CrashingHandler(LocalHandler):
-    """A handler with a bug: it raises on any output containing CRASH."""
+    """A handler with bugs: it raises on any output containing CRASH, or REFUSE.
+
+    REFUSE raises an expected error (a ``ReplyError``), which answers a caller when a
+    call raises it; raised while handling the backend's output, it is still a crash.
+    """
+
+    @staticmethod
+    def _check(text: str) -> None:
+        if "CRASH" in text:
+            raise RuntimeError("handler bug")
+        if "REFUSE" in text:
+            raise InvalidOption("handler bug")
 
     def handle_data(self, buffer: bytes) -> tuple[HandlerOutput, bytes]:
-        if b"CRASH" in buffer:
-            raise RuntimeError("handler bug")
+        self._check(buffer.decode(errors="replace"))
         return super().handle_data(buffer)
 
+    def handle_messages(self, messages: Sequence[Message]) -> HandlerOutput:
+        for message in messages:
+            self._check(message.content or "")
+        return super().handle_messages(messages)
 
-def test_handler_crash_restarts_session_and_handle_survives() -> None:
+
+@pytest.mark.parametrize("codec", ["messages", "jsonl"])
+def test_handler_crash_restarts_session_and_handle_survives(codec: str) -> None:
     with Runtime(store=":memory:", backends={"crashy": CrashingHandler}) as rt:
-        session = rt.start_session(backend="crashy")
+        session = rt.start_session(backend="crashy", codec=codec)
         old = session_ref(rt, session.session_id)
         mon = supervisors.monitor(old, watcher=None)
-        with pytest.raises(SessionError):
+        with pytest.raises(SessionError, match="crashed") as info:
             session.query("CRASH now")
+        assert info.value.delivered
         reason = mon.wait(5).reason
         assert isinstance(reason, supervisors.Crashed)
         assert isinstance(reason.exception, RuntimeError)
         assert session.query("fine")[-1].content == "fine"
         children = rt.sessions_supervisor.which_children()
         assert [c.restarts for c in children] == [1]
+        # The prompt reached the backend: it is history, recorded before the crash.
+        stored = rt._store.get_session_messages(session.session_id)
+        assert [m["content"] for m in stored if m["type"] == "user"] == ["CRASH now", "fine"]
+
+
+@pytest.mark.parametrize("codec", ["messages", "jsonl"])
+@pytest.mark.parametrize("word", ["CRASH", "REFUSE"])
+def test_a_handler_crash_after_a_call_does_not_fail_the_call(codec: str, word: str) -> None:
+    # The handler crashes on output the call caused; the call itself succeeded.
+    with Runtime(store=":memory:", backends={"crashy": CrashingHandler}) as rt:
+        session = rt.start_session(backend="crashy", codec=codec)
+        old = session_ref(rt, session.session_id)
+        mon = supervisors.monitor(old, watcher=None)
+        ref = session.send_query(f"{word} now")
+        assert ref.session_id == session.session_id
+        reason = mon.wait(5).reason
+        assert isinstance(reason, supervisors.Crashed)
+        if word == "REFUSE":  # an expected error from the output is a crash all the same
+            assert isinstance(reason.exception.__cause__, InvalidOption)
+        with pytest.raises(SessionError, match="restarted"):
+            session.receive_message(ref, 5)
+        assert session.query("fine")[-1].content == "fine"
 
 
 class SilentHandler(LocalHandler):

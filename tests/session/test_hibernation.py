@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
 import pytest
 
 import supervisors
-from beamagent import MessageType, Runtime
+from beamagent import Message, MessageType, Runtime
 from beamagent.backends.base import HandlerOutput, OffThreadCall
 from beamagent.backends.local import LocalHandler
 from beamagent.errors import InvalidOption, NoActiveQuery, QueryComplete, TransportError
@@ -56,12 +56,12 @@ class AskingLocal(LocalHandler):
     def option_names(cls) -> frozenset[str]:
         return super().option_names() | {"ask"}
 
-    def handle_data(self, buffer: bytes) -> tuple[HandlerOutput, bytes]:
-        output, leftover = super().handle_data(buffer)
+    def handle_messages(self, messages: Sequence[Message]) -> HandlerOutput:
+        output = super().handle_messages(messages)
         if not self.asked and any(m.type is MessageType.RESULT for m in output.messages):
             self.asked = True
             output = attrs.evolve(output, calls=[OffThreadCall("ask", self.options["ask"])])
-        return output, leftover
+        return output
 
 
 class Sleepless(LocalHandler):
@@ -71,7 +71,8 @@ class Sleepless(LocalHandler):
 
 
 def test_an_idle_session_hibernates_and_a_query_resumes_it(rt: Runtime, events: LogEvents) -> None:
-    session = rt.start_session(backend="local", idle_timeout=IDLE)
+    # The JSONL codec keeps each message's wire dict, which names the agent's session.
+    session = rt.start_session(backend="local", idle_timeout=IDLE, codec="jsonl")
     first = session.query("before")
     native = session.session_info()["native_session_id"]
     created = rt.get_session(session.session_id).created_at

@@ -19,6 +19,7 @@ from beamagent.errors import (
     UnknownBackend,
     UnknownControlMethod,
 )
+from beamagent.session import actor as actor_module
 
 
 @pytest.fixture
@@ -217,3 +218,35 @@ def test_history_is_recorded_before_delivery(rt: Runtime) -> None:
         assert any(m.get("uuid") == message.uuid for m in stored)
     types = [m["type"] for m in rt._store.get_session_messages(session.session_id)]
     assert types == ["user", "system", "assistant", "result"]
+
+
+@pytest.mark.parametrize("codec", ["messages", "jsonl"])
+def test_a_local_query_sends_the_session_no_messages_of_its_own(
+    codec: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The local agent answers within the call that sends it the prompt: its output is
+    # handled right after that call, not told to the session (a trip through its mailbox
+    # each), and the blocking query's timeout is never armed.
+    received: list[Any] = []
+    timers: list[Any] = []
+    on_receive = actor_module.SessionActor.on_receive
+    send_after = actor_module.send_after
+
+    def counting(self: Any, message: Any) -> Any:
+        received.append(message)
+        return on_receive(self, message)
+
+    def counting_timers(target: Any, message: Any, seconds: float) -> Any:
+        timers.append(message)
+        return send_after(target, message, seconds)
+
+    monkeypatch.setattr(actor_module.SessionActor, "on_receive", counting)
+    monkeypatch.setattr(actor_module, "send_after", counting_timers)
+    with Runtime(store=":memory:") as rt:
+        session = rt.start_session(backend="local", codec=codec)
+        received.clear()
+        timers.clear()
+        for i in range(10):
+            assert session.query(f"q{i}", timeout=30)[-1].content == f"q{i}"
+        assert received == []
+        assert timers == []

@@ -55,7 +55,13 @@ def kill_and_reap(child: subprocess.Popen[str]) -> list[dict[str, Any]]:
         os.kill(child.pid, signal.SIGKILL)
     rest, _ = child.communicate(timeout=30)
     # A line cut by the kill was never acknowledged: keep complete lines only.
-    return [json.loads(line) for line in rest.splitlines(keepends=True) if line.endswith("\n")]
+    acks = []
+    for line in rest.split("\n")[:-1]:
+        try:
+            acks.append(json.loads(line))
+        except json.JSONDecodeError:
+            pytest.fail(f"the child wrote a line that is no acknowledgement: {line!r}")
+    return acks
 
 
 @pytest.mark.parametrize("kill_after", [7, 40])

@@ -34,6 +34,7 @@ from beamagent.errors import (
 from beamagent.store import MemoryStore, SessionRecord, ThreadRecord, ThreadStatus
 from beamagent.store.actor import WRITE_METHODS
 from beamagent.store.api import message_from_stored
+from beamagent.store.recorder import StoreRecorder
 
 QUERY_TYPES = [MessageType.USER, MessageType.SYSTEM, MessageType.ASSISTANT, MessageType.RESULT]
 
@@ -453,7 +454,13 @@ class ThreadTracingStore(MemoryStore):
         return traced
 
 
-def test_every_mutation_runs_on_the_one_store_actor_thread() -> None:
+#: What a session writes itself, on its own thread (``StoreRecorder``).
+SESSION_WRITES = frozenset({"create_session", "update_session", "record_messages"})
+
+
+def test_runtime_writes_run_on_the_store_actor_and_recording_on_the_session() -> None:
+    # Changed with the recording path: sessions used to record through the store actor
+    # too; they now write into the store themselves (one actor round trip less a query).
     store = ThreadTracingStore()
     try:
         with Runtime(store=store) as rt:
@@ -479,10 +486,14 @@ def test_every_mutation_runs_on_the_one_store_actor_thread() -> None:
             rt._store.routing_entries("health")
             rt.thread_list(session)
         names = {name for name, _ in store.writer_threads}
-        assert {"create_session", "update_session", "record_messages"} <= names
         assert names == WRITE_METHODS - {"record_message"}
-        assert len({thread for _, thread in store.writer_threads}) == 1
-        assert store.writer_threads[0][1] != threading.current_thread().name
+        by_runtime = {t for name, t in store.writer_threads if name not in SESSION_WRITES}
+        by_session = {t for name, t in store.writer_threads if name in SESSION_WRITES}
+        assert len(by_runtime) == 1
+        assert by_runtime.pop().startswith("StoreActor-")
+        # The session writes from its own handlers, on the scheduler's workers.
+        assert by_session
+        assert all(name.startswith("supervisors-worker-") for name in by_session)
     finally:
         store.close()
 
@@ -494,17 +505,16 @@ def test_store_actor_rejects_reads_and_survives(rt: Runtime) -> None:
     assert rt.store_write("record_message", session.session_id, {"type": "text"}) == 1
 
 
-def test_a_record_retried_through_the_store_actor_is_not_duplicated(rt: Runtime) -> None:
+def test_a_record_retried_by_the_recorder_is_not_duplicated(rt: Runtime) -> None:
     session = rt.start_session(backend="local")
     session.query("hello")
     sid = session.session_id
     batch = [m.to_dict() for m in rt.get_session_messages(session)[1:]]  # they have uuids
     assert all(m["uuid"] for m in batch)
-    retry = ProxyCall(("record",), (sid, batch), {"skip_recorded": True})
-    assert rt.store_actor.ask(retry) == [2, 3, 4]  # the first attempt committed
+    recorder = StoreRecorder(rt._store)
+    recorder.record(sid, batch, skip_recorded=True)  # as if the first attempt had committed
     assert rt.get_session(session).message_count == 4
-    plain = ProxyCall(("record",), (sid, batch), {})
-    rt.store_actor.ask(plain)  # without it, a retry duplicates
+    recorder.record(sid, batch)  # without it, a retry duplicates
     assert rt.get_session(session).message_count == 7
 
 
@@ -552,6 +562,9 @@ def _bad_calls(sid: str, tid: str) -> list[Call]:
         write("record_messages", sid, [cyclic]),
         write("record_messages", sid, [_nested(100_000)]),
         write("record_messages", sid, [{"type": "user"}], skip_recorded="yes"),
+        write("record_messages", sid, [{"type": "user"}], skip_recorded=big),
+        write("record_messages", sid, "text"),
+        write("record_messages", sid, None),
         write("record_message", sid, {"type": bad, "uuid": bad, "x": nan}),  # stored
         write("record_message", sid, {"type": "user", "n": big, "f": -math.inf}),  # stored
         write("get_session", sid),
@@ -578,15 +591,28 @@ def _bad_calls(sid: str, tid: str) -> list[Call]:
         write("thread_fork", sid, bad),
         write("thread_archive", sid, big),
         write("delete_session", bad),
+    ]
+
+
+def _bad_records(sid: str) -> list[Call]:
+    """What a confused session could hand its recorder; ``(recorder method, args, kwargs)``."""
+    bad = os.fsdecode(b"caf\xe9")
+    big = 2**64
+    return [
         ("record", (bad, [{"type": "user"}]), {}),
-        ("record", (sid, [{"type": "user", "x": nan, "y": bad}]), {}),  # stored
+        ("record", (sid, [{"type": "user", "x": math.nan, "y": bad}]), {}),  # stored
         ("record", (sid, "text"), {}),
         ("record", (sid, None), {}),
+        ("record", (sid, [{"type": "user", "b": b"bytes"}]), {}),
         ("record", (sid, [{"type": "user"}]), {"skip_recorded": big}),
+        ("record", ("nobody", [{"type": "user"}]), {}),
         ("session_started", ({"session_id": bad, "backend": "local"},), {}),
         ("session_started", (5,), {}),
         ("session_started", ({},), {}),
         ("session_started", ({"session_id": "n", "backend": "local", "model": big},), {}),
+        ("session_updated", (sid, {"colour": "blue"}), {}),
+        ("session_updated", (sid, {"model": bad}), {}),
+        ("session_updated", ("nobody", {"model": "m"}), {}),
     ]
 
 
@@ -607,6 +633,25 @@ def test_no_input_crashes_the_store_actor(rt: Runtime) -> None:
         assert actor.is_alive(), (method, args)
         assert rt.store_actor.actor_urn == urn, (method, args)
     assert refused >= 45
+    assert [r.session_id for r in rt.list_sessions()] == [sid]  # no refused call wrote
+    session.query("still recording")
+    assert rt.get_session_messages(session)[-1].type is MessageType.RESULT
+
+
+def test_no_input_gets_past_the_recorder_untyped(rt: Runtime) -> None:
+    session = rt.start_session(backend="local")
+    sid = session.session_id
+    recorder = StoreRecorder(rt._store)
+    before = rt.get_session(session).message_count
+    stored = 0
+    for method, args, kwargs in _bad_records(sid):
+        try:
+            getattr(recorder, method)(*args, **kwargs)
+        except BeamAgentError:
+            continue
+        stored += 1
+    assert stored == 1  # only the message whose bad values are content: made storable
+    assert rt.get_session(session).message_count == before + 1
     assert [r.session_id for r in rt.list_sessions()] == [sid]  # no refused call wrote
     session.query("still recording")
     assert rt.get_session_messages(session)[-1].type is MessageType.RESULT

@@ -9,6 +9,7 @@ that the history is whole (every committed message, no half transaction).
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ import supervisors
 from beamagent.store import MemoryStore, SessionStore, SqliteStore
 from beamagent.store import memory as memory_module
 from beamagent.store.actor import StoreActor
+from beamagent.store.recorder import StoreRecorder
 
 
 class Killed(BaseException):
@@ -228,7 +230,7 @@ def test_a_restarted_store_actor_starts_clean(store: SqliteStore) -> None:
     store._writer.execute("UPDATE sessions SET message_count = 99 WHERE session_id = 's1'")
     ref = StoreActor.start(store)
     try:
-        seqs = ref.ask(ProxyCall(("record",), ("s1", [{"type": "user", "content": "x"}]), {}))
+        seqs = record(ref, [{"type": "user", "content": "x"}]).get(timeout=30)
         assert seqs == [2]
     finally:
         ref.stop()
@@ -236,8 +238,9 @@ def test_a_restarted_store_actor_starts_clean(store: SqliteStore) -> None:
 
 
 def record(ref: pykka.ActorRef[Any], batch: list[dict[str, Any]], **kwargs: Any) -> Any:
-    """``StoreActor.record`` as a session calls it, without waiting for the answer."""
-    return ref.ask(ProxyCall(("record",), ("s1", batch), kwargs), block=False)
+    """``record_messages`` through the store actor, without waiting for the answer."""
+    call = ProxyCall(("write",), ("record_messages", ("s1", batch), kwargs), {})
+    return ref.ask(call, block=False)
 
 
 @pytest.fixture(params=["sqlite", "memory"])
@@ -324,3 +327,112 @@ def test_a_memory_store_append_killed_midway_leaves_nothing(
     assert [m["content"] for m in store.get_session_messages("s1")] == ["before"]
     assert store.get_session("s1").message_count == 1
     assert store.record_message("s1", {"type": "user", "content": "next"}) == 2
+
+
+class DirectWriter(supervisors.Process):
+    """Records as a session does: straight into the store, on its own thread."""
+
+    def __init__(self, store: SessionStore) -> None:
+        super().__init__()
+        self.recorder = StoreRecorder(store)
+
+    def record_all(self, batches: list[list[dict[str, Any]]]) -> None:
+        for batch in batches:
+            self.recorder.record("s1", batch)
+
+    def record_until_killed(
+        self,
+        name: str,
+        done: list[str],
+        busy: threading.Event,
+        stop: threading.Event,
+        unwound: threading.Event,
+    ) -> None:
+        # ``stop`` only matters if the kill is lost: it can land in a gc callback (hypothesis
+        # installs one), which swallows it, and this handler would then write for ever.
+        try:
+            for i in itertools.count():
+                if stop.is_set():
+                    return
+                content = f"{name}:{i}"
+                self.recorder.record("s1", _batch(content))
+                done.append(content)  # the store answered: this one is committed
+                if i == 2:
+                    busy.set()
+        finally:
+            unwound.set()  # the kill has gone through every frame: ``done`` is final
+
+
+def _batch(content: str) -> list[dict[str, Any]]:
+    return [{"type": "user", "content": content, "uuid": f"{content}{n}"} for n in "ab"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dedicated", [False, True], ids=["scheduled", "dedicated"])
+def test_killing_direct_writers_mid_write_never_wedges_the_store(
+    any_store: SessionStore, dedicated: bool
+) -> None:
+    """Four writers record at once, straight into the store; one is killed, 30 times.
+
+    What a session killed while it records leaves: a write that stopped anywhere, maybe
+    holding the write lock, maybe with a transaction open. The other writers and the next
+    ones go on; every acknowledged batch is stored once, whole; the one the victim was
+    writing is stored whole or not at all (its session died with it and delivered nothing).
+    Writers on the shared scheduler (as sessions are: the worker thread outlives the
+    killed writer) and on threads of their own.
+    """
+
+    class Writer(DirectWriter):
+        dedicated_thread = dedicated
+
+    writers = [Writer.start(any_store) for _ in range(4)]
+    in_lock = 0  # kills that found the victim holding the SQLite store's write lock
+    acknowledged: list[str] = []
+    cut_off: list[str] = []
+    try:
+        for round_ in range(30):
+            victim = round_ % 4
+            done: list[str] = []
+            busy, stop, unwound = threading.Event(), threading.Event(), threading.Event()
+            args = (f"{round_}:victim", done, busy, stop, unwound)
+            call = ProxyCall(("record_until_killed",), args, {})
+            endless = writers[victim].ask(call, block=False)
+            others = []
+            for w in range(4):
+                if w != victim:
+                    contents = [f"{round_}:{w}:{i}" for i in range(10)]
+                    batches = [_batch(c) for c in contents]
+                    call = ProxyCall(("record_all",), (batches,), {})
+                    others.append((contents, writers[w].ask(call, block=False)))
+            assert busy.wait(30)
+            process = supervisors.lookup(writers[victim])
+            if isinstance(any_store, SqliteStore):
+                in_lock += any_store._write_lock._holder.get("owner") is process
+            supervisors.kill(writers[victim])
+            with pytest.raises(pykka.ActorDeadError):
+                endless.get(timeout=30)
+            stop.set()
+            assert unwound.wait(30)  # dead (or, its kill lost, stopped): ``done`` is final
+            acknowledged.extend(done)
+            cut_off.append(f"{round_}:victim:{len(done)}")  # in flight when it died
+            for contents, future in others:
+                future.get(timeout=30)
+                acknowledged.extend(contents)
+            writers[victim] = Writer.start(any_store)
+        writers[0].ask(ProxyCall(("record_all",), ([[{"type": "user", "content": "end"}]],), {}))
+    finally:
+        for ref in writers:
+            ref.stop()
+    messages = any_store.get_session_messages("s1", include_hidden=True)
+    assert any_store.get_session("s1").message_count == len(messages)
+    assert messages[-1]["content"] == "end"
+    body = messages[1:-1]
+    pairs = [(body[i], body[i + 1]) for i in range(0, len(body), 2)]
+    assert all(  # whole batches only
+        a["content"] == b["content"] and a["uuid"][-1] + b["uuid"][-1] == "ab" for a, b in pairs
+    )
+    stored = [a["content"] for a, _ in pairs]
+    assert len(stored) == len(set(stored))  # none twice
+    assert set(acknowledged) <= set(stored) <= set(acknowledged) | set(cut_off)
+    committed = len(set(stored) & set(cut_off))
+    print(f"\n{committed} of 30 cut-off batches committed; {in_lock} kills inside the lock")

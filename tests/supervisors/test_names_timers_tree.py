@@ -106,6 +106,20 @@ def test_timer_to_dead_target_is_dropped_and_service_keeps_working() -> None:
     alive.stop()
 
 
+def test_a_timer_aimed_at_an_ended_process_is_cancelled_at_once() -> None:
+    # E.g. armed by the process's own thread just before a kill from outside lands:
+    # nothing would cancel it later, and it would keep the scheduler thread alive.
+    class Sink(s.Process):
+        pass
+
+    ended = Sink.start()
+    ended.stop()
+    timer = s.send_after(ended, "lost", 60)
+    assert not timer.pending
+    assert timer.cancel() is False
+    assert s.release_idle_timer_thread()
+
+
 def test_timers_share_one_thread() -> None:
     import threading
 

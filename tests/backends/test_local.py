@@ -1,0 +1,156 @@
+"""The ``local`` backend's two codecs: in-process messages (default) and JSON lines."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import attrs
+import pytest
+
+from beamagent import LocalExit, Runtime
+from beamagent.backends.base import InProcessTransport
+from beamagent.backends.local import LocalHandler, LocalTransport
+from beamagent.errors import BufferOverflow, InvalidOption, TransportError
+from beamagent.messages import Message, MessageType
+
+LONE = "caf\udce9"  # a lone surrogate (what os.fsdecode makes of b"caf\xe9")
+
+SCRIPTS: dict[str, Any] = {
+    "echo": None,
+    "texts": [["one", "two words", "", "h\u00e9llo \U0001f600", LONE]],
+    "dicts": [
+        [
+            "before",
+            {"type": "assistant", "message": {"content": [{"type": "text", "text": "in a dict"}]}},
+            {"type": "error", "error": {"message": "overloaded"}},
+            {"type": "custom_event", "n": (1, 2)},
+            {"type": "result", "subtype": "success", "result": "mine", "num_turns": 7},
+        ]
+    ],
+}
+
+
+def _comparable(message: Message) -> dict[str, Any]:
+    """What must agree between the codecs: all but ids, clocks and the wire dict."""
+    data = attrs.evolve(message, raw=None).to_dict()
+    for volatile in ("uuid", "session_id", "timestamp", "duration_ms"):
+        data.pop(volatile, None)
+    info = data.get("system_info")
+    if info is not None:
+        info.pop("uuid")
+    return data
+
+
+def _run(rt: Runtime, codec: str, script: Any, prompts: list[str]) -> list[list[Message]]:
+    options: dict[str, Any] = {"native_session_id": "local-fixed-native", "codec": codec}
+    if script is not None:
+        options["replies"] = script
+    session = rt.start_session(backend="local", cwd="/w\u00f6rk", **options)
+    return [session.query(prompt) for prompt in prompts]
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_both_codecs_give_the_same_messages(name: str) -> None:
+    prompts = ["hi there", "second \u00e9 \U0001f600"]
+    with Runtime(store=":memory:") as rt:
+        ours = _run(rt, "messages", SCRIPTS[name], prompts)
+        wire = _run(rt, "jsonl", SCRIPTS[name], prompts)
+    comparable = [[_comparable(m) for m in q] for q in ours]
+    assert comparable == [[_comparable(m) for m in q] for q in wire]
+    # Built in-process: no wire dict, except where the script itself gave one (a dict).
+    built = [m for q in ours for m in q if m.raw is None]
+    assert len(built) >= 3 * len(prompts) - (3 if name == "dicts" else 0)
+    assert all(m.raw is not None for q in wire for m in q)
+    for run in (ours, wire):  # stamped with the canonical id, whoever stamped them
+        assert len({m.session_id for q in run for m in q}) == 1
+        assert run[0][0].session_id.startswith("session_")
+
+
+def test_stored_history_reads_back_equal_to_what_was_delivered(tmp_path: Any) -> None:
+    for store in (":memory:", tmp_path / "s.db"):
+        with Runtime(store=store) as rt:
+            for codec in ("messages", "jsonl"):
+                session = rt.start_session(backend="local", codec=codec, replies=SCRIPTS["dicts"])
+                delivered = session.query("q") + session.query("echo me")
+                stored = rt.get_session_messages(session)
+                assert [m for m in stored if m.type is not MessageType.USER] == delivered
+                assert [m.content for m in stored if m.type is MessageType.USER] == ["q", "echo me"]
+
+
+def test_the_codec_chooses_the_transport() -> None:
+    assert isinstance(LocalHandler({}).open_transport(), LocalTransport)
+    assert isinstance(LocalHandler({"codec": "messages"}).open_transport(), LocalTransport)
+    assert isinstance(LocalHandler({"codec": "jsonl"}).open_transport(), InProcessTransport)
+    for bad in ("json", None, 1):
+        with pytest.raises(InvalidOption, match="codec"):
+            LocalHandler({"codec": bad})
+
+
+def test_raw_bytes_switch_the_agent_to_json_lines_for_good() -> None:
+    line = b'{"type":"assistant","message":{"content":[{"type":"text","text":"from bytes"}]}}\n'
+    script = [["first", line, "after"], "next query"]
+    with Runtime(store=":memory:") as rt:
+        session = rt.start_session(backend="local", replies=script)
+        first = session.query("a")
+        second = session.query("b")
+    assert [m.content for m in first] == [None, "first", "from bytes", "after", "firstafter"]
+    init, built, from_bytes, *rest = first
+    assert (init.raw, built.raw) == (None, None)  # sent before the bytes: messages
+    assert from_bytes.raw is not None
+    assert all(m.raw is not None for m in [*rest, *second])  # after them: JSON lines
+    assert second[-1].content == "next query"
+
+
+def test_a_partial_line_is_completed_by_what_follows_as_under_jsonl() -> None:
+    # The bytes leave a line open; the next item's line closes it into one garbage line,
+    # which the decoder skips: the same outcome as the JSONL codec's.
+    script = [[b'{"type":"assistant", "oops', "swallowed", "kept"]]
+    results = {}
+    with Runtime(store=":memory:") as rt:
+        for codec in ("messages", "jsonl"):
+            session = rt.start_session(backend="local", replies=script, codec=codec)
+            results[codec] = [m.content for m in session.query("x")]
+    assert results["messages"] == results["jsonl"] == [None, "kept", "swallowedkept"]
+
+
+def test_an_unterminated_line_is_a_buffer_overflow_without_naming_the_codec() -> None:
+    def reply(prompt: str, params: Mapping[str, Any]) -> Iterator[Any]:
+        yield "some text"
+        yield b"x" * 5000
+
+    with Runtime(store=":memory:", session_defaults={"error_linger": 0}) as rt:
+        session = rt.start_session(backend="local", reply=reply, buffer_max=1000)
+        with pytest.raises(BufferOverflow):
+            session.query("overflow")
+
+
+def test_an_exit_after_messages_delivers_them_first() -> None:
+    with Runtime(store=":memory:", session_defaults={"error_linger": 0}) as rt:
+        session = rt.start_session(backend="local", replies=[["said", LocalExit(4)]])
+        with pytest.raises(TransportError, match="status 4"):
+            session.query("x")
+        stored = rt.get_session_messages(session)
+    assert [m.content for m in stored] == ["x", None, "said"]
+
+
+def test_streamed_replies_and_interrupts_in_message_mode() -> None:
+    release = threading.Event()
+
+    def reply(prompt: str, params: Mapping[str, Any]) -> Iterator[str]:
+        yield "partial"
+        release.wait(10)
+        yield "late"
+
+    with Runtime(store=":memory:") as rt:
+        session = rt.start_session(backend="local", reply=reply)
+        ref = session.send_query("slow")
+        assert session.receive_message(ref, 5).type is MessageType.SYSTEM
+        partial = session.receive_message(ref, 5)
+        assert (partial.content, partial.raw) == ("partial", None)
+        session.interrupt()
+        release.set()
+        again = [m.content for m in session.query("again")]
+        assert again == [None, "partial", "late", "partiallate"]
+        assert session.health() == "ready"
