@@ -12,6 +12,10 @@ Prints, for N sessions (default 100,000; ``python bench/scale.py N`` overrides):
     over 1,000 sessions picked at random (each query to another session); each the
     best of 7 rounds of 500 queries;
   * the time to stop the runtime with N sessions.
+
+Stopping grows faster than N (2,000 sessions: 0.2 s, 10,000: 2.2 s); at 100,000 it
+passes the 60 s bound ``Runtime.stop`` puts on the root's stop, so ``run_all.py``
+runs N = 30,000.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pykka
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -123,8 +129,12 @@ def main(n: int) -> None:
     )
 
     start = time.perf_counter()
-    rt.stop()
-    figure(f"scale_runtime_stop_{n}", time.perf_counter() - start, "s")
+    try:
+        rt.stop()
+    except pykka.Timeout as exc:  # Runtime.stop bounds the root's stop at 60 s
+        figure(f"scale_runtime_stop_{n}", time.perf_counter() - start, "s", f"timed out: {exc}")
+    else:
+        figure(f"scale_runtime_stop_{n}", time.perf_counter() - start, "s")
 
 
 if __name__ == "__main__":
