@@ -47,8 +47,9 @@ soak: $(STAMP) clis
 	BEAMAGENT_SOAK=1 $(BIN)/python -m pytest -p no:cacheprovider -m reliability -s \
 		-o timeout=7200 tests/reliability
 
+# Every benchmark, one after another; writes bench/REPORT.md. BENCH_ARGS=--quick for a smoke run.
 bench: $(BENCH_STAMP) clis
-	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -11,7 +11,8 @@ Prints:
 Every figure routes the same round-robin request (a ``RouteRequest`` built
 once, as a service reuses its request) over three ``local`` backends. Logging
 is filtered out, as in production at level WARNING; measurements alternate
-(``paired``) because this machine runs other work meanwhile.
+(``paired``) because this machine runs other work meanwhile. Run pinned: run_all.py
+runs it under ``taskset -c 0`` (one caller's latency across threads).
 """
 
 from __future__ import annotations

@@ -3,14 +3,24 @@
 Prints:
   * a blocking ``query`` on ``local`` vs one raw Pykka ask round trip (goal ratio <= 3.0),
     with the in-memory store and with the default SQLite store (WAL);
+  * the query with a SQLite file store vs the same query's transaction in raw ``sqlite3``
+    (same schema and pragmas, BEGIN IMMEDIATE, the rows one query records, COMMIT;
+    goal ratio <= 2.0);
   * where the in-memory figure goes: each stage of the query alone on this thread, the
     same work right after a thread switch, and what no stage accounts for;
   * ``stream`` first-message latency;
   * 10,000 live idle ``local`` sessions: start rate and RSS per session (goal <= 40 KiB).
+
+``python bench/session.py [N]``: N idle sessions (default 10,000). Run pinned: run_all.py
+runs it under ``taskset -c 0`` (every figure is one caller's latency across threads; on a
+VM a wake-up on an idle CPU costs tens of microseconds and varies run to run).
 """
 
 from __future__ import annotations
 
+import itertools
+import json
+import sqlite3
 import sys
 import tempfile
 import time
@@ -27,8 +37,11 @@ from beamagent import Runtime, configure_logging
 from beamagent.backends.local import LocalAgent, LocalHandler
 from beamagent.messages import Message, MessageType
 from beamagent.store import MemoryStore
+from beamagent.store.sqlite import MIGRATIONS
 
 configure_logging("critical")
+
+QUERIES = 500
 
 
 class RawEcho(pykka.ThreadingActor):
@@ -41,7 +54,7 @@ def bench_query(store: Any, label: str) -> tuple[float, float]:
     raw = RawEcho.start()
     with Runtime(store=store) as rt:
         session = rt.start_session(backend="local")
-        raw_t, query_t = paired(lambda: raw.ask(1), lambda: session.query("hi"), 500)
+        raw_t, query_t = paired(lambda: raw.ask(1), lambda: session.query("hi"), QUERIES)
         report(
             f"query_local_{label}",
             query_t * 1e6,
@@ -60,6 +73,73 @@ def bench_query(store: Any, label: str) -> tuple[float, float]:
         figure(f"stream_first_message_{label}", first * 1e6, "us")
     raw.stop()
     return raw_t, query_t
+
+
+class RawSqliteQuery:
+    """The baseline for a query on a SQLite store: the same transaction in raw ``sqlite3``.
+
+    Our schema, the pragmas ``beamagent/store/sqlite.py`` sets (WAL, synchronous=NORMAL,
+    foreign_keys=ON); per call BEGIN IMMEDIATE, INSERT the rows one local query records
+    (the prompt, system, assistant, result: the same bodies, JSON-encoded), UPDATE the
+    session row, COMMIT.
+    """
+
+    def __init__(self, path: Path, messages: list[dict[str, Any]]) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA foreign_keys = ON")
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = NORMAL")
+        for statement in MIGRATIONS[0]:
+            self.conn.execute(statement)
+        now = time.time()
+        self.conn.execute(
+            "INSERT INTO sessions (session_id, backend, created_at, updated_at) "
+            "VALUES ('raw', 'local', ?, ?)",
+            (now, now),
+        )
+        self.messages = messages
+        self.seq = itertools.count(1)
+
+    def transaction(self) -> None:
+        now = time.time()
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.executemany(
+            "INSERT INTO messages (session_id, seq, type, uuid, message_id, thread_id, "
+            "created_at, rolled_back, body) VALUES ('raw', ?, ?, ?, NULL, NULL, ?, 0, ?)",
+            [(next(self.seq), m["type"], m.get("uuid"), now, json.dumps(m)) for m in self.messages],
+        )
+        self.conn.execute(
+            "UPDATE sessions SET message_count = message_count + ?, updated_at = ? "
+            "WHERE session_id = 'raw'",
+            (len(self.messages), now),
+        )
+        self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def bench_query_vs_raw_sqlite(tmp: Path) -> None:
+    """P1 on SQLite: a query with a SQLite file store vs its transaction in raw sqlite3."""
+    with Runtime(store=tmp / "ours.db") as rt:
+        session = rt.start_session(backend="local")
+        session.query("hi")
+        recorded = rt._store.get_session_messages(session.session_id)
+        stored = [dict(m) for m in recorded[-4:]]  # what one query records
+        assert [m["type"] for m in stored] == ["user", "system", "assistant", "result"]
+        raw = RawSqliteQuery(tmp / "raw.db", stored)
+        try:
+            raw_t, query_t = paired(raw.transaction, lambda: session.query("hi"), QUERIES)
+        finally:
+            raw.close()
+    report(
+        "query_local_sqlite_store_vs_raw_sqlite3",
+        query_t * 1e6,
+        raw_t * 1e6,
+        "us",
+        f"baseline: raw sqlite3 WAL transaction of the {len(stored)} rows a query records; "
+        "goal ratio <= 2.0",
+    )
 
 
 def bench_query_breakdown(raw_t: float, query_t: float) -> None:
@@ -146,4 +226,5 @@ if __name__ == "__main__":
     bench_query_breakdown(*bench_query(":memory:", "memory_store"))
     with tempfile.TemporaryDirectory() as tmp:
         bench_query(Path(tmp) / "bench.db", "sqlite_store")
+        bench_query_vs_raw_sqlite(Path(tmp))
     bench_many_sessions(int(sys.argv[1]) if len(sys.argv) > 1 else 10_000)

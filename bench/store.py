@@ -13,7 +13,8 @@ Prints:
   * get_session_messages(limit=50, offset=99_000) on a 100,000-message session, vs the
     naive ``LIMIT 50 OFFSET 99000`` scan, with the query plan (an index range read).
 
-Run: ``.venv/bin/python bench/store.py``
+Run: ``.venv/bin/python bench/store.py``. Run pinned: run_all.py runs it under
+``taskset -c 0`` (one caller's latency through the store actor's thread).
 """
 
 from __future__ import annotations

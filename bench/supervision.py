@@ -5,6 +5,9 @@ Prints:
   * crash -> restarted child answering, vs raw Pykka spawn + first ask (goal <= 2.0);
   * 10,000 children under one DynamicSupervisor: start rate and RSS per child
     (goal <= 40 KiB).
+
+Run pinned: run_all.py runs it under ``taskset -c 0`` (one caller's latency across
+threads; on a VM a wake-up on an idle CPU costs tens of microseconds and varies).
 """
 
 from __future__ import annotations
