@@ -41,6 +41,7 @@ from supervisors._process import (
     unlink,
 )
 from supervisors._reasons import Crashed, ExitReason, Killed, NoProc, Normal, Shutdown, is_abnormal
+from supervisors._registry import install as _install_registry
 from supervisors._scheduler import blocking, release_idle_workers
 from supervisors._supervisor import (
     ChildInfo,
@@ -69,6 +70,8 @@ from supervisors.errors import (
     SupervisorsError,
     WaitTimeout,
 )
+
+_install_registry()  # constant-time unregistering in pykka.ActorRegistry
 
 __all__ = [
     "BRUTAL_KILL",

@@ -272,3 +272,37 @@ def test_users_pykka_style_actor_supervised_on_either_kind_of_thread(dedicated: 
         assert second.ask("ping", timeout=5) == "pong"
     finally:
         sup.stop()
+
+
+def test_pykka_registry_keeps_working_and_unregisters_in_constant_time() -> None:
+    class Plain(pykka.ThreadingActor):
+        def on_receive(self, message: Any) -> Any:
+            return message
+
+    plain = Plain.start()
+    ours = [Echo.start() for _ in range(3)]
+    try:
+        everyone = pykka.ActorRegistry.get_all()
+        assert plain in everyone
+        assert all(ref in everyone for ref in ours)
+        assert pykka.ActorRegistry.get_by_class(Plain) == [plain]
+        assert pykka.ActorRegistry.get_by_urn(ours[1].actor_urn) == ours[1]
+        # Unregistering compares URNs, never calls ActorRef.__eq__ on every live actor.
+        calls = 0
+        original = pykka.ActorRef.__eq__
+
+        def counting_eq(self: Any, other: Any) -> bool:
+            nonlocal calls
+            calls += 1
+            return bool(original(self, other))
+
+        pykka.ActorRef.__eq__ = counting_eq  # type: ignore[method-assign,assignment]
+        try:
+            ours[0].stop()
+        finally:
+            pykka.ActorRef.__eq__ = original  # type: ignore[method-assign]
+        assert calls == 0
+        assert ours[0] not in pykka.ActorRegistry.get_all()
+    finally:
+        plain.stop()
+        _stop_all(ours[1:])
