@@ -48,8 +48,6 @@ import attrs
 from beamagent.backends.base import (
     BackendHandler,
     Connected,
-    Data,
-    Exited,
     HandlerOutput,
     InProcessPeer,
     InProcessTransport,
@@ -60,7 +58,7 @@ from beamagent.backends.base import (
 )
 from beamagent.backends.jsonl import decode_lines, encode_line
 from beamagent.capabilities import Capability
-from beamagent.errors import InvalidOption, TransportError
+from beamagent.errors import InvalidOption
 from beamagent.messages import (
     ContentBlockType,
     Message,
@@ -530,59 +528,27 @@ def _control_response(request_id: Any, response: Mapping[str, Any]) -> dict[str,
     }
 
 
-class LocalTransport(Transport):
+class LocalTransport(InProcessTransport):
     """The transport of the ``local`` backend's ``"messages"`` codec: no bytes for answers.
 
-    Like :class:`~beamagent.backends.base.InProcessTransport` (commands go to the
-    agent as JSON lines, synchronously, on the caller's thread), and the agent's
+    An :class:`~beamagent.backends.base.InProcessTransport` (commands go to the
+    agent as JSON lines, synchronously, on the caller's thread) whose agent's
     answers arrive as :class:`~beamagent.backends.base.Messages` events holding
     the messages it built; raw bytes it emits arrive as ``Data``.
     """
 
     def __init__(self, agent: LocalAgent) -> None:
+        super().__init__(agent)
         self._agent = agent
-        self._sink: TransportSink | None = None
-        self._lock = threading.Lock()
-        self._closed = False
 
     def start(self, sink: TransportSink) -> None:
-        self._sink = sink
-        self._agent.attach(self._emit, self._exit)
         self._agent.attach_messages(self._deliver)
-        sink(Connected({"transport": "in_process"}))
-
-    def _emit(self, data: bytes) -> None:
-        sink = self._sink
-        if sink is not None and not self._closed:
-            sink(Data(data))
+        super().start(sink)
 
     def _deliver(self, messages: Sequence[Message]) -> None:
         sink = self._sink
         if sink is not None and not self._closed:
             sink(Messages(messages))
-
-    def _exit(self, status: int) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        if self._sink is not None:
-            self._sink(Exited(status))
-
-    def send(self, data: bytes) -> None:
-        if self._closed:
-            raise TransportError("in-process transport is closed", reason="closed")
-        self._agent.receive(data)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._agent.close()
-
-    def info(self) -> dict[str, Any]:
-        return {"transport": "in_process"}
 
 
 class LocalHandler(BackendHandler):

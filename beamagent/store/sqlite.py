@@ -436,13 +436,9 @@ class _WriteTransaction:
 
     def __enter__(self) -> sqlite3.Connection:
         store = self._store
-        if store._write_lock.acquire() is not None:
-            store._log_takeover()
+        store._take_write_lock()
         try:
-            store._check_open()
-            conn = store._writer
-            if conn.in_transaction:
-                store._discard_open_transaction(conn)
+            conn = store._clean_writer()
             conn.execute("BEGIN IMMEDIATE")
         except BaseException as exc:
             store._end_failed_write()
@@ -672,19 +668,29 @@ class SqliteStore:
         Raises:
             StoreError: the store is closed.
         """
-        if self._write_lock.acquire() is not None:
-            self._log_takeover()
+        self._take_write_lock()
         try:
-            self._check_open()
-            conn = self._writer
-            if conn.in_transaction:
-                self._discard_open_transaction(conn)
-            yield conn
+            yield self._clean_writer()
         finally:
             self._write_lock.release()
 
-    def _log_takeover(self) -> None:
-        log.warning("store_write_lock_recovered", path=str(self._path))
+    def _take_write_lock(self) -> None:
+        """Take the write lock (over from a holder that died holding it, if need be)."""
+        if self._write_lock.acquire() is not None:
+            log.warning("store_write_lock_recovered", path=str(self._path))
+
+    def _clean_writer(self) -> sqlite3.Connection:
+        """Under the write lock: the write connection, with no transaction left open.
+
+        Raises:
+            StoreError: the store is closed.
+            sqlite3.Error: rolling back what a killed writer left open failed.
+        """
+        self._check_open()
+        conn = self._writer
+        if conn.in_transaction:
+            self._discard_open_transaction(conn)
+        return conn
 
     def _discard_open_transaction(self, conn: sqlite3.Connection) -> None:
         # Left open by a writer killed mid-transaction: nothing of it was committed, and
@@ -716,14 +722,11 @@ class SqliteStore:
         Raises:
             StoreError: the store is closed, or a new write connection cannot be opened.
         """
-        if self._write_lock.acquire() is not None:
-            self._log_takeover()
+        self._take_write_lock()
         try:
-            self._check_open()
             conn = self._writer
             try:
-                if conn.in_transaction:
-                    self._discard_open_transaction(conn)
+                self._clean_writer()
                 return
             except sqlite3.Error as exc:
                 log.warning("store_writer_replaced", path=str(self._path), error=str(exc))
