@@ -1,11 +1,14 @@
 """Process lifecycle: live runtimes stop in order at interpreter exit and on SIGTERM.
 
-**Exit.** Every actor runs on a non-daemon thread, and Python joins those
-threads *before* it runs ``atexit`` handlers: a runtime that is never stopped
-(the module-level API's default runtime, or a ``Runtime()`` someone forgot)
-would hang the interpreter's exit for ever. So each runtime registers here
-when it starts, and a ``threading._register_atexit`` hook (what
-``concurrent.futures`` uses; it runs before that join) stops every live one,
+**Exit.** Actors run on daemon threads (the scheduler's workers, or a
+dedicated daemon thread), so nothing keeps the interpreter from exiting; but
+a runtime that is never stopped (the module-level API's default runtime, or a
+``Runtime()`` someone forgot) must still be stopped in order, its store
+flushed, before those threads are frozen. ``atexit`` handlers run too late
+(after Python joined its non-daemon threads, and with daemon threads still
+running). So each runtime registers here when it starts, and a
+``threading._register_atexit`` hook (what ``concurrent.futures`` uses; it
+runs before that join) stops every live one,
 newest first, each tree in its own order (runs, sessions, store, registry),
 closing the stores it opened. The registry holds runtimes weakly: one that
 was stopped is forgotten; one that was garbage-collected without being

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pykka
@@ -306,3 +310,42 @@ def test_pykka_registry_keeps_working_and_unregisters_in_constant_time() -> None
     finally:
         plain.stop()
         _stop_all(ours[1:])
+
+
+EXIT_SCRIPT = """
+import sys, threading
+import supervisors as s
+
+class Shared(s.Process):
+    def on_receive(self, message):
+        if message == "spin":
+            while True:  # still running when the interpreter exits
+                pass
+        return message
+
+class Own(Shared):
+    dedicated_thread = True
+
+sup = s.Supervisor.start(
+    [s.ChildSpec("a", (Shared, (), {}), name="a"), s.ChildSpec("b", (Own, (), {}), name="b")]
+)
+assert s.whereis("a").ask("hi") == "hi" and s.whereis("b").ask("hi") == "hi"
+s.whereis("a").tell("spin")
+s.whereis("b").tell("spin")
+print("started", flush=True)
+"""
+
+
+def test_a_script_that_never_stops_its_processes_exits_at_once_and_silently() -> None:
+    # As a user meets it: a tree nobody stopped, two handlers spinning (one on the pool,
+    # one on a dedicated thread). Neither kind of thread may hold the interpreter's exit.
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "started\n"
+    assert done.stderr == ""
