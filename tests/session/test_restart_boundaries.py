@@ -247,3 +247,58 @@ def test_a_failed_store_write_fails_the_caller_not_the_session(tmp_path: Path) -
         assert users == ["before", "while full", "after"]
         assert session.session_info()["incarnation"] == 1  # never crashed
         assert idle.query("fine")[-1].content == "fine"
+
+
+def test_a_session_killed_while_it_starts_is_waited_for_by_start_session() -> None:
+    """``start_session`` waits on the session's ``ready`` answer; a kill before it must
+    hand over to the restarted incarnation, not fail the start or hang."""
+    gate = Gate()
+    gate.hold = True
+    started: list[Any] = []
+    with Runtime(store=":memory:", backends={"gated": GatedLocal}) as rt:
+        starter = threading.Thread(
+            target=lambda: started.append(
+                rt.start_session(backend="gated", gate=gate, session_id="starting")
+            )
+        )
+        starter.start()
+        try:
+            assert gate.reached.wait(5)  # held at its handshake: start_session is waiting
+            gate.reached.clear()
+            _kill_session(rt, "starting").wait(5)
+            assert gate.reached.wait(5)  # the restarted incarnation reached its handshake
+        finally:
+            gate.release.set()
+            starter.join(10)
+        assert not starter.is_alive()
+        (session,) = started
+        assert session.health() == "ready"
+        assert session.session_info()["incarnation"] == 2
+        assert session.query("after the kill")[-1].content == "after the kill"
+
+
+def test_a_session_killed_while_it_starts_and_given_up_fails_the_start_at_once() -> None:
+    gate = Gate()
+    gate.hold = True
+    outcome: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            rt.start_session(backend="gated", gate=gate, session_id="doomed", init_timeout=60)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with Runtime(store=":memory:", backends={"gated": GatedLocal}, session_restarts=(0, 5.0)) as rt:
+        starter = threading.Thread(target=start)
+        starter.start()
+        try:
+            assert gate.reached.wait(5)
+            _kill_session(rt, "doomed").wait(5)
+            starter.join(10)  # not the 60 s handshake timeout: the session is gone
+            assert not starter.is_alive()
+        finally:
+            gate.release.set()
+            starter.join(10)
+        (error,) = outcome
+        assert isinstance(error, SessionError)
+        assert error.reason == "given_up"
