@@ -187,26 +187,37 @@ class MonitorRef:
 
 
 class _Flag:
-    """A one-way flag on a raw lock: ``set`` once, ``wait`` until set (no ``Condition``)."""
+    """A one-way flag on a raw lock: ``set`` once, ``wait`` until set (no ``Condition``).
 
-    __slots__ = ("_lock",)
+    ``is_set`` reads a plain attribute, never the lock: a waiter holds the lock for a
+    moment while it passes through, and ``set`` may race with another ``set`` or with
+    a waiter passing through (a release of an unlocked lock is then ignored).
+    """
+
+    __slots__ = ("_is_set", "_lock")
 
     def __init__(self) -> None:
+        self._is_set = False
         self._lock = _thread.allocate_lock()
         self._lock.acquire()
 
     def set(self) -> None:
-        with suppress(RuntimeError):  # already set
-            self._lock.release()
+        if not self._is_set:
+            self._is_set = True
+            with suppress(RuntimeError):  # a racing set released it already
+                self._lock.release()
 
     def is_set(self) -> bool:
-        return not self._lock.locked()
+        return self._is_set
 
     def wait(self, timeout: float | None = None) -> bool:
-        if self._lock.acquire(timeout=-1 if timeout is None else timeout):
-            self._lock.release()
+        if self._is_set:
             return True
-        return False
+        if self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            with suppress(RuntimeError):  # a racing set released it meanwhile
+                self._lock.release()  # let the next waiter through
+            return True
+        return self._is_set
 
 
 class ProcessFuture(ThreadingFuture[Any]):
@@ -319,7 +330,7 @@ class Process(pykka.ThreadingActor):
     Waits the scheduler knows about (replies, monitors, starts) never need it.
     """
 
-    use_daemon_thread: bool = True
+    use_daemon_thread: ClassVar[bool] = True
     """A dedicated thread is a daemon, like the scheduler's workers (Pykka's default is
     not): a process nobody stopped never keeps the interpreter from exiting. Stop your
     tree (or let ``beamagent``'s exit hook stop its runtimes) for ``on_stop`` to run."""

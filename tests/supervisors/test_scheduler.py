@@ -349,3 +349,31 @@ def test_a_script_that_never_stops_its_processes_exits_at_once_and_silently() ->
     assert done.returncode == 0, done.stderr
     assert done.stdout == "started\n"
     assert done.stderr == ""
+
+
+def test_a_start_flag_set_twice_while_waiters_pass_through_never_fails() -> None:
+    from supervisors._process import _Flag
+
+    for _ in range(200):
+        flag = _Flag()
+        errors: list[BaseException] = []
+        passed: list[bool] = []
+
+        def wait(
+            flag: _Flag = flag, passed: list[bool] = passed, errors: list[BaseException] = errors
+        ) -> None:
+            try:
+                passed.append(flag.wait(5))
+            except BaseException as exc:
+                errors.append(exc)
+
+        waiters = [threading.Thread(target=wait) for _ in range(3)]
+        setters = [threading.Thread(target=flag.set) for _ in range(2)]
+        for t in [*waiters, *setters]:
+            t.start()
+        for t in [*waiters, *setters]:
+            t.join(5)
+        assert errors == []
+        assert passed == [True, True, True]
+        assert flag.is_set()
+        assert flag.wait(0)
