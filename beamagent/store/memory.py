@@ -2,7 +2,12 @@
 
 For tests, demos and ``open_store(":memory:")``. Thread-safe: one lock serializes every
 call. Messages are kept as JSON text, exactly like the SQLite store, so what you read
-back is the same JSON round-trip in both stores.
+back is the same JSON round-trip in both stores; except a
+:class:`~beamagent.messages.Message` the library built from JSON values
+(``is_json_native``: what sessions record from the ``local`` backend), which is kept as
+the frozen object itself and read back as its ``to_dict()`` (the same dict: it is
+canonical JSON). Such a message needs neither the check nor the snapshot that encoding
+gives; every other input is encoded, and refused, exactly as the SQLite store does.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from beamagent.errors import (
     ThreadNotFound,
 )
 from beamagent.log import get_logger
+from beamagent.messages import Message
 from beamagent.store.base import (
     SKIP_RECORDED_WINDOW,
     MonotonicClock,
@@ -43,6 +49,7 @@ from beamagent.store.base import (
     check_since,
     check_types,
     check_update_fields,
+    encode_content,
     fork_extra,
     merge_extra,
     new_session_id,
@@ -74,11 +81,56 @@ class _Message:
     seq: int
     created_at: float
     prepared: PreparedMessage
+    # A message the library built from JSON values (``Message.is_json_native``), kept as
+    # it is: ``prepared`` then holds its columns and no body. Its to_dict() is its JSON
+    # round trip, so readers get what they would get from the text; it is frozen and its
+    # nested values are read-only by Message's contract, so nothing the store hands out
+    # can change it.
+    kept: Message | None = None
 
     def decoded(self) -> dict[str, Any]:
-        body = json.loads(self.prepared.body)
-        assert isinstance(body, dict)
+        """A fresh dict of the stored message (the caller's to change)."""
+        kept = self.kept
+        if kept is None:
+            body = json.loads(self.prepared.body)
+            assert isinstance(body, dict)
+            return body
+        body = kept.to_dict()  # a deep copy
+        if kept.thread_id is None and self.prepared.thread_id is not None:
+            body["thread_id"] = self.prepared.thread_id  # where prepare_message puts it
         return body
+
+    def body(self) -> str:
+        """The stored JSON text."""
+        if self.kept is None:
+            return self.prepared.body
+        return encode_content(self.decoded(), "a message")
+
+
+_Item = tuple[PreparedMessage, Message | None]
+"""A checked message to append: its columns (and body), and the Message kept if any."""
+
+
+def _prepare(message: Any, active_thread_id: str | None) -> _Item:
+    """``prepare_message``, or for a JSON-native Message its columns alone (no encoding).
+
+    A JSON-native message needs no check (it is canonical JSON) and no snapshot (it is
+    frozen), so only the indexed columns are taken, as ``prepare_message`` would.
+    """
+    if type(message) is Message and message.is_json_native:
+        thread_id = message.thread_id
+        if thread_id is None:
+            thread_id = active_thread_id
+        prepared = PreparedMessage(
+            type=message.type.value,
+            uuid=message.uuid or None,
+            message_id=message.message_id or None,
+            thread_id=thread_id or None,
+            model=message.model or None,
+            body="",
+        )
+        return prepared, message
+    return prepare_message(message, active_thread_id), None
 
 
 @attrs.define
@@ -203,14 +255,12 @@ class MemoryStore:
     def _touch(self, session: _Session, now: float, **changes: Any) -> None:
         session.record = attrs.evolve(session.record, updated_at=now, **changes)
 
-    def _append(
-        self, session: _Session, prepared: Iterable[PreparedMessage], now: float
-    ) -> list[int]:
+    def _append(self, session: _Session, items: list[_Item], now: float) -> list[int]:
         first = len(session.messages) + 1
-        new = [_Message(seq, now, item) for seq, item in enumerate(prepared, first)]
+        new = [_Message(seq, now, item, kept) for seq, (item, kept) in enumerate(items, first)]
         model = session.model
         touched: set[str] = set()
-        for item in prepared:
+        for item, _kept in items:
             if item.model is not None:
                 model = item.model
             if item.thread_id is not None:
@@ -331,7 +381,7 @@ class MemoryStore:
 
     # --- messages -------------------------------------------------------------------------
 
-    def record_message(self, session_id: str, message: Mapping[str, Any]) -> int:
+    def record_message(self, session_id: str, message: Mapping[str, Any] | Message) -> int:
         """Append one message; returns its seq."""
         (seq,) = self.record_messages(session_id, [message])
         return seq
@@ -339,7 +389,7 @@ class MemoryStore:
     def record_messages(
         self,
         session_id: str,
-        messages: Iterable[Mapping[str, Any]],
+        messages: Iterable[Mapping[str, Any] | Message],
         *,
         skip_recorded: bool = False,
     ) -> list[int]:
@@ -359,10 +409,10 @@ class MemoryStore:
         with self._locked():
             session = self._session(session_id)
             active = session.stored.active_thread_id  # appends do not change it
-            prepared = [prepare_message(m, active) for m in batch]
+            prepared = [_prepare(m, active) for m in batch]
             done: list[int] = []
             if skip_recorded and prepared:
-                done = self._recorded_seqs(session, prepared)
+                done = self._recorded_seqs(session, [item for item, _kept in prepared])
                 if len(done) == len(prepared):
                     return done  # all stored already: nothing changes
                 prepared = prepared[len(done) :]
@@ -633,8 +683,8 @@ class MemoryStore:
             )
             session.threads[new_id] = thread
             self._activate(session, new_id, now)
-            copies = [
-                with_thread_id(m.prepared.body, new_id)
+            copies: list[_Item] = [
+                (with_thread_id(m.body(), new_id), None)
                 for m in self._thread_messages(session, thread_id)
             ]
             self._append(session, copies, now)
