@@ -319,7 +319,7 @@ class Process(pykka.ThreadingActor):
     Waits the scheduler knows about (replies, monitors, starts) never need it.
     """
 
-    use_daemon_thread: bool = True
+    use_daemon_thread: ClassVar[bool] = True
     """A dedicated thread is a daemon, like the scheduler's workers (Pykka's default is
     not): a process nobody stopped never keeps the interpreter from exiting. Stop your
     tree (or let ``beamagent``'s exit hook stop its runtimes) for ``on_stop`` to run."""
