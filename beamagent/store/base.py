@@ -865,7 +865,14 @@ def check_flag(value: Any, what: str) -> bool:
     return value
 
 
-def recorded_prefix(batch: Sequence[PreparedMessage], stored_uuids: Iterable[str | None]) -> int:
+class _Keyed(Protocol):
+    """A message to record, as far as ``recorded_prefix`` looks at it."""
+
+    @property
+    def uuid(self) -> str | None: ...
+
+
+def recorded_prefix(batch: Sequence[_Keyed], stored_uuids: Iterable[str | None]) -> int:
     """How many leading messages of ``batch`` are already stored.
 
     ``stored_uuids`` are the uuids of the stored messages from the latest one whose uuid is

@@ -76,42 +76,72 @@ __all__ = ["MemoryStore"]
 log = get_logger(__name__)
 
 
-@attrs.frozen
 class _Message:
-    seq: int
-    created_at: float
-    prepared: PreparedMessage
-    # A message the library built from JSON values (``Message.is_json_native``), kept as
-    # it is: ``prepared`` then holds its columns and no body. Its to_dict() is its JSON
-    # round trip, so readers get what they would get from the text; it is frozen and its
-    # nested values are read-only by Message's contract, so nothing the store hands out
-    # can change it.
-    kept: Message | None = None
+    """One stored message: seq, row time, the indexed columns, and the body.
+
+    One plain object per message (no separate columns object): a store holds many, and
+    each object the cyclic GC tracks makes every full collection longer. ``seq`` and
+    ``created_at`` are set when it is appended; nothing changes it after that (forks
+    share it).
+    """
+
+    __slots__ = (
+        "body_text",
+        "created_at",
+        "kept",
+        "message_id",
+        "model",
+        "seq",
+        "thread_id",
+        "type",
+        "uuid",
+    )
+
+    def __init__(
+        self,
+        type: str,
+        uuid: str | None,
+        message_id: str | None,
+        thread_id: str | None,
+        model: str | None,
+        body_text: str,
+        kept: Message | None = None,
+    ) -> None:
+        self.seq = 0
+        self.created_at = 0.0
+        self.type = type
+        self.uuid = uuid
+        self.message_id = message_id
+        self.thread_id = thread_id
+        self.model = model
+        self.body_text = body_text
+        # A message the library built from JSON values (``Message.is_json_native``),
+        # kept as it is (``body_text`` is then empty). Its to_dict() is its JSON round
+        # trip, so readers get what they would get from the text; it is frozen and its
+        # nested values are read-only by Message's contract, so nothing the store hands
+        # out can change it.
+        self.kept = kept
 
     def decoded(self) -> dict[str, Any]:
         """A fresh dict of the stored message (the caller's to change)."""
         kept = self.kept
         if kept is None:
-            body = json.loads(self.prepared.body)
+            body = json.loads(self.body_text)
             assert isinstance(body, dict)
             return body
         body = kept.to_dict()  # a deep copy
-        if kept.thread_id is None and self.prepared.thread_id is not None:
-            body["thread_id"] = self.prepared.thread_id  # where prepare_message puts it
+        if kept.thread_id is None and self.thread_id is not None:
+            body["thread_id"] = self.thread_id  # where prepare_message puts it
         return body
 
     def body(self) -> str:
         """The stored JSON text."""
         if self.kept is None:
-            return self.prepared.body
+            return self.body_text
         return encode_content(self.decoded(), "a message")
 
 
-_Item = tuple[PreparedMessage, Message | None]
-"""A checked message to append: its columns (and body), and the Message kept if any."""
-
-
-def _prepare(message: Any, active_thread_id: str | None) -> _Item:
+def _prepare(message: Any, active_thread_id: str | None) -> _Message:
     """``prepare_message``, or for a JSON-native Message its columns alone (no encoding).
 
     A JSON-native message needs no check (it is canonical JSON) and no snapshot (it is
@@ -121,16 +151,28 @@ def _prepare(message: Any, active_thread_id: str | None) -> _Item:
         thread_id = message.thread_id
         if thread_id is None:
             thread_id = active_thread_id
-        prepared = PreparedMessage(
-            type=message.type.value,
-            uuid=message.uuid or None,
-            message_id=message.message_id or None,
-            thread_id=thread_id or None,
-            model=message.model or None,
-            body="",
+        return _Message(
+            message.type.value,
+            message.uuid or None,
+            message.message_id or None,
+            thread_id or None,
+            message.model or None,
+            "",
+            message,
         )
-        return prepared, message
-    return prepare_message(message, active_thread_id), None
+    return _stored(prepare_message(message, active_thread_id))
+
+
+def _stored(prepared: PreparedMessage) -> _Message:
+    """The stored form of a message ``prepare_message`` checked and encoded."""
+    return _Message(
+        prepared.type,
+        prepared.uuid,
+        prepared.message_id,
+        prepared.thread_id,
+        prepared.model,
+        prepared.body,
+    )
 
 
 @attrs.define
@@ -240,11 +282,11 @@ class MemoryStore:
         return [
             m
             for m in self._visible(session)
-            if m.prepared.thread_id == thread_id and m.seq not in session.rolled_back
+            if m.thread_id == thread_id and m.seq not in session.rolled_back
         ]
 
     def _thread_record(self, session: _Session, thread: ThreadRecord) -> ThreadRecord:
-        total = sum(1 for m in session.messages if m.prepared.thread_id == thread.thread_id)
+        total = sum(1 for m in session.messages if m.thread_id == thread.thread_id)
         return attrs.evolve(
             thread,
             metadata=_deep(thread.metadata),
@@ -255,12 +297,14 @@ class MemoryStore:
     def _touch(self, session: _Session, now: float, **changes: Any) -> None:
         session.record = attrs.evolve(session.record, updated_at=now, **changes)
 
-    def _append(self, session: _Session, items: list[_Item], now: float) -> list[int]:
+    def _append(self, session: _Session, new: list[_Message], now: float) -> list[int]:
         first = len(session.messages) + 1
-        new = [_Message(seq, now, item, kept) for seq, (item, kept) in enumerate(items, first)]
+        for seq, item in enumerate(new, first):
+            item.seq = seq
+            item.created_at = now
         model = session.model
         touched: set[str] = set()
-        for item, _kept in items:
+        for item in new:
             if item.model is not None:
                 model = item.model
             if item.thread_id is not None:
@@ -412,7 +456,7 @@ class MemoryStore:
             prepared = [_prepare(m, active) for m in batch]
             done: list[int] = []
             if skip_recorded and prepared:
-                done = self._recorded_seqs(session, [item for item, _kept in prepared])
+                done = self._recorded_seqs(session, prepared)
                 if len(done) == len(prepared):
                     return done  # all stored already: nothing changes
                 prepared = prepared[len(done) :]
@@ -420,15 +464,15 @@ class MemoryStore:
             return done + seqs if done else seqs
 
     @staticmethod
-    def _recorded_seqs(session: _Session, batch: list[PreparedMessage]) -> list[int]:
+    def _recorded_seqs(session: _Session, batch: list[_Message]) -> list[int]:
         """The seqs of the leading messages of ``batch`` that are stored already."""
         first = batch[0].uuid
         if first is None:
             return []
         messages = session.messages
         for index in range(len(messages) - 1, max(0, len(messages) - SKIP_RECORDED_WINDOW) - 1, -1):
-            if messages[index].prepared.uuid == first:
-                stored = (m.prepared.uuid for m in messages[index : index + len(batch)])
+            if messages[index].uuid == first:
+                stored = (m.uuid for m in messages[index : index + len(batch)])
                 start = index + 1
                 return list(range(start, start + recorded_prefix(batch, stored)))
         return []
@@ -450,7 +494,7 @@ class MemoryStore:
             session = self._session(session_id)
             messages = session.messages if include_hidden else self._visible(session)
             if chosen is not None:
-                messages = [m for m in messages if m.prepared.type in chosen]
+                messages = [m for m in messages if m.type in chosen]
             end = None if limit is None else offset + limit
             return [m.decoded() for m in messages[offset:end]]
 
@@ -515,7 +559,7 @@ class MemoryStore:
             def find_seq(match: MessageMatch) -> int | None:
                 attr = "uuid" if match.key is MatchKey.UUID else "message_id"
                 return next(
-                    (m.seq for m in session.messages if getattr(m.prepared, attr) == match.value),
+                    (m.seq for m in session.messages if getattr(m, attr) == match.value),
                     None,
                 )
 
@@ -594,7 +638,7 @@ class MemoryStore:
     def _summary_text(visible: list[_Message]) -> str:
         # Decode only candidates of the right type, lazily: sessions can be long.
         def texts(messages: Iterable[_Message], types: frozenset[str]) -> str | None:
-            return first_text((m.decoded() for m in messages if m.prepared.type in types), types)
+            return first_text((m.decoded() for m in messages if m.type in types), types)
 
         return format_summary(
             len(visible),
@@ -683,8 +727,8 @@ class MemoryStore:
             )
             session.threads[new_id] = thread
             self._activate(session, new_id, now)
-            copies: list[_Item] = [
-                (with_thread_id(m.body(), new_id), None)
+            copies = [
+                _stored(with_thread_id(m.body(), new_id))
                 for m in self._thread_messages(session, thread_id)
             ]
             self._append(session, copies, now)
@@ -744,15 +788,11 @@ class MemoryStore:
             session = self._session(session_id)
             thread = self._thread(session, thread_id)
             visible = self._thread_messages(session, thread_id)
-            keep = rollback_visible_count(
-                parsed, [(m.prepared.uuid, m.prepared.message_id) for m in visible]
-            )
+            keep = rollback_visible_count(parsed, [(m.uuid, m.message_id) for m in visible])
             if keep < len(visible):
                 cut = visible[keep - 1].seq if keep else 0
                 session.rolled_back.update(
-                    m.seq
-                    for m in session.messages
-                    if m.prepared.thread_id == thread_id and m.seq > cut
+                    m.seq for m in session.messages if m.thread_id == thread_id and m.seq > cut
                 )
             now = self._clock.now()
             thread = attrs.evolve(thread, updated_at=now)
