@@ -126,6 +126,7 @@ class LocalAgent(InProcessPeer):
         self._seq = itertools.count(1)
         self._cancel = threading.Event()  # this query's interrupt
         self._superseded = threading.Event()  # set when the next query starts
+        self._handed_out = False  # a streaming thread holds the two events above
         self._streamer: threading.Thread | None = None
         self._closed = False
 
@@ -218,9 +219,15 @@ class LocalAgent(InProcessPeer):
         self._turn += 1
         # A reply still streaming for an earlier query is superseded: it stops and says
         # nothing more (a real CLI moves on to the new turn the same way).
-        self._superseded.set()
-        self._superseded = threading.Event()
-        self._cancel = threading.Event()
+        # Only a streaming thread holds the events: without one they are kept (two new
+        # Events are a few microseconds of every query).
+        if self._handed_out:
+            self._superseded.set()
+            self._superseded = threading.Event()
+            self._cancel = threading.Event()
+            self._handed_out = False
+        elif self._cancel.is_set():  # an interrupt with no streamed reply to stop
+            self._cancel = threading.Event()
         started = time.monotonic()
         script = self._script(prompt, params)
         if inspect.isgenerator(script):
@@ -232,6 +239,7 @@ class LocalAgent(InProcessPeer):
                 daemon=True,
             )
             self._streamer = thread
+            self._handed_out = True
             thread.start()
             return
         items: list[Any] = [script] if isinstance(script, str | bytes | LocalExit) else list(script)

@@ -450,7 +450,9 @@ class MemoryStore:
         batch = list(messages)
         if skip_recorded is not False:
             check_flag(skip_recorded, "skip_recorded")
-        with self._locked():
+        with self._lock:  # as _locked() does, without a generator on every query's path
+            if self._closed:
+                raise StoreError("the in-memory session store is closed")
             session = self._session(session_id)
             active = session.stored.active_thread_id  # appends do not change it
             prepared = [_prepare(m, active) for m in batch]
