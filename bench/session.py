@@ -6,8 +6,9 @@ Prints:
   * the query with a SQLite file store vs the same query's transaction in raw ``sqlite3``
     (same schema and pragmas, BEGIN IMMEDIATE, the rows one query records, COMMIT;
     goal ratio <= 2.0);
-  * where the in-memory figure goes: each stage of the query alone on this thread, the
-    same work right after a thread switch, and what no stage accounts for;
+  * where the in-memory figure goes: each stage of the query alone on this thread (the
+    local agent's reply, the store commit), the same work right after a thread switch,
+    and what no stage accounts for;
   * ``stream`` first-message latency;
   * 10,000 live idle ``local`` sessions: start rate and RSS per session (goal <= 40 KiB).
 
@@ -145,47 +146,45 @@ def bench_query_vs_raw_sqlite(tmp: Path) -> None:
 def bench_query_breakdown(raw_t: float, query_t: float) -> None:
     """Split ``query_local_memory_store`` into its stages, each run alone on this thread.
 
-    A query crosses two threads and back twice (caller -> session -> store actor), two
-    raw ask round trips; the session thread runs the agent, the decoding and the
-    bookkeeping, the store thread the commit. Stages measured back to back stay in the
-    CPU's caches; in the real query each runs right after a thread switch, so the same
-    work is also timed after a raw ask (``work_after_switch``). ``unattributed`` is
-    what is left: the session's own bookkeeping (query state, the user prompt, two
-    messages it sends itself, Pykka dispatch) and the cold-cache cost of the switches.
+    A query crosses two threads and back (caller -> session -> caller), one raw ask
+    round trip; the session thread encodes the query command, runs the local agent
+    (which hands its answer over as ``Message`` objects: the default ``messages``
+    codec), and records the prompt and the answer in the store (a ``MemoryStore``
+    keeps the library's JSON-native messages as they are). Stages measured back to back
+    stay in the CPU's caches; in the real query each runs right after a thread switch,
+    so the same work is also timed after a raw ask (``work_after_switch``).
+    ``unattributed`` is what is left: the session's own bookkeeping (query state,
+    building the user prompt, Pykka dispatch) and the cold-cache cost of the switch.
     """
     agent = LocalAgent(
-        native_session_id=f"local-{'0' * 32}", model="local-echo", cwd=None, permission_mode=None
+        native_session_id=f"local-{'0' * 32}",
+        model="local-echo",
+        cwd=None,
+        permission_mode=None,
+        session_id="session_bench",
     )
-    lines: list[bytes] = []
-    agent.attach(lines.append, lambda _status: None)
+    answers: list[Message] = []
+    agent.attach(lambda _data: None, lambda _status: None)
+    agent.attach_messages(answers.extend)
     handler = LocalHandler({"session_id": "session_bench"})
-    query_line = b"".join(handler.encode_query("hi", {}).writes)
     store = MemoryStore()
     store.create_session("session_bench", "local")
 
-    def agent_reply() -> bytes:
-        agent.receive(query_line)
-        return lines.pop()
+    def agent_reply() -> list[Message]:
+        agent.receive(b"".join(handler.encode_query("hi", {}).writes))
+        answer = list(answers)
+        answers.clear()
+        return answer
 
-    data = agent_reply()
     user = Message(MessageType.USER, content="hi", session_id="session_bench", uuid="u")
-    answer = [user, *handler.handle_data(data)[0].messages]
-
-    def stored_form() -> list[dict[str, Any]]:
-        return [m.to_dict(copy=False) for m in answer]
-
-    stored = stored_form()
+    answer = [user, *agent_reply()]
 
     def work() -> None:  # every stage, in the order a query runs them
-        handler.encode_query("hi", {})
-        answer = [user, *handler.handle_data(agent_reply())[0].messages]
-        store.record_messages("session_bench", [m.to_dict(copy=False) for m in answer])
+        store.record_messages("session_bench", [user, *agent_reply()])
 
     stages = {
         "agent_reply": per_op(agent_reply, 2000),
-        "decode_normalize": per_op(lambda: handler.handle_data(data), 2000),
-        "stored_form": per_op(stored_form, 2000),
-        "store_commit": per_op(lambda: store.record_messages("session_bench", stored), 2000),
+        "store_commit": per_op(lambda: store.record_messages("session_bench", answer), 2000),
     }
     raw = RawEcho.start()
     ask_t, after_switch = paired(lambda: raw.ask(1), lambda: (raw.ask(1), work()), 1000)
@@ -193,11 +192,11 @@ def bench_query_breakdown(raw_t: float, query_t: float) -> None:
     hot = per_op(work, 2000)
     for name, seconds in stages.items():
         figure(f"query_breakdown_{name}", seconds * 1e6, "us")
-    figure("query_breakdown_two_round_trips", 2 * raw_t * 1e6, "us", "2 x the raw ask above")
+    figure("query_breakdown_round_trip", raw_t * 1e6, "us", "the raw ask above")
     figure("query_breakdown_work_hot", hot * 1e6, "us", "all stages back to back")
     figure("query_breakdown_work_after_switch", (after_switch - ask_t) * 1e6, "us")
-    rest = query_t - 2 * raw_t - (after_switch - ask_t)
-    figure("query_breakdown_unattributed", rest * 1e6, "us", "query - round trips - work")
+    rest = query_t - raw_t - (after_switch - ask_t)
+    figure("query_breakdown_unattributed", rest * 1e6, "us", "query - round trip - work")
 
 
 def _first(session: Any) -> Any:

@@ -249,8 +249,12 @@ class ProcessFuture(ThreadingFuture[Any]):
         if self._get_hook is not None:
             return Future.get(self, timeout=timeout)
         if self._result is None:
-            with blocking():
+            # blocking(), spelled out: no generator on every ask's path.
+            worker = scheduler.enter_blocking()
+            try:
                 got = self._done.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
+            finally:
+                scheduler.exit_blocking(worker)
             if not got:
                 raise pykka.Timeout(f"{timeout} seconds")
             self._done.release()  # let any other waiter through

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import itertools
+import json
 import os
 import threading
 import time
@@ -120,11 +121,12 @@ class LocalAgent(InProcessPeer):
         self._exit: Callable[[int], None] = lambda _status: None
         self._deliver: Callable[[Sequence[Message]], None] | None = None
         self._raw_bytes = False  # a reply sent raw bytes: JSON lines from then on
-        self._init_info: tuple[Any, dict[str, Any]] | None = None  # (key, canonical part)
+        self._init_info: tuple[Any, dict[str, Any], bool] | None = None  # key, part, native
         self._turn = 0
         self._seq = itertools.count(1)
         self._cancel = threading.Event()  # this query's interrupt
         self._superseded = threading.Event()  # set when the next query starts
+        self._handed_out = False  # a streaming thread holds the two events above
         self._streamer: threading.Thread | None = None
         self._closed = False
 
@@ -217,9 +219,15 @@ class LocalAgent(InProcessPeer):
         self._turn += 1
         # A reply still streaming for an earlier query is superseded: it stops and says
         # nothing more (a real CLI moves on to the new turn the same way).
-        self._superseded.set()
-        self._superseded = threading.Event()
-        self._cancel = threading.Event()
+        # Only a streaming thread holds the events: without one they are kept (two new
+        # Events are a few microseconds of every query).
+        if self._handed_out:
+            self._superseded.set()
+            self._superseded = threading.Event()
+            self._cancel = threading.Event()
+            self._handed_out = False
+        elif self._cancel.is_set():  # an interrupt with no streamed reply to stop
+            self._cancel = threading.Event()
         started = time.monotonic()
         script = self._script(prompt, params)
         if inspect.isgenerator(script):
@@ -231,6 +239,7 @@ class LocalAgent(InProcessPeer):
                 daemon=True,
             )
             self._streamer = thread
+            self._handed_out = True
             thread.start()
             return
         items: list[Any] = [script] if isinstance(script, str | bytes | LocalExit) else list(script)
@@ -337,7 +346,7 @@ class LocalAgent(InProcessPeer):
         objects = decode_lines(line).objects
         if not objects:
             return line  # JSON the decoder skips as noise (nested too deep): skipped here too
-        return _normalize_owned(objects[0], session_id=self.session_id)
+        return _normalize_owned(objects[0], session_id=self.session_id, json_native=True)
 
     def _item_bytes(self, item: Any, texts: list[str]) -> bytes:
         if isinstance(item, bytes):
@@ -417,7 +426,8 @@ class LocalAgent(InProcessPeer):
 
     def _stamp(self) -> tuple[str, int]:
         """The session id messages carry, and the time (ms) normalize would stamp."""
-        return self.session_id or _text(self.native_session_id), time.time_ns() // 1_000_000
+        # Made valid text as normalize would: the messages are marked JSON-native.
+        return _text(self.session_id or self.native_session_id), time.time_ns() // 1_000_000
 
     def _init_message(self) -> Message:
         key = (self.model, self.permission_mode)
@@ -432,7 +442,14 @@ class LocalAgent(InProcessPeer):
                 "agents": list(self._agents),
                 "version": "local-1",
             }
-            cached = self._init_info = (key, _copy_json(static))
+            copied = _copy_json(static)
+            # Commands and agents come from options: JSON-native only if JSON gives them
+            # back as they are (no bytes, no int keys, ...).
+            try:
+                native = json.loads(json.dumps(copied, allow_nan=False)) == copied
+            except (TypeError, ValueError, RecursionError):
+                native = False
+            cached = self._init_info = (key, copied, native)
         session_id, now = self._stamp()
         uuid = self._uuid()
         info: dict[str, Any] = {"session_id": _text(self.native_session_id), "uuid": uuid}
@@ -448,6 +465,7 @@ class LocalAgent(InProcessPeer):
                 "system_info": info,
                 "timestamp": now,
             },
+            json_native=cached[2],
         )
 
     def _assistant_message(self, text: str) -> Message:
@@ -466,6 +484,7 @@ class LocalAgent(InProcessPeer):
                 "stop_reason": "end_turn",
                 "timestamp": now,
             },
+            json_native=True,
         )
 
     def _result_message(
@@ -489,6 +508,7 @@ class LocalAgent(InProcessPeer):
                 "model": _text_or_none(self.model),
                 "timestamp": now,
             },
+            json_native=True,
         )
 
     def close(self) -> None:
@@ -657,7 +677,7 @@ class LocalHandler(BackendHandler):
                 continue
             # The decoder's dicts are fresh from json.loads and handed over: no copies.
             # Stamped with the canonical session id here, so the session need not copy.
-            messages.append(_normalize_owned(obj, session_id=self.session_id))
+            messages.append(_normalize_owned(obj, session_id=self.session_id, json_native=True))
         return (
             HandlerOutput(messages=messages, state=state, info=info, replies=replies),
             decoded.leftover,

@@ -152,12 +152,18 @@ class Recorder(Protocol):
         """Metadata changed (model, native session id)."""
 
     def record(
-        self, session_id: str, messages: list[dict[str, Any]], *, skip_recorded: bool = False
+        self,
+        session_id: str,
+        messages: list[Message | dict[str, Any]],
+        *,
+        skip_recorded: bool = False,
     ) -> None:
         """Durably record messages, in order, before they are delivered.
 
-        A retry comes with ``skip_recorded=True``: messages already stored (by a
-        write reported as failed) must not be stored twice.
+        The session hands over its :class:`Message` objects as they are (a store
+        takes them as their ``to_dict()``; see ``docs/store.md``). A retry comes
+        with ``skip_recorded=True``: messages already stored (by a write reported
+        as failed) must not be stored twice.
         """
 
 
@@ -396,7 +402,7 @@ class SessionActor(Process):
         self._error: SessionError | None = None
         self._pending_user: Message | None = None
         # Store writes that failed, kept (in order) until the store works again.
-        self._unrecorded: list[dict[str, Any]] = []
+        self._unrecorded: list[Message | dict[str, Any]] = []
         self._unstored_meta: dict[str, Any] | None = None
         self._unstored_fields: dict[str, Any] = {}
         self._flush_timer: TimerRef | None = None
@@ -888,16 +894,19 @@ class SessionActor(Process):
         if recorder is None:
             return None
         retry = False
+        batch: list[Message | dict[str, Any]]
         if self._unstored_meta is not None or self._unstored_fields or self._unrecorded:
             retry = bool(self._unrecorded)
-            batch = [*self._unrecorded, *(m.to_dict(copy=False) for m in messages)]
+            batch = [*self._unrecorded, *messages]
             self._unrecorded = []
             error = self._flush_store()
             if error is not None:
                 self._unrecorded = batch
                 return error
         elif messages:
-            batch = [m.to_dict(copy=False) for m in messages]
+            # The messages themselves: a store takes a Message as its to_dict(), and
+            # the memory store keeps one the library built from JSON as it is.
+            batch = list(messages)
         else:
             return None
         if not batch:
@@ -1314,6 +1323,7 @@ class SessionActor(Process):
                 "uuid": str(uuid.uuid4()),
                 "timestamp": int(time.time() * 1000),
             },
+            json_native=True,
         )
         self._log.info("query_sent", query=query.id, chars=len(prompt))
         _mark_delivered(caller)

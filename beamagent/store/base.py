@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 
 from beamagent.errors import InvalidOption
+from beamagent.messages import Message
 
 __all__ = [
     "PreparedMessage",
@@ -289,14 +290,14 @@ class SessionStore(Protocol):
         """Delete the session with its messages and threads."""
         ...
 
-    def record_message(self, session_id: str, message: Mapping[str, Any]) -> int:
+    def record_message(self, session_id: str, message: Mapping[str, Any] | Message) -> int:
         """Append one message; returns its ``seq`` (1, 2, ... per session)."""
         ...
 
     def record_messages(
         self,
         session_id: str,
-        messages: Iterable[Mapping[str, Any]],
+        messages: Iterable[Mapping[str, Any] | Message],
         *,
         skip_recorded: bool = False,
     ) -> list[int]:
@@ -806,13 +807,20 @@ def merge_extra(current: Mapping[str, Any], update: Mapping[str, Any]) -> dict[s
 def prepare_message(message: Any, active_thread_id: str | None) -> PreparedMessage:
     """Check a message dict and encode it; stamp ``active_thread_id`` if it has no thread.
 
-    A message is a JSON-able mapping with a non-empty string ``type``. The indexed
+    A message is a JSON-able mapping with a non-empty string ``type``, or a
+    :class:`~beamagent.messages.Message` (taken as its ``to_dict()``). The indexed
     columns take ``type``, ``uuid``, ``message_id``, ``thread_id`` and ``model`` when
     they are non-empty strings. The body is content (:func:`encode_content`): lone
     surrogates become U+FFFD and non-finite floats ``null``, in the columns too.
     """
-    if not isinstance(message, Mapping):
-        raise InvalidOption(f"a message must be a mapping, got {type(message).__name__}")
+    if type(message) is not dict:
+        if isinstance(message, Message):
+            # Its dict form, shared with it: only read, and encoded right away.
+            message = message.to_dict(copy=False)
+        elif not isinstance(message, Mapping):
+            raise InvalidOption(
+                f"a message must be a mapping or a Message, got {type(message).__name__}"
+            )
     kind = message.get("type")
     if not isinstance(kind, str) or not kind:
         raise InvalidOption(f"a message needs a non-empty string 'type', got {kind!r}")
@@ -857,7 +865,14 @@ def check_flag(value: Any, what: str) -> bool:
     return value
 
 
-def recorded_prefix(batch: Sequence[PreparedMessage], stored_uuids: Iterable[str | None]) -> int:
+class _Keyed(Protocol):
+    """A message to record, as far as ``recorded_prefix`` looks at it."""
+
+    @property
+    def uuid(self) -> str | None: ...
+
+
+def recorded_prefix(batch: Sequence[_Keyed], stored_uuids: Iterable[str | None]) -> int:
     """How many leading messages of ``batch`` are already stored.
 
     ``stored_uuids`` are the uuids of the stored messages from the latest one whose uuid is

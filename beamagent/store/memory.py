@@ -2,7 +2,12 @@
 
 For tests, demos and ``open_store(":memory:")``. Thread-safe: one lock serializes every
 call. Messages are kept as JSON text, exactly like the SQLite store, so what you read
-back is the same JSON round-trip in both stores.
+back is the same JSON round-trip in both stores; except a
+:class:`~beamagent.messages.Message` the library built from JSON values
+(``is_json_native``: what sessions record from the ``local`` backend), which is kept as
+the frozen object itself and read back as its ``to_dict()`` (the same dict: it is
+canonical JSON). Such a message needs neither the check nor the snapshot that encoding
+gives; every other input is encoded, and refused, exactly as the SQLite store does.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from beamagent.errors import (
     ThreadNotFound,
 )
 from beamagent.log import get_logger
+from beamagent.messages import Message
 from beamagent.store.base import (
     SKIP_RECORDED_WINDOW,
     MonotonicClock,
@@ -43,6 +49,7 @@ from beamagent.store.base import (
     check_since,
     check_types,
     check_update_fields,
+    encode_content,
     fork_extra,
     merge_extra,
     new_session_id,
@@ -69,16 +76,103 @@ __all__ = ["MemoryStore"]
 log = get_logger(__name__)
 
 
-@attrs.frozen
 class _Message:
-    seq: int
-    created_at: float
-    prepared: PreparedMessage
+    """One stored message: seq, row time, the indexed columns, and the body.
+
+    One plain object per message (no separate columns object): a store holds many, and
+    each object the cyclic GC tracks makes every full collection longer. ``seq`` and
+    ``created_at`` are set when it is appended; nothing changes it after that (forks
+    share it).
+    """
+
+    __slots__ = (
+        "body_text",
+        "created_at",
+        "kept",
+        "message_id",
+        "model",
+        "seq",
+        "thread_id",
+        "type",
+        "uuid",
+    )
+
+    def __init__(
+        self,
+        type: str,
+        uuid: str | None,
+        message_id: str | None,
+        thread_id: str | None,
+        model: str | None,
+        body_text: str,
+        kept: Message | None = None,
+    ) -> None:
+        self.seq = 0
+        self.created_at = 0.0
+        self.type = type
+        self.uuid = uuid
+        self.message_id = message_id
+        self.thread_id = thread_id
+        self.model = model
+        self.body_text = body_text
+        # A message the library built from JSON values (``Message.is_json_native``),
+        # kept as it is (``body_text`` is then empty). Its to_dict() is its JSON round
+        # trip, so readers get what they would get from the text; it is frozen and its
+        # nested values are read-only by Message's contract, so nothing the store hands
+        # out can change it.
+        self.kept = kept
 
     def decoded(self) -> dict[str, Any]:
-        body = json.loads(self.prepared.body)
-        assert isinstance(body, dict)
+        """A fresh dict of the stored message (the caller's to change)."""
+        kept = self.kept
+        if kept is None:
+            body = json.loads(self.body_text)
+            assert isinstance(body, dict)
+            return body
+        body = kept.to_dict()  # a deep copy
+        if kept.thread_id is None and self.thread_id is not None:
+            body["thread_id"] = self.thread_id  # where prepare_message puts it
         return body
+
+    def body(self) -> str:
+        """The stored JSON text."""
+        if self.kept is None:
+            return self.body_text
+        return encode_content(self.decoded(), "a message")
+
+
+def _prepare(message: Any, active_thread_id: str | None) -> _Message:
+    """``prepare_message``, or for a JSON-native Message its columns alone (no encoding).
+
+    A JSON-native message needs no check (it is canonical JSON) and no snapshot (it is
+    frozen), so only the indexed columns are taken, as ``prepare_message`` would.
+    """
+    if type(message) is Message and message.is_json_native:
+        thread_id = message.thread_id
+        if thread_id is None:
+            thread_id = active_thread_id
+        return _Message(
+            message.type.value,
+            message.uuid or None,
+            message.message_id or None,
+            thread_id or None,
+            message.model or None,
+            "",
+            message,
+        )
+    return _stored(prepare_message(message, active_thread_id))
+
+
+def _stored(prepared: PreparedMessage) -> _Message:
+    """The stored form of a message ``prepare_message`` checked and encoded."""
+    return _Message(
+        prepared.type,
+        prepared.uuid,
+        prepared.message_id,
+        prepared.thread_id,
+        prepared.model,
+        prepared.body,
+    )
 
 
 @attrs.define
@@ -188,11 +282,11 @@ class MemoryStore:
         return [
             m
             for m in self._visible(session)
-            if m.prepared.thread_id == thread_id and m.seq not in session.rolled_back
+            if m.thread_id == thread_id and m.seq not in session.rolled_back
         ]
 
     def _thread_record(self, session: _Session, thread: ThreadRecord) -> ThreadRecord:
-        total = sum(1 for m in session.messages if m.prepared.thread_id == thread.thread_id)
+        total = sum(1 for m in session.messages if m.thread_id == thread.thread_id)
         return attrs.evolve(
             thread,
             metadata=_deep(thread.metadata),
@@ -203,14 +297,14 @@ class MemoryStore:
     def _touch(self, session: _Session, now: float, **changes: Any) -> None:
         session.record = attrs.evolve(session.record, updated_at=now, **changes)
 
-    def _append(
-        self, session: _Session, prepared: Iterable[PreparedMessage], now: float
-    ) -> list[int]:
+    def _append(self, session: _Session, new: list[_Message], now: float) -> list[int]:
         first = len(session.messages) + 1
-        new = [_Message(seq, now, item) for seq, item in enumerate(prepared, first)]
+        for seq, item in enumerate(new, first):
+            item.seq = seq
+            item.created_at = now
         model = session.model
         touched: set[str] = set()
-        for item in prepared:
+        for item in new:
             if item.model is not None:
                 model = item.model
             if item.thread_id is not None:
@@ -331,7 +425,7 @@ class MemoryStore:
 
     # --- messages -------------------------------------------------------------------------
 
-    def record_message(self, session_id: str, message: Mapping[str, Any]) -> int:
+    def record_message(self, session_id: str, message: Mapping[str, Any] | Message) -> int:
         """Append one message; returns its seq."""
         (seq,) = self.record_messages(session_id, [message])
         return seq
@@ -339,7 +433,7 @@ class MemoryStore:
     def record_messages(
         self,
         session_id: str,
-        messages: Iterable[Mapping[str, Any]],
+        messages: Iterable[Mapping[str, Any] | Message],
         *,
         skip_recorded: bool = False,
     ) -> list[int]:
@@ -356,10 +450,12 @@ class MemoryStore:
         batch = list(messages)
         if skip_recorded is not False:
             check_flag(skip_recorded, "skip_recorded")
-        with self._locked():
+        with self._lock:  # as _locked() does, without a generator on every query's path
+            if self._closed:
+                raise StoreError("the in-memory session store is closed")
             session = self._session(session_id)
             active = session.stored.active_thread_id  # appends do not change it
-            prepared = [prepare_message(m, active) for m in batch]
+            prepared = [_prepare(m, active) for m in batch]
             done: list[int] = []
             if skip_recorded and prepared:
                 done = self._recorded_seqs(session, prepared)
@@ -370,15 +466,15 @@ class MemoryStore:
             return done + seqs if done else seqs
 
     @staticmethod
-    def _recorded_seqs(session: _Session, batch: list[PreparedMessage]) -> list[int]:
+    def _recorded_seqs(session: _Session, batch: list[_Message]) -> list[int]:
         """The seqs of the leading messages of ``batch`` that are stored already."""
         first = batch[0].uuid
         if first is None:
             return []
         messages = session.messages
         for index in range(len(messages) - 1, max(0, len(messages) - SKIP_RECORDED_WINDOW) - 1, -1):
-            if messages[index].prepared.uuid == first:
-                stored = (m.prepared.uuid for m in messages[index : index + len(batch)])
+            if messages[index].uuid == first:
+                stored = (m.uuid for m in messages[index : index + len(batch)])
                 start = index + 1
                 return list(range(start, start + recorded_prefix(batch, stored)))
         return []
@@ -400,7 +496,7 @@ class MemoryStore:
             session = self._session(session_id)
             messages = session.messages if include_hidden else self._visible(session)
             if chosen is not None:
-                messages = [m for m in messages if m.prepared.type in chosen]
+                messages = [m for m in messages if m.type in chosen]
             end = None if limit is None else offset + limit
             return [m.decoded() for m in messages[offset:end]]
 
@@ -465,7 +561,7 @@ class MemoryStore:
             def find_seq(match: MessageMatch) -> int | None:
                 attr = "uuid" if match.key is MatchKey.UUID else "message_id"
                 return next(
-                    (m.seq for m in session.messages if getattr(m.prepared, attr) == match.value),
+                    (m.seq for m in session.messages if getattr(m, attr) == match.value),
                     None,
                 )
 
@@ -544,7 +640,7 @@ class MemoryStore:
     def _summary_text(visible: list[_Message]) -> str:
         # Decode only candidates of the right type, lazily: sessions can be long.
         def texts(messages: Iterable[_Message], types: frozenset[str]) -> str | None:
-            return first_text((m.decoded() for m in messages if m.prepared.type in types), types)
+            return first_text((m.decoded() for m in messages if m.type in types), types)
 
         return format_summary(
             len(visible),
@@ -634,7 +730,7 @@ class MemoryStore:
             session.threads[new_id] = thread
             self._activate(session, new_id, now)
             copies = [
-                with_thread_id(m.prepared.body, new_id)
+                _stored(with_thread_id(m.body(), new_id))
                 for m in self._thread_messages(session, thread_id)
             ]
             self._append(session, copies, now)
@@ -694,15 +790,11 @@ class MemoryStore:
             session = self._session(session_id)
             thread = self._thread(session, thread_id)
             visible = self._thread_messages(session, thread_id)
-            keep = rollback_visible_count(
-                parsed, [(m.prepared.uuid, m.prepared.message_id) for m in visible]
-            )
+            keep = rollback_visible_count(parsed, [(m.uuid, m.message_id) for m in visible])
             if keep < len(visible):
                 cut = visible[keep - 1].seq if keep else 0
                 session.rolled_back.update(
-                    m.seq
-                    for m in session.messages
-                    if m.prepared.thread_id == thread_id and m.seq > cut
+                    m.seq for m in session.messages if m.thread_id == thread_id and m.seq > cut
                 )
             now = self._clock.now()
             thread = attrs.evolve(thread, updated_at=now)

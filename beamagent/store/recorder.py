@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from beamagent.errors import BeamAgentError, InvalidOption
+from beamagent.messages import Message
 from beamagent.store.actor import refused
 from beamagent.store.base import SessionStore
 
@@ -91,7 +92,7 @@ class StoreRecorder:
     def record(
         self,
         session_id: str,
-        messages: list[dict[str, Any]],
+        messages: list[Message | dict[str, Any]],
         *,
         skip_recorded: bool = False,
     ) -> None:

@@ -42,6 +42,7 @@ from beamagent.errors import (
     ThreadNotFound,
 )
 from beamagent.log import get_logger
+from beamagent.messages import Message
 from beamagent.store.base import (
     SKIP_RECORDED_WINDOW,
     MonotonicClock,
@@ -1050,7 +1051,7 @@ class SqliteStore:
 
     # --- messages -------------------------------------------------------------------------
 
-    def record_message(self, session_id: str, message: Mapping[str, Any]) -> int:
+    def record_message(self, session_id: str, message: Mapping[str, Any] | Message) -> int:
         """Append one message; returns its seq once it is committed."""
         (seq,) = self.record_messages(session_id, [message])
         return seq
@@ -1058,7 +1059,7 @@ class SqliteStore:
     def record_messages(
         self,
         session_id: str,
-        messages: Iterable[Mapping[str, Any]],
+        messages: Iterable[Mapping[str, Any] | Message],
         *,
         skip_recorded: bool = False,
     ) -> list[int]:

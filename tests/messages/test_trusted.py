@@ -9,7 +9,14 @@ import attrs
 from hypothesis import given
 
 from beamagent.backends.jsonl import decode_lines
-from beamagent.messages import Message, _build_message, _normalize_owned, normalize
+from beamagent.messages import (
+    Message,
+    MessageType,
+    StopReason,
+    _build_message,
+    _normalize_owned,
+    normalize,
+)
 from tests.messages.test_messages import heavy, json_objects, known_key_objects, messages
 
 
@@ -88,3 +95,17 @@ def test_build_message_defaults() -> None:
 def test_owned_normalize_stamps_like_with_fields(mapping: dict[str, Any]) -> None:
     stamped = _normalize_owned(parsed_line(mapping), now_ms=1, session_id="s")
     assert stamped == normalize(mapping, now_ms=1).with_fields(session_id="s")
+
+
+def test_built_messages_take_the_constructors_defaults() -> None:
+    built = _build_message(MessageType.RESULT, {"stop_reason": "end_turn", "num_turns": 2})
+    assert built == Message("result", stop_reason="end_turn", num_turns=2)
+    assert built.stop_reason_parsed is StopReason.END_TURN  # parsed when not given
+    assert built.content_blocks == ()
+    assert built.content is None
+    explicit = _build_message(
+        MessageType.RESULT, {"stop_reason": "end_turn", "stop_reason_parsed": None}
+    )
+    assert explicit.stop_reason_parsed is None  # given: kept, as from_dict needs
+    assert not built.is_json_native
+    assert _build_message(MessageType.USER, {"content": "hi"}, json_native=True).is_json_native
