@@ -255,6 +255,10 @@ class ProcessFuture(ThreadingFuture[Any]):
             raise exc_value
         return result.value
 
+    def done(self) -> bool:
+        """True once a value or an exception is set (``get`` would not wait)."""
+        return self._result is not None
+
     def _put(self, result: ThreadingFutureResult) -> None:
         if self._get_hook is not None or not self._unset.acquire(False):
             raise queue.Full
@@ -319,7 +323,7 @@ class Process(pykka.ThreadingActor):
     Waits the scheduler knows about (replies, monitors, starts) never need it.
     """
 
-    use_daemon_thread: bool = True
+    use_daemon_thread: ClassVar[bool] = True
     """A dedicated thread is a daemon, like the scheduler's workers (Pykka's default is
     not): a process nobody stopped never keeps the interpreter from exiting. Stop your
     tree (or let ``beamagent``'s exit hook stop its runtimes) for ``on_stop`` to run."""
