@@ -278,7 +278,8 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
         supervisor_budget = _budget(sessions_supervisor_restarts, "sessions_supervisor_restarts")
         self._backends, self._routable = _backend_specs(backends)
         self._session_defaults = dict(session_defaults or {})
-        self._given_up: OrderedDict[str, str] = OrderedDict()
+        # Why a session was given up, and its child spec (to tell an earlier session's).
+        self._given_up: OrderedDict[str, tuple[ChildSpec, str]] = OrderedDict()
         self._owns_store = not isinstance(store, SessionStore)
         self._store: SessionStore = open_store(store)
         self._lock = threading.Lock()
@@ -513,9 +514,9 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
                 reason="restarting",
             ) from None
         if ref is None:
-            why = self._given_up.get(session_id)
-            if why is not None:
-                raise SessionError(why, reason="given_up")
+            given_up = self._given_up.get(session_id)
+            if given_up is not None:
+                raise SessionError(given_up[1], reason="given_up")
             raise SessionNotFound(session_id)
         return ref
 
@@ -525,8 +526,9 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
         budget = f"{spec.max_restarts} restarts within {spec.max_seconds} s"
         with self._lock:
             self._given_up[session_id] = (
+                spec,
                 f"session {session_id} was given up after more than {budget}; "
-                f"its last exit: {reason}"
+                f"its last exit: {reason}",
             )
             while len(self._given_up) > GIVEN_UP_MEMORY:
                 self._given_up.popitem(last=False)
@@ -585,14 +587,19 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
                 f"session {session_id} failed to start: {reason!r}", reason=reason
             ) from reason
         with self._lock:
-            self._given_up.pop(session_id, None)
+            # Forget an earlier session of this id that was given up, not this one: it
+            # may have been given up already (killed as soon as it started).
+            given_up = self._given_up.get(session_id)
+            if given_up is not None and given_up[0] is not child:
+                del self._given_up[session_id]
         session = Session(self, session_id, config.handler_cls.complete_types)
         wait = config.connect_timeout + config.init_timeout + 5.0
         deadline = time.monotonic() + wait
         # The session answers `ready` once ready, or with its start error before it ends.
         # If it ends without a word (killed, crashed and restarting), ask the handle,
         # which waits for a restarting session and tells a gone one.
-        watch = monitor(ref, watcher=lambda _down: _settle_ended(ready))
+        # An in-process backend is ready by the time start_child returns: no monitor then.
+        watch = None if ready.done() else monitor(ref, watcher=lambda _down: _settle_ended(ready))
         try:
             try:
                 ready.get(timeout=wait)
@@ -606,10 +613,23 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
             self._quietly_stop(ref)
             raise
         finally:
-            demonitor(watch)
-        self._registry_call("register_session", session_id, config.backend, ref.actor_urn)
+            if watch is not None:
+                demonitor(watch)
+        self._index_session(session_id, config.backend, ref.actor_urn)
         self._route_decided(session_id, config.lineage.route_decision)
         return session
+
+    def _index_session(self, session_id: str, backend: str, urn: str) -> None:
+        """Add a started session to the registry's index, without waiting for it.
+
+        A tell is enough: this caller's later registry calls queue behind it, and a
+        registry that loses it (dead, or dying before handling it) rebuilds its index
+        from the session names when it restarts, and the name is registered by now.
+        """
+        registry = whereis(self._names["registry"])
+        if registry is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                registry.tell(ProxyCall(("register_session",), (session_id, backend, urn), {}))
 
     async def astart_session(self, backend: str | None = None, **opts: Any) -> Session:
         """Async twin of :meth:`start_session`.

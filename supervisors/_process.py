@@ -270,6 +270,10 @@ class ProcessFuture(ThreadingFuture[Any]):
             raise exc_value
         return result.value
 
+    def done(self) -> bool:
+        """True once a value or an exception is set (``get`` would not wait)."""
+        return self._result is not None
+
     def _put(self, result: ThreadingFutureResult) -> None:
         if self._get_hook is not None or not self._unset.acquire(False):
             raise queue.Full

@@ -286,14 +286,15 @@ class _SupervisorCore(Process):
             max_seconds=child.spec.max_seconds,
             reason=str(reason),
         )
-        self._release_name(child)
-        self._drop_given_up(child)
+        # The hook first: whoever sees the name freed (await_name) finds its record.
         hook = self._on_give_up
         if hook is not None:
             try:
                 hook(child.id, child.spec, reason)
             except Exception:
                 self._log.exception("give_up_hook_failed", child_id=child.id)
+        self._release_name(child)
+        self._drop_given_up(child)
 
     def _drop_given_up(self, child: _Child) -> None:
         """Keep a given-up child's spec (stopped) or drop it; dynamic supervisors drop it."""

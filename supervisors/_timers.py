@@ -65,7 +65,8 @@ class _TimerService:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._heap: list[TimerRef] = []
+        self._heap: list[TimerRef] = []  # pending timers, and cancelled ones not yet dropped
+        self._live = 0  # pending timers in the heap
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._by_target: dict[str, set[TimerRef]] = {}
@@ -81,6 +82,7 @@ class _TimerService:
                 timer.state = "cancelled"
                 return timer
             heapq.heappush(self._heap, timer)
+            self._live += 1
             self._by_target.setdefault(target.actor_urn, set()).add(timer)
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -88,18 +90,19 @@ class _TimerService:
                 )
                 self._thread.start()
             elif self._heap[0] is timer:
-                self._cond.notify()
+                self._cond.notify()  # the new earliest deadline
         return timer
 
     def cancel(self, timer: TimerRef) -> bool:
+        # Lazily: the entry stays in the heap, marked, and is dropped when it reaches the
+        # top (or at a compaction). No wake-up: the thread only ever sleeps too short.
         with self._cond:
             if timer.state != "pending":
                 return False
             timer.state = "cancelled"
-            self._heap.remove(timer)
-            heapq.heapify(self._heap)
+            self._live -= 1
             self._forget(timer)
-            self._cond.notify()
+            self._compact()
             return True
 
     def cancel_for(self, urn: str) -> int:
@@ -107,20 +110,25 @@ class _TimerService:
         with self._cond:
             timers = self._by_target.pop(urn, set())
             pending = [t for t in timers if t.state == "pending"]
-            if not pending:
-                return 0
             for timer in pending:
                 timer.state = "cancelled"
-            self._heap = [t for t in self._heap if t.state == "pending"]
-            heapq.heapify(self._heap)
-            self._cond.notify()
+            self._live -= len(pending)
+            self._compact()
             return len(pending)
+
+    def _compact(self) -> None:
+        # Cancelled entries may make up at most half the heap (and a few), so a timeout
+        # armed and cancelled per request costs amortised O(log n), not O(n).
+        heap = self._heap
+        if len(heap) > 2 * self._live + 64:
+            self._heap = [t for t in heap if t.state == "pending"]
+            heapq.heapify(self._heap)
 
     def release_idle(self) -> threading.Thread | None:
         """Make an idle scheduler thread exit now; returns it (to join) if it was running."""
         with self._cond:
             thread = self._thread
-            if thread is None or self._heap:
+            if thread is None or self._live:
                 return None
             self._release = True
             self._cond.notify()
@@ -136,19 +144,28 @@ class _TimerService:
     def _run(self) -> None:
         while True:
             with self._cond:
+                linger_until: float | None = None
                 while True:
-                    if not self._heap:
-                        if not self._release:
-                            self._cond.wait(self.idle_linger)
-                        if not self._heap:
+                    heap = self._heap
+                    while heap and heap[0].state != "pending":
+                        heapq.heappop(heap)  # cancelled: dropped lazily
+                    now = time.monotonic()
+                    if not heap:
+                        # Exit only after idle_linger without a timer, not on any wake-up.
+                        if linger_until is None:
+                            linger_until = now + self.idle_linger
+                        if self._release or now >= linger_until:
                             self._thread = None  # idle: the next timer starts a new thread
                             self._release = False
                             return
+                        self._cond.wait(linger_until - now)
                         continue
-                    delay = self._heap[0].due - time.monotonic()
+                    linger_until = None
+                    delay = heap[0].due - now
                     if delay <= 0:
-                        timer = heapq.heappop(self._heap)
+                        timer = heapq.heappop(heap)
                         timer.state = "fired"
+                        self._live -= 1
                         self._forget(timer)
                         break
                     self._cond.wait(delay)

@@ -326,6 +326,7 @@ def _batched(method: _Method) -> _Method:
             else:
                 self._sync_events = None
                 self._arm_after_batch = None
+                self._timer_due = None
             raise
         self._end_batch(None, result)
         return result
@@ -371,7 +372,7 @@ class SessionActor(Process):
     """One session: see the module docstring. Started by the runtime's ``sessions``."""
 
     def __init__(self, config: SessionConfig, ready: pykka.Future[Any] | None = None) -> None:
-        """``ready``: answered like an ``await_ready`` call made before the session started.
+        """``ready``: answered (with None) once the session is ready, or with its start error.
 
         The runtime's ``start_session`` passes one, so a session that fails before it is
         ever ready still hands over its error (it ends at once: a later call would find
@@ -390,12 +391,16 @@ class SessionActor(Process):
         self._tokens = itertools.count(1)
         self._timer: TimerRef | None = None
         self._timer_token = 0
+        # (kind, monotonic deadline) of a connect/init/linger timeout asked for during a
+        # batch: armed when the batch ends, if still wanted (see _arm).
+        self._timer_due: tuple[str, float] | None = None
         self._query_ids = itertools.count(1)
         self._query: _Query | None = None
         self._draining = False
         self._drain_token = 0
         self._drain_timer: TimerRef | None = None
         self._ready_waiters: list[pykka.Future[Any]] = [] if ready is None else [ready]
+        self._start_ready = ready  # answered with None: the runtime only waits on it
         self._postponed: list[tuple[Callable[[pykka.Future[Any]], Any], pykka.Future[Any]]] = []
         self._controls: dict[str, tuple[pykka.Future[Any], TimerRef | None, str]] = {}
         self._control_ids = itertools.count(1)
@@ -450,7 +455,6 @@ class SessionActor(Process):
         options["backend_state"] = lineage.backend_state
         self.handler = config.handler_cls(options)
         self.transport = self.handler.open_transport()
-        self._arm("connect", config.connect_timeout)
         generation = self._generation
         actor_ref = self.actor_ref
 
@@ -462,7 +466,27 @@ class SessionActor(Process):
             with contextlib.suppress(pykka.ActorDeadError):  # late output of an ended session
                 actor_ref.tell(_TransportEvent(generation, event))
 
-        self.transport.start(sink)
+        if self._sync_events is not None:  # in a batch (waking): handled when it ends
+            self._arm("connect", config.connect_timeout)
+            self.transport.start(sink)
+            return
+        # At a (re)start, an in-process backend reports Connected inside start(): told to
+        # this process as the first of its mail (after on_start, as a backend's output
+        # always was). No connect timeout is armed then, nor cancelled straight after.
+        events: deque[_TransportEvent] = deque()
+        self._sync_events = events
+        try:
+            token = self._arm("connect", config.connect_timeout)
+            self.transport.start(sink)
+        finally:
+            self._sync_events = None
+            due, self._timer_due = self._timer_due, None
+        if due is not None and not any(isinstance(e.event, Connected) for e in events):
+            self._timer = send_after(
+                actor_ref, _Timeout(due[0], token), max(due[1] - time.monotonic(), 0.0)
+            )
+        for message in events:
+            actor_ref.tell(message)
 
     def on_start(self) -> None:
         config = self.config
@@ -553,10 +577,16 @@ class SessionActor(Process):
         self._cancel_timer()
         token = next(self._tokens)
         self._timer_token = token
-        self._timer = send_after(self.actor_ref, _Timeout(kind, token), seconds)
+        if self._sync_events is not None:
+            # Inside a batch an in-process backend may answer before it ends (it usually
+            # does): arm the timer then, if it is still wanted, counted from now.
+            self._timer_due = (kind, time.monotonic() + seconds)
+        else:
+            self._timer = send_after(self.actor_ref, _Timeout(kind, token), seconds)
         return token
 
     def _cancel_timer(self) -> None:
+        self._timer_due = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -601,6 +631,13 @@ class SessionActor(Process):
         finally:
             self._sync_events = None
             query, self._arm_after_batch = self._arm_after_batch, None
+            due, self._timer_due = self._timer_due, None
+        if due is not None:
+            self._timer = send_after(
+                self.actor_ref,
+                _Timeout(due[0], self._timer_token),
+                max(due[1] - time.monotonic(), 0.0),
+            )
         if query is not None and query is self._query and query.collect is not None:
             self._arm_collect(query)
 
@@ -857,8 +894,13 @@ class SessionActor(Process):
         self.config.lineage.ever_ready = True
         self._set_state(SessionState.READY)
         waiters, self._ready_waiters = self._ready_waiters, []
-        info = self._session_info()
+        info: dict[str, Any] | None = None
         for future in waiters:
+            if future is self._start_ready:
+                self.reply(future, None)  # kept by the child spec: no info held for ever
+                continue
+            if info is None:
+                info = self._session_info()
             self.reply(future, info)
         self._replay_postponed()
 

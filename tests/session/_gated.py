@@ -61,14 +61,17 @@ class GatedAgent(LocalAgent):
             self.gate.fail_once = False
             self._exit(3)
         elif self.gate.hold:
-            self.gate.reached.set()
 
             def answer_later() -> None:
                 if self.gate.release.wait(WAIT) and not self._closed:
                     self._initialize(line)
 
-            self._waiter = threading.Thread(target=answer_later, name="gated-init")
-            self._waiter.start()
+            waiter = threading.Thread(target=answer_later, name="gated-init")
+            waiter.start()
+            self._waiter = waiter
+            # Last: the test kills the session as soon as it sees this, and a kill that
+            # landed before the waiter started would leave close() one it cannot join.
+            self.gate.reached.set()
         else:
             self._initialize(line)
 
