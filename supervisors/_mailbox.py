@@ -69,8 +69,10 @@ class Mailbox:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._not_empty: threading.Condition | None = None  # made on first blocking get()
-        self._messages: deque[Envelope[Any]] = deque()
-        self._signals: deque[Envelope[Any]] = deque()
+        # Both queues are made on first use and the ordinary one is dropped again when the
+        # process goes idle: an empty deque is ~0.75 KiB, and most processes are idle.
+        self._messages: deque[Envelope[Any]] | None = None
+        self._signals: deque[Envelope[Any]] | None = None
         self._closed = False
         self._owner = "process"
         self._schedule: Callable[[], None] | None = None
@@ -93,7 +95,10 @@ class Mailbox:
         """Queue an ordinary message (what ``ActorRef.tell``/``ask`` call)."""
         with self._lock:
             if not self._closed:
-                self._messages.append(envelope)
+                messages = self._messages
+                if messages is None:
+                    messages = self._messages = deque()
+                messages.append(envelope)
                 schedule = self._wake()
                 if schedule is None:
                     return
@@ -109,7 +114,10 @@ class Mailbox:
         with self._lock:
             if self._closed:
                 return False
-            self._signals.append(envelope)
+            signals = self._signals
+            if signals is None:
+                signals = self._signals = deque()
+            signals.append(envelope)
             schedule = self._wake()
         if schedule is not None:
             schedule()
@@ -153,6 +161,7 @@ class Mailbox:
             if self._messages:
                 return self._messages.popleft()
             self._scheduled = False
+            self._messages = None  # idle: see __init__
             return None
 
     def empty(self) -> bool:
@@ -163,15 +172,14 @@ class Mailbox:
     def qsize(self) -> int:
         """How many envelopes are queued (for introspection)."""
         with self._lock:
-            return len(self._messages) + len(self._signals)
+            return len(self._messages or ()) + len(self._signals or ())
 
     def close(self) -> list[Envelope[Any]]:
         """Refuse further mail and return what was still queued."""
         with self._lock:
             self._closed = True
-            pending = [*self._signals, *self._messages]
-            self._signals.clear()
-            self._messages.clear()
+            pending = [*(self._signals or ()), *(self._messages or ())]
+            self._signals = self._messages = None
             if self._not_empty is not None:
                 self._not_empty.notify_all()
         return pending

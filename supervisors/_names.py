@@ -37,7 +37,8 @@ __all__ = [
 _lock = threading.Lock()
 _changed = threading.Condition(_lock)
 _by_name: dict[Hashable, pykka.ActorRef[Any]] = {}
-_by_urn: dict[str, set[Hashable]] = {}
+# A process has a name or a few: a tuple (48 B) rather than a set (216 B) per process.
+_by_urn: dict[str, tuple[Hashable, ...]] = {}
 _keepers: dict[Hashable, str] = {}  # name -> URN of the process that keeps it across restarts
 _reserved: dict[Hashable, str] = {}  # name -> URN of the keeper deciding about it
 _kept_by: dict[str, set[Hashable]] = {}  # keeper URN -> names it keeps or holds reserved
@@ -78,7 +79,9 @@ def register(name: Hashable, ref: pykka.ActorRef[Any], keeper: str | None = None
         if holder is not None:
             del _reserved[name]
         _by_name[name] = ref
-        _by_urn.setdefault(ref.actor_urn, set()).add(name)
+        names = _by_urn.get(ref.actor_urn, ())
+        if name not in names:
+            _by_urn[ref.actor_urn] = (*names, name)
         _set_keeper(name, keeper)
         if _waiters:
             _changed.notify_all()
@@ -227,6 +230,8 @@ def _forget(name: Hashable, urn: str) -> None:
     del _by_name[name]
     names = _by_urn.get(urn)
     if names is not None:
-        names.discard(name)
-        if not names:
+        rest = tuple(other for other in names if other != name)
+        if rest:
+            _by_urn[urn] = rest
+        else:
             del _by_urn[urn]

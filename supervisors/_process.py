@@ -22,6 +22,7 @@ import itertools
 import queue
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from types import TracebackType
@@ -132,6 +133,40 @@ def _take_spawn_options() -> _SpawnOptions | None:
     return options
 
 
+class _Flag:
+    """A one-way flag on a raw lock: ``set`` once, ``wait`` until set (no ``Condition``).
+
+    ``is_set`` reads a plain attribute, never the lock: a waiter holds the lock for a
+    moment while it passes through, and ``set`` may race with another ``set`` or with
+    a waiter passing through (a release of an unlocked lock is then ignored).
+    """
+
+    __slots__ = ("_is_set", "_lock")
+
+    def __init__(self) -> None:
+        self._is_set = False
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        if not self._is_set:
+            self._is_set = True
+            with suppress(RuntimeError):  # a racing set released it already
+                self._lock.release()
+
+    def is_set(self) -> bool:
+        return self._is_set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._is_set:
+            return True
+        if self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            with suppress(RuntimeError):  # a racing set released it meanwhile
+                self._lock.release()  # let the next waiter through
+            return True
+        return self._is_set
+
+
 class MonitorRef:
     """A one-way watch on a process, returned by :func:`monitor`.
 
@@ -146,7 +181,7 @@ class MonitorRef:
         self.id = next(_monitor_ids)
         self.target_urn = target_urn
         self._watcher = watcher
-        self._event = threading.Event()
+        self._event = _Flag()  # a raw lock, not an Event's Condition: ~1 KiB less
         self._down: Down | None = None
 
     def __repr__(self) -> str:
@@ -184,40 +219,6 @@ class MonitorRef:
                 watcher(down)
             except Exception:
                 log.exception("monitor_callback_failed", monitor=self.id, urn=self.target_urn)
-
-
-class _Flag:
-    """A one-way flag on a raw lock: ``set`` once, ``wait`` until set (no ``Condition``).
-
-    ``is_set`` reads a plain attribute, never the lock: a waiter holds the lock for a
-    moment while it passes through, and ``set`` may race with another ``set`` or with
-    a waiter passing through (a release of an unlocked lock is then ignored).
-    """
-
-    __slots__ = ("_is_set", "_lock")
-
-    def __init__(self) -> None:
-        self._is_set = False
-        self._lock = _thread.allocate_lock()
-        self._lock.acquire()
-
-    def set(self) -> None:
-        if not self._is_set:
-            self._is_set = True
-            with suppress(RuntimeError):  # a racing set released it already
-                self._lock.release()
-
-    def is_set(self) -> bool:
-        return self._is_set
-
-    def wait(self, timeout: float | None = None) -> bool:
-        if self._is_set:
-            return True
-        if self._lock.acquire(timeout=-1 if timeout is None else timeout):
-            with suppress(RuntimeError):  # a racing set released it meanwhile
-                self._lock.release()  # let the next waiter through
-            return True
-        return self._is_set
 
 
 class ProcessFuture(ThreadingFuture[Any]):
@@ -347,9 +348,13 @@ class Process(pykka.ThreadingActor):
     """The ``ActorRef`` subclass handed out for this process (supervisors add methods)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.ref_class is not pykka.ActorRef:
-            self._actor_ref = self.ref_class(self)
+        # pykka.Actor.__init__, spelled out with a lighter ``actor_stopped``: a one-way
+        # flag on a raw lock (is_set/wait/set, what Pykka and refs use) instead of a
+        # threading.Event, whose Condition and waiter deque are ~1 KiB per process.
+        self.actor_urn = uuid.uuid4().urn
+        self.actor_inbox = self._create_actor_inbox()
+        self.actor_stopped = cast(threading.Event, _Flag())
+        self._actor_ref = self.ref_class(self)
         self.exit_reason: ExitReason | None = None
         """Why the process ended; None while it runs."""
         self.process_state: str = "starting"
@@ -367,7 +372,7 @@ class Process(pykka.ThreadingActor):
         self._in_user_code = False
         self._current: Envelope[Any] | None = None
         self._deferred = False
-        self._outstanding: set[pykka.Future[Any]] = set()
+        self._outstanding: set[pykka.Future[Any]] | None = None  # deferred replies, made on use
         self._stop_envelopes: list[Envelope[Any]] = []
         self._thread: threading.Thread | None = None
         self._launched = False
@@ -604,6 +609,8 @@ class Process(pykka.ThreadingActor):
         if envelope is None or envelope.reply_to is None:
             raise NotInProcess("defer_reply() needs an ask being handled by this process")
         self._deferred = True
+        if self._outstanding is None:
+            self._outstanding = set()
         self._outstanding.add(envelope.reply_to)
         return envelope.reply_to
 
@@ -618,12 +625,14 @@ class Process(pykka.ThreadingActor):
 
     def reply(self, future: pykka.Future[Any], value: Any = None) -> None:
         """Answer a caller whose reply was deferred with ``value``."""
-        self._outstanding.discard(future)
+        if self._outstanding is not None:
+            self._outstanding.discard(future)
         _settle(future, value=value)
 
     def reply_error(self, future: pykka.Future[Any], error: BaseException) -> None:
         """Answer a caller whose reply was deferred by raising ``error`` in it."""
-        self._outstanding.discard(future)
+        if self._outstanding is not None:
+            self._outstanding.discard(future)
         _settle(future, exc_info=(type(error), error, error.__traceback__))
 
     def stop_with(self, reason: ExitReason) -> None:
@@ -689,8 +698,8 @@ class Process(pykka.ThreadingActor):
         current = self._current
         if current is not None:
             reject_envelope(current, owner, handling=True)
-        outstanding, self._outstanding = self._outstanding, set()
-        for future in outstanding:
+        outstanding, self._outstanding = self._outstanding, None
+        for future in outstanding or ():
             error = NoReply(f"{owner} ended before replying", handler_returned=True)
             _settle(future, exc_info=(NoReply, error, None))
         self.process_state = "dead"
