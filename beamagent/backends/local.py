@@ -124,9 +124,11 @@ class LocalAgent(InProcessPeer):
         self._init_info: tuple[Any, dict[str, Any], bool] | None = None  # key, part, native
         self._turn = 0
         self._seq = itertools.count(1)
-        self._cancel = threading.Event()  # this query's interrupt
-        self._superseded = threading.Event()  # set when the next query starts
-        self._handed_out = False  # a streaming thread holds the two events above
+        # A streamed reply's interrupt, and its "the next query has started": made when a
+        # reply is handed to a streaming thread, dropped at the next query. Without one
+        # there is nothing to interrupt (two idle Events were ~2 KiB of every session).
+        self._cancel: threading.Event | None = None
+        self._superseded: threading.Event | None = None
         self._streamer: threading.Thread | None = None
         self._closed = False
 
@@ -151,7 +153,9 @@ class LocalAgent(InProcessPeer):
             elif kind == "query":
                 self._query(str(obj.get("prompt", "")), obj.get("params") or {})
             elif kind == "interrupt":
-                self._cancel.set()
+                cancel = self._cancel
+                if cancel is not None:
+                    cancel.set()
             elif kind == "set_model":
                 self.model = str(obj.get("model") or self.model)
             elif kind == "set_permission_mode":
@@ -219,27 +223,26 @@ class LocalAgent(InProcessPeer):
         self._turn += 1
         # A reply still streaming for an earlier query is superseded: it stops and says
         # nothing more (a real CLI moves on to the new turn the same way).
-        # Only a streaming thread holds the events: without one they are kept (two new
-        # Events are a few microseconds of every query).
-        if self._handed_out:
-            self._superseded.set()
-            self._superseded = threading.Event()
-            self._cancel = threading.Event()
-            self._handed_out = False
-        elif self._cancel.is_set():  # an interrupt with no streamed reply to stop
-            self._cancel = threading.Event()
+        # Only a streaming thread holds the events: a reply answered at once needs none.
+        superseded = self._superseded
+        if superseded is not None:
+            superseded.set()
+            self._cancel = self._superseded = None
         started = time.monotonic()
         script = self._script(prompt, params)
         if inspect.isgenerator(script):
             self._send([self._init_part()])
+            cancel, superseded = self._cancel, self._superseded = (
+                threading.Event(),
+                threading.Event(),
+            )
             thread = threading.Thread(
                 target=self._stream,
-                args=(script, prompt, started, self._cancel, self._superseded),
+                args=(script, prompt, started, cancel, superseded),
                 name=f"local-agent-{self.native_session_id[-8:]}",
                 daemon=True,
             )
             self._streamer = thread
-            self._handed_out = True
             thread.start()
             return
         items: list[Any] = [script] if isinstance(script, str | bytes | LocalExit) else list(script)
@@ -513,7 +516,9 @@ class LocalAgent(InProcessPeer):
 
     def close(self) -> None:
         self._closed = True
-        self._cancel.set()
+        cancel = self._cancel
+        if cancel is not None:
+            cancel.set()
         streamer = self._streamer
         if streamer is not None and streamer is not threading.current_thread():
             streamer.join(timeout=5)
@@ -706,13 +711,32 @@ class LocalHandler(BackendHandler):
         return {"native_session_id": self.native_session_id}
 
 
+_last_init: list[tuple[list[Any], list[Any], list[Any], dict[str, Any]]] = []
+
+
 def _init_info(response: Any) -> dict[str, Any]:
     if not isinstance(response, Mapping):
         return {}
+    facts = (
+        list(response.get("models") or []),
+        list(response.get("commands") or []),
+        list(response.get("agents") or []),
+        dict(response.get("account") or {}),
+    )
+    # Every session of a runtime is told the same models, commands and agents: keep
+    # the items (dicts, strings) of the last answer and share them, in lists of each
+    # session's own, instead of a freshly decoded copy per session (~1 KiB each).
+    last = _last_init[0] if _last_init else None
+    if last == facts:
+        assert last is not None
+        models, commands, agents = list(last[0]), list(last[1]), list(last[2])
+    else:
+        _last_init[:] = [facts]
+        models, commands, agents = list(facts[0]), list(facts[1]), list(facts[2])
     return {
-        "supported_models": list(response.get("models") or []),
-        "supported_commands": list(response.get("commands") or []),
-        "supported_agents": list(response.get("agents") or []),
-        "account_info": dict(response.get("account") or {}),
+        "supported_models": models,
+        "supported_commands": commands,
+        "supported_agents": agents,
+        "account_info": facts[3],
         "native_session_id": response.get("native_session_id"),
     }
