@@ -53,15 +53,11 @@ _local = threading.local()
 
 
 class _Worker:
-    # Plain attributes each thread sets for itself; counts are computed from them when
-    # needed, so a kill interrupting a handler between two updates cannot leave a shared
-    # counter wrong for ever.
-    __slots__ = ("blocked", "idle", "thread")
+    __slots__ = ("blocked", "thread")
 
     def __init__(self, thread: threading.Thread) -> None:
         self.thread = thread
         self.blocked = 0  # nesting depth of blocking() on this worker
-        self.idle = False  # waiting on the run queue
 
 
 class Scheduler:
@@ -88,6 +84,14 @@ class Scheduler:
         self._runq: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._workers: dict[threading.Thread, _Worker] = {}
+        # The workers waiting on the run queue, and those inside blocking(): sets, not
+        # counters, so a count is one len() (submit runs on every message to an idle
+        # process) and an update is one atomic add/discard. A kill interrupting a handler
+        # between changing a worker's depth and its membership leaves at most that worker
+        # misfiled, until its next slice (which resets it) or its end (which drops it): a
+        # spare worker started, or one not started, never a count wrong for ever.
+        self._idle: set[_Worker] = set()
+        self._blocked: set[_Worker] = set()
         self._slices = 0  # slices run: the monitor's sign of progress
         self._serial = itertools.count(1)
         self._monitor: threading.Thread | None = None
@@ -97,17 +101,13 @@ class Scheduler:
 
     def _counts(self) -> tuple[int, int, int]:
         """(workers, idle, blocked) now."""
-        workers = list(self._workers.values())
-        idle = sum(1 for w in workers if w.idle)
-        blocked = sum(1 for w in workers if w.blocked)
-        return len(workers), idle, blocked
+        return len(self._workers), len(self._idle), len(self._blocked)
 
     def submit(self, process: Process) -> None:
         """Queue ``process`` to run a slice (its mailbox says it has work)."""
         self._runq.put(process)
         # A worker that is idle picks it up; otherwise make sure there is capacity.
-        total, idle, blocked = self._counts()
-        if idle == 0 and total - blocked < self.core:
+        if not self._idle and len(self._workers) - len(self._blocked) < self.core:
             self._spawn(reason="capacity")
 
     def _spawn(self, reason: str) -> bool:
@@ -141,15 +141,17 @@ class Scheduler:
         worker = self._workers[me]
         _local.worker = worker
         runq = self._runq
+        idle = self._idle
+        blocked = self._blocked
         try:
             while True:
                 try:
-                    worker.idle = True
+                    idle.add(worker)
                     try:
                         item = runq.get(timeout=self.idle_timeout)
                     except queue.Empty:
                         item = None
-                    worker.idle = False
+                    idle.discard(worker)
                     if item is _STOP:
                         return
                     if item is None:
@@ -157,16 +159,19 @@ class Scheduler:
                             return
                         continue
                     worker.blocked = 0  # a new slice is in no blocking wait
+                    blocked.discard(worker)
                     item._run_slice()
                     self._slices += 1
                 except BaseException:
                     # A kill aimed at a handler that had just returned (it raises at the
                     # next bytecode, wherever that is): that process already ended. The
                     # worker lives on.
-                    worker.idle = False
+                    idle.discard(worker)
                     log.debug("scheduler_stray_interrupt", exc_info=True)
         finally:
             self._workers.pop(me, None)
+            idle.discard(worker)
+            blocked.discard(worker)
             _local.worker = None
 
     def _watch(self) -> None:
@@ -193,6 +198,7 @@ class Scheduler:
             return None
         worker.blocked += 1
         if worker.blocked == 1:
+            self._blocked.add(worker)
             total, idle, blocked = self._counts()
             if idle == 0 and (total - blocked < self.core or self._runq.qsize()):
                 self._spawn(reason="blocking")
@@ -202,6 +208,8 @@ class Scheduler:
         """The blocking wait of ``worker`` is over."""
         if worker is not None and worker.blocked > 0:
             worker.blocked -= 1
+            if worker.blocked == 0:
+                self._blocked.discard(worker)
 
     # --- introspection and release ------------------------------------------------------
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 
 import supervisors as s
 from supervisors._scheduler import SLICE, scheduler
+from supervisors._scheduler import blocking as s_blocking
 
 
 class Echo(s.Process):
@@ -377,3 +379,68 @@ def test_a_start_flag_set_twice_while_waiters_pass_through_never_fails() -> None
         assert passed == [True, True, True]
         assert flag.is_set()
         assert flag.wait(0)
+
+
+class BlockedInside(s.Process):
+    """Waits inside ``blocking()`` (an announced wait) until killed or released."""
+
+    def __init__(self, started: threading.Event, release: threading.Event) -> None:
+        super().__init__()
+        self.started = started
+        self.release = release
+
+    def on_receive(self, message: Any) -> Any:
+        with s_blocking():
+            self.started.set()
+            self.release.wait(10)
+        return message
+
+
+def _quiescent_counts_agree(timeout: float = 5.0) -> bool:
+    """Once no work is left, every worker counts as idle and none as blocked."""
+    pause = threading.Event()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers, idle, blocked = scheduler._counts()
+        if blocked == 0 and idle == workers == scheduler.workers():
+            return True
+        pause.wait(0.01)
+    return False
+
+
+def test_worker_counts_stay_right_after_blocking_waits_and_kills() -> None:
+    release = threading.Event()
+    started = [threading.Event() for _ in range(scheduler.core + 1)]
+    waiters = [BlockedInside.start(e, release) for e in started]
+    try:
+        replies = [w.ask(i, block=False) for i, w in enumerate(waiters)]
+        assert all(e.wait(5) for e in started)
+        assert scheduler._counts()[2] >= len(waiters)  # each is a blocked worker
+        # A kill lands inside blocking(): the worker is no longer counted as blocked.
+        mon = s.monitor(waiters[0])
+        assert s.kill(waiters[0])
+        assert mon.wait(5).reason == s.Killed()
+        release.set()
+        assert [r.get(timeout=5) for r in replies[1:]] == list(range(1, len(waiters)))
+        assert _quiescent_counts_agree()
+    finally:
+        release.set()
+        _stop_all(waiters[1:])
+
+
+def test_a_worker_misfiled_by_an_interrupted_update_is_refiled_by_its_next_slice() -> None:
+    # What a kill between ``worker.blocked += 1`` and the set update could leave: a
+    # worker counted as blocked that is not. The next slice it runs files it right again.
+    echo = Echo.start()
+    misfiled: set[Any] = set()
+    try:
+        assert echo.ask("warm", timeout=5) == "warm"
+        assert _quiescent_counts_agree()
+        misfiled = set(scheduler._workers.values())
+        scheduler._blocked.update(misfiled)
+        # Every worker counts as blocked: the ask still gets served (a spare worker at worst).
+        assert echo.ask("x", timeout=5) == "x"
+        assert len(misfiled & scheduler._blocked) < len(misfiled)
+    finally:
+        scheduler._blocked.difference_update(misfiled)
+        _stop_all([echo])
