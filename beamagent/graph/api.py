@@ -27,6 +27,7 @@ import contextlib
 import functools
 import itertools
 import json
+import queue
 import re
 import threading
 import uuid
@@ -56,6 +57,7 @@ from supervisors import (
     ChildSpec,
     Down,
     NoSuchProcess,
+    ProcessFuture,
     StartChildError,
     lookup,
     monitor,
@@ -334,6 +336,9 @@ class GraphApi:
         cache, workers, spares = self._graph_resources(runs)
         name = self._run_name(run_id)
         events = EventLog(run_id)
+        # A new durable run is acknowledged (returned) once its first checkpoint is
+        # written: a process killed right after run_job returned can resume it.
+        checkpointed = ProcessFuture() if durable and restored is None else None
         config = RunConfig(
             run_id=run_id,
             job=job,
@@ -350,6 +355,7 @@ class GraphApi:
             max_tool_rounds=max_tool_rounds,
             name=name,
             spares=spares,
+            checkpointed=checkpointed,
         )
         run = Run(self, run_id, job.id, events)
         graph = self._graph()
@@ -388,8 +394,16 @@ class GraphApi:
             with graph.lock:
                 if graph.runs.get(run_id) is run:
                     del graph.runs[run_id]
+            if checkpointed is not None:
+                with contextlib.suppress(queue.Full):  # it checkpointed before it ended
+                    checkpointed.set(None)
 
         monitor(ref, watcher=ended)
+        if checkpointed is not None:
+            try:
+                checkpointed.get(timeout=_CALL_TIMEOUT)
+            except pykka.Timeout:
+                log.warning("run_first_checkpoint_late", run_id=run_id, after=_CALL_TIMEOUT)
         return run
 
     @staticmethod

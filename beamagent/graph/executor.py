@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import queue
 import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -149,6 +150,9 @@ class RunConfig:
     max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS
     name: tuple[str, ...] | None = None
     spares: SpareExecutors | None = None
+    checkpointed: pykka.Future[Any] | None = None
+    """Set once the run's first checkpoint was written (or could not be): ``run_job``
+    waits for it, so a durable run it returned is in the store."""
 
 
 class SubDone:
@@ -362,6 +366,7 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
         self._last: Result | None = None
         self._dirty = False
         self._put_off = 0
+        self._first_checkpoint_told = False
         self._rlog = log.bind(run_id=config.run_id, job_id=config.job.id)
         enabled = getattr(self._rlog, "is_enabled_for", None)
         self._debug_on = enabled(logging.DEBUG) if callable(enabled) else True
@@ -1186,6 +1191,11 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
             self._unsaved.clear()
         self._dirty = False
         self._put_off = 0
+        waiting = self.config.checkpointed
+        if waiting is not None and not self._first_checkpoint_told:
+            self._first_checkpoint_told = True
+            with contextlib.suppress(queue.Full):  # the caller stopped waiting (its monitor)
+                waiting.set(None)
 
     def _emit(
         self,

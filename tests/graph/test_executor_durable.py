@@ -209,6 +209,22 @@ def rt() -> Iterator[Runtime]:
         yield runtime
 
 
+def test_a_durable_run_is_in_the_store_when_run_job_returns(tmp_path: Path) -> None:
+    # run_job returning is the acknowledgement: a process killed right after it must
+    # leave a run that resume_run can pick up (the kill -9 test found this window).
+    gate, started = threading.Event(), threading.Event()
+    job = chain(Counter(), blocking(gate, started))
+    with Runtime(store=tmp_path / "runs.db") as rt:
+        runs = []
+        for i in range(20):
+            run = rt.run_job(job, "go", run_id=f"ack-{i}")
+            assert rt._store.load_run(run.run_id)["status"] == "running"
+            runs.append(run)
+        gate.set()
+        for run in runs:
+            assert run.result(timeout=WAIT).status is RunStatus.ENDED
+
+
 def test_resume_refuses_unknown_finished_and_mismatched_runs(rt: Runtime) -> None:
     job = Job("one", [Node("n", serving=lambda m: "done")], start="n")
     with pytest.raises(RunNotFound):
