@@ -14,7 +14,19 @@ running as root; both get the same launcher then). Prints:
 
 Both sides send the same system prompt (the SDK's default, empty) and the
 same prompt; the fake model answers instantly, so what is measured is the
-client, the CLI's start-up and the protocol.
+client, the CLI's start-up and the protocol. That comparison needs the
+``bench`` extra (``claude_agent_sdk``); without it, it is skipped and said so.
+
+Then, for every registered backend (the five CLIs, ``openai`` against the fake
+server's Chat Completions, ``local``), through the public Session API:
+
+  * session start: median seconds of ``start_session`` until the session is
+    ready (the CLI spawned and its handshake done), over ``STARTS`` sessions;
+  * plain query on a live session: median of ``LIVE_TURNS`` turns after a
+    first one.
+
+These have no same-run baseline of their own; each line's goal text gives the
+figure measured for the bare CLI in ``../shared/reference/agent-clis.md``.
 """
 
 from __future__ import annotations
@@ -32,13 +44,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import paired, report
+from _common import figure, paired, report
 
 from beamagent import Runtime, configure_logging
 from beamagent.testing import (
     FakeModelServer,
     LoopbackNamespace,
     claude_env,
+    cli_env,
     ensure_installed,
     loopback_namespace_available,
 )
@@ -49,6 +62,16 @@ ROUNDS = 9
 LIVE_TURNS = 20
 IMPORTS = 5
 PROMPT = "ECHO:benchmark"
+STARTS = 5
+CLI_BACKENDS = ("claude", "codex", "gemini", "copilot", "opencode")
+#: What the bare CLI measured (agent-clis.md, "Measured"): a turn on a live process.
+CLI_REFERENCE = {
+    "claude": "bare CLI turn ~29 ms",
+    "codex": "bare app-server turn ~50 ms",
+    "gemini": "bare ACP turn ~40 ms",
+    "copilot": "bare ACP turn ~60 ms",
+    "opencode": "bare server turn ~190 ms (ACP)",
+}
 
 
 def median_process_seconds(code: str, env: dict[str, str], runs: int) -> float:
@@ -189,22 +212,99 @@ def ours_live_turn(rt: Runtime, cli: Path, cwd: Path, env: dict[str, str], turns
 
 
 def main() -> None:
-    cli = ensure_installed(("claude",))["claude"]
+    names = ("claude", *(n for n in CLI_BACKENDS if n != "claude"))
+    clis = ensure_installed(names)
     ns = LoopbackNamespace().start() if loopback_namespace_available() else None
     try:
         with tempfile.TemporaryDirectory(prefix="beamagent-bench-") as tmp:
             root = Path(tmp)
             work = root / "work"
             work.mkdir()
+            # codex refuses to run outside a git repository (agent-clis.md).
+            subprocess.run(["git", "init", "-q", str(work)], check=True)
             with FakeModelServer(netns=ns.path if ns else None) as server:
-                env = claude_env(root / "home", server)
-                program = launcher(cli, ns, root)
                 where = "in a loopback-only namespace" if ns else "on the host's loopback"
-                print(f"claude {cli} {where}; fake model at {server.url}")
-                run(program, work, env)
+                print(f"CLIs from {clis['claude'].parent} {where}; fake model at {server.url}")
+                if sdk_available():
+                    env = claude_env(root / "home", server)
+                    run(launcher(clis["claude"], ns, root), work, env)
+                else:
+                    print("claude vs the official SDK: skipped (install the bench extra)")
+                per_backend(root, work, server, ns)
     finally:
         if ns is not None:
             ns.stop()
+
+
+def sdk_available() -> bool:
+    """Whether the official Claude SDK (the ``bench`` extra) is importable."""
+    try:
+        import claude_agent_sdk  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def backend_options(
+    name: str,
+    root: Path,
+    work: Path,
+    server: FakeModelServer,
+    host_server: FakeModelServer,
+    ns: LoopbackNamespace | None,
+) -> dict[str, Any]:
+    """Start options for ``name`` against the fake server (each CLI with its own HOME)."""
+    if name == "local":
+        return {}
+    if name == "openai":
+        # The host's own fake server: the namespace's is out of this process's reach.
+        return {"base_url": host_server.url + "/v1", "api_key": "fake-key", "model": "fake-model"}
+    options: dict[str, Any] = {
+        "env": cli_env(name, root / f"home-{name}", server),
+        "inherit_env": False,
+        "cwd": str(work),
+    }
+    if ns is not None:
+        options["command_prefix"] = ns.prefix()
+    return options
+
+
+def per_backend(
+    root: Path, work: Path, server: FakeModelServer, ns: LoopbackNamespace | None
+) -> None:
+    """Median session start and live plain-query time for every registered backend."""
+    with Runtime(store=":memory:") as rt, FakeModelServer() as host_server:
+        for name in (*CLI_BACKENDS, "openai", "local"):
+            if name not in rt.backends():
+                print(f"{name}: not registered in this version, skipped")
+                continue
+            options = backend_options(name, root, work, server, host_server, ns)
+            starts: list[float] = []
+            for _ in range(STARTS):
+                started = time.perf_counter()
+                session = rt.start_session(backend=name, **options)
+                starts.append(time.perf_counter() - started)
+                session.stop()
+            session = rt.start_session(backend=name, **options)
+            try:
+                session.query(PROMPT)  # the first turn warms the CLI's caches
+                turns: list[float] = []
+                for _ in range(LIVE_TURNS):
+                    started = time.perf_counter()
+                    answer = session.query(PROMPT)
+                    turns.append(time.perf_counter() - started)
+                    if answer[-1].is_error:
+                        raise RuntimeError(f"{name}: the query failed: {answer[-1]!r}")
+            finally:
+                session.stop()
+            reference = CLI_REFERENCE.get(name, "in-process" if name == "local" else "HTTP")
+            figure(f"{name}: session start", statistics.median(starts) * 1000, "ms", "median")
+            figure(
+                f"{name}: plain query on a live session",
+                statistics.median(turns) * 1000,
+                "ms",
+                f"median; {reference}",
+            )
 
 
 def run(cli: Path, work: Path, env: dict[str, str]) -> None:

@@ -73,7 +73,7 @@ SCRIPTS = (
     Script("graph", requires=("langgraph",)),
     Script("routing"),
     Script("store"),
-    Script("backends", optional=True, requires=("claude_agent_sdk",)),
+    Script("backends", optional=True),
     Script("scale", args=(str(SCALE_N),), quick_args=("5000",)),
     Script("throughput"),
 )

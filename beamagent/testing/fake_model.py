@@ -1131,6 +1131,9 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "FakeModelServer/1"
     server: _HTTPServer
     timeout = _IDLE_CONNECTION_SECONDS
+    # TCP_NODELAY: headers and body go out as separate small writes, and with Nagle's
+    # algorithm the body waits for the client's delayed ACK (40 ms per response here).
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         # Requests are logged by FakeModelServer; keep stderr clean.
