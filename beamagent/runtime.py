@@ -189,7 +189,8 @@ def _backend_specs(backends: Any) -> tuple[dict[str, BackendSpec], tuple[str, ..
     elif isinstance(backends, str | bytes) or not hasattr(backends, "__iter__"):
         raise InvalidOption(
             "backends must name the routable backends: a list of names, or a mapping of "
-            f"name to a handler class, (handler, options), a BackendSpec or True; got {backends!r}"
+            "name to a handler class, (handler, options), a BackendSpec, True or a dict of "
+            f"options for a built-in; got {backends!r}"
         )
     else:
         entries = [(e.name, e) if isinstance(e, BackendSpec) else (e, True) for e in backends]
@@ -205,6 +206,12 @@ def _backend_specs(backends: Any) -> tuple[dict[str, BackendSpec], tuple[str, ..
             continue  # named, but not routable (a built-in stays startable by name)
         elif isinstance(value, BackendSpec):
             specs[name] = value
+        elif isinstance(value, Mapping):
+            # Default options for a built-in: {"claude": {"env": {...}, "cwd": ...}}.
+            builtin = specs.get(name)
+            if builtin is None:
+                raise UnknownBackend(raw_name, sorted(specs))
+            specs[name] = BackendSpec(name, builtin.handler, value)
         elif isinstance(value, tuple):
             specs[name] = BackendSpec(name, value[0], value[1] if len(value) > 1 else None)
         else:
@@ -236,10 +243,12 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
             (default: ``local`` alone, so nothing paid starts unless enabled).
             A list of names (``["local", "claude"]``) enables built-ins; a
             mapping adds or replaces backends by name: a handler class,
-            ``(handler_class, default_options)``, a ``BackendSpec``, or
-            ``True`` for the built-in of that name. The built-ins (``local``,
-            ``claude``, ``codex``, ``openai``) can always be started by
-            naming them in ``start_session(backend=...)``; only the backends
+            ``(handler_class, default_options)``, a ``BackendSpec``,
+            ``True`` for the built-in of that name, or a dict of default
+            options for the built-in of that name (``{"claude": {"cwd": ...}}``).
+            The built-ins (``local``, ``claude``, ``codex``, ``openai``...) can
+            always be started by naming them in ``start_session(backend=...)``;
+            only the backends
             named here are ever picked by routing (``start_session()`` with no
             backend, policies, ``select_backend``).
         session_defaults: default session options (e.g. ``connect_timeout``).

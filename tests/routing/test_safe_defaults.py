@@ -65,3 +65,15 @@ def test_a_builtin_named_explicitly_can_still_be_started() -> None:
         assert rt.backend_spec("claude").name == "claude"
         assert "claude" in rt.backends()
         assert rt.backend_availability()["claude"][0] is False
+
+
+def test_a_builtin_enabled_with_default_options_gets_them() -> None:
+    # A dict enables the built-in of that name with default options for its sessions.
+    backends = {"local": {"model": "local-large"}}
+    with Runtime(store=":memory:", backends=backends) as rt:
+        assert rt.routable_backends() == ["local"]
+        assert rt.backend_spec("local").handler is LocalHandler
+        session = rt.start_session()
+        assert session.session_info()["model"] == "local-large"
+    with pytest.raises(UnknownBackend):
+        Runtime(store=":memory:", backends={"no-such-backend": {"model": "m"}})
