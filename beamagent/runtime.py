@@ -248,9 +248,8 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
             options for the built-in of that name (``{"claude": {"cwd": ...}}``).
             The built-ins (``local``, ``claude``, ``codex``, ``openai``...) can
             always be started by naming them in ``start_session(backend=...)``;
-            only the backends
-            named here are ever picked by routing (``start_session()`` with no
-            backend, policies, ``select_backend``).
+            only the backends named here are ever picked by routing
+            (``start_session()`` with no backend, policies, ``select_backend``).
         session_defaults: default session options (e.g. ``connect_timeout``).
         session_restarts: each session's own restart budget, ``(max_restarts,
             max_seconds)`` (default ``(3, 5.0)``): a session whose backend
