@@ -829,6 +829,9 @@ class SessionActor(Process):
         for call in output.calls:
             self._start_call(call)
         if output.error is not None:
+            # What the backend said before it broke its protocol is history: record it first.
+            if output.messages:
+                self._deliver(list(output.messages))
             self._fail(
                 SessionError(f"session {self.session_id}: {output.error}", reason="protocol")
             )
