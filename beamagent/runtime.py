@@ -161,11 +161,15 @@ class BackendSpec:
 def _builtin_backends() -> dict[str, BackendSpec]:
     from beamagent.backends.claude import ClaudeHandler
     from beamagent.backends.codex import CodexHandler
+    from beamagent.backends.copilot import CopilotHandler
+    from beamagent.backends.gemini import GeminiHandler
     from beamagent.backends.openai import OpenAIHandler
 
     return {
         "claude": BackendSpec("claude", ClaudeHandler),
         "codex": BackendSpec("codex", CodexHandler),
+        "gemini": BackendSpec("gemini", GeminiHandler),
+        "copilot": BackendSpec("copilot", CopilotHandler),
         "openai": BackendSpec("openai", OpenAIHandler),
         "local": BackendSpec("local", LocalHandler),
     }
