@@ -801,7 +801,10 @@ class AcpHandler(BackendHandler):
                 params = {"sessionId": self.acp_session_id, "modeId": mode_id}
                 writes.append(self._request("session/set_mode", params, ("setup", mode_id)))
         current_model = _mapping(result.get("models")).get("currentModelId")
-        if self.model is not None and self.models and self.model != current_model:
+        # A new session takes the model the agent offers; a loaded one keeps the model it
+        # had (Copilot ignores COPILOT_MODEL then), so set ours whenever the agent can.
+        wants_model = bool(self.models) if kind == "session/new" else self._switches_models()
+        if self.model is not None and wants_model and self.model != current_model:
             params = {"sessionId": self.acp_session_id, "modelId": self.model}
             writes.append(self._request("session/set_model", params, ("setup", self.model)))
         self._setup_pending = len(writes)

@@ -13,7 +13,9 @@ particular to Copilot CLI 1.0.102:
   to the provider names the new model), so ``set_model`` is sent live.
 * **Native resume.** ``session/load`` works in a new process and replays the
   conversation; a restarted session, or ``native_session_id=``, continues it.
-  The agent's replayed updates are not delivered again (they are stored).
+  The agent's replayed updates are not delivered again (they are stored). A
+  loaded session keeps the model it had, whatever ``COPILOT_MODEL`` says, so
+  the handler sends ``session/set_model`` after ``session/load``.
 * **Modes** are URLs (``https://agentclientprotocol.com/protocol/session-modes#agent``,
   ``#plan``, ``#autopilot``); ``permission_mode`` also takes the short names
   ``agent``, ``plan``, ``autopilot``. **``autopilot`` is refused** unless

@@ -394,6 +394,35 @@ def test_gemini_never_loads_natively_and_copilot_does(tmp_path: Path) -> None:
     assert copilot.request("session/load")["params"]["sessionId"] == "c1"
 
 
+def test_a_loaded_copilot_session_gets_its_model_set() -> None:
+    # A loaded Copilot session keeps the model it had, whatever COPILOT_MODEL says.
+    agent = Agent(CopilotHandler, cli_path=str(FAKE), native_session_id="c1", model="gpt-x")
+    agent.answer("initialize", {"protocolVersion": 1, "agentCapabilities": {"loadSession": True}})
+    assert agent.answer("session/load", {}).state is None
+    assert agent.request("session/set_model")["params"] == {"sessionId": "c1", "modelId": "gpt-x"}
+    assert agent.answer("session/set_model", {}).state is SessionState.READY
+
+    fresh = Agent(CopilotHandler, cli_path=str(FAKE), model="gpt-x")
+    fresh.answer("initialize", {"protocolVersion": 1})
+    assert fresh.answer("session/new", {"sessionId": "c2"}).state is SessionState.READY
+
+
+def test_the_replay_preamble_goes_before_the_first_prompt() -> None:
+    agent = Agent()
+    agent.ready()
+    preambles = iter(["<earlier turns>\n"])
+    # The context branch's BackendHandler.take_replay_prompt: once, then the prompt alone.
+    agent.handler.take_replay_prompt = lambda prompt: next(preambles, "") + prompt  # type: ignore[attr-defined]
+
+    first = json.loads(agent.handler.encode_query("hello", {}).writes[0])
+    agent.sent.append(first)
+    agent.answer("session/prompt", {"stopReason": "end_turn"})
+    second = json.loads(agent.handler.encode_query("again", {}).writes[0])
+
+    assert first["params"]["prompt"] == [{"type": "text", "text": "<earlier turns>\nhello"}]
+    assert second["params"]["prompt"] == [{"type": "text", "text": "again"}]
+
+
 def test_copilot_refuses_autopilot_unless_allowed() -> None:
     with pytest.raises(InvalidOption, match="task_complete"):
         CopilotHandler({"cli_path": str(FAKE), "permission_mode": "autopilot"})
@@ -656,19 +685,29 @@ def test_an_error_answer_to_a_prompt_is_an_error_result(fake: Any) -> None:
 
 def test_permission_answers_map_onto_the_offered_options(fake: Any) -> None:
     decisions = iter(
-        [Allow(), Deny("not this one"), Allow(updated_permissions=["remember"]), Allow({"x": 1})]
+        [
+            Allow(),
+            Deny("not this one"),
+            Allow(updated_permissions=["remember"]),
+            Allow({"x": 1}),
+            Deny("stop everything", interrupt=True),
+        ]
     )
     calls, handler = recorder(lambda *_: next(decisions))
     session = fake("permission", permission_handler=handler)
 
-    outcomes = [session.query(f"turn {n}", timeout=WAIT) for n in range(4)]
+    outcomes = [session.query(f"turn {n}", timeout=WAIT) for n in range(5)]
 
     assert [m[-1].content for m in outcomes] == [
         "option proceed_once",
         "option cancel",
         "option proceed_always",
         "option cancel",  # an updated input cannot be carried: rejected, not run as it was
+        "option cancel",
     ]
+    log = fake.log()
+    last_answer = max(i for i, m in enumerate(log) if m.get("id") == 0 and "result" in m)
+    assert log[last_answer + 1]["method"] == "session/cancel"  # Deny(interrupt=True)
     tool_name, tool_input, context = calls[0]
     assert (tool_name, tool_input) == ("execute", {"command": "touch it"})
     assert context.backend == "acp"  # the handler's name, whatever the runtime calls it
