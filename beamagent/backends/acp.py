@@ -791,11 +791,11 @@ class AcpHandler(BackendHandler):
         self._handshake_done = True
         # The requested mode and model, before the first prompt can go out.
         writes: list[bytes] = []
-        if self.permission_mode is not None and self.modes:
+        if self.permission_mode is not None:
             try:
                 mode_id = self._offered_mode(str(self.permission_mode))
-            except InvalidOption as exc:
-                out.error = str(exc)
+            except (InvalidOption, UnsupportedCapability) as exc:
+                out.error = f"cannot apply permission_mode={self.permission_mode!r}: {exc}"
                 return
             if mode_id != self.mode_id:
                 params = {"sessionId": self.acp_session_id, "modeId": mode_id}

@@ -477,6 +477,21 @@ def test_a_mode_asked_for_at_start_is_set_before_the_session_is_ready() -> None:
     assert agent.answer("session/set_model", {}).state is SessionState.READY
 
 
+def test_a_mode_the_agent_does_not_offer_fails_the_start() -> None:
+    agent = Agent(permission_mode="yolo")
+    agent.answer("initialize", {"protocolVersion": 1})
+    out = agent.answer("session/new", {"sessionId": "acp-1"})
+    assert out.error is not None
+    assert "permission_mode='yolo'" in out.error
+    agent = Agent(permission_mode="yolo")
+    agent.answer("initialize", {"protocolVersion": 1})
+    out = agent.answer(
+        "session/new", {"sessionId": "acp-1", "modes": {"availableModes": [{"id": "default"}]}}
+    )
+    assert out.error is not None
+    assert "it offers: default" in out.error
+
+
 def test_handshake_failures_are_clear() -> None:
     agent = Agent()
     out = agent.answer("initialize", {"protocolVersion": 2})

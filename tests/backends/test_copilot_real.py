@@ -20,7 +20,7 @@ import pytest
 from beamagent import Runtime
 from beamagent.backends.copilot import CopilotHandler
 from beamagent.backends.permissions import Allow, Deny
-from beamagent.errors import Interrupted, InvalidOption, SessionError
+from beamagent.errors import Interrupted, InvalidOption, SessionError, UnknownControlMethod
 from beamagent.messages import Message, MessageType
 from beamagent.testing import (
     FakeModelServer,
@@ -281,6 +281,13 @@ def test_model_and_modes_live(start: Any, server: FakeModelServer) -> None:
         session.set_permission_mode("autopilot")
     with pytest.raises(InvalidOption, match="plan"):
         session.set_permission_mode("no-such-mode")
+    # Any other ACP method goes through send_control, with the session id filled in.
+    answer = session.send_control(
+        "session/set_config_option", {"configId": "allow_all", "value": "off"}, timeout=WAIT
+    )
+    assert "allow_all" in [option["id"] for option in answer["configOptions"]]
+    with pytest.raises(UnknownControlMethod):
+        session.send_control("no/such/method", timeout=WAIT)
 
 
 def test_availability_and_not_routed_unless_enabled(runtime: Runtime, copilot_cli: Path) -> None:
