@@ -342,7 +342,13 @@ class AcpHandler(BackendHandler):
             servers = []
         if isinstance(servers, str | bytes | Mapping) or not isinstance(servers, Sequence):
             raise InvalidOption(f"option 'mcp_servers' must be a list; got {servers!r}")
-        self.mcp_servers = [dict(s) if isinstance(s, Mapping) else s for s in servers]
+        if not all(isinstance(server, Mapping) for server in servers):
+            raise InvalidOption(f"option 'mcp_servers' must be a list of mappings; got {servers!r}")
+        self.mcp_servers = [dict(server) for server in servers]
+        try:
+            json.dumps(self.mcp_servers, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidOption(f"option 'mcp_servers' must be JSON: {exc}") from exc
         if self.permission_mode is not None:
             self.check_mode(str(self.permission_mode))
         self.env = self.launch_environment()
@@ -464,17 +470,22 @@ class AcpHandler(BackendHandler):
 
     def _open_session(self) -> bytes:
         base = {"cwd": self._cwd(), "mcpServers": self.mcp_servers}
-        if (
-            self._load_id is not None
-            and not self.resume_missing
-            and self.agent_capabilities.get("loadSession") is True
-        ):
-            self._loading = True
-            self._load_updates = 0
-            return self._request(
-                "session/load", {**base, "sessionId": self._load_id}, ("session/load", None)
-            )
+        if self._load_id is not None and not self.resume_missing:
+            if self.agent_capabilities.get("loadSession") is True:
+                self._loading = True
+                self._load_updates = 0
+                return self._request(
+                    "session/load", {**base, "sessionId": self._load_id}, ("session/load", None)
+                )
+            # The agent cannot load sessions: a new one, and the session replays instead.
+            self._log.warning("acp_load_unsupported", native_session_id=self._load_id)
+            self.resume_missing = True
         return self._request("session/new", base, ("session/new", None))
+
+    def _label(self) -> str:
+        """The agent's own name once it gave one (any ACP agent runs as ``acp``)."""
+        name = self.agent_info.get("name")
+        return name if isinstance(name, str) and name else self.name
 
     def _prompt_text(self, prompt: str) -> str:
         # The replay preamble (a resumed session whose agent cannot load it) goes first.
@@ -588,7 +599,7 @@ class AcpHandler(BackendHandler):
         if mode_id is None:
             offered = ", ".join(_mode_label(m) for m in self.modes)
             raise InvalidOption(
-                f"permission mode {mode!r} is not offered by {self.name}; it offers: {offered}"
+                f"permission mode {mode!r} is not offered by {self._label()}; it offers: {offered}"
             )
         return mode_id
 
@@ -647,7 +658,7 @@ class AcpHandler(BackendHandler):
         if self._turn is not None:
             out.messages += self._turn.flush()  # what the agent said before is history
         out.error = (
-            f"{self.name} broke the ACP protocol: it sent {what} on stdout ({preview!r}); "
+            f"{self._label()} broke the ACP protocol: it sent {what} on stdout ({preview!r}); "
             "ACP agents must write only JSON-RPC messages there"
         )
 
@@ -675,7 +686,8 @@ class AcpHandler(BackendHandler):
         elif kind == "authenticate":
             if error is not None:
                 out.error = (
-                    f"{self.name} refused authentication with {self.auth_method!r}: {error.message}"
+                    f"{self._label()} refused authentication with {self.auth_method!r}: "
+                    f"{error.message}"
                 )
                 return
             out.writes.append(self._open_session())
@@ -684,7 +696,7 @@ class AcpHandler(BackendHandler):
         elif kind == "setup":
             self._setup_pending -= 1
             if error is not None:
-                out.error = f"{self.name} refused {pending.method}: {error.message}"
+                out.error = f"{self._label()} refused {pending.method}: {error.message}"
                 return
             self._after_setup(pending.method, out)
             if self._setup_pending == 0:
@@ -698,7 +710,7 @@ class AcpHandler(BackendHandler):
             out.writes += self._cancel_open_requests()  # the turn that asked is over
             if error is not None:
                 out.messages += turn.failed(
-                    f"{self.name} failed the prompt: {error.message}",
+                    f"{self._label()} failed the prompt: {error.message}",
                     {"code": error.code, "message": error.message, "data": error.data},
                     self.model,
                 )
@@ -711,7 +723,7 @@ class AcpHandler(BackendHandler):
 
     def _on_initialized(self, result: Mapping[str, Any], error: Any, out: _Output) -> None:
         if error is not None:
-            out.error = f"{self.name} initialize failed: {error.message}"
+            out.error = f"{self._label()} initialize failed: {error.message}"
             return
         version = result.get("protocolVersion")
         if version != ACP_PROTOCOL_VERSION:
@@ -736,7 +748,7 @@ class AcpHandler(BackendHandler):
             offered = [m.get("id") for m in self.auth_methods]
             if self.auth_method not in offered:
                 out.error = (
-                    f"{self.name} does not offer auth method {self.auth_method!r}; it offers: "
+                    f"{self._label()} does not offer auth method {self.auth_method!r}; it offers: "
                     f"{', '.join(map(str, offered)) or 'none'} (option auth_method=...)"
                 )
                 return
@@ -765,7 +777,7 @@ class AcpHandler(BackendHandler):
             if self.auth_method is None and self.auth_methods:
                 ids = ", ".join(str(m.get("id")) for m in self.auth_methods)
                 hint = f" (it offers auth methods {ids}: pass auth_method=...)"
-            out.error = f"{self.name} {kind} failed: {error.message}{hint}"
+            out.error = f"{self._label()} {kind} failed: {error.message}{hint}"
             return
         if kind == "session/load":
             self.acp_session_id = self._load_id
@@ -776,7 +788,7 @@ class AcpHandler(BackendHandler):
         else:
             session_id = result.get("sessionId")
             if not isinstance(session_id, str) or not session_id:
-                out.error = f"{self.name} session/new answered without a sessionId: {result!r}"
+                out.error = f"{self._label()} session/new answered without a sessionId: {result!r}"
                 return
             self.acp_session_id = session_id
         self.native_session_id = self.acp_session_id

@@ -370,6 +370,29 @@ def test_a_failed_load_starts_a_new_session_and_does_not_claim_native_resume() -
     assert agent.handler.info()["resume_missing"] is True
 
 
+def test_an_agent_that_cannot_load_gets_a_new_session() -> None:
+    agent = Agent(native_session_id="old")
+    assert agent.handler.resume_natively() is True  # it will try
+    agent.answer("initialize", {"protocolVersion": 1, "agentCapabilities": {}})
+    out = agent.answer("session/new", {"sessionId": "new"})
+    assert out.state is SessionState.READY
+    assert agent.handler.resume_natively() is False
+    assert agent.handler.info()["resume_missing"] is True
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(InvalidOption, match="command"):
+        AcpHandler({})
+    with pytest.raises(InvalidOption, match="mcp_servers"):
+        AcpHandler({"command": ["x"], "mcp_servers": ["not a mapping"]})
+    with pytest.raises(InvalidOption, match="mcp_servers"):
+        AcpHandler({"command": ["x"], "mcp_servers": [{"bad": object()}]})
+    with pytest.raises(InvalidOption, match="auth_method"):
+        AcpHandler({"command": ["x"], "auth_method": 3})
+    assert "cli_path" not in AcpHandler.option_names()
+    assert "command" not in CopilotHandler.option_names()
+
+
 def test_gemini_never_loads_natively_and_copilot_does(tmp_path: Path) -> None:
     fake_cli = str(FAKE)
     assert "native_session_id" not in GeminiHandler.option_names()
@@ -706,12 +729,13 @@ def test_permission_answers_map_onto_the_offered_options(fake: Any) -> None:
             Allow(updated_permissions=["remember"]),
             Allow({"x": 1}),
             Deny("stop everything", interrupt=True),
+            Allow(),
         ]
     )
     calls, handler = recorder(lambda *_: next(decisions))
     session = fake("permission", permission_handler=handler)
 
-    outcomes = [session.query(f"turn {n}", timeout=WAIT) for n in range(5)]
+    outcomes = [session.query(f"turn {n}", timeout=WAIT) for n in range(6)]
 
     assert [m[-1].content for m in outcomes] == [
         "option proceed_once",
@@ -719,10 +743,11 @@ def test_permission_answers_map_onto_the_offered_options(fake: Any) -> None:
         "option proceed_always",
         "option cancel",  # an updated input cannot be carried: rejected, not run as it was
         "option cancel",
+        "option proceed_once",  # the agent read everything before this turn
     ]
     log = fake.log()
-    last_answer = max(i for i, m in enumerate(log) if m.get("id") == 0 and "result" in m)
-    assert log[last_answer + 1]["method"] == "session/cancel"  # Deny(interrupt=True)
+    answers = [i for i, m in enumerate(log) if m.get("id") == 0 and "result" in m]
+    assert log[answers[4] + 1]["method"] == "session/cancel"  # after Deny(interrupt=True)
     tool_name, tool_input, context = calls[0]
     assert (tool_name, tool_input) == ("execute", {"command": "touch it"})
     assert context.backend == "acp"  # the handler's name, whatever the runtime calls it
@@ -746,12 +771,16 @@ def test_interrupt_while_a_permission_request_is_pending(fake: Any) -> None:
     session.interrupt()
     receive_until(session, ref, Interrupted)
     release.set()  # the late answer is dropped: the request was answered "cancelled"
+    # The next query waits until the cancelled turn has ended: the agent has read it all.
+    assert session.query("again", timeout=WAIT)[-1].content == "option proceed_once"
 
     log = fake.log()
-    answers = [m for m in log if m.get("id") == 0 and "result" in m]
-    assert answers == [{"jsonrpc": "2.0", "id": 0, "result": {"outcome": {"outcome": "cancelled"}}}]
+    answers = [m["result"]["outcome"] for m in log if m.get("id") == 0 and "result" in m]
+    assert answers == [
+        {"outcome": "cancelled"},
+        {"outcome": "selected", "optionId": "proceed_once"},
+    ]
     assert any(m.get("method") == "session/cancel" for m in log)
-    assert session.health() == "ready"
 
 
 def test_interrupt_mid_turn_sends_session_cancel(fake: Any) -> None:
@@ -762,4 +791,6 @@ def test_interrupt_mid_turn_sends_session_cancel(fake: Any) -> None:
     session.interrupt()
 
     receive_until(session, ref, Interrupted)
+    # The next query waits until the cancelled turn has ended (its stopReason: cancelled).
+    assert session.query("again", timeout=WAIT)[-1].content == "echo: again (turn 2)"
     assert any(m.get("method") == "session/cancel" for m in fake.log())

@@ -187,7 +187,7 @@ def faulted_before() -> bool:
 def prompt(msg: dict[str, Any], session: str, text: str, turn: int, prompts: int) -> bool:
     """Answer one prompt; False when the agent should exit."""
     mode = MODE
-    if mode in ("malformed", "invalid_rpc") and faulted_before():
+    if mode in ("malformed", "invalid_rpc", "hang") and faulted_before():
         mode = "ok"
     if mode == "malformed":
         chunk(session, "half an answer")
@@ -223,7 +223,7 @@ def prompt(msg: dict[str, Any], session: str, text: str, turn: int, prompts: int
         answer = read()
         if answer is None:
             return False
-    if MODE == "hang":
+    if mode == "hang":
         while (nxt := read()) is not None:
             if nxt.get("method") == "session/cancel":
                 result(msg["id"], {"stopReason": "cancelled"})
