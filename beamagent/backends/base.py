@@ -194,6 +194,10 @@ class BackendHandler(abc.ABC):
     """Message types that end a query (BeamAgent: ``result``; some backends ``error`` too)."""
     line_framed: ClassVar[bool] = True
     """Data is newline-framed: the actor skips parsing until a newline arrives."""
+    permission_modes: ClassVar[frozenset[str] | None] = None
+    """The permission modes the backend knows (``set_permission_mode`` and the
+    ``permission_mode`` option are checked against them); None: not checked here.
+    A backend without ``Capability.PERMISSION_MODE`` refuses every mode."""
     hibernates: ClassVar[bool] = False
     """A new handler, built from the session's lineage (native id, model, permission
     mode, ``backend_state``), continues the conversation: an idle session may stop

@@ -77,6 +77,7 @@ from beamagent.backends.base import (
     TransportEvent,
 )
 from beamagent.backends.replay import REPLAY_LOAD_LIMIT
+from beamagent.capabilities import Capability
 from beamagent.errors import (
     BadQueryRef,
     BeamAgentError,
@@ -94,6 +95,7 @@ from beamagent.errors import (
     StoreError,
     TransportError,
     UnknownControlMethod,
+    UnsupportedCapability,
 )
 from beamagent.log import get_logger
 from beamagent.messages import Message, MessageType, _build_message
@@ -1672,8 +1674,17 @@ class SessionActor(Process):
     def set_permission_mode(self, mode: str) -> str:
         """Change the permission mode (on the live backend where it supports it)."""
         self._check_usable()
+        handler_cls = self.config.handler_cls
+        if Capability.PERMISSION_MODE not in handler_cls.capabilities:
+            raise UnsupportedCapability(self.config.backend, Capability.PERMISSION_MODE.value)
         if not isinstance(mode, str) or not mode:
             raise InvalidOption(f"permission mode must be a non-empty str; got {mode!r}")
+        modes = handler_cls.permission_modes
+        if modes is not None and mode not in modes:
+            raise InvalidOption(
+                f"backend {self.config.backend!r} has no permission mode {mode!r}; "
+                f"its modes: {', '.join(sorted(modes))}"
+            )
         if self.state is SessionState.HIBERNATING:
             self._remember_setting("permission_mode", mode)  # the woken backend starts with it
             return mode
