@@ -268,8 +268,14 @@ class BackendHandler(abc.ABC):
 
     def take_replay_prompt(self, prompt: str) -> str:
         """``prompt`` with the pending replay preamble before it (once; then just ``prompt``)."""
-        preamble, self._replay_preamble = self._replay_preamble, None
+        preamble = self.take_replay_preamble()
         return prompt if preamble is None else preamble + prompt
+
+    def take_replay_preamble(self) -> str | None:
+        """The pending replay preamble alone (once), for a handler that sends it as a
+        content block of its own before the prompt's; None when there is none."""
+        preamble, self._replay_preamble = self._replay_preamble, None
+        return preamble
 
     @property
     def replay_pending(self) -> bool:
