@@ -15,8 +15,9 @@ import pytest
 
 import supervisors
 from beamagent import LocalExit, Message, Runtime
+from beamagent.backends.base import FORK_NATIVE_OPTION
 from beamagent.backends.local import LocalHandler
-from beamagent.errors import ConnectTimeout, SessionError, StoreError
+from beamagent.errors import ConnectTimeout, InvalidOption, SessionError, StoreError
 from beamagent.store import MemoryStore
 from tests._events import LogEvents, until_hibernating
 
@@ -252,3 +253,95 @@ def test_a_new_session_never_reads_the_store_for_history() -> None:
         session.query("one")
         assert store.reads == 0
     store.close()
+
+
+class ForkingLocal(LocalHandler):
+    """``local`` that accepts ``fork_native_session_id`` and says which it was given."""
+
+    forked: list[str | None] = []  # shared by every instance, on purpose
+
+    @classmethod
+    def option_names(cls) -> frozenset[str]:
+        return super().option_names() | {FORK_NATIVE_OPTION}
+
+    def open_transport(self) -> Any:
+        ForkingLocal.forked.append(self.options.get(FORK_NATIVE_OPTION))
+        return super().open_transport()
+
+    def resume_natively(self) -> bool:
+        return self.options.get(FORK_NATIVE_OPTION) is not None
+
+
+@pytest.fixture
+def forking() -> Iterator[Runtime]:
+    ForkingLocal.forked.clear()
+    with Runtime(store=":memory:", backends={"forking": ForkingLocal}) as runtime:
+        yield runtime
+
+
+def test_a_fork_gets_its_parents_native_id_while_their_conversations_agree(
+    forking: Runtime, tmp_path: Any
+) -> None:
+    rt = forking
+    parent = rt.start_session(backend="forking", cwd=str(tmp_path), reply=lambda p, q: "ok")
+    parent.query("one")
+    parent_native = parent.session_info()["native_session_id"]
+    untouched = rt.fork_session(parent)
+    first = rt.start_session(resume=untouched.session_id)
+    assert ForkingLocal.forked[-1] == parent_native
+    assert first.session_info()["resumed"] == "native"
+    assert rt.get_session(untouched.session_id).native_session_id != parent_native
+
+    reverted = rt.fork_session(parent)
+    rt.revert_session(reverted.session_id, {"visible_message_count": 1})
+    rt.start_session(resume=reverted.session_id)
+    assert ForkingLocal.forked[-1] is None  # a revert view hides messages: replayed
+
+    elsewhere = rt.fork_session(parent)
+    rt.start_session(resume=elsewhere.session_id, cwd=str(tmp_path / "other"))
+    assert ForkingLocal.forked[-1] is None  # another directory: replayed
+
+    went_on = rt.fork_session(parent)
+    parent.query("two")  # the parent's conversation is not the fork's any more
+    later = rt.start_session(resume=went_on.session_id)
+    assert ForkingLocal.forked[-1] is None
+    assert later.session_info()["resumed"] == "replay"
+
+
+def test_a_started_fork_resumes_its_own_conversation_not_the_parents(forking: Runtime) -> None:
+    rt = forking
+
+    def reply(prompt: str, params: Any) -> Any:
+        return [LocalExit(1)] if prompt == "crash" else "ok"
+
+    parent = rt.start_session(backend="forking", reply=reply)
+    parent.query("one")
+    fork = rt.fork_session(parent)
+    forked = rt.start_session(resume=fork.session_id, reply=reply, error_linger=0)
+    forked.query("in the fork")
+    own = forked.session_info()["native_session_id"]
+    down = supervisors.monitor(rt._session_ref(fork.session_id), watcher=None)
+    with pytest.raises(SessionError):
+        forked.query("crash")
+    down.wait(WAIT)
+    forked.query("after the crash")
+
+    assert ForkingLocal.forked[-2] is not None  # the fork's first start forked
+    assert ForkingLocal.forked[-1] is None  # its restart did not fork again
+    assert forked.session_info()["native_session_id"] == own
+    forked.stop()
+    rt.start_session(resume=fork.session_id, reply=reply)
+    assert ForkingLocal.forked[-1] is None  # nor does a resume: it has an id of its own
+
+
+def test_a_bad_fork_option_is_refused_before_anything_starts(rt: Runtime) -> None:
+    from beamagent.backends.claude import ClaudeHandler
+    from beamagent.backends.codex import CodexHandler
+
+    for handler in (ClaudeHandler, CodexHandler):
+        if not handler.availability()[0]:
+            continue
+        with pytest.raises(InvalidOption, match=FORK_NATIVE_OPTION):
+            rt.start_session(backend=handler.name, fork_native_session_id=42)
+    assert rt.live_sessions() == []
+    assert rt.list_sessions() == []
