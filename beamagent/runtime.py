@@ -568,6 +568,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
         backend = self._resume_start_options(backend, opts)
         backend_name, decision = self._route_start_options(backend, opts)
         config = self._session_config(backend_name, opts, decision)
+        config.lineage.stored_history = resuming  # replayed where not resumed natively
         session_id = config.session_id
         if whereis(self._session_name(session_id)) is not None:
             raise InvalidOption(f"session {session_id!r} is already running")
