@@ -101,7 +101,7 @@ def test_plain_query(start: Any, server: FakeModelServer, work: Path) -> None:
     assert info["agent_info"]["version"] == "1.0.102"
     assert info["model"] == "gpt-5.4"  # from COPILOT_MODEL
     assert info["native_session_id"] == init.system_info["native_session_id"]
-    assert info["resumed"] is False
+    assert info["resumed"] is None  # a new session: nothing to resume
     assert info["permission_mode"].endswith("#agent")
     [request] = server.model_requests()
     assert request.path == "/v1/chat/completions"
