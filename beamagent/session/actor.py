@@ -720,10 +720,13 @@ class SessionActor(Process):
                 what = "connect" if kind == "connect" else "finish its handshake"
                 if self._replay_timer is not None:
                     what = f"get its history to replay: the store failed ({self._replay_error})"
+                # What the transport still waits for (e.g. a server's health), when it says.
+                waiting = self.transport.info().get("waiting_for") if self.transport else None
                 self._fail(
                     ConnectTimeout(
                         f"session {self.session_id}: backend {self.config.backend!r} did not "
-                        f"{what} within {seconds} s",
+                        f"{what} within {seconds} s"
+                        + (f"; waiting for {waiting}" if waiting else ""),
                         reason=f"{kind}_timeout",
                     )
                 )
