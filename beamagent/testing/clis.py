@@ -332,7 +332,12 @@ def opencode_env(
                     "fake-model": {
                         "name": "Fake Model",
                         "limit": {"context": 128000, "output": 4096},
-                    }
+                    },
+                    # A second model, to switch to per prompt (``fake/fake-model-b``).
+                    "fake-model-b": {
+                        "name": "Fake Model B",
+                        "limit": {"context": 128000, "output": 4096},
+                    },
                 },
             }
         },
