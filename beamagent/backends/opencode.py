@@ -192,9 +192,11 @@ class OpenCodeHandler(BackendHandler):
         if self.directory is not None:
             self.env["PWD"] = self.directory
         self.native_session_id: str | None = opts.get("native_session_id")
-        self.fork_parent: str | None = fork
+        # Fork the parent, unless this session has an OpenCode session of its own by now.
+        self.fork_parent: str | None = None if self.native_session_id else fork
         self.resumed = False  # continued (or forked) an OpenCode session that existed
         self.resume_missing = False  # asked to, but the server had no such session
+        self.fork_missing = False  # asked to fork, but the server had no such parent
         self._requests: dict[int, tuple[str, Any]] = {}
         self._request_ids = 0
         self._turn: _Turn | None = None
@@ -275,7 +277,7 @@ class OpenCodeHandler(BackendHandler):
         return HandlerOutput(state=SessionState.INITIALIZING)
 
     def _open_session(self) -> bytes:
-        if self.fork_parent is not None and not self.resume_missing:
+        if self.fork_parent is not None and not self.fork_missing:
             path = f"/session/{quote(self.fork_parent, safe='')}/fork"
             return self._request("fork", "POST", path, {})
         if self.native_session_id is not None and not self.resume_missing:
@@ -442,7 +444,10 @@ class OpenCodeHandler(BackendHandler):
                 # start afresh, and let the session replay its stored history.
                 missing = self.native_session_id if kind == "get_session" else self.fork_parent
                 self._log.warning("opencode_resume_unavailable", session=missing, error=error)
-                self.resume_missing = True
+                if kind == "fork":
+                    self.fork_missing = True
+                else:
+                    self.resume_missing = True
                 out.writes.append(self._open_session())
                 return
             out.error = f"opencode could not open its session ({kind}): {error}"
@@ -456,6 +461,7 @@ class OpenCodeHandler(BackendHandler):
                 "native_session_id": session_id,
                 "directory": session.get("directory"),
                 "resume_missing": self.resume_missing,
+                "fork_missing": self.fork_missing,
                 "forked_from": self.fork_parent if kind == "fork" else None,
             }
         )
@@ -472,7 +478,9 @@ class OpenCodeHandler(BackendHandler):
             self._end_turn(out)
             return
         turn.accepted = True
-        if turn.aborting:
+        if turn.failed_early:
+            self._finish(turn, out)
+        elif turn.aborting:
             out.writes.append(self._abort_request())
 
     def _on_abort_answer(self, ok: bool, error: str, out: _Output) -> None:
@@ -547,6 +555,8 @@ class OpenCodeHandler(BackendHandler):
             turn.model = running
             if self.model is None:
                 self.model = running  # what OpenCode's config chose
+        if turn.idle_seen and not turn.aborting and turn.complete():
+            self._finish(turn, out)
 
     def _turn_part(self, message_id: Any) -> _Turn | None:
         turn = self._turn
@@ -594,13 +604,19 @@ class OpenCodeHandler(BackendHandler):
     ) -> None:
         turn = self._turn
         error = _mapping(props.get("error"))
-        if turn is None or turn.user_message is None:
+        if turn is None:
             self._log.debug("opencode_error_outside_turn", error=str(error)[:300])
             return
         if error.get("name") == _ABORTED:
             turn.abort_seen = True
             return
         out.messages += turn.on_error(error, event)
+        if turn.user_message is None and not turn.aborting:
+            # The prompt failed before OpenCode wrote it (an unknown agent): no idle follows.
+            if turn.accepted:
+                self._finish(turn, out)
+            else:
+                turn.failed_early = True  # finished once prompt_async is answered
 
     def _on_idle(self, out: _Output) -> None:
         turn = self._turn
@@ -615,6 +631,8 @@ class OpenCodeHandler(BackendHandler):
             return
         if turn.complete():
             self._finish(turn, out)
+        elif turn.user_message is not None:
+            turn.idle_seen = True  # before the last message.updated: finished by that one
 
     def _finish(self, turn: _Turn, out: _Output) -> None:
         out.messages += turn.finished()
@@ -771,6 +789,8 @@ class _Turn:
         self.aborting = False
         self.abort_seen = False
         self.idle_after_abort = False
+        self.idle_seen = False  # a session.idle came while the turn was not complete yet
+        self.failed_early = False  # an error before the user message, before the 204
         self.user_message: str | None = None
         self.assistant: dict[str, Mapping[str, Any]] = {}  # id -> latest info, in order
         self.parts: dict[str, dict[str, Any]] = {}  # part id -> {"type", "text", "done"}

@@ -112,7 +112,7 @@ def test_a_server_that_never_becomes_healthy_is_a_timeout_and_is_stopped(
 
     message = str(raised.value)
     assert "within 1.5 s" in message
-    assert "to become healthy (GET /global/health: HTTP 503: {\"healthy\": false})" in message
+    assert 'to become healthy (GET /global/health: HTTP 503: {"healthy": false})' in message
     assert group_members(fake_pid(tmp_path)) == []
 
 

@@ -435,6 +435,38 @@ def test_model_error_gives_an_error_result_and_a_usable_session(
     assert session.query("ECHO:fine now", timeout=WAIT)[-1].content == "fine now"
 
 
+def test_a_prompt_opencode_cannot_take_is_an_error_result(
+    attach: Callable[..., Session], model: FakeModelServer
+) -> None:
+    session = attach()
+
+    # OpenCode fails it before it writes the user message: no session.idle follows.
+    messages = session.query("ECHO:for nobody", timeout=WAIT, agent="no-such-agent")
+
+    [error] = of_type(messages, "error")
+    assert "no-such-agent" in (error.content or "")
+    assert (messages[-1].subtype, messages[-1].is_error) == ("error", True)
+    assert session.query("ECHO:fine after", timeout=WAIT)[-1].content == "fine after"
+    assert "for nobody" not in agent_requests(model)[-1].text
+
+
+def test_stopping_an_attached_session_mid_turn_aborts_its_turn(
+    attach: Callable[..., Session], runtime: Runtime, model: FakeModelServer, shared: SharedServer
+) -> None:
+    model.script([Stall(WAIT)])
+    session = attach()
+    native = session.session_info()["native_session_id"]
+    session.send_query("this one hangs")
+    model.wait_for_requests(1, WAIT, predicate=lambda r: bool(r.json and r.json.get("tools")))
+
+    session.stop()  # the server is not ours: it lives on, the turn must not
+
+    again = attach(native_session_id=native)
+    started = time.monotonic()
+    assert again.query("ECHO:not stuck", timeout=WAIT)[-1].content == "not stuck"
+    assert time.monotonic() - started < WAIT / 2  # not queued behind the stalled turn
+
+
 def test_native_fork_continues_the_parents_conversation(
     attach: Callable[..., Session], model: FakeModelServer
 ) -> None:
