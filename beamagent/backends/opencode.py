@@ -318,7 +318,9 @@ class OpenCodeHandler(BackendHandler):
             },
         )
         try:
-            line = self._request("prompt", "POST", self._session_path("/prompt_async"), body)
+            line = self._request(
+                "prompt", "POST", self._session_path("/prompt_async"), body, self._turn
+            )
         except (TypeError, ValueError) as exc:
             raise InvalidOption(f"query params must be JSON-serialisable: {exc}") from exc
         return HandlerOutput(writes=[line, *self._close_plan()], messages=[init])
@@ -340,7 +342,11 @@ class OpenCodeHandler(BackendHandler):
         self._pending_permissions.clear()
 
     def _abort_request(self) -> bytes:
-        return self._request("abort", "POST", self._session_path("/abort"))
+        return self._request("abort", "POST", self._session_path("/abort"), None, self._turn)
+
+    def _aborting_now(self, turn: _Turn) -> bool:
+        """Whether an abort of ``turn`` was sent and not answered yet."""
+        return any(kind == "abort" and token is turn for kind, token in self._requests.values())
 
     def set_model(self, model: str) -> HandlerOutput | None:
         parse_model(model)
@@ -421,9 +427,10 @@ class OpenCodeHandler(BackendHandler):
         if kind in ("create_session", "get_session", "fork"):
             self._on_session_opened(kind, ok, status, body, error, out)
         elif kind == "prompt":
-            self._on_prompt_answer(ok, error, out)
+            if token is self._turn:  # else: a turn given up on (its answer came too late)
+                self._on_prompt_answer(ok, error, out)
         elif kind == "abort":
-            self._on_abort_answer(ok, error, out)
+            self._on_abort_answer(token, ok, error, out)
         elif kind == "permission_reply":
             if not ok:
                 self._log.info("opencode_permission_reply_refused", request=token, error=error)
@@ -483,16 +490,18 @@ class OpenCodeHandler(BackendHandler):
         elif turn.aborting:
             out.writes.append(self._abort_request())
 
-    def _on_abort_answer(self, ok: bool, error: str, out: _Output) -> None:
+    def _on_abort_answer(self, aborted: Any, ok: bool, error: str, out: _Output) -> None:
         if not ok:
             self._log.warning("opencode_abort_failed", error=error)
+        current = aborted is self._turn
+        if current:
+            self._withdraw_permissions()
         # OpenCode keeps the aborted turn's permission requests pending: reject them.
-        self._withdraw_permissions()
         for pid in sorted(self._withdrawn):
             out.writes.append(self._permission_reply(pid, "reject", "the turn was interrupted"))
         self._withdrawn.clear()
         turn = self._turn
-        if turn is not None and turn.idle_after_abort:
+        if current and turn is not None and turn.idle_after_abort:
             self._finish(turn, out)
 
     def _permission_reply(self, pid: str, reply: str, message: str | None = None) -> bytes:
@@ -505,7 +514,8 @@ class OpenCodeHandler(BackendHandler):
     # --- events --------------------------------------------------------------------------
 
     def _on_event(self, data: str, out: _Output) -> None:
-        objects = decode_lines(data.encode("utf-8") + b"\n").objects
+        # A line break can only stand between JSON tokens: as a blank, it keeps one line.
+        objects = decode_lines(data.replace("\n", " ").encode("utf-8") + b"\n").objects
         if not objects:
             self._log.warning("opencode_event_malformed", data=data[:200])
             return
@@ -626,7 +636,7 @@ class OpenCodeHandler(BackendHandler):
             if not turn.accepted:
                 return  # the abort is not sent yet
             turn.idle_after_abort = True
-            if not any(kind == "abort" for kind, _ in self._requests.values()):
+            if not self._aborting_now(turn):
                 self._finish(turn, out)
             return
         if turn.complete():
@@ -653,7 +663,7 @@ class OpenCodeHandler(BackendHandler):
         if turn is None or turn.aborting:
             # Asked for a turn that is over or being aborted: nobody is asked.
             self._log.info("permission_rejected_after_interrupt", request_id=pid)
-            if any(kind == "abort" for kind, _ in self._requests.values()):
+            if turn is not None and self._aborting_now(turn):
                 self._withdrawn.add(pid)  # rejected with the others once the abort is answered
             else:
                 out.writes.append(self._permission_reply(pid, "reject", "the turn is over"))

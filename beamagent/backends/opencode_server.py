@@ -327,7 +327,7 @@ class OpenCodeServerTransport(Transport):
                     f"GET {_EVENT_PATH} answered HTTP {response.status_code}: {body[:300]}"
                 )
                 return
-            async for chunk in response.aiter_raw():
+            async for chunk in response.aiter_bytes():  # decoded, if it was compressed
                 for event in decoder.feed(chunk):
                     data = event.data
                     if not ready and '"server.connected"' in data:
