@@ -8,6 +8,7 @@ sends. The real server is tested in ``test_opencode_real.py``.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -18,7 +19,10 @@ from typing import Any
 import pytest
 
 from beamagent import Runtime, Session
+from beamagent.backends.base import Connected, HandlerOutput, SessionState
+from beamagent.backends.jsonl import encode_line
 from beamagent.backends.opencode import OpenCodeHandler, parse_model
+from beamagent.backends.permissions import Allow
 from beamagent.errors import (
     ConnectTimeout,
     InvalidOption,
@@ -194,3 +198,175 @@ def test_opencode_is_startable_by_name_but_never_routed_to_unless_enabled() -> N
         assert spec.options == {"init_timeout": 60.0}  # its server takes seconds to be up
     with Runtime(store=":memory:", backends=["opencode", "local"]) as rt:
         assert rt.routable_backends() == ["opencode", "local"]
+
+
+# --- the handler alone: event orders OpenCode really sends (recorded from 1.18.33) -------------
+
+SID = "ses_unit0001"
+
+
+class Driven:
+    """An OpenCodeHandler fed JSON lines as its transport would, past its handshake."""
+
+    def __init__(self, **options: Any) -> None:
+        self.handler = OpenCodeHandler({"base_url": "http://127.0.0.1:1", **options})
+        self.handler.on_connected(Connected({}))
+        out = self.feed({"op": "ready", "base_url": "http://127.0.0.1:1", "health": {}})
+        [create] = self.requests(out)
+        out = self.answer(create, 200, {"id": SID, "directory": "/tmp"})
+        assert out.state is SessionState.READY
+
+    def feed(self, *lines: dict[str, Any]) -> HandlerOutput:
+        data = b"".join(encode_line(line) for line in lines)
+        out, leftover = self.handler.handle_data(data)
+        assert leftover == b""
+        return out
+
+    def events(self, *events: tuple[str, dict[str, Any]]) -> HandlerOutput:
+        lines = [
+            {
+                "op": "event",
+                "data": json.dumps({"type": kind, "properties": {"sessionID": SID, **props}}),
+            }
+            for kind, props in events
+        ]
+        return self.feed(*lines)
+
+    def answer(self, request: dict[str, Any], status: int, body: Any = None) -> HandlerOutput:
+        return self.feed({"op": "response", "id": request["id"], "status": status, "body": body})
+
+    @staticmethod
+    def requests(out: HandlerOutput) -> list[dict[str, Any]]:
+        lines = [json.loads(w) for w in out.writes]
+        return [line for line in lines if line.get("op") == "request"]
+
+    def query(self, prompt: str = "hi") -> dict[str, Any]:
+        out = self.handler.encode_query(prompt, {})
+        [prompt_request] = self.requests(out)
+        assert prompt_request["path"] == f"/session/{SID}/prompt_async"
+        return prompt_request
+
+
+def user(mid: str) -> tuple[str, dict[str, Any]]:
+    return ("message.updated", {"info": {"id": mid, "role": "user"}})
+
+
+def assistant(mid: str, parent: str, **info: Any) -> tuple[str, dict[str, Any]]:
+    return (
+        "message.updated",
+        {"info": {"id": mid, "role": "assistant", "parentID": parent, **info}},
+    )
+
+
+def text(mid: str, pid: str, value: str) -> tuple[str, dict[str, Any]]:
+    part = {
+        "id": pid,
+        "messageID": mid,
+        "type": "text",
+        "text": value,
+        "time": {"start": 1, "end": 2},
+    }
+    return ("message.part.updated", {"part": part})
+
+
+IDLE: tuple[str, dict[str, Any]] = ("session.idle", {})
+DONE = {"time": {"created": 1, "completed": 2}, "finish": "stop"}
+
+
+def types(out: HandlerOutput) -> list[str]:
+    return [m.type.value for m in out.messages]
+
+
+def test_the_late_second_idle_of_a_failed_turn_does_not_end_the_next_one() -> None:
+    driven = Driven()
+    driven.answer(driven.query(), 204)
+    api_error = {"name": "APIError", "data": {"message": "bad thing"}}
+    out = driven.events(
+        user("msg_1"), assistant("msg_2", "msg_1"), ("session.error", {"error": api_error}), IDLE
+    )
+    assert types(out) == ["error", "result"]
+    assert (out.messages[-1].subtype, out.messages[-1].is_error) == ("error", True)
+
+    driven.answer(driven.query(), 204)
+    # What OpenCode sends after the error's idle: the failed message, and a second idle.
+    late = driven.events(
+        assistant("msg_2", "msg_1", time={"created": 1, "completed": 2}, error=api_error), IDLE
+    )
+    assert types(late) == []
+    out = driven.events(
+        user("msg_3"),
+        assistant("msg_4", "msg_3"),
+        text("msg_4", "prt_1", "fine"),
+        assistant("msg_4", "msg_3", **DONE),
+        IDLE,
+    )
+    assert types(out) == ["assistant", "result"]
+    assert out.messages[-1].content == "fine"
+
+
+def test_an_idle_before_the_last_message_update_ends_the_turn_with_it() -> None:
+    driven = Driven()
+    driven.answer(driven.query(), 204)
+    out = driven.events(
+        user("msg_1"), assistant("msg_2", "msg_1"), text("msg_2", "prt_1", "done"), IDLE
+    )
+    assert types(out) == ["assistant"]
+
+    out = driven.events(assistant("msg_2", "msg_1", **DONE))
+    assert types(out) == ["result"]
+
+
+def test_an_interrupt_withdraws_pending_permissions_and_rejects_them_after_the_abort() -> None:
+    driven = Driven(permission_handler=lambda *_: None)
+    driven.answer(driven.query(), 204)
+    asked = {
+        "id": "per_1",
+        "permission": "bash",
+        "patterns": ["touch x"],
+        "metadata": {"command": "touch x"},
+        "always": ["touch *"],
+    }
+    out = driven.events(user("msg_1"), assistant("msg_2", "msg_1"), ("permission.asked", asked))
+    [call] = out.calls
+    assert driven.handler.info()["pending_permissions"] == 1
+
+    interrupt = driven.handler.encode_interrupt()
+    assert interrupt is not None
+    [abort] = driven.requests(interrupt)
+    assert abort["path"] == f"/session/{SID}/abort"
+    late = driven.handler.on_call_result(call.key, Allow(), None)
+    assert driven.requests(late) == []  # the late Allow is never sent
+
+    out = driven.answer(abort, 200, True)
+    [reject] = driven.requests(out)
+    assert (reject["path"], reject["json"]["reply"]) == ("/permission/per_1/reply", "reject")
+    aborted = {"name": "MessageAbortedError", "data": {"message": "Aborted"}}
+    out = driven.events(("session.error", {"error": aborted}), IDLE)
+    assert types(out) == ["result"]
+    assert out.messages[-1].subtype == "interrupted"
+    assert driven.handler.info()["pending_permissions"] == 0
+
+
+def test_a_prompt_rejected_before_it_is_written_ends_at_its_error() -> None:
+    driven = Driven()
+    prompt = driven.query()
+    unknown = {"name": "UnknownError", "data": {"message": 'Agent not found: "x"'}}
+    out = driven.events(("session.error", {"error": unknown}))  # before the 204
+    assert types(out) == ["error"]
+
+    out = driven.answer(prompt, 204)
+    assert types(out) == ["result"]
+    assert out.messages[-1].is_error is True
+
+
+def test_other_sessions_and_user_parts_are_not_the_turns() -> None:
+    driven = Driven()
+    driven.answer(driven.query("ECHO:mine"), 204)
+    other = {
+        "op": "event",
+        "data": json.dumps({"type": "session.idle", "properties": {"sessionID": "ses_other"}}),
+    }
+    assert types(driven.feed(other)) == []
+    user_part = {"id": "prt_u", "messageID": "msg_1", "type": "text", "text": "ECHO:mine"}
+    out = driven.events(user("msg_1"), ("message.part.updated", {"part": user_part}))
+    assert types(out) == []
