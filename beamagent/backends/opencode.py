@@ -43,6 +43,7 @@ from typing import Any, ClassVar, Final
 from urllib.parse import quote
 
 from beamagent.backends.base import (
+    FORK_NATIVE_OPTION,
     NOTHING,
     BackendHandler,
     Connected,
@@ -162,9 +163,9 @@ class OpenCodeHandler(BackendHandler):
         for key in ("agent", "system_prompt", "title", "native_session_id"):
             if opts.get(key) is not None and not isinstance(opts[key], str):
                 raise InvalidOption(f"option {key!r} must be a str; got {opts[key]!r}")
-        fork = opts.get("fork_native_session_id")
+        fork = opts.get(FORK_NATIVE_OPTION)
         if fork is not None and not isinstance(fork, str):
-            raise InvalidOption(f"option 'fork_native_session_id' must be a str; got {fork!r}")
+            raise InvalidOption(f"option {FORK_NATIVE_OPTION!r} must be a str; got {fork!r}")
         timeout = opts.get("request_timeout", 60.0)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise InvalidOption(f"option 'request_timeout' must be a number > 0; got {timeout!r}")
@@ -223,7 +224,7 @@ class OpenCodeHandler(BackendHandler):
                 "request_timeout",
                 "include_partial_messages",
                 "native_session_id",
-                "fork_native_session_id",
+                FORK_NATIVE_OPTION,
             }
         )
 
@@ -288,9 +289,7 @@ class OpenCodeHandler(BackendHandler):
     def encode_query(self, prompt: str, params: Mapping[str, Any]) -> HandlerOutput:
         if self.native_session_id is None:
             raise InvalidOption("opencode session has no OpenCode session yet")  # not once ready
-        take_replay = getattr(self, "take_replay_prompt", None)  # the replay interface
-        if take_replay is not None:
-            prompt = take_replay(prompt)
+        prompt = self.take_replay_prompt(prompt)  # the stored history, when it is replayed
         body: dict[str, Any] = {"parts": [{"type": "text", "text": prompt}]}
         model = params.get("model", self.model)
         if model is not None:
@@ -472,8 +471,6 @@ class OpenCodeHandler(BackendHandler):
                 "forked_from": self.fork_parent if kind == "fork" else None,
             }
         )
-        if self.resumed:
-            out.info["resumed"] = "native"
         out.state = SessionState.READY
 
     def _on_prompt_answer(self, ok: bool, error: str, out: _Output) -> None:
