@@ -6,7 +6,7 @@ attach to it (``base_url``), each with its own OpenCode session and its own
 fake model server (on the port the shared server's config names). The tests
 that are about the server's process -- killed mid-turn, stopped and resumed
 -- start their own. Where the machine allows it, every server runs in a
-loopback-only network namespace, reached through ``fakes/netns_forward.py``.
+loopback-only network namespace, reached through ``beamagent.testing.netns_forward``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -65,14 +64,11 @@ from tests.backends.conftest import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # may install the CLI first
 WAIT = 30.0
-FORWARD = Path(__file__).with_name("fakes") / "netns_forward.py"
 
 
 def forward_prefix(sandbox: LoopbackNamespace | None) -> list[str]:
     """argv prefix: the server runs in the sandbox, reachable on loopback from here."""
-    if sandbox is None:
-        return []
-    return [sys.executable, str(FORWARD), "--netns", sandbox.path, "--"]
+    return sandbox.server_prefix() if sandbox is not None else []
 
 
 @pytest.fixture(scope="module")
