@@ -198,6 +198,12 @@ def test_opencode_is_startable_by_name_but_never_routed_to_unless_enabled() -> N
         assert spec.options == {"init_timeout": 60.0}  # its server takes seconds to be up
     with Runtime(store=":memory:", backends=["opencode", "local"]) as rt:
         assert rt.routable_backends() == ["opencode", "local"]
+    # Options given for the built-in go on top of its own defaults.
+    with Runtime(store=":memory:", backends={"opencode": {"model": "fake/fake-model"}}) as rt:
+        assert rt.backend_spec("opencode").options == {
+            "init_timeout": 60.0,
+            "model": "fake/fake-model",
+        }
 
 
 # --- the handler alone: event orders OpenCode really sends (recorded from 1.18.33) -------------
