@@ -499,6 +499,26 @@ def test_resume_by_native_id_on_the_same_server(
     assert "remember the word mango" in agent_requests(model)[-1].text
 
 
+def test_a_session_the_server_lost_is_continued_by_replaying_the_store(
+    attach: Callable[..., Session], runtime: Runtime, model: FakeModelServer, shared: SharedServer
+) -> None:
+    session = attach()
+    session.query("ECHO:remember the word papaya", timeout=WAIT)
+    session.stop()
+
+    # As if resumed on another server (another data directory): the id is unknown there.
+    again = runtime.start_session(
+        resume=session.session_id, base_url=shared.url, native_session_id="ses_lost0000000000000000"
+    )
+    messages = again.query("ECHO:what was it", timeout=WAIT)
+
+    info = again.session_info()
+    assert (info["resume_missing"], info["resumed"]) == (True, "replay")
+    assert info["native_session_id"] != "ses_lost0000000000000000"
+    assert "remember the word papaya" in agent_requests(model)[-1].text
+    assert messages[-1].type is MessageType.RESULT
+
+
 def test_an_unknown_native_id_starts_afresh(attach: Callable[..., Session]) -> None:
     session = attach(native_session_id="ses_doesnotexist0000000000")
 
