@@ -239,6 +239,30 @@ def test_stop_then_resume_loads_the_session(start: Any, server: FakeModelServer)
     assert "what was the word?" in last.text
 
 
+def test_a_fork_continues_by_replay_up_to_its_fork_point(
+    start: Any, runtime: Runtime, server: FakeModelServer
+) -> None:
+    # Copilot has no session/fork: a fork starts a new ACP session and replays.
+    session = start()
+    server.script([Text("pineapple noted")])
+    session.query("remember the word pineapple", timeout=WAIT)
+    fork = runtime.fork_session(session)
+    server.script([Text("mango noted")])
+    session.query("only the parent knows mango", timeout=WAIT)
+
+    forked = start(resume=fork.session_id)
+    server.script([Text("forked")])
+    assert forked.query("in the fork", timeout=WAIT)[-1].content == "forked"
+
+    info = forked.session_info()
+    assert info["resumed"] == "replay"
+    assert info["native_session_id"] != session.session_info()["native_session_id"]
+    last = server.model_requests()[-1].text
+    assert "remember the word pineapple" in last
+    assert "in the fork" in last
+    assert "mango" not in last  # the parent's turn after the fork point
+
+
 def test_an_idle_session_hibernates_and_loads_its_session(
     start: Any, server: FakeModelServer
 ) -> None:

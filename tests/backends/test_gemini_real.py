@@ -222,6 +222,25 @@ def test_stop_then_resume_continues_by_replay(start: Any, server: FakeModelServe
     assert "what was the word?" in last.text
 
 
+def test_a_fork_continues_by_replay_up_to_its_fork_point(
+    start: Any, runtime: Runtime, server: FakeModelServer
+) -> None:
+    session = start()
+    session.query("ECHO:remember the word pineapple", timeout=WAIT)
+    fork = runtime.fork_session(session)
+    session.query("ECHO:only the parent knows mango", timeout=WAIT)
+
+    forked = start(resume=fork.session_id)
+    server.script([Text("forked")])
+    assert forked.query("in the fork", timeout=WAIT)[-1].content == "forked"
+
+    assert forked.session_info()["resumed"] == "replay"
+    last = turns(server)[-1].text
+    assert "remember the word pineapple" in last
+    assert "in the fork" in last
+    assert "mango" not in last  # the parent's turn after the fork point
+
+
 def test_model_and_mode_at_start_and_live(start: Any, server: FakeModelServer, work: Path) -> None:
     calls, handler = recorder(lambda *_: Deny("asked"))
     session = start(model="gemini-2.5-pro", permission_mode="yolo", permission_handler=handler)

@@ -482,6 +482,23 @@ def test_native_fork_continues_the_parents_conversation(
     assert "in the fork" not in agent_requests(model)[-1].text  # the fork is its own
 
 
+def test_a_store_fork_forks_natively(
+    attach: Callable[..., Session], runtime: Runtime, model: FakeModelServer, shared: SharedServer
+) -> None:
+    parent = attach()
+    parent.query("ECHO:remember the word pineapple", timeout=WAIT)
+    parent_native = parent.session_info()["native_session_id"]
+    fork = runtime.fork_session(parent)
+
+    forked = runtime.start_session(resume=fork.session_id, base_url=shared.url)
+    assert forked.query("ECHO:in the fork", timeout=WAIT)[-1].content == "in the fork"
+
+    info = forked.session_info()
+    assert (info["resumed"], info["forked_from"]) == ("native", parent_native)
+    assert info["native_session_id"] != parent_native
+    assert "remember the word pineapple" in agent_requests(model)[-1].text
+
+
 def test_resume_by_native_id_on_the_same_server(
     attach: Callable[..., Session], runtime: Runtime, model: FakeModelServer, shared: SharedServer
 ) -> None:
