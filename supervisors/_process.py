@@ -19,6 +19,7 @@ from __future__ import annotations
 import _thread
 import ctypes
 import itertools
+import os
 import queue
 import sys
 import threading
@@ -134,6 +135,41 @@ def _take_spawn_options() -> _SpawnOptions | None:
     return options
 
 
+# A Python signal handler runs in the main thread, between bytecodes. A signal that
+# lands while the main thread is on its way into a lock wait (after its last bytecode,
+# before the futex sleep) does not interrupt that wait: the handler would run only when
+# the wait ends -- after a whole query timeout, for a SIGTERM or a Ctrl-C. So the main
+# thread waits in slices; other threads wait in one call.
+_SIGNAL_SLICE = 0.2
+_main_ident = threading.main_thread().ident
+
+
+def _refresh_main_ident() -> None:
+    global _main_ident
+    _main_ident = threading.main_thread().ident
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_refresh_main_ident)
+
+
+def _acquire(lock: Any, timeout: float | None) -> bool:
+    """``lock.acquire(timeout=...)`` (None: no limit) that lets signal handlers run."""
+    if _thread.get_ident() != _main_ident:
+        return bool(lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)))
+    if timeout is None:
+        while not lock.acquire(timeout=_SIGNAL_SLICE):
+            pass  # back in bytecode: a pending signal handler runs here
+        return True
+    deadline = time.monotonic() + max(timeout, 0.0)
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= _SIGNAL_SLICE:
+            return bool(lock.acquire(timeout=max(remaining, 0.0)))
+        if lock.acquire(timeout=_SIGNAL_SLICE):
+            return True
+
+
 class _Flag:
     """A one-way flag on a raw lock: ``set`` once, ``wait`` until set (no ``Condition``).
 
@@ -161,7 +197,7 @@ class _Flag:
     def wait(self, timeout: float | None = None) -> bool:
         if self._is_set:
             return True
-        if self._lock.acquire(timeout=-1 if timeout is None else timeout):
+        if _acquire(self._lock, timeout):
             with suppress(RuntimeError):  # a racing set released it meanwhile
                 self._lock.release()  # let the next waiter through
             return True
@@ -254,7 +290,7 @@ class ProcessFuture(ThreadingFuture[Any]):
             # blocking(), spelled out: no generator on every ask's path.
             worker = scheduler.enter_blocking()
             try:
-                got = self._done.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
+                got = _acquire(self._done, timeout)
             finally:
                 scheduler.exit_blocking(worker)
             if not got:

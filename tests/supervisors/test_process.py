@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import signal
+import sys
 import threading
+import time
 from typing import Any
 
 import pykka
@@ -297,3 +300,51 @@ def test_deferred_callers_are_answered_when_the_process_dies(end: str) -> None:
         s.kill(ref)
     with pytest.raises(pykka.ActorDeadError):
         parked.get(timeout=5)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("wait", ["future", "monitor"])
+def test_a_signal_caught_by_another_thread_still_interrupts_a_wait_in_the_main_thread(
+    wait: str,
+) -> None:
+    # A Python signal handler runs in the main thread between bytecodes. When the C-level
+    # signal lands in another thread (or just before the main thread's futex sleep), a
+    # lock wait in the main thread is not interrupted: without waiting in slices, SIGTERM
+    # or Ctrl-C during session.query() waited for the whole query timeout.
+    assert threading.current_thread() is threading.main_thread()
+    main = threading.get_ident()
+    future = s.ProcessFuture()
+    idle = Worker.start(EventLog(), "idle")
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Interrupted()
+
+    def send_once_main_waits() -> None:
+        for _ in range(5000):  # until the main thread sits in the lock wait (bounded)
+            frame = sys._current_frames().get(main)
+            if frame is not None and frame.f_code.co_name == "_acquire":
+                break
+            threading.Event().wait(0.001)
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)  # handled in *this* thread
+
+    def block() -> None:
+        if wait == "future":
+            future.get(timeout=30)
+        else:
+            s.monitor(idle).wait(timeout=30)
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    sender = threading.Thread(target=send_once_main_waits)
+    started = time.monotonic()
+    try:
+        sender.start()
+        with pytest.raises(_Interrupted):
+            block()
+        assert time.monotonic() - started < 5
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        sender.join(10)
+        idle.stop()
