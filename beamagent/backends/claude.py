@@ -26,6 +26,7 @@ and the CLI is started with ``--resume <id>``: the conversation goes on.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -64,6 +65,7 @@ from beamagent.capabilities import Capability
 from beamagent.errors import InvalidOption
 from beamagent.log import get_logger
 from beamagent.messages import Message, MessageType, normalize
+from beamagent.tools._access import ToolServerAccess
 
 __all__ = ["ClaudeHandler", "HookCallback", "HookMatcher"]
 
@@ -156,7 +158,8 @@ class ClaudeHandler(BackendHandler):
     ``env``, ``inherit_env`` (default True), ``extra_args``, ``command_prefix``,
     ``permission_handler``, ``permission_default``, ``hooks``,
     ``include_partial_messages``, ``native_session_id`` (resume that Claude
-    session).
+    session), ``tool_server`` (set by the runtime for a session with Python
+    tools: see :class:`~beamagent.tools.ToolServerAccess`).
     """
 
     name: ClassVar[str] = "claude"
@@ -176,6 +179,7 @@ class ClaudeHandler(BackendHandler):
             Capability.EVENT_STREAMING,
             Capability.MCP_MANAGEMENT,
             Capability.TASK_STOP,
+            Capability.IN_PROCESS_MCP,
         }
     )
 
@@ -197,6 +201,13 @@ class ClaudeHandler(BackendHandler):
         self.env = launch_env(
             opts, drop=("CLAUDECODE",), set_default={"CLAUDE_CODE_EAGER_FLUSH": "1"}
         )
+        self.tool_server = _tool_server(opts.get("tool_server"))
+        # Our tools' names as Claude Code shows them: allowed up front, never asked about
+        # (the tool server asks the permission handler itself, once per call).
+        self._own_tools: frozenset[str] = frozenset()
+        if self.tool_server is not None:
+            self.env.update(self.tool_server.env())  # the token: environment only
+            self._own_tools = frozenset(self.tool_server.qualified_names())
         self.native_session_id: str | None = opts.get("native_session_id")
         self.resumed = False
         self.resume_missing = False
@@ -227,6 +238,7 @@ class ClaudeHandler(BackendHandler):
                 "hooks",
                 "include_partial_messages",
                 "native_session_id",
+                "tool_server",
             }
         )
 
@@ -256,6 +268,10 @@ class ClaudeHandler(BackendHandler):
         if opts.get("system_prompt") is not None:
             argv += ["--system-prompt", opts["system_prompt"]]
         allowed = _csv(opts.get("allowed_tools"), "allowed_tools")
+        access = self.tool_server
+        if access is not None:
+            argv += ["--mcp-config", json.dumps(_mcp_config(access))]
+            allowed = ",".join([*([allowed] if allowed else []), *access.qualified_names()])
         if allowed:
             argv += ["--allowedTools", allowed]
         disallowed = _csv(opts.get("disallowed_tools"), "disallowed_tools")
@@ -476,6 +492,10 @@ class ClaudeHandler(BackendHandler):
                 suggestions=tuple(suggestions) if isinstance(suggestions, list) else (),
                 raw=dict(request),
             )
+            if tool_name in self._own_tools:
+                # Ours: the tool server asks the permission handler when the call reaches it.
+                writes.append(self._permission_answer(request_id, Allow(), tool_input))
+                return
             self._log.info("permission_requested", tool=tool_name, request_id=rid)
             if not self.permissions.needs_callback:
                 decision = self.permissions.default_decision(tool_name, self.name)
@@ -565,6 +585,28 @@ class ClaudeHandler(BackendHandler):
             "resumed": self.resumed,
             "resume_missing": self.resume_missing,
         }
+
+
+def _tool_server(value: Any) -> ToolServerAccess | None:
+    if value is None or isinstance(value, ToolServerAccess):
+        return value
+    raise InvalidOption(
+        f"option 'tool_server' is set by the runtime (give tools with tools=[...]); got {value!r}"
+    )
+
+
+def _mcp_config(access: ToolServerAccess) -> dict[str, Any]:
+    """Claude Code's ``--mcp-config``: the token is read from the environment, not argv."""
+    return {
+        "mcpServers": {
+            access.server_name: {
+                "type": "http",
+                "url": access.url,
+                # Claude Code expands ${VAR} from its environment in MCP server configs.
+                "headers": {"Authorization": f"Bearer ${{{access.token_env}}}"},
+            }
+        }
+    }
 
 
 def _transcript_exists(env: Mapping[str, str], native_session_id: str) -> bool:

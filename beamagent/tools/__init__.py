@@ -19,6 +19,7 @@ loaded when a session first needs it.
 from beamagent.errors import ToolError
 from beamagent.tools._access import TOKEN_ENV, ToolServerAccess
 from beamagent.tools._schema import ArgumentError, validate_json
+from beamagent.tools._state import ToolServerConfig
 from beamagent.tools._tool import (
     Tool,
     ToolContext,
@@ -38,6 +39,7 @@ __all__ = [
     "ToolError",
     "ToolOutcome",
     "ToolServerAccess",
+    "ToolServerConfig",
     "ToolSet",
     "invoke",
     "invoke_blocking",

@@ -11,7 +11,7 @@ asks the session's permission handler itself, once per call.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 import attrs
@@ -20,6 +20,10 @@ __all__ = ["TOKEN_ENV", "ToolServerAccess"]
 
 TOKEN_ENV: Final = "BEAMAGENT_TOOLS_TOKEN"
 """The environment variable a CLI backend puts the session's bearer token in."""
+
+
+def _names(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
 
 
 @attrs.frozen
@@ -49,7 +53,7 @@ class ToolServerAccess:
     url: str
     token: str = attrs.field(repr=False)
     server_name: str = "beamagent"
-    tool_names: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    tool_names: tuple[str, ...] = attrs.field(default=(), converter=_names)
     token_env: str = TOKEN_ENV
 
     def headers(self) -> dict[str, str]:

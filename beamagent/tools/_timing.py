@@ -65,8 +65,8 @@ class ToolTimings:
                 self._learn(block.id, block.name)
             elif block.type is ContentBlockType.TOOL_RESULT and block.tool_use_id:
                 result_ids.append(block.tool_use_id)
-        if message.duration_ms is not None or not result_ids:
-            return message
+        if not result_ids:
+            return message  # the server's timing wins over a CLI's own (Codex's durationMs)
         for tool_use_id in result_ids:
             found = self._take(tool_use_id)
             if found is not None:
