@@ -197,6 +197,8 @@ class RecordedRequest:
     json: JSON
     protocol: Protocol = Protocol.OTHER
     turn: Turn | None = None
+    received_at: float = 0.0
+    """``time.monotonic()`` when the request's body had arrived (for latency measurements)."""
 
     @property
     def text(self) -> str:
@@ -1500,6 +1502,7 @@ class FakeModelServer:
         path = split.path
         query = dict(parse_qsl(split.query, keep_blank_values=True))
         body = handler.read_body() if handler.command not in ("GET", "HEAD") else b""
+        received_at = time.monotonic()
         try:
             payload: JSON = json.loads(body) if body else None
         except ValueError:
@@ -1521,6 +1524,7 @@ class FakeModelServer:
                 json=payload,
                 protocol=protocol,
                 turn=plan.turn if plan else None,
+                received_at=received_at,
             )
         )
         try:
