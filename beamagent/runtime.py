@@ -6,7 +6,8 @@
     ├── registry   routing state + session index (permanent)
     ├── store      the store's single writer (permanent)
     ├── sessions   DynamicSupervisor of session actors (transient children)
-    └── runs       DynamicSupervisor of graph runs
+    ├── runs       DynamicSupervisor of graph runs
+    └── tools      the MCP tool server (added when a session first needs it)
 
 ``stop()`` shuts the tree down in reverse order: runs, sessions, then the
 store (after every session has recorded its last message), then the registry.

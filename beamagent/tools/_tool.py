@@ -298,7 +298,7 @@ def _make_tool(
     if description is not None and not isinstance(description, str):
         raise InvalidOption(f"tool {tool_name!r}: description must be a str; got {description!r}")
     where = f"tool {tool_name!r}"
-    context_parameter, arguments = _signature(fn, where, param_docs)
+    context_parameter, arguments = _signature(fn, where, param_docs, derive=schema is None)
     if schema is not None:
         input_schema = _explicit_schema(schema, where)
         arguments = None
@@ -335,7 +335,7 @@ def _explicit_schema(schema: Any, where: str) -> dict[str, Any]:
 
 
 def _signature(
-    fn: Callable[..., Any], where: str, param_docs: Mapping[str, str]
+    fn: Callable[..., Any], where: str, param_docs: Mapping[str, str], *, derive: bool = True
 ) -> tuple[str | None, ObjectShape | None]:
     try:
         signature = inspect.signature(fn)
@@ -353,6 +353,8 @@ def _signature(
             if context_parameter is not None:
                 raise InvalidOption(f"{where}: only one parameter may take the ToolContext")
             context_parameter = param.name
+            continue
+        if not derive:  # an explicit schema: only the ToolContext parameter matters
             continue
         if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
             raise InvalidOption(
