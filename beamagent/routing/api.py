@@ -23,6 +23,7 @@ import pykka
 from pykka.messages import ProxyCall
 
 from beamagent.backends.names import KNOWN_BACKENDS, canonical_backend_name
+from beamagent.capabilities import Capability
 from beamagent.errors import (
     BeamAgentError,
     ConnectTimeout,
@@ -408,6 +409,10 @@ class RoutingApi:
             "session_id": session_id,
         }
         base, sid = self._opts_request(implied)
+        if opts.get("tools"):  # only backends that can run the session's tools
+            wanted = list(base.get("capabilities") or [])
+            if Capability.IN_PROCESS_MCP.value not in wanted:
+                base["capabilities"] = [*wanted, Capability.IN_PROCESS_MCP.value]
         decision = self._select(RouteRequest.from_value(base), sid, from_index=sid is not None)
         data: dict[str, Any] = decision.to_dict()
         return decision.backend, data

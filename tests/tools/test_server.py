@@ -206,3 +206,13 @@ def test_a_runtime_with_a_running_tool_server_exits_promptly_and_quietly() -> No
     assert done.returncode == 0
     assert done.stdout == ""
     assert done.stderr == ""
+
+
+def test_a_routed_session_with_tools_only_goes_where_tools_run() -> None:
+    from beamagent.errors import NoBackendAvailable
+
+    with Runtime(store=":memory:") as rt:  # routing knows only `local`
+        with pytest.raises(NoBackendAvailable) as info:
+            rt.start_session(tools=[add])
+        assert "in_process_mcp" in info.value.capabilities
+        assert rt.start_session().session_info()["tools"] == []
