@@ -22,7 +22,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 # BEAMAGENT_REQUIRE_CLIS=1, fails them).
 clis: $(STAMP)
 	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then \
-		$(BIN)/python -c 'from beamagent.testing import ensure_installed; ensure_installed(("claude", "codex", "gemini", "copilot"))'; \
+		$(BIN)/python -c 'from beamagent.testing import ensure_installed; ensure_installed(("claude", "codex", "gemini", "copilot", "opencode"))'; \
 	else \
 		echo "warning: node and npm not found; the real-CLI tests will be skipped" >&2; \
 	fi

@@ -167,12 +167,17 @@ def _builtin_backends() -> dict[str, BackendSpec]:
     from beamagent.backends.copilot import CopilotHandler
     from beamagent.backends.gemini import GeminiHandler
     from beamagent.backends.openai import OpenAIHandler
+    from beamagent.backends.opencode import DEFAULT_INIT_TIMEOUT, OpenCodeHandler
 
     return {
         "claude": BackendSpec("claude", ClaudeHandler),
         "codex": BackendSpec("codex", CodexHandler),
         "gemini": BackendSpec("gemini", GeminiHandler),
         "copilot": BackendSpec("copilot", CopilotHandler),
+        # Its server takes seconds to become healthy: a longer handshake by default.
+        "opencode": BackendSpec(
+            "opencode", OpenCodeHandler, {"init_timeout": DEFAULT_INIT_TIMEOUT}
+        ),
         "openai": BackendSpec("openai", OpenAIHandler),
         "local": BackendSpec("local", LocalHandler),
     }
@@ -218,7 +223,8 @@ def _backend_specs(backends: Any) -> tuple[dict[str, BackendSpec], tuple[str, ..
             builtin = specs.get(name)
             if builtin is None:
                 raise UnknownBackend(raw_name, sorted(specs))
-            specs[name] = BackendSpec(name, builtin.handler, value)
+            # On top of the built-in's own defaults (opencode's longer init_timeout).
+            specs[name] = BackendSpec(name, builtin.handler, {**builtin.options, **value})
         elif isinstance(value, tuple):
             specs[name] = BackendSpec(name, value[0], value[1] if len(value) > 1 else None)
         else:
@@ -585,6 +591,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
         backend = self._resume_start_options(backend, opts)
         backend_name, decision = self._route_start_options(backend, opts)
         config = self._session_config(backend_name, opts, decision)
+        config.lineage.stored_history = resuming  # replayed where not resumed natively
         session_id = config.session_id
         try:
             if whereis(self._session_name(session_id)) is not None:

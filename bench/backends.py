@@ -265,7 +265,8 @@ def backend_options(
         "cwd": str(work),
     }
     if ns is not None:
-        options["command_prefix"] = ns.prefix()
+        # opencode is a server this process talks to: it must be reachable from here.
+        options["command_prefix"] = ns.server_prefix() if name == "opencode" else ns.prefix()
     return options
 
 

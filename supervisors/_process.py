@@ -22,6 +22,7 @@ import itertools
 import queue
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
@@ -788,12 +789,38 @@ def _settle(
         pass
 
 
-def _async_raise(thread: threading.Thread, exc_type: type[BaseException]) -> None:
+_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+# How long a kill waits for threads being started to take their own thread ids.
+_NEWBORN_WAIT = 1.0
+
+
+def _async_raise(thread: threading.Thread, exc_type: type[BaseException]) -> bool:
+    """Raise ``exc_type`` in ``thread`` at its next bytecode; True if it was set there.
+
+    ``PyThreadState_SetAsyncExc`` finds thread states by thread id, and on CPython
+    3.11 a thread being started carries the id of the thread that starts it until
+    its first instruction runs. A kill that lands while the handler it interrupts is
+    starting a thread (a timer, a scheduler worker, anything in user code) would also
+    kill the newborn before it signals that it started, and the handler would wait
+    in ``Thread.start()`` forever. So: first let threads in the middle of a start
+    run (bounded), then inject; if the exception still reached more than one thread
+    state, take it back and try again.
+    """
     ident = thread.ident
-    if ident is not None:
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(
-            ctypes.c_ulong(ident), ctypes.py_object(exc_type)
-        )
+    if ident is None:
+        return False
+    deadline = time.monotonic() + _NEWBORN_WAIT
+    while True:
+        while threading._limbo and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.0002)  # lets the newborns run; nothing here holds what they need
+        hit = int(_set_async_exc(ctypes.c_ulong(ident), ctypes.py_object(exc_type)))
+        if hit <= 1:
+            return hit == 1
+        _set_async_exc(ctypes.c_ulong(ident), None)  # take it back from all of them
+        if time.monotonic() >= deadline:
+            log.warning("kill_not_injected", thread=thread.name)
+            return False  # the handler runs on; the process is already ended
+        time.sleep(0.0002)
 
 
 def _clear_pending_kill() -> None:

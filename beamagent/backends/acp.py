@@ -311,6 +311,7 @@ class AcpHandler(BackendHandler):
             Capability.SESSION_LIFECYCLE,
             Capability.SESSION_INFO,
             Capability.INTERRUPT,
+            Capability.PERMISSION_MODE,  # session/set_mode, among the modes the agent offers
             Capability.SESSION_HISTORY,
             Capability.APPROVAL_CALLBACKS,
             Capability.EVENT_STREAMING,
@@ -796,7 +797,6 @@ class AcpHandler(BackendHandler):
         out.info.update(
             {
                 "native_session_id": self.acp_session_id,
-                "resumed": self.resumed,
                 "resume_missing": self.resume_missing,
             }
         )
@@ -1034,7 +1034,6 @@ class AcpHandler(BackendHandler):
     def info(self) -> dict[str, Any]:
         return {
             "native_session_id": self.acp_session_id or self.native_session_id,
-            "resumed": self.resumed,
             "resume_missing": self.resume_missing,
             "agent_info": self.agent_info,
             "mode_id": self.mode_id,

@@ -30,12 +30,14 @@ import attrs
 
 from beamagent.backends.io_loop import IoLease, acquire_io_loop, open_pidfd, wait_process_exit
 from beamagent.backends.process_group import signal_group, terminate_group_async
+from beamagent.backends.replay import transcript_preamble
 from beamagent.capabilities import Capability
 from beamagent.errors import TransportError
 from beamagent.log import get_logger
 from beamagent.messages import Message, MessageType
 
 __all__ = [
+    "FORK_NATIVE_OPTION",
     "BackendHandler",
     "Connected",
     "Data",
@@ -161,6 +163,19 @@ class HandlerOutput:
 
 NOTHING = HandlerOutput()
 
+FORK_NATIVE_OPTION = "fork_native_session_id"
+"""The option through which the runtime asks a handler to fork a native conversation.
+
+When a stored fork (``extra.fork.parent_session_id``) is started with
+``start_session(resume=fork_id)`` on its parent's backend and the handler lists
+this option in :meth:`BackendHandler.option_names`, the runtime passes the
+parent's native session id under it: the handler forks that conversation
+natively (Claude ``--resume <parent> --fork-session``, Codex ``thread/fork``)
+and reports the fork's own new native id as usual. A native fork that turns
+out impossible makes :meth:`BackendHandler.resume_natively` answer False, and
+the session replays the stored history instead.
+"""
+
 
 class BackendHandler(abc.ABC):
     """Backend-specific protocol logic; one instance per session incarnation.
@@ -204,10 +219,17 @@ class BackendHandler(abc.ABC):
     """Message types that end a query (BeamAgent: ``result``; some backends ``error`` too)."""
     line_framed: ClassVar[bool] = True
     """Data is newline-framed: the actor skips parsing until a newline arrives."""
+    permission_modes: ClassVar[frozenset[str] | None] = None
+    """The permission modes the backend knows (``set_permission_mode`` and the
+    ``permission_mode`` option are checked against them); None: not checked here.
+    A backend without ``Capability.PERMISSION_MODE`` refuses every mode."""
     hibernates: ClassVar[bool] = False
     """A new handler, built from the session's lineage (native id, model, permission
     mode, ``backend_state``), continues the conversation: an idle session may stop
     this backend and start it again on the next call (``idle_timeout``)."""
+
+    _replay_preamble: str | None = None
+    """The transcript preamble :meth:`replay_history` built, until the first query takes it."""
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         self.options = dict(options)
@@ -236,6 +258,54 @@ class BackendHandler(abc.ABC):
     def on_connected(self, event: Connected) -> HandlerOutput:
         """The transport is up: start the handshake, or declare the session ready."""
         return HandlerOutput(state=SessionState.READY)
+
+    # --- context across restarts and forks ---------------------------------------------
+
+    def resume_natively(self) -> bool:
+        """Whether this handler continues the stored conversation through the backend's own resume.
+
+        True when, as constructed from its options (a ``native_session_id`` it
+        can load, a ``fork_native_session_id`` it can fork), the backend itself
+        holds the earlier turns. The session asks once the handshake is done
+        (so a handler whose native resume failed during it can answer False)
+        and, when the answer is False and the session has stored history,
+        calls :meth:`replay_history` before the first query.
+        ``session_info()["resumed"]`` is ``"native"`` when this is True.
+        """
+        return False
+
+    def replay_history(self, history: Sequence[Message]) -> None:
+        """Take the session's visible stored history, to continue its conversation.
+
+        Called by the session before the first query of an incarnation, when the
+        session has stored history (``resume=``, a fork, a restart after a crash,
+        a wake from hibernation) and :meth:`resume_natively` is False. ``history``
+        is the active thread's visible messages (after revert views), the most
+        recent :data:`~beamagent.backends.replay.REPLAY_LOAD_LIMIT` at most.
+
+        The default builds a transcript preamble (bounded: see
+        :mod:`beamagent.backends.replay`) that :meth:`take_replay_prompt` puts
+        before the next prompt, once; CLI handlers call that in
+        :meth:`encode_query`. A backend that keeps its conversation client-side
+        (``openai``) overrides this to rebuild it instead.
+        """
+        self._replay_preamble = transcript_preamble(history)
+
+    def take_replay_prompt(self, prompt: str) -> str:
+        """``prompt`` with the pending replay preamble before it (once; then just ``prompt``)."""
+        preamble = self.take_replay_preamble()
+        return prompt if preamble is None else preamble + prompt
+
+    def take_replay_preamble(self) -> str | None:
+        """The pending replay preamble alone (once), for a handler that sends it as a
+        content block of its own before the prompt's; None when there is none."""
+        preamble, self._replay_preamble = self._replay_preamble, None
+        return preamble
+
+    @property
+    def replay_pending(self) -> bool:
+        """Whether a replay preamble waits for the next query."""
+        return self._replay_preamble is not None
 
     @abc.abstractmethod
     def encode_query(self, prompt: str, params: Mapping[str, Any]) -> HandlerOutput:

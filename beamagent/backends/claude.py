@@ -20,13 +20,18 @@ matched to their answers by request id, read inside ``response`` or at top
 level.
 
 After a supervisor restart the session passes the native session id it kept
-and the CLI is started with ``--resume <id>``: the conversation goes on.
+and the CLI is started with ``--resume <id>``: the conversation goes on. A
+store fork is started with ``--resume <parent> --fork-session`` (option
+``fork_native_session_id``), which copies the parent's conversation under a
+new id. When there is no transcript to resume or fork, the session replays
+its stored history instead: a preamble before the first prompt.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +40,7 @@ from typing import Any, ClassVar, Final, TypeAlias
 import attrs
 
 from beamagent.backends.base import (
+    FORK_NATIVE_OPTION,
     NOTHING,
     BackendHandler,
     Connected,
@@ -73,9 +79,13 @@ log = get_logger(__name__)
 
 CLI_NAME: Final = "claude"
 NPM_PACKAGE: Final = "@anthropic-ai/claude-code"
-# Controls the session actor implements itself, through set_model & co.
-_UNIVERSAL: Final = frozenset({"setModel", "setPermissionMode", "setMaxThinkingTokens", "stopTask"})
+# Controls the session actor implements itself, through set_model and set_permission_mode.
+_UNIVERSAL: Final = frozenset({"setModel", "setPermissionMode"})
 _CAMEL: Final = re.compile(r"(?<!^)(?=[A-Z])")
+PERMISSION_MODES: Final = frozenset(
+    {"default", "acceptEdits", "bypassPermissions", "plan", "dontAsk", "auto"}
+)
+"""Claude Code's permission modes (2.1.197: ``--permission-mode`` choices)."""
 
 HookCallback: TypeAlias = Callable[
     [dict[str, Any], str | None, dict[str, Any]], Mapping[str, Any] | None
@@ -153,17 +163,20 @@ def _hook_output_to_wire(output: Any) -> dict[str, Any]:
 class ClaudeHandler(BackendHandler):
     """Handler of the ``claude`` backend (see the module docstring).
 
-    Options: ``cli_path``, ``cwd``, ``model``, ``permission_mode``,
-    ``system_prompt``, ``allowed_tools``, ``disallowed_tools``, ``max_turns``,
-    ``env``, ``inherit_env`` (default True), ``extra_args``, ``command_prefix``,
-    ``permission_handler``, ``permission_default``, ``hooks``,
-    ``include_partial_messages``, ``native_session_id`` (resume that Claude
-    session), ``tool_server`` (set by the runtime for a session with Python
-    tools: see :class:`~beamagent.tools.ToolServerAccess`).
+    Options: ``cli_path``, ``cwd``, ``model``, ``permission_mode`` (one of
+    :data:`PERMISSION_MODES`), ``system_prompt``, ``allowed_tools``,
+    ``disallowed_tools``, ``max_turns``, ``env``, ``inherit_env`` (default
+    True), ``extra_args``, ``command_prefix``, ``permission_handler``,
+    ``permission_default``, ``hooks``, ``include_partial_messages``,
+    ``native_session_id`` (resume that Claude session),
+    ``fork_native_session_id`` (fork that Claude session; set by the runtime
+    for a store fork), ``tool_server`` (set by the runtime for a session with
+    Python tools: see :class:`~beamagent.tools.ToolServerAccess`).
     """
 
     name: ClassVar[str] = "claude"
     hibernates: ClassVar[bool] = True  # woken with --resume=<native id>
+    permission_modes: ClassVar[frozenset[str] | None] = PERMISSION_MODES
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {
             Capability.SESSION_LIFECYCLE,
@@ -180,6 +193,7 @@ class ClaudeHandler(BackendHandler):
             Capability.MCP_MANAGEMENT,
             Capability.TASK_STOP,
             Capability.IN_PROCESS_MCP,
+            Capability.THINKING_BUDGET,
         }
     )
 
@@ -197,6 +211,15 @@ class ClaudeHandler(BackendHandler):
         system_prompt = opts.get("system_prompt")
         if system_prompt is not None and not isinstance(system_prompt, str):
             raise InvalidOption(f"option 'system_prompt' must be a str; got {system_prompt!r}")
+        if self.permission_mode is not None and self.permission_mode not in PERMISSION_MODES:
+            raise InvalidOption(
+                f"option 'permission_mode' must be one of {', '.join(sorted(PERMISSION_MODES))}; "
+                f"got {self.permission_mode!r}"
+            )
+        for key in ("native_session_id", FORK_NATIVE_OPTION):
+            value = opts.get(key)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise InvalidOption(f"option {key!r} must be a non-empty str; got {value!r}")
         # Flush the transcript at each turn, so that a CLI killed mid-turn can be resumed.
         self.env = launch_env(
             opts, drop=("CLAUDECODE",), set_default={"CLAUDE_CODE_EAGER_FLUSH": "1"}
@@ -209,16 +232,28 @@ class ClaudeHandler(BackendHandler):
             self.env.update(self.tool_server.env())  # the token: environment only
             self._own_tools = frozenset(self.tool_server.qualified_names())
         self.native_session_id: str | None = opts.get("native_session_id")
+        self.requested_model: str | None = self.model
+        self.max_thinking_tokens: int | None = None
         self.resumed = False
         self.resume_missing = False
+        self.fork_parent: str | None = None
+        self.fork_missing = False
         if self.native_session_id is not None:
-            self.resumed = _transcript_exists(self.env, self.native_session_id)
+            self.resumed = _transcript_exists(self.env, self.native_session_id, opts.get("cwd"))
             self.resume_missing = not self.resumed
+        elif opts.get(FORK_NATIVE_OPTION) is not None:
+            parent = str(opts[FORK_NATIVE_OPTION])
+            if _transcript_exists(self.env, parent, opts.get("cwd")):
+                self.fork_parent = parent
+            else:
+                self.fork_missing = True  # nothing to fork: the session replays instead
         self.argv = self._argv()
         self._ids = itertools.count(1)
         self._init_id = "beamagent_init"
         # Our own control requests whose answers nobody waits for (interrupt, set_model...).
         self._internal: dict[str, str] = {}
+        # send_control requests whose answer we give in our own shape: request id -> answer.
+        self._answers: dict[str, dict[str, Any]] = {}
         # The CLI's open requests to us: request id -> (subtype, original input).
         self._open: dict[str, dict[str, Any]] = {}
         self._hook_callbacks: dict[str, HookCallback] = {}
@@ -239,12 +274,17 @@ class ClaudeHandler(BackendHandler):
                 "include_partial_messages",
                 "native_session_id",
                 "tool_server",
+                FORK_NATIVE_OPTION,
             }
         )
 
     @classmethod
     def availability(cls) -> tuple[bool, str]:
         return cli_availability(CLI_NAME, NPM_PACKAGE)
+
+    def resume_natively(self) -> bool:
+        """``--resume`` of a transcript on disk, or ``--fork-session`` of the parent's."""
+        return self.resumed or self.fork_parent is not None
 
     # --- process -------------------------------------------------------------------------
 
@@ -285,6 +325,9 @@ class ClaudeHandler(BackendHandler):
             # Nothing on disk to resume (the CLI died before it wrote the transcript):
             # start afresh under the same id rather than fail on every restart.
             argv.append(f"--session-id={self.native_session_id}")
+        elif self.fork_parent is not None:
+            # A new session id holding a copy of the parent's conversation.
+            argv += [f"--resume={self.fork_parent}", "--fork-session"]
         if opts.get("include_partial_messages"):
             argv.append("--include-partial-messages")
         argv += extra_args(opts)
@@ -298,6 +341,10 @@ class ClaudeHandler(BackendHandler):
         line = {"type": "control_request", "request_id": self._init_id, "request": request}
         if self.resume_missing:
             self._log.warning("claude_resume_unavailable", native_session_id=self.native_session_id)
+        if self.fork_missing:
+            self._log.warning(
+                "claude_fork_unavailable", parent=self.options.get(FORK_NATIVE_OPTION)
+            )
         self._log.debug("claude_initializing", pid=event.info.get("pid"), resumed=self.resumed)
         return HandlerOutput(writes=[encode_line(line)], state=SessionState.INITIALIZING)
 
@@ -338,6 +385,11 @@ class ClaudeHandler(BackendHandler):
                     f"query param 'content' must be a list of blocks; got {blocks!r}"
                 )
             content = list(blocks)
+        preamble = self.take_replay_preamble()
+        if preamble is not None:  # the replayed conversation first, in a block of its own
+            if isinstance(content, str):
+                content = [{"type": "text", "text": content}]
+            content.insert(0, {"type": "text", "text": preamble})
         line = {
             "type": "user",
             "message": {"role": "user", "content": content},
@@ -353,7 +405,7 @@ class ClaudeHandler(BackendHandler):
         return HandlerOutput(writes=[self._control({"subtype": "interrupt"})])
 
     def set_model(self, model: str) -> HandlerOutput:
-        self.model = model
+        self.model = self.requested_model = model  # until the CLI's next init says otherwise
         return HandlerOutput(writes=[self._control({"subtype": "set_model", "model": model})])
 
     def set_permission_mode(self, mode: str) -> HandlerOutput:
@@ -369,6 +421,10 @@ class ClaudeHandler(BackendHandler):
             return None
         subtype = _CAMEL.sub("_", method).lower()  # mcpStatus -> mcp_status
         request = {**params, "subtype": subtype}
+        if subtype == "set_max_thinking_tokens":
+            request, self._answers[request_id] = _thinking_tokens_request(params)
+        elif subtype == "stop_task":
+            request, self._answers[request_id] = _stop_task_request(params)
         try:
             return HandlerOutput(writes=[self._control(request, request_id)])
         except (TypeError, ValueError) as exc:
@@ -429,7 +485,8 @@ class ClaudeHandler(BackendHandler):
         if isinstance(native, str) and native:
             self.native_session_id = native
             info["native_session_id"] = native
-        if self.model is None and isinstance(obj.get("model"), str):
+        if isinstance(obj.get("model"), str) and obj["model"]:
+            # What the CLI says it runs (an alias resolved, a fallback), not what was asked.
             self.model = obj["model"]
         for key, target in (
             ("tools", "tools"),
@@ -465,7 +522,14 @@ class ClaudeHandler(BackendHandler):
             return None
         if error is not None and error.startswith("Unsupported control request subtype"):
             error = f"unknown control method ({error})"
-        replies.append((request_id, response.get("response", {}) if ok else None, error))
+        answer = self._answers.pop(str(request_id), None)
+        result = response.get("response", {}) if ok else None
+        if ok and answer is not None:
+            result = answer  # the same shape the universal fallback gives
+            if "max_thinking_tokens" in answer:
+                self.max_thinking_tokens = answer["max_thinking_tokens"]
+                info["max_thinking_tokens"] = self.max_thinking_tokens
+        replies.append((request_id, result, error))
         return None
 
     def _on_control_request(
@@ -582,8 +646,12 @@ class ClaudeHandler(BackendHandler):
     def info(self) -> dict[str, Any]:
         return {
             "native_session_id": self.native_session_id,
-            "resumed": self.resumed,
+            "requested_model": self.requested_model,
             "resume_missing": self.resume_missing,
+            "forked_from": self.fork_parent,
+            "fork_missing": self.fork_missing,
+            "max_thinking_tokens": self.max_thinking_tokens,
+            "permission_answers": {"deny_message": True, "updated_input": True},
         }
 
 
@@ -609,8 +677,33 @@ def _mcp_config(access: ToolServerAccess) -> dict[str, Any]:
     }
 
 
-def _transcript_exists(env: Mapping[str, str], native_session_id: str) -> bool:
-    """Whether Claude Code has a transcript for ``native_session_id`` (so --resume works)."""
+def _thinking_tokens_request(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``setMaxThinkingTokens`` as the CLI's ``set_max_thinking_tokens`` request, and our answer."""
+    value = params.get("max_thinking_tokens", params.get("maxThinkingTokens"))
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise InvalidOption(f"max_thinking_tokens must be an int >= 0 or None; got {value!r}")
+    request = {"subtype": "set_max_thinking_tokens", "max_thinking_tokens": value}
+    return request, {"max_thinking_tokens": value}
+
+
+def _stop_task_request(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``stopTask`` as the CLI's ``stop_task`` request (one task), and our answer."""
+    task_id = params.get("task_id", params.get("taskId"))
+    if not isinstance(task_id, str) or not task_id:
+        raise InvalidOption(
+            "stopTask on claude stops one background task: pass {'task_id': ...} (the id in "
+            "its task_started system message); to stop the whole turn, use interrupt()"
+        )
+    return {"subtype": "stop_task", "task_id": task_id}, {"task_id": task_id}
+
+
+def _transcript_exists(env: Mapping[str, str], native_session_id: str, cwd: Any = None) -> bool:
+    """Whether Claude Code has a transcript for ``native_session_id`` that ``--resume`` finds.
+
+    Claude Code keeps a directory's conversations under ``projects/<that directory's
+    name>`` and resumes (or forks) only those of the directory it runs in: a
+    transcript of another directory is "No conversation found".
+    """
     config_dir = env.get("CLAUDE_CONFIG_DIR")
     if config_dir:
         root = Path(config_dir)
@@ -620,7 +713,39 @@ def _transcript_exists(env: Mapping[str, str], native_session_id: str) -> bool:
         return True  # cannot tell: let the CLI decide
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", native_session_id):
         return True  # not a plain id: let the CLI say what is wrong with it
-    return any((root / "projects").glob(f"*/{native_session_id}.jsonl"))
+    projects = root / "projects"
+    directory = os.path.abspath(str(cwd) if cwd is not None else os.getcwd())
+    names = {_project_dir_name(directory), _project_dir_name(os.path.realpath(directory))}
+    return any((projects / name / f"{native_session_id}.jsonl").is_file() for name in names)
+
+
+def _project_dir_name(path: str) -> str:
+    """The name Claude Code 2.1 gives a directory's project folder (every non-alphanumeric
+    UTF-16 code unit becomes ``-``; a name over 200 units is cut and gets a hash)."""
+    data = path.encode("utf-16-le", "surrogatepass")
+    units = [int.from_bytes(data[i : i + 2], "little") for i in range(0, len(data), 2)]
+    name = "".join(chr(u) if chr(u).isascii() and chr(u).isalnum() else "-" for u in units)
+    if len(name) <= _PROJECT_NAME_MAX:
+        return name
+    digest = 0
+    for unit in units:  # JavaScript's (h << 5) - h + c, kept to a signed 32-bit int
+        digest = (digest * 31 + unit) & 0xFFFFFFFF
+    if digest >= 2**31:
+        digest -= 2**32
+    return f"{name[:_PROJECT_NAME_MAX]}-{_base36(abs(digest))}"
+
+
+_PROJECT_NAME_MAX: Final = 200
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        number, rest = divmod(number, 36)
+        out = digits[rest] + out
+        if not number:
+            return out
 
 
 def _str_or_none(value: Any) -> str | None:

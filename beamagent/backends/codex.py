@@ -20,7 +20,14 @@ Both sides send requests and both number them from 0, so the two id spaces
 are kept apart (:mod:`beamagent.backends.jsonrpc`): only messages without a
 ``method`` are responses to our requests. The server's approval requests
 (``item/commandExecution/requestApproval``, ``item/fileChange/requestApproval``)
-go to the session's permission handler, off the session's thread.
+go to the session's permission handler, off the session's thread. Codex
+can only accept or decline: a denial's message never reaches the model, and a
+handler's updated input cannot be run (see :meth:`CodexHandler.on_call_result`).
+
+A store fork starts with ``thread/fork`` of the parent's thread (option
+``fork_native_session_id``); a thread that cannot be resumed or forked gives
+a new thread, and the session replays its stored history before the first
+prompt (an input item of its own).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
 from beamagent.backends.base import (
+    FORK_NATIVE_OPTION,
     NOTHING,
     BackendHandler,
     Connected,
@@ -117,8 +125,14 @@ class CodexHandler(BackendHandler):
     ``config`` (Codex config overrides for the thread), ``env``, ``inherit_env``,
     ``extra_args``, ``command_prefix``, ``permission_handler``,
     ``permission_default``, ``include_partial_messages``, ``native_session_id``
-    (a thread id to resume), ``tool_server`` (set by the runtime for a session
-    with Python tools: see :class:`~beamagent.tools.ToolServerAccess`).
+    (a thread id to resume), ``fork_native_session_id`` (a thread id to fork;
+    set by the runtime for a store fork), ``tool_server`` (set by the runtime
+    for a session with Python tools: see :class:`~beamagent.tools.ToolServerAccess`).
+
+    Permission answers are Codex's accept / decline / cancel: ``Deny(message)``
+    declines (the message is in our ``tool_result``, not sent to the model), and
+    an ``Allow(updated_input=...)`` that changes the input declines too (Codex
+    would run the original); ``session_info()["permission_answers"]`` says so.
     """
 
     name: ClassVar[str] = "codex"
@@ -157,9 +171,21 @@ class CodexHandler(BackendHandler):
         self.tool_server = _tool_server(opts.get("tool_server"))
         if self.tool_server is not None:
             self.env.update(self.tool_server.env())  # bearer_token_env_var reads it there
+        for key in ("native_session_id", FORK_NATIVE_OPTION):
+            value = opts.get(key)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise InvalidOption(f"option {key!r} must be a non-empty str; got {value!r}")
         self.native_session_id: str | None = opts.get("native_session_id")
         self.resumed = False
         self.resume_missing = False
+        # Fork the parent's thread, unless this session has a thread of its own to resume.
+        self.fork_parent: str | None = (
+            None if self.native_session_id else opts.get(FORK_NATIVE_OPTION)
+        )
+        self.forked = False
+        self.fork_missing = False
+        # Deny messages of declined approvals, by item id, for their tool_result.
+        self._declined: dict[str, str] = {}
         self._pending: PendingRequests[Any] = PendingRequests()
         self._inbound = InboundRequests()
         self._turn_id: str | None = None
@@ -181,8 +207,13 @@ class CodexHandler(BackendHandler):
                 "include_partial_messages",
                 "native_session_id",
                 "tool_server",
+                FORK_NATIVE_OPTION,
             }
         )
+
+    def resume_natively(self) -> bool:
+        """``thread/resume`` or ``thread/fork`` worked (known once the handshake is done)."""
+        return self.resumed or self.forked
 
     @classmethod
     def availability(cls) -> tuple[bool, str]:
@@ -238,14 +269,21 @@ class CodexHandler(BackendHandler):
         if self.native_session_id and not self.resume_missing:
             params = {**self._thread_params(), "threadId": self.native_session_id}
             return self._request("thread/resume", params)
+        if self.fork_parent and not self.fork_missing:
+            params = {**self._thread_params(), "threadId": self.fork_parent, "excludeTurns": True}
+            return self._request("thread/fork", params)
         return self._request("thread/start", self._thread_params())
 
     def encode_query(self, prompt: str, params: Mapping[str, Any]) -> HandlerOutput:
         if self.native_session_id is None:
             raise InvalidOption("codex session has no thread yet")  # not reachable once ready
+        items = [{"type": "text", "text": prompt}]
+        preamble = self.take_replay_preamble()
+        if preamble is not None:  # the replayed conversation first, an input item of its own
+            items.insert(0, {"type": "text", "text": preamble})
         turn_params: dict[str, Any] = {
             "threadId": self.native_session_id,
-            "input": [{"type": "text", "text": prompt}],
+            "input": items,
             "approvalPolicy": self.permission_mode,
         }
         if self.model:
@@ -338,13 +376,21 @@ class CodexHandler(BackendHandler):
             )
             out.writes.append(encode_line(encode_notification("initialized", jsonrpc=False)))
             out.writes.append(self._open_thread())
-        elif method in ("thread/start", "thread/resume"):
+        elif method in ("thread/start", "thread/resume", "thread/fork"):
             if error is not None and method == "thread/resume":
-                # Nothing to resume (the CLI died before it saved the thread): start afresh.
+                # Nothing to resume (the CLI died before it saved the thread): start afresh;
+                # the session replays the stored history instead.
                 self._log.warning(
                     "codex_resume_unavailable", thread=self.native_session_id, error=error.message
                 )
                 self.resume_missing = True
+                out.writes.append(self._open_thread())
+                return
+            if error is not None and method == "thread/fork":
+                self._log.warning(
+                    "codex_fork_unavailable", parent=self.fork_parent, error=error.message
+                )
+                self.fork_missing = True
                 out.writes.append(self._open_thread())
                 return
             if error is not None:
@@ -353,6 +399,7 @@ class CodexHandler(BackendHandler):
             thread = _mapping(result.get("thread"))
             self.native_session_id = str(thread.get("id") or self.native_session_id)
             self.resumed = method == "thread/resume"
+            self.forked = method == "thread/fork"
             if isinstance(thread.get("model"), str) and not self.model:
                 self.model = thread["model"]
             out.info.update(
@@ -360,7 +407,6 @@ class CodexHandler(BackendHandler):
                     "native_session_id": self.native_session_id,
                     "thread_path": thread.get("path"),
                     "model_provider": thread.get("modelProvider"),
-                    "resumed": self.resumed,
                     "resume_missing": self.resume_missing,
                 }
             )
@@ -431,7 +477,7 @@ class CodexHandler(BackendHandler):
         elif method == "item/completed":
             item = params.get("item")
             if isinstance(item, Mapping):
-                out.messages += turn.item_completed(item, obj)
+                out.messages += turn.item_completed(item, obj, self._declined)
         elif method == "error":
             error = _mapping(params.get("error"))
             if not params.get("willRetry"):
@@ -443,6 +489,7 @@ class CodexHandler(BackendHandler):
         elif method == "turn/completed":
             info = _mapping(params.get("turn"))
             out.messages += turn.completed(info, obj, self._usage_total, self.model)
+            self._declined.clear()
             self._turn = None
             self._turn_id = None
 
@@ -469,11 +516,7 @@ class CodexHandler(BackendHandler):
             )
             return
         tool_name, _dialect = approval
-        tool_input = {
-            key: params[key]
-            for key in ("command", "cwd", "reason", "changes", "grantRoot", "fileChanges")
-            if key in params
-        }
+        tool_input = _approval_input(params)
         context = PermissionContext(
             backend=self.name,
             session_id=self.session_id,
@@ -515,10 +558,36 @@ class CodexHandler(BackendHandler):
             if isinstance(result, Allow | Deny)
             else Deny(f"permission handler failed: {error!r}")
         )
+        decision = self._codex_decision(message, decision)
         self._log.info(
             "permission_decided", request_id=request_id, allowed=isinstance(decision, Allow)
         )
         return HandlerOutput(writes=[self._approval_answer(message, decision)])
+
+    def _codex_decision(
+        self, message: RpcMessage, decision: PermissionDecision
+    ) -> PermissionDecision:
+        """What Codex can do with ``decision``: accept the request as it is, or decline it.
+
+        An ``Allow`` whose ``updated_input`` changes the input cannot be honoured
+        (Codex would run the original): it declines, never runs something else than
+        what was approved. A ``Deny`` message stays ours: it is kept for the item's
+        ``tool_result`` (the model is only told that the command was declined).
+        """
+        params = message.params if isinstance(message.params, Mapping) else {}
+        item_id = _str_or_none(params.get("itemId") or params.get("callId"))
+        if isinstance(decision, Allow) and decision.updated_input is not None:
+            asked = _approval_input(params)
+            if dict(decision.updated_input) != asked:
+                self._log.warning("codex_updated_input_unsupported", request_id=message.id)
+                decision = Deny(
+                    "codex cannot run a changed command or file change "
+                    "(Allow(updated_input=...)): declined instead",
+                    interrupt=False,
+                )
+        if isinstance(decision, Deny) and item_id is not None:
+            self._declined[item_id] = decision.message
+        return decision
 
     def _approval_answer(self, message: RpcMessage, decision: PermissionDecision) -> bytes:
         assert message.id is not None
@@ -540,8 +609,11 @@ class CodexHandler(BackendHandler):
         return {
             "native_session_id": self.native_session_id,
             "thread_id": self.native_session_id,
-            "resumed": self.resumed,
+            "forked_from": self.fork_parent if self.forked else None,
+            "fork_missing": self.fork_missing,
             "thread_token_usage": dict(self._usage_total),
+            # Codex answers approvals with accept/decline/cancel only (see the class).
+            "permission_answers": {"deny_message": False, "updated_input": False},
         }
 
 
@@ -587,7 +659,12 @@ class _Turn:
         self.started_tools.add(str(item.get("id")))
         return [use]
 
-    def item_completed(self, item: Mapping[str, Any], raw: Mapping[str, Any]) -> list[Message]:
+    def item_completed(
+        self,
+        item: Mapping[str, Any],
+        raw: Mapping[str, Any],
+        declined: dict[str, str] | None = None,
+    ) -> list[Message]:
         kind = item.get("type")
         if kind == "agentMessage":
             text = str(item.get("text") or "")
@@ -612,6 +689,20 @@ class _Turn:
                 out.append(use)
         result = _tool_result(item, raw)
         if result is not None:
+            reason = (declined or {}).pop(str(item.get("id")), None)
+            if reason and result.is_error:
+                text = f"{result.content or 'declined'}: {reason} (not sent to the model)"
+                result = result.with_fields(
+                    content=text,
+                    content_blocks=[
+                        ContentBlock(
+                            "tool_result",
+                            tool_use_id=result.tool_use_id,
+                            content=text,
+                            is_error=True,
+                        )
+                    ],
+                )
             out.append(result)
         return out
 
@@ -660,6 +751,15 @@ class _Turn:
             _message(MessageType.ERROR, {}, content=text),
             _message(MessageType.RESULT, {}, subtype="error", is_error=True, content=text),
         ]
+
+
+def _approval_input(params: Mapping[str, Any]) -> dict[str, Any]:
+    """What the permission handler is shown of an approval request (its ``tool_input``)."""
+    return {
+        key: params[key]
+        for key in ("command", "cwd", "reason", "changes", "grantRoot", "fileChanges")
+        if key in params
+    }
 
 
 def _tool_use(item: Mapping[str, Any], raw: Mapping[str, Any]) -> Message | None:

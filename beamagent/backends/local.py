@@ -23,7 +23,12 @@ its life, so byte-level faults behave exactly as under ``"jsonl"``.
 Replies: the prompt echoed by default; ``replies=[...]`` consumes one entry per
 query (then echoes); ``reply=callable(prompt, params)`` returns a ``str``, a list
 of message dicts (emitted as they are; a ``result`` is appended if missing) or
-a generator. A ``reply`` callable always runs on a short-lived thread of its
+a generator. A ``reply`` that has a ``history`` parameter is also given the
+conversation so far (``reply(prompt, params, history=...)``): a tuple of
+``user`` and ``assistant`` messages, those the session replayed from the store
+(after a resume, a fork, a restart or a wake: the agent keeps no memory of its
+own, so the local backend never resumes natively) followed by the agent's own
+turns. A ``reply`` callable always runs on a short-lived thread of its
 own, never on the session's, so it may block (e.g. to script a slow reply)
 while the session answers ``health()``, interrupts and its own timeouts.
 Items of a list or generator: ``str`` (an assistant text), ``dict`` (a raw
@@ -131,6 +136,16 @@ class LocalAgent(InProcessPeer):
         self._superseded: threading.Event | None = None
         self._streamer: threading.Thread | None = None
         self._closed = False
+        # The conversation, kept only for a reply callable that asks for it (``history``).
+        self._wants_history = reply is not None and _takes_history(reply)
+        self.history: list[Message] = []
+
+    def replay(self, history: Sequence[Message]) -> None:
+        """The conversation before this agent: the session's replayed stored history."""
+        if self._wants_history:
+            self.history[:0] = [
+                m for m in history if m.type in (MessageType.USER, MessageType.ASSISTANT)
+            ]
 
     def attach(self, emit: Callable[[bytes], None], exit: Callable[[int], None]) -> None:
         self._emit, self._exit = emit, exit
@@ -204,14 +219,26 @@ class LocalAgent(InProcessPeer):
             # A user callable may take its time: it runs on the streaming thread, never
             # on the session's, so the session stays responsive (health, interrupts,
             # its own timeouts) while it works.
-            return self._called(self._reply, prompt, params)
+            history = None
+            if self._wants_history:
+                history = tuple(self.history)
+                self.history.append(Message(MessageType.USER, content=prompt))
+            return self._called(self._reply, prompt, params, history)
         if self._replies:
             return self._replies.pop(0)
         return prompt
 
     @staticmethod
-    def _called(reply: ReplyFn, prompt: str, params: Mapping[str, Any]) -> Iterator[Any]:
-        script = reply(prompt, params)
+    def _called(
+        reply: ReplyFn,
+        prompt: str,
+        params: Mapping[str, Any],
+        history: tuple[Message, ...] | None,
+    ) -> Iterator[Any]:
+        if history is None:
+            script = reply(prompt, params)
+        else:
+            script = reply(prompt, params, history=history)  # type: ignore[call-arg]
         if inspect.isgenerator(script):
             yield from script
         elif isinstance(script, str | bytes | LocalExit | Mapping):
@@ -338,6 +365,8 @@ class LocalAgent(InProcessPeer):
         if isinstance(item, bytes):
             self._raw_bytes = True
             return item
+        if self._wants_history and isinstance(item, str):
+            self.history.append(Message(MessageType.ASSISTANT, content=item))
         if self._lines() or not isinstance(item, str | Mapping):
             return self._item_bytes(item, texts)
         if isinstance(item, str):
@@ -538,6 +567,16 @@ def _uuid4() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+def _takes_history(reply: Any) -> bool:
+    """Whether a ``reply`` callable has a ``history`` parameter (it is given the conversation)."""
+    try:
+        parameters = inspect.signature(reply).parameters
+    except (TypeError, ValueError):  # no signature to read (some builtins)
+        return False
+    parameter = parameters.get("history")
+    return parameter is not None and parameter.kind is not inspect.Parameter.POSITIONAL_ONLY
+
+
 def _text(value: str) -> str:
     return value if value.isascii() else _valid_text(value)
 
@@ -617,6 +656,7 @@ class LocalHandler(BackendHandler):
         )
         self._init_request = "init"
         self._control_seq = itertools.count(1)
+        self._agent: LocalAgent | None = None
 
     @classmethod
     def option_names(cls) -> frozenset[str]:
@@ -643,6 +683,7 @@ class LocalHandler(BackendHandler):
             agents=self.options.get("agents", ("general",)),
             session_id=self.session_id,
         )
+        self._agent = agent
         if self.codec == "jsonl":
             return InProcessTransport(agent)
         return LocalTransport(agent)
@@ -652,6 +693,16 @@ class LocalHandler(BackendHandler):
             writes=[encode_line({"type": "initialize", "request_id": self._init_request})],
             state=SessionState.INITIALIZING,
         )
+
+    def replay_history(self, history: Sequence[Message]) -> None:
+        """Hand the stored conversation to the agent (its ``reply`` sees it as ``history``).
+
+        The agent is in-process and keeps no memory of its own: it is given the
+        messages themselves, not a text preamble, and the prompts it answers
+        stay as the user wrote them.
+        """
+        if self._agent is not None:
+            self._agent.replay(history)
 
     def encode_query(self, prompt: str, params: Mapping[str, Any]) -> HandlerOutput:
         try:

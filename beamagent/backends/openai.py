@@ -5,8 +5,11 @@ whole with each query to ``POST {base_url}/chat/completions`` (streaming, with
 ``stream_options.include_usage``). A query yields ``system/init``, the
 ``assistant`` reply and a terminal ``result`` with the usage; an HTTP error
 yields an ``error`` message and an error ``result``, and the session stays
-usable. The conversation (completed exchanges only) lives in the session's
-lineage, so it survives a supervisor restart.
+usable. The conversation (completed exchanges only) is kept by the handler;
+a new handler (after a supervisor restart, a wake from hibernation, a
+``start_session(resume=...)`` or a fork) rebuilds it from the session's stored
+history (:meth:`OpenAIHandler.replay_history`), so the model always gets the
+earlier turns.
 
 With Python tools (``tools=[...]``, see ``docs/tools.md``) the handler runs the
 tool loop itself: the tools go in the request's ``tools``; when the model asks
@@ -33,7 +36,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from beamagent.backends.base import (
@@ -49,6 +52,12 @@ from beamagent.backends.base import (
 from beamagent.backends.io_loop import IoLease, acquire_io_loop
 from beamagent.backends.jsonl import decode_lines, encode_line
 from beamagent.backends.permissions import PermissionPolicy
+from beamagent.backends.replay import (
+    REPLAY_MAX_CHARS,
+    REPLAY_MAX_TURNS,
+    bounded_turns,
+    replay_turns,
+)
 from beamagent.capabilities import Capability
 from beamagent.errors import InvalidOption, TransportError
 from beamagent.log import get_logger
@@ -315,6 +324,10 @@ class OpenAIHandler(BackendHandler):
     ``max_tokens``...; raw ``tools`` definitions are sent along, and a call of
     one of those ends the query, reported, as before). ``tools`` and
     ``tool_context`` are set by the runtime from the session's Python tools.
+
+    There are no permission modes (the only tools run here are the session's
+    Python tools, asked of ``permission_handler``): ``permission_mode`` is not
+    an option, and ``set_permission_mode`` raises ``UnsupportedCapability``.
     """
 
     name: ClassVar[str] = "openai"
@@ -377,9 +390,12 @@ class OpenAIHandler(BackendHandler):
         self.read_timeout = (
             None if read_timeout is None else _positive(read_timeout, "read_timeout")
         )
-        # The conversation: completed user/assistant exchanges, kept across restarts.
-        self.history: list[dict[str, Any]] = self.backend_state.setdefault("messages", [])
+        # The conversation: completed user/assistant exchanges. A new handler starts with
+        # none; the session replays the stored ones (replay_history) before the first query.
+        self.history: list[dict[str, Any]] = []
+        self.backend_state.pop("messages", None)  # kept there by earlier versions
         self._request_ids = int(self.backend_state.get("requests", 0))
+        self._replayed = 0
         self._turn: _Turn | None = None
         self._query: _Query | None = None
         self._queries = 0
@@ -387,7 +403,7 @@ class OpenAIHandler(BackendHandler):
 
     @classmethod
     def option_names(cls) -> frozenset[str]:
-        return super().option_names() | {
+        return (super().option_names() - {"permission_mode"}) | {
             "tools",
             "tool_context",
             "max_tool_rounds",
@@ -421,6 +437,32 @@ class OpenAIHandler(BackendHandler):
 
     def on_connected(self, event: Connected) -> HandlerOutput:
         return HandlerOutput(state=SessionState.READY)
+
+    def replay_history(self, history: Sequence[Message]) -> None:
+        """Rebuild the conversation from the stored turns (the model sees them as they were).
+
+        Completed exchanges only, as in a live session: a turn with no assistant
+        text (failed, interrupted, cut off by a crash) is left out. The most recent
+        turns within the replay caps are kept (``beamagent.backends.replay``).
+        """
+        turns = [t for t in replay_turns(history) if t.prompt and t.assistant_text]
+        kept, omitted = bounded_turns(
+            turns,
+            max_turns=REPLAY_MAX_TURNS,
+            max_chars=REPLAY_MAX_CHARS,
+            size=lambda t: len(t.prompt or "") + len(t.assistant_text),
+        )
+        self.history = [
+            message
+            for turn in kept
+            for message in (
+                {"role": "user", "content": turn.prompt},
+                {"role": "assistant", "content": turn.assistant_text},
+            )
+        ]
+        self._replayed = len(kept)
+        if omitted:
+            self._log.info("openai_history_capped", kept=len(kept), omitted=omitted)
 
     # --- queries -------------------------------------------------------------------------
 
@@ -667,7 +709,11 @@ class OpenAIHandler(BackendHandler):
         return HandlerOutput(messages=[message], writes=[self._request(query)])
 
     def info(self) -> dict[str, Any]:
-        return {"base_url": self.base_url, "history_messages": len(self.history)}
+        return {
+            "base_url": self.base_url,
+            "history_messages": len(self.history),
+            "replayed_turns": self._replayed,
+        }
 
 
 class _Query:

@@ -149,6 +149,7 @@ class SessionStart:
             backend = runtime._resume_start_options(self._backend, opts)
             backend_name, decision = runtime._route_start_options(backend, opts)
             config = runtime._session_config(backend_name, opts, decision)
+            config.lineage.stored_history = self._opts.get("resume") is not None
         else:
             config = self._config
         ref = SessionActor.start(config)

@@ -34,7 +34,14 @@ Guarantees:
   handler from the lineage -- the same path as a restart, so the backend
   resumes its conversation -- and is postponed until it is ready; reads do
   not wake it. A failed wake fails the postponed calls with its error and the
-  session with it, as a failed reconnect does.
+  session with it, as a failed reconnect does;
+* a session whose store holds history (resumed, forked, restarted after a
+  crash, woken) continues its conversation: once the backend's handshake is
+  done, a handler that cannot resume it natively (``resume_natively()``) gets
+  the visible stored history (``replay_history``) before the first query. The
+  session is ``ready`` only then; a store that fails meanwhile is retried
+  (backing off) until ``init_timeout``, so a store fault delays the start
+  and never loses the context.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ import attrs
 import pykka
 
 from beamagent.backends.base import (
+    FORK_NATIVE_OPTION,
     BackendHandler,
     Connected,
     Data,
@@ -68,6 +76,8 @@ from beamagent.backends.base import (
     Transport,
     TransportEvent,
 )
+from beamagent.backends.replay import REPLAY_LOAD_LIMIT
+from beamagent.capabilities import Capability
 from beamagent.errors import (
     BadQueryRef,
     BeamAgentError,
@@ -85,6 +95,7 @@ from beamagent.errors import (
     StoreError,
     TransportError,
     UnknownControlMethod,
+    UnsupportedCapability,
 )
 from beamagent.log import get_logger
 from beamagent.messages import Message, MessageType, _build_message
@@ -152,6 +163,15 @@ class Recorder(Protocol):
     def session_updated(self, session_id: str, fields: Mapping[str, Any]) -> None:
         """Metadata changed (model, native session id)."""
 
+    def history(self, session_id: str, limit: int) -> list[Message]:
+        """The session's visible history, to replay it to a backend.
+
+        Its active thread's messages after the revert view (every visible message
+        when no thread is active), the most recent ``limit`` at most, oldest first;
+        empty if the store has no such session. Raises ``StoreError`` when the read
+        failed (the session retries it).
+        """
+
     def record(
         self,
         session_id: str,
@@ -193,6 +213,9 @@ class SessionLineage:
     route_decision: dict[str, Any] | None = None
     backend_state: dict[str, Any] = attrs.field(factory=dict)
     """Kept for the backend handler across restarts (e.g. a client-side conversation)."""
+    stored_history: bool = False
+    """The store may hold messages of this session (it was resumed or forked, or recorded
+    some): a handler that cannot resume natively gets them replayed."""
 
 
 def _seconds(minimum: float, inclusive: bool) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
@@ -430,6 +453,14 @@ class SessionActor(Process):
         self._wake_started = 0.0
         self._dormant: dict[str, Any] | None = None  # the dropped handler's facts, for info
         self._hibernations = 0
+        # Context: how the current handler continues the conversation ("native", "replay",
+        # None: nothing to continue), decided at the end of its handshake.
+        self._resumed: str | None = None
+        self._resume_decided = False
+        self._replay_timer: TimerRef | None = None
+        self._replay_token = 0
+        self._replay_delay = 0.0
+        self._replay_error: str | None = None
         # Transport events produced on this actor's own thread during a batch (see
         # _batched), and the blocking query whose timeout is armed once it ends.
         self._sync_events: deque[_TransportEvent] | None = None
@@ -458,8 +489,14 @@ class SessionActor(Process):
             # The lineage's id is the one the backend last reported: it wins over the
             # option (which named what to resume at the first start).
             options["native_session_id"] = lineage.native_session_id
+        if lineage.native_session_id is not None:
+            # The fork has a conversation of its own by now: resume that, do not fork again.
+            options.pop(FORK_NATIVE_OPTION, None)
         options["session_id"] = config.session_id
         options["backend_state"] = lineage.backend_state
+        self._resumed = None
+        self._resume_decided = False
+        self._cancel_replay_timer()
         self.handler = config.handler_cls(options)
         self.transport = self.handler.open_transport()
         generation = self._generation
@@ -535,6 +572,7 @@ class SessionActor(Process):
 
     def _shutdown_io(self, error: SessionError) -> None:
         self._cancel_timer()
+        self._cancel_replay_timer()
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
@@ -696,14 +734,24 @@ class SessionActor(Process):
                 seconds = (
                     self.config.connect_timeout if kind == "connect" else self.config.init_timeout
                 )
+                what = "connect" if kind == "connect" else "finish its handshake"
+                if self._replay_timer is not None:
+                    what = f"get its history to replay: the store failed ({self._replay_error})"
+                # What the transport still waits for (e.g. a server's health), when it says.
+                waiting = self.transport.info().get("waiting_for") if self.transport else None
                 self._fail(
                     ConnectTimeout(
                         f"session {self.session_id}: backend {self.config.backend!r} did not "
-                        f"{'connect' if kind == 'connect' else 'finish its handshake'} "
-                        f"within {seconds} s",
+                        f"{what} within {seconds} s"
+                        + (f"; waiting for {waiting}" if waiting else ""),
                         reason=f"{kind}_timeout",
                     )
                 )
+        elif kind == "replay":
+            if timeout.token == self._replay_token and self._replay_timer is not None:
+                self._replay_timer = None
+                if self.state in (SessionState.CONNECTING, SessionState.INITIALIZING):
+                    self._load_replay()
         elif kind == "consumer":
             query = self._query
             if (
@@ -855,7 +903,7 @@ class SessionActor(Process):
             return
         if output.state is not None and output.state is not self.state:
             if output.state is SessionState.READY:
-                self._become_ready()
+                self._handshake_done()
             elif output.state is SessionState.INITIALIZING:
                 self._set_state(SessionState.INITIALIZING)
             else:
@@ -906,6 +954,70 @@ class SessionActor(Process):
         if message.error is not None:
             self._log.warning("callback_failed", key=str(message.key), error=repr(message.error))
         self._apply(handler.on_call_result(message.key, message.result, message.error))
+
+    # --- context: native resume or replay -------------------------------------------------------
+
+    def _handshake_done(self) -> None:
+        """The backend is up: decide how it continues the conversation, then be ready."""
+        if self._resume_decided:
+            self._become_ready()
+            return
+        handler = self.handler
+        assert handler is not None
+        if handler.resume_natively():
+            self._decided("native")
+        elif not self.config.lineage.stored_history or self.config.recorder is None:
+            self._decided(None)
+        else:
+            self._load_replay()
+
+    def _decided(self, resumed: str | None) -> None:
+        self._resume_decided = True
+        self._resumed = resumed
+        if resumed is not None:
+            self._log.info(
+                "session_context_resumed", resumed=resumed, native_session_id=self._native_id()
+            )
+        self._become_ready()
+
+    def _load_replay(self) -> None:
+        """Read the visible history and hand it to the handler; retried while the store fails.
+
+        Until it is read the session stays ``initializing`` (calls wait, as during
+        the handshake); ``init_timeout`` bounds the wait.
+        """
+        recorder = self.config.recorder
+        handler = self.handler
+        assert recorder is not None
+        assert handler is not None
+        try:
+            history = recorder.history(self.session_id, REPLAY_LOAD_LIMIT)
+        except StoreError as exc:
+            self._replay_error = str(exc)
+            self._replay_delay = min(max(self._replay_delay * 2, 0.05), 1.0)
+            self._log.warning(
+                "session_history_read_failed", error=str(exc), retry_in=self._replay_delay
+            )
+            if self.state is SessionState.CONNECTING:
+                self._set_state(SessionState.INITIALIZING)  # the init timeout bounds the wait
+            self._replay_token = next(self._tokens)
+            self._replay_timer = send_after(
+                self.actor_ref, _Timeout("replay", self._replay_token), self._replay_delay
+            )
+            return
+        self._replay_delay = 0.0
+        self._replay_error = None
+        if not history:
+            self._decided(None)
+            return
+        handler.replay_history(history)
+        self._log.debug("session_history_replayed", messages=len(history))
+        self._decided("replay")
+
+    def _cancel_replay_timer(self) -> None:
+        if self._replay_timer is not None:
+            self._replay_timer.cancel()
+            self._replay_timer = None
 
     def _become_ready(self) -> None:
         if self._waking:
@@ -975,6 +1087,7 @@ class SessionActor(Process):
             return None
         if not batch:
             return None
+        self.config.lineage.stored_history = True  # even if the write fails: it may commit
         try:
             if retry:  # what failed may have been stored after all: never twice
                 recorder.record(self.session_id, batch, skip_recorded=True)
@@ -1556,6 +1669,7 @@ class SessionActor(Process):
                 "started_at": self._started_at,
                 "route_decision": self.config.lineage.route_decision,
                 "hibernations": self._hibernations,
+                "resumed": self._resumed,
             }
         )
         if self._error is not None:
@@ -1586,8 +1700,17 @@ class SessionActor(Process):
     def set_permission_mode(self, mode: str) -> str:
         """Change the permission mode (on the live backend where it supports it)."""
         self._check_usable()
+        handler_cls = self.config.handler_cls
+        if Capability.PERMISSION_MODE not in handler_cls.capabilities:
+            raise UnsupportedCapability(self.config.backend, Capability.PERMISSION_MODE.value)
         if not isinstance(mode, str) or not mode:
             raise InvalidOption(f"permission mode must be a non-empty str; got {mode!r}")
+        modes = handler_cls.permission_modes
+        if modes is not None and mode not in modes:
+            raise InvalidOption(
+                f"backend {self.config.backend!r} has no permission mode {mode!r}; "
+                f"its modes: {', '.join(sorted(modes))}"
+            )
         if self.state is SessionState.HIBERNATING:
             self._remember_setting("permission_mode", mode)  # the woken backend starts with it
             return mode

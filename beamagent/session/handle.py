@@ -411,7 +411,12 @@ class Session:
             return "unknown"
 
     def session_info(self) -> dict[str, Any]:
-        """Session id, backend, state, model, permission mode, plus backend info."""
+        """Session id, backend, state, model, permission mode, plus backend info.
+
+        ``resumed`` says how this incarnation continues the stored conversation:
+        ``"native"`` (the backend's own resume or fork), ``"replay"`` (the stored
+        history was replayed to it) or None (nothing to continue).
+        """
         return cast(dict[str, Any], self._call("session_info"))
 
     async def asession_info(self) -> dict[str, Any]:
@@ -435,7 +440,12 @@ class Session:
         return cast(str, await self._acall("set_model", model))
 
     def set_permission_mode(self, mode: str) -> str:
-        """Change the permission mode at runtime."""
+        """Change the permission mode at runtime.
+
+        Raises:
+            UnsupportedCapability: the backend has no permission modes (``openai``).
+            InvalidOption: not one of the backend's modes (where it lists them).
+        """
         return cast(str, self._call("set_permission_mode", mode))
 
     async def aset_permission_mode(self, mode: str) -> str:

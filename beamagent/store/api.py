@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import pykka
 
+from beamagent.backends.base import FORK_NATIVE_OPTION
 from beamagent.errors import BeamAgentError, InvalidOption, SessionNotFound
 from beamagent.log import get_logger
 from beamagent.messages import Message, normalize
@@ -232,9 +233,12 @@ class StoreApi:
     ) -> SessionRecord:
         """Copy a session's history under a new id (``session_`` + 32 hex unless given).
 
-        The fork can be started with ``start_session(resume=fork.session_id)``; it has
-        no backend native id (a fork starts a new backend conversation over the copied
-        history). ``extra.fork`` names the parent.
+        The fork can be started with ``start_session(resume=fork.session_id)`` and
+        continues the conversation as it was at the fork: on the parent's backend, by
+        forking the parent's native conversation where the backend can (Claude
+        ``--fork-session``, Codex ``thread/fork``) and nothing was recorded in the
+        parent since, otherwise by replaying the fork's visible history. It has no
+        native id of its own until it starts. ``extra.fork`` names the parent.
 
         Raises:
             SessionNotFound: the source is unknown.
@@ -426,7 +430,11 @@ class StoreApi:
         Without a ``backend`` it runs on the stored one, and then the backend gets the
         stored native session id (``native_session_id``), ``model`` and ``cwd`` so it
         continues the same conversation — each only if the handler accepts that option
-        and the caller did not give it. On another backend only the history carries over.
+        and the caller did not give it. A fork that has no native id yet gets its
+        parent's as ``fork_native_session_id`` when the backend accepts that and the
+        parent's conversation is still the fork's (see :meth:`_fork_parent_native`).
+        A backend that does not resume natively gets the stored history replayed
+        (by the session). On another backend only the history carries over (replayed).
 
         Returns the backend to use (the stored session's when none was given).
 
@@ -466,6 +474,15 @@ class StoreApi:
                 if value is not None and option in accepted and option not in opts:
                     opts[option] = value
                     carried.append(option)
+            if (
+                FORK_NATIVE_OPTION in accepted
+                and FORK_NATIVE_OPTION not in opts
+                and opts.get("native_session_id") is None
+            ):
+                parent_native = self._fork_parent_native(record, opts)
+                if parent_native is not None:
+                    opts[FORK_NATIVE_OPTION] = parent_native
+                    carried.append(FORK_NATIVE_OPTION)
         log.info(
             "session_resumed",
             session_id=sid,
@@ -476,3 +493,34 @@ class StoreApi:
             carried=carried,
         )
         return chosen
+
+    def _fork_parent_native(self, record: SessionRecord, opts: Mapping[str, Any]) -> str | None:
+        """The parent's native id, if the fork ``record`` may fork it natively; else None.
+
+        Only when the backend's conversation is exactly the fork's: the parent is on
+        the same backend and has a native id, it recorded nothing since the fork (its
+        message count is the fork's), neither hides messages (a revert view: the
+        fork then replays its visible view), and the fork runs in the parent's
+        ``cwd`` (Claude Code keeps conversations per directory).
+        """
+        fork = record.extra.get("fork")
+        parent_id = fork.get("parent_session_id") if isinstance(fork, Mapping) else None
+        if not isinstance(parent_id, str):
+            return None
+        try:
+            parent = self._store.get_session(parent_id)
+        except SessionNotFound:
+            return None
+        why = None
+        if parent.backend != record.backend or parent.native_session_id is None:
+            why = "the parent has no native conversation on this backend"
+        elif parent.message_count != record.message_count:
+            why = "the parent went on after the fork"
+        elif parent.view is not None or record.view is not None:
+            why = "a revert view hides messages"
+        elif opts.get("cwd") != parent.cwd:
+            why = "the fork runs in another directory"
+        if why is not None:
+            log.info("fork_replays", session_id=record.session_id, parent=parent_id, why=why)
+            return None
+        return parent.native_session_id

@@ -21,9 +21,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from beamagent.errors import BeamAgentError, InvalidOption
+from beamagent.errors import (
+    BeamAgentError,
+    InvalidOption,
+    SessionNotFound,
+    StoreError,
+    ThreadNotFound,
+)
 from beamagent.messages import Message
 from beamagent.store.actor import refused
+from beamagent.store.api import message_from_stored
 from beamagent.store.base import SessionStore
 
 __all__ = ["StoreRecorder"]
@@ -112,3 +119,43 @@ class StoreRecorder:
             raise
         except Exception as exc:
             raise refused("record_messages", exc) from exc
+
+    def history(self, session_id: str, limit: int) -> list[Message]:
+        """The visible history a session replays to a backend that cannot resume natively.
+
+        The active thread's visible messages (after the session's revert view and the
+        thread's rollbacks), or every visible message when no thread is active; the
+        most recent ``limit`` at most, oldest first. An unknown session has none.
+
+        Raises:
+            StoreError: the read failed.
+        """
+        store = self._store
+        try:
+            try:
+                record = store.get_session(session_id)
+            except SessionNotFound:
+                return []
+            stored: list[dict[str, Any]] = []
+            if record.active_thread_id is not None:
+                try:
+                    detail = store.thread_read(
+                        session_id, record.active_thread_id, include_messages=True
+                    )
+                except ThreadNotFound:
+                    pass  # deleted meanwhile: the session's visible messages, then
+                else:
+                    stored = list(detail.messages or ())[-limit:]
+                    return [message_from_stored(m) for m in stored]
+            offset = max(record.visible_message_count - limit, 0)
+            stored = store.get_session_messages(session_id, offset=offset, limit=limit)
+        except SessionNotFound:
+            return []
+        except StoreError:
+            raise
+        except Exception as exc:  # the session retries a StoreError, and only that
+            error = exc if isinstance(exc, BeamAgentError) else refused("history", exc)
+            raise StoreError(
+                f"reading the history of session {session_id} failed: {error}"
+            ) from exc
+        return [message_from_stored(m) for m in stored]

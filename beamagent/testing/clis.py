@@ -25,6 +25,7 @@ import select
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -68,6 +69,7 @@ CLI_PACKAGES: Final[Mapping[str, str]] = {
 _OPENCODE_PLUGIN: Final = "@opencode-ai/plugin"
 _FAKE_KEY: Final = "fake-key-not-a-secret"
 _INSTALL_TIMEOUT_SECONDS: Final = 900.0
+_FORWARDER: Final = Path(__file__).with_name("netns_forward.py")
 
 
 class CliInstallError(RuntimeError):
@@ -332,7 +334,12 @@ def opencode_env(
                     "fake-model": {
                         "name": "Fake Model",
                         "limit": {"context": 128000, "output": 4096},
-                    }
+                    },
+                    # A second model, to switch to per prompt (``fake/fake-model-b``).
+                    "fake-model-b": {
+                        "name": "Fake Model B",
+                        "limit": {"context": 128000, "output": 4096},
+                    },
                 },
             }
         },
@@ -535,6 +542,18 @@ class LoopbackNamespace:
     def prefix(self) -> list[str]:
         """argv prefix that runs a command inside the namespace (no shell)."""
         return ["nsenter", f"--net={self.path}", "--"]
+
+    def server_prefix(self) -> list[str]:
+        """argv prefix that runs a *server* inside the namespace, reachable from here.
+
+        :meth:`prefix` suits a CLI that only connects out (to a FakeModelServer
+        bound inside). A server this process must reach -- ``opencode serve`` --
+        runs under :mod:`beamagent.testing.netns_forward` instead: it listens
+        here, forwards each connection into the namespace, and rewrites the port
+        the server announces (``listening on http://127.0.0.1:PORT``) to its own.
+        """
+        # The file, not ``-m``: the child's environment may not find this package.
+        return [sys.executable, str(_FORWARDER), "--netns", self.path, "--"]
 
 
 def _readline(fd: int, timeout: float) -> bytes:

@@ -337,7 +337,7 @@ def test_killed_cli_restarts_and_resumes_the_conversation(
     assert messages[-1].content == "back again"
     info = session.session_info()
     assert info["incarnation"] == 2
-    assert info["resumed"] is True
+    assert info["resumed"] == "native"
     assert info["native_session_id"] == native
     # The resumed CLI sent the earlier turns along with the new prompt.
     last = server.model_requests()[-1]
@@ -439,7 +439,7 @@ def test_a_stored_session_resumes_by_its_native_id(start: Any, server: FakeModel
     messages = second.query("ECHO:and now", timeout=WAIT)
 
     assert messages[-1].content == "and now"
-    assert second.session_info()["resumed"] is True
+    assert second.session_info()["resumed"] == "native"
     assert second.session_info()["native_session_id"] == native
     assert "remember the word mango" in server.model_requests()[-1].text
 
@@ -454,7 +454,7 @@ def test_a_native_id_with_nothing_on_disk_starts_afresh_under_that_id(
 
     assert messages[-1].content == "fresh"
     info = session.session_info()
-    assert (info["resumed"], info["resume_missing"]) == (False, True)
+    assert (info["resumed"], info["resume_missing"]) == (None, True)
     assert info["native_session_id"] == native
     assert messages[0].raw is not None
     assert messages[0].raw["session_id"] == native
@@ -512,7 +512,7 @@ def test_an_idle_session_hibernates_and_resumes_with_its_context(
     assert messages[-1].content == "back again"
     info = session.session_info()
     assert (info["state"], info["incarnation"], info["hibernations"]) == ("ready", 1, 1)
-    assert info["resumed"] is True  # claude --resume=<native id>
+    assert info["resumed"] == "native"  # claude --resume=<native id>
     assert info["native_session_id"] == native
     assert info["pid"] != pid
     # The woken CLI sent the earlier turn along with the new prompt, to the new model.
@@ -520,3 +520,147 @@ def test_an_idle_session_hibernates_and_resumes_with_its_context(
     assert "remember the word pineapple" in last.text
     assert "back again" in last.text
     assert last.json["model"] == "claude-haiku-4-5"
+
+
+# --- context across resume and forks --------------------------------------------------------
+
+
+def test_stop_then_resume_continues_natively(
+    start: Any, runtime: Runtime, server: FakeModelServer
+) -> None:
+    session = start()
+    session.query("ECHO:remember the word pineapple", timeout=WAIT)
+    native = session.session_info()["native_session_id"]
+    session.stop()
+
+    resumed = start(resume=session.session_id)
+    messages = resumed.query("ECHO:which word?", timeout=WAIT)
+
+    assert messages[-1].content == "which word?"
+    info = resumed.session_info()
+    assert (info["resumed"], info["native_session_id"]) == ("native", native)
+    last = server.model_requests()[-1].text
+    assert "remember the word pineapple" in last
+    assert "beamagent-replay" not in last  # the CLI's own transcript, no preamble
+
+
+def test_a_fork_forks_the_native_conversation(
+    start: Any, runtime: Runtime, server: FakeModelServer
+) -> None:
+    session = start()
+    session.query("ECHO:remember the word pineapple", timeout=WAIT)
+    parent_native = session.session_info()["native_session_id"]
+    fork = runtime.fork_session(session)
+
+    forked = start(resume=fork.session_id)
+    messages = forked.query("ECHO:in the fork", timeout=WAIT)
+
+    assert messages[-1].content == "in the fork"
+    info = forked.session_info()
+    assert info["resumed"] == "native"
+    assert info["forked_from"] == parent_native
+    assert info["native_session_id"] not in (None, parent_native)  # a conversation of its own
+    assert runtime.get_session(fork.session_id).native_session_id == info["native_session_id"]
+    last = server.model_requests()[-1].text
+    assert "remember the word pineapple" in last
+    assert "beamagent-replay" not in last
+    # The parent's conversation did not get the fork's turn.
+    session.query("ECHO:parent again", timeout=WAIT)
+    assert "in the fork" not in server.model_requests()[-1].text
+
+
+def test_a_fork_whose_parent_went_on_replays_up_to_its_fork_point(
+    start: Any, runtime: Runtime, server: FakeModelServer
+) -> None:
+    session = start()
+    session.query("ECHO:remember the word pineapple", timeout=WAIT)
+    fork = runtime.fork_session(session)
+    session.query("ECHO:only the parent knows mango", timeout=WAIT)
+
+    forked = start(resume=fork.session_id)
+    messages = forked.query("ECHO:in the fork", timeout=WAIT)
+
+    assert messages[-1].content == "in the fork"  # the prompt is a block of its own
+    assert forked.session_info()["resumed"] == "replay"
+    last = server.model_requests()[-1].text
+    assert "beamagent-replay" in last
+    assert "remember the word pineapple" in last
+    assert "mango" not in last
+    # The preamble went once: the next turn is the CLI's own conversation.
+    forked.query("ECHO:again", timeout=WAIT)
+    assert server.model_requests()[-1].text.count("beamagent-replay>") == 2  # open + close tag
+
+
+def test_a_resume_without_a_transcript_replays(
+    start: Any, runtime: Runtime, server: FakeModelServer, tmp_path: Path
+) -> None:
+    session = start()
+    session.query("ECHO:remember the word pineapple", timeout=WAIT)
+    native = session.session_info()["native_session_id"]
+    session.stop()
+    for transcript in (tmp_path / "home").rglob(f"{native}.jsonl"):
+        transcript.unlink()  # e.g. another machine, or a cleaned home
+
+    resumed = start(resume=session.session_id)
+    resumed.query("ECHO:which word?", timeout=WAIT)
+
+    info = resumed.session_info()
+    assert (info["resumed"], info["resume_missing"]) == ("replay", True)
+    assert "remember the word pineapple" in server.model_requests()[-1].text
+
+
+# --- parity with the SDKs -----------------------------------------------------------------
+
+
+def test_set_max_thinking_tokens_in_camel_case_reaches_the_cli(
+    start: Any, server: FakeModelServer
+) -> None:
+    session = start(model="claude-sonnet-4-5")  # a model with a thinking budget
+
+    answer = session.send_control("setMaxThinkingTokens", {"maxThinkingTokens": 3000}, timeout=WAIT)
+    session.query("ECHO:think", timeout=WAIT)
+
+    assert answer == {"max_thinking_tokens": 3000}
+    assert server.model_requests()[-1].json["thinking"] == {
+        "type": "enabled",
+        "budget_tokens": 3000,
+    }
+    assert session.session_info()["max_thinking_tokens"] == 3000
+    session.send_control("setMaxThinkingTokens", {"max_thinking_tokens": 0}, timeout=WAIT)
+    session.query("ECHO:no thinking", timeout=WAIT)
+    assert server.model_requests()[-1].json["thinking"] == {"type": "disabled"}
+
+
+def test_stop_task_stops_one_task_not_the_turn(start: Any) -> None:
+    session = start()
+
+    # The CLI's stop_task request (it answers even for a task it does not know).
+    assert session.send_control("stopTask", {"task_id": "no-such-task"}, timeout=WAIT) == {
+        "task_id": "no-such-task"
+    }
+    with pytest.raises(InvalidOption, match="interrupt"):
+        session.send_control("stopTask", {}, timeout=WAIT)
+    assert session.health() == "ready"
+
+
+def test_permission_modes_are_checked(start: Any, server: FakeModelServer) -> None:
+    session = start()
+
+    with pytest.raises(InvalidOption, match="no-such-mode"):
+        session.set_permission_mode("no-such-mode")
+    with pytest.raises(InvalidOption, match="acceptEdits"):
+        session.send_control("setPermissionMode", {"mode": "no-such-mode"})
+    assert session.set_permission_mode("acceptEdits") == "acceptEdits"
+    with pytest.raises(InvalidOption, match="permission_mode"):
+        start(permission_mode="no-such-mode")
+
+
+def test_session_info_reports_the_model_the_cli_runs(start: Any) -> None:
+    session = start(model="sonnet")  # an alias the CLI resolves
+
+    [init] = [m for m in session.query("ECHO:hi", timeout=WAIT) if m.subtype == "init"]
+
+    info = session.session_info()
+    assert init.system_info is not None
+    assert info["model"] == init.system_info["model"] != "sonnet"
+    assert info["requested_model"] == "sonnet"

@@ -199,6 +199,44 @@ def test_approval_denied_has_no_side_effect_and_the_model_sees_it(
     assert messages[-1].content == "understood"
     [output] = outputs(server)
     assert "rejected" in output.lower()
+    # Codex cannot pass the message on; it is ours only, and said to be.
+    assert "no files today" not in json.dumps(server.model_requests()[-1].json)
+    assert "no files today" in (result.content or "")
+    assert "not sent to the model" in (result.content or "")
+    answers = session.session_info()["permission_answers"]
+    assert answers == {"deny_message": False, "updated_input": False}
+
+
+def test_allow_with_an_updated_input_is_declined_not_run_as_asked(
+    start: Any, server: FakeModelServer, work: Path
+) -> None:
+    asked, rewritten = work / "asked", work / "rewritten"
+    server.script([ToolCall(command=f"touch {asked}"), Text("ok")])
+    session = start(
+        permission_handler=lambda _n, i, _c: Allow(
+            updated_input={**i, "command": f"touch {rewritten}"}
+        )
+    )
+
+    messages = session.query("create the file", timeout=WAIT)
+
+    # Codex cannot run the rewritten command: it runs nothing rather than the original.
+    assert not asked.exists()
+    assert not rewritten.exists()
+    [result] = of_type(messages, "tool_result")
+    assert result.is_error is True
+    assert "updated_input" in (result.content or "")
+    assert "rejected" in outputs(server)[0].lower()
+
+
+def test_allow_with_the_same_input_runs_it(start: Any, server: FakeModelServer, work: Path) -> None:
+    target = work / "same"
+    server.script([ToolCall(command=f"touch {target}"), Text("ok")])
+    session = start(permission_handler=lambda _n, i, _c: Allow(updated_input=dict(i)))
+
+    session.query("create the file", timeout=WAIT)
+
+    assert target.exists()
 
 
 def test_without_a_permission_handler_commands_are_declined(
@@ -257,7 +295,7 @@ def test_killed_cli_restarts_and_resumes_the_thread(
     assert messages[-1].content == "back again"
     info = session.session_info()
     assert info["incarnation"] == 2
-    assert info["resumed"] is True
+    assert info["resumed"] == "native"
     assert info["thread_id"] == thread
     last = server.model_requests()[-1]
     assert "remember the word pineapple" in last.text
@@ -283,7 +321,7 @@ def test_a_restart_resumes_the_thread_codex_last_reported(
     info = session.session_info()
     assert info["incarnation"] == 2
     # The thread that holds the conversation, not the id first asked for.
-    assert (info["thread_id"], info["resumed"]) == (thread, True)
+    assert (info["thread_id"], info["resumed"]) == (thread, "native")
     assert "remember the word pineapple" in server.model_requests()[-1].text
 
 
@@ -423,10 +461,92 @@ def test_an_idle_session_hibernates_and_resumes_its_thread(
     assert messages[-1].content == "back again"
     info = session.session_info()
     assert (info["state"], info["incarnation"], info["hibernations"]) == ("ready", 1, 1)
-    assert info["resumed"] is True  # thread/resume
+    assert info["resumed"] == "native"  # thread/resume
     assert info["thread_id"] == thread
     assert info["pid"] != launcher
     last = server.model_requests()[-1]
     assert "remember the word pineapple" in last.text
     assert "back again" in last.text
     assert last.json["model"] == "gpt-6-sol"
+
+
+# --- context across resume and forks --------------------------------------------------------
+
+
+def test_stop_then_resume_continues_the_thread(
+    start: Any, runtime: Runtime, server: FakeModelServer
+) -> None:
+    session = start()
+    session.query("ECHO:remember the word pineapple", timeout=WAIT)
+    thread = session.session_info()["thread_id"]
+    session.stop()
+
+    resumed = start(resume=session.session_id)
+    messages = resumed.query("ECHO:which word?", timeout=WAIT)
+
+    assert messages[-1].content == "which word?"
+    info = resumed.session_info()
+    assert (info["resumed"], info["thread_id"]) == ("native", thread)
+    last = server.model_requests()[-1].text
+    assert "remember the word pineapple" in last
+    assert "beamagent-replay" not in last
+
+
+def test_a_fork_forks_the_thread(start: Any, runtime: Runtime, server: FakeModelServer) -> None:
+    session = start()
+    session.query("ECHO:remember the word pineapple", timeout=WAIT)
+    parent_thread = session.session_info()["thread_id"]
+    fork = runtime.fork_session(session)
+
+    forked = start(resume=fork.session_id)
+    messages = forked.query("ECHO:in the fork", timeout=WAIT)
+
+    assert messages[-1].content == "in the fork"
+    info = forked.session_info()
+    assert (info["resumed"], info["forked_from"]) == ("native", parent_thread)
+    assert info["thread_id"] not in (None, parent_thread)
+    assert runtime.get_session(fork.session_id).native_session_id == info["thread_id"]
+    last = server.model_requests()[-1].text
+    assert "remember the word pineapple" in last
+    assert "beamagent-replay" not in last
+    session.query("ECHO:parent again", timeout=WAIT)  # the parent's thread did not get it
+    assert "in the fork" not in server.model_requests()[-1].text
+
+
+def test_a_fork_whose_parent_went_on_replays_up_to_its_fork_point(
+    start: Any, runtime: Runtime, server: FakeModelServer
+) -> None:
+    session = start()
+    session.query("ECHO:remember the word pineapple", timeout=WAIT)
+    fork = runtime.fork_session(session)
+    session.query("ECHO:only the parent knows mango", timeout=WAIT)
+
+    forked = start(resume=fork.session_id)
+    messages = forked.query("ECHO:in the fork", timeout=WAIT)
+
+    assert messages[-1].content == "in the fork"  # the prompt is an input item of its own
+    assert forked.session_info()["resumed"] == "replay"
+    last = server.model_requests()[-1].text
+    assert "beamagent-replay" in last
+    assert "remember the word pineapple" in last
+    assert "mango" not in last
+
+
+def test_a_fork_of_a_thread_codex_cannot_fork_replays(
+    start: Any, runtime: Runtime, server: FakeModelServer
+) -> None:
+    session = start()
+    session.query("ECHO:remember the word pineapple", timeout=WAIT)
+    session.stop()
+    # The parent's thread is gone (another machine, a cleaned home): thread/fork fails.
+    runtime.store_write("update_session", session.session_id, native_session_id=str(uuid.uuid4()))
+    fork = runtime.fork_session(session)
+
+    forked = start(resume=fork.session_id)
+    forked.query("ECHO:in the fork", timeout=WAIT)
+
+    info = forked.session_info()
+    assert (info["fork_missing"], info["forked_from"], info["resumed"]) == (True, None, "replay")
+    last = server.model_requests()[-1].text
+    assert "beamagent-replay" in last
+    assert "remember the word pineapple" in last

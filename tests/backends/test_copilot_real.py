@@ -101,7 +101,7 @@ def test_plain_query(start: Any, server: FakeModelServer, work: Path) -> None:
     assert info["agent_info"]["version"] == "1.0.102"
     assert info["model"] == "gpt-5.4"  # from COPILOT_MODEL
     assert info["native_session_id"] == init.system_info["native_session_id"]
-    assert info["resumed"] is False
+    assert info["resumed"] is None  # a new session: nothing to resume
     assert info["permission_mode"].endswith("#agent")
     [request] = server.model_requests()
     assert request.path == "/v1/chat/completions"
@@ -237,6 +237,30 @@ def test_stop_then_resume_loads_the_session(start: Any, server: FakeModelServer)
     last = server.model_requests()[-1]
     assert "remember the word mango" in last.text
     assert "what was the word?" in last.text
+
+
+def test_a_fork_continues_by_replay_up_to_its_fork_point(
+    start: Any, runtime: Runtime, server: FakeModelServer
+) -> None:
+    # Copilot has no session/fork: a fork starts a new ACP session and replays.
+    session = start()
+    server.script([Text("pineapple noted")])
+    session.query("remember the word pineapple", timeout=WAIT)
+    fork = runtime.fork_session(session)
+    server.script([Text("mango noted")])
+    session.query("only the parent knows mango", timeout=WAIT)
+
+    forked = start(resume=fork.session_id)
+    server.script([Text("forked")])
+    assert forked.query("in the fork", timeout=WAIT)[-1].content == "forked"
+
+    info = forked.session_info()
+    assert info["resumed"] == "replay"
+    assert info["native_session_id"] != session.session_info()["native_session_id"]
+    last = server.model_requests()[-1].text
+    assert "remember the word pineapple" in last
+    assert "in the fork" in last
+    assert "mango" not in last  # the parent's turn after the fork point
 
 
 def test_an_idle_session_hibernates_and_loads_its_session(

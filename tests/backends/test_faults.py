@@ -238,6 +238,7 @@ def test_a_launcher_killed_while_its_child_lives_on_ends_the_session(
     assert crashed(incarnation, launcher) is not None
     assert child not in group_members(launcher)
     assert session.query("answered", timeout=WAIT)[-1].content == "echo: answered"
+    assert session.session_info()["resumed"] == "replay"  # the fake keeps no transcript
     assert_restarted(session, launcher)
     assert session.health() == "ready"
 

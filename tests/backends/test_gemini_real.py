@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from beamagent import Runtime
-from beamagent.backends.base import BackendHandler
 from beamagent.backends.gemini import GeminiHandler
 from beamagent.backends.permissions import Allow, Deny
 from beamagent.errors import Interrupted, InvalidOption, SessionError
@@ -45,11 +44,6 @@ from tests.backends.conftest import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the CLIs may install first
 WAIT = 30.0
-REPLAY = pytest.mark.xfail(
-    not hasattr(BackendHandler, "replay_history"),
-    reason="needs replay_history from the context branch",
-    strict=True,
-)
 
 
 @pytest.fixture(scope="session")
@@ -102,7 +96,7 @@ def test_plain_query(start: Any, server: FakeModelServer, work: Path) -> None:
     assert info["agent_info"]["name"] == "gemini-cli"
     assert info["agent_info"]["version"] == "0.61.0"
     assert info["native_session_id"] == init.system_info["native_session_id"]
-    assert info["resumed"] is False
+    assert info["resumed"] is None  # a new session: nothing to resume
     assert (info["model"], info["permission_mode"]) == ("auto", "default")
     assert "yolo" in [m["id"] for m in info["supported_modes"]]
     [request] = turns(server)
@@ -190,7 +184,6 @@ def test_interrupt_mid_turn_and_during_a_permission_request(
     assert not target.exists()
 
 
-@REPLAY
 def test_killed_cli_restarts_and_the_conversation_continues_by_replay(
     start: Any, runtime: Runtime, server: FakeModelServer
 ) -> None:
@@ -215,7 +208,6 @@ def test_killed_cli_restarts_and_the_conversation_continues_by_replay(
     assert "back again" in last.text
 
 
-@REPLAY
 def test_stop_then_resume_continues_by_replay(start: Any, server: FakeModelServer) -> None:
     session = start()
     session.query("ECHO:remember the word mango", timeout=WAIT)
@@ -228,6 +220,25 @@ def test_stop_then_resume_continues_by_replay(start: Any, server: FakeModelServe
     last = turns(server)[-1]
     assert "remember the word mango" in last.text
     assert "what was the word?" in last.text
+
+
+def test_a_fork_continues_by_replay_up_to_its_fork_point(
+    start: Any, runtime: Runtime, server: FakeModelServer
+) -> None:
+    session = start()
+    session.query("ECHO:remember the word pineapple", timeout=WAIT)
+    fork = runtime.fork_session(session)
+    session.query("ECHO:only the parent knows mango", timeout=WAIT)
+
+    forked = start(resume=fork.session_id)
+    server.script([Text("forked")])
+    assert forked.query("in the fork", timeout=WAIT)[-1].content == "forked"
+
+    assert forked.session_info()["resumed"] == "replay"
+    last = turns(server)[-1].text
+    assert "remember the word pineapple" in last
+    assert "in the fork" in last
+    assert "mango" not in last  # the parent's turn after the fork point
 
 
 def test_model_and_mode_at_start_and_live(start: Any, server: FakeModelServer, work: Path) -> None:

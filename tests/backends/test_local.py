@@ -11,7 +11,7 @@ import pytest
 
 from beamagent import LocalExit, Runtime
 from beamagent.backends.base import InProcessTransport
-from beamagent.backends.local import LocalHandler, LocalTransport
+from beamagent.backends.local import CODECS, LocalHandler, LocalTransport
 from beamagent.errors import BufferOverflow, InvalidOption, TransportError
 from beamagent.messages import Message, MessageType
 
@@ -154,3 +154,42 @@ def test_streamed_replies_and_interrupts_in_message_mode() -> None:
         again = [m.content for m in session.query("again")]
         assert again == [None, "partial", "late", "partiallate"]
         assert session.health() == "ready"
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_reply_with_a_history_parameter_sees_the_conversation(codec: str) -> None:
+    seen: list[list[tuple[str, str | None]]] = []
+
+    def reply(prompt: str, params: Mapping[str, Any], history: Any) -> Any:
+        seen.append([(m.type.value, m.content) for m in history])
+        return ["part one", "part two"] if prompt == "two parts" else f"re:{prompt}"
+
+    with Runtime(store=":memory:") as rt:
+        session = rt.start_session(backend="local", codec=codec, reply=reply)
+        session.query("two parts")
+        session.query("next")
+        session.stop()
+        resumed = rt.start_session(resume=session.session_id, codec=codec, reply=reply)
+        resumed.query("after resume")
+
+    parts = [("user", "two parts"), ("assistant", "part one"), ("assistant", "part two")]
+    assert seen == [
+        [],
+        parts,
+        [*parts, ("user", "next"), ("assistant", "re:next")],  # replayed from the store
+    ]
+
+
+def test_a_reply_without_a_history_parameter_is_called_as_before() -> None:
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    def reply(prompt: str, params: Mapping[str, Any]) -> str:
+        calls.append((prompt, dict(params)))
+        return "ok"
+
+    with Runtime(store=":memory:") as rt:
+        session = rt.start_session(backend="local", reply=reply)
+        session.query("one", temperature=0)
+        session.stop()
+        rt.start_session(resume=session.session_id, reply=reply).query("two")
+    assert calls == [("one", {"temperature": 0}), ("two", {})]

@@ -19,8 +19,14 @@ from beamagent.backends.base import Data, TransportEvent
 from beamagent.backends.io_loop import release_idle_io_loop
 from beamagent.backends.jsonl import decode_lines, encode_line
 from beamagent.backends.openai import HttpStreamTransport, OpenAIHandler
-from beamagent.errors import Interrupted, InvalidOption, SessionError, TransportError
-from beamagent.messages import ContentBlockType, MessageType
+from beamagent.errors import (
+    Interrupted,
+    InvalidOption,
+    SessionError,
+    TransportError,
+    UnsupportedCapability,
+)
+from beamagent.messages import ContentBlockType, Message, MessageType
 from beamagent.testing import ErrorStatus, FakeModelServer, Malformed, Stall, Text, ToolCall
 from supervisors import send_exit
 from tests.backends.conftest import of_type, receive_until, watch_incarnation
@@ -236,6 +242,7 @@ def test_crash_restarts_and_the_conversation_goes_on(
     messages = session.query("ECHO:back", timeout=WAIT)
     assert messages[-1].content == "back"
     assert session.session_info()["incarnation"] == 2
+    assert session.session_info()["resumed"] == "replay"  # rebuilt from the store
     assert http_server.model_requests()[-1].json["messages"] == [
         {"role": "user", "content": "ECHO:remember pineapple"},
         {"role": "assistant", "content": "remember pineapple"},
@@ -438,3 +445,143 @@ def test_sessions_with_queries_in_flight_take_no_thread_each(
     for session, ref in zip(sessions, refs, strict=True):
         receive_until(session, ref, Interrupted)
         assert session.health() == "ready"
+
+
+# --- context across resume, forks, reverts ------------------------------------------------
+
+
+def sent_messages(http_server: FakeModelServer) -> list[dict[str, Any]]:
+    """The conversation the last request sent to the model."""
+    messages: list[dict[str, Any]] = http_server.model_requests()[-1].json["messages"]
+    return messages
+
+
+def exchange(prompt: str) -> list[dict[str, str]]:
+    """A completed ECHO exchange as the model sees it."""
+    return [
+        {"role": "user", "content": f"ECHO:{prompt}"},
+        {"role": "assistant", "content": prompt},
+    ]
+
+
+def test_stop_then_resume_sends_the_earlier_turns(
+    start: Any, runtime: Runtime, http_server: FakeModelServer
+) -> None:
+    session = start(system_prompt="Be brief.")
+    session.query("ECHO:remember pineapple", timeout=WAIT)
+    session.query("ECHO:and mango", timeout=WAIT)
+    session.stop()
+
+    resumed = runtime.start_session(
+        resume=session.session_id,
+        base_url=http_server.url + "/v1",
+        api_key="test-key-not-secret",
+        system_prompt="Be brief.",
+    )
+    resumed.query("ECHO:what did I say?", timeout=WAIT)
+
+    assert sent_messages(http_server) == [
+        {"role": "system", "content": "Be brief."},
+        *exchange("remember pineapple"),
+        *exchange("and mango"),
+        {"role": "user", "content": "ECHO:what did I say?"},
+    ]
+    info = resumed.session_info()
+    assert (info["resumed"], info["replayed_turns"], info["model"]) == ("replay", 2, "fake-model")
+
+
+def test_a_fork_sends_the_turns_up_to_its_fork_point(
+    start: Any, runtime: Runtime, http_server: FakeModelServer
+) -> None:
+    session = start()
+    session.query("ECHO:before the fork", timeout=WAIT)
+    fork = runtime.fork_session(session)
+    session.query("ECHO:only the parent", timeout=WAIT)
+
+    forked = runtime.start_session(
+        resume=fork.session_id, base_url=http_server.url + "/v1", api_key="k"
+    )
+    forked.query("ECHO:in the fork", timeout=WAIT)
+
+    assert forked.session_info()["resumed"] == "replay"
+    assert sent_messages(http_server) == [
+        *exchange("before the fork"),
+        {"role": "user", "content": "ECHO:in the fork"},
+    ]
+
+
+def test_a_reverted_session_sends_only_its_visible_view(
+    start: Any, runtime: Runtime, http_server: FakeModelServer
+) -> None:
+    session = start()
+    session.query("ECHO:kept", timeout=WAIT)
+    kept = runtime.get_session(session).message_count
+    session.query("ECHO:reverted away", timeout=WAIT)
+    session.stop()
+    runtime.revert_session(session, {"visible_message_count": kept})
+
+    resumed = runtime.start_session(
+        resume=session.session_id, base_url=http_server.url + "/v1", api_key="k"
+    )
+    resumed.query("ECHO:after the revert", timeout=WAIT)
+
+    assert sent_messages(http_server) == [
+        *exchange("kept"),
+        {"role": "user", "content": "ECHO:after the revert"},
+    ]
+
+
+def test_a_failed_turn_is_not_replayed(
+    start: Any, runtime: Runtime, http_server: FakeModelServer
+) -> None:
+    session = start()
+    session.query("ECHO:fine", timeout=WAIT)
+    http_server.script([ErrorStatus(500)])
+    session.query("this one fails", timeout=WAIT)
+    session.stop()
+
+    resumed = runtime.start_session(
+        resume=session.session_id, base_url=http_server.url + "/v1", api_key="k"
+    )
+    resumed.query("ECHO:next", timeout=WAIT)
+
+    assert sent_messages(http_server) == [
+        *exchange("fine"),
+        {"role": "user", "content": "ECHO:next"},
+    ]
+
+
+def test_a_huge_history_is_replayed_within_the_caps(start: Any, runtime: Runtime) -> None:
+    session = start()
+    long_answer = "x" * 5_000
+    turns = []
+    for i in range(150):
+        turns += [
+            Message(MessageType.USER, content=f"question {i}"),
+            Message(MessageType.ASSISTANT, content=f"{i}:{long_answer}"),
+            Message(MessageType.RESULT, content=f"{i}:{long_answer}"),
+        ]
+    handler = OpenAIHandler({"model": "m", "base_url": "http://127.0.0.1:1/v1"})
+
+    handler.replay_history(turns)
+
+    assert 2 <= len(handler.history) <= 2 * 100
+    assert sum(len(m["content"]) for m in handler.history) <= 100_000
+    assert handler.history[-1]["content"].startswith("149:")  # the most recent are kept
+    assert handler.history[-2] == {"role": "user", "content": "question 149"}
+    session.stop()
+
+
+def test_permission_modes_are_refused_honestly(
+    start: Any, runtime: Runtime, http_server: FakeModelServer
+) -> None:
+    session = start()
+
+    with pytest.raises(UnsupportedCapability, match="permission_mode"):
+        session.set_permission_mode("plan")
+    with pytest.raises(UnsupportedCapability):
+        session.send_control("setPermissionMode", {"mode": "plan"})
+    assert session.session_info()["permission_mode"] is None
+    assert "permission_mode" not in session.session_info()["capabilities"]
+    with pytest.raises(InvalidOption, match="permission_mode"):
+        start(permission_mode="plan")

@@ -198,6 +198,41 @@ def test_kill_interrupts_only_the_running_handler_and_the_worker_goes_on() -> No
         _stop_all(others)
 
 
+class ThreadStarter(s.Process):
+    """Starts and joins short threads until it is killed; says when its handler left."""
+
+    def on_receive(self, message: Any) -> Any:
+        started, left = message
+        try:
+            started.set()
+            while True:
+                thread = threading.Thread(target=lambda: None)
+                thread.start()
+                thread.join()
+        finally:
+            left.set()
+
+
+@pytest.mark.parametrize("dedicated", [False, True])
+def test_a_kill_never_lands_in_a_thread_the_handler_is_starting(dedicated: bool) -> None:
+    # On CPython 3.11 a thread being started carries its starter's thread id until it
+    # runs, so an interrupt aimed at the starter by id also killed the newborn: it never
+    # said it started, and the handler waited in Thread.start() forever. Without the
+    # fix this hung within ~30 kills here.
+    cls = type("Starter", (ThreadStarter,), {"dedicated_thread": dedicated})
+    for round_ in range(150):
+        ref = cls.start()
+        started, left = threading.Event(), threading.Event()
+        ref.tell((started, left))
+        assert started.wait(5)
+        if round_ % 3:
+            time.sleep(0.0005 * (round_ % 5))  # kill at varied points of the loop
+        mon = s.monitor(ref)
+        assert s.kill(ref)
+        assert mon.wait(5).reason == s.Killed()
+        assert left.wait(5), f"round {round_}: the killed handler is stuck (in Thread.start?)"
+
+
 def test_a_dedicated_process_has_a_thread_of_its_own() -> None:
     class Own(s.Process):
         dedicated_thread = True

@@ -182,6 +182,9 @@ def main() -> int:
             continue
         if obj.get("type") == "user":
             content = obj["message"]["content"]
+            if isinstance(content, list):  # blocks (a replayed conversation first): the prompt
+                texts = [b.get("text") for b in content if isinstance(b, dict) and b.get("text")]
+                content = texts[-1] if texts else content
             if mode == "hang_turn" and not (hang_once and os.path.exists(hang_once)):
                 if hang_once:
                     open(hang_once, "w").close()
