@@ -464,7 +464,12 @@ def _as_dict(value: JSON) -> dict[str, JSON]:
 
 
 def _find_tool(tools: Sequence[_Tool], wanted: str) -> _Tool | None:
-    """The offered tool named ``wanted``: exactly, with its namespace, or by ``__`` suffix."""
+    """The offered tool named ``wanted``: exactly, with its namespace, or by suffix.
+
+    CLIs prefix the tools of an MCP server with its name: ``mcp__<server>__<tool>``
+    (Claude Code, Codex), ``mcp_<server>_<tool>`` (Gemini CLI), ``<server>_<tool>``
+    (OpenCode), ``<server>-<tool>`` (Copilot CLI). A ``__`` suffix is tried first.
+    """
     callable_tools = [t for t in tools if t.kind != "tool_search"]
     for tool in callable_tools:
         if tool.name == wanted:
@@ -474,6 +479,9 @@ def _find_tool(tools: Sequence[_Tool], wanted: str) -> _Tool | None:
             return tool
     for tool in callable_tools:
         if _qualified(tool).endswith(f"__{wanted}"):
+            return tool
+    for tool in callable_tools:
+        if any(_qualified(tool).endswith(f"{sep}{wanted}") for sep in "_-."):
             return tool
     return None
 
