@@ -16,10 +16,15 @@ from typing import Final
 
 import attrs
 
-__all__ = ["TOKEN_ENV", "ToolServerAccess"]
+from beamagent.tools._calls import CallIds
+
+__all__ = ["STRUCTURED_HEADER", "TOKEN_ENV", "ToolServerAccess"]
 
 TOKEN_ENV: Final = "BEAMAGENT_TOOLS_TOKEN"
 """The environment variable a CLI backend puts the session's bearer token in."""
+STRUCTURED_HEADER: Final = "x-beamagent-structured-content"
+"""A request header: ``always`` asks the tool server for ``structuredContent`` on every result
+(a mapping as it is, anything else as ``{"result": ...}``, an error as ``{"error": ...}``)."""
 
 
 def _names(value: Iterable[str]) -> tuple[str, ...]:
@@ -41,6 +46,9 @@ class ToolServerAccess:
             (Claude Code and Codex: ``mcp__<server_name>__<tool>``).
         tool_names: the session's tools, as ``tools/list`` answers them.
         token_env: the environment variable to hand the token over in.
+        calls: where the handler announces the calls its CLI makes, for a CLI
+            that does not pass its call id to the server (see
+            :class:`~beamagent.tools._calls.CallIds`); shared with the server.
 
     Example (a CLI that takes an MCP server as JSON)::
 
@@ -55,6 +63,7 @@ class ToolServerAccess:
     server_name: str = "beamagent"
     tool_names: tuple[str, ...] = attrs.field(default=(), converter=_names)
     token_env: str = TOKEN_ENV
+    calls: CallIds = attrs.field(factory=CallIds, eq=False, repr=False)
 
     def headers(self) -> dict[str, str]:
         """The HTTP headers that authenticate this session (``Authorization: Bearer ...``)."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -41,9 +42,11 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 
 from beamagent.log import get_logger
+from beamagent.tools._access import STRUCTURED_HEADER
+from beamagent.tools._calls import CALL_ID_WAIT
 from beamagent.tools._state import MCP_PATH, Grant, ToolServerState
 from beamagent.tools._timing import ToolCallReport
-from beamagent.tools._tool import ToolContext, invoke
+from beamagent.tools._tool import ToolContext, ToolOutcome, invoke
 from supervisors import Down, MonitorRef, Process, blocking, monitor, whereis
 
 __all__ = ["ToolServer"]
@@ -112,6 +115,30 @@ def _tool_use_id(ctx: ServerRequestContext[Any, Any]) -> str | None:
     return None
 
 
+def _wants_structured(ctx: ServerRequestContext[Any, Any]) -> bool:
+    """Whether the client asked for ``structuredContent`` on every result (its header says so).
+
+    Gemini CLI parses a result's first text block as JSON when there is no
+    ``structuredContent`` and then rejects anything but an object (a tool that
+    returns ``42`` would fail there); its handler sends this header.
+    """
+    request = ctx.request
+    headers = getattr(request, "headers", None)
+    value = headers.get(STRUCTURED_HEADER) if headers is not None else None
+    return isinstance(value, str) and value.strip().lower() == "always"
+
+
+def _structured(outcome: ToolOutcome) -> dict[str, Any]:
+    """``structuredContent`` for a result that is not a mapping: ``{"result": ...}``."""
+    if outcome.is_error:
+        return {"error": outcome.content}
+    try:
+        value: Any = json.loads(outcome.content)
+    except ValueError:
+        value = outcome.content  # text as it is
+    return {"result": value}
+
+
 def _report(grant: Grant, report: ToolCallReport) -> None:
     if grant.report_to is None:
         return
@@ -139,16 +166,27 @@ def build_app(state: ToolServerState) -> tuple[Any, StreamableHTTPSessionManager
         ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         grant = _grant_of(ctx)
+        tool = grant.tools.get(params.name)
+        tool_use_id = _tool_use_id(ctx)
+        if tool_use_id is None:
+            # A CLI that does not send its call id announced it in its stream: wait for it
+            # only when someone will see it (the tool's context, the permission handler).
+            needed = tool is not None and (
+                tool.context_parameter is not None or grant.decide is not None
+            )
+            tool_use_id = await grant.calls.claim(
+                params.name, params.arguments, CALL_ID_WAIT if needed else 0.0
+            )
         context = ToolContext(
             session_id=grant.session_id,
             backend=grant.backend,
             tool_name=params.name,
-            tool_use_id=_tool_use_id(ctx),
+            tool_use_id=tool_use_id,
             run_id=grant.run_id,
             node_id=grant.node_id,
         )
         outcome = await invoke(
-            grant.tools.get(params.name),
+            tool,
             params.arguments,
             context,
             decide=grant.decide,
@@ -172,9 +210,12 @@ def build_app(state: ToolServerState) -> tuple[Any, StreamableHTTPSessionManager
                 outcome.status,
             ),
         )
+        structured = outcome.structured
+        if structured is None and _wants_structured(ctx):
+            structured = _structured(outcome)
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=outcome.content)],
-            structured_content=outcome.structured,
+            structured_content=structured,
             is_error=outcome.is_error,
         )
 

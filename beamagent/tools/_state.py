@@ -25,6 +25,7 @@ import attrs
 from beamagent.errors import InvalidOption, ToolError
 from beamagent.log import get_logger
 from beamagent.tools._access import TOKEN_ENV, ToolServerAccess
+from beamagent.tools._calls import CallIds
 from beamagent.tools._tool import Decide, ToolSet
 
 __all__ = ["Grant", "ToolServerConfig", "ToolServerState"]
@@ -110,6 +111,8 @@ class Grant:
     node_id: str | None = None
     report_to: Hashable | None = None
     """The session process's registered name: each call's timing is told to it."""
+    calls: CallIds = attrs.field(factory=CallIds, eq=False)
+    """Call ids the session's handler announces, for CLIs that do not send them."""
 
 
 def _digest(token: str) -> str:
@@ -214,6 +217,7 @@ class ToolServerState:
             server_name=self.config.server_name,
             tool_names=grant.tools.names(),
             token_env=TOKEN_ENV,
+            calls=grant.calls,
         )
 
     def revoke(self, session_id: str) -> None:

@@ -216,3 +216,51 @@ def test_a_routed_session_with_tools_only_goes_where_tools_run() -> None:
             rt.start_session(tools=[add])
         assert "in_process_mcp" in info.value.capabilities
         assert rt.start_session().session_info()["tools"] == []
+
+
+@tool
+def greet(name: str, ctx: ToolContext) -> str:
+    """Greet, saying which call this was."""
+    return f"hello {name} from {ctx.tool_use_id}"
+
+
+def test_results_carry_structured_content_when_the_client_asks_for_it(runtime: Runtime) -> None:
+    url = runtime.start_tool_server()
+    token = grant(runtime, "s1", [add])
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+    headers = {**HEADERS, "Authorization": f"Bearer {token}"}
+
+    def result(arguments: dict[str, Any], **extra: str) -> dict[str, Any]:
+        body = {**call, "params": {"name": "add", "arguments": arguments}}
+        answer = httpx.post(url, json=body, headers={**headers, **extra}, timeout=10)
+        return dict(answer.json()["result"])
+
+    plain = result({"a": 1, "b": 2})
+    asked = result({"a": 1, "b": 2}, **{"X-Beamagent-Structured-Content": "always"})
+    failed = result({"a": "x", "b": 2}, **{"X-Beamagent-Structured-Content": "always"})
+
+    assert "structuredContent" not in plain  # what Claude Code and Codex get: unchanged
+    assert asked["content"] == [{"type": "text", "text": "3"}]
+    assert asked["structuredContent"] == {"result": 3}
+    assert failed["isError"] is True
+    assert failed["structuredContent"] == {"error": failed["content"][0]["text"]}
+
+
+def test_a_call_without_an_id_takes_the_one_its_handler_announced(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("beamagent.tools._server.CALL_ID_WAIT", 0.05)
+    url = runtime.start_tool_server()
+    state = runtime._tool_state
+    assert state is not None
+    access = state.grant(Grant("s1", "test", ToolSet.of([greet, add])))
+    access.calls.enable()
+    access.calls.announce("greet", {"name": "ada"}, "call_from_the_stream")
+    params = {"name": "greet", "arguments": {"name": "ada"}}
+
+    first = rpc(url, "tools/call", params, access.token).json()["result"]
+    second = rpc(url, "tools/call", params, access.token).json()["result"]
+
+    assert first["content"][0]["text"] == "hello ada from call_from_the_stream"
+    # Nothing announced for the second: it runs without an id once the wait is over.
+    assert second["content"][0]["text"] == "hello ada from None"
