@@ -47,3 +47,27 @@ def test_a_servings_tools_reach_its_node_session(server: FakeModelServer) -> Non
     assert outcome.output.body == "found it"
     second = server.model_requests()[1].json["messages"][-1]
     assert second["content"] == "value of k"
+
+
+def test_a_local_node_session_calls_its_servings_tools_offline() -> None:
+    import json
+
+    from beamagent.backends.local import LocalToolCall
+
+    contexts.clear()
+
+    def reply(prompt: str, _params: object) -> object:
+        assert prompt.startswith("Find k")
+        outcome = yield LocalToolCall("lookup", {"key": "k"})
+        yield json.dumps({"body": outcome.content})
+
+    serving = SessionServing(
+        "Find {input}", backend="local", session_options={"reply": reply}, session_tools=[lookup]
+    )
+    job = Job("find", [Node("ask", serving=serving, router=LinearRouter(["ask"]))], start="ask")
+    with Runtime(store=":memory:") as rt:
+        run = rt.run_job(job, "k")
+        outcome = run.result(30)
+    [ctx] = contexts
+    assert (ctx.run_id, ctx.node_id, ctx.backend) == (run.run_id, "ask", "local")
+    assert outcome.output.body == "value of k"

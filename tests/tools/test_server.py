@@ -12,6 +12,8 @@ import httpx
 import pytest
 
 from beamagent import Runtime
+from beamagent.backends.local import LocalHandler
+from beamagent.capabilities import Capability
 from beamagent.errors import InvalidOption, MissingDependency, UnsupportedCapability
 from beamagent.tools import ToolContext, ToolSet, tool
 from beamagent.tools._state import Grant
@@ -129,19 +131,33 @@ def test_a_killed_server_restarts_on_the_same_port_with_the_same_tokens(runtime:
     assert runtime.tool_server_url == url
 
 
-def test_tool_options_are_checked_before_anything_starts(runtime: Runtime) -> None:
-    with pytest.raises(InvalidOption, match="not a tool"):
-        runtime.start_session(backend="local", tools=["add"])
-    with pytest.raises(InvalidOption, match="set by the runtime"):
-        runtime.start_session(backend="claude", tool_server="x")
-    with pytest.raises(UnsupportedCapability):
-        runtime.start_session(backend="local", tools=[add])
-    with pytest.raises(InvalidOption):
-        Runtime(store=":memory:", tools=[1])
-    # The runtime's tools are not forced on a backend that cannot run them.
-    session = runtime.start_session(backend="local")
-    assert session.session_info()["tools"] == []
-    assert runtime.tool_server_url is None  # nothing needed it
+class NoTools(LocalHandler):
+    """A backend that cannot run Python tools (every built-in can)."""
+
+    name = "no_tools"
+    capabilities = LocalHandler.capabilities - {Capability.IN_PROCESS_MCP}
+
+    @classmethod
+    def option_names(cls) -> frozenset[str]:
+        return super().option_names() - {"tools", "tool_context"}
+
+
+def test_tool_options_are_checked_before_anything_starts() -> None:
+    with Runtime(store=":memory:", tools=[add], backends={"no_tools": (NoTools, {})}) as rt:
+        with pytest.raises(InvalidOption, match="not a tool"):
+            rt.start_session(backend="local", tools=["add"])
+        with pytest.raises(InvalidOption, match="set by the runtime"):
+            rt.start_session(backend="claude", tool_server="x")
+        with pytest.raises(UnsupportedCapability):
+            rt.start_session(backend="no_tools", tools=[add])
+        with pytest.raises(InvalidOption):
+            Runtime(store=":memory:", tools=[1])
+        # The runtime's tools are not forced on a backend that cannot run them.
+        session = rt.start_session(backend="no_tools")
+        assert session.session_info()["tools"] == []
+        # local runs them in-process: no tool server is needed.
+        assert rt.start_session(backend="local").session_info()["tools"] == ["add"]
+        assert rt.tool_server_url is None
 
 
 def test_a_missing_extra_is_a_clear_error(
@@ -211,7 +227,7 @@ def test_a_runtime_with_a_running_tool_server_exits_promptly_and_quietly() -> No
 def test_a_routed_session_with_tools_only_goes_where_tools_run() -> None:
     from beamagent.errors import NoBackendAvailable
 
-    with Runtime(store=":memory:") as rt:  # routing knows only `local`
+    with Runtime(store=":memory:", backends={"no_tools": (NoTools, {})}) as rt:  # routable
         with pytest.raises(NoBackendAvailable) as info:
             rt.start_session(tools=[add])
         assert "in_process_mcp" in info.value.capabilities
