@@ -252,6 +252,11 @@ def build_app(state: ToolServerState) -> tuple[Any, StreamableHTTPSessionManager
                 send, 401, b"a valid bearer token is required", {b"www-authenticate": b"Bearer"}
             )
             return
+        if scope.get("method") == "GET":
+            # Stateless: the server never sends a message of its own, so it offers no stream
+            # (MCP: answer 405). A held-open stream kept Gemini CLI from exiting for 3 s.
+            await _plain(send, 405, b"no server-sent event stream", {b"allow": b"POST"})
+            return
         await manager.handle_request({**scope, GRANT_KEY: grant}, receive, send)
 
     return app, manager

@@ -280,3 +280,15 @@ def test_a_call_without_an_id_takes_the_one_its_handler_announced(
     assert first["content"][0]["text"] == "hello ada from call_from_the_stream"
     # Nothing announced for the second: it runs without an id once the wait is over.
     assert second["content"][0]["text"] == "hello ada from None"
+
+
+def test_no_event_stream_is_offered(runtime: Runtime) -> None:
+    url = runtime.start_tool_server()
+    token = grant(runtime, "s1", [add])
+    headers = {"Accept": "text/event-stream", "Authorization": f"Bearer {token}"}
+
+    answer = httpx.get(url, headers=headers, timeout=10)
+
+    assert answer.status_code == 405
+    assert answer.headers["allow"] == "POST"
+    assert httpx.get(url, timeout=10).status_code == 401  # the token is checked first
