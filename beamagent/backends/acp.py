@@ -46,6 +46,15 @@ not JSON, or not JSON-RPC, fails the session (``SessionError``, reason
 ``protocol``), after what came before it was delivered and recorded; its
 supervisor restarts it, and the conversation continues as after a crash.
 
+**Python tools** (``tools=[...]``, see ``docs/tools.md``): the runtime's tool
+server goes in ``session/new`` / ``session/load``'s ``mcpServers`` as an HTTP
+server with the session's bearer header -- over the agent's stdin, never its
+argv -- when the agent advertises ``mcpCapabilities.http``. A call of one of
+them (recognised by its title, :meth:`AcpHandler.own_tool`) is reported as
+``tool_use`` ``mcp__<server>__<tool>`` with the model's arguments, announced to
+the tool server with its call id, and allowed without the permission handler
+should the agent ask (the tool server asks it, once per call).
+
 Both peers number their requests; the two id spaces are kept apart
 (:mod:`beamagent.backends.jsonrpc`): only a message without a ``method`` is a
 response to us.
@@ -303,7 +312,8 @@ class AcpHandler(BackendHandler):
     ``inherit_env``, ``extra_args``, ``command_prefix``,
     ``permission_handler``, ``permission_default``,
     ``include_partial_messages``, ``native_session_id`` (an ACP session to
-    ``session/load``).
+    ``session/load``), ``tool_server`` (set by the runtime for a session with
+    Python tools: see :class:`~beamagent.tools.ToolServerAccess`).
     """
 
     name: ClassVar[str] = "acp"

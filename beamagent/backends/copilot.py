@@ -50,7 +50,8 @@ class CopilotHandler(AcpHandler):
     none), ``mcp_servers``, ``env``, ``inherit_env``, ``extra_args``,
     ``command_prefix``, ``permission_handler``, ``permission_default``,
     ``include_partial_messages``, ``native_session_id`` (a Copilot session
-    to load).
+    to load), ``tool_server`` (set by the runtime for Python tools: over ACP,
+    with ``--allow-tool <server>``).
     """
 
     name: ClassVar[str] = "copilot"

@@ -35,7 +35,9 @@ class GeminiHandler(AcpHandler):
     ``auth_method`` (default ``gemini-api-key``, which reads
     ``GEMINI_API_KEY``), ``mcp_servers``, ``env``, ``inherit_env``,
     ``extra_args``, ``command_prefix``, ``permission_handler``,
-    ``permission_default``, ``include_partial_messages``.
+    ``permission_default``, ``include_partial_messages``, ``tool_server``
+    (set by the runtime for Python tools: over ACP, with ``--allowed-tools``
+    for them and ``structuredContent`` asked of the server).
     """
 
     name: ClassVar[str] = "gemini"

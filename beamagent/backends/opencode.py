@@ -29,6 +29,16 @@ session id:
   session's thread) and is answered ``POST /permission/{id}/reply`` with
   ``once`` / ``always`` / ``reject`` (and the denial's message).
 
+**Python tools** (``tools=[...]``, see ``docs/tools.md``) are served to the
+session's own ``opencode serve`` through ``OPENCODE_CONFIG_CONTENT`` (merged into
+the caller's): ``mcp.<server>`` (remote, its bearer header as
+``{env:BEAMAGENT_TOOLS_TOKEN}``) and a last ``"<server>_*": "allow"`` permission
+rule. Their tool parts are reported as ``mcp__<server>__<tool>`` and announced
+to the tool server with OpenCode's call id; a permission request for them is
+answered ``once`` without the permission handler (the tool server asks it). An
+attached server (``base_url``) cannot take them: an MCP server added to it would
+serve every session on it.
+
 ``interrupt()`` is ``POST /session/{id}/abort``; OpenCode leaves a pending
 permission request of the aborted turn behind, so the handler rejects those
 itself once the abort is answered, and drops the permission handler's late
@@ -128,7 +138,9 @@ class OpenCodeHandler(BackendHandler):
     ``env``, ``inherit_env``, ``extra_args``, ``command_prefix``,
     ``permission_handler``, ``permission_default``,
     ``include_partial_messages``, ``native_session_id`` (an OpenCode session to
-    continue), ``fork_native_session_id`` (an OpenCode session to fork).
+    continue), ``fork_native_session_id`` (an OpenCode session to fork),
+    ``tool_server`` (set by the runtime for Python tools: see the module
+    docstring; not with ``base_url``).
     """
 
     name: ClassVar[str] = "opencode"

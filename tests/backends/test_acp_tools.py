@@ -88,6 +88,19 @@ def test_the_tool_server_goes_in_session_new_and_the_token_never_in_argv() -> No
         assert TOKEN not in repr(agent.handler.options)
 
 
+def test_a_loaded_session_gets_the_tool_server_too() -> None:
+    agent = Agent(CopilotHandler, cli_path=FAKE, native_session_id="c1", tool_server=access())
+    agent.answer(
+        "initialize",
+        {
+            "protocolVersion": 1,
+            "agentCapabilities": {"loadSession": True, "mcpCapabilities": {"http": True}},
+        },
+    )
+    [server] = agent.request("session/load")["params"]["mcpServers"]
+    assert server["name"] == "beamagent"
+
+
 def test_the_users_own_mcp_servers_come_first() -> None:
     mine = {"type": "http", "name": "mine", "url": "http://x/mcp", "headers": []}
     agent = Agent(mcp_servers=[mine], tool_server=access())
