@@ -13,7 +13,7 @@ Example::
 """
 
 from beamagent.backends.base import SessionState
-from beamagent.backends.local import LocalExit
+from beamagent.backends.local import LocalExit, LocalToolCall
 from beamagent.backends.permissions import Allow, Deny, PermissionContext
 from beamagent.log import configure_logging
 from beamagent.messages import ContentBlock, Message, MessageType, normalize
@@ -26,6 +26,7 @@ __all__ = [
     "ContentBlock",
     "Deny",
     "LocalExit",
+    "LocalToolCall",
     "Message",
     "MessageType",
     "PermissionContext",

@@ -33,6 +33,7 @@ __all__ = [
     "JobNotLoaded",
     "MaxRetriesExceeded",
     "MaxStepsExceeded",
+    "MissingDependency",
     "NoActiveQuery",
     "NoBackendAvailable",
     "NotShared",
@@ -51,6 +52,7 @@ __all__ = [
     "SessionRestarting",
     "StoreError",
     "ThreadNotFound",
+    "ToolError",
     "TransportError",
     "UnknownBackend",
     "UnknownCapability",
@@ -186,6 +188,22 @@ class UnsupportedCapability(BeamAgentError):
         self.backend = backend
         self.capability = capability
         super().__init__(f"backend {backend!r} does not support {capability!r}")
+
+
+class MissingDependency(BeamAgentError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install.
+
+    E.g. Python tools on a CLI backend need the ``mcp`` SDK:
+    ``pip install 'beamagent[tools]'``.
+    """
+
+
+class ToolError(BeamAgentError):
+    """Raise it in a tool to give the model an error result with exactly this message.
+
+    Any other exception a tool raises gives the model ``"<ExceptionType>: <message>"``;
+    either way the session goes on. ``beamagent.tools.ToolError`` is this class.
+    """
 
 
 class UnknownControlMethod(BeamAgentError):

@@ -6,7 +6,8 @@
     ├── registry   routing state + session index (permanent)
     ├── store      the store's single writer (permanent)
     ├── sessions   DynamicSupervisor of session actors (transient children)
-    └── runs       DynamicSupervisor of graph runs
+    ├── runs       DynamicSupervisor of graph runs
+    └── tools      the MCP tool server (added when a session first needs it)
 
 ``stop()`` shuts the tree down in reverse order: runs, sessions, then the
 store (after every session has recorded its last message), then the registry.
@@ -59,6 +60,7 @@ from beamagent.session.handle import CALL_TIMEOUT, Session
 from beamagent.store import SessionStore, open_store
 from beamagent.store.actor import StoreActor
 from beamagent.store.api import StoreApi
+from beamagent.tools._api import TOOL_SESSION_OPTIONS, ToolsApi
 from supervisors import (
     AlreadyRegistered,
     ChildNotFound,
@@ -105,6 +107,7 @@ SESSION_OPTIONS = frozenset(
         "idle_timeout",
         "query_defaults",
     }
+    | TOOL_SESSION_OPTIONS
 )
 _runtime_ids = itertools.count(1)
 ROOT_RESTARTS = (1000, 10.0)
@@ -243,7 +246,7 @@ def _weak_hook(owner: object, method: str) -> Any:
     return call
 
 
-class Runtime(RoutingApi, StoreApi, GraphApi):
+class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
     """A beamagent application: supervisors, backends, routing and the store.
 
     Args:
@@ -270,6 +273,11 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
             stops healthy sessions); when spent, every session is stopped.
         handle_signals: stop gracefully on SIGTERM (default True; see
             :mod:`beamagent.lifecycle`). False leaves SIGTERM to the host.
+        tools: Python tools (``@beamagent.tools.tool`` functions) every session
+            gets, on the backends that take tools (``start_session(tools=...)``
+            replaces them for one session; see ``docs/tools.md``).
+        tool_server: where the tool server listens, a
+            :class:`~beamagent.tools.ToolServerConfig` (or a dict of its fields).
 
     Use it as a context manager, or call :meth:`stop`. A runtime that is
     still running when the interpreter exits is stopped then (see
@@ -290,6 +298,8 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
         session_restarts: tuple[int, float] | None = (3, 5.0),
         sessions_supervisor_restarts: tuple[int, float] | None = None,
         handle_signals: bool = True,
+        tools: Any = None,
+        tool_server: Any = None,
     ) -> None:
         self.id = f"rt{next(_runtime_ids)}"
         self._session_budget = _budget(session_restarts, "session_restarts")
@@ -309,6 +319,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
             "sessions": (*ns, "sessions"),
             "runs": (*ns, "runs"),
         }
+        self._init_tools(tools, tool_server)  # checked before anything starts
         sessions_budget = {
             "max_restarts": None if supervisor_budget is None else supervisor_budget[0],
             "max_seconds": 10.0 if supervisor_budget is None else supervisor_budget[1],
@@ -366,6 +377,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
             try:
                 with contextlib.suppress(pykka.ActorDeadError):
                     self.root.stop(timeout=60)
+                self._close_tools()
                 if self._owns_store:
                     self._store.close()
             finally:
@@ -550,6 +562,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
             )
             while len(self._given_up) > GIVEN_UP_MEMORY:
                 self._given_up.popitem(last=False)
+        self._revoke_tools(session_id)
         registry = whereis(self._names["registry"])
         if registry is not None:
             with contextlib.suppress(pykka.ActorDeadError):
@@ -562,11 +575,15 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
         and ``init_timeout`` (15 s), ``buffer_max`` (10 MB), ``error_linger``
         (1 s), ``drain_timeout`` (5 s), ``idle_timeout`` (None: never hibernate;
         seconds: stop the idle backend and resume it on the next call),
-        ``query_defaults``, plus the backend's own options (``model``,
-        ``permission_mode``, ``cwd``...).
+        ``query_defaults``, ``tools`` (Python tools for this session, replacing
+        the runtime's; ``[]``: none) and ``tool_context`` (``run_id`` /
+        ``node_id`` for its tools' ``ToolContext``), plus the backend's own
+        options (``model``, ``permission_mode``, ``cwd``...).
 
         Raises:
             UnknownBackend, InvalidOption: bad backend or option.
+            UnsupportedCapability: ``tools`` on a backend that cannot run them.
+            MissingDependency: tools on a CLI backend without ``beamagent[tools]``.
             ConnectTimeout, TransportError, SessionError: the backend did not start.
         """
         opts = dict(opts)
@@ -576,14 +593,19 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
         config = self._session_config(backend_name, opts, decision)
         config.lineage.stored_history = resuming  # replayed where not resumed natively
         session_id = config.session_id
-        if whereis(self._session_name(session_id)) is not None:
-            raise InvalidOption(f"session {session_id!r} is already running")
+        try:
+            if whereis(self._session_name(session_id)) is not None:
+                raise InvalidOption(f"session {session_id!r} is already running")
+            if not resuming and self._stored(session_id):
+                raise InvalidOption(
+                    f"session {session_id!r} already has a stored history; "
+                    f"continue it with start_session(resume={session_id!r})"
+                )
+        except BaseException:
+            if whereis(self._session_name(session_id)) is None:  # never a live one's token
+                self._revoke_tools(session_id)
+            raise
         budget = self._session_budget
-        if not resuming and self._stored(session_id):
-            raise InvalidOption(
-                f"session {session_id!r} already has a stored history; "
-                f"continue it with start_session(resume={session_id!r})"
-            )
         ready = ProcessFuture()
         child = ChildSpec(
             session_id,
@@ -597,6 +619,8 @@ class Runtime(RoutingApi, StoreApi, GraphApi):
         try:
             ref = self.sessions_supervisor.start_child(child, timeout=CALL_TIMEOUT)
         except StartChildError as exc:
+            if not isinstance(exc.reason, AlreadyRegistered):
+                self._revoke_tools(session_id)
             reason = exc.reason
             if isinstance(reason, AlreadyRegistered):
                 raise InvalidOption(f"session {session_id!r} is already running") from None

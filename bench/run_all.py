@@ -74,6 +74,7 @@ SCRIPTS = (
     Script("routing"),
     Script("store"),
     Script("backends", optional=True),
+    Script("tools", optional=True),
     Script("scale", args=(str(SCALE_N),), quick_args=("5000",)),
     Script("throughput"),
 )

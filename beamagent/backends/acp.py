@@ -46,6 +46,15 @@ not JSON, or not JSON-RPC, fails the session (``SessionError``, reason
 ``protocol``), after what came before it was delivered and recorded; its
 supervisor restarts it, and the conversation continues as after a crash.
 
+**Python tools** (``tools=[...]``, see ``docs/tools.md``): the runtime's tool
+server goes in ``session/new`` / ``session/load``'s ``mcpServers`` as an HTTP
+server with the session's bearer header -- over the agent's stdin, never its
+argv -- when the agent advertises ``mcpCapabilities.http``. A call of one of
+them (recognised by its title, :meth:`AcpHandler.own_tool`) is reported as
+``tool_use`` ``mcp__<server>__<tool>`` with the model's arguments, announced to
+the tool server with its call id, and allowed without the permission handler
+should the agent ask (the tool server asks it, once per call).
+
 Both peers number their requests; the two id spaces are kept apart
 (:mod:`beamagent.backends.jsonrpc`): only a message without a ``method`` is a
 response to us.
@@ -60,7 +69,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Final
 
 from beamagent.backends.base import (
@@ -106,6 +115,7 @@ from beamagent.capabilities import Capability
 from beamagent.errors import InvalidOption, UnsupportedCapability
 from beamagent.log import get_logger
 from beamagent.messages import ContentBlock, Message, MessageType
+from beamagent.tools._access import ToolServerAccess
 
 __all__ = [
     "ACP_PROTOCOL_VERSION",
@@ -302,7 +312,8 @@ class AcpHandler(BackendHandler):
     ``inherit_env``, ``extra_args``, ``command_prefix``,
     ``permission_handler``, ``permission_default``,
     ``include_partial_messages``, ``native_session_id`` (an ACP session to
-    ``session/load``).
+    ``session/load``), ``tool_server`` (set by the runtime for a session with
+    Python tools: see :class:`~beamagent.tools.ToolServerAccess`).
     """
 
     name: ClassVar[str] = "acp"
@@ -315,6 +326,7 @@ class AcpHandler(BackendHandler):
             Capability.SESSION_HISTORY,
             Capability.APPROVAL_CALLBACKS,
             Capability.EVENT_STREAMING,
+            Capability.IN_PROCESS_MCP,  # Python tools, for agents that take MCP over HTTP
         }
     )
     cli_name: ClassVar[str | None] = None
@@ -346,6 +358,9 @@ class AcpHandler(BackendHandler):
         if not all(isinstance(server, Mapping) for server in servers):
             raise InvalidOption(f"option 'mcp_servers' must be a list of mappings; got {servers!r}")
         self.mcp_servers = [dict(server) for server in servers]
+        self.tool_server = _tool_server(opts.get("tool_server"))
+        if self.tool_server is not None:
+            self.tool_server.calls.enable()  # the agent announces each call: see _Turn
         try:
             json.dumps(self.mcp_servers, allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -388,7 +403,7 @@ class AcpHandler(BackendHandler):
             super().option_names()
             | LAUNCH_OPTIONS
             | PERMISSION_OPTIONS
-            | {"auth_method", "mcp_servers", "include_partial_messages"}
+            | {"auth_method", "mcp_servers", "include_partial_messages", "tool_server"}
         )
         if cls.native_load:
             names |= {"native_session_id"}
@@ -429,7 +444,44 @@ class AcpHandler(BackendHandler):
                 )
             return [*command_prefix(opts), *command, *extra_args(opts)]
         cli = require_cli(self.cli_name, self.npm_package or self.cli_name, opts.get("cli_path"))
-        return [*command_prefix(opts), str(cli), *self.cli_args, *extra_args(opts)]
+        own = self.tool_server_args(self.tool_server) if self.tool_server is not None else []
+        return [*command_prefix(opts), str(cli), *self.cli_args, *own, *extra_args(opts)]
+
+    def tool_server_args(self, access: ToolServerAccess) -> list[str]:
+        """Arguments that make the agent call the session's Python tools without asking.
+
+        The tool server asks the permission handler itself, once per call. The
+        default adds none: the handler then answers Allow when the agent asks
+        (:meth:`own_tool`). Never put the token here (``argv`` is public).
+        """
+        return []
+
+    def tool_server_headers(self, access: ToolServerAccess) -> dict[str, str]:
+        """HTTP headers for the tool server besides ``Authorization`` (default: none)."""
+        return {}
+
+    def own_tool(self, call: Mapping[str, Any]) -> str | None:
+        """The session's Python tool an ACP ``toolCall`` calls (its own name), or None.
+
+        Agents name an MCP server's tools in their titles: ``add (beamagent MCP
+        Server)`` (Gemini CLI), ``beamagent-add`` (Copilot CLI), or
+        ``mcp__beamagent__add`` / ``mcp_beamagent_add`` / ``beamagent_add``.
+        """
+        access = self.tool_server
+        title = call.get("title")
+        if access is None or not isinstance(title, str):
+            return None
+        title, server = title.strip(), access.server_name
+        for name in access.tool_names:
+            if title in (
+                f"{name} ({server} MCP Server)",
+                f"{server}-{name}",
+                f"mcp__{server}__{name}",
+                f"mcp_{server}_{name}",
+                f"{server}_{name}",
+            ):
+                return name
+        return None
 
     def open_transport(self) -> Transport:
         return SubprocessTransport(self.argv, env=self.env, cwd=self.options.get("cwd"))
@@ -470,7 +522,7 @@ class AcpHandler(BackendHandler):
         )
 
     def _open_session(self) -> bytes:
-        base = {"cwd": self._cwd(), "mcpServers": self.mcp_servers}
+        base = {"cwd": self._cwd(), "mcpServers": [*self.mcp_servers, *self._tool_servers()]}
         if self._load_id is not None and not self.resume_missing:
             if self.agent_capabilities.get("loadSession") is True:
                 self._loading = True
@@ -482,6 +534,21 @@ class AcpHandler(BackendHandler):
             self._log.warning("acp_load_unsupported", native_session_id=self._load_id)
             self.resume_missing = True
         return self._request("session/new", base, ("session/new", None))
+
+    def _tool_servers(self) -> list[dict[str, Any]]:
+        """The tool server as an ACP ``McpServer`` (the token goes over the agent's stdin)."""
+        access = self.tool_server
+        if access is None:
+            return []
+        headers = {**self.tool_server_headers(access), **access.headers()}
+        return [
+            {
+                "type": "http",
+                "name": access.server_name,
+                "url": access.url,
+                "headers": [{"name": k, "value": v} for k, v in headers.items()],
+            }
+        ]
 
     def _label(self) -> str:
         """The agent's own name once it gave one (any ACP agent runs as ``acp``)."""
@@ -507,7 +574,12 @@ class AcpHandler(BackendHandler):
         else:
             blocks = [{"type": "text", "text": self._prompt_text(prompt)}]
         self._turn_serial += 1
-        self._turn = _Turn(self._turn_serial, self.partial)
+        self._turn = _Turn(
+            self._turn_serial,
+            self.partial,
+            self.own_tool if self.tool_server is not None else None,
+            self.tool_server,
+        )
         try:
             line = self._request(
                 "session/prompt",
@@ -735,6 +807,14 @@ class AcpHandler(BackendHandler):
             return
         self.agent_info = dict(_mapping(result.get("agentInfo")))
         self.agent_capabilities = dict(_mapping(result.get("agentCapabilities")))
+        mcp = _mapping(self.agent_capabilities.get("mcpCapabilities"))
+        if self.tool_server is not None and mcp.get("http") is not True:
+            out.error = (
+                f"{self._label()} cannot reach the session's Python tools: it does not take MCP "
+                "servers over HTTP (agentCapabilities.mcpCapabilities.http); start the session "
+                "with tools=[] to use it without them"
+            )
+            return
         methods = result.get("authMethods")
         self.auth_methods = [dict(m) for m in methods if isinstance(m, Mapping)] if methods else []
         out.info.update(
@@ -956,6 +1036,13 @@ class AcpHandler(BackendHandler):
         out.messages += turn.ensure_tool_use(tool_call, {"params": dict(params)})
         # The request's own description first; what the tool_call announced fills gaps.
         known = turn.tools.get(tool_use_id) if tool_use_id is not None else None
+        if known is not None and known.own is not None:
+            # The session's Python tool: the tool server asks the permission handler when
+            # the call reaches it (exactly once), so the agent is simply allowed.
+            self._log.info("permission_allowed_own_tool", tool=known.own, request_id=message.id)
+            outcome = permission_outcome(options, Allow())
+            out.writes.append(encode_line(encode_result(message.id, {"outcome": outcome})))
+            return
         tool_name = str(tool_call.get("kind") or (known.name if known else "other"))
         tool_input = _tool_input(tool_call) or (dict(known.input) if known else {})
         context = PermissionContext(
@@ -1066,22 +1153,31 @@ class _Output:
 
 
 class _Tool:
-    """One tool call of a turn."""
+    """One tool call of a turn (``own``: the session's Python tool it calls, if it does)."""
 
-    __slots__ = ("closed", "input", "name")
+    __slots__ = ("closed", "input", "name", "own")
 
-    def __init__(self, name: str, tool_input: dict[str, Any]) -> None:
+    def __init__(self, name: str, tool_input: dict[str, Any], own: str | None = None) -> None:
         self.name = name
         self.input = tool_input
+        self.own = own
         self.closed = False
 
 
 class _Turn:
     """What one prompt turn has produced so far: runs of chunks, tool calls."""
 
-    def __init__(self, serial: int, partial: bool) -> None:
+    def __init__(
+        self,
+        serial: int,
+        partial: bool,
+        own_tool: Callable[[Mapping[str, Any]], str | None] | None = None,
+        access: ToolServerAccess | None = None,
+    ) -> None:
         self.serial = serial
         self.partial = partial
+        self.own_tool = own_tool
+        self.access = access
         self.started = time.monotonic()
         self.text: list[str] = []
         self.blocks: list[ContentBlock] = []
@@ -1149,9 +1245,17 @@ class _Turn:
     def _tool_use(
         self, tool_id: str, call: Mapping[str, Any], raw: Mapping[str, Any]
     ) -> list[Message]:
-        name = str(call.get("kind") or "other")
-        tool_input = _tool_input(call)
-        self.tools[tool_id] = _Tool(name, tool_input)
+        own = self.own_tool(call) if self.own_tool is not None else None
+        if own is not None and self.access is not None:
+            # Named as Claude Code and Codex name MCP tools, with the model's arguments; the
+            # tool server is told the call's id (the agent does not send it along).
+            name = f"mcp__{self.access.server_name}__{own}"
+            tool_input = _own_tool_input(call)
+            self.access.calls.announce(own, tool_input, tool_id)
+        else:
+            name = str(call.get("kind") or "other")
+            tool_input = _tool_input(call)
+        self.tools[tool_id] = _Tool(name, tool_input, own)
         return [
             *self.flush(),
             _message(
@@ -1201,6 +1305,8 @@ class _Turn:
         if tool.closed:
             return []
         tool.closed = True
+        if tool.own is not None and self.access is not None:
+            self.access.calls.retract(tool_id)  # if the call never reached the server
         is_error = update.get("status") == "failed"
         content = _tool_output(update)
         if not content and tool_id in self.denied:
@@ -1273,6 +1379,18 @@ def _result_message(tool_id: str, content: str, is_error: bool, raw: Mapping[str
             ContentBlock("tool_result", tool_use_id=tool_id, content=content, is_error=is_error)
         ],
     )
+
+
+def _own_tool_input(call: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments of a call of the session's Python tool: ``rawInput``, else its JSON content."""
+    raw_input = call.get("rawInput")
+    if isinstance(raw_input, Mapping):
+        return dict(raw_input)
+    try:
+        arguments = json.loads(_content_text(call.get("content")))  # Gemini: the arguments
+    except ValueError:
+        return _tool_input(call)
+    return dict(arguments) if isinstance(arguments, Mapping) else _tool_input(call)
 
 
 def _tool_input(call: Mapping[str, Any]) -> dict[str, Any]:
@@ -1350,6 +1468,14 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _tool_server(value: Any) -> ToolServerAccess | None:
+    if value is None or isinstance(value, ToolServerAccess):
+        return value
+    raise InvalidOption(
+        f"option 'tool_server' is set by the runtime (give tools with tools=[...]); got {value!r}"
+    )
 
 
 def _optional_str(value: Any, option: str) -> str | None:

@@ -184,6 +184,31 @@ class BackendHandler(abc.ABC):
     :meth:`open_transport`, :meth:`encode_query` and :meth:`handle_data`.
     Everything else has a sensible default. All methods run in the session
     actor's thread and must not block.
+
+    **Python tools** (``start_session(tools=[...])``, see ``docs/tools.md``) reach
+    a handler in one of two ways, chosen by the options it lists in
+    :meth:`option_names`:
+
+    * ``tool_server``: the runtime sets this option to a
+      :class:`~beamagent.tools.ToolServerAccess` -- the tool server's ``url``
+      (``http://127.0.0.1:PORT/mcp``, MCP over streamable HTTP), the session's
+      bearer ``token``, the MCP ``server_name`` and the ``tool_names``. The
+      handler configures its CLI to reach that server: the token only through
+      the CLI's environment (``access.token_env``) or a private file, never its
+      command line or a log. It also configures the CLI not to ask before
+      calling those tools (Claude Code: ``--allowedTools mcp__<server>__<tool>``;
+      Codex: ``default_tools_approval_mode = "approve"``), and answers Allow,
+      without asking the permission handler, should the CLI ask anyway: the
+      tool server asks the session's ``permission_handler`` itself, exactly once
+      per call. Users never set this option.
+    * ``tools``: the handler gets the session's :class:`~beamagent.tools.ToolSet`
+      and runs the calls itself (the ``openai`` backend's tool loop, through
+      :func:`beamagent.tools.invoke`).
+
+    A handler that lists neither gets no tools: the runtime's tools are not
+    given to its sessions, and ``start_session(tools=[...])`` on it raises
+    ``UnsupportedCapability``. Backends that take tools also declare
+    ``Capability.IN_PROCESS_MCP``.
     """
 
     name: ClassVar[str] = "abstract"

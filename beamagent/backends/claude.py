@@ -30,6 +30,7 @@ its stored history instead: a preamble before the first prompt.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -70,6 +71,7 @@ from beamagent.capabilities import Capability
 from beamagent.errors import InvalidOption
 from beamagent.log import get_logger
 from beamagent.messages import Message, MessageType, normalize
+from beamagent.tools._access import ToolServerAccess
 
 __all__ = ["ClaudeHandler", "HookCallback", "HookMatcher"]
 
@@ -168,7 +170,8 @@ class ClaudeHandler(BackendHandler):
     ``permission_default``, ``hooks``, ``include_partial_messages``,
     ``native_session_id`` (resume that Claude session),
     ``fork_native_session_id`` (fork that Claude session; set by the runtime
-    for a store fork).
+    for a store fork), ``tool_server`` (set by the runtime for a session with
+    Python tools: see :class:`~beamagent.tools.ToolServerAccess`).
     """
 
     name: ClassVar[str] = "claude"
@@ -189,6 +192,7 @@ class ClaudeHandler(BackendHandler):
             Capability.EVENT_STREAMING,
             Capability.MCP_MANAGEMENT,
             Capability.TASK_STOP,
+            Capability.IN_PROCESS_MCP,
             Capability.THINKING_BUDGET,
         }
     )
@@ -220,6 +224,13 @@ class ClaudeHandler(BackendHandler):
         self.env = launch_env(
             opts, drop=("CLAUDECODE",), set_default={"CLAUDE_CODE_EAGER_FLUSH": "1"}
         )
+        self.tool_server = _tool_server(opts.get("tool_server"))
+        # Our tools' names as Claude Code shows them: allowed up front, never asked about
+        # (the tool server asks the permission handler itself, once per call).
+        self._own_tools: frozenset[str] = frozenset()
+        if self.tool_server is not None:
+            self.env.update(self.tool_server.env())  # the token: environment only
+            self._own_tools = frozenset(self.tool_server.qualified_names())
         self.native_session_id: str | None = opts.get("native_session_id")
         self.requested_model: str | None = self.model
         self.max_thinking_tokens: int | None = None
@@ -262,6 +273,7 @@ class ClaudeHandler(BackendHandler):
                 "hooks",
                 "include_partial_messages",
                 "native_session_id",
+                "tool_server",
                 FORK_NATIVE_OPTION,
             }
         )
@@ -296,6 +308,10 @@ class ClaudeHandler(BackendHandler):
         if opts.get("system_prompt") is not None:
             argv += ["--system-prompt", opts["system_prompt"]]
         allowed = _csv(opts.get("allowed_tools"), "allowed_tools")
+        access = self.tool_server
+        if access is not None:
+            argv += ["--mcp-config", json.dumps(_mcp_config(access))]
+            allowed = ",".join([*([allowed] if allowed else []), *access.qualified_names()])
         if allowed:
             argv += ["--allowedTools", allowed]
         disallowed = _csv(opts.get("disallowed_tools"), "disallowed_tools")
@@ -540,6 +556,10 @@ class ClaudeHandler(BackendHandler):
                 suggestions=tuple(suggestions) if isinstance(suggestions, list) else (),
                 raw=dict(request),
             )
+            if tool_name in self._own_tools:
+                # Ours: the tool server asks the permission handler when the call reaches it.
+                writes.append(self._permission_answer(request_id, Allow(), tool_input))
+                return
             self._log.info("permission_requested", tool=tool_name, request_id=rid)
             if not self.permissions.needs_callback:
                 decision = self.permissions.default_decision(tool_name, self.name)
@@ -633,6 +653,28 @@ class ClaudeHandler(BackendHandler):
             "max_thinking_tokens": self.max_thinking_tokens,
             "permission_answers": {"deny_message": True, "updated_input": True},
         }
+
+
+def _tool_server(value: Any) -> ToolServerAccess | None:
+    if value is None or isinstance(value, ToolServerAccess):
+        return value
+    raise InvalidOption(
+        f"option 'tool_server' is set by the runtime (give tools with tools=[...]); got {value!r}"
+    )
+
+
+def _mcp_config(access: ToolServerAccess) -> dict[str, Any]:
+    """Claude Code's ``--mcp-config``: the token is read from the environment, not argv."""
+    return {
+        "mcpServers": {
+            access.server_name: {
+                "type": "http",
+                "url": access.url,
+                # Claude Code expands ${VAR} from its environment in MCP server configs.
+                "headers": {"Authorization": f"Bearer ${{{access.token_env}}}"},
+            }
+        }
+    }
 
 
 def _thinking_tokens_request(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

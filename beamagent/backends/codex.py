@@ -32,6 +32,7 @@ prompt (an input item of its own).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
@@ -80,6 +81,7 @@ from beamagent.capabilities import Capability
 from beamagent.errors import InvalidOption
 from beamagent.log import get_logger
 from beamagent.messages import ContentBlock, Message, MessageType
+from beamagent.tools._access import ToolServerAccess
 
 __all__ = ["CodexHandler"]
 
@@ -89,6 +91,7 @@ CLI_NAME: Final = "codex"
 NPM_PACKAGE: Final = "@openai/codex"
 CLIENT_VERSION: Final = "0.1.0"
 DEFAULT_APPROVAL_POLICY: Final = "untrusted"
+TOOL_TIMEOUT_SEC: Final = 3600  # Codex's own limit on an MCP call (its default is 60 s)
 _UNIVERSAL: Final = frozenset({"setModel", "setPermissionMode", "setMaxThinkingTokens", "stopTask"})
 # Approval requests: method -> (tool name for the permission handler, wire dialect).
 _APPROVALS: Final[Mapping[str, tuple[str, str]]] = {
@@ -123,7 +126,8 @@ class CodexHandler(BackendHandler):
     ``extra_args``, ``command_prefix``, ``permission_handler``,
     ``permission_default``, ``include_partial_messages``, ``native_session_id``
     (a thread id to resume), ``fork_native_session_id`` (a thread id to fork;
-    set by the runtime for a store fork).
+    set by the runtime for a store fork), ``tool_server`` (set by the runtime
+    for a session with Python tools: see :class:`~beamagent.tools.ToolServerAccess`).
 
     Permission answers are Codex's accept / decline / cancel: ``Deny(message)``
     declines (the message is in our ``tool_result``, not sent to the model), and
@@ -145,6 +149,7 @@ class CodexHandler(BackendHandler):
             Capability.COMMAND_EXECUTION,
             Capability.EVENT_STREAMING,
             Capability.THREAD_MANAGEMENT,
+            Capability.IN_PROCESS_MCP,
         }
     )
 
@@ -163,6 +168,9 @@ class CodexHandler(BackendHandler):
         self.partial = bool(opts.get("include_partial_messages"))
         self.argv = [*command_prefix(opts), str(self.cli), "app-server", *extra_args(opts)]
         self.env = launch_env(opts)
+        self.tool_server = _tool_server(opts.get("tool_server"))
+        if self.tool_server is not None:
+            self.env.update(self.tool_server.env())  # bearer_token_env_var reads it there
         for key in ("native_session_id", FORK_NATIVE_OPTION):
             value = opts.get(key)
             if value is not None and (not isinstance(value, str) or not value):
@@ -198,6 +206,7 @@ class CodexHandler(BackendHandler):
                 "config",
                 "include_partial_messages",
                 "native_session_id",
+                "tool_server",
                 FORK_NATIVE_OPTION,
             }
         )
@@ -238,8 +247,22 @@ class CodexHandler(BackendHandler):
             params["sandbox"] = opts["sandbox"]
         if opts.get("developer_instructions"):
             params["developerInstructions"] = opts["developer_instructions"]
-        if opts.get("config"):
-            params["config"] = dict(opts["config"])
+        config = dict(opts.get("config") or {})
+        access = self.tool_server
+        if access is not None:
+            servers = config.get("mcp_servers")
+            config["mcp_servers"] = {
+                **(dict(servers) if isinstance(servers, Mapping) else {}),
+                access.server_name: {
+                    "url": access.url,
+                    "bearer_token_env_var": access.token_env,
+                    # Never asked about: the tool server asks the permission handler.
+                    "default_tools_approval_mode": "approve",
+                    "tool_timeout_sec": TOOL_TIMEOUT_SEC,
+                },
+            }
+        if config:
+            params["config"] = config
         return params
 
     def _open_thread(self) -> bytes:
@@ -474,6 +497,11 @@ class CodexHandler(BackendHandler):
         assert message.id is not None
         method = str(message.method)
         params = message.params if isinstance(message.params, Mapping) else {}
+        if method == "mcpServer/elicitation/request" and self._own_tool_approval(params):
+            # Ours (should Codex ask despite the approve mode): the tool server decides.
+            answer = encode_result(message.id, {"action": "accept", "content": {}}, jsonrpc=False)
+            out.writes.append(encode_line(answer))
+            return
         approval = _APPROVALS.get(method)
         if approval is None:
             out.writes.append(
@@ -508,6 +536,16 @@ class CodexHandler(BackendHandler):
             OffThreadCall(
                 ("approval", message.id), lambda: policy.decide(tool_name, tool_input, context)
             )
+        )
+
+    def _own_tool_approval(self, params: Mapping[str, Any]) -> bool:
+        access = self.tool_server
+        meta = _mapping(params.get("_meta"))
+        return (
+            access is not None
+            and params.get("serverName") == access.server_name
+            and meta.get("codex_approval_kind") == "mcp_tool_call"
+            and meta.get("tool_name") in access.tool_names
         )
 
     def on_call_result(self, key: Any, result: Any, error: BaseException | None) -> HandlerOutput:
@@ -764,20 +802,52 @@ def _tool_result(item: Mapping[str, Any], raw: Mapping[str, Any]) -> Message | N
         content = f"file change {status}"
         is_error = status != "completed"
     elif kind == "mcpToolCall":
-        content = str(item.get("result") or item.get("error") or "")
-        is_error = status != "completed"
+        content, is_error = _mcp_result(item)
     else:
         return None
     item_id = _str_or_none(item.get("id"))
+    duration = item.get("durationMs")
     return _message(
         MessageType.TOOL_RESULT,
         raw,
         tool_use_id=item_id,
         content=content,
         is_error=is_error,
+        duration_ms=duration
+        if isinstance(duration, int | float) and not isinstance(duration, bool)
+        else None,
         content_blocks=[
             ContentBlock("tool_result", tool_use_id=item_id, content=content, is_error=is_error)
         ],
+    )
+
+
+def _mcp_result(item: Mapping[str, Any]) -> tuple[str, bool]:
+    """An MCP call's text (its text blocks, else its JSON) and whether it failed."""
+    result = item.get("result")
+    error = item.get("error")
+    is_error = item.get("status") != "completed"
+    if isinstance(result, Mapping):
+        is_error = is_error or result.get("isError") is True
+        blocks = result.get("content")
+        texts = [
+            str(b.get("text"))
+            for b in (blocks if isinstance(blocks, list) else [])
+            if isinstance(b, Mapping) and b.get("type") == "text"
+        ]
+        if texts:
+            return "\n".join(texts), is_error
+        return json.dumps(dict(result), ensure_ascii=False, default=str), is_error
+    if isinstance(error, Mapping):
+        return str(error.get("message") or json.dumps(dict(error), default=str)), True
+    return str(result or error or ""), is_error
+
+
+def _tool_server(value: Any) -> ToolServerAccess | None:
+    if value is None or isinstance(value, ToolServerAccess):
+        return value
+    raise InvalidOption(
+        f"option 'tool_server' is set by the runtime (give tools with tools=[...]); got {value!r}"
     )
 
 

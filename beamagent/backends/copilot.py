@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Final
 from beamagent.backends.acp import AcpHandler
 from beamagent.capabilities import Capability
 from beamagent.errors import InvalidOption
+from beamagent.tools._access import ToolServerAccess
 
 __all__ = ["CopilotHandler"]
 
@@ -49,7 +50,8 @@ class CopilotHandler(AcpHandler):
     none), ``mcp_servers``, ``env``, ``inherit_env``, ``extra_args``,
     ``command_prefix``, ``permission_handler``, ``permission_default``,
     ``include_partial_messages``, ``native_session_id`` (a Copilot session
-    to load).
+    to load), ``tool_server`` (set by the runtime for Python tools: over ACP,
+    with ``--allow-tool <server>``).
     """
 
     name: ClassVar[str] = "copilot"
@@ -65,6 +67,7 @@ class CopilotHandler(AcpHandler):
             Capability.APPROVAL_CALLBACKS,
             Capability.COMMAND_EXECUTION,
             Capability.EVENT_STREAMING,
+            Capability.IN_PROCESS_MCP,
         }
     )
     cli_name: ClassVar[str | None] = "copilot"
@@ -82,6 +85,10 @@ class CopilotHandler(AcpHandler):
     @classmethod
     def option_names(cls) -> frozenset[str]:
         return super().option_names() | {"allow_autopilot"}
+
+    def tool_server_args(self, access: ToolServerAccess) -> list[str]:
+        # Every tool of the session's MCP server, without asking (the server is only ours).
+        return ["--allow-tool", access.server_name]
 
     def launch_environment(self) -> dict[str, str]:
         env = super().launch_environment()

@@ -20,6 +20,7 @@ from typing import ClassVar
 
 from beamagent.backends.acp import AcpHandler
 from beamagent.capabilities import Capability
+from beamagent.tools._access import STRUCTURED_HEADER, ToolServerAccess
 
 __all__ = ["GeminiHandler"]
 
@@ -34,7 +35,9 @@ class GeminiHandler(AcpHandler):
     ``auth_method`` (default ``gemini-api-key``, which reads
     ``GEMINI_API_KEY``), ``mcp_servers``, ``env``, ``inherit_env``,
     ``extra_args``, ``command_prefix``, ``permission_handler``,
-    ``permission_default``, ``include_partial_messages``.
+    ``permission_default``, ``include_partial_messages``, ``tool_server``
+    (set by the runtime for Python tools: over ACP, with ``--allowed-tools``
+    for them and ``structuredContent`` asked of the server).
     """
 
     name: ClassVar[str] = "gemini"
@@ -49,6 +52,7 @@ class GeminiHandler(AcpHandler):
             Capability.APPROVAL_CALLBACKS,
             Capability.COMMAND_EXECUTION,
             Capability.EVENT_STREAMING,
+            Capability.IN_PROCESS_MCP,
         }
     )
     cli_name: ClassVar[str | None] = "gemini"
@@ -57,3 +61,14 @@ class GeminiHandler(AcpHandler):
     default_auth_method: ClassVar[str | None] = "gemini-api-key"
     native_load: ClassVar[bool] = False  # 0.61.0: session/load in a new process always fails
     model_switch: ClassVar[bool | None] = True  # session/set_model, verified against 0.61.0
+
+    def tool_server_args(self, access: ToolServerAccess) -> list[str]:
+        # Gemini names an MCP server's tools mcp_<server>_<tool>. ACP gives a server no
+        # "trust" flag; --allowed-tools makes policy rules that allow these without asking.
+        names = [f"mcp_{access.server_name}_{name}" for name in access.tool_names]
+        return ["--allowed-tools", ",".join(names)] if names else []
+
+    def tool_server_headers(self, access: ToolServerAccess) -> dict[str, str]:
+        # Gemini parses a result's first text block as JSON when there is no
+        # structuredContent, and fails on anything but an object (a tool returning 42).
+        return {STRUCTURED_HEADER: "always"}

@@ -32,8 +32,22 @@ turns. A ``reply`` callable always runs on a short-lived thread of its
 own, never on the session's, so it may block (e.g. to script a slow reply)
 while the session answers ``health()``, interrupts and its own timeouts.
 Items of a list or generator: ``str`` (an assistant text), ``dict`` (a raw
-message), ``bytes`` (raw bytes, for fault injection) or :class:`LocalExit`
-(the agent "process" exits with a status).
+message), ``bytes`` (raw bytes, for fault injection), :class:`LocalExit`
+(the agent "process" exits with a status) or :class:`LocalToolCall` (the agent
+calls one of the session's Python tools).
+
+**Python tools** (``tools=[...]``, see ``docs/tools.md``) run in-process, as in
+the ``openai`` backend's loop: a :class:`LocalToolCall` item is the agent asking
+for a call; the handler reports it (an ``assistant`` message with a
+``tool_use`` block), runs it off the session's thread through
+:func:`beamagent.tools.invoke` (arguments checked, the permission handler asked,
+the timeout kept), delivers its ``tool_result`` and hands the outcome back to
+the agent, which goes on with the reply. A generator reply gets the outcome (a
+:class:`~beamagent.tools.ToolOutcome`) as the value of its ``yield``::
+
+    def reply(prompt, params):
+        outcome = yield LocalToolCall("add", {"a": 2, "b": 40})
+        yield f"it is {outcome.content}"
 """
 
 from __future__ import annotations
@@ -46,7 +60,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Final
 
 import attrs
@@ -58,14 +72,17 @@ from beamagent.backends.base import (
     InProcessPeer,
     InProcessTransport,
     Messages,
+    OffThreadCall,
     SessionState,
     Transport,
     TransportSink,
 )
 from beamagent.backends.jsonl import decode_lines, encode_line
+from beamagent.backends.permissions import PermissionPolicy
 from beamagent.capabilities import Capability
 from beamagent.errors import InvalidOption
 from beamagent.messages import (
+    ContentBlock,
     ContentBlockType,
     Message,
     MessageType,
@@ -75,8 +92,17 @@ from beamagent.messages import (
     _normalize_owned,
     _valid_text,
 )
+from beamagent.tools._tool import ToolContext, ToolOutcome, ToolSet, invoke_blocking
 
-__all__ = ["CODECS", "LocalAgent", "LocalExit", "LocalHandler", "LocalTransport", "ReplyFn"]
+__all__ = [
+    "CODECS",
+    "LocalAgent",
+    "LocalExit",
+    "LocalHandler",
+    "LocalToolCall",
+    "LocalTransport",
+    "ReplyFn",
+]
 
 ReplyFn = Callable[[str, Mapping[str, Any]], Any]
 """``reply(prompt, params)`` → str | list of items | generator of items."""
@@ -92,6 +118,30 @@ class LocalExit:
     """A reply item that makes the local agent exit with ``status`` (transport death)."""
 
     status: int = 1
+
+
+@attrs.frozen
+class LocalToolCall:
+    """A reply item: the agent calls the session's Python tool ``name`` with ``arguments``.
+
+    The reply goes on once the call is over; a generator reply receives its
+    :class:`~beamagent.tools.ToolOutcome` as the value of the ``yield``. ``id``
+    is the call's id (``tool_use_id``; default ``toolu_local_<n>``).
+    """
+
+    name: str
+    arguments: Any = attrs.field(factory=dict)
+    id: str | None = None
+
+
+class _ToolWait:
+    """A call the agent's reply waits on: woken by its result, an interrupt or a close."""
+
+    __slots__ = ("event", "outcome")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.outcome: ToolOutcome | None = None
 
 
 class LocalAgent(InProcessPeer):
@@ -110,8 +160,10 @@ class LocalAgent(InProcessPeer):
         commands: Sequence[str] = ("/help", "/clear"),
         agents: Sequence[str] = ("general",),
         session_id: str | None = None,
+        tools: Sequence[str] = (),
     ) -> None:
         self.native_session_id = native_session_id
+        self._tools = list(tools)  # the session's Python tools, named in system/init
         # Stamped on the messages it builds (the JSONL codec's handler stamps its own).
         self.session_id = session_id
         self.model = model
@@ -136,6 +188,9 @@ class LocalAgent(InProcessPeer):
         self._superseded: threading.Event | None = None
         self._streamer: threading.Thread | None = None
         self._closed = False
+        self._tool_calls = itertools.count(1)
+        self._tool_waits: dict[str, _ToolWait] = {}
+        self._tool_lock = threading.Lock()
         # The conversation, kept only for a reply callable that asks for it (``history``).
         self._wants_history = reply is not None and _takes_history(reply)
         self.history: list[Message] = []
@@ -171,6 +226,9 @@ class LocalAgent(InProcessPeer):
                 cancel = self._cancel
                 if cancel is not None:
                     cancel.set()
+                self._wake_tool_waits()
+            elif kind == "tool_result":
+                self._tool_result(obj)
             elif kind == "set_model":
                 self.model = str(obj.get("model") or self.model)
             elif kind == "set_permission_mode":
@@ -240,11 +298,12 @@ class LocalAgent(InProcessPeer):
         else:
             script = reply(prompt, params, history=history)  # type: ignore[call-arg]
         if inspect.isgenerator(script):
-            yield from script
-        elif isinstance(script, str | bytes | LocalExit | Mapping):
+            yield from script  # a tool call's outcome is sent on to it
+        elif isinstance(script, str | bytes | LocalExit | LocalToolCall | Mapping):
             yield script
         else:
-            yield from list(script)
+            for item in list(script):  # noqa: UP028 - a list iterator takes no sent outcome
+                yield item
 
     def _query(self, prompt: str, params: Mapping[str, Any]) -> None:
         self._turn += 1
@@ -256,7 +315,12 @@ class LocalAgent(InProcessPeer):
             superseded.set()
             self._cancel = self._superseded = None
         started = time.monotonic()
+        self._wake_tool_waits()  # a reply of an earlier query waiting on a tool is superseded
         script = self._script(prompt, params)
+        if isinstance(script, LocalToolCall) or (
+            isinstance(script, list | tuple) and any(isinstance(i, LocalToolCall) for i in script)
+        ):
+            script = _one_by_one(script)  # a tool call waits for its outcome: not on this thread
         if inspect.isgenerator(script):
             self._send([self._init_part()])
             cancel, superseded = self._cancel, self._superseded = (
@@ -287,7 +351,7 @@ class LocalAgent(InProcessPeer):
 
     def _stream(
         self,
-        script: Iterator[Any],
+        script: Generator[Any, ToolOutcome | None, Any],
         prompt: str,
         started: float,
         cancel: threading.Event,
@@ -295,8 +359,14 @@ class LocalAgent(InProcessPeer):
     ) -> None:
         texts: list[str] = []
         saw_result = False
+        sent: ToolOutcome | None = None
         try:
-            for item in script:
+            while True:
+                try:
+                    item = script.send(sent)  # the first: send(None), as next()
+                except StopIteration:
+                    break
+                sent = None
                 if self._closed or superseded.is_set():
                     return
                 if cancel.is_set():
@@ -305,6 +375,13 @@ class LocalAgent(InProcessPeer):
                 if isinstance(item, LocalExit):
                     self._exit(item.status)
                     return
+                if isinstance(item, LocalToolCall):
+                    sent = self._call_tool(item)
+                    if sent is None:  # interrupted, superseded or closed meanwhile
+                        if cancel.is_set() and not superseded.is_set() and not self._closed:
+                            self._send([self._result_part(prompt, texts, started, "interrupted")])
+                        return
+                    continue
                 saw_result = saw_result or (isinstance(item, dict) and item.get("type") == "result")
                 self._send([self._item_part(item, texts)])
             if superseded.is_set():
@@ -319,7 +396,52 @@ class LocalAgent(InProcessPeer):
             self._exit(1)
         finally:
             with contextlib.suppress(Exception):
-                script.close()  # type: ignore[attr-defined]
+                script.close()
+
+    # --- tool calls ------------------------------------------------------------------
+
+    def _call_tool(self, call: LocalToolCall) -> ToolOutcome | None:
+        """Ask the handler to run ``call``; its outcome, or None if the reply must stop."""
+        call_id = call.id or f"toolu_local_{self.native_session_id[-8:]}_{next(self._tool_calls)}"
+        wait = _ToolWait()
+        with self._tool_lock:
+            if self._closed:
+                return None
+            self._tool_waits[call_id] = wait
+        request = {
+            "type": "tool_request",
+            "id": call_id,
+            "name": call.name,
+            "input": _copy_json(call.arguments),
+        }
+        self._emit(encode_line(request))
+        wait.event.wait()
+        with self._tool_lock:
+            self._tool_waits.pop(call_id, None)
+        return wait.outcome
+
+    def _tool_result(self, obj: Mapping[str, Any]) -> None:
+        with self._tool_lock:
+            wait = self._tool_waits.get(str(obj.get("id")))
+        if wait is None:
+            return  # the reply stopped waiting (interrupted): a late result is dropped
+        duration = obj.get("duration_ms")
+        wait.outcome = ToolOutcome(
+            str(obj.get("tool_name") or ""),
+            str(obj.get("content") or ""),
+            bool(obj.get("is_error")),
+            str(obj.get("status") or "ok"),
+            float(duration) if isinstance(duration, int | float) else 0.0,
+        )
+        wait.event.set()
+
+    def _wake_tool_waits(self) -> None:
+        """Stop every reply waiting on a tool call (interrupt, next query, close)."""
+        with self._tool_lock:
+            waits = list(self._tool_waits.values())
+            self._tool_waits.clear()
+        for wait in waits:
+            wait.event.set()
 
     # --- what the agent says: messages, or JSON lines --------------------------------
 
@@ -412,7 +534,7 @@ class LocalAgent(InProcessPeer):
             "uuid": self._uuid(),
             "model": self.model,
             "cwd": self.cwd,
-            "tools": [],
+            "tools": list(self._tools),
             "permissionMode": self.permission_mode or "default",
             "slash_commands": list(self._commands),
             "agents": list(self._agents),
@@ -468,7 +590,7 @@ class LocalAgent(InProcessPeer):
             static = {
                 "model": self.model,
                 "cwd": self.cwd,
-                "tools": [],
+                "tools": list(self._tools),
                 "permission_mode": self.permission_mode or "default",
                 "slash_commands": list(self._commands),
                 "agents": list(self._agents),
@@ -544,10 +666,12 @@ class LocalAgent(InProcessPeer):
         )
 
     def close(self) -> None:
-        self._closed = True
+        with self._tool_lock:
+            self._closed = True
         cancel = self._cancel
         if cancel is not None:
             cancel.set()
+        self._wake_tool_waits()
         streamer = self._streamer
         if streamer is not None and streamer is not threading.current_thread():
             streamer.join(timeout=5)
@@ -565,6 +689,12 @@ def _uuid4() -> str:
     n = int.from_bytes(os.urandom(16)) & ~_UUID4_CLEAR | _UUID4_SET
     h = f"{n:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _one_by_one(items: Any) -> Generator[Any, Any, None]:
+    """A list of reply items as a generator (it runs on the streaming thread)."""
+    for item in [items] if isinstance(items, LocalToolCall) else list(items):  # noqa: UP028
+        yield item  # (not ``yield from``: the outcomes sent in are dropped, not refused)
 
 
 def _takes_history(reply: Any) -> bool:
@@ -616,7 +746,13 @@ class LocalTransport(InProcessTransport):
 
 
 class LocalHandler(BackendHandler):
-    """Handler of the ``local`` backend (see the module docstring)."""
+    """Handler of the ``local`` backend (see the module docstring).
+
+    Options: ``model``, ``permission_mode``, ``cwd``, ``replies``, ``reply``,
+    ``models``, ``commands``, ``agents``, ``native_session_id``, ``codec``,
+    ``permission_handler`` (asked before each Python tool call). ``tools`` and
+    ``tool_context`` are set by the runtime from the session's Python tools.
+    """
 
     name: ClassVar[str] = "local"
     hibernates: ClassVar[bool] = True  # a new agent under the same native id
@@ -633,11 +769,21 @@ class LocalHandler(BackendHandler):
             Capability.METADATA_ACCESSORS,
             Capability.EVENT_STREAMING,
             Capability.TASK_STOP,
+            Capability.IN_PROCESS_MCP,  # Python tools, run in-process (LocalToolCall)
         }
     )
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         super().__init__(options)
+        self.tools = ToolSet.of(self.options.get("tools"), "tools")
+        context = self.options.get("tool_context") or {}
+        self.tool_context: dict[str, Any] = dict(context) if isinstance(context, Mapping) else {}
+        policy = PermissionPolicy.from_options(
+            {"permission_handler": self.options.get("permission_handler")}
+        )
+        self._decide = policy.decide if policy.handler is not None else None
+        # Calls running off the session's thread: call id -> tool name.
+        self._tool_calls: dict[str, str] = {}
         reply = self.options.get("reply")
         if reply is not None and not callable(reply):
             raise InvalidOption(f"local option 'reply' must be callable; got {reply!r}")
@@ -668,6 +814,9 @@ class LocalHandler(BackendHandler):
             "agents",
             "native_session_id",
             "codec",
+            "tools",
+            "tool_context",
+            "permission_handler",
         }
 
     def open_transport(self) -> Transport:
@@ -682,6 +831,7 @@ class LocalHandler(BackendHandler):
             commands=self.options.get("commands", ("/help", "/clear")),
             agents=self.options.get("agents", ("general",)),
             session_id=self.session_id,
+            tools=self.tools.names(),
         )
         self._agent = agent
         if self.codec == "jsonl":
@@ -717,7 +867,13 @@ class LocalHandler(BackendHandler):
         replies: list[tuple[Any, Any, str | None]] = []
         state: SessionState | None = None
         info: dict[str, Any] | None = None
+        calls: list[OffThreadCall] = []
         for obj in decoded.objects:
+            if obj.get("type") == "tool_request":
+                use, call = self._tool_request(obj)
+                messages.append(use)
+                calls.append(call)
+                continue
             if obj.get("type") == "control_response":
                 response = obj.get("response")
                 if not isinstance(response, Mapping):
@@ -733,11 +889,89 @@ class LocalHandler(BackendHandler):
                 continue
             # The decoder's dicts are fresh from json.loads and handed over: no copies.
             # Stamped with the canonical session id here, so the session need not copy.
-            messages.append(_normalize_owned(obj, session_id=self.session_id, json_native=True))
+            message = _normalize_owned(obj, session_id=self.session_id, json_native=True)
+            if message.type is MessageType.RESULT:
+                self._tool_calls.clear()  # the reply is over: late outcomes are dropped
+            messages.append(message)
         return (
-            HandlerOutput(messages=messages, state=state, info=info, replies=replies),
+            HandlerOutput(messages=messages, state=state, info=info, replies=replies, calls=calls),
             decoded.leftover,
         )
+
+    def handle_messages(self, messages: Sequence[Message]) -> HandlerOutput:
+        if any(m.type is MessageType.RESULT for m in messages):
+            self._tool_calls.clear()  # the reply is over: late outcomes are dropped
+        return HandlerOutput(messages=messages)
+
+    # --- Python tools ---------------------------------------------------------------
+
+    def _tool_request(self, obj: Mapping[str, Any]) -> tuple[Message, OffThreadCall]:
+        """The agent asks for a call: its ``tool_use`` report, and the call to run."""
+        call_id, name = str(obj.get("id")), str(obj.get("name"))
+        arguments = obj.get("input")
+        self._tool_calls[call_id] = name
+        use = Message(
+            MessageType.ASSISTANT,
+            content="",
+            content_blocks=[ContentBlock("tool_use", id=call_id, name=name, input=arguments)],
+            session_id=self.session_id,
+            model=self.model,
+            stop_reason="tool_use",
+            timestamp=time.time_ns() // 1_000_000,
+        )
+        context = ToolContext(
+            session_id=self.session_id,
+            backend=self.name,
+            tool_name=name,
+            tool_use_id=call_id,
+            run_id=self.tool_context.get("run_id"),
+            node_id=self.tool_context.get("node_id"),
+        )
+        tool, decide = self.tools.get(name), self._decide
+        return use, OffThreadCall(
+            ("tool", call_id),
+            lambda: invoke_blocking(tool, arguments, context, decide=decide, tool_name=name),
+        )
+
+    def on_call_result(self, key: Any, result: Any, error: BaseException | None) -> HandlerOutput:
+        _kind, call_id = key
+        name = self._tool_calls.pop(call_id, None)
+        if name is None:
+            return HandlerOutput()  # interrupted meanwhile: the late outcome is dropped
+        outcome = (
+            result
+            if isinstance(result, ToolOutcome)
+            else ToolOutcome(name, f"the tool call failed: {error!r}", True, "error")
+        )
+        message = Message(
+            MessageType.TOOL_RESULT,
+            tool_use_id=call_id,
+            tool_name=name,
+            content=outcome.content,
+            is_error=outcome.is_error,
+            duration_ms=round(outcome.duration_ms, 3),
+            subtype=outcome.status,
+            content_blocks=[
+                ContentBlock(
+                    "tool_result",
+                    tool_use_id=call_id,
+                    content=outcome.content,
+                    is_error=outcome.is_error,
+                )
+            ],
+            session_id=self.session_id,
+            timestamp=time.time_ns() // 1_000_000,
+        )
+        answer = {
+            "type": "tool_result",
+            "id": call_id,
+            "tool_name": name,
+            "content": outcome.content,
+            "is_error": outcome.is_error,
+            "status": outcome.status,
+            "duration_ms": outcome.duration_ms,
+        }
+        return HandlerOutput(messages=[message], writes=[encode_line(answer)])
 
     def encode_interrupt(self) -> HandlerOutput:
         return HandlerOutput(writes=[encode_line({"type": "interrupt"})])

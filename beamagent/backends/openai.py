@@ -11,6 +11,14 @@ a new handler (after a supervisor restart, a wake from hibernation, a
 history (:meth:`OpenAIHandler.replay_history`), so the model always gets the
 earlier turns.
 
+With Python tools (``tools=[...]``, see ``docs/tools.md``) the handler runs the
+tool loop itself: the tools go in the request's ``tools``; when the model asks
+for them, each call runs off the session's thread (:func:`beamagent.tools.invoke`:
+arguments checked, the permission handler asked, the timeout kept), its
+``tool_result`` is delivered, and the conversation with the results goes back
+to the model -- until it answers without calling a tool, or ``max_tool_rounds``
+is exceeded (an error result).
+
 The HTTP call must never block the session actor, so it runs as a task on the
 shared I/O loop (:class:`HttpStreamTransport`, no thread per request), which
 speaks a small JSON Lines protocol with the handler: the handler *writes*
@@ -36,12 +44,14 @@ from beamagent.backends.base import (
     Connected,
     Data,
     HandlerOutput,
+    OffThreadCall,
     SessionState,
     Transport,
     TransportSink,
 )
 from beamagent.backends.io_loop import IoLease, acquire_io_loop
 from beamagent.backends.jsonl import decode_lines, encode_line
+from beamagent.backends.permissions import PermissionPolicy
 from beamagent.backends.replay import (
     REPLAY_MAX_CHARS,
     REPLAY_MAX_TURNS,
@@ -52,6 +62,7 @@ from beamagent.capabilities import Capability
 from beamagent.errors import InvalidOption, TransportError
 from beamagent.log import get_logger
 from beamagent.messages import ContentBlock, Message, MessageType
+from beamagent.tools._tool import ToolContext, ToolOutcome, ToolSet, invoke_blocking
 
 if TYPE_CHECKING:
     import httpx
@@ -61,6 +72,7 @@ __all__ = ["HttpStreamTransport", "OpenAIHandler"]
 log = get_logger(__name__)
 
 DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
+DEFAULT_MAX_TOOL_ROUNDS: Final = 20
 _RESERVED: Final = frozenset({"model", "messages", "stream", "stream_options"})
 
 
@@ -305,12 +317,17 @@ class OpenAIHandler(BackendHandler):
     ``api_key`` (default ``$OPENAI_API_KEY``; none for a local server),
     ``model`` (required), ``system_prompt``, ``headers``, ``extra_body``
     (merged into every request), ``connect_timeout`` (10 s), ``read_timeout``
-    (600 s), ``include_partial_messages`` (stream deltas as ``stream_event``).
-    Query params other than the prompt go into the request body
-    (``temperature``, ``max_tokens``...).
+    (600 s), ``include_partial_messages`` (stream deltas as ``stream_event``),
+    ``max_tool_rounds`` (20: model requests that call tools, per query),
+    ``permission_handler`` (asked before each Python tool call). Query params
+    other than the prompt go into the request body (``temperature``,
+    ``max_tokens``...; raw ``tools`` definitions are sent along, and a call of
+    one of those ends the query, reported, as before). ``tools`` and
+    ``tool_context`` are set by the runtime from the session's Python tools.
 
-    There are no permission modes (no tools run here): ``permission_mode`` is
-    not an option, and ``set_permission_mode`` raises ``UnsupportedCapability``.
+    There are no permission modes (the only tools run here are the session's
+    Python tools, asked of ``permission_handler``): ``permission_mode`` is not
+    an option, and ``set_permission_mode`` raises ``UnsupportedCapability``.
     """
 
     name: ClassVar[str] = "openai"
@@ -323,12 +340,24 @@ class OpenAIHandler(BackendHandler):
             Capability.INTERRUPT,
             Capability.SESSION_HISTORY,
             Capability.EVENT_STREAMING,
+            Capability.IN_PROCESS_MCP,
         }
     )
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         super().__init__(options)
         opts = self.options
+        self.tools = ToolSet.of(opts.get("tools"), "tools")
+        context = opts.get("tool_context") or {}
+        self.tool_context: dict[str, Any] = dict(context) if isinstance(context, Mapping) else {}
+        rounds = opts.get("max_tool_rounds", DEFAULT_MAX_TOOL_ROUNDS)
+        if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+            raise InvalidOption(f"option 'max_tool_rounds' must be an int >= 1; got {rounds!r}")
+        self.max_tool_rounds = rounds
+        policy = PermissionPolicy.from_options(
+            {"permission_handler": opts.get("permission_handler")}
+        )
+        self._decide = policy.decide if policy.handler is not None else None
         if not self.model:
             raise InvalidOption(
                 "the openai backend needs model=... (the model name the server knows)"
@@ -368,11 +397,17 @@ class OpenAIHandler(BackendHandler):
         self._request_ids = int(self.backend_state.get("requests", 0))
         self._replayed = 0
         self._turn: _Turn | None = None
+        self._query: _Query | None = None
+        self._queries = 0
         self._log = log.bind(session_id=self.session_id, backend=self.name)
 
     @classmethod
     def option_names(cls) -> frozenset[str]:
         return (super().option_names() - {"permission_mode"}) | {
+            "tools",
+            "tool_context",
+            "max_tool_rounds",
+            "permission_handler",
             "base_url",
             "api_key",
             "system_prompt",
@@ -432,34 +467,15 @@ class OpenAIHandler(BackendHandler):
     # --- queries -------------------------------------------------------------------------
 
     def encode_query(self, prompt: str, params: Mapping[str, Any]) -> HandlerOutput:
-        self._request_ids += 1
-        self.backend_state["requests"] = self._request_ids
-        request_id = self._request_ids
         user = {"role": "user", "content": prompt}
-        messages: list[dict[str, Any]] = []
-        if self.system_prompt:
-            messages.append({"role": "system", "content": self.system_prompt})
-        messages += [*self.history, user]
-        body: dict[str, Any] = {
-            **self.extra_body,
-            **{k: v for k, v in params.items() if k not in _RESERVED},
-            "model": self.model,
-            "messages": messages,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        command = {
-            "op": "request",
-            "id": request_id,
-            "method": "POST",
-            "url": f"{self.base_url}/chat/completions",
-            "json": body,
-        }
-        try:
-            line = encode_line(command)
-        except (TypeError, ValueError) as exc:
-            raise InvalidOption(f"query params must be JSON-serialisable: {exc}") from exc
-        self._turn = _Turn(request_id, user, str(self.model))
+        extra = {k: v for k, v in params.items() if k not in _RESERVED}
+        raw_tools = extra.pop("tools", None)
+        if raw_tools is not None and not isinstance(raw_tools, list):
+            raise InvalidOption(f"query param 'tools' must be a list; got {raw_tools!r}")
+        self._queries += 1
+        query = _Query(self._queries, user, extra, list(raw_tools or []))
+        line = self._request(query)  # raises InvalidOption before any state changes
+        self._query = query
         init = Message(
             MessageType.SYSTEM,
             subtype="init",
@@ -469,21 +485,60 @@ class OpenAIHandler(BackendHandler):
                 "model": self.model,
                 "base_url": self.base_url,
                 "history_messages": len(self.history),
+                "tools": list(self.tools.names()),
             },
         )
         return HandlerOutput(writes=[line], messages=[init])
 
+    def _request(self, query: _Query) -> bytes:
+        """The command that sends the query's conversation so far (one model request)."""
+        messages: list[dict[str, Any]] = []
+        if self.system_prompt:
+            messages.append({"role": "system", "content": self.system_prompt})
+        messages += [*self.history, query.user, *query.transcript]
+        tools = [t.openai_tool() for t in self.tools] + query.raw_tools
+        body: dict[str, Any] = {
+            **self.extra_body,
+            **query.params,
+            "model": self.model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if tools:
+            body["tools"] = tools
+        self._request_ids += 1
+        self.backend_state["requests"] = self._request_ids
+        command = {
+            "op": "request",
+            "id": self._request_ids,
+            "method": "POST",
+            "url": f"{self.base_url}/chat/completions",
+            "json": body,
+        }
+        try:
+            line = encode_line(command)
+        except (TypeError, ValueError) as exc:
+            raise InvalidOption(f"query params must be JSON-serialisable: {exc}") from exc
+        self._turn = _Turn(self._request_ids, query.user, str(self.model))
+        return line
+
     def encode_interrupt(self) -> HandlerOutput | None:
-        turn = self._turn
-        if turn is None:
-            return None
-        return HandlerOutput(writes=[encode_line({"op": "cancel", "id": turn.request_id})])
+        turn, query = self._turn, self._query
+        if turn is not None:
+            return HandlerOutput(writes=[encode_line({"op": "cancel", "id": turn.request_id})])
+        if query is not None:  # waiting for tool calls: nothing to cancel on the wire
+            self._query = None
+            return HandlerOutput(messages=[query.result("interrupted", self.model, is_error=True)])
+        return None
 
     # --- responses -----------------------------------------------------------------------
 
     def handle_data(self, buffer: bytes) -> tuple[HandlerOutput, bytes]:
         decoded = decode_lines(buffer)
         messages: list[Message] = []
+        writes: list[bytes] = []
+        calls: list[OffThreadCall] = []
         for line in decoded.objects:
             turn = self._turn
             if turn is None or line.get("id") != turn.request_id:
@@ -492,18 +547,38 @@ class OpenAIHandler(BackendHandler):
             if op == "event":
                 messages += turn.on_event(str(line.get("data", "")), self.partial)
             elif op in ("done", "http_error", "transport_error", "cancelled"):
-                messages += self._finish(turn, line)
                 self._turn = None
-        return HandlerOutput(messages=messages), decoded.leftover
+                output = self._finish(turn, line)
+                messages += output.messages
+                writes += output.writes
+                calls += output.calls
+        return HandlerOutput(messages=messages, writes=writes, calls=calls), decoded.leftover
 
-    def _finish(self, turn: _Turn, line: Mapping[str, Any]) -> list[Message]:
+    def _finish(self, turn: _Turn, line: Mapping[str, Any]) -> HandlerOutput:
+        query = self._query
         op = line.get("op")
+        if query is not None:
+            query.add_usage(turn.usage)
         if op == "done" and turn.error is None:
             assistant = turn.assistant_message()
-            self.history += [turn.user, {"role": "assistant", "content": turn.text}]
-            return [assistant, turn.result("success")]
+            if query is not None and self._runs_tools(turn, query):
+                return self._tool_round(turn, query, assistant)
+            self._query = None
+            transcript = query.transcript if query is not None else []
+            self.history += [turn.user, *transcript, {"role": "assistant", "content": turn.text}]
+            result = (
+                query.result("success", turn.model, turn=turn)
+                if query is not None
+                else turn.result("success")
+            )
+            return HandlerOutput(messages=[assistant, result])
+        self._query = None
         if op == "cancelled":
-            return [turn.result("interrupted", is_error=True)]
+            if query is not None:
+                return HandlerOutput(
+                    messages=[query.result("interrupted", turn.model, turn=turn, is_error=True)]
+                )
+            return HandlerOutput(messages=[turn.result("interrupted", is_error=True)])
         if op == "http_error":
             status = line.get("status")
             body = str(line.get("body", ""))
@@ -523,7 +598,115 @@ class OpenAIHandler(BackendHandler):
                 timestamp=_now_ms(),
             )
         self._log.warning("openai_request_failed", error=error.content)
-        return [error, turn.result("error", is_error=True, text=error.content)]
+        if query is not None:
+            result = query.result("error", turn.model, turn=turn, is_error=True, text=error.content)
+        else:
+            result = turn.result("error", is_error=True, text=error.content)
+        return HandlerOutput(messages=[error, result])
+
+    # --- the tool loop ------------------------------------------------------------------
+
+    def _runs_tools(self, turn: _Turn, query: _Query) -> bool:
+        """Whether the model's tool calls are ours to run (none names a raw ``tools`` entry)."""
+        if not turn.tool_calls or not self.tools:
+            return False
+        raw = {_str(_as_mapping(t.get("function")).get("name")) for t in query.raw_tools}
+        return not any(call["name"] in raw for call in turn.tool_calls.values())
+
+    def _tool_round(self, turn: _Turn, query: _Query, assistant: Message) -> HandlerOutput:
+        query.rounds += 1
+        if query.rounds > self.max_tool_rounds:
+            self._query = None
+            text = (
+                f"the model asked for tools in more than max_tool_rounds={self.max_tool_rounds} "
+                "consecutive requests; the query was stopped (raise max_tool_rounds to allow more)"
+            )
+            self._log.warning("openai_max_tool_rounds", rounds=self.max_tool_rounds)
+            error = Message(
+                MessageType.ERROR,
+                content=text,
+                error_info={"max_tool_rounds": self.max_tool_rounds},
+                timestamp=_now_ms(),
+            )
+            result = query.result(
+                "error_max_tool_rounds", turn.model, turn=turn, is_error=True, text=text
+            )
+            return HandlerOutput(messages=[assistant, error, result])
+        entries = []
+        calls: list[OffThreadCall] = []
+        for index, call in enumerate(turn.tool_calls.values()):
+            call_id = call["id"] or f"call_{query.number}_{query.rounds}_{index}"
+            call["id"] = call_id
+            entries.append(
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": call["arguments"]},
+                }
+            )
+            query.pending[call_id] = call["name"]
+            calls.append(self._tool_call(query, call_id, call["name"], call["arguments"]))
+        query.transcript.append(
+            {"role": "assistant", "content": turn.text or None, "tool_calls": entries}
+        )
+        return HandlerOutput(messages=[assistant], calls=calls)
+
+    def _tool_call(self, query: _Query, call_id: str, name: str, arguments: str) -> OffThreadCall:
+        try:
+            parsed: Any = json.loads(arguments or "{}")
+        except ValueError:
+            parsed = arguments  # not JSON: the check says so to the model
+        context = ToolContext(
+            session_id=self.session_id,
+            backend=self.name,
+            tool_name=name,
+            tool_use_id=call_id,
+            run_id=self.tool_context.get("run_id"),
+            node_id=self.tool_context.get("node_id"),
+        )
+        tool, decide = self.tools.get(name), self._decide
+        return OffThreadCall(
+            ("tool", query.number, call_id),
+            lambda: invoke_blocking(tool, parsed, context, decide=decide, tool_name=name),
+        )
+
+    def on_call_result(self, key: Any, result: Any, error: BaseException | None) -> HandlerOutput:
+        query = self._query
+        if not (isinstance(key, tuple) and len(key) == 3 and key[0] == "tool"):
+            return HandlerOutput()
+        _kind, number, call_id = key
+        if query is None or query.number != number or call_id not in query.pending:
+            return HandlerOutput()  # interrupted meanwhile: the late result is dropped
+        name = query.pending.pop(call_id)
+        outcome = (
+            result
+            if isinstance(result, ToolOutcome)
+            else ToolOutcome(name, f"the tool call failed: {error!r}", True, "error")
+        )
+        query.transcript.append(
+            {"role": "tool", "tool_call_id": call_id, "content": outcome.content}
+        )
+        message = Message(
+            MessageType.TOOL_RESULT,
+            tool_use_id=call_id,
+            tool_name=name,
+            content=outcome.content,
+            is_error=outcome.is_error,
+            duration_ms=round(outcome.duration_ms, 3),
+            subtype=outcome.status,
+            content_blocks=[
+                ContentBlock(
+                    "tool_result",
+                    tool_use_id=call_id,
+                    content=outcome.content,
+                    is_error=outcome.is_error,
+                )
+            ],
+            timestamp=_now_ms(),
+        )
+        if query.pending:
+            return HandlerOutput(messages=[message])
+        return HandlerOutput(messages=[message], writes=[self._request(query)])
 
     def info(self) -> dict[str, Any]:
         return {
@@ -531,6 +714,60 @@ class OpenAIHandler(BackendHandler):
             "history_messages": len(self.history),
             "replayed_turns": self._replayed,
         }
+
+
+class _Query:
+    """One query: its model requests (rounds of tool calls) and what they added."""
+
+    def __init__(
+        self, number: int, user: dict[str, Any], params: dict[str, Any], raw_tools: list[Any]
+    ) -> None:
+        self.number = number
+        self.user = user
+        self.params = params
+        self.raw_tools = [t for t in raw_tools if isinstance(t, Mapping)]
+        self.started = time.monotonic()
+        self.rounds = 0
+        self.requests = 0
+        self.transcript: list[dict[str, Any]] = []  # assistant tool calls and tool results
+        self.pending: dict[str, str] = {}  # call id -> tool name, of the current round
+        self.usage: dict[str, Any] | None = None
+
+    def add_usage(self, usage: Mapping[str, Any] | None) -> None:
+        self.requests += 1
+        if usage is None:
+            return
+        total = dict(self.usage or {})
+        for key, value in usage.items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                previous = total.get(key, 0)
+                total[key] = (previous if isinstance(previous, int) else 0) + value
+            else:
+                total.setdefault(key, value)
+        self.usage = total
+
+    def result(
+        self,
+        subtype: str,
+        model: str | None,
+        *,
+        turn: _Turn | None = None,
+        is_error: bool = False,
+        text: str | None = None,
+    ) -> Message:
+        content = text if text is not None else (turn.text if turn is not None else "")
+        return Message(
+            MessageType.RESULT,
+            subtype=subtype,
+            is_error=is_error,
+            content=content,
+            model=model,
+            usage=self.usage,
+            stop_reason=turn.stop_reason() if turn is not None else None,
+            duration_ms=int((time.monotonic() - self.started) * 1000),
+            num_turns=max(self.requests, 1),
+            timestamp=_now_ms(),
+        )
 
 
 class _Turn:
@@ -610,6 +847,10 @@ class _Turn:
             entry["name"] += _str(function.get("name"))
             entry["arguments"] += _str(function.get("arguments"))
 
+    def stop_reason(self) -> str | None:
+        """The completion's stop reason in canonical words (``end_turn``, ``tool_use``...)."""
+        return self._stop_reason()
+
     def _stop_reason(self) -> str | None:
         return {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}.get(
             self.finish_reason or "", self.finish_reason
@@ -668,6 +909,10 @@ def _error_detail(body: str) -> str:
         if isinstance(error, str):
             return error
     return body[:300]
+
+
+def _as_mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 def _str(value: Any) -> str:

@@ -29,6 +29,16 @@ session id:
   session's thread) and is answered ``POST /permission/{id}/reply`` with
   ``once`` / ``always`` / ``reject`` (and the denial's message).
 
+**Python tools** (``tools=[...]``, see ``docs/tools.md``) are served to the
+session's own ``opencode serve`` through ``OPENCODE_CONFIG_CONTENT`` (merged into
+the caller's): ``mcp.<server>`` (remote, its bearer header as
+``{env:BEAMAGENT_TOOLS_TOKEN}``) and a last ``"<server>_*": "allow"`` permission
+rule. Their tool parts are reported as ``mcp__<server>__<tool>`` and announced
+to the tool server with OpenCode's call id; a permission request for them is
+answered ``once`` without the permission handler (the tool server asks it). An
+attached server (``base_url``) cannot take them: an MCP server added to it would
+serve every session on it.
+
 ``interrupt()`` is ``POST /session/{id}/abort``; OpenCode leaves a pending
 permission request of the aborted turn behind, so the handler rejects those
 itself once the abort is answered, and drops the permission handler's late
@@ -37,6 +47,8 @@ answers.
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
@@ -74,12 +86,15 @@ from beamagent.capabilities import Capability
 from beamagent.errors import InvalidOption, UnsupportedCapability
 from beamagent.log import get_logger
 from beamagent.messages import ContentBlock, Message, MessageType
+from beamagent.tools._access import ToolServerAccess
 
 __all__ = ["OpenCodeHandler", "parse_model"]
 
 log = get_logger(__name__)
 
 CLI_NAME: Final = "opencode"
+CONFIG_CONTENT_ENV: Final = "OPENCODE_CONFIG_CONTENT"
+"""OpenCode merges the JSON config in this variable over its config files."""
 NPM_PACKAGE: Final = "opencode-ai"
 DEFAULT_INIT_TIMEOUT: Final = 60.0
 """The ``opencode`` backend's default ``init_timeout``: the server takes seconds to be healthy."""
@@ -123,7 +138,9 @@ class OpenCodeHandler(BackendHandler):
     ``env``, ``inherit_env``, ``extra_args``, ``command_prefix``,
     ``permission_handler``, ``permission_default``,
     ``include_partial_messages``, ``native_session_id`` (an OpenCode session to
-    continue), ``fork_native_session_id`` (an OpenCode session to fork).
+    continue), ``fork_native_session_id`` (an OpenCode session to fork),
+    ``tool_server`` (set by the runtime for Python tools: see the module
+    docstring; not with ``base_url``).
     """
 
     name: ClassVar[str] = "opencode"
@@ -138,6 +155,7 @@ class OpenCodeHandler(BackendHandler):
             Capability.APPROVAL_CALLBACKS,
             Capability.COMMAND_EXECUTION,
             Capability.EVENT_STREAMING,
+            Capability.IN_PROCESS_MCP,  # Python tools, on a server of the session's own
         }
     )
 
@@ -192,6 +210,22 @@ class OpenCodeHandler(BackendHandler):
         self.env = launch_env(opts, set_default={"OPENCODE_DISABLE_AUTOUPDATE": "1"})
         if self.directory is not None:
             self.env["PWD"] = self.directory
+        self.tool_server = _tool_server(opts.get("tool_server"))
+        if self.tool_server is not None:
+            if self.base_url is not None:
+                # An MCP server is added to a whole opencode instance: every session on a
+                # shared server would be offered this session's tools, and call them.
+                raise UnsupportedCapability(
+                    self.name,
+                    f"{Capability.IN_PROCESS_MCP.value} on an attached server (base_url): "
+                    "Python tools need an opencode server of the session's own (leave out "
+                    "base_url), or start the session with tools=[]",
+                )
+            self.tool_server.calls.enable()  # OpenCode announces each call: see _Turn._tool
+            self.env.update(self.tool_server.env())  # the config reads the token from here
+            self.env[CONFIG_CONTENT_ENV] = json.dumps(
+                _with_tool_server(self.env.get(CONFIG_CONTENT_ENV), self.tool_server)
+            )
         self.native_session_id: str | None = opts.get("native_session_id")
         # Fork the parent, unless this session has an OpenCode session of its own by now.
         self.fork_parent: str | None = None if self.native_session_id else fork
@@ -225,6 +259,7 @@ class OpenCodeHandler(BackendHandler):
                 "include_partial_messages",
                 "native_session_id",
                 FORK_NATIVE_OPTION,
+                "tool_server",
             }
         )
 
@@ -301,7 +336,7 @@ class OpenCodeHandler(BackendHandler):
                 body[key] = value
         if isinstance(params.get("tools"), Mapping):
             body["tools"] = dict(params["tools"])
-        self._turn = _Turn(str(model) if model is not None else None)
+        self._turn = _Turn(str(model) if model is not None else None, self.tool_server)
         init = _message(
             MessageType.SYSTEM,
             {},
@@ -666,9 +701,16 @@ class OpenCodeHandler(BackendHandler):
                 out.writes.append(self._permission_reply(pid, "reject", "the turn is over"))
             out.writes += self._close_plan()
             return
+        tool_name = str(props.get("permission") or "unknown")
+        own = _own_tool(self.tool_server, tool_name)
+        if own is not None:
+            # The session's Python tool (asked despite our "allow" rule): the tool server asks
+            # the permission handler when the call reaches it, exactly once.
+            self._log.info("permission_allowed_own_tool", tool=own, request_id=pid)
+            out.writes.append(self._permission_reply(pid, "once"))
+            return
         self._pending_permissions[pid] = props
         out.writes += self._close_plan()
-        tool_name = str(props.get("permission") or "unknown")
         metadata = props.get("metadata")
         tool_input: dict[str, Any] = dict(metadata) if isinstance(metadata, Mapping) else {}
         patterns = props.get("patterns")
@@ -789,8 +831,9 @@ class _Output:
 class _Turn:
     """One prompt: which messages are its own, and what it produced so far."""
 
-    def __init__(self, model: str | None) -> None:
+    def __init__(self, model: str | None, access: ToolServerAccess | None = None) -> None:
         self.model = model
+        self.access = access
         self.started = time.monotonic()
         self.accepted = False  # prompt_async answered 2xx
         self.aborting = False
@@ -892,6 +935,14 @@ class _Turn:
         call_id = _str_or_none(part.get("callID")) or str(part.get("id"))
         tool_input = _mapping(state.get("input"))
         name = str(part.get("tool") or "unknown")
+        own = _own_tool(self.access, name)
+        if own is not None and self.access is not None:
+            name = f"mcp__{self.access.server_name}__{own}"  # as Claude Code and Codex name it
+            if status == "running":
+                # The tool server is told the call's id (OpenCode does not send it along).
+                self.access.calls.announce(own, dict(tool_input), call_id)
+            elif status in ("completed", "error"):
+                self.access.calls.retract(call_id)  # if the call never reached the server
         out: list[Message] = []
         if call_id not in self.tools_used and (
             status in ("completed", "error") or (status == "running" and tool_input)
@@ -1064,3 +1115,64 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _tool_server(value: Any) -> ToolServerAccess | None:
+    if value is None or isinstance(value, ToolServerAccess):
+        return value
+    raise InvalidOption(
+        f"option 'tool_server' is set by the runtime (give tools with tools=[...]); got {value!r}"
+    )
+
+
+def _with_tool_server(content: str | None, access: ToolServerAccess) -> dict[str, Any]:
+    """``OPENCODE_CONFIG_CONTENT`` with the tool server added (to the caller's own, if any).
+
+    The token stays in the environment: OpenCode substitutes ``{env:VAR}``. Our
+    tools are allowed without asking (``<server>_*``, the names OpenCode gives
+    them): the tool server asks the permission handler itself.
+    """
+    config: dict[str, Any] = {}
+    if content:
+        try:
+            loaded = json.loads(content)
+        except ValueError as exc:
+            raise InvalidOption(f"env {CONFIG_CONTENT_ENV} must be a JSON object: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise InvalidOption(f"env {CONFIG_CONTENT_ENV} must be a JSON object; got {loaded!r}")
+        config = loaded
+    servers = config.get("mcp")
+    config["mcp"] = {
+        **(servers if isinstance(servers, dict) else {}),
+        access.server_name: {
+            "type": "remote",
+            "url": access.url,
+            "headers": {"Authorization": f"Bearer {{env:{access.token_env}}}"},
+            "enabled": True,
+            "oauth": False,
+        },
+    }
+    permission = config.get("permission")
+    if isinstance(permission, str):  # one answer for everything: kept for everything else
+        permission = {"*": permission}
+    rules = dict(permission) if isinstance(permission, dict) else {}
+    key = f"{_tool_prefix(access)}*"
+    rules.pop(key, None)  # last: OpenCode's last matching rule wins
+    config["permission"] = {**rules, key: "allow"}
+    return config
+
+
+def _own_tool(access: ToolServerAccess | None, name: str) -> str | None:
+    """The session's Python tool that OpenCode's tool ``name`` is, or None."""
+    if access is None:
+        return None
+    prefix = _tool_prefix(access)
+    if not name.startswith(prefix):
+        return None
+    own = name[len(prefix) :]
+    return own if own in access.tool_names else None
+
+
+def _tool_prefix(access: ToolServerAccess) -> str:
+    """How OpenCode prefixes the tools of our MCP server (``beamagent_``)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", access.server_name) + "_"

@@ -33,6 +33,7 @@ from beamagent.graph.router import Router
 from beamagent.graph.serving import NodeMessage, Result, ToolRegistry, parse_structured_answer
 from beamagent.log import get_logger
 from beamagent.messages import Message, MessageType
+from beamagent.tools._tool import ToolSet
 
 __all__ = ["PROMPT_FIELDS", "SessionServing"]
 
@@ -111,6 +112,11 @@ class SessionServing:
             a ``local`` backend's ``reply``...).
         tools: Python tools the model may call; their definitions go in the
             prompt and the node actor runs the calls.
+        session_tools: Python tools (``@beamagent.tools.tool``) given to the
+            node's session itself: the agent calls them as it works (served
+            over MCP to a CLI, run in-process by ``openai``; see
+            ``docs/tools.md``), and each call's ``ToolContext`` carries the
+            run and node ids.
         system: text put before every prompt.
         timeout: seconds one query may take.
         query_params: extra parameters passed to every query.
@@ -129,6 +135,7 @@ class SessionServing:
         backend: str | None = None,
         session_options: Mapping[str, Any] | None = None,
         tools: ToolRegistry | None = None,
+        session_tools: Any = None,
         system: str | None = None,
         timeout: float = 120.0,
         query_params: Mapping[str, Any] | None = None,
@@ -147,6 +154,9 @@ class SessionServing:
             raise InvalidOption(f"router must be a Router, got {router!r}")
         if tools is not None and not isinstance(tools, ToolRegistry):
             raise InvalidOption(f"tools must be a ToolRegistry, got {tools!r}")
+        self.session_tools = (
+            None if session_tools is None else ToolSet.of(session_tools, "session_tools")
+        )
         if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
             raise InvalidOption(f"timeout must be seconds > 0, got {timeout!r}")
         self.prompt_template = prompt_template
@@ -269,6 +279,13 @@ class SessionServing:
         options = dict(self.session_options)
         if self.routing is not None:
             options["routing"] = self.routing
+        if self.session_tools is not None:
+            options["tools"] = self.session_tools
+        if "tools" in options or bool(getattr(runtime, "tools", None)):
+            # The node's calls of Python tools say which run and node they serve.
+            options.setdefault(
+                "tool_context", {"run_id": message.run_id, "node_id": message.node_id}
+            )
         session = runtime.start_session(self.backend, **options)
         with self._lock:
             self._sessions[key] = session

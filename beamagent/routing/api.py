@@ -23,6 +23,7 @@ import pykka
 from pykka.messages import ProxyCall
 
 from beamagent.backends.names import KNOWN_BACKENDS, canonical_backend_name
+from beamagent.capabilities import Capability
 from beamagent.errors import (
     BeamAgentError,
     ConnectTimeout,
@@ -41,6 +42,7 @@ from supervisors import ChildSpec, Down, Normal, lookup, monitor, shutdown, wher
 if TYPE_CHECKING:
     from beamagent.runtime import BackendSpec
     from beamagent.store.base import SessionStore
+    from beamagent.tools._api import SessionTools
     from supervisors import DynamicSupervisorRef
 
 __all__ = ["AVAILABILITY_TTL", "RoutingApi", "SessionStart"]
@@ -211,6 +213,10 @@ class RoutingApi:
         def _resume_start_options(
             self, backend: str | None, opts: dict[str, Any]
         ) -> str | None: ...
+
+        def _session_tools(
+            self, spec: BackendSpec, merged: dict[str, Any], session_id: str
+        ) -> SessionTools: ...
 
     # --- selection ------------------------------------------------------------------------
 
@@ -404,6 +410,10 @@ class RoutingApi:
             "session_id": session_id,
         }
         base, sid = self._opts_request(implied)
+        if opts.get("tools"):  # only backends that can run the session's tools
+            wanted = list(base.get("capabilities") or [])
+            if Capability.IN_PROCESS_MCP.value not in wanted:
+                base["capabilities"] = [*wanted, Capability.IN_PROCESS_MCP.value]
         decision = self._select(RouteRequest.from_value(base), sid, from_index=sid is not None)
         data: dict[str, Any] = decision.to_dict()
         return decision.backend, data
@@ -507,17 +517,28 @@ class RoutingApi:
         merged = self._check_options(spec, opts)
         session_id = merged.pop("session_id", None) or f"session_{uuid.uuid4().hex}"
         self._check_session_id(session_id)
-        config = SessionConfig(
-            session_id=session_id,
-            backend=spec.name,
-            handler_cls=spec.handler,
-            options={k: v for k, v in merged.items() if k not in SESSION_OPTIONS},
-            recorder=StoreRecorder(self._store),
-            **{k: v for k, v in merged.items() if k in SESSION_OPTIONS},
-        )
-        # The backend's own options are checked by its handler: build one now, in the
-        # caller's thread, so a bad option fails before anything is started or stored.
-        spec.handler({**config.options, "session_id": session_id})
+        tools = self._session_tools(spec, merged, session_id)  # takes tools, tool_context
+        try:
+            config = SessionConfig(
+                session_id=session_id,
+                backend=spec.name,
+                handler_cls=spec.handler,
+                options={
+                    **{k: v for k, v in merged.items() if k not in SESSION_OPTIONS},
+                    **tools.handler_options,
+                },
+                recorder=StoreRecorder(self._store),
+                info=tools.info,
+                on_stopped=tools.on_stopped,
+                **{k: v for k, v in merged.items() if k in SESSION_OPTIONS},
+            )
+            # The backend's own options are checked by its handler: build one now, in the
+            # caller's thread, so a bad option fails before anything is started or stored.
+            spec.handler({**config.options, "session_id": session_id})
+        except BaseException:
+            if tools.on_stopped is not None:
+                tools.on_stopped(session_id)
+            raise
         config.on_backend_health = _backend_health_hook(self._names["registry"])
         config.lineage.route_decision = decision
         return config

@@ -99,6 +99,7 @@ from beamagent.errors import (
 )
 from beamagent.log import get_logger
 from beamagent.messages import Message, MessageType, _build_message
+from beamagent.tools._timing import ToolCallReport, ToolTimings
 from supervisors import (
     Crashed,
     Process,
@@ -297,6 +298,11 @@ class SessionConfig:
     on_backend_health: Callable[[str, str, str], None] | None = None
     """Told ``(backend, status, reason)`` when the backend reports its own health
     (e.g. a CLI that is not logged in): routing stops choosing it. Must not block."""
+    info: dict[str, Any] = attrs.field(factory=dict)
+    """Facts shown in ``session_info()`` (e.g. the session's tool names and tool server URL)."""
+    on_stopped: Callable[[str], None] | None = None
+    """Called with the session id when the session ends for good (stopped, or its start
+    failed), not when it crashes to be restarted (e.g. revokes its tool token). Must not block."""
 
 
 @attrs.frozen
@@ -459,6 +465,7 @@ class SessionActor(Process):
         # _batched), and the blocking query whose timeout is armed once it ends.
         self._sync_events: deque[_TransportEvent] | None = None
         self._arm_after_batch: _Query | None = None
+        self._tool_timings: ToolTimings | None = None  # from the first tool server report on
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -540,6 +547,11 @@ class SessionActor(Process):
 
     def on_stop(self) -> None:
         self._shutdown_io(SessionError(f"session {self.session_id} stopped", reason="stopped"))
+        if self.config.on_stopped is not None:
+            try:
+                self.config.on_stopped(self.session_id)
+            except Exception:
+                self._log.exception("on_stopped_failed")
 
     def on_failure(self, *_exc_info: Any) -> None:
         self._log.error("session_crashed", state=str(self.state))
@@ -641,6 +653,11 @@ class SessionActor(Process):
             return None
         if isinstance(message, _CallResult):
             self._on_call_result(message)
+            return None
+        if isinstance(message, ToolCallReport):  # the tool server ran a call of ours
+            if self._tool_timings is None:
+                self._tool_timings = ToolTimings()
+            self._tool_timings.report(message)
             return None
         return super().on_receive(message)
 
@@ -1033,6 +1050,8 @@ class SessionActor(Process):
     # --- messages ----------------------------------------------------------------------------
 
     def _stamp(self, message: Message) -> Message:
+        if self._tool_timings is not None:  # a tool result gets the tool server's timing
+            message = self._tool_timings.annotate(message)
         if message.session_id == self.session_id:
             return message
         return message.with_fields(session_id=self.session_id)
@@ -1634,6 +1653,7 @@ class SessionActor(Process):
         if self.transport is not None:
             info.update(self.transport.info())
         info.update(self._info)
+        info.update(self.config.info)
         if handler is not None:
             info.update(_handler_facts(handler))
         else:  # hibernating: what the dropped handler said

@@ -117,6 +117,13 @@ class ToolCall:
     ``exec_command``, ``run_shell_command``, ``local_shell``, ... else the first
     tool) and its arguments are filled from that tool's JSON schema. ``tool``
     forces a tool name; ``arguments`` replaces the generated arguments.
+
+    A forced name matches a tool of that exact name, else one whose name ends
+    with ``__<tool>`` (CLIs prefix MCP tools: ``mcp__<server>__<tool>``). When the
+    tool is not offered but the request has a client-side ``tool_search`` tool
+    (Codex defers MCP tools behind it), the server first answers with a
+    ``tool_search_call`` for the name -- without using up this turn -- and
+    calls the tool once the CLI has sent the search's output.
     """
 
     command: str
@@ -190,6 +197,8 @@ class RecordedRequest:
     json: JSON
     protocol: Protocol = Protocol.OTHER
     turn: Turn | None = None
+    received_at: float = 0.0
+    """``time.monotonic()`` when the request's body had arrived (for latency measurements)."""
 
     @property
     def text(self) -> str:
@@ -402,8 +411,11 @@ class _Tool:
 
     name: str
     schema: JSON
-    # "function" (JSON arguments), "local_shell" (Responses' built-in) or "custom".
+    # "function" (JSON arguments), "local_shell" (Responses' built-in), "custom", or
+    # "tool_search" (Responses' client-side tool discovery).
     kind: str = "function"
+    # The Responses namespace a discovered tool belongs to (e.g. "mcp__beamagent").
+    namespace: str | None = None
 
 
 @attrs.frozen
@@ -414,6 +426,7 @@ class _ToolUse:
     arguments: dict[str, JSON]
     call_id: str
     kind: str = "function"
+    namespace: str | None = None
 
 
 def shell_tool_arguments(schema: JSON, command: str) -> dict[str, JSON]:
@@ -450,9 +463,39 @@ def _as_dict(value: JSON) -> dict[str, JSON]:
     return value if isinstance(value, dict) else {}
 
 
+def _find_tool(tools: Sequence[_Tool], wanted: str) -> _Tool | None:
+    """The offered tool named ``wanted``: exactly, with its namespace, or by suffix.
+
+    CLIs prefix the tools of an MCP server with its name: ``mcp__<server>__<tool>``
+    (Claude Code, Codex), ``mcp_<server>_<tool>`` (Gemini CLI), ``<server>_<tool>``
+    (OpenCode), ``<server>-<tool>`` (Copilot CLI). A ``__`` suffix is tried first.
+    """
+    callable_tools = [t for t in tools if t.kind != "tool_search"]
+    for tool in callable_tools:
+        if tool.name == wanted:
+            return tool
+    for tool in callable_tools:
+        if tool.namespace is not None and _qualified(tool) == wanted:
+            return tool
+    for tool in callable_tools:
+        if _qualified(tool).endswith(f"__{wanted}"):
+            return tool
+    for tool in callable_tools:
+        if any(_qualified(tool).endswith(f"{sep}{wanted}") for sep in "_-."):
+            return tool
+    return None
+
+
+def _qualified(tool: _Tool) -> str:
+    """``namespace__name`` for a namespaced tool (as Codex names MCP tools), else the name."""
+    if tool.namespace is None:
+        return tool.name
+    return tool.name if tool.name.startswith(tool.namespace) else f"{tool.namespace}__{tool.name}"
+
+
 def _pick_tool(tools: Sequence[_Tool], forced: str | None) -> _Tool | None:
     if forced is not None:
-        return next((t for t in tools if t.name == forced), _Tool(forced, {}))
+        return _find_tool(tools, forced) or _Tool(forced, {})
     by_name = {t.name.lower(): t for t in reversed(tools)}
     for wanted in _SHELL_TOOL_NAMES:
         if wanted in by_name:
@@ -561,13 +604,7 @@ def _tools_of(protocol: Protocol, body: JSON) -> list[_Tool]:
             if "input_schema" in entry or "type" not in entry or entry["type"] == "custom":
                 tools.append(_Tool(entry["name"], entry.get("input_schema", {})))
         elif protocol is Protocol.OPENAI_RESPONSES:
-            kind = entry.get("type")
-            if kind == "local_shell":
-                tools.append(_Tool("local_shell", {}, kind="local_shell"))
-            elif kind == "function" and isinstance(entry.get("name"), str):
-                tools.append(_Tool(entry["name"], entry.get("parameters", {})))
-            elif kind == "custom" and isinstance(entry.get("name"), str):
-                tools.append(_Tool(entry["name"], {}, kind="custom"))
+            tools.extend(_responses_tools(entry))
         elif protocol is Protocol.OPENAI_CHAT:
             function = _as_dict(entry.get("function"))
             if isinstance(function.get("name"), str):
@@ -577,6 +614,40 @@ def _tools_of(protocol: Protocol, body: JSON) -> list[_Tool]:
                 if isinstance(decl.get("name"), str):
                     schema = decl.get("parametersJsonSchema", decl.get("parameters", {}))
                     tools.append(_Tool(decl["name"], schema))
+    return tools
+
+
+def _responses_tools(entry: dict[str, JSON], namespace: str | None = None) -> list[_Tool]:
+    """The tools of one Responses tool entry (a namespace holds several)."""
+    kind = entry.get("type")
+    name = entry.get("name")
+    if kind == "local_shell":
+        return [_Tool("local_shell", {}, kind="local_shell")]
+    if kind == "function" and isinstance(name, str):
+        return [_Tool(name, entry.get("parameters", {}), namespace=namespace)]
+    if kind == "custom" and isinstance(name, str):
+        return [_Tool(name, {}, kind="custom", namespace=namespace)]
+    if kind == "tool_search" and entry.get("execution", "client") == "client":
+        return [_Tool("tool_search", entry.get("parameters", {}), kind="tool_search")]
+    if kind == "namespace" and isinstance(name, str):
+        nested = entry.get("tools")
+        return [
+            tool
+            for item in (nested if isinstance(nested, list) else [])
+            for tool in _responses_tools(_as_dict(item), name)
+        ]
+    return []
+
+
+def _discovered_tools(body: JSON) -> list[_Tool]:
+    """Tools a Responses client found with ``tool_search`` (its ``tool_search_output`` items)."""
+    items = body.get("input") if isinstance(body, dict) else None
+    tools: list[_Tool] = []
+    for item in items if isinstance(items, list) else []:
+        item = _as_dict(item)
+        if item.get("type") == "tool_search_output" and isinstance(item.get("tools"), list):
+            for entry in item["tools"]:
+                tools.extend(_responses_tools(_as_dict(entry)))
     return tools
 
 
@@ -765,6 +836,15 @@ def _responses_item(answer: _Answer, item_id: str, *, done: bool) -> dict[str, J
             "status": status,
             "action": {"type": "exec", "command": command, "env": {}},
         }
+    if tool is not None and tool.kind == "tool_search":
+        return {
+            "type": "tool_search_call",
+            "id": item_id,
+            "call_id": tool.call_id,
+            "execution": "client",
+            "arguments": tool.arguments,
+            "status": status,
+        }
     if tool is not None and tool.kind == "custom":
         return {
             "type": "custom_tool_call",
@@ -775,7 +855,7 @@ def _responses_item(answer: _Answer, item_id: str, *, done: bool) -> dict[str, J
             "status": status,
         }
     if tool is not None:
-        return {
+        item: dict[str, JSON] = {
             "type": "function_call",
             "id": item_id,
             "call_id": tool.call_id,
@@ -783,6 +863,9 @@ def _responses_item(answer: _Answer, item_id: str, *, done: bool) -> dict[str, J
             "arguments": json.dumps(tool.arguments) if done else "",
             "status": status,
         }
+        if tool.namespace is not None:
+            item["namespace"] = tool.namespace
+        return item
     content = [{"type": "output_text", "text": answer.text, "annotations": []}] if done else []
     return {
         "type": "message",
@@ -1427,6 +1510,7 @@ class FakeModelServer:
         path = split.path
         query = dict(parse_qsl(split.query, keep_blank_values=True))
         body = handler.read_body() if handler.command not in ("GET", "HEAD") else b""
+        received_at = time.monotonic()
         try:
             payload: JSON = json.loads(body) if body else None
         except ValueError:
@@ -1448,6 +1532,7 @@ class FakeModelServer:
                 json=payload,
                 protocol=protocol,
                 turn=plan.turn if plan else None,
+                received_at=received_at,
             )
         )
         try:
@@ -1473,7 +1558,14 @@ class FakeModelServer:
         turn: Turn | None = None
         if not self.side_request(protocol, body):
             with self._lock:
-                turn = self._script.popleft() if self._script else None
+                turn = self._script[0] if self._script else None
+                search = self._tool_search(protocol, body, turn)
+                if search is None and turn is not None:
+                    self._script.popleft()
+            if search is not None:
+                size_out = _estimate_tokens(json.dumps(search.arguments))
+                searched = ToolCall("", tool="tool_search", arguments=search.arguments)
+                return _Plan(searched, _Answer("", search, input_tokens, size_out, model))
         if turn is None:
             echoed = _echo_text(_last_message(protocol, body))
             turn = Text(echoed if echoed is not None else self.reply)
@@ -1492,8 +1584,42 @@ class FakeModelServer:
             answer = _Answer("", tool_use, input_tokens, size_out, model)
         return _Plan(turn, answer)
 
+    def _tool_search(self, protocol: Protocol, body: JSON, turn: Turn | None) -> _ToolUse | None:
+        """A ``tool_search_call`` to answer first, when ``turn`` forces a tool not yet offered.
+
+        Only for a Responses client that offers a client-side ``tool_search`` tool
+        (Codex defers MCP tools behind it), and once per tool: a search that found
+        nothing is not repeated.
+        """
+        call = turn.then if isinstance(turn, Stall) else turn
+        if (
+            protocol is not Protocol.OPENAI_RESPONSES
+            or not isinstance(call, ToolCall)
+            or call.tool is None
+        ):
+            return None
+        offered = _tools_of(protocol, body)
+        if not any(t.kind == "tool_search" for t in offered):
+            return None
+        if _find_tool([*offered, *_discovered_tools(body)], call.tool) is not None:
+            return None
+        query = call.tool.rsplit("__", 1)[-1]
+        items = _as_dict(body).get("input")
+        for item in items if isinstance(items, list) else []:
+            item = _as_dict(item)
+            if item.get("type") == "tool_search_call" and _as_dict(item.get("arguments")).get(
+                "query"
+            ) in (query, call.tool):
+                return None  # searched already, in vain: call it anyway, as named
+        return _ToolUse(
+            "tool_search", {"query": query, "limit": 8}, _new_id("call_fake"), "tool_search"
+        )
+
     def _tool_use(self, protocol: Protocol, body: JSON, call: ToolCall) -> _ToolUse:
-        tool = _pick_tool(_tools_of(protocol, body), call.tool) or _Tool("bash", {})
+        offered = _tools_of(protocol, body)
+        if protocol is Protocol.OPENAI_RESPONSES:
+            offered += _discovered_tools(body)
+        tool = _pick_tool(offered, call.tool) or _Tool("bash", {})
         if call.arguments is not None:
             arguments = dict(call.arguments)
         elif tool.kind == "local_shell":
@@ -1503,7 +1629,7 @@ class FakeModelServer:
         else:
             arguments = shell_tool_arguments(tool.schema, call.command)
         prefix = "toolu_fake" if protocol is Protocol.ANTHROPIC else "call_fake"
-        return _ToolUse(tool.name, arguments, _new_id(prefix), tool.kind)
+        return _ToolUse(tool.name, arguments, _new_id(prefix), tool.kind, tool.namespace)
 
     def _answer_other(self, handler: _Handler, path: str, body: JSON) -> None:
         if handler.command in ("GET", "HEAD") and path in ("/", ""):

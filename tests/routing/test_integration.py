@@ -131,8 +131,8 @@ def test_capability_first(rt: Runtime) -> None:
     with pytest.raises(UnknownCapability):
         rt.start_session(routing={"policy": "capability_first", "capabilities": ["telepathy"]})
     with pytest.raises(NoBackendAvailable) as info:
-        rt.start_session(routing={"capabilities": ["hooks", "in_process_mcp"]})
-    assert info.value.capabilities == ("hooks", "in_process_mcp")
+        rt.start_session(routing={"capabilities": ["hooks", "mcp_management"]})
+    assert info.value.capabilities == ("hooks", "mcp_management")
     assert rt.live_sessions() == [session.session_id]
 
 
