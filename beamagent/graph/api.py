@@ -486,6 +486,14 @@ class GraphApi:
         """
         return self._store.list_runs(status=status, job_id=job_id, limit=limit)
 
+    def load_run(self, run_id: str) -> dict[str, Any]:
+        """A stored run: :meth:`list_runs`' keys plus its checkpointed ``state`` and ``results``.
+
+        Raises:
+            RunNotFound: the store has no run ``run_id``.
+        """
+        return self._store.load_run(run_id)
+
     def delete_run(self, run_id: str) -> None:
         """Delete a stored run's checkpoint and results (a live run is not deleted).
 
