@@ -28,7 +28,7 @@ clis: $(STAMP)
 	fi
 
 demo: $(STAMP)
-	$(BIN)/python examples/demo.py
+	$(BIN)/beamagent demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -30,6 +30,9 @@ def test_main_demo_routes_supervises_and_records(capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert "node_retry    tech" in out
     assert "TransportError" in out
+    assert "!! crash       child" in out  # the crash, then the supervisor's restart, as such
+    assert ">> restart     supervisor restarted child" in out
+    assert "incarnation 2" in out
     assert out.count("completed: classify ->") == 4
     assert "round_robin: local_a" in out
     assert "round_robin: local_b" in out
