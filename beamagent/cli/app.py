@@ -22,8 +22,9 @@ from rich.table import Table
 
 from beamagent.cli.demo import run_demo
 from beamagent.cli.jobfile import load_job_file
+from beamagent.cli.text import message_text, short
 from beamagent.errors import BeamAgentError, RunNotFound, SessionNotFound, ThreadNotFound
-from beamagent.graph import Run, RunResult
+from beamagent.graph import Run, RunResult, RunStatus
 from beamagent.log import configure_logging
 from beamagent.runtime import Runtime
 
@@ -102,11 +103,6 @@ def _when(timestamp: Any) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    text = "" if value is None else str(value).replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _id_column(table: Table, header: str, ids: list[str]) -> None:
     """Put a first column of ids that are never cut (they are what the other commands take)."""
     table.columns.insert(0, table.columns[0].copy())
@@ -136,7 +132,7 @@ def run_command(
     run_id: Annotated[str | None, typer.Option("--run-id", help="The run's id.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 600.0,
 ) -> None:
-    """Run a job on an input, showing its nodes' progress; exit 1 if it does not complete."""
+    """Run a job on an input, showing its nodes' progress; exit 1 unless it completes or ends."""
     loaded = load_job_file(job_file)
     with _runtime(store, loaded.backends) as runtime:
         run = runtime.run_job(loaded.job, input, run_id, subs=loaded.subs)
@@ -164,7 +160,7 @@ def _finish(run: Run, job_id: str, *, as_json: bool, timeout: float) -> None:
             out.print(result.output.body, markup=False)
         if result.error is not None:
             _err().print(f"error: {result.error}", markup=False)
-    if result.status.value != "completed":
+    if result.status not in (RunStatus.COMPLETED, RunStatus.ENDED):
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -212,7 +208,7 @@ class _Progress:
         for column in ("node", "thread", "state", "visits", "detail"):
             table.add_column(column)
         for (node, thread), row in self.rows.items():
-            table.add_row(node, thread, row["state"], str(row["visits"]), _short(row["detail"]))
+            table.add_row(node, thread, row["state"], str(row["visits"]), short(row["detail"]))
         return table
 
 
@@ -257,7 +253,7 @@ def sessions_show(session_id: str, store: StoreOption = None, as_json: JsonOptio
         return
     table = Table("field", "value", show_header=False)
     for key, value in record.items():
-        shown = _when(value) if key.endswith("_at") else _short(value, 100)
+        shown = _when(value) if key.endswith("_at") else short(value, 100)
         table.add_row(key, shown)
     _out().print(table)
 
@@ -278,8 +274,7 @@ def sessions_messages(
         return
     table = Table("#", "type", "content")
     for index, message in enumerate(messages):
-        content = message.content or message.tool_name or message.subtype or ""
-        table.add_row(str(index), message.type.value, _short(content, 100))
+        table.add_row(str(index), message.type.value, short(message_text(message), 100))
     _out().print(table)
 
 
@@ -369,7 +364,7 @@ def runs_show(run_id: str, store: StoreOption = None, as_json: JsonOption = Fals
                 str(result.get("step", "")),
                 str(result.get("node", "")),
                 str(result.get("thread", "")),
-                _short(body, 80),
+                short(body, 80),
             )
     out.print(table)
 

@@ -31,6 +31,7 @@ from typing import Any
 from rich.console import Console
 
 from beamagent.backends.local import LocalExit, LocalHandler
+from beamagent.cli.text import message_text, short
 from beamagent.graph import Edge, EdgeRouter, Job, Node, Output, SessionServing
 from beamagent.log import LOGGERS, event_dict
 from beamagent.runtime import Runtime
@@ -190,7 +191,7 @@ class _SupervisionTrace:
         if name == "child_exited" and str(event.get("reason", "")).startswith("crashed("):
             reason = str(event["reason"])[len("crashed(") : -1]
             child = event.get("child_id")
-            return [f"  !! crash       child {child} crashed: {_short(reason, 110)}"]
+            return [f"  !! crash       child {child} crashed: {short(reason, 110)}"]
         if name == "session_restarted":
             self._restarted_session = dict(event)
             return []
@@ -212,13 +213,8 @@ class _SupervisionTrace:
 
 def _event_line(event: Any) -> str:
     where = event.node_id or ""
-    details = ", ".join(f"{key}={_short(value)}" for key, value in event.data.items())
+    details = ", ".join(f"{key}={short(value)}" for key, value in event.data.items())
     return f"  {event.kind.value:<13} {where:<10} {details}".rstrip()
-
-
-def _short(value: Any, limit: int = 70) -> str:
-    text = str(value).replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def run_demo(console: Console | None = None) -> int:
@@ -272,7 +268,7 @@ def run_demo(console: Console | None = None) -> int:
                         markup=False,
                     )
                     for message in history:
-                        content = _short(message.content or message.subtype or "", 60)
+                        content = short(message_text(message), 100)
                         out.print(f"    {message.type.value:<9} {content}", markup=False)
 
             out.print("\n[bold]== supervision tree after the runs[/] (sessions end with runs)")
