@@ -146,7 +146,7 @@ def _finish(run: Run, job_id: str, *, as_json: bool, timeout: float) -> None:
         result = run.result(timeout, raise_error=False)
         _json({**_result_dict(result, job_id), "events": events})
     else:
-        progress = _Progress(job_id, run.run_id)
+        progress = RunProgress(job_id, run.run_id)
         with Live(progress.table(), console=_out(), auto_refresh=False) as live:
             for event in run.events(timeout=timeout):
                 progress.update(event)
@@ -176,7 +176,7 @@ def _result_dict(result: RunResult, job_id: str) -> dict[str, Any]:
     }
 
 
-class _Progress:
+class RunProgress:
     """The live table of ``beamagent run``: one row per node visit (node and thread)."""
 
     def __init__(self, job_id: str, run_id: str) -> None:

@@ -84,7 +84,9 @@ def job_from_config(data: Any, *, where: str = "job file") -> Job:
     unknown = set(data) - _FILE_KEYS
     if unknown:
         raise InvalidJob(f"{where}: unknown keys {', '.join(sorted(map(str, unknown)))}")
-    raw_servings = data.get("servings") or {}
+    raw_servings = data.get("servings")
+    if raw_servings is None:
+        raw_servings = {}
     if not isinstance(raw_servings, Mapping):
         raise InvalidJob(f"{where}: 'servings' must be an object of name to serving")
     servings = {
