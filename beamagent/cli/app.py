@@ -23,7 +23,13 @@ from rich.table import Table
 from beamagent.cli.demo import run_demo
 from beamagent.cli.jobfile import load_job_file
 from beamagent.cli.text import message_text, short
-from beamagent.errors import BeamAgentError, RunNotFound, SessionNotFound, ThreadNotFound
+from beamagent.errors import (
+    BeamAgentError,
+    RunNotFound,
+    SessionNotFound,
+    StoreError,
+    ThreadNotFound,
+)
 from beamagent.graph import Run, RunResult, RunStatus
 from beamagent.log import configure_logging
 from beamagent.runtime import Runtime
@@ -85,7 +91,15 @@ def _handled(command: Callable[P, R]) -> Callable[P, R]:
 
 
 @contextmanager
-def _runtime(store: Path | None, backends: Mapping[str, Any] | None = None) -> Iterator[Runtime]:
+def _runtime(
+    store: Path | None, backends: Mapping[str, Any] | None = None, *, create: bool = False
+) -> Iterator[Runtime]:
+    """A runtime on ``store``; a ``--store`` that does not exist is an error unless ``create``.
+
+    (Reading a mistyped path would otherwise make an empty store there and list nothing.)
+    """
+    if store is not None and not create and not store.exists():
+        raise StoreError(f"no store at {str(store)!r}; check --store (runs create it)")
     # The command's own output is the trace; the library's log stays quiet unless it is fatal.
     configure_logging("critical")
     with Runtime(store=store, backends=backends, handle_signals=False) as runtime:
@@ -134,7 +148,7 @@ def run_command(
 ) -> None:
     """Run a job on an input, showing its nodes' progress; exit 1 unless it completes or ends."""
     loaded = load_job_file(job_file)
-    with _runtime(store, loaded.backends) as runtime:
+    with _runtime(store, loaded.backends, create=True) as runtime:
         run = runtime.run_job(loaded.job, input, run_id, subs=loaded.subs)
         _finish(run, loaded.job.id, as_json=as_json, timeout=timeout)
 

@@ -145,6 +145,14 @@ def test_an_unknown_id_is_a_message_and_exit_3(store: Path, command: tuple[str, 
     assert "Traceback" not in out + err
 
 
+@pytest.mark.parametrize("group", ["sessions", "runs"])
+def test_a_missing_store_is_an_error_not_an_empty_list(tmp_path: Path, group: str) -> None:
+    code, _, err = invoke(group, "list", "--store", str(tmp_path / "typo.db"))
+    assert code == EXIT_FAILED
+    assert "no store at" in err
+    assert not (tmp_path / "typo.db").exists()
+
+
 def test_runs_list_show_delete(store: Path) -> None:
     code, out, _ = invoke("runs", "list", "--store", str(store), "--json")
     assert code == 0
