@@ -32,7 +32,7 @@ from rich.console import Console
 
 from beamagent.backends.local import LocalExit, LocalHandler
 from beamagent.cli.text import message_text, short
-from beamagent.graph import Edge, EdgeRouter, Job, Node, Output, SessionServing
+from beamagent.graph import Edge, EdgeRouter, EventKind, Job, Node, Output, SessionServing
 from beamagent.log import LOGGERS, event_dict
 from beamagent.runtime import Runtime
 from supervisors import format_tree, tree
@@ -47,6 +47,9 @@ MESSAGES = (
     "THIS IS THE THIRD TIME I WRITE. NOBODY ANSWERS. I am furious",
     "hi! how's your day?",
 )
+
+_RESTART_WAIT = 10.0
+"""How long the trace waits for the restart of a session whose agent died (it takes ms)."""
 
 # The supervision events the trace shows (the library logs them; the demo listens).
 _SUPERVISION_EVENTS = frozenset({"child_exited", "child_restarted", "session_restarted"})
@@ -152,12 +155,15 @@ class _Listener(logging.Handler):
         if event.get("event") in _SUPERVISION_EVENTS:
             self.events.put(event)
 
-    def drain(self) -> Iterator[dict[str, Any]]:
+    def drain(self, trace: _SupervisionTrace, restarts: int = 0) -> Iterator[str]:
+        """The trace lines of the events so far; first waits until ``restarts`` were seen."""
         while True:
+            waiting = trace.restarts < restarts
             try:
-                yield self.events.get_nowait()
+                event = self.events.get(block=waiting, timeout=_RESTART_WAIT)
             except queue.Empty:
                 return
+            yield from trace.lines(event)
 
 
 @contextmanager
@@ -185,6 +191,7 @@ class _SupervisionTrace:
 
     def __init__(self) -> None:
         self._restarted_session: dict[str, Any] | None = None
+        self.restarts = 0
 
     def lines(self, event: Mapping[str, Any]) -> list[str]:
         name = event["event"]
@@ -198,6 +205,7 @@ class _SupervisionTrace:
         if name == "child_restarted":
             session = self._restarted_session
             self._restarted_session = None
+            self.restarts += 1
             what = (
                 ""
                 if session is None
@@ -229,6 +237,7 @@ def run_demo(console: Console | None = None) -> int:
     job = build_job({"routing": routing, "session_options": {"error_linger": 0}})
     backends = {name: (LocalHandler, {"reply": model}) for name in BACKENDS}
     supervision = _SupervisionTrace()
+    expected_restarts = 0
     ok = True
     with _listening() as listener, tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "sessions.db"
@@ -239,9 +248,14 @@ def run_demo(console: Console | None = None) -> int:
                 out.print(f"[bold]== message:[/] {text}")
                 run = runtime.run_job(job, f"message: {text}")
                 for event in run.events(timeout=60):
-                    for logged in listener.drain():
-                        for line in supervision.lines(logged):
-                            out.print(line, markup=False)
+                    if event.kind is EventKind.NODE_RETRY and "TransportError" in str(
+                        event.data.get("reason")
+                    ):
+                        # The visit failed because its agent died: show the crash and the
+                        # supervisor's restart first (the retry runs on the restarted session).
+                        expected_restarts += 1
+                    for line in listener.drain(supervision, expected_restarts):
+                        out.print(line, markup=False)
                     out.print(_event_line(event), markup=False)
                 result = run.result(60, raise_error=False)
                 ok = ok and result.status.value == "completed"

@@ -44,7 +44,9 @@ def test_beamagent_demo_shows_the_crash_the_restart_and_the_history(tmp_path: Pa
     assert "exited with status 137" in out
     assert ">> restart     supervisor restarted child" in out
     assert "incarnation 2" in out
-    assert "node_retry    tech" in out
+    # In causal order: the agent dies, its supervisor restarts it, the visit is retried.
+    crash, restart = out.index("!! crash"), out.index(">> restart")
+    assert crash < restart < out.index("node_retry    tech")
     assert out.count("round_robin: local_") == 8  # every routing decision, with its reasons
     assert "(selected by round robin policy)" in out
     # What a system row says (it has no content; its facts are shown).
