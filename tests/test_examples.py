@@ -53,3 +53,19 @@ def test_readme_python_blocks_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert "hello" in out
     assert "reviewed draft of a release note" in out
     assert out.rstrip().endswith("ended")  # as the README's comment says
+
+
+def test_the_example_job_file_runs(tmp_path: Path) -> None:
+    """``beamagent run examples/review.yaml`` (docs/cli.md) works as written."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from beamagent.cli import app
+
+    args = ["run", str(EXAMPLES / "review.yaml"), "-i", "a release note", "--json"]
+    result = CliRunner().invoke(app, [*args, "--store", str(tmp_path / "s.db")])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["path"] == ["draft", "check"]
+    assert document["output"]["body"] == "approved: clear and short"
