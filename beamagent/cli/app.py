@@ -25,6 +25,7 @@ from beamagent.cli.jobfile import load_job_file
 from beamagent.cli.text import message_text, short
 from beamagent.errors import (
     BeamAgentError,
+    RunError,
     RunNotFound,
     SessionNotFound,
     StoreError,
@@ -155,6 +156,16 @@ def run_command(
 
 def _finish(run: Run, job_id: str, *, as_json: bool, timeout: float) -> None:
     """Follow a run to its end, live (or silently for ``--json``), then report it."""
+    try:
+        _follow(run, job_id, as_json=as_json, timeout=timeout)
+    except TimeoutError:
+        raise RunError(
+            f"run {run.run_id!r} did not end within {timeout:g} s; it is kept in the store as "
+            f"interrupted: continue it with 'beamagent runs resume {run.run_id} --job FILE'"
+        ) from None
+
+
+def _follow(run: Run, job_id: str, *, as_json: bool, timeout: float) -> None:
     if as_json:
         events = [event.to_dict() for event in run.events(timeout=timeout)]
         result = run.result(timeout, raise_error=False)

@@ -249,6 +249,26 @@ def test_a_run_that_fails_exits_1(tmp_path: Path) -> None:
     assert "kaput" in err
 
 
+def test_a_run_that_outlives_its_timeout_is_interrupted_not_a_traceback(tmp_path: Path) -> None:
+    job_file = tmp_path / "slow.py"
+    job_file.write_text(
+        "import threading\n"
+        "from beamagent.graph import Job, Node\n"
+        "def slow(message):\n    threading.Event().wait(1.0)\n    return 'late'\n"
+        "job = Job('slow', [Node('n', serving=slow)], start='n')\n"
+    )
+    db = tmp_path / "s.db"
+    code, out, err = invoke(
+        "run", str(job_file), "-i", "x", "--store", str(db), "--timeout", "0.1", "--run-id", "r9"
+    )
+    assert code == EXIT_FAILED
+    assert "did not end within 0.1 s" in err
+    assert "beamagent runs resume r9" in err
+    assert "Traceback" not in out + err
+    code, out, _ = invoke("runs", "list", "--store", str(db), "--json")
+    assert [(r["run_id"], r["status"]) for r in json.loads(out)] == [("r9", "interrupted")]
+
+
 def test_runs_resume_continues_an_interrupted_run(tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
     gate, started = threading.Event(), threading.Event()
