@@ -79,6 +79,11 @@ def load_job_file(path: Path) -> JobFile:
 
 def job_from_config(data: Any, *, where: str = "job file") -> Job:
     """Build the job of a JSON/YAML job file's content (see the module docstring)."""
+    if isinstance(data, Mapping) and "job" not in data and "nodes" in data:
+        raise InvalidJob(
+            f"{where} holds a bare job (an Agens config?): put it under 'job' and define the "
+            "servings its nodes name under 'servings' (see docs/cli.md)"
+        )
     if not isinstance(data, Mapping) or "job" not in data:
         raise InvalidJob(f"{where}: expected an object with 'job' and 'servings'")
     unknown = set(data) - _FILE_KEYS

@@ -54,7 +54,7 @@ def test_an_agens_config_with_its_servings_loads() -> None:
     ("config", "message"),
     [
         ([], "expected an object with 'job'"),
-        ({"nodes": {}}, "expected an object with 'job'"),
+        ({"id": "j", "nodes": {}}, "holds a bare job .* under 'job'"),
         ({"job": {}, "servings": {}, "extra": 1}, "unknown keys extra"),
         ({"job": {}, "servings": []}, "'servings' must be an object"),
         ({"job": {}, "servings": {"s": "x"}}, "serving 's' must be an object"),
