@@ -1,0 +1,136 @@
+"""The leak check: what a test left running — actors, threads, child processes, runtimes.
+
+Take a :class:`LeakSnapshot` before the code under test and call :meth:`LeakSnapshot.check`
+after it: it gives the resources started since and still alive, after letting what was
+told to stop a moment to finish (it joins threads, it never sleeps on a guess)::
+
+    snapshot = LeakSnapshot.take()
+    run_the_code()
+    leaks = snapshot.check()
+    assert not leaks, leaks.describe()
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import attrs
+import pykka
+
+import supervisors
+from beamagent.backends.io_loop import release_idle_io_loop
+from beamagent.lifecycle import live_runtimes
+
+__all__ = ["LEAK_GRACE_SECONDS", "LeakReport", "LeakSnapshot", "child_pids"]
+
+LEAK_GRACE_SECONDS = 5.0
+"""How long :meth:`LeakSnapshot.check` waits for threads and children already ending."""
+
+
+def child_pids() -> set[int]:
+    """Direct, live (non-zombie) child processes of this process, read from /proc (Linux)."""
+    me = os.getpid()
+    pids: set[int] = set()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return pids
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # Field 4 (ppid) comes after the parenthesised command name.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1 and int(fields[1]) == me and fields[0] != b"Z":
+            pids.add(int(entry))
+    return pids
+
+
+@attrs.frozen
+class LeakReport:
+    """What was left alive: empty (falsy) when nothing leaked."""
+
+    runtimes: tuple[str, ...] = ()
+    actors: tuple[str, ...] = ()
+    threads: tuple[str, ...] = ()
+    children: tuple[int, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.runtimes or self.actors or self.threads or self.children)
+
+    def describe(self) -> str:
+        """One line naming every leaked resource, e.g. for ``pytest.fail``."""
+        problems = []
+        if self.runtimes:
+            problems.append(f"runtimes never stopped: {list(self.runtimes)}")
+        if self.actors:
+            problems.append(f"actors still alive: {list(self.actors)}")
+        if self.threads:
+            problems.append(f"threads still alive: {list(self.threads)}")
+        if self.children:
+            problems.append(f"child processes still alive: {list(self.children)}")
+        return "test leaked resources: " + "; ".join(problems)
+
+
+@attrs.frozen
+class LeakSnapshot:
+    """The actors, threads, child processes and runtimes alive at one moment."""
+
+    threads: frozenset[threading.Thread]
+    actors: frozenset[str]
+    children: frozenset[int]
+    runtimes: frozenset[int]
+
+    @classmethod
+    def take(cls) -> LeakSnapshot:
+        """What is alive now."""
+        return cls(
+            threads=frozenset(threading.enumerate()),
+            actors=frozenset(ref.actor_urn for ref in pykka.ActorRegistry.get_all()),
+            children=frozenset(child_pids()),
+            runtimes=frozenset(id(rt) for rt in live_runtimes()),
+        )
+
+    def check(self, grace: float = LEAK_GRACE_SECONDS, *, clean_up: bool = True) -> LeakReport:
+        """What was started since the snapshot and is still alive.
+
+        beamagent's idle shared threads (timers, scheduler workers, the I/O loop) are
+        released first: they linger by design. With ``clean_up`` the leaked runtimes are
+        stopped and the leaked actors told to stop, so one leak does not fail the tests
+        that follow.
+        """
+        runtimes: list[Any] = [rt for rt in live_runtimes() if id(rt) not in self.runtimes]
+        if clean_up:  # its actors, threads and processes go with it: name the runtime alone
+            for rt in runtimes:
+                rt.stop()
+        supervisors.release_idle_timer_thread()
+        supervisors.release_idle_workers()
+        release_idle_io_loop()
+        deadline = time.monotonic() + grace
+        # Give threads that were already told to stop a moment to finish: join, don't sleep.
+        for thread in set(threading.enumerate()) - self.threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        actors = [ref for ref in pykka.ActorRegistry.get_all() if ref.actor_urn not in self.actors]
+        threads = [t for t in set(threading.enumerate()) - self.threads if t.is_alive()]
+        children = child_pids() - self.children
+        while children and time.monotonic() < deadline:
+            threading.Event().wait(0.01)  # a child that was just killed may be a zombie briefly
+            children = child_pids() - self.children
+        report = LeakReport(
+            runtimes=tuple(f"Runtime {rt.id}" for rt in runtimes),
+            actors=tuple(str(ref) for ref in actors),
+            threads=tuple(sorted(t.name for t in threads)),
+            children=tuple(sorted(children)),
+        )
+        if clean_up:
+            for ref in actors:
+                ref.stop(block=False)
+        return report
