@@ -15,14 +15,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any
 
 import attrs
 import pykka
 
 import supervisors
 from beamagent.backends.io_loop import release_idle_io_loop
-from beamagent.lifecycle import live_runtimes
+from beamagent.lifecycle import started_runtimes, stop_started_runtime
 
 __all__ = ["LEAK_GRACE_SECONDS", "LeakReport", "LeakSnapshot", "child_pids"]
 
@@ -87,6 +86,7 @@ class LeakSnapshot:
     actors: frozenset[str]
     children: frozenset[int]
     runtimes: frozenset[int]
+    """The start-order keys of :func:`~beamagent.lifecycle.started_runtimes`."""
 
     @classmethod
     def take(cls) -> LeakSnapshot:
@@ -95,7 +95,7 @@ class LeakSnapshot:
             threads=frozenset(threading.enumerate()),
             actors=frozenset(ref.actor_urn for ref in pykka.ActorRegistry.get_all()),
             children=frozenset(child_pids()),
-            runtimes=frozenset(id(rt) for rt in live_runtimes()),
+            runtimes=frozenset(started_runtimes()),
         )
 
     def check(self, grace: float = LEAK_GRACE_SECONDS, *, clean_up: bool = True) -> LeakReport:
@@ -106,10 +106,11 @@ class LeakSnapshot:
         stopped and the leaked actors told to stop, so one leak does not fail the tests
         that follow.
         """
-        runtimes: list[Any] = [rt for rt in live_runtimes() if id(rt) not in self.runtimes]
+        # A runtime the test forgot may be garbage already; its tree runs on all the same.
+        runtimes = {k: v for k, v in started_runtimes().items() if k not in self.runtimes}
         if clean_up:  # its actors, threads and processes go with it: name the runtime alone
-            for rt in runtimes:
-                rt.stop()
+            for key in runtimes:
+                stop_started_runtime(key)
         supervisors.release_idle_timer_thread()
         supervisors.release_idle_workers()
         release_idle_io_loop()
@@ -125,7 +126,7 @@ class LeakSnapshot:
             threading.Event().wait(0.01)  # a child that was just killed may be a zombie briefly
             children = child_pids() - self.children
         report = LeakReport(
-            runtimes=tuple(f"Runtime {rt.id}" for rt in runtimes),
+            runtimes=tuple(f"Runtime {runtime_id}" for runtime_id in runtimes.values()),
             actors=tuple(str(ref) for ref in actors),
             threads=tuple(sorted(t.name for t in threads)),
             children=tuple(sorted(children)),
