@@ -25,21 +25,41 @@ if TYPE_CHECKING:
     from beamagent.runtime import Runtime
     from beamagent.testing import FakeModelServer, LocalBackend
 
-__all__ = ["beamagent_leak_check", "beamagent_runtime", "fake_model_server", "local_backend"]
+__all__ = [
+    "beamagent_leak_check",
+    "beamagent_runtime",
+    "fake_model_server",
+    "local_backend",
+    "pytest_addoption",
+]
+
+_GRACE_INI = "beamagent_leak_grace"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """The ``beamagent_leak_grace`` ini option."""
+    parser.addini(
+        _GRACE_INI,
+        "seconds the beamagent leak check waits for threads and child processes "
+        "that are already ending (default 5)",
+        default="5.0",
+    )
 
 
 @pytest.fixture
-def beamagent_leak_check() -> Iterator[None]:
+def beamagent_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail the test if it leaves runtimes, actors, threads or child processes alive.
 
     Set up before the other beamagent fixtures and checked after they are torn down.
-    What leaked is stopped, so one leak does not fail the tests that follow.
+    What leaked is stopped, so one leak does not fail the tests that follow. The leak is
+    reported as an error at the test's teardown, naming what leaked.
     """
     from beamagent.testing.leaks import LeakSnapshot
 
+    grace = float(request.config.getini(_GRACE_INI))
     snapshot = LeakSnapshot.take()
     yield
-    leaks = snapshot.check()
+    leaks = snapshot.check(grace)
     if leaks:
         pytest.fail(leaks.describe(), pytrace=False)
 
