@@ -14,6 +14,8 @@ import pytest
 import supervisors
 from beamagent.backends.io_loop import release_idle_io_loop
 
+pytest_plugins = ["pytester"]  # tests/plugin runs pytest on sample projects
+
 LEAK_GRACE_SECONDS = 5.0
 
 
