@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from beamagent.testing import ensure_installed
+from tests._clis import skip_without_clis
+
 FAKE_CLAUDE = Path(__file__).parent.parent / "backends" / "fakes" / "fake_claude.py"
 
 INI = """
@@ -160,3 +163,54 @@ def test_every_fixture_and_helper_in_a_user_project(pytester: pytest.Pytester) -
     )
     for name in ("test_fails_wait_for_message_timeout", "test_fails_wait_for_event_run_ended"):
         result.stdout.fnmatch_lines([f"FAILED test_user.py::{name} - AssertionError*"])
+
+
+def test_the_plugin_imports_nothing_of_beamagent_in_runs_that_do_not_use_it(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_plain="""
+        import sys
+
+        def test_plain(request):
+            assert request.config.pluginmanager.has_plugin("beamagent")
+            assert not [m for m in sys.modules if m.split(".")[0] == "beamagent"]
+        """
+    )
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+REAL_CLI = """
+import os
+
+from beamagent.testing import claude_env
+
+
+def test_claude_answers(beamagent_runtime, fake_model_server, tmp_path):
+    fake_model_server.reply = "4"
+    session = beamagent_runtime.start_session(
+        backend="claude",
+        cli_path=os.environ["SAMPLE_CLAUDE"],
+        env=claude_env(tmp_path / "home", fake_model_server),
+        inherit_env=False,
+        cwd=str(tmp_path),
+    )
+    assert session.query("What is 2 + 2?")[-1].content == "4"
+    assert fake_model_server.model_requests()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # ensure_installed may install the CLIs first
+def test_a_user_test_of_the_real_claude_cli_against_the_fake_model(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        skip_without_clis("node and npm are needed to install and run the agent CLIs")
+    monkeypatch.setenv("SAMPLE_CLAUDE", str(ensure_installed(("claude",))["claude"]))
+    pytester.makeini(INI)
+    pytester.makepyfile(test_real=REAL_CLI)
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--tb=short")
+
+    result.assert_outcomes(passed=1)
