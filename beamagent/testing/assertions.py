@@ -11,6 +11,7 @@ what they saw instead::
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -84,20 +85,19 @@ def wait_for_event(
     seen: list[Any] = []
     if isinstance(source, Run):
         what = f"run {source.run_id}"
-        try:
-            for event in source.events(timeout=max(deadline - time.monotonic(), 1e-3)):
-                seen.append(event)
-                if predicate(event):
-                    return event
-                if time.monotonic() >= deadline:
-                    break
-        except TimeoutError:
-            pass
-        else:
-            if seen and seen[-1].terminal:
+        while (remaining := deadline - time.monotonic()) > 0:
+            # A fresh follower per event, so that each wait is bounded by what is left.
+            try:
+                event = next(itertools.islice(source.events(timeout=remaining), len(seen), None))
+            except TimeoutError:
+                break
+            except StopIteration:
                 raise AssertionError(
                     f"{what} ended with no matching event; seen {_seen(seen)}"
                 ) from None
+            seen.append(event)
+            if predicate(event):
+                return event
     elif isinstance(source, Session):
         if query is None:
             raise TypeError(
