@@ -151,11 +151,13 @@ def assert_restarted(
                 raise WaitTimeout("out of time")
             ref = rt._session_ref(session.session_id, timeout=remaining)
             down = monitor(ref, watcher=None)
-            info = session._call("session_info", timeout=max(deadline - time.monotonic(), 1e-3))
-            if info["incarnation"] > after:
+            try:
+                info = session._call("session_info", timeout=max(deadline - time.monotonic(), 1e-3))
+                if info["incarnation"] > after:
+                    return int(info["incarnation"])
+                down.wait(max(deadline - time.monotonic(), 0.0))  # it ends, or time is up
+            finally:
                 demonitor(down)
-                return int(info["incarnation"])
-            down.wait(max(deadline - time.monotonic(), 0.0))  # this incarnation ends, or time
         except SessionError as exc:
             if exc.reason == "given_up":
                 raise AssertionError(
