@@ -9,7 +9,7 @@ test asks for one of its fixtures, so pytest runs that do not use them are uncha
 * ``local_backend``: a :class:`~beamagent.testing.LocalBackend` on ``beamagent_runtime``;
   ``local_backend(replies=[...])`` starts a scripted ``local`` session.
 * ``beamagent_leak_check``: the leak check alone; fails a test that leaves runtimes,
-  actors, threads or child processes behind.
+  actors, threads, child processes or file descriptors behind.
 
 See ``docs/testing.md``.
 """
@@ -48,7 +48,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.fixture
 def beamagent_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail the test if it leaves runtimes, actors, threads or child processes alive.
+    """Fail the test if it leaves runtimes, actors, threads, children or descriptors open.
 
     Set up before the other beamagent fixtures and checked after they are torn down.
     What leaked is stopped, so one leak does not fail the tests that follow. The leak is
@@ -59,7 +59,7 @@ def beamagent_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
     grace = float(request.config.getini(_GRACE_INI))
     snapshot = LeakSnapshot.take()
     yield
-    leaks = snapshot.check(grace)
+    leaks = snapshot.check(grace, fds=True)
     if leaks:
         pytest.fail(leaks.describe(), pytrace=False)
 

@@ -12,6 +12,7 @@ told to stop a moment to finish (it joins threads, it never sleeps on a guess)::
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -23,7 +24,7 @@ import supervisors
 from beamagent.backends.io_loop import release_idle_io_loop
 from beamagent.lifecycle import started_runtimes, stop_started_runtime
 
-__all__ = ["LEAK_GRACE_SECONDS", "LeakReport", "LeakSnapshot", "child_pids"]
+__all__ = ["LEAK_GRACE_SECONDS", "LeakReport", "LeakSnapshot", "child_pids", "open_fds"]
 
 LEAK_GRACE_SECONDS = 5.0
 """How long :meth:`LeakSnapshot.check` waits for threads and children already ending."""
@@ -52,6 +53,21 @@ def child_pids() -> set[int]:
     return pids
 
 
+def open_fds() -> dict[int, str]:
+    """This process's open file descriptors and what they point to, from /proc (Linux)."""
+    fds: dict[int, str] = {}
+    try:
+        entries = os.listdir("/proc/self/fd")
+    except OSError:
+        return fds
+    for entry in entries:
+        try:
+            fds[int(entry)] = os.readlink(f"/proc/self/fd/{entry}")
+        except OSError:
+            continue  # closed meanwhile (or the listing's own descriptor)
+    return fds
+
+
 @attrs.frozen
 class LeakReport:
     """What was left alive: empty (falsy) when nothing leaked."""
@@ -60,9 +76,10 @@ class LeakReport:
     actors: tuple[str, ...] = ()
     threads: tuple[str, ...] = ()
     children: tuple[int, ...] = ()
+    fds: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.runtimes or self.actors or self.threads or self.children)
+        return bool(self.runtimes or self.actors or self.threads or self.children or self.fds)
 
     def describe(self) -> str:
         """One line naming every leaked resource, e.g. for ``pytest.fail``."""
@@ -75,6 +92,8 @@ class LeakReport:
             problems.append(f"threads still alive: {list(self.threads)}")
         if self.children:
             problems.append(f"child processes still alive: {list(self.children)}")
+        if self.fds:
+            problems.append(f"file descriptors still open: {list(self.fds)}")
         return "test leaked resources: " + "; ".join(problems)
 
 
@@ -87,6 +106,7 @@ class LeakSnapshot:
     children: frozenset[int]
     runtimes: frozenset[int]
     """The start-order keys of :func:`~beamagent.lifecycle.started_runtimes`."""
+    fds: frozenset[tuple[int, str]]
 
     @classmethod
     def take(cls) -> LeakSnapshot:
@@ -96,15 +116,19 @@ class LeakSnapshot:
             actors=frozenset(ref.actor_urn for ref in pykka.ActorRegistry.get_all()),
             children=frozenset(child_pids()),
             runtimes=frozenset(started_runtimes()),
+            fds=frozenset(open_fds().items()),
         )
 
-    def check(self, grace: float = LEAK_GRACE_SECONDS, *, clean_up: bool = True) -> LeakReport:
+    def check(
+        self, grace: float = LEAK_GRACE_SECONDS, *, clean_up: bool = True, fds: bool = False
+    ) -> LeakReport:
         """What was started since the snapshot and is still alive.
 
         beamagent's idle shared threads (timers, scheduler workers, the I/O loop) are
         released first: they linger by design. With ``clean_up`` the leaked runtimes are
         stopped and the leaked actors told to stop, so one leak does not fail the tests
-        that follow.
+        that follow. With ``fds`` it also reports file descriptors opened since and still
+        open once garbage is collected (sockets, pipes, files); they are not closed.
         """
         # A runtime the test forgot may be garbage already; its tree runs on all the same.
         runtimes = {k: v for k, v in started_runtimes().items() if k not in self.runtimes}
@@ -125,11 +149,20 @@ class LeakSnapshot:
         while children and time.monotonic() < deadline:
             threading.Event().wait(0.01)  # a child that was just killed may be a zombie briefly
             children = child_pids() - self.children
+        leaked_fds: list[str] = []
+        if fds:
+            gc.collect()  # a descriptor held by unreachable objects is not a leak
+            leaked_fds = [
+                f"{fd} -> {target}"
+                for fd, target in sorted(open_fds().items())
+                if (fd, target) not in self.fds
+            ]
         report = LeakReport(
             runtimes=tuple(f"Runtime {runtime_id}" for runtime_id in runtimes.values()),
             actors=tuple(str(ref) for ref in actors),
             threads=tuple(sorted(t.name for t in threads)),
             children=tuple(sorted(children)),
+            fds=tuple(leaked_fds),
         )
         if clean_up:
             for ref in actors:

@@ -23,7 +23,7 @@ timeout = 30
 """
 
 SAMPLE = """
-import json
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -134,6 +134,13 @@ def test_leaks_a_runtime_with_a_session(beamagent_runtime):
     forgotten.start_session(backend="local")
 
 
+KEPT = []
+
+
+def test_leaks_a_socket(beamagent_runtime):
+    KEPT.append(socket.socket())
+
+
 def test_after_the_leaks_all_is_clean(local_backend):
     assert local_backend().query("ok")[-1].content == "ok"
 """
@@ -146,7 +153,7 @@ def test_every_fixture_and_helper_in_a_user_project(pytester: pytest.Pytester) -
 
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--tb=short", "-rfE")
 
-    result.assert_outcomes(passed=11, failed=3, errors=2)
+    result.assert_outcomes(passed=12, failed=3, errors=3)  # a leaky test passes, then errs
     result.stdout.fnmatch_lines_random(
         [
             "*AssertionError: no matching event from query 1 of session session_* "
@@ -159,6 +166,8 @@ def test_every_fixture_and_helper_in_a_user_project(pytester: pytest.Pytester) -
             "test leaked resources: threads still alive: ?'forgotten-worker'?",
             "*ERROR at teardown of test_leaks_a_runtime_with_a_session*",
             "test leaked resources: runtimes never stopped: ?'Runtime rt*'?",
+            "*ERROR at teardown of test_leaks_a_socket*",
+            "test leaked resources: file descriptors still open: ?'* -> socket:?*?'?",
         ]
     )
     for name in ("test_fails_wait_for_message_timeout", "test_fails_wait_for_event_run_ended"):
