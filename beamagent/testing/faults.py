@@ -22,6 +22,8 @@ full disk does, with SQLite's own ``SQLITE_FULL``, and undoes it on exit::
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -103,7 +105,11 @@ def kill_backend(session_or_name: Session | str, *, runtime: Runtime | None = No
             f"without a process of its own (transport {info.get('transport')!r}); "
             "use cut(session) to drop its connection or crash(session) to crash it"
         )
-    signal_group(pid, signal.SIGKILL)  # a CLI runs in a process group of its own
+    # A CLI runs in a process group of its own (its pid is the group's id); kill the
+    # process alone if it leads none.
+    if not signal_group(pid, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     return int(info["incarnation"])
 
 
