@@ -52,7 +52,14 @@ from beamagent.log import get_logger
 if TYPE_CHECKING:
     from beamagent.runtime import Runtime
 
-__all__ = ["EXIT_STATUS", "HANDLE_SIGNALS_ENV", "install_sigterm_handler", "live_runtimes"]
+__all__ = [
+    "EXIT_STATUS",
+    "HANDLE_SIGNALS_ENV",
+    "install_sigterm_handler",
+    "live_runtimes",
+    "started_runtimes",
+    "stop_started_runtime",
+]
 
 log = get_logger(__name__)
 
@@ -105,6 +112,24 @@ def live_runtimes() -> list[Runtime]:
     with _lock:
         trees = [_trees[key] for key in sorted(_trees)]
     return [rt for rt in (tree.runtime() for tree in trees) if rt is not None]
+
+
+def started_runtimes() -> dict[int, str]:
+    """Every runtime started and not stopped, collected ones included: start order → id.
+
+    A runtime garbage-collected without ``stop()`` is not in :func:`live_runtimes`, but
+    its tree still runs (until :func:`stop_started_runtime` or the interpreter's exit).
+    """
+    with _lock:
+        return {key: tree.runtime_id for key, tree in _trees.items()}
+
+
+def stop_started_runtime(key: int) -> None:
+    """Stop the runtime ``key`` of :func:`started_runtimes` (its tree, if it was collected)."""
+    with _lock:
+        tree = _trees.pop(key, None)
+    if tree is not None:
+        tree.stop()
 
 
 def runtime_started(runtime: Runtime, *, handle_signals: bool) -> None:
