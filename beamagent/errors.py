@@ -21,6 +21,7 @@ __all__ = [
     "BadQueryRef",
     "BeamAgentError",
     "BufferOverflow",
+    "CassetteMismatch",
     "ConnectTimeout",
     "InputRequired",
     "Interrupted",
@@ -132,6 +133,14 @@ class SessionRestarting(SessionError):
 
 class TransportError(SessionError):
     """The backend's transport (process, socket, HTTP stream) failed."""
+
+
+class CassetteMismatch(TransportError):
+    """A cassette replay diverged from its recording (a different prompt, an extra write).
+
+    The message holds a unified diff of the recorded write and the one made; re-record
+    the cassette (mode ``record``) if the change is intended.
+    """
 
 
 class ConnectTimeout(SessionError, TimeoutError):

@@ -24,9 +24,26 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-from supervisors._log import REDACTED, event_dict, get_logger, redact, redact_event
+from supervisors._log import (
+    REDACTED,
+    event_dict,
+    get_logger,
+    is_secret_key,
+    redact,
+    redact_event,
+    redact_text,
+)
 
-__all__ = ["LOGGERS", "REDACTED", "configure_logging", "event_dict", "get_logger", "redact"]
+__all__ = [
+    "LOGGERS",
+    "REDACTED",
+    "configure_logging",
+    "event_dict",
+    "get_logger",
+    "is_secret_key",
+    "redact",
+    "redact_text",
+]
 
 LOGGERS = ("beamagent", "supervisors")
 """The stdlib loggers every event of this library goes through."""

@@ -39,6 +39,7 @@ from pykka.messages import ProxyCall
 
 from beamagent import lifecycle
 from beamagent.backends.base import BackendHandler
+from beamagent.backends.cassette import Cassette
 from beamagent.backends.local import LocalHandler
 from beamagent.backends.names import canonical_backend_name
 from beamagent.errors import (
@@ -99,6 +100,7 @@ log = get_logger(__name__)
 SESSION_OPTIONS = frozenset(
     {
         "session_id",
+        "cassette",
         "connect_timeout",
         "init_timeout",
         "buffer_max",
@@ -278,6 +280,9 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
             replaces them for one session; see ``docs/tools.md``).
         tool_server: where the tool server listens, a
             :class:`~beamagent.tools.ToolServerConfig` (or a dict of its fields).
+        cassette: a :class:`~beamagent.backends.cassette.Cassette` every session
+            records its wire traffic into, or replays it from (also a session
+            option, ``start_session(cassette=...)``; see ``docs/testing.md``).
 
     Use it as a context manager, or call :meth:`stop`. A runtime that is
     still running when the interpreter exits is stopped then (see
@@ -300,12 +305,15 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
         handle_signals: bool = True,
         tools: Any = None,
         tool_server: Any = None,
+        cassette: Cassette | None = None,
     ) -> None:
         self.id = f"rt{next(_runtime_ids)}"
         self._session_budget = _budget(session_restarts, "session_restarts")
         supervisor_budget = _budget(sessions_supervisor_restarts, "sessions_supervisor_restarts")
         self._backends, self._routable = _backend_specs(backends)
         self._session_defaults = dict(session_defaults or {})
+        if cassette is not None:  # every session records into it, or replays from it
+            self._session_defaults["cassette"] = cassette
         # Why a session was given up, and its child spec (to tell an earlier session's).
         self._given_up: OrderedDict[str, tuple[ChildSpec, str]] = OrderedDict()
         self._owns_store = not isinstance(store, SessionStore)

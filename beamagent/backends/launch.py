@@ -6,9 +6,11 @@ over the session options; nothing here starts a process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -17,6 +19,7 @@ from beamagent.errors import InvalidOption
 __all__ = [
     "LAUNCH_OPTIONS",
     "cli_availability",
+    "cli_not_required",
     "command_prefix",
     "extra_args",
     "launch_env",
@@ -64,9 +67,29 @@ def cli_availability(name: str, package: str) -> tuple[bool, str]:
     return True, f"available at {path}"
 
 
+_replaying = threading.local()
+
+
+@contextlib.contextmanager
+def cli_not_required() -> Iterator[None]:
+    """In this thread, handlers are built without their CLI (a cassette replay runs none).
+
+    :func:`require_cli` then answers the path it was given, or the bare name, when the
+    executable is missing.
+    """
+    before = getattr(_replaying, "on", False)
+    _replaying.on = True
+    try:
+        yield
+    finally:
+        _replaying.on = before
+
+
 def require_cli(name: str, package: str, cli_path: Any) -> Path:
     """Like :func:`locate_cli`, but raise ``InvalidOption`` saying what to do when missing."""
     path = locate_cli(name, cli_path)
+    if path is None and getattr(_replaying, "on", False):
+        return Path(os.fspath(cli_path)) if cli_path is not None else Path(name)
     if path is None:
         where = f"cli_path={cli_path!r} is not an executable" if cli_path else "not on PATH"
         raise InvalidOption(

@@ -22,6 +22,8 @@ import attrs
 import pykka
 from pykka.messages import ProxyCall
 
+from beamagent.backends.cassette import Cassette
+from beamagent.backends.launch import cli_not_required
 from beamagent.backends.names import KNOWN_BACKENDS, canonical_backend_name
 from beamagent.capabilities import Capability
 from beamagent.errors import (
@@ -517,8 +519,12 @@ class RoutingApi:
         merged = self._check_options(spec, opts)
         session_id = merged.pop("session_id", None) or f"session_{uuid.uuid4().hex}"
         self._check_session_id(session_id)
+        cassette = merged.pop("cassette", None)
+        if cassette is not None and not isinstance(cassette, Cassette):
+            raise InvalidOption(f"option 'cassette' must be a Cassette; got {cassette!r}")
         tools = self._session_tools(spec, merged, session_id)  # takes tools, tool_context
         try:
+            session_cassette = None if cassette is None else cassette.session(spec.name)
             config = SessionConfig(
                 session_id=session_id,
                 backend=spec.name,
@@ -530,11 +536,14 @@ class RoutingApi:
                 recorder=StoreRecorder(self._store),
                 info=tools.info,
                 on_stopped=tools.on_stopped,
+                cassette=session_cassette,
                 **{k: v for k, v in merged.items() if k in SESSION_OPTIONS},
             )
             # The backend's own options are checked by its handler: build one now, in the
             # caller's thread, so a bad option fails before anything is started or stored.
-            spec.handler({**config.options, "session_id": session_id})
+            replaying = cassette is not None and cassette.replaying
+            with cli_not_required() if replaying else contextlib.nullcontext():
+                spec.handler({**config.options, "session_id": session_id})
         except BaseException:
             if tools.on_stopped is not None:
                 tools.on_stopped(session_id)

@@ -76,6 +76,8 @@ from beamagent.backends.base import (
     Transport,
     TransportEvent,
 )
+from beamagent.backends.cassette import CassetteSession
+from beamagent.backends.launch import cli_not_required
 from beamagent.backends.replay import REPLAY_LOAD_LIMIT
 from beamagent.capabilities import Capability
 from beamagent.errors import (
@@ -300,6 +302,8 @@ class SessionConfig:
     (e.g. a CLI that is not logged in): routing stops choosing it. Must not block."""
     info: dict[str, Any] = attrs.field(factory=dict)
     """Facts shown in ``session_info()`` (e.g. the session's tool names and tool server URL)."""
+    cassette: CassetteSession | None = None
+    """Where the session's transports are opened when it records or replays a cassette."""
     on_stopped: Callable[[str], None] | None = None
     """Called with the session id when the session ends for good (stopped, or its start
     failed), not when it crashes to be restarted (e.g. revokes its tool token). Must not block."""
@@ -497,8 +501,17 @@ class SessionActor(Process):
         self._resumed = None
         self._resume_decided = False
         self._cancel_replay_timer()
-        self.handler = config.handler_cls(options)
-        self.transport = self.handler.open_transport()
+        cassette = config.cassette
+        if cassette is not None and cassette.replaying:
+            with cli_not_required():  # a replay runs no CLI
+                self.handler = config.handler_cls(options)
+        else:
+            self.handler = config.handler_cls(options)
+        self.transport = (
+            self.handler.open_transport()
+            if cassette is None
+            else cassette.open_transport(self.handler)
+        )
         generation = self._generation
         actor_ref = self.actor_ref
 

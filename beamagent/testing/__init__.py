@@ -4,6 +4,7 @@ The pytest fixtures (``beamagent_runtime``, ``fake_model_server``, ``local_backe
 with the package through its pytest plugin; see ``docs/testing.md``.
 """
 
+from beamagent.backends.cassette import Cassette, CassetteMode
 from beamagent.testing.assertions import assert_restarted, wait_for_event
 from beamagent.testing.clis import (
     CLI_ENVIRONMENTS,
@@ -52,6 +53,8 @@ from beamagent.testing.local_backend import LocalBackend
 __all__ = [
     "CLI_ENVIRONMENTS",
     "CLI_PACKAGES",
+    "Cassette",
+    "CassetteMode",
     "CliEnvironment",
     "CliInstallError",
     "ErrorStatus",

@@ -1,0 +1,125 @@
+"""Cassettes over a fake Claude Code (fast): record, replay with no CLI, divergence, scrubbing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from beamagent import Runtime
+from beamagent.backends.cassette import Cassette, CassetteMode
+from beamagent.errors import BeamAgentError, CassetteMismatch, InvalidOption
+
+FAKE_CLAUDE = Path(__file__).parent / "fakes" / "fake_claude.py"
+SECRET = "sk-ant-cassette-env-secret-0123456789"
+SESSION_SECRET = "session-only-secret-9876543210"
+
+
+def run(cassette: Cassette, cwd: Path, prompts: list[str], **options: Any) -> list[Any]:
+    """Start a claude session on ``cassette``; the (type, content) of each turn's messages."""
+    options.setdefault("cli_path", str(FAKE_CLAUDE))
+    with Runtime(store=":memory:", handle_signals=False, cassette=cassette) as runtime:
+        session = runtime.start_session(
+            backend="claude",
+            command_prefix=[sys.executable],
+            env={"FAKE_MODE": "echo", "MY_SERVICE_API_KEY": SESSION_SECRET},
+            cwd=str(cwd),
+            **options,
+        )
+        return [[(m.type.value, m.content) for m in session.query(p)] for p in prompts]
+
+
+@pytest.fixture
+def recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[Any]]:
+    monkeypatch.setenv("BEAMAGENT_TEST_AUTH_TOKEN", SECRET)
+    work = tmp_path / "record-here"
+    work.mkdir()
+    path = tmp_path / "cassettes" / "echo.jsonl"
+    with Cassette(path, "record") as cassette:
+        turns = run(cassette, work, ["hello", f"second, with Bearer {SECRET}"])
+    return path, turns
+
+
+def test_replay_gives_the_recorded_messages_with_no_cli(
+    recorded: tuple[Path, list[Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, turns = recorded
+    assert ("assistant", "echo: hello") in turns[0]
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    elsewhere = tmp_path / "replay-here"  # another cwd: recorded as a placeholder
+    elsewhere.mkdir()
+    cassette = Cassette(path, "replay")
+    replayed = run(
+        cassette,
+        elsewhere,
+        ["hello", f"second, with Bearer {SECRET}"],
+        cli_path=str(tmp_path / "nowhere" / "claude"),
+    )
+    # What the secret was in (the prompt, echoed back) replays scrubbed.
+    scrubbed = json.loads(json.dumps(turns).replace(SECRET, "[REDACTED]"))
+    assert replayed == [[tuple(m) for m in turn] for turn in scrubbed]
+    assert cassette.mismatches == []
+
+
+def test_no_secret_reaches_the_file(recorded: tuple[Path, list[Any]]) -> None:
+    path, _ = recorded
+    text = path.read_text()
+    assert SECRET not in text
+    assert SESSION_SECRET not in text
+    assert "[REDACTED]" in text
+    assert str(path.parent.parent / "record-here") not in text
+    events = [json.loads(line) for line in text.splitlines()]
+    assert events[0] == {"cassette": 1, "sessions": 1}
+    kinds = [e["event"] for e in events[1:]]
+    assert kinds[:3] == ["open", "info", "connected"]
+    assert {"send", "data", "close", "exited"} <= set(kinds)
+
+
+def test_a_changed_prompt_fails_with_a_diff(
+    recorded: tuple[Path, list[Any]], tmp_path: Path
+) -> None:
+    path, _ = recorded
+    cassette = Cassette(path, "replay")
+    with pytest.raises(BeamAgentError):
+        run(cassette, tmp_path, ["goodbye"], cli_path="/nowhere/claude")
+    assert cassette.mismatches, "the divergence was not reported"
+    message = str(cassette.mismatches[0])
+    assert isinstance(cassette.mismatches[0], CassetteMismatch)
+    assert "a different write" in message
+    assert "--- recorded write" in message
+    assert "+++ this replay's write" in message
+    assert '-{"type":"user"' in message.replace(" ", "") or '"hello"' in message
+    assert "goodbye" in message
+
+
+def test_once_records_then_replays(tmp_path: Path) -> None:
+    path = tmp_path / "once.jsonl"
+    first = Cassette(path, "once")
+    assert first.mode is CassetteMode.RECORD
+    with first:
+        turns = run(first, tmp_path, ["hi"])
+    second = Cassette(path, "once")
+    assert second.mode is CassetteMode.REPLAY
+    assert run(second, tmp_path, ["hi"], cli_path="/nowhere/claude") == turns
+
+
+def test_replay_of_a_missing_cassette_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(InvalidOption, match="record it first"):
+        Cassette(tmp_path / "absent.jsonl", "replay")
+    with pytest.raises(InvalidOption, match="record, replay, once"):
+        Cassette(tmp_path / "x.jsonl", "rewind")
+
+
+def test_a_session_the_recording_does_not_have_fails_at_start(
+    recorded: tuple[Path, list[Any]], tmp_path: Path
+) -> None:
+    path, _ = recorded
+    cassette = Cassette(path, "replay")
+    with (
+        Runtime(store=":memory:", handle_signals=False, cassette=cassette) as runtime,
+        pytest.raises(CassetteMismatch, match="was recorded on 'claude'"),
+    ):
+        runtime.start_session(backend="codex", cli_path="/nowhere/codex")
