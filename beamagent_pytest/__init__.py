@@ -10,30 +10,43 @@ test asks for one of its fixtures, so pytest runs that do not use them are uncha
   ``local_backend(replies=[...])`` starts a scripted ``local`` session.
 * ``beamagent_leak_check``: the leak check alone; fails a test that leaves runtimes,
   actors, threads, child processes or file descriptors behind.
+* ``cassette`` and ``@pytest.mark.beamagent_cassette("name")``: the sessions of
+  ``beamagent_runtime`` record their wire traffic to ``cassettes/<name>.jsonl`` next to
+  the test module, or replay it (``--beamagent-cassette-mode`` or
+  ``BEAMAGENT_CASSETTE_MODE``: ``once``, the default, ``record``, ``replay``).
 
 See ``docs/testing.md``.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
+    from beamagent.backends.cassette import Cassette
     from beamagent.runtime import Runtime
     from beamagent.testing import FakeModelServer, LocalBackend
 
 __all__ = [
     "beamagent_leak_check",
     "beamagent_runtime",
+    "cassette",
     "fake_model_server",
     "local_backend",
     "pytest_addoption",
+    "pytest_configure",
 ]
 
 _GRACE_INI = "beamagent_leak_grace"
+_MODE_OPTION = "--beamagent-cassette-mode"
+_MODE_ENV = "BEAMAGENT_CASSETTE_MODE"
+_MARKER = "beamagent_cassette"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -44,6 +57,44 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "that are already ending (default 5)",
         default="5.0",
     )
+    parser.addoption(
+        _MODE_OPTION,
+        choices=("once", "record", "replay"),
+        default=None,
+        help="how beamagent cassettes are used: replay if the file exists, else record "
+        f"(once, the default); record afresh; replay only. Also ${_MODE_ENV}.",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``beamagent_cassette`` marker."""
+    config.addinivalue_line(
+        "markers",
+        f"{_MARKER}(name): the test's beamagent sessions record to / replay from "
+        "cassettes/<name>.jsonl next to the test module",
+    )
+
+
+@pytest.fixture
+def cassette(request: pytest.FixtureRequest) -> Iterator[Cassette]:
+    """The test's :class:`~beamagent.backends.cassette.Cassette`; ``beamagent_runtime`` uses it.
+
+    Stored as ``cassettes/<name>.jsonl`` next to the test module: ``name`` from
+    ``@pytest.mark.beamagent_cassette("name")``, else the test's name. Written after the
+    test (record mode); a replay that diverged from it fails the test with the diff.
+    """
+    from beamagent.backends.cassette import Cassette
+
+    marker = request.node.get_closest_marker(_MARKER)
+    name = str(marker.args[0]) if marker is not None and marker.args else request.node.name
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    mode = request.config.getoption(_MODE_OPTION) or os.environ.get(_MODE_ENV) or "once"
+    path = Path(request.node.path).parent / "cassettes" / f"{name}.jsonl"
+    tape = Cassette(path, mode)
+    yield tape
+    tape.save()
+    if tape.mismatches:
+        pytest.fail(str(tape.mismatches[0]), pytrace=False)
 
 
 @pytest.fixture
@@ -66,16 +117,22 @@ def beamagent_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.fixture
 def beamagent_runtime(
-    beamagent_leak_check: None, tmp_path_factory: pytest.TempPathFactory
+    beamagent_leak_check: None,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Runtime]:
     """A fresh ``Runtime`` on a SQLite store in a temp dir; stopped, then leak-checked.
 
-    It leaves SIGTERM to pytest (``handle_signals=False``).
+    It leaves SIGTERM to pytest (``handle_signals=False``). With the ``cassette``
+    fixture or the ``beamagent_cassette`` marker, its sessions record or replay it.
     """
     from beamagent.runtime import Runtime
 
+    tape = None
+    if "cassette" in request.fixturenames or request.node.get_closest_marker(_MARKER):
+        tape = request.getfixturevalue("cassette")  # set up first: saved after the stop
     store = tmp_path_factory.mktemp("beamagent") / "store.db"
-    with Runtime(store=str(store), handle_signals=False) as runtime:
+    with Runtime(store=str(store), handle_signals=False, cassette=tape) as runtime:
         yield runtime
 
 

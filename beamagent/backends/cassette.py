@@ -274,10 +274,11 @@ class CassetteSession:
             return RecordingTransport(inner, self._recorder(incarnation), scrub, inner.info())
         track = cassette._track(self.index, incarnation)
         if not track:
+            recorded = sum(1 for s, _ in cassette._tracks if s == self.index)
             raise cassette._mismatch(
                 f"cassette {cassette.path}: session {self.index + 1} ({self.backend}) was "
-                f"recorded with {incarnation - 1} incarnation(s); this replay starts another "
-                "(a restart the recording did not have). Re-record the cassette."
+                f"recorded with {recorded} incarnation(s); this replay starts incarnation "
+                f"{incarnation} (a restart the recording did not have). Re-record the cassette."
             )
         return ReplayTransport(track, scrub, cassette, f"session {self.index + 1}")
 

@@ -223,3 +223,75 @@ def test_a_user_test_of_the_real_claude_cli_against_the_fake_model(
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--tb=short")
 
     result.assert_outcomes(passed=1)
+
+
+CASSETTES = """
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+FAKE_CLAUDE = Path(__file__).parent / "fake_claude.py"
+PROMPT = os.environ.get("SAMPLE_PROMPT", "hello")
+
+
+def start(runtime, tmp_path):
+    return runtime.start_session(
+        backend="claude",
+        cli_path=os.environ.get("SAMPLE_CLI", str(FAKE_CLAUDE)),
+        command_prefix=[sys.executable],
+        env={"FAKE_MODE": "echo"},
+        cwd=str(tmp_path),
+    )
+
+
+@pytest.mark.beamagent_cassette("greeting")
+def test_marked(beamagent_runtime, tmp_path):
+    session = start(beamagent_runtime, tmp_path)
+    assert session.query(PROMPT)[-1].content == "echo: hello"
+    assert session.query("again")[-1].content == "echo: again"
+
+
+def test_with_the_fixture(cassette, beamagent_runtime, tmp_path):
+    assert cassette.path == Path(__file__).parent / "cassettes" / "test_with_the_fixture.jsonl"
+    assert start(beamagent_runtime, tmp_path).query(PROMPT)[-1].content == "echo: hello"
+"""
+
+
+def test_cassettes_in_a_user_project(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(test_user=CASSETTES)
+    shutil.copy(FAKE_CLAUDE, pytester.path / "fake_claude.py")
+    args = ("-p", "no:cacheprovider", "--tb=short", "-rfE")
+
+    # once (the default): nothing recorded yet, so the fake CLI runs and is recorded.
+    pytester.runpytest_subprocess(*args).assert_outcomes(passed=2)
+    cassettes = pytester.path / "cassettes"
+    assert sorted(p.name for p in cassettes.iterdir()) == [
+        "greeting.jsonl",
+        "test_with_the_fixture.jsonl",
+    ]
+
+    # Replayed with no CLI at all.
+    monkeypatch.setenv("SAMPLE_CLI", str(pytester.path / "nowhere" / "claude"))
+    replay = pytester.runpytest_subprocess(*args, "--beamagent-cassette-mode=replay")
+    replay.assert_outcomes(passed=2)
+
+    # A different prompt: the test fails, with the diff of the write.
+    monkeypatch.setenv("SAMPLE_PROMPT", "goodbye")
+    monkeypatch.setenv("BEAMAGENT_CASSETTE_MODE", "replay")
+    changed = pytester.runpytest_subprocess(*args)
+    changed.assert_outcomes(failed=2, errors=2)
+    changed.stdout.fnmatch_lines_random(
+        [
+            "*ERROR at teardown of test_marked*",
+            "cassette */cassettes/greeting.jsonl: session 1 made a different write (write 2);*",
+            "--- recorded write",
+            "+++ this replay's write",
+            '-*"hello"*',
+            '+*"goodbye"*',
+        ]
+    )
