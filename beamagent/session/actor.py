@@ -1572,6 +1572,8 @@ class SessionActor(Process):
         deferred: bool = True,
     ) -> Any:
         self._start_query(prompt, params, future)
+        if self.state is SessionState.ERROR and self._error is not None:
+            raise self._error  # the prompt could not be sent (e.g. a cassette diverged)
         query = self._query
         assert query is not None
         if query.failure is not None:

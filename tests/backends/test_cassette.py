@@ -11,7 +11,7 @@ import pytest
 
 from beamagent import Runtime
 from beamagent.backends.cassette import Cassette, CassetteMode
-from beamagent.errors import BeamAgentError, CassetteMismatch, InvalidOption
+from beamagent.errors import CassetteMismatch, InvalidOption
 
 FAKE_CLAUDE = Path(__file__).parent / "fakes" / "fake_claude.py"
 SECRET = "sk-ant-cassette-env-secret-0123456789"
@@ -83,11 +83,11 @@ def test_a_changed_prompt_fails_with_a_diff(
 ) -> None:
     path, _ = recorded
     cassette = Cassette(path, "replay")
-    with pytest.raises(BeamAgentError):
+    with pytest.raises(CassetteMismatch) as raised:
         run(cassette, tmp_path, ["goodbye"], cli_path="/nowhere/claude")
     assert cassette.mismatches, "the divergence was not reported"
-    message = str(cassette.mismatches[0])
-    assert isinstance(cassette.mismatches[0], CassetteMismatch)
+    message = str(raised.value)
+    assert str(cassette.mismatches[0]) == message
     assert "a different write" in message
     assert "--- recorded write" in message
     assert "+++ this replay's write" in message
@@ -123,3 +123,22 @@ def test_a_session_the_recording_does_not_have_fails_at_start(
         pytest.raises(CassetteMismatch, match="was recorded on 'claude'"),
     ):
         runtime.start_session(backend="codex", cli_path="/nowhere/codex")
+
+
+def test_one_session_can_take_a_cassette_of_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "one.jsonl"
+    options: dict[str, Any] = {
+        "backend": "claude",
+        "command_prefix": [sys.executable],
+        "env": {"FAKE_MODE": "echo"},
+    }
+    with Cassette(path, "record") as cassette, Runtime(store=":memory:") as runtime:
+        plain = runtime.start_session(cli_path=str(FAKE_CLAUDE), **options)
+        taped = runtime.start_session(cli_path=str(FAKE_CLAUDE), cassette=cassette, **options)
+        assert plain.query("a")[-1].content == taped.query("a")[-1].content == "echo: a"
+    with Runtime(store=":memory:") as runtime:
+        replayed = runtime.start_session(
+            cli_path="/nowhere/claude", cassette=Cassette(path, "replay"), **options
+        )
+        assert replayed.query("a")[-1].content == "echo: a"
+        assert replayed.session_info()["pid"] is not None  # as recorded

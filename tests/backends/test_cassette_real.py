@@ -16,7 +16,7 @@ import pytest
 
 from beamagent import Runtime
 from beamagent.backends.cassette import CWD_PLACEHOLDER, Cassette, CassetteMode
-from beamagent.errors import BeamAgentError, CassetteMismatch
+from beamagent.errors import CassetteMismatch
 from beamagent.log import is_secret_key
 from beamagent.testing import FakeModelServer, LoopbackNamespace, Text, claude_env, codex_env
 from tests.backends.conftest import prefix
@@ -101,11 +101,10 @@ def test_record_then_replay_offline(
 
     # A changed prompt fails with a diff, at once.
     changed = Cassette(path, "replay")
-    with pytest.raises(BeamAgentError):
+    with pytest.raises(CassetteMismatch) as raised:
         run(changed, backend, env, replay_work, ["What is 5 + 5?"], cli_path=nowhere)
-    assert changed.mismatches
-    mismatch = changed.mismatches[0]
-    assert isinstance(mismatch, CassetteMismatch)
+    mismatch = raised.value
+    assert str(changed.mismatches[0]) == str(mismatch)
     assert "+++ this replay's write" in str(mismatch)
     assert "What is 5 + 5?" in str(mismatch)
     assert "What is 2 + 2?" in str(mismatch)
