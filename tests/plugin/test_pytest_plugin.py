@@ -295,3 +295,47 @@ def test_cassettes_in_a_user_project(
             '+*"goodbye"*',
         ]
     )
+
+
+REAL_CLI_CASSETTE = """
+import os
+
+import pytest
+
+from beamagent.testing import claude_env
+
+
+@pytest.mark.beamagent_cassette("two_plus_two")
+def test_claude_adds(beamagent_runtime, fake_model_server, tmp_path):
+    fake_model_server.reply = "4"  # used when recording; a replay never calls it
+    session = beamagent_runtime.start_session(
+        backend="claude",
+        cli_path=os.environ["SAMPLE_CLAUDE"],
+        env=claude_env(tmp_path / "home", fake_model_server),
+        inherit_env=False,
+        cwd=str(tmp_path),
+    )
+    assert session.query("What is 2 + 2?")[-1].content == "4"
+    assert bool(fake_model_server.model_requests()) is not bool(os.environ.get("REPLAYING"))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # ensure_installed may install the CLIs first
+def test_the_documented_cassette_of_the_real_claude_cli(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        skip_without_clis("node and npm are needed to install and run the agent CLIs")
+    monkeypatch.setenv("SAMPLE_CLAUDE", str(ensure_installed(("claude",))["claude"]))
+    pytester.makeini(INI)
+    pytester.makepyfile(test_real=REAL_CLI_CASSETTE)
+    args = ("-p", "no:cacheprovider", "--tb=short")
+
+    pytester.runpytest_subprocess(*args).assert_outcomes(passed=1)
+    assert (pytester.path / "cassettes" / "two_plus_two.jsonl").is_file()
+
+    monkeypatch.setenv("SAMPLE_CLAUDE", str(pytester.path / "nowhere" / "claude"))
+    monkeypatch.setenv("PATH", str(pytester.path / "empty-bin"))
+    monkeypatch.setenv("REPLAYING", "1")
+    pytester.runpytest_subprocess(*args).assert_outcomes(passed=1)
