@@ -57,6 +57,7 @@ __all__ = [
     "CassetteSession",
     "RecordingTransport",
     "ReplayTransport",
+    "Scrubber",
 ]
 
 log = get_logger(__name__)
@@ -97,6 +98,14 @@ class Scrubber:
             text = text.replace(self.cwd, CWD_PLACEHOLDER)
         return redact_text(text)
 
+    def raw(self, data: bytes) -> bytes:
+        """``data`` that is not UTF-8 text (a chunk cut inside a character), scrubbed as bytes."""
+        for secret in self._secrets:
+            data = data.replace(secret.encode(), REDACTED.encode())
+        if self.cwd:
+            data = data.replace(self.cwd.encode(), CWD_PLACEHOLDER.encode())
+        return data
+
     def restore(self, text: str) -> str:
         """Recorded text as this run sees it (the placeholder back to this ``cwd``)."""
         return text.replace(CWD_PLACEHOLDER, self.cwd) if self.cwd else text
@@ -118,13 +127,16 @@ class Scrubber:
 def _encode(data: bytes, scrub: Scrubber) -> dict[str, str]:
     try:
         return {"text": scrub.text(data.decode("utf-8"))}
-    except UnicodeDecodeError:  # a chunk cut inside a character: kept as it was
-        return {"b64": base64.b64encode(data).decode("ascii")}
+    except UnicodeDecodeError:  # a chunk cut inside a character: kept as bytes
+        return {"b64": base64.b64encode(scrub.raw(data)).decode("ascii")}
 
 
 def _decode(record: Mapping[str, Any], scrub: Scrubber) -> bytes:
     if "b64" in record:
-        return base64.b64decode(record["b64"])
+        data = base64.b64decode(record["b64"])
+        if scrub.cwd:
+            data = data.replace(CWD_PLACEHOLDER.encode(), scrub.cwd.encode())
+        return data
     return scrub.restore(str(record["text"])).encode("utf-8")
 
 
@@ -271,7 +283,7 @@ class CassetteSession:
         cassette = self.cassette
         if not cassette.replaying:
             inner = handler.open_transport()
-            return RecordingTransport(inner, self._recorder(incarnation), scrub, inner.info())
+            return RecordingTransport(inner, self._recorder(incarnation), scrub)
         track = cassette._track(self.index, incarnation)
         if not track:
             recorded = sum(1 for s, _ in cassette._tracks if s == self.index)
@@ -300,12 +312,10 @@ class RecordingTransport(Transport):
         inner: Transport,
         record: Callable[[dict[str, Any]], None],
         scrub: Scrubber,
-        info: dict[str, Any],
     ) -> None:
         self._inner = inner
         self._record = record
         self._scrub = scrub
-        record({"event": "info", "info": _json_safe(scrub.value(info))})
 
     def start(self, sink: TransportSink) -> None:
         scrub, record = self._scrub, self._record
@@ -325,6 +335,8 @@ class RecordingTransport(Transport):
             sink(event)
 
         self._inner.start(recording_sink)
+        # After start: what info() says of the running transport (its pid), for the replay.
+        record({"event": "info", "info": _json_safe(scrub.value(self._inner.info()))})
 
     def send(self, data: bytes) -> None:
         self._record({"event": "send", **_encode(data, self._scrub)})  # before its answer

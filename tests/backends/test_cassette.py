@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 from pathlib import Path
@@ -74,7 +75,7 @@ def test_no_secret_reaches_the_file(recorded: tuple[Path, list[Any]]) -> None:
     events = [json.loads(line) for line in text.splitlines()]
     assert events[0] == {"cassette": 1, "sessions": 1}
     kinds = [e["event"] for e in events[1:]]
-    assert kinds[:3] == ["open", "info", "connected"]
+    assert kinds[:3] == ["open", "connected", "info"]
     assert {"send", "data", "close", "exited"} <= set(kinds)
 
 
@@ -142,3 +143,14 @@ def test_one_session_can_take_a_cassette_of_its_own(tmp_path: Path) -> None:
         )
         assert replayed.query("a")[-1].content == "echo: a"
         assert replayed.session_info()["pid"] is not None  # as recorded
+
+
+def test_a_chunk_that_is_not_text_is_kept_as_bytes_scrubbed(tmp_path: Path) -> None:
+    from beamagent.backends.cassette import Scrubber, _decode, _encode
+
+    scrub = Scrubber({"X_API_KEY": "secret-key-1234"}, str(tmp_path))
+    chunk = b"\xe2\x82 secret-key-1234 in " + str(tmp_path).encode()
+    record = _encode(chunk, scrub)
+    assert set(record) == {"b64"}
+    assert b"secret-key-1234" not in base64.b64decode(record["b64"])
+    assert _decode(record, scrub) == b"\xe2\x82 [REDACTED] in " + str(tmp_path).encode()
