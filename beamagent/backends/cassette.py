@@ -31,6 +31,7 @@ import difflib
 import enum
 import json
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -67,6 +68,22 @@ CWD_PLACEHOLDER: Final = "<CWD>"
 _MIN_SECRET = 4  # shorter values ("1", "yes") would scrub ordinary text
 
 
+# "name": "value" in JSON, the name looking secret (is_secret_key): the value is scrubbed.
+_JSON_PAIR = re.compile(r'"([A-Za-z][A-Za-z0-9_\-]{0,63})"(\s*:\s*")((?:[^"\\]|\\.)+)"')
+_BEARER = re.compile(r"(\b(?i:bearer|basic)\s+)[A-Za-z0-9._~+/=\-]{6,}")
+# API keys by their well-known shapes (OpenAI/Anthropic, Google, GitHub, Slack).
+_KEY_SHAPE = re.compile(
+    r"\b(?:sk-[A-Za-z0-9_\-]{16,}|AIza[0-9A-Za-z_\-]{30,}|gh[pousr]_[A-Za-z0-9]{20,}"
+    r"|github_pat_[A-Za-z0-9_]{20,}|xox[abpr]-[A-Za-z0-9\-]{10,})"
+)
+
+
+def _json_pair(match: re.Match[str]) -> str:
+    if not is_secret_key(match.group(1)):
+        return match.group(0)
+    return f'"{match.group(1)}"{match.group(2)}{REDACTED}"'
+
+
 class CassetteMode(enum.StrEnum):
     """How a :class:`Cassette` is used."""
 
@@ -92,11 +109,18 @@ class Scrubber:
         self.cwd = cwd
 
     def text(self, text: str) -> str:
+        """Wire text scrubbed, its JSON kept valid (the log's ``redact_text`` is not JSON-safe)."""
         for secret in self._secrets:
             text = text.replace(secret, REDACTED)
         if self.cwd:
             text = text.replace(self.cwd, CWD_PLACEHOLDER)
-        return redact_text(text)
+        text = _JSON_PAIR.sub(_json_pair, text)
+        text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
+        return _KEY_SHAPE.sub(REDACTED, text)
+
+    def prose(self, text: str) -> str:
+        """Text that is no protocol (stderr): the log's rules too (``api_key=...``)."""
+        return redact_text(self.text(text))
 
     def raw(self, data: bytes) -> bytes:
         """``data`` that is not UTF-8 text (a chunk cut inside a character), scrubbed as bytes."""
@@ -326,10 +350,10 @@ class RecordingTransport(Transport):
             elif isinstance(event, Data):
                 record({"event": "data", **_encode(event.data, scrub)})
             elif isinstance(event, Exited):
-                tail = scrub.text(event.stderr_tail)
+                tail = scrub.prose(event.stderr_tail)
                 record({"event": "exited", "status": event.status, "stderr_tail": tail})
             elif isinstance(event, Disconnected):
-                record({"event": "disconnected", "reason": scrub.text(event.reason)})
+                record({"event": "disconnected", "reason": scrub.prose(event.reason)})
             elif isinstance(event, Messages):  # pragma: no cover - no CLI transport sends it
                 log.warning("cassette_messages_not_recorded", count=len(event.messages))
             sink(event)

@@ -154,3 +154,23 @@ def test_a_chunk_that_is_not_text_is_kept_as_bytes_scrubbed(tmp_path: Path) -> N
     assert set(record) == {"b64"}
     assert b"secret-key-1234" not in base64.b64decode(record["b64"])
     assert _decode(record, scrub) == b"\xe2\x82 [REDACTED] in " + str(tmp_path).encode()
+
+
+@pytest.mark.parametrize(
+    ("wire", "kept"),
+    [
+        ('{"apiKey":"abc\\"def","token":"zz"}', '{"apiKey":"[REDACTED]","token":"[REDACTED]"}'),
+        ("Authorization: Bearer abcdefgh123", "Authorization: Bearer [REDACTED]"),
+        ("key sk-ant-api03-abcdefghijklmnop here", "key [REDACTED] here"),
+        # JSON stays JSON: a secret-looking name over an object, token counts, untouched.
+        (
+            '{"_meta":{"api-key":{"provider":"google"}}}',
+            '{"_meta":{"api-key":{"provider":"google"}}}',
+        ),
+        ('{"max_tokens":5,"inputTokens":3}', '{"max_tokens":5,"inputTokens":3}'),
+    ],
+)
+def test_wire_text_is_scrubbed_and_stays_json(wire: str, kept: str) -> None:
+    from beamagent.backends.cassette import Scrubber
+
+    assert Scrubber({}, None).text(wire) == kept

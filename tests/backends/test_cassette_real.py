@@ -1,4 +1,4 @@
-"""Cassettes of the real, pinned ``claude`` and ``codex`` CLIs against the fake model server.
+"""Cassettes of the real, pinned stdio CLIs (claude, codex, gemini, copilot) and the fake model.
 
 Recorded live (two turns), then replayed with the CLI off PATH, ``cli_path`` pointing
 nowhere and the fake server stopped: the same messages come back; a changed prompt
@@ -8,6 +8,7 @@ fails with a diff; no secret from the environment is in the file.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,17 @@ from beamagent import Runtime
 from beamagent.backends.cassette import CWD_PLACEHOLDER, Cassette, CassetteMode
 from beamagent.errors import CassetteMismatch
 from beamagent.log import is_secret_key
-from beamagent.testing import FakeModelServer, LoopbackNamespace, Text, claude_env, codex_env
-from tests.backends.conftest import prefix
+from beamagent.testing import (
+    FakeModelServer,
+    LoopbackNamespace,
+    Text,
+    claude_env,
+    codex_env,
+    copilot_env,
+    ensure_installed,
+    gemini_env,
+)
+from tests.backends.conftest import prefix, skip_without_clis
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # `clis` may install first
 WAIT = 60.0
@@ -29,6 +39,8 @@ ENV_SECRET = "sk-cassette-process-secret-0123456789abcdef"
 ENVS: dict[str, Callable[[Path, FakeModelServer], dict[str, str]]] = {
     "claude": claude_env,
     "codex": codex_env,
+    "gemini": gemini_env,
+    "copilot": copilot_env,
 }
 
 
@@ -51,14 +63,16 @@ def run(
         return [session.query(p, timeout=WAIT) for p in prompts]
 
 
-@pytest.mark.parametrize("backend", ["claude", "codex"])
+@pytest.mark.parametrize("backend", ["claude", "codex", "gemini", "copilot"])
 def test_record_then_replay_offline(
     backend: str,
-    clis: dict[str, Path],
     sandbox: LoopbackNamespace | None,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        skip_without_clis("node and npm are needed to install and run the agent CLIs")
+    ensure_installed((backend,))
     monkeypatch.setenv("BEAMAGENT_CASSETTE_TEST_TOKEN", ENV_SECRET)
     path = tmp_path / "cassettes" / f"{backend}.jsonl"
     record_work, replay_work = tmp_path / "record", tmp_path / "replay"
