@@ -16,8 +16,10 @@ whose names look secret (this process's and the session's ``env``; see
 way before they are compared. The session's ``cwd`` is kept as ``<CWD>`` so a cassette
 replays from another directory.
 
-Works for every transport a handler opens; with HTTP backends (``openai``,
-``opencode``) it is not wired yet: their traffic is not stdio (see docs/testing.md)::
+Works for every backend whose handler opens a
+:class:`~beamagent.backends.base.SubprocessTransport` (``claude``, ``codex``, ``gemini``,
+``copilot``); the HTTP backends (``openai``, ``opencode``) and ``local`` are refused
+with ``InvalidOption`` for now (see docs/testing.md)::
 
     with Cassette("tests/cassettes/hello.jsonl", mode="once") as cassette:
         with Runtime(cassette=cassette) as runtime:
@@ -27,6 +29,7 @@ Works for every transport a handler opens; with HTTP backends (``openai``,
 from __future__ import annotations
 
 import base64
+import contextlib
 import difflib
 import enum
 import json
@@ -44,6 +47,7 @@ from beamagent.backends.base import (
     Disconnected,
     Exited,
     Messages,
+    SubprocessTransport,
     Transport,
     TransportEvent,
     TransportSink,
@@ -307,6 +311,14 @@ class CassetteSession:
         cassette = self.cassette
         if not cassette.replaying:
             inner = handler.open_transport()
+            if not isinstance(inner, SubprocessTransport):
+                with contextlib.suppress(Exception):  # never started: nothing much to release
+                    inner.close()
+                raise InvalidOption(
+                    f"cassettes record the stdio CLI backends (claude, codex, gemini, "
+                    f"copilot...); the {self.backend} backend talks over a "
+                    f"{type(inner).__name__}, which is not recorded yet"
+                )
             return RecordingTransport(inner, self._recorder(incarnation), scrub)
         track = cassette._track(self.index, incarnation)
         if not track:

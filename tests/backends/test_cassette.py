@@ -174,3 +174,12 @@ def test_wire_text_is_scrubbed_and_stays_json(wire: str, kept: str) -> None:
     from beamagent.backends.cassette import Scrubber
 
     assert Scrubber({}, None).text(wire) == kept
+
+
+def test_a_backend_that_is_not_a_stdio_cli_is_refused(tmp_path: Path) -> None:
+    with (
+        Cassette(tmp_path / "local.jsonl", "record") as cassette,
+        Runtime(store=":memory:", handle_signals=False, cassette=cassette) as runtime,
+        pytest.raises(InvalidOption, match=r"stdio CLI backends.*not recorded yet"),
+    ):
+        runtime.start_session(backend="local")
