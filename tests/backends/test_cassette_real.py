@@ -44,6 +44,9 @@ ENVS: dict[str, Callable[[Path, FakeModelServer], dict[str, str]]] = {
 }
 
 
+NATIVE_IDS: list[Any] = []  # each run's native session id, as session_info() gives it
+
+
 def summary(messages: list[Any]) -> list[tuple[str, str | None, str | None]]:
     return [(m.type.value, m.subtype, m.content) for m in messages]
 
@@ -60,7 +63,9 @@ def run(
         session = runtime.start_session(
             backend=backend, env=env, inherit_env=False, cwd=str(work), **options
         )
-        return [session.query(p, timeout=WAIT) for p in prompts]
+        turns = [session.query(p, timeout=WAIT) for p in prompts]
+        NATIVE_IDS.append(session.session_info().get("native_session_id"))
+        return turns
 
 
 @pytest.mark.parametrize("backend", ["claude", "codex", "gemini", "copilot"])
@@ -74,6 +79,7 @@ def test_record_then_replay_offline(
         skip_without_clis("node and npm are needed to install and run the agent CLIs")
     ensure_installed((backend,))
     monkeypatch.setenv("BEAMAGENT_CASSETTE_TEST_TOKEN", ENV_SECRET)
+    NATIVE_IDS.clear()
     path = tmp_path / "cassettes" / f"{backend}.jsonl"
     record_work, replay_work = tmp_path / "record", tmp_path / "replay"
     record_work.mkdir()
@@ -108,6 +114,9 @@ def test_record_then_replay_offline(
     assert replay.mode is CassetteMode.REPLAY
     replayed = run(replay, backend, env, replay_work, PROMPTS, cli_path=nowhere)
     assert [summary(m) for m in replayed] == [summary(m) for m in live]
+    live_id, replayed_id = NATIVE_IDS[-2:]
+    assert live_id
+    assert replayed_id == live_id  # native ids come back as recorded
     assert replay.mismatches == []
     init = replayed[0][0]
     if init.system_info is not None and "cwd" in init.system_info:
