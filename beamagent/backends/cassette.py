@@ -396,6 +396,14 @@ class RecordingTransport(Transport):
         return self._inner.info()
 
 
+def _replayed_info(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """Transport info as a replay gives it: no pid (the recorded one may name another
+    process by now: ``kill_backend`` must not signal it)."""
+    info = {k: v for k, v in recorded.items() if k != "pid"}
+    info["transport"] = "cassette_replay"
+    return info
+
+
 class ReplayTransport(Transport):
     """Plays a recorded incarnation back: what followed each write is delivered on it.
 
@@ -423,7 +431,7 @@ class ReplayTransport(Transport):
         self._info: dict[str, Any] = {}
         for record in track:
             if record["event"] == "info":
-                self._info = dict(record["info"])
+                self._info = _replayed_info(record["info"])
                 break
 
     def _events(self) -> Iterator[TransportEvent]:
@@ -436,7 +444,7 @@ class ReplayTransport(Transport):
                 return
             self._at += 1
             if kind == "connected":
-                yield Connected(dict(record["info"]))
+                yield Connected(_replayed_info(record["info"]))
             elif kind == "data":
                 yield Data(_decode(record, scrub))
             elif kind == "exited":

@@ -13,6 +13,7 @@ import pytest
 from beamagent import Runtime
 from beamagent.backends.cassette import Cassette, CassetteMode
 from beamagent.errors import CassetteMismatch, InvalidOption
+from beamagent.testing import kill_backend
 
 FAKE_CLAUDE = Path(__file__).parent / "fakes" / "fake_claude.py"
 SECRET = "sk-ant-cassette-env-secret-0123456789"
@@ -142,7 +143,11 @@ def test_one_session_can_take_a_cassette_of_its_own(tmp_path: Path) -> None:
             cli_path="/nowhere/claude", cassette=Cassette(path, "replay"), **options
         )
         assert replayed.query("a")[-1].content == "echo: a"
-        assert replayed.session_info()["pid"] is not None  # as recorded
+        info = replayed.session_info()
+        assert info["transport"] == "cassette_replay"
+        assert info.get("pid") is None  # the recorded pid may name another process by now
+        with pytest.raises(InvalidOption, match="without a process of its own"):
+            kill_backend(replayed)
 
 
 def test_a_chunk_that_is_not_text_is_kept_as_bytes_scrubbed(tmp_path: Path) -> None:
