@@ -6,8 +6,7 @@ their attributes). They go to the tracer provider the host configured
 (``opentelemetry.trace.set_tracer_provider``); beamagent never configures an
 exporter. Without ``opentelemetry-api`` installed (the ``beamagent[otel]``
 extra) every function here returns at once and nothing of OpenTelemetry is
-imported; with the API but no SDK, spans are OpenTelemetry's own non-recording
-ones.
+imported; with the API but no provider set, none are made either.
 
 Span attributes never carry prompts, replies or tool arguments, and every
 string value goes through the same redaction as the log events
@@ -70,13 +69,19 @@ def _failed(what: str, exc: Exception) -> None:
 
 
 def _get_tracer() -> Any:
-    # The global provider may be set (or replaced, in tests) after the first span: ask
-    # for the tracer again when it changed. A ProxyTracer would follow it too, at the
-    # cost of one more indirection per span.
+    """The tracer of the global provider; None while no provider is set (or a no-op one).
+
+    The provider may be set (or replaced, in tests) after the first span: the tracer
+    is asked for again when it changed. Until the host sets one, the API's proxy
+    would hand out non-recording spans: making none costs less (near nothing).
+    """
     global _tracer, _tracer_provider
     provider = _trace.get_tracer_provider()
     if provider is not _tracer_provider:
-        _tracer = provider.get_tracer(INSTRUMENTATION_NAME)
+        if isinstance(provider, _trace.ProxyTracerProvider | _trace.NoOpTracerProvider):
+            _tracer = None
+        else:
+            _tracer = provider.get_tracer(INSTRUMENTATION_NAME)
         _tracer_provider = provider
     return _tracer
 
@@ -108,9 +113,9 @@ def attributes(values: Mapping[str, Any]) -> dict[str, Any]:
 def current_context() -> Any:
     """The caller's OpenTelemetry context, to parent a span started on another thread.
 
-    None when tracing is off, so a message need carry nothing.
+    None when tracing is off (or no provider is set), so a message need carry nothing.
     """
-    if _context is None:
+    if _context is None or _get_tracer() is None:
         return None
     return _context.get_current()
 
@@ -134,6 +139,8 @@ def start_span(
         return None
     try:
         tracer = _get_tracer()
+        if tracer is None:
+            return None
         links_ = [_trace.Link(link) for link in links if link is not None]
         return tracer.start_span(
             name,

@@ -53,7 +53,9 @@ def _trace_kwargs(method: str) -> dict[str, Any]:
     # A query's span starts and ends in the session actor: the caller's context goes
     # with the message to be its parent. Nothing is added when tracing is off.
     if telemetry.ENABLED and method in ("query", "send_query"):
-        return {"trace_context": telemetry.current_context()}
+        context = telemetry.current_context()
+        if context is not None:
+            return {"trace_context": context}
     return {}
 
 

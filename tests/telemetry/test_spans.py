@@ -255,3 +255,12 @@ def test_a_broken_span_processor_does_not_crash_the_session(
     assert session.query("hi")[-1].content == "hi"
     assert session.query("again")[-1].content == "again"
     assert session.session_info()["incarnation"] == 1
+
+
+def test_without_a_provider_no_span_is_made(rt: Runtime) -> None:
+    # The API alone (no SDK provider set): nothing is made, nothing travels with a query.
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    assert telemetry.start_span("beamagent.query") is None
+    assert telemetry.current_context() is None
+    session = rt.start_session(backend="local")
+    assert session.query("hi")[-1].content == "hi"
