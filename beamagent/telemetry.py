@@ -23,6 +23,8 @@ message and becomes the parent of the span the actor starts and ends.
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
@@ -61,6 +63,9 @@ ENABLED: Final = _trace is not None
 
 _tracer: Any = None
 _tracer_provider: Any = None
+_UNKNOWN: Final = object()
+# Set, the API loads the provider the variable names at the first get_tracer_provider().
+_PROVIDER_FROM_ENV: Final = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
 log = get_logger(__name__)
 
 
@@ -76,7 +81,13 @@ def _get_tracer() -> Any:
     would hand out non-recording spans: making none costs less (near nothing).
     """
     global _tracer, _tracer_provider
-    provider = _trace.get_tracer_provider()
+    # The API's own global, read directly: get_tracer_provider() also looks up an
+    # environment variable at each call while none is set (most of the cost of a no-op).
+    provider: Any = getattr(_trace, "_TRACER_PROVIDER", _UNKNOWN)
+    if provider is None and not _PROVIDER_FROM_ENV:
+        return None
+    if provider is None or provider is _UNKNOWN:
+        provider = _trace.get_tracer_provider()
     if provider is not _tracer_provider:
         if isinstance(provider, _trace.ProxyTracerProvider | _trace.NoOpTracerProvider):
             _tracer = None
@@ -86,11 +97,27 @@ def _get_tracer() -> Any:
     return _tracer
 
 
+# Attribute keys are a small fixed set (beamagent's own, bar a caller's): remember the
+# verdict rather than split each key into words at every span.
+_secret_keys: dict[str, bool] = {}
+
+
+@functools.lru_cache(maxsize=4096)
+def _redacted(text: str) -> str:
+    # The same ids, names and models come back at every span: the scan once each.
+    return redact_text(text)
+
+
 def _value(key: str, value: Any) -> Any:
-    if is_secret_key(key):
+    secret = _secret_keys.get(key)
+    if secret is None:
+        secret = is_secret_key(key)
+        if len(_secret_keys) < 1024:
+            _secret_keys[key] = secret
+    if secret:
         return REDACTED
     if isinstance(value, str):
-        return redact_text(value)
+        return _redacted(value) if len(value) <= 256 else redact_text(value)
     if isinstance(value, bool | int | float):
         return value
     if isinstance(value, Sequence | set | frozenset):
