@@ -35,9 +35,11 @@ __all__ = [
     "INSTRUMENTATION_NAME",
     "Span",
     "add_event",
+    "attach",
     "attributes",
     "context_of",
     "current_context",
+    "detach",
     "end_span",
     "set_attributes",
     "span",
@@ -265,3 +267,16 @@ def context_of(span: Span) -> Any:
     if _trace is None or span is None:
         return None
     return _trace.set_span_in_context(span)
+
+
+def attach(context: Any) -> Any:
+    """Make ``context`` current in this thread; give the token to :func:`detach`. None: nothing."""
+    if _context is None or context is None:
+        return None
+    return _context.attach(context)
+
+
+def detach(token: Any) -> None:
+    """Undo an :func:`attach` (None: nothing)."""
+    if token is not None and _context is not None:
+        _context.detach(token)

@@ -280,6 +280,11 @@ class EventLog:
             _wake_all(waiters)
         return True
 
+    @property
+    def tracer(self) -> RunTracer | None:
+        """The run's tracer, when tracing is on."""
+        return self._tracer
+
     def _event(self, item: RunEvent | _Raw) -> RunEvent:
         if isinstance(item, RunEvent):
             return item

@@ -84,6 +84,13 @@ class RunTracer:
                     {"job_id": data.get("job_id"), "sub_run_id": data.get("sub_run_id")},
                 )
 
+    def context_for(self, thread_id: str) -> Any:
+        """The context to serve ``thread_id``'s visit in: its node span is the parent."""
+        with self._lock:
+            current = self._nodes.get(thread_id)
+            span = current[1] if current is not None else self._run
+        return telemetry.context_of(span)
+
     def _start_node(self, node_id: str, thread_id: str, step: int) -> telemetry.Span:
         return telemetry.start_span(
             "beamagent.graph.node",

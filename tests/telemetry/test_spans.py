@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -264,3 +265,34 @@ def test_without_a_provider_no_span_is_made(rt: Runtime) -> None:
     assert telemetry.current_context() is None
     session = rt.start_session(backend="local")
     assert session.query("hi")[-1].content == "hi"
+
+
+def test_a_query_made_by_a_node_is_a_child_of_its_visit(
+    rt: Runtime, spans: InMemorySpanExporter
+) -> None:
+    session = rt.start_session(backend="local")
+
+    def ask(message: NodeMessage) -> Result:
+        return Result(session.query(f"from {message.node_id}")[-1].content or "")
+
+    run = rt.run_job(Job("j", [Node("a", serving=ask)], start="a"), "x")
+    assert run.result(WAIT).output.body == "from a"
+    finished = spans.get_finished_spans()
+    node = one(finished, "beamagent.graph.node")
+    query = one(finished, "beamagent.query")
+    assert parent_of(query) == span_id(node)
+    assert parent_of(node) == span_id(one(finished, "beamagent.graph.run"))
+
+
+def test_an_async_query_is_a_child_of_the_awaiting_task_span(
+    rt: Runtime, spans: InMemorySpanExporter
+) -> None:
+    session = rt.start_session(backend="local")
+
+    async def main() -> int:
+        with trace.get_tracer("test").start_as_current_span("task") as task:
+            await session.aquery("hi")
+        return task.get_span_context().span_id
+
+    task_id = asyncio.run(main())
+    assert parent_of(one(spans.get_finished_spans(), "beamagent.query")) == task_id
