@@ -41,6 +41,7 @@ __all__ = [
     "current_context",
     "detach",
     "end_span",
+    "live",
     "set_attributes",
     "span",
     "span_context",
@@ -260,6 +261,13 @@ def span(name: str, values: Mapping[str, Any] | None = None) -> Iterator[Span]:
         raise
     _context.detach(token)
     end_span(started)
+
+
+def live(span: Span) -> Span:
+    """``span`` while it records (not ended yet), else None."""
+    if span is None or not span.is_recording():
+        return None
+    return span
 
 
 def context_of(span: Span) -> Any:

@@ -100,6 +100,7 @@ from beamagent.errors import (
 )
 from beamagent.log import get_logger
 from beamagent.messages import Message, MessageType, _build_message
+from beamagent.tools._access import ToolServerAccess
 from beamagent.tools._timing import ToolCallReport, ToolTimings
 from supervisors import (
     Crashed,
@@ -953,14 +954,20 @@ class SessionActor(Process):
         actor_ref = self.actor_ref
         generation = self._generation
         self._calls_pending += 1  # a pending permission request keeps the session awake
+        query = self._query
+        # A tool call of an in-process agent (local, openai) is the running query's child.
+        parent = None if query is None else telemetry.context_of(query.span)
 
         def run() -> None:
             result: Any = None
             error: BaseException | None = None
+            token = telemetry.attach(parent)
             try:
                 result = call.fn()
             except Exception as exc:
                 error = exc
+            finally:
+                telemetry.detach(token)
             with contextlib.suppress(pykka.ActorDeadError):
                 actor_ref.tell(_CallResult(generation, call.key, result, error))
 
@@ -1555,6 +1562,9 @@ class SessionActor(Process):
                 },
                 parent=trace_context,
             )
+            access = self.config.options.get("tool_server")
+            if isinstance(access, ToolServerAccess):  # the CLI's tool calls: the query's children
+                access.calls.query_span = query.span
         _mark_delivered(caller)
         self._apply(output)
         return QueryRef(self.session_id, query.id, self.config.lineage.incarnations)

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import httpx
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
@@ -15,10 +16,11 @@ from opentelemetry.trace import StatusCode
 import supervisors
 from beamagent import Message, Runtime, telemetry
 from beamagent.backends.base import HandlerOutput
-from beamagent.backends.local import LocalHandler
+from beamagent.backends.local import LocalHandler, LocalToolCall
 from beamagent.errors import RetryRequested, SessionError
 from beamagent.graph import Job, Node, NodeMessage, Result, Route, RunStatus
-from beamagent.tools import ToolContext, tool
+from beamagent.tools import ToolContext, ToolSet, tool
+from beamagent.tools._state import Grant
 from beamagent.tools._tool import invoke_blocking
 
 WAIT = 10.0
@@ -296,3 +298,49 @@ def test_an_async_query_is_a_child_of_the_awaiting_task_span(
 
     task_id = asyncio.run(main())
     assert parent_of(one(spans.get_finished_spans(), "beamagent.query")) == task_id
+
+
+@tool
+def add_up(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def test_an_in_process_tool_call_is_a_child_of_its_query(spans: InMemorySpanExporter) -> None:
+    def model(prompt: str, params: Any) -> Any:
+        outcome = yield LocalToolCall("add_up", {"a": 2, "b": 40})
+        yield f"got {outcome.content}"
+
+    with Runtime(store=":memory:", tools=[add_up]) as rt:
+        session = rt.start_session(backend="local", reply=model)
+        assert session.query("add", timeout=WAIT)[-1].content == "got 42"
+    finished = spans.get_finished_spans()
+    call = one(finished, "beamagent.tool")
+    assert parent_of(call) == span_id(one(finished, "beamagent.query"))
+    assert (call.attributes or {})["beamagent.tool.outcome"] == "ok"
+
+
+def test_a_tool_server_call_is_a_child_of_the_sessions_running_query(
+    spans: InMemorySpanExporter,
+) -> None:
+    with Runtime(store=":memory:", tools=[add_up]) as rt:
+        url = rt.start_tool_server()
+        state = rt._tool_state
+        assert state is not None
+        grant = Grant("s1", "claude", ToolSet.of([add_up]))
+        token = state.grant(grant).token
+        query = trace.get_tracer("test").start_span("query")  # as the session sets it
+        grant.calls.query_span = query
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+        body["params"] = {"name": "add_up", "arguments": {"a": 1, "b": 2}}
+        headers = {
+            "Accept": "application/json, text/event-stream",
+            "Authorization": f"Bearer {token}",
+        }
+        reply = httpx.post(url, json=body, headers=headers, timeout=WAIT)
+        assert reply.status_code == 200
+        query.end()
+    call = one(spans.get_finished_spans(), "beamagent.tool")
+    assert parent_of(call) == query.get_span_context().span_id
+    assert (call.attributes or {})["beamagent.session_id"] == "s1"
+    assert token not in str(call.attributes)
