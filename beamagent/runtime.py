@@ -37,7 +37,7 @@ from typing import Any, cast
 import pykka
 from pykka.messages import ProxyCall
 
-from beamagent import lifecycle
+from beamagent import lifecycle, telemetry
 from beamagent.backends.base import BackendHandler
 from beamagent.backends.local import LocalHandler
 from beamagent.backends.names import canonical_backend_name
@@ -587,12 +587,32 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
             ConnectTimeout, TransportError, SessionError: the backend did not start.
         """
         opts = dict(opts)
+        if not telemetry.ENABLED:
+            return self._start_session(backend, opts, None)
+        with telemetry.span("beamagent.session.start") as span:
+            return self._start_session(backend, opts, span)
+
+    def _start_session(
+        self, backend: str | None, opts: dict[str, Any], span: telemetry.Span
+    ) -> Session:
         resuming = opts.get("resume") is not None
         backend = self._resume_start_options(backend, opts)
         backend_name, decision = self._route_start_options(backend, opts)
         config = self._session_config(backend_name, opts, decision)
         config.lineage.stored_history = resuming  # replayed where not resumed natively
         session_id = config.session_id
+        if span is not None:
+            telemetry.set_attributes(
+                span,
+                {
+                    "beamagent.session_id": session_id,
+                    "beamagent.backend": backend_name,
+                    "beamagent.routed": decision is not None,
+                    "beamagent.resumed": resuming,
+                    "gen_ai.request.model": config.options.get("model"),
+                },
+            )
+            config.lineage.trace_link = telemetry.span_context(span)
         try:
             if whereis(self._session_name(session_id)) is not None:
                 raise InvalidOption(f"session {session_id!r} is already running")
