@@ -22,6 +22,9 @@ __all__ = [
     "BeamAgentError",
     "BufferOverflow",
     "ConnectTimeout",
+    "ControlSocketError",
+    "ControlSocketRefused",
+    "ControlSocketUnavailable",
     "InputRequired",
     "Interrupted",
     "InvalidJob",
@@ -136,6 +139,19 @@ class TransportError(SessionError):
 
 class ConnectTimeout(SessionError, TimeoutError):
     """The backend did not connect or finish its handshake in time."""
+
+
+class ControlSocketError(BeamAgentError):
+    """A runtime's control socket could not be created, reached or trusted."""
+
+
+class ControlSocketRefused(ControlSocketError):
+    """The control socket is not safe to use: another user's, a mode wider than 0600,
+    a path that is not a socket, or a peer of another user."""
+
+
+class ControlSocketUnavailable(ControlSocketError):
+    """No runtime answers at this control socket: the file is missing or nobody listens."""
 
 
 class ProtocolError(BeamAgentError):

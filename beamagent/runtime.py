@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import os
 import queue
 import threading
 import time
@@ -41,6 +42,8 @@ from beamagent import lifecycle, telemetry
 from beamagent.backends.base import BackendHandler
 from beamagent.backends.local import LocalHandler
 from beamagent.backends.names import canonical_backend_name
+from beamagent.control.server import ControlServer
+from beamagent.control.snapshot import take_snapshot
 from beamagent.errors import (
     BeamAgentError,
     InvalidOption,
@@ -278,6 +281,9 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
             replaces them for one session; see ``docs/tools.md``).
         tool_server: where the tool server listens, a
             :class:`~beamagent.tools.ToolServerConfig` (or a dict of its fields).
+        control_socket: a path for a local control socket (default None: none),
+            a Unix socket of mode 0600 through which ``beamagent top`` shows this
+            runtime's tree, sessions and runs (read-only; see ``docs/cli.md``).
 
     Use it as a context manager, or call :meth:`stop`. A runtime that is
     still running when the interpreter exits is stopped then (see
@@ -286,6 +292,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
     Raises:
         InvalidOption: a malformed option.
         StoreError: the store cannot be opened.
+        ControlSocketError: the control socket cannot be created at its path.
         BeamAgentError: the interpreter is exiting.
     """
 
@@ -300,6 +307,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
         handle_signals: bool = True,
         tools: Any = None,
         tool_server: Any = None,
+        control_socket: str | os.PathLike[str] | None = None,
     ) -> None:
         self.id = f"rt{next(_runtime_ids)}"
         self._session_budget = _budget(session_restarts, "session_restarts")
@@ -357,6 +365,15 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
                     self._store.close()
                 raise
             lifecycle.runtime_started(self, handle_signals=handle_signals)
+        self._control: ControlServer | None = None
+        if control_socket is not None:
+            try:
+                self._control = ControlServer(
+                    control_socket, functools.partial(take_snapshot, self)
+                )
+            except BaseException:
+                self.stop()
+                raise
         log.info("runtime_started", runtime=self.id, routable=list(self._routable))
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -375,6 +392,9 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
             self._stopped = True
         with lifecycle.signals_deferred():  # a SIGTERM now waits until the store is closed
             try:
+                control = getattr(self, "_control", None)
+                if control is not None:  # first: no snapshot of a tree going down
+                    control.stop()
                 with contextlib.suppress(pykka.ActorDeadError):
                     self.root.stop(timeout=60)
                 self._close_tools()

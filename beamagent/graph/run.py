@@ -296,6 +296,25 @@ class EventLog:
         """The run's result once its terminal event is in, else None."""
         return self._result
 
+    def progress(self) -> tuple[int, list[tuple[str, str]]]:
+        """``(events so far, the (node, thread) visits started and not yet done)``.
+
+        For introspection (``beamagent top``): the lock is held only to copy the list.
+        """
+        with self._lock:
+            items = list(self._events)
+        running: dict[tuple[str, str], None] = {}
+        for item in items:
+            event = self._event(item)
+            if event.node_id is None:
+                continue
+            key = (event.node_id, event.thread_id or "0")
+            if event.kind is EventKind.NODE_STARTED:
+                running[key] = None
+            elif event.kind in (EventKind.NODE_RESULT, EventKind.NODE_RETRY):
+                running.pop(key, None)
+        return len(items), list(running)
+
     def snapshot(self) -> list[RunEvent]:
         """The events so far."""
         with self._lock:
