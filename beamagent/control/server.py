@@ -37,7 +37,7 @@ from beamagent.control.snapshot import PROTOCOL_VERSION
 from beamagent.errors import ControlSocketError, ControlSocketRefused
 from beamagent.log import get_logger
 
-__all__ = ["MAX_CONNECTIONS", "MAX_REQUEST", "ControlServer", "peer_uid"]
+__all__ = ["MAX_CONNECTIONS", "MAX_REQUEST", "ControlServer", "answer", "peer_uid"]
 
 log = get_logger(__name__)
 
@@ -132,6 +132,24 @@ def _bind_private(path: Path) -> tuple[socket.socket, os.stat_result]:
             staging.rmdir()
 
 
+def answer(line: bytes, snapshot: Callable[[], Any]) -> dict[str, Any]:
+    """The reply to one request line (never raises: a bad request gets an error reply)."""
+    try:
+        request = json.loads(line)
+    except ValueError:
+        return {"ok": False, "error": "a request is one JSON object per line"}
+    op = request.get("op") if isinstance(request, dict) else None
+    if op == "ping":
+        return {"ok": True, "version": PROTOCOL_VERSION}
+    if op == "snapshot":
+        try:
+            taken = snapshot()
+        except Exception as exc:  # the runtime is stopping, a process is restarting
+            return {"ok": False, "error": f"snapshot failed: {exc}"}
+        return {"ok": True, "version": PROTOCOL_VERSION, "snapshot": taken}
+    return {"ok": False, "error": f"unknown op {op!r:.100}; the ops are 'ping' and 'snapshot'"}
+
+
 class _Client:
     __slots__ = ("buffer", "conn")
 
@@ -157,16 +175,22 @@ class ControlServer:
         self.path = Path(path).absolute()
         self._snapshot = snapshot
         self._sock, self._stat = _bind_private(self.path)
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._sock, selectors.EVENT_READ, None)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._clients: dict[int, _Client] = {}
         self._stopping = False
-        self._thread = threading.Thread(
-            target=self._serve, name=f"beamagent-control {self.path.name}", daemon=True
-        )
-        self._thread.start()
+        try:
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._selector = selectors.DefaultSelector()
+            self._selector.register(self._sock, selectors.EVENT_READ, None)
+            self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+            self._thread = threading.Thread(
+                target=self._serve, name=f"beamagent-control {self.path.name}", daemon=True
+            )
+            self._thread.start()
+        except BaseException:
+            self._sock.close()
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            raise
         log.info("control_socket_opened", path=str(self.path))
 
     def stop(self) -> None:
@@ -194,6 +218,12 @@ class ControlServer:
     # --- the serving thread -------------------------------------------------------------
 
     def _serve(self) -> None:
+        try:
+            self._loop()
+        except Exception:  # a bug here must not pass silently: top would just hang
+            log.exception("control_server_crashed", path=str(self.path))
+
+    def _loop(self) -> None:
         while not self._stopping:
             for key, _events in self._selector.select():
                 if self._stopping:
@@ -256,20 +286,7 @@ class ControlServer:
             self._drop(client)
 
     def _answer(self, line: bytes) -> dict[str, Any]:
-        try:
-            request = json.loads(line)
-        except ValueError:
-            return {"ok": False, "error": "a request is one JSON object per line"}
-        op = request.get("op") if isinstance(request, dict) else None
-        if op == "ping":
-            return {"ok": True, "version": PROTOCOL_VERSION}
-        if op == "snapshot":
-            try:
-                snapshot = self._snapshot()
-            except Exception as exc:  # the runtime is stopping, a process is restarting
-                return {"ok": False, "error": f"snapshot failed: {exc}"}
-            return {"ok": True, "version": PROTOCOL_VERSION, "snapshot": snapshot}
-        return {"ok": False, "error": f"unknown op {op!r}; the ops are 'ping' and 'snapshot'"}
+        return answer(line, self._snapshot)
 
     @staticmethod
     def _send(conn: socket.socket, reply: dict[str, Any]) -> bool:

@@ -11,9 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from beamagent.control import ControlClient, server
-from beamagent.errors import ControlSocketRefused, ControlSocketUnavailable
+from beamagent.control import ControlClient, client, server
+from beamagent.errors import ControlSocketError, ControlSocketRefused, ControlSocketUnavailable
 from beamagent.runtime import Runtime
 
 
@@ -123,3 +125,46 @@ def test_bad_requests_get_errors_not_a_dead_server(sock_dir: Path) -> None:
     assert not replies[1]["ok"]
     assert "unknown op 'kill'" in replies[1]["error"]
     assert replies[2] == {"ok": True, "version": 1}
+
+
+@given(st.binary(max_size=200))
+def test_any_request_line_gets_a_reply_never_an_exception(line: bytes) -> None:
+    reply = server.answer(line, lambda: {"tree": {}})
+    assert isinstance(reply["ok"], bool)
+    json.dumps(reply)  # always sendable
+    if not reply["ok"]:
+        assert reply["error"]
+
+
+def test_a_failed_snapshot_is_an_error_reply() -> None:
+    def broken() -> dict[str, object]:
+        raise RuntimeError("the registry is restarting")
+
+    reply = server.answer(b'{"op": "snapshot"}', broken)
+    assert reply == {"ok": False, "error": "snapshot failed: the registry is restarting"}
+
+
+def test_the_client_refuses_a_listener_of_another_user(
+    sock_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = sock_dir / "rt.sock"
+    monkeypatch.setattr(client, "peer_uid", lambda _conn: os.getuid() + 1)
+    with (
+        Runtime(store=":memory:", control_socket=path, handle_signals=False),
+        pytest.raises(ControlSocketRefused, match="runs as uid"),
+    ):
+        ControlClient(path)
+
+
+def test_a_socket_in_a_missing_directory_is_an_error(sock_dir: Path) -> None:
+    with pytest.raises(ControlSocketError, match="does not exist"):
+        Runtime(store=":memory:", control_socket=sock_dir / "no" / "s", handle_signals=False)
+
+
+def test_a_socket_in_a_directory_others_can_write_is_refused(sock_dir: Path) -> None:
+    shared = sock_dir / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # not sticky: anyone could swap the socket for their own
+    with pytest.raises(ControlSocketRefused, match="writable by other users"):
+        Runtime(store=":memory:", control_socket=shared / "s", handle_signals=False)
+    assert list(shared.iterdir()) == []
