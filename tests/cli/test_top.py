@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,9 +24,13 @@ LIVE_RUNTIME = Path(__file__).parent.parent / "control" / "live_runtime.py"
 runner = CliRunner()
 
 
-@pytest.fixture
-def live(tmp_path: Path) -> Iterator[Path]:
-    """A runtime in a child process (sessions alpha and beta, run-1 in node draft): its socket."""
+@contextmanager
+def _live_runtime(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    """A runtime in a child process (sessions alpha and beta, run-1 in node draft).
+
+    Yields its socket and the process; leaving stops it (its stdin closes) and
+    checks it exited cleanly and unlinked its socket.
+    """
     errors = tmp_path / "stderr.log"  # a file: its log can never fill a pipe and block it
     with (
         tempfile.TemporaryDirectory(prefix="ba") as short,
@@ -46,11 +51,22 @@ def live(tmp_path: Path) -> Iterator[Path]:
                 child.kill()
                 child.communicate()
                 pytest.fail(f"the live runtime did not start: {errors.read_text()}")
-            yield path
+            yield path, child
         finally:
-            child.communicate(timeout=30)  # closes its stdin: it stops
+            assert child.stdin is not None
+            assert child.stdout is not None
+            child.stdin.close()  # it stops (a second close is a no-op)
+            child.wait(30)
+            child.stdout.close()
         assert child.returncode == 0, errors.read_text()
         assert not path.exists()  # unlinked when that runtime stopped
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[Path]:
+    """The socket of a live runtime in another process (see ``_live_runtime``)."""
+    with _live_runtime(tmp_path) as (path, _child):
+        yield path
 
 
 def test_once_json_shows_the_tree_sessions_and_the_run(live: Path) -> None:
@@ -145,3 +161,24 @@ def test_a_missing_socket_or_a_dead_runtime_is_a_clear_error(tmp_path: Path) -> 
         done = runner.invoke(app, ["top", "--socket", str(stale), "--once"])
     assert done.exit_code == EXIT_NOT_FOUND
     assert "no runtime listens on" in done.stderr
+
+
+def test_the_live_view_refreshes_until_its_runtime_stops(tmp_path: Path) -> None:
+    with _live_runtime(tmp_path) as (path, runtime):
+        command = ["top", "--socket", str(path), "--json", "--interval", "0.1"]
+        top = subprocess.Popen(
+            [sys.executable, "-m", "beamagent", *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert top.stdout is not None
+        frames = [json.loads(top.stdout.readline()) for _ in range(2)]  # it refreshes
+        assert all(frame["runs"][0]["run_id"] == "run-1" for frame in frames)
+        assert runtime.stdin is not None
+        runtime.stdin.close()  # the runtime stops: the view ends with a clear error
+        assert runtime.wait(30) == 0
+        _out, err = top.communicate(timeout=30)
+    assert top.returncode == EXIT_NOT_FOUND
+    assert "went away" in err or "no control socket" in err or "no runtime listens" in err
+    assert "Traceback" not in err
