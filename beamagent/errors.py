@@ -23,6 +23,9 @@ __all__ = [
     "BufferOverflow",
     "CassetteMismatch",
     "ConnectTimeout",
+    "ControlSocketError",
+    "ControlSocketRefused",
+    "ControlSocketUnavailable",
     "InputRequired",
     "Interrupted",
     "InvalidJob",
@@ -145,6 +148,19 @@ class CassetteMismatch(TransportError):
 
 class ConnectTimeout(SessionError, TimeoutError):
     """The backend did not connect or finish its handshake in time."""
+
+
+class ControlSocketError(BeamAgentError):
+    """A runtime's control socket could not be created, reached or trusted."""
+
+
+class ControlSocketRefused(ControlSocketError):
+    """The control socket is not safe to use: another user's, a mode wider than 0600,
+    a path that is not a socket, or a peer of another user."""
+
+
+class ControlSocketUnavailable(ControlSocketError):
+    """No runtime answers at this control socket: the file is missing or nobody listens."""
 
 
 class ProtocolError(BeamAgentError):

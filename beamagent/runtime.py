@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import os
 import queue
 import threading
 import time
@@ -37,11 +38,13 @@ from typing import Any, cast
 import pykka
 from pykka.messages import ProxyCall
 
-from beamagent import lifecycle
+from beamagent import lifecycle, telemetry
 from beamagent.backends.base import BackendHandler
 from beamagent.backends.cassette import Cassette
 from beamagent.backends.local import LocalHandler
 from beamagent.backends.names import canonical_backend_name
+from beamagent.control.server import ControlServer
+from beamagent.control.snapshot import take_snapshot
 from beamagent.errors import (
     BeamAgentError,
     InvalidOption,
@@ -283,6 +286,9 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
         cassette: a :class:`~beamagent.backends.cassette.Cassette` every session
             records its wire traffic into, or replays it from (also a session
             option, ``start_session(cassette=...)``; see ``docs/testing.md``).
+        control_socket: a path for a local control socket (default None: none),
+            a Unix socket of mode 0600 through which ``beamagent top`` shows this
+            runtime's tree, sessions and runs (read-only; see ``docs/cli.md``).
 
     Use it as a context manager, or call :meth:`stop`. A runtime that is
     still running when the interpreter exits is stopped then (see
@@ -291,6 +297,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
     Raises:
         InvalidOption: a malformed option.
         StoreError: the store cannot be opened.
+        ControlSocketError: the control socket cannot be created at its path.
         BeamAgentError: the interpreter is exiting.
     """
 
@@ -306,6 +313,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
         tools: Any = None,
         tool_server: Any = None,
         cassette: Cassette | None = None,
+        control_socket: str | os.PathLike[str] | None = None,
     ) -> None:
         self.id = f"rt{next(_runtime_ids)}"
         self._session_budget = _budget(session_restarts, "session_restarts")
@@ -365,6 +373,15 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
                     self._store.close()
                 raise
             lifecycle.runtime_started(self, handle_signals=handle_signals)
+        self._control: ControlServer | None = None
+        if control_socket is not None:
+            try:
+                self._control = ControlServer(
+                    control_socket, functools.partial(take_snapshot, self)
+                )
+            except BaseException:
+                self.stop()
+                raise
         log.info("runtime_started", runtime=self.id, routable=list(self._routable))
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -383,6 +400,9 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
             self._stopped = True
         with lifecycle.signals_deferred():  # a SIGTERM now waits until the store is closed
             try:
+                control = getattr(self, "_control", None)
+                if control is not None:  # first: no snapshot of a tree going down
+                    control.stop()
                 with contextlib.suppress(pykka.ActorDeadError):
                     self.root.stop(timeout=60)
                 self._close_tools()
@@ -595,12 +615,32 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
             ConnectTimeout, TransportError, SessionError: the backend did not start.
         """
         opts = dict(opts)
+        if not telemetry.ENABLED:
+            return self._start_session(backend, opts, None)
+        with telemetry.span("beamagent.session.start") as span:
+            return self._start_session(backend, opts, span)
+
+    def _start_session(
+        self, backend: str | None, opts: dict[str, Any], span: telemetry.Span
+    ) -> Session:
         resuming = opts.get("resume") is not None
         backend = self._resume_start_options(backend, opts)
         backend_name, decision = self._route_start_options(backend, opts)
         config = self._session_config(backend_name, opts, decision)
         config.lineage.stored_history = resuming  # replayed where not resumed natively
         session_id = config.session_id
+        if span is not None:
+            telemetry.set_attributes(
+                span,
+                {
+                    "beamagent.session_id": session_id,
+                    "beamagent.backend": backend_name,
+                    "beamagent.routed": decision is not None,
+                    "beamagent.resumed": resuming,
+                    "gen_ai.request.model": config.options.get("model"),
+                },
+            )
+            config.lineage.trace_link = telemetry.span_context(span)
         try:
             if whereis(self._session_name(session_id)) is not None:
                 raise InvalidOption(f"session {session_id!r} is already running")

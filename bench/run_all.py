@@ -75,6 +75,7 @@ SCRIPTS = (
     Script("store"),
     Script("backends", optional=True),
     Script("tools", optional=True),
+    Script("telemetry", quick_args=("500",)),
     Script("scale", args=(str(SCALE_N),), quick_args=("5000",)),
     Script("throughput"),
 )

@@ -1,7 +1,8 @@
 """The ``beamagent`` command: a typer app (typer parses the arguments, rich renders).
 
 Exit codes: 0 done; 1 the command failed (a run did not complete, a bad job
-file, a store error); 2 bad usage; 3 no session or run with that id.
+file, a store error, a control socket refused as unsafe); 2 bad usage; 3 no
+session or run with that id, or no runtime at that control socket.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import datetime
 import functools
 import json
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,8 +25,11 @@ from rich.table import Table
 from beamagent.cli.demo import run_demo
 from beamagent.cli.jobfile import load_job_file
 from beamagent.cli.text import message_text, short
+from beamagent.cli.top import render_snapshot
+from beamagent.control import ControlClient
 from beamagent.errors import (
     BeamAgentError,
+    ControlSocketUnavailable,
     RunError,
     RunNotFound,
     SessionNotFound,
@@ -81,7 +86,7 @@ def _handled(command: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
-        except (SessionNotFound, RunNotFound, ThreadNotFound) as exc:
+        except (SessionNotFound, RunNotFound, ThreadNotFound, ControlSocketUnavailable) as exc:
             _err().print(f"error: {exc}", markup=False)
             raise typer.Exit(EXIT_NOT_FOUND) from None
         except BeamAgentError as exc:
@@ -235,6 +240,51 @@ class RunProgress:
         for (node, thread), row in self.rows.items():
             table.add_row(node, thread, row["state"], str(row["visits"]), short(row["detail"]))
         return table
+
+
+# --- top --------------------------------------------------------------------------------------
+
+
+@app.command()
+@_handled
+def top(
+    socket_path: Annotated[
+        Path,
+        typer.Option(
+            "--socket", help="The runtime's control socket (Runtime(control_socket=...))."
+        ),
+    ],
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print snapshots as JSON (one per line when live).")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.1, help="Seconds between refreshes.")
+    ] = 1.0,
+) -> None:
+    """A live view of a running runtime: its supervision tree, sessions and runs."""
+    with ControlClient(socket_path) as client:
+        if once:
+            snapshot = client.snapshot()
+            if as_json:
+                _json(snapshot)
+            else:
+                _out().print(render_snapshot(snapshot))
+            return
+        stop = threading.Event()
+        try:
+            if as_json:
+                while True:
+                    sys.stdout.write(json.dumps(client.snapshot(), default=str) + "\n")
+                    sys.stdout.flush()
+                    stop.wait(interval)
+            with Live(
+                render_snapshot(client.snapshot()), console=_out(), auto_refresh=False
+            ) as live:
+                while not stop.wait(interval):
+                    live.update(render_snapshot(client.snapshot()), refresh=True)
+        except KeyboardInterrupt:
+            return
 
 
 # --- sessions ---------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import pykka
 from pykka.messages import ProxyCall
 
+from beamagent import telemetry
 from beamagent.errors import (
     BeamAgentError,
     InputRequired,
@@ -51,6 +52,7 @@ from beamagent.graph.job import Job
 from beamagent.graph.node import DEFAULT_MAX_TOOL_ROUNDS, NodeActors, NodeWorkers, ThreadCache
 from beamagent.graph.run import EventKind, EventLog, Run, RunEvent, RunResult, RunStatus
 from beamagent.graph.serving import ToolRegistry
+from beamagent.graph.tracing import RunTracer
 from beamagent.log import get_logger
 from supervisors import (
     AlreadyRegistered,
@@ -335,7 +337,10 @@ class GraphApi:
         runs = self.runs_supervisor
         cache, workers, spares = self._graph_resources(runs)
         name = self._run_name(run_id)
-        events = EventLog(run_id)
+        tracer = (
+            RunTracer(run_id, job.id, resumed=restored is not None) if telemetry.ENABLED else None
+        )
+        events = EventLog(run_id, tracer)
         # A new durable run is acknowledged (returned) once its first checkpoint is
         # written: a process killed right after run_job returned can resume it.
         checkpointed = ProcessFuture() if durable and restored is None else None
@@ -362,15 +367,20 @@ class GraphApi:
         with graph.lock:
             current = graph.runs.get(run_id)
             if current is not None and not current.done():
-                raise RunAlreadyExists(f"run {run_id!r} is already running")
+                error = RunAlreadyExists(f"run {run_id!r} is already running")
+                if tracer is not None:
+                    tracer.abandon(error)
+                raise error
             graph.runs[run_id] = run  # reserved: a second run_job with this id fails now
         try:
             ref = self._assign_spare(spares, name, config)
             if ref is None:
                 ref = self._start_executor(runs, name, config)
-        except BaseException:
+        except BaseException as exc:
             with graph.lock:
                 graph.runs.pop(run_id, None)
+            if tracer is not None:
+                tracer.abandon(exc)
             raise
 
         def ended(down: Down) -> None:

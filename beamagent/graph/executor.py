@@ -377,6 +377,7 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
             config.tools,
             config.max_tool_rounds,
             config.job.retry_on,
+            None if config.log is None else config.log.tracer,
         )
         self.process_state = f"{self._job.id} {self.run_id} running"
 

@@ -32,6 +32,7 @@ import attrs
 import pykka
 from pykka.messages import ProxyCall
 
+from beamagent import telemetry
 from beamagent.errors import InvalidNext, InvalidNode, RetryRequested, RunError, ServingFailed
 from beamagent.graph.instructions import (
     DroppedEntry,
@@ -47,6 +48,7 @@ from beamagent.graph.job import Node
 from beamagent.graph.planning import DEFAULT_RETRY_REASON, is_retryable
 from beamagent.graph.run import EventKind, EventLog
 from beamagent.graph.serving import NodeMessage, Result, ToolCall, ToolRegistry, ToolResult
+from beamagent.graph.tracing import RunTracer
 from beamagent.log import get_logger
 from supervisors import (
     ChildSpec,
@@ -210,7 +212,7 @@ class RunContext:
     sets its own.
     """
 
-    __slots__ = ("executor", "max_tool_rounds", "retry_on", "run_id", "runtime", "tools")
+    __slots__ = ("executor", "max_tool_rounds", "retry_on", "run_id", "runtime", "tools", "tracer")
 
     def __init__(
         self,
@@ -220,8 +222,10 @@ class RunContext:
         tools: ToolRegistry | None = None,
         max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
         retry_on: tuple[type[Exception], ...] = (),
+        tracer: RunTracer | None = None,
     ) -> None:
         self.executor = executor
+        self.tracer = tracer  # the node span is current while a visit is served
         self.run_id = run_id
         self.runtime = runtime
         self.tools = tools
@@ -649,9 +653,16 @@ class NodeActor(PooledProcess):
         node = serve.node
         self.process_state = f"serving {node.id} of {run.run_id}"
         _context.value = ServingContext(run.runtime, run.run_id, node, serve.copy, run.tools)
+        # A session queried, or a tool called, by the serving is then the visit's child.
+        token = (
+            None
+            if run.tracer is None
+            else telemetry.attach(run.tracer.context_for(serve.message.thread_id))
+        )
         try:
             return self._attempt(serve)
         finally:
+            telemetry.detach(token)
             _context.value = None
             self.process_state = "idle"
 

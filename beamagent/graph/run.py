@@ -36,6 +36,7 @@ _allocate_lock = _thread.allocate_lock
 
 if TYPE_CHECKING:
     from beamagent.graph.api import GraphApi
+    from beamagent.graph.tracing import RunTracer
 
 __all__ = [
     "TERMINAL_EVENTS",
@@ -204,12 +205,14 @@ class EventLog:
         "_result",
         "_result_waiters",
         "_run_id",
+        "_tracer",
         "_waiters",
     )
 
-    def __init__(self, run_id: str = "") -> None:
-        """An empty log of run ``run_id``."""
+    def __init__(self, run_id: str = "", tracer: RunTracer | None = None) -> None:
+        """An empty log of run ``run_id``; ``tracer`` makes the run's spans from its events."""
         self._run_id = run_id
+        self._tracer = tracer
         self._lock = threading.Lock()
         # A blocked reader waits on a lock of its own, released by the append that
         # wakes it (what a Condition does, without building two per run): a
@@ -234,6 +237,9 @@ class EventLog:
             if self._result is not None:
                 return
             self._events.append((kind, node_id, thread_id, step, data))
+            # In the lock: the tracer sees the events in the log's order, none after the end.
+            if self._tracer is not None:
+                self._tracer.record(kind, node_id, thread_id, step, data)
             followers = self._followers
             if followers:
                 self._followers = []
@@ -256,6 +262,8 @@ class EventLog:
             if self._result is not None:
                 return False
             self._events.append(event)
+            if self._tracer is not None:
+                self._tracer.append(event, result)
             if result is not None:
                 self._result = result
                 done = self._result_waiters
@@ -272,6 +280,11 @@ class EventLog:
             _wake_all(waiters)
         return True
 
+    @property
+    def tracer(self) -> RunTracer | None:
+        """The run's tracer, when tracing is on."""
+        return self._tracer
+
     def _event(self, item: RunEvent | _Raw) -> RunEvent:
         if isinstance(item, RunEvent):
             return item
@@ -282,6 +295,25 @@ class EventLog:
     def result(self) -> RunResult | None:
         """The run's result once its terminal event is in, else None."""
         return self._result
+
+    def progress(self) -> tuple[int, list[tuple[str, str]]]:
+        """``(events so far, the (node, thread) visits started and not yet done)``.
+
+        For introspection (``beamagent top``): the lock is held only to copy the list.
+        """
+        with self._lock:
+            items = list(self._events)
+        running: dict[tuple[str, str], None] = {}
+        for item in items:
+            event = self._event(item)
+            if event.node_id is None:
+                continue
+            key = (event.node_id, event.thread_id or "0")
+            if event.kind is EventKind.NODE_STARTED:
+                running[key] = None
+            elif event.kind in (EventKind.NODE_RESULT, EventKind.NODE_RETRY):
+                running.pop(key, None)
+        return len(items), list(running)
 
     def snapshot(self) -> list[RunEvent]:
         """The events so far."""

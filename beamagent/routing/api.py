@@ -22,6 +22,7 @@ import attrs
 import pykka
 from pykka.messages import ProxyCall
 
+from beamagent import telemetry
 from beamagent.backends.cassette import Cassette
 from beamagent.backends.launch import cli_not_required
 from beamagent.backends.names import KNOWN_BACKENDS, canonical_backend_name
@@ -305,9 +306,20 @@ class RoutingApi:
     def _select(
         self, route: RouteRequest, session_id: str | None, *, from_index: bool
     ) -> RouteDecision:
-        decision: RouteDecision = self._registry_call(
-            "select_backend", route, self._routable_backends(), session_id, from_index
-        )
+        if not telemetry.ENABLED:
+            decision: RouteDecision = self._registry_call(
+                "select_backend", route, self._routable_backends(), session_id, from_index
+            )
+            return decision
+        # In the caller's thread, so a routed start_session's span is its parent.
+        with telemetry.span(
+            "beamagent.route",
+            {"beamagent.routing.policy": route.policy.value, "beamagent.session_id": session_id},
+        ) as span:
+            decision = self._registry_call(
+                "select_backend", route, self._routable_backends(), session_id, from_index
+            )
+            telemetry.set_attributes(span, _route_attributes(decision))
         return decision
 
     def _routable_backends(self) -> tuple[BackendInfo, ...]:
@@ -589,3 +601,14 @@ class RoutingApi:
         with contextlib.suppress(BeamAgentError, pykka.ActorDeadError):
             self._registry_call("unregister_session", session_id, ref.actor_urn)
         return True
+
+
+def _route_attributes(decision: RouteDecision) -> dict[str, Any]:
+    """A route decision as ``beamagent.route`` span attributes."""
+    return {
+        "beamagent.routing.policy": decision.policy.value,
+        "beamagent.routing.backend": decision.backend,
+        "beamagent.routing.candidates": decision.candidates,
+        "beamagent.routing.reasons": decision.reasons,
+        "beamagent.routing.policy_profile_id": decision.policy_profile_id,
+    }

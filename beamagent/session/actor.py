@@ -62,6 +62,7 @@ from typing import Any, Protocol, TypeVar
 import attrs
 import pykka
 
+from beamagent import telemetry
 from beamagent.backends.base import (
     FORK_NATIVE_OPTION,
     BackendHandler,
@@ -101,6 +102,7 @@ from beamagent.errors import (
 )
 from beamagent.log import get_logger
 from beamagent.messages import Message, MessageType, _build_message
+from beamagent.tools._access import ToolServerAccess
 from beamagent.tools._timing import ToolCallReport, ToolTimings
 from supervisors import (
     Crashed,
@@ -218,6 +220,9 @@ class SessionLineage:
     stored_history: bool = False
     """The store may hold messages of this session (it was resumed or forked, or recorded
     some): a handler that cannot resume natively gets them replayed."""
+    trace_link: Any = None
+    """The span context of the session's ``beamagent.session.start`` span, if traced:
+    each restart's span links to it."""
 
 
 def _seconds(minimum: float, inclusive: bool) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
@@ -378,6 +383,7 @@ class _Query:
         "id",
         "interrupted",
         "queue",
+        "span",
         "started",
         "timer",
     )
@@ -394,6 +400,7 @@ class _Query:
         self.interrupted = False
         self.started = time.monotonic()
         self.timer: TimerRef | None = None
+        self.span: telemetry.Span = None  # its beamagent.query span, until it ends
 
     def cancel_timer(self) -> None:
         if self.timer is not None:
@@ -551,12 +558,29 @@ class SessionActor(Process):
         lineage.incarnations += 1
         if lineage.incarnations > 1:
             self._log.warning("session_restarted", incarnation=lineage.incarnations)
+            if telemetry.ENABLED:
+                self._trace_restart(lineage)
         self._open_backend()
         assert self.handler is not None
         if config.recorder is not None:
             self._unstored_meta = self._meta()
             self._flush_store()
         self._log.info("session_started", model=self.handler.model)
+
+    def _trace_restart(self, lineage: SessionLineage) -> None:
+        # A span of its own, linked to the session's start: the supervisor's restart
+        # happens long after that span (and its trace) ended.
+        span = telemetry.start_span(
+            "beamagent.session.restart",
+            {
+                "beamagent.session_id": self.session_id,
+                "beamagent.backend": self.config.backend,
+                "beamagent.incarnation": lineage.incarnations,
+            },
+            links=(lineage.trace_link,),
+        )
+        telemetry.add_event(span, "session_restarted", {"incarnation": lineage.incarnations})
+        telemetry.end_span(span)
 
     def on_stop(self) -> None:
         self._shutdown_io(SessionError(f"session {self.session_id} stopped", reason="stopped"))
@@ -943,14 +967,20 @@ class SessionActor(Process):
         actor_ref = self.actor_ref
         generation = self._generation
         self._calls_pending += 1  # a pending permission request keeps the session awake
+        query = self._query
+        # A tool call of an in-process agent (local, openai) is the running query's child.
+        parent = None if query is None else telemetry.context_of(query.span)
 
         def run() -> None:
             result: Any = None
             error: BaseException | None = None
+            token = telemetry.attach(parent)
             try:
                 result = call.fn()
             except Exception as exc:
                 error = exc
+            finally:
+                telemetry.detach(token)
             with contextlib.suppress(pykka.ActorDeadError):
                 actor_ref.tell(_CallResult(generation, call.key, result, error))
 
@@ -1180,6 +1210,8 @@ class SessionActor(Process):
             f"session {self.session_id}: the answer could not be recorded ({error}); the "
             "session kept it and writes it once the store works again"
         )
+        telemetry.end_span(query.span, {"beamagent.query.outcome": "store_failed"}, error=failure)
+        query.span = None
         query.queue.clear()
         if query.consumer is not None:
             future, query.consumer = query.consumer, None
@@ -1232,6 +1264,8 @@ class SessionActor(Process):
                     ms=int((time.monotonic() - query.started) * 1000),
                     subtype=message.subtype,
                 )
+                if query.span is not None:
+                    _end_query_span(query, message)
             if query.consumer is not None and query.queue:
                 future, query.consumer = query.consumer, None
                 query.cancel_timer()
@@ -1279,6 +1313,10 @@ class SessionActor(Process):
 
     def _fail_waiters(self, error: SessionError) -> None:
         query = self._query
+        if query is not None and query.span is not None:
+            telemetry.add_event(query.span, "session_failed", {"reason": str(error.reason)})
+            telemetry.end_span(query.span, {"beamagent.query.outcome": "failed"}, error=error)
+            query.span = None
         if query is not None:
             # The running query's prompt went to the backend that is now gone.
             cut_off = copy.copy(error)
@@ -1462,18 +1500,26 @@ class SessionActor(Process):
         return _DEFERRED
 
     @_batched
-    def send_query(self, prompt: str, params: Mapping[str, Any] | None = None) -> Any:
-        """Start a query; returns its ``QueryRef``."""
+    def send_query(
+        self, prompt: str, params: Mapping[str, Any] | None = None, trace_context: Any = None
+    ) -> Any:
+        """Start a query; returns its ``QueryRef``.
+
+        ``trace_context``: the caller's OpenTelemetry context, the query span's parent.
+        """
         self._check_usable()
-        if self._postpone_if_not_ready(lambda future: self._start_query(prompt, params, future)):
+        if self._postpone_if_not_ready(
+            lambda future: self._start_query(prompt, params, future, trace_context)
+        ):
             return _DEFERRED
-        return self._start_query(prompt, params, self.caller_future())
+        return self._start_query(prompt, params, self.caller_future(), trace_context)
 
     def _start_query(
         self,
         prompt: str,
         params: Mapping[str, Any] | None,
         caller: pykka.Future[Any] | None = None,
+        trace_context: Any = None,
     ) -> QueryRef:
         if isinstance(caller, CallFuture) and caller.abandoned:
             raise QueryTimeout(
@@ -1516,6 +1562,22 @@ class SessionActor(Process):
             json_native=True,
         )
         self._log.info("query_sent", query=query.id, chars=len(prompt))
+        if telemetry.ENABLED:
+            query.span = telemetry.start_span(
+                "beamagent.query",
+                {
+                    "beamagent.session_id": self.session_id,
+                    "beamagent.backend": self.config.backend,
+                    "beamagent.query_id": query.id,
+                    "beamagent.incarnation": self.config.lineage.incarnations,
+                    "beamagent.prompt_chars": len(prompt),
+                    "gen_ai.request.model": handler.model,
+                },
+                parent=trace_context,
+            )
+            access = self.config.options.get("tool_server")
+            if isinstance(access, ToolServerAccess):  # the CLI's tool calls: the query's children
+                access.calls.query_span = query.span
         _mark_delivered(caller)
         self._apply(output)
         return QueryRef(self.session_id, query.id, self.config.lineage.incarnations)
@@ -1554,14 +1616,23 @@ class SessionActor(Process):
         return _DEFERRED
 
     @_batched
-    def query(self, prompt: str, params: Mapping[str, Any] | None, timeout: float | None) -> Any:
-        """Run a query and answer with all its messages (terminal one included)."""
+    def query(
+        self,
+        prompt: str,
+        params: Mapping[str, Any] | None,
+        timeout: float | None,
+        trace_context: Any = None,
+    ) -> Any:
+        """Run a query and answer with all its messages (terminal one included).
+
+        ``trace_context``: the caller's OpenTelemetry context, the query span's parent.
+        """
         self._check_usable()
         if self._postpone_if_not_ready(
-            lambda future: self._collect(prompt, params, timeout, future)
+            lambda future: self._collect(prompt, params, timeout, future, True, trace_context)
         ):
             return _DEFERRED
-        return self._collect(prompt, params, timeout, self.caller_future(), deferred=False)
+        return self._collect(prompt, params, timeout, self.caller_future(), False, trace_context)
 
     def _collect(
         self,
@@ -1570,8 +1641,9 @@ class SessionActor(Process):
         timeout: float | None,
         future: pykka.Future[Any] | None,
         deferred: bool = True,
+        trace_context: Any = None,
     ) -> Any:
-        self._start_query(prompt, params, future)
+        self._start_query(prompt, params, future, trace_context)
         if self.state is SessionState.ERROR and self._error is not None:
             raise self._error  # the prompt could not be sent (e.g. a cassette diverged)
         query = self._query
@@ -1651,6 +1723,11 @@ class SessionActor(Process):
         )
         self._set_state(SessionState.READY)
         self._log.info("query_interrupted", query=query.id, native=output is not None)
+        if query.span is not None:
+            telemetry.end_span(
+                query.span, {"beamagent.query.outcome": "interrupted"}, error="Interrupted"
+            )
+            query.span = None
         if output is not None:
             self._apply(output)
 
@@ -1826,6 +1903,32 @@ class SessionActor(Process):
 
 
 _FACTS = ("model", "permission_mode", "adapter_module")
+
+
+def _end_query_span(query: _Query, result: Message) -> None:
+    """End ``query``'s span with what its terminal message says: usage, cost, outcome."""
+    usage = result.usage or {}
+    values = {
+        "beamagent.query.outcome": result.subtype or "completed",
+        "gen_ai.response.model": result.model,
+        "gen_ai.usage.input_tokens": _token_count(usage, "input_tokens", "prompt_tokens"),
+        "gen_ai.usage.output_tokens": _token_count(usage, "output_tokens", "completion_tokens"),
+        "beamagent.cost_usd": result.total_cost_usd,
+        "beamagent.num_turns": result.num_turns,
+    }
+    error = None
+    if result.is_error:
+        error = f"{result.subtype or 'error'}"
+    telemetry.end_span(query.span, values, error=error)
+    query.span = None
+
+
+def _token_count(usage: Mapping[str, Any], *keys: str) -> int | None:
+    for key in keys:
+        value = usage.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
 
 
 def _handler_facts(handler: BackendHandler) -> dict[str, Any]:

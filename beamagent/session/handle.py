@@ -23,6 +23,7 @@ import pykka
 from pykka._envelope import Envelope
 from pykka.messages import ProxyCall
 
+from beamagent import telemetry
 from beamagent.errors import (
     BeamAgentError,
     Interrupted,
@@ -46,6 +47,16 @@ __all__ = ["Session"]
 DEFAULT_QUERY_TIMEOUT = 120.0
 CALL_TIMEOUT = 30.0
 _GRACE = 5.0  # the actor enforces query timeouts itself; this only guards a wedged actor
+
+
+def _trace_kwargs(method: str) -> dict[str, Any]:
+    # A query's span starts and ends in the session actor: the caller's context goes
+    # with the message to be its parent. Nothing is added when tracing is off.
+    if telemetry.ENABLED and method in ("query", "send_query"):
+        context = telemetry.current_context()
+        if context is not None:
+            return {"trace_context": context}
+    return {}
 
 
 def _timeouts(timeout: Any) -> tuple[float | None, float | None]:
@@ -158,7 +169,7 @@ class Session:
         )
 
     def _call(self, method: str, *args: Any, timeout: float | None = CALL_TIMEOUT) -> Any:
-        message = ProxyCall(attr_path=(method,), args=args, kwargs={})
+        message = ProxyCall(attr_path=(method,), args=args, kwargs=_trace_kwargs(method))
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
@@ -193,7 +204,7 @@ class Session:
 
     async def _acall(self, method: str, *args: Any, timeout: float | None = CALL_TIMEOUT) -> Any:
         loop = asyncio.get_running_loop()
-        message = ProxyCall(attr_path=(method,), args=args, kwargs={})
+        message = ProxyCall(attr_path=(method,), args=args, kwargs=_trace_kwargs(method))
         deadline = None if timeout is None else time.monotonic() + timeout
         runtime = self._runtime
         while True:

@@ -69,6 +69,9 @@ class CallIds:
         self._announced: collections.deque[_Announced] = collections.deque(maxlen=_KEEP)
         self._waiters: list[_Waiter] = []
         self._enabled = False
+        self.query_span: Any = None
+        """The session's running query's span (set by the session when traced): the
+        server makes the calls it serves that span's children while it records."""
 
     @property
     def enabled(self) -> bool:

@@ -41,6 +41,7 @@ from mcp.server import Server, ServerRequestContext
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 
+from beamagent import telemetry
 from beamagent.log import get_logger
 from beamagent.tools._access import STRUCTURED_HEADER
 from beamagent.tools._calls import CALL_ID_WAIT
@@ -185,13 +186,17 @@ def build_app(state: ToolServerState) -> tuple[Any, StreamableHTTPSessionManager
             run_id=grant.run_id,
             node_id=grant.node_id,
         )
-        outcome = await invoke(
-            tool,
-            params.arguments,
-            context,
-            decide=grant.decide,
-            tool_name=params.name,
-        )
+        token = telemetry.attach(telemetry.context_of(telemetry.live(grant.calls.query_span)))
+        try:
+            outcome = await invoke(
+                tool,
+                params.arguments,
+                context,
+                decide=grant.decide,
+                tool_name=params.name,
+            )
+        finally:
+            telemetry.detach(token)
         log.info(
             "tool_called",
             session_id=grant.session_id,

@@ -28,6 +28,7 @@ from typing import Any, Final, TypeVar, overload
 
 import attrs
 
+from beamagent import telemetry
 from beamagent.backends.permissions import Allow, Deny, PermissionContext, PermissionDecision
 from beamagent.errors import InvalidOption, ToolError
 from beamagent.log import get_logger
@@ -488,8 +489,48 @@ async def invoke(
     again); the function runs (an ``async`` one on this loop, a sync one on a
     daemon thread of its own) within the tool's ``timeout``; its return value
     becomes the content (text as is, anything else as JSON). ``tool=None``
-    gives an ``unknown`` outcome for ``tool_name``.
+    gives an ``unknown`` outcome for ``tool_name``. Traced as a ``beamagent.tool``
+    span (tool, session, outcome, duration; never the arguments).
     """
+    if not telemetry.ENABLED:
+        return await _invoke(tool, arguments, context, decide, tool_name)
+    span = telemetry.start_span(
+        "beamagent.tool",
+        {
+            "beamagent.tool.name": tool.name
+            if tool is not None
+            else (tool_name or context.tool_name),
+            "beamagent.session_id": context.session_id,
+            "beamagent.backend": context.backend,
+            "beamagent.tool.call_id": context.tool_use_id,
+            "beamagent.run_id": context.run_id,
+            "beamagent.node_id": context.node_id,
+        },
+    )
+    try:
+        outcome = await _invoke(tool, arguments, context, decide, tool_name)
+    except BaseException as exc:  # cancelled
+        telemetry.end_span(span, {"beamagent.tool.outcome": "cancelled"}, error=exc)
+        raise
+    telemetry.end_span(
+        span,
+        {
+            "beamagent.tool.outcome": outcome.status,
+            "beamagent.tool.duration_ms": outcome.duration_ms,
+        },
+        error=outcome.status if outcome.is_error else None,
+    )
+    return outcome
+
+
+async def _invoke(
+    tool: Tool | None,
+    arguments: Any,
+    context: ToolContext,
+    decide: Decide | None,
+    tool_name: str | None,
+) -> ToolOutcome:
+
     name = tool.name if tool is not None else (tool_name or context.tool_name)
     if tool is None:
         return ToolOutcome(name, f"unknown tool {name!r}", True, "unknown")
