@@ -18,8 +18,12 @@ replays from another directory.
 
 Works for every backend whose handler opens a
 :class:`~beamagent.backends.base.SubprocessTransport` (``claude``, ``codex``, ``gemini``,
-``copilot``); the HTTP backends (``openai``, ``opencode``) and ``local`` are refused
-with ``InvalidOption`` for now (see docs/testing.md)::
+``copilot``) and for ``openai``, whose HTTP exchanges are recorded at its
+:class:`~beamagent.backends.openai.HttpStreamTransport` (:class:`HttpRecordingTransport`:
+each request's method, URL, headers and body, each response's status and headers, each
+SSE event; a replay compares method, path and body, not the host, so it replays against
+another ``base_url``). ``opencode`` and ``local`` are refused with ``InvalidOption`` for
+now (see docs/testing.md)::
 
     with Cassette("tests/cassettes/hello.jsonl", mode="once") as cassette:
         with Runtime(cassette=cassette) as runtime:
@@ -38,7 +42,8 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
 
 from beamagent.backends.base import (
     BackendHandler,
@@ -55,11 +60,15 @@ from beamagent.backends.base import (
 from beamagent.errors import CassetteMismatch, InvalidOption
 from beamagent.log import REDACTED, get_logger, is_secret_key, redact_text
 
+if TYPE_CHECKING:
+    from beamagent.backends.openai import HttpStreamTransport
+
 __all__ = [
     "CWD_PLACEHOLDER",
     "Cassette",
     "CassetteMode",
     "CassetteSession",
+    "HttpRecordingTransport",
     "RecordingTransport",
     "ReplayTransport",
     "Scrubber",
@@ -166,6 +175,29 @@ def _decode(record: Mapping[str, Any], scrub: Scrubber) -> bytes:
             data = data.replace(CWD_PLACEHOLDER.encode(), scrub.cwd.encode())
         return data
     return scrub.restore(str(record["text"])).encode("utf-8")
+
+
+def _http_write(data: bytes) -> bytes:
+    """An HTTP transport's commands as a cassette keeps and compares them.
+
+    One JSON object per command, indented (a diff names the changed field), keys
+    sorted, the request's URL cut to its path (and query): a replay may run against
+    another host or port. A line that is not JSON is kept as it is.
+    """
+    out: list[str] = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            command = json.loads(line)
+        except ValueError:
+            out.append(line)
+            continue
+        if isinstance(command, dict) and isinstance(command.get("url"), str):
+            parts = urlsplit(command.pop("url"))
+            command["path"] = parts.path + (f"?{parts.query}" if parts.query else "")
+        out.append(json.dumps(command, indent=1, sort_keys=True, ensure_ascii=False))
+    return ("\n".join(out) + "\n").encode("utf-8")
 
 
 def _json_safe(value: Any) -> Any:
@@ -304,19 +336,27 @@ class CassetteSession:
         incarnation = self._incarnations
         options = handler.options
         env = getattr(handler, "env", None)
+        # Secret-looking options (api_key=...) are scrubbed like secret env values.
+        secrets = {
+            str(k): v for k, v in options.items() if isinstance(v, str) and is_secret_key(str(k))
+        }
         scrub = Scrubber(
-            env if isinstance(env, Mapping) else options.get("env") or {},
+            {**secrets, **(env if isinstance(env, Mapping) else options.get("env") or {})},
             str(options["cwd"]) if options.get("cwd") else None,
         )
         cassette = self.cassette
+        from beamagent.backends.openai import HttpStreamTransport
+
         if not cassette.replaying:
             inner = handler.open_transport()
+            if isinstance(inner, HttpStreamTransport):
+                return HttpRecordingTransport(inner, self._recorder(incarnation), scrub)
             if not isinstance(inner, SubprocessTransport):
                 with contextlib.suppress(Exception):  # never started: nothing much to release
                     inner.close()
                 raise InvalidOption(
                     f"cassettes record the stdio CLI backends (claude, codex, gemini, "
-                    f"copilot...); the {self.backend} backend talks over a "
+                    f"copilot...) and openai's HTTP; the {self.backend} backend talks over a "
                     f"{type(inner).__name__}, which is not recorded yet"
                 )
             return RecordingTransport(inner, self._recorder(incarnation), scrub)
@@ -328,7 +368,14 @@ class CassetteSession:
                 f"recorded with {recorded} incarnation(s); this replay starts incarnation "
                 f"{incarnation} (a restart the recording did not have). Re-record the cassette."
             )
-        return ReplayTransport(track, scrub, cassette, f"session {self.index + 1}")
+        http = any(r["event"] == "info" and r["info"].get("transport") == "http" for r in track)
+        return ReplayTransport(
+            track,
+            scrub,
+            cassette,
+            f"session {self.index + 1}",
+            canonical=_http_write if http else None,
+        )
 
     def _recorder(self, incarnation: int) -> Callable[[dict[str, Any]], None]:
         base = {"session": self.index, "incarnation": incarnation}
@@ -396,6 +443,57 @@ class RecordingTransport(Transport):
         return self._inner.info()
 
 
+class HttpRecordingTransport(RecordingTransport):
+    """Records an :class:`~beamagent.backends.openai.HttpStreamTransport`'s exchanges.
+
+    Each write (a request or cancel command) is kept in its compared form
+    (:func:`_http_write`: method, path, body) with the request as sent beside it
+    (``http``: method, full URL, headers, all scrubbed); each response's status and
+    headers as a ``response`` record; each delivered line (one per SSE event, then
+    ``done`` / ``http_error`` / ...) as ``data``, as for a CLI.
+    """
+
+    def __init__(
+        self,
+        inner: HttpStreamTransport,
+        record: Callable[[dict[str, Any]], None],
+        scrub: Scrubber,
+    ) -> None:
+        super().__init__(inner, record, scrub)
+        self._http = inner
+
+        def on_response(request_id: int, status: int, headers: Mapping[str, str]) -> None:
+            record(
+                {
+                    "event": "response",
+                    "id": request_id,
+                    "status": status,
+                    "headers": _json_safe(scrub.value(dict(headers))),
+                }
+            )
+
+        inner.on_response = on_response
+
+    def send(self, data: bytes) -> None:
+        requests = []
+        for line in data.decode("utf-8", "replace").splitlines():
+            with contextlib.suppress(ValueError):
+                command = json.loads(line)
+                if isinstance(command, dict) and command.get("op") == "request":
+                    requests.append(
+                        {
+                            "method": str(command.get("method", "POST")),
+                            "url": self._scrub.text(str(command.get("url", ""))),
+                            "headers": _json_safe(self._scrub.value(self._http.request_headers())),
+                        }
+                    )
+        record: dict[str, Any] = {"event": "send", **_encode(_http_write(data), self._scrub)}
+        if requests:
+            record["http"] = requests
+        self._record(record)  # before its answer
+        self._inner.send(data)
+
+
 def _replayed_info(recorded: Mapping[str, Any]) -> dict[str, Any]:
     """Transport info as a replay gives it: no pid (the recorded one may name another
     process by now: ``kill_backend`` must not signal it)."""
@@ -419,8 +517,11 @@ class ReplayTransport(Transport):
         scrub: Scrubber,
         cassette: Cassette,
         label: str,
+        *,
+        canonical: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self._track = track
+        self._canonical = canonical
         self._scrub = scrub
         self._cassette = cassette
         self._label = label
@@ -467,7 +568,9 @@ class ReplayTransport(Transport):
         with self._lock:
             if self._closed:
                 raise CassetteMismatch("the replayed transport is closed", reason="closed")
-            actual = _encode(data, self._scrub)
+            actual = _encode(
+                data if self._canonical is None else self._canonical(data), self._scrub
+            )
             record = self._track[self._at] if self._at < len(self._track) else None
             expected: dict[str, str] | None = (
                 {k: str(record[k]) for k in ("text", "b64") if k in record}

@@ -36,7 +36,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from beamagent.backends.base import (
@@ -120,6 +120,13 @@ class HttpStreamTransport(Transport):
         # Touched on the loop's thread only.
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._entered: set[int] = set()  # tasks that began running (cancel() reaches them)
+        self.on_response: Callable[[int, int, Mapping[str, str]], None] | None = None
+        """Called on the loop with (request id, status, headers) as each response begins
+        (a cassette records them)."""
+
+    def request_headers(self) -> dict[str, str]:
+        """The headers every request goes with."""
+        return {**self.headers, "Accept": "text/event-stream", "Cache-Control": "no-store"}
 
     def start(self, sink: TransportSink) -> None:
         import httpx  # noqa: F401 - here, not at import: it costs ~70 ms and only we need it
@@ -182,13 +189,11 @@ class HttpStreamTransport(Transport):
                 str(command.get("method", "POST")),
                 str(command["url"]),
                 json=command.get("json"),
-                headers={
-                    **self.headers,
-                    "Accept": "text/event-stream",
-                    "Cache-Control": "no-store",
-                },
+                headers=self.request_headers(),
                 timeout=httpx.Timeout(self.read_timeout, connect=self.connect_timeout),
             ) as response:
+                if self.on_response is not None:
+                    self.on_response(request_id, response.status_code, dict(response.headers))
                 if response.status_code >= 400:
                     body = (await response.aread()).decode("utf-8", "replace")
                     final = {
