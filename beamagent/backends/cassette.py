@@ -13,17 +13,20 @@ Secrets are scrubbed before anything is kept: the values of environment variable
 whose names look secret (this process's and the session's ``env``; see
 :func:`beamagent.log.is_secret_key`) and bearer/API-key strings
 (:func:`beamagent.log.redact_text`) become ``[REDACTED]``; writes are scrubbed the same
-way before they are compared. The session's ``cwd`` is kept as ``<CWD>`` so a cassette
+way before they are compared. The session's id is kept as ``<SESSION_ID>`` (``opencode``
+titles its session with it) and its ``cwd`` as ``<CWD>`` so a cassette
 replays from another directory.
 
 Works for every backend whose handler opens a
 :class:`~beamagent.backends.base.SubprocessTransport` (``claude``, ``codex``, ``gemini``,
-``copilot``) and for ``openai``, whose HTTP exchanges are recorded at its
+``copilot``) and for the HTTP backends, whose exchanges are recorded at the JSON-lines
+transport the handler speaks to: ``openai``'s
 :class:`~beamagent.backends.openai.HttpStreamTransport` (:class:`HttpRecordingTransport`:
 each request's method, URL, headers and body, each response's status and headers, each
 SSE event; a replay compares method, path and body, not the host, so it replays against
-another ``base_url``). ``opencode`` and ``local`` are refused with ``InvalidOption`` for
-now (see docs/testing.md)::
+another ``base_url``) and ``opencode``'s ``OpenCodeServerTransport`` (each request's
+method, path, query and body; each answer's status and body; each SSE event of the
+session). ``local`` is refused with ``InvalidOption`` (see docs/testing.md)::
 
     with Cassette("tests/cassettes/hello.jsonl", mode="once") as cassette:
         with Runtime(cassette=cassette) as runtime:
@@ -78,6 +81,7 @@ log = get_logger(__name__)
 
 FORMAT_VERSION: Final = 1
 CWD_PLACEHOLDER: Final = "<CWD>"
+SESSION_PLACEHOLDER: Final = "<SESSION_ID>"
 _MIN_SECRET = 4  # shorter values ("1", "yes") would scrub ordinary text
 
 
@@ -111,7 +115,9 @@ class CassetteMode(enum.StrEnum):
 class Scrubber:
     """Replaces secret values and the working directory in recorded text."""
 
-    def __init__(self, env: Mapping[str, str], cwd: str | None) -> None:
+    def __init__(
+        self, env: Mapping[str, str], cwd: str | None, session_id: str | None = None
+    ) -> None:
         values = {
             value
             for source in (os.environ, env)
@@ -120,13 +126,19 @@ class Scrubber:
         }
         self._secrets = sorted(values, key=len, reverse=True)  # a longer one first
         self.cwd = cwd
+        # (value, placeholder): what differs from run to run, kept as a placeholder.
+        self._places = [
+            (value, place)
+            for value, place in ((cwd, CWD_PLACEHOLDER), (session_id, SESSION_PLACEHOLDER))
+            if value
+        ]
 
     def text(self, text: str) -> str:
         """Wire text scrubbed, its JSON kept valid (the log's ``redact_text`` is not JSON-safe)."""
         for secret in self._secrets:
             text = text.replace(secret, REDACTED)
-        if self.cwd:
-            text = text.replace(self.cwd, CWD_PLACEHOLDER)
+        for value, place in self._places:
+            text = text.replace(value, place)
         text = _JSON_PAIR.sub(_json_pair, text)
         text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
         return _KEY_SHAPE.sub(REDACTED, text)
@@ -139,13 +151,21 @@ class Scrubber:
         """``data`` that is not UTF-8 text (a chunk cut inside a character), scrubbed as bytes."""
         for secret in self._secrets:
             data = data.replace(secret.encode(), REDACTED.encode())
-        if self.cwd:
-            data = data.replace(self.cwd.encode(), CWD_PLACEHOLDER.encode())
+        for value, place in self._places:
+            data = data.replace(value.encode(), place.encode())
         return data
 
     def restore(self, text: str) -> str:
-        """Recorded text as this run sees it (the placeholder back to this ``cwd``)."""
-        return text.replace(CWD_PLACEHOLDER, self.cwd) if self.cwd else text
+        """Recorded text as this run sees it (the placeholders back to this run's values)."""
+        for value, place in self._places:
+            text = text.replace(place, value)
+        return text
+
+    def restore_raw(self, data: bytes) -> bytes:
+        """:meth:`restore` for bytes."""
+        for value, place in self._places:
+            data = data.replace(place.encode(), value.encode())
+        return data
 
     def value(self, value: Any) -> Any:
         """A JSON value with every string scrubbed."""
@@ -170,10 +190,7 @@ def _encode(data: bytes, scrub: Scrubber) -> dict[str, str]:
 
 def _decode(record: Mapping[str, Any], scrub: Scrubber) -> bytes:
     if "b64" in record:
-        data = base64.b64decode(record["b64"])
-        if scrub.cwd:
-            data = data.replace(CWD_PLACEHOLDER.encode(), scrub.cwd.encode())
-        return data
+        return scrub.restore_raw(base64.b64decode(record["b64"]))
     return scrub.restore(str(record["text"])).encode("utf-8")
 
 
@@ -343,20 +360,27 @@ class CassetteSession:
         scrub = Scrubber(
             {**secrets, **(env if isinstance(env, Mapping) else options.get("env") or {})},
             str(options["cwd"]) if options.get("cwd") else None,
+            getattr(handler, "session_id", None),
         )
         cassette = self.cassette
         from beamagent.backends.openai import HttpStreamTransport
+        from beamagent.backends.opencode_server import OpenCodeServerTransport
 
         if not cassette.replaying:
             inner = handler.open_transport()
             if isinstance(inner, HttpStreamTransport):
                 return HttpRecordingTransport(inner, self._recorder(incarnation), scrub)
+            if isinstance(inner, OpenCodeServerTransport):
+                return RecordingTransport(
+                    inner, self._recorder(incarnation), scrub, canonical=_http_write
+                )
             if not isinstance(inner, SubprocessTransport):
                 with contextlib.suppress(Exception):  # never started: nothing much to release
                     inner.close()
                 raise InvalidOption(
                     f"cassettes record the stdio CLI backends (claude, codex, gemini, "
-                    f"copilot...) and openai's HTTP; the {self.backend} backend talks over a "
+                    f"copilot...) and the HTTP ones (openai, opencode); the {self.backend} "
+                    "backend talks over a "
                     f"{type(inner).__name__}, which is not recorded yet"
                 )
             return RecordingTransport(inner, self._recorder(incarnation), scrub)
@@ -368,7 +392,10 @@ class CassetteSession:
                 f"recorded with {recorded} incarnation(s); this replay starts incarnation "
                 f"{incarnation} (a restart the recording did not have). Re-record the cassette."
             )
-        http = any(r["event"] == "info" and r["info"].get("transport") == "http" for r in track)
+        http = any(
+            r["event"] == "info" and r["info"].get("transport") in ("http", "opencode")
+            for r in track
+        )
         return ReplayTransport(
             track,
             scrub,
@@ -395,10 +422,13 @@ class RecordingTransport(Transport):
         inner: Transport,
         record: Callable[[dict[str, Any]], None],
         scrub: Scrubber,
+        *,
+        canonical: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self._inner = inner
         self._record = record
         self._scrub = scrub
+        self._canonical = canonical
 
     def start(self, sink: TransportSink) -> None:
         scrub, record = self._scrub, self._record
@@ -422,7 +452,8 @@ class RecordingTransport(Transport):
         record({"event": "info", "info": _json_safe(scrub.value(self._inner.info()))})
 
     def send(self, data: bytes) -> None:
-        self._record({"event": "send", **_encode(data, self._scrub)})  # before its answer
+        kept = data if self._canonical is None else self._canonical(data)
+        self._record({"event": "send", **_encode(kept, self._scrub)})  # before its answer
         self._inner.send(data)
 
     def signal(self, signum: int) -> None:

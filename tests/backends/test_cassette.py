@@ -188,3 +188,11 @@ def test_a_backend_that_is_not_a_stdio_cli_is_refused(tmp_path: Path) -> None:
         pytest.raises(InvalidOption, match=r"stdio CLI backends.*not recorded yet"),
     ):
         runtime.start_session(backend="local")
+
+
+def test_the_session_id_is_kept_as_a_placeholder() -> None:
+    from beamagent.backends.cassette import Scrubber
+
+    recorded = Scrubber({}, None, "session_1234abcd").text('{"title":"beamagent session_1234abcd"}')
+    assert recorded == '{"title":"beamagent <SESSION_ID>"}'
+    assert Scrubber({}, None, "session_99").restore(recorded) == '{"title":"beamagent session_99"}'

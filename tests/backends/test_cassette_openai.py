@@ -102,14 +102,3 @@ def test_the_file_has_the_exchanges_and_no_secret(recorded: tuple[Path, str, lis
     lines = [json.loads(e["text"]) for e in events if e["event"] == "data"]
     assert sum(1 for line in lines if line["op"] == "event") > 2  # SSE events, one a line
     assert [line["op"] for line in lines if line["op"] != "event"] == ["done", "done"]
-
-
-def test_opencode_is_still_refused(tmp_path: Path) -> None:
-    from beamagent.errors import InvalidOption
-
-    with (
-        Cassette(tmp_path / "opencode.jsonl", "record") as cassette,
-        Runtime(store=":memory:", handle_signals=False, cassette=cassette) as runtime,
-        pytest.raises(InvalidOption, match=r"opencode backend talks over.*not recorded yet"),
-    ):
-        runtime.start_session(backend="opencode", base_url="http://127.0.0.1:9")

@@ -1,4 +1,5 @@
-"""Cassettes of the real, pinned stdio CLIs (claude, codex, gemini, copilot) and the fake model.
+"""Cassettes of the real, pinned CLIs (claude, codex, gemini, copilot over stdio; opencode's
+``opencode serve`` over HTTP + SSE) and the fake model.
 
 Recorded live (two turns), then replayed with the CLI off PATH, ``cli_path`` pointing
 nowhere and the fake server stopped: the same messages come back; a changed prompt
@@ -28,6 +29,7 @@ from beamagent.testing import (
     copilot_env,
     ensure_installed,
     gemini_env,
+    opencode_env,
 )
 from tests.backends.conftest import prefix, skip_without_clis
 
@@ -41,6 +43,7 @@ ENVS: dict[str, Callable[[Path, FakeModelServer], dict[str, str]]] = {
     "codex": codex_env,
     "gemini": gemini_env,
     "copilot": copilot_env,
+    "opencode": opencode_env,
 }
 
 
@@ -74,7 +77,7 @@ def run(
         return turns
 
 
-@pytest.mark.parametrize("backend", ["claude", "codex", "gemini", "copilot"])
+@pytest.mark.parametrize("backend", ["claude", "codex", "gemini", "copilot", "opencode"])
 def test_record_then_replay_offline(
     backend: str,
     sandbox: LoopbackNamespace | None,
@@ -97,7 +100,9 @@ def test_record_then_replay_offline(
         cassette = Cassette(path, "once")
         assert cassette.mode is CassetteMode.RECORD
         with cassette:
-            live = run(cassette, backend, env, record_work, PROMPTS, command_prefix=prefix(sandbox))
+            # opencode's server runs in the sandbox, reachable on loopback from here.
+            argv = sandbox.server_prefix() if backend == "opencode" and sandbox else prefix(sandbox)
+            live = run(cassette, backend, env, record_work, PROMPTS, command_prefix=argv)
     assert [m[-1].content for m in live] == ["4", "6"]
 
     # No secret of the environment (this process's or the CLI's) is in the file.
