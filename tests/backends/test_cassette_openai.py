@@ -12,7 +12,8 @@ import pytest
 from beamagent import Runtime
 from beamagent.backends.cassette import Cassette
 from beamagent.errors import CassetteMismatch
-from beamagent.testing import FakeModelServer
+from beamagent.testing import FakeModelServer, Text, ToolCall
+from beamagent.tools import tool
 
 API_KEY = "test-openai-key-0123456789abcdef"
 PROMPTS = ["ECHO:hello over http", "ECHO:second turn"]
@@ -102,3 +103,31 @@ def test_the_file_has_the_exchanges_and_no_secret(recorded: tuple[Path, str, lis
     lines = [json.loads(e["text"]) for e in events if e["event"] == "data"]
     assert sum(1 for line in lines if line["op"] == "event") > 2  # SSE events, one a line
     assert [line["op"] for line in lines if line["op"] != "event"] == ["done", "done"]
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def test_a_tool_round_replays(tmp_path: Path) -> None:
+    """The tool runs again in the replay; its result goes into the next, compared, request."""
+    path = tmp_path / "tools.jsonl"
+    with FakeModelServer() as server:
+        server.script([ToolCall("", tool="add", arguments={"a": 2, "b": 3}), Text("it is 5")])
+        base_url = server.url + "/v1"
+        with Cassette(path, "record") as cassette:
+            live = run(cassette, base_url, ["add"], tools=[add])
+    assert [t for t, _, _ in live[0]] == [
+        "system",
+        "assistant",
+        "tool_result",
+        "assistant",
+        "result",
+    ]
+    sends = [json.loads(line) for line in path.read_text().splitlines()[1:]]
+    assert sum(1 for e in sends if e["event"] == "send") == 2  # the call, then its result
+    cassette = Cassette(path, "replay")
+    assert run(cassette, base_url, ["add"], tools=[add]) == live
+    assert cassette.mismatches == []
