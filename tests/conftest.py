@@ -6,10 +6,17 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from beamagent.testing.leaks import LEAK_GRACE_SECONDS, LeakSnapshot
 
 pytest_plugins = ["pytester"]  # tests/plugin runs pytest on sample projects
+
+# No per-example deadline: it is a timed assertion, and on a loaded 2-core CI machine a
+# slow example (an import, a GC pause) failed a property test that had found no bug
+# (test_acp's permission property once). pytest-timeout still bounds every test.
+settings.register_profile("beamagent", deadline=None)
+settings.load_profile("beamagent")
 
 
 @pytest.fixture(autouse=True)
