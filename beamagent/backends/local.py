@@ -938,30 +938,8 @@ class LocalHandler(BackendHandler):
         name = self._tool_calls.pop(call_id, None)
         if name is None:
             return HandlerOutput()  # interrupted meanwhile: the late outcome is dropped
-        outcome = (
-            result
-            if isinstance(result, ToolOutcome)
-            else ToolOutcome(name, f"the tool call failed: {error!r}", True, "error")
-        )
-        message = Message(
-            MessageType.TOOL_RESULT,
-            tool_use_id=call_id,
-            tool_name=name,
-            content=outcome.content,
-            is_error=outcome.is_error,
-            duration_ms=round(outcome.duration_ms, 3),
-            subtype=outcome.status,
-            content_blocks=[
-                ContentBlock(
-                    "tool_result",
-                    tool_use_id=call_id,
-                    content=outcome.content,
-                    is_error=outcome.is_error,
-                )
-            ],
-            session_id=self.session_id,
-            timestamp=time.time_ns() // 1_000_000,
-        )
+        outcome = ToolOutcome.of_call(name, result, error)
+        message = outcome.result_message(call_id, session_id=self.session_id)
         answer = {
             "type": "tool_result",
             "id": call_id,

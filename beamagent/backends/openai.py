@@ -683,32 +683,11 @@ class OpenAIHandler(BackendHandler):
         if query is None or query.number != number or call_id not in query.pending:
             return HandlerOutput()  # interrupted meanwhile: the late result is dropped
         name = query.pending.pop(call_id)
-        outcome = (
-            result
-            if isinstance(result, ToolOutcome)
-            else ToolOutcome(name, f"the tool call failed: {error!r}", True, "error")
-        )
+        outcome = ToolOutcome.of_call(name, result, error)
         query.transcript.append(
             {"role": "tool", "tool_call_id": call_id, "content": outcome.content}
         )
-        message = Message(
-            MessageType.TOOL_RESULT,
-            tool_use_id=call_id,
-            tool_name=name,
-            content=outcome.content,
-            is_error=outcome.is_error,
-            duration_ms=round(outcome.duration_ms, 3),
-            subtype=outcome.status,
-            content_blocks=[
-                ContentBlock(
-                    "tool_result",
-                    tool_use_id=call_id,
-                    content=outcome.content,
-                    is_error=outcome.is_error,
-                )
-            ],
-            timestamp=_now_ms(),
-        )
+        message = outcome.result_message(call_id)
         if query.pending:
             return HandlerOutput(messages=[message])
         return HandlerOutput(messages=[message], writes=[self._request(query)])

@@ -32,6 +32,7 @@ from beamagent import telemetry
 from beamagent.backends.permissions import Allow, Deny, PermissionContext, PermissionDecision
 from beamagent.errors import InvalidOption, ToolError
 from beamagent.log import get_logger
+from beamagent.messages import ContentBlock, Message, MessageType
 from beamagent.tools._schema import (
     AnyShape,
     ArgumentError,
@@ -107,6 +108,35 @@ class ToolOutcome:
     status: str = "ok"
     duration_ms: float = 0.0
     structured: dict[str, Any] | None = None
+
+    @classmethod
+    def of_call(cls, tool_name: str, result: Any, error: BaseException | None) -> ToolOutcome:
+        """What an off-thread call of :func:`invoke_blocking` gave: its outcome, or an error one."""
+        if isinstance(result, ToolOutcome):
+            return result
+        return cls(tool_name, f"the tool call failed: {error!r}", True, "error")
+
+    def result_message(self, call_id: str, *, session_id: str | None = None) -> Message:
+        """The canonical ``tool_result`` message of the model's call ``call_id``."""
+        return Message(
+            MessageType.TOOL_RESULT,
+            tool_use_id=call_id,
+            tool_name=self.tool_name,
+            content=self.content,
+            is_error=self.is_error,
+            duration_ms=round(self.duration_ms, 3),
+            subtype=self.status,
+            content_blocks=[
+                ContentBlock(
+                    "tool_result",
+                    tool_use_id=call_id,
+                    content=self.content,
+                    is_error=self.is_error,
+                )
+            ],
+            session_id=session_id,
+            timestamp=time.time_ns() // 1_000_000,
+        )
 
 
 def _docstring(fn: Callable[..., Any]) -> tuple[str, dict[str, str]]:
