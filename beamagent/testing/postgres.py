@@ -32,6 +32,8 @@ import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
+from beamagent.testing.leaks import forget_long_lived_child, long_lived_child
+
 __all__ = [
     "PostgresServer",
     "PostgresUnavailable",
@@ -187,6 +189,7 @@ class PostgresServer:
             shutil.rmtree(base, ignore_errors=True)
             raise
         server = cls(base, found, process, port)
+        long_lived_child(process.pid)  # shared by tests: not a leak of the one that started it
         try:
             server._wait_ready(timeout)
         except BaseException:
@@ -239,6 +242,7 @@ class PostgresServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        forget_long_lived_child(process.pid)
         shutil.rmtree(self.base, ignore_errors=True)
 
     def __enter__(self) -> PostgresServer:

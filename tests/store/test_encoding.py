@@ -31,19 +31,18 @@ from beamagent.errors import (
     SessionNotFound,
     ThreadNotFound,
 )
-from beamagent.store import MemoryStore, MessageMatch, SessionStore, SqliteStore
+from beamagent.store import MessageMatch, SessionStore
 from beamagent.store.base import encode_content, storable, storable_text
+from tests.store._stores import STORE_KINDS, open_test_store
 
 BAD = os.fsdecode(b"caf\xe9")  # 'caf\udce9': a lone surrogate, as from an undecodable path
 FIXED = "caf\ufffd"
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORE_KINDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SessionStore]:
     """Both stores, with a session ``s1`` holding a thread ``t1`` and one message."""
-    opened: SessionStore = (
-        MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "store.db")
-    )
+    opened = open_test_store(request, tmp_path)
     opened.create_session("s1", "local", model="m", cwd="/w", extra={"k": 1})
     opened.thread_start("s1", thread_id="t1")
     opened.record_message("s1", {"type": "user", "content": "hi", "uuid": "u1"})
