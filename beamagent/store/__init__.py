@@ -28,6 +28,7 @@ from beamagent.store.base import (
 )
 from beamagent.store.location import ENV_VAR, default_store_path
 from beamagent.store.memory import MemoryStore
+from beamagent.store.migration import MigrationReport, migrate
 from beamagent.store.postgres import PostgresStore, is_postgres_url
 from beamagent.store.selectors import DropCount, MatchKey, MessageMatch, VisibleCount
 from beamagent.store.sqlite import SqliteStore
@@ -37,6 +38,7 @@ __all__ = [
     "MatchKey",
     "MemoryStore",
     "MessageMatch",
+    "MigrationReport",
     "PostgresStore",
     "SessionRecord",
     "SessionStore",
@@ -48,6 +50,7 @@ __all__ = [
     "ThreadStatus",
     "VisibleCount",
     "default_store_path",
+    "migrate",
     "open_store",
 ]
 
