@@ -171,6 +171,11 @@ class SqlStore:
     _SHARE_ID_SQL = ""
     #: The column ordering a run's results as they were appended.
     _RESULT_ORDER = ""
+    #: Appended to a write's read of a session row to lock it until commit ("" for SQLite,
+    #: whose single writer needs no row locks).
+    _FOR_UPDATE = ""
+    #: The read of ``record_messages``, the hot path (with ``_FOR_UPDATE``).
+    _RECORD_READ = _RECORD_READ
 
     _clock: MonotonicClock
 
@@ -196,7 +201,11 @@ class SqlStore:
     def _lock(self, conn: Conn, kind: str, key: str) -> None:
         """Inside a write: wait for, then hold until commit, the lock on ``kind`` ``key``.
 
-        A no-op where the database has a single writer (SQLite).
+        Taken before a session is read for a write (``_load(lock=True)``, which then also
+        locks its row with ``_FOR_UPDATE``), so that two writers creating the same session,
+        or one creating it while another forks into its id, are serialised too.
+        ``record_messages`` only locks the row, which exists by then. A no-op where the
+        database has a single writer (SQLite).
         """
 
     # --- row helpers ----------------------------------------------------------------------
@@ -205,11 +214,11 @@ class SqlStore:
         """The session's record; with ``lock``, first take the session's write lock."""
         row = None
         if lookup_key(session_id) is not None:
+            sql = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?"
             if lock:
                 self._lock(conn, "session", session_id)
-            row = conn.execute(
-                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)
-            ).fetchone()
+                sql += self._FOR_UPDATE
+            row = conn.execute(sql, (session_id,)).fetchone()
         if row is None:
             raise SessionNotFound(session_id)
         return session_from_row(row)
@@ -529,8 +538,8 @@ class SqlStore:
             # uses, not the whole record (see _append for the general case).
             row = None
             if lookup_key(session_id) is not None:
-                self._lock(conn, "session", session_id)
-                row = conn.execute(_RECORD_READ, (session_id,)).fetchone()
+                # The session row's lock is enough here: the session exists already.
+                row = conn.execute(self._RECORD_READ, (session_id,)).fetchone()
             if row is None:
                 raise SessionNotFound(session_id)
             count, active_thread_id = row
