@@ -22,6 +22,7 @@ __all__ = [
     "BeamAgentError",
     "BufferOverflow",
     "CassetteMismatch",
+    "ClusterUnavailable",
     "ConnectTimeout",
     "ControlSocketError",
     "ControlSocketRefused",
@@ -40,6 +41,7 @@ __all__ = [
     "MissingDependency",
     "NoActiveQuery",
     "NoBackendAvailable",
+    "NodeLost",
     "NotShared",
     "ProtocolError",
     "QueryComplete",
@@ -123,6 +125,31 @@ class SessionError(BeamAgentError):
         self.reason = reason
         self.delivered = delivered
         super().__init__(message)
+
+
+class NodeLost(SessionError):
+    """The cluster node a session ran on died (or its node runtime did) during a call.
+
+    A query cut off this way is **not** sent again (at most once): ``delivered``
+    is None, since whether the prompt reached the backend is unknown. The
+    session itself is restarted on a surviving node and resumed from the shared
+    store; later calls on the same handle wait for that (bounded) and work.
+
+    Attributes:
+        node: the id of the lost node.
+    """
+
+    def __init__(self, message: str, node: str, *, delivered: bool | None = None) -> None:
+        self.node = node
+        super().__init__(message, reason="node_lost", delivered=delivered)
+
+
+class ClusterUnavailable(BeamAgentError):
+    """The cluster (its controller, or every node runtime) did not answer in time.
+
+    Check that the Ray cluster is up and that ``beamagent.cluster.deploy`` ran
+    against it (``ClusterRuntime(...)`` deploys what is missing).
+    """
 
 
 class SessionRestarting(SessionError):

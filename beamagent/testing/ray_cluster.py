@@ -1,0 +1,127 @@
+"""A real local multi-node Ray cluster on loopback, for tests and benchmarks.
+
+Every node, the GCS and the driver are bound to 127.0.0.1 (Ray otherwise picks
+the machine's interface address, where a loopback-bound cluster never
+answers); resources are small (one CPU and 80 MB of object store per node, no
+dashboard, no usage stats). Its processes are children of this process that
+outlive tests on purpose, so they are registered with the leak check as
+long-lived; the threads ``ray.init`` starts are started here, before any
+test's snapshot.
+
+>>> cluster = LocalRayCluster.start(nodes=3)      # doctest: +SKIP
+>>> cluster.node_ids                              # doctest: +SKIP
+>>> cluster.remove_node(cluster.node_ids[2])      # doctest: +SKIP
+>>> cluster.shutdown()                            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from beamagent.testing.leaks import child_pids, forget_long_lived_child, long_lived_child
+
+__all__ = ["LocalRayCluster"]
+
+OBJECT_STORE_BYTES = 80 * 1024 * 1024
+NODE_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # Keep Ray from resolving 127.0.0.1 to the interface address (see beamagent.cluster).
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+}
+
+
+class LocalRayCluster:
+    """Ray nodes as processes of this one (``ray.cluster_utils.Cluster``), on 127.0.0.1."""
+
+    def __init__(self, cluster: Any, head: Any) -> None:
+        self._cluster = cluster
+        self._head = head
+        self._nodes: dict[str, Any] = {head.node_id: head}
+        self._pids: set[int] = set()
+
+    @classmethod
+    def start(cls, nodes: int = 3, *, connect: bool = True) -> LocalRayCluster:
+        """Start a head and ``nodes - 1`` workers; connect this process as driver."""
+        for key, value in NODE_ENV.items():
+            os.environ.setdefault(key, value)
+        from beamagent.cluster._ray import keep_on_loopback
+
+        keep_on_loopback()
+        import ray
+        from ray.cluster_utils import Cluster
+
+        before = child_pids()
+        cluster = Cluster(initialize_head=False)
+        head = cluster.add_node(**cls._node_args(0))
+        self = cls(cluster, head)
+        for index in range(1, nodes):
+            self.add_node(index)
+        if connect:
+            ray.init(
+                address=head.gcs_address,
+                namespace="beamagent",
+                log_to_driver=False,
+                _node_ip_address="127.0.0.1",
+            )
+            ray.get(ray.put(None))  # the driver's threads start now, not in a test
+        self._keep(child_pids() - before)
+        return self
+
+    @staticmethod
+    def _node_args(index: int) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "num_cpus": 1,
+            "node_ip_address": "127.0.0.1",
+            "object_store_memory": OBJECT_STORE_BYTES,
+            "resources": {f"beamagent_test_node_{index}": 1},
+        }
+        if index == 0:
+            args["include_dashboard"] = False
+        return args
+
+    def _keep(self, pids: set[int]) -> None:
+        for pid in pids:
+            long_lived_child(pid)
+        self._pids |= pids
+
+    @property
+    def address(self) -> str:
+        """The GCS address (``127.0.0.1:<port>``) to connect to."""
+        return str(self._head.gcs_address)
+
+    @property
+    def head_id(self) -> str:
+        """The head node's id."""
+        return str(self._head.node_id)
+
+    @property
+    def node_ids(self) -> list[str]:
+        """Ids of the nodes started and not removed, head first."""
+        return list(self._nodes)
+
+    def add_node(self, index: int | None = None) -> str:
+        """Start one more worker node; its id."""
+        before = child_pids()
+        node = self._cluster.add_node(
+            **self._node_args(len(self._nodes) if index is None else index)
+        )
+        self._nodes[node.node_id] = node
+        self._keep(child_pids() - before)
+        return str(node.node_id)
+
+    def remove_node(self, node_id: str) -> None:
+        """Kill a node's processes (as a machine failing), waiting until Ray sees it dead."""
+        node = self._nodes.pop(node_id)
+        self._cluster.remove_node(node, allow_graceful=False)
+
+    def shutdown(self) -> None:
+        """Disconnect and stop every node."""
+        import ray
+
+        ray.shutdown()
+        for node_id in list(self._nodes)[::-1]:
+            node = self._nodes.pop(node_id)
+            self._cluster.remove_node(node, allow_graceful=False)
+        for pid in self._pids:
+            forget_long_lived_child(pid)

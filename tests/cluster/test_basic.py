@@ -1,0 +1,148 @@
+"""The Runtime API over a Ray cluster: sessions, routing with placement, store, async twins."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from beamagent.cluster import ClusterRuntime
+from beamagent.errors import BackendNotEligible, NoBackendAvailable, SessionNotFound
+from beamagent.messages import MessageType
+from beamagent.testing.ray_cluster import LocalRayCluster
+
+
+def test_a_session_runs_on_a_node_and_its_history_is_in_the_shared_store(
+    crt: ClusterRuntime,
+) -> None:
+    session = crt.start_session(backend="local")
+    try:
+        messages = session.query("hello")
+        assert messages[-1].content == "hello"
+        info = session.session_info()
+        assert info["node"] == session.node
+        assert info["backend"] == "local"
+        stored = crt.get_session_messages(session.session_id)
+        assert [m.content for m in stored][-1] == "hello"
+        assert crt.session(session.session_id).node == session.node
+        assert session.session_id in crt.live_sessions()
+    finally:
+        session.stop()
+    with pytest.raises(SessionNotFound):
+        crt.session(session.session_id)
+
+
+def test_routing_places_on_nodes_round_robin_and_journals_the_node(
+    crt: ClusterRuntime, ray_cluster: LocalRayCluster
+) -> None:
+    # Round robin turns over (node, backend) pairs: local_gpu (one node) left out here.
+    request = {"policy": "round_robin", "excluded_backends": ["local_gpu"]}
+    sessions = [crt.start_session(routing=request) for _ in range(6)]
+    try:
+        nodes = [s.node for s in sessions]
+        assert sorted(set(nodes)) == sorted(ray_cluster.node_ids)
+        assert all(nodes.count(n) == 2 for n in set(nodes))
+        journal = crt.routing_decisions(limit=6)
+        assert {e["session_id"] for e in journal} == {s.session_id for s in sessions}
+        assert all(e["ok"] and e["node"] in ray_cluster.node_ids for e in journal)
+        assert {e["backend"] for e in journal} == {"local"}
+    finally:
+        for s in sessions:
+            s.stop()
+
+
+def test_a_backend_available_on_one_node_only_places_there(
+    crt: ClusterRuntime, ray_cluster: LocalRayCluster
+) -> None:
+    gpu_node = ray_cluster.node_ids[-1]
+    sessions = [crt.start_session(backend="local_gpu") for _ in range(3)]
+    try:
+        assert {s.node for s in sessions} == {gpu_node}
+        assert sessions[0].query("on the gpu node")[-1].content == "on the gpu node"
+        routed = crt.start_session(routing={"preferred_backends": ["local_gpu"]})
+        sessions.append(routed)
+        assert routed.node == gpu_node
+        assert routed.session_info()["backend"] == "local_gpu"
+    finally:
+        for s in sessions:
+            s.stop()
+
+
+def test_a_node_marked_down_gets_nothing(crt: ClusterRuntime, ray_cluster: LocalRayCluster) -> None:
+    down = ray_cluster.node_ids[1]
+    crt.set_node_health(down, "down")
+    sessions = []
+    try:
+        assert crt.node_health() == {down: "down"}
+        request = {"policy": "round_robin", "excluded_backends": ["local_gpu"]}
+        sessions = [crt.start_session(routing=request) for _ in range(6)]
+        assert down not in {s.node for s in sessions}
+        assert len({s.node for s in sessions}) == 2
+        gpu = ray_cluster.node_ids[-1]
+        crt.set_node_health(gpu, "down")
+        with pytest.raises(BackendNotEligible):
+            crt.start_session(backend="local_gpu")
+        with pytest.raises(NoBackendAvailable):
+            crt.start_session(
+                routing={"preferred_backends": ["local_gpu"], "fallback_policy": "none"}
+            )
+    finally:
+        crt.set_node_health(down, None)
+        crt.set_node_health(ray_cluster.node_ids[-1], None)
+        for s in sessions:
+            s.stop()
+
+
+def test_sticky_affinity_keeps_a_key_on_one_node(crt: ClusterRuntime) -> None:
+    request = {"policy": "sticky", "affinity_key": "customer-7"}
+    sessions = [crt.start_session(routing=request) for _ in range(4)]
+    try:
+        assert len({s.node for s in sessions}) == 1
+    finally:
+        for s in sessions:
+            s.stop()
+
+
+def test_streams_and_async_twins(crt: ClusterRuntime) -> None:
+    session = crt.start_session(backend="local")
+    try:
+        streamed = list(session.stream("streamed"))
+        assert streamed[-1].type is MessageType.RESULT
+        assert streamed[-1].content == "streamed"
+
+        async def main() -> None:
+            answer = await session.aquery("async")
+            assert answer[-1].content == "async"
+            info = await session.asession_info()
+            assert info["node"] == session.node
+            got = [m async for m in session.astream("async stream")]
+            assert got[-1].content == "async stream"
+            other = await crt.astart_session(backend="local")
+            assert (await other.aquery("x"))[-1].content == "x"
+            await other.astop()
+
+        asyncio.run(main())
+        assert [
+            m.content for m in crt.get_session_messages(session.session_id, types="result")
+        ] == [
+            "streamed",
+            "async",
+            "async stream",
+        ]
+    finally:
+        session.stop()
+
+
+def test_a_stopped_session_resumes_by_id_on_any_node(crt: ClusterRuntime) -> None:
+    first = crt.start_session(backend="local")
+    first.query("remember me")
+    first.stop()
+    again = crt.start_session(resume=first.session_id)
+    try:
+        assert again.session_id == first.session_id
+        assert again.session_info()["resumed"] in ("native", "replay")
+        again.query("second")
+        contents = [m.content for m in crt.get_session_messages(first.session_id, types="result")]
+        assert contents == ["remember me", "second"]
+    finally:
+        again.stop()
