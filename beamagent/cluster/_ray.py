@@ -17,6 +17,7 @@ from beamagent.errors import BeamAgentError, ClusterUnavailable, MissingDependen
 
 __all__ = [
     "CONTROLLER_NAME",
+    "actor_lost",
     "NAMESPACE",
     "RemoteFailure",
     "connect",
@@ -104,6 +105,12 @@ def connect(address: str | None, namespace: str = NAMESPACE, **init_options: Any
     options.update(init_options)
     ray.init(address=address, **options)
     return True
+
+
+def actor_lost(ray: ModuleType) -> tuple[type[BaseException], ...]:
+    """The Ray errors that mean an actor (or its node) is gone or cannot come back there."""
+    exceptions = ray.exceptions
+    return (exceptions.RayActorError, exceptions.ActorUnschedulableError)
 
 
 def dumps(value: Any) -> str:

@@ -31,6 +31,7 @@ import attrs
 
 from beamagent.cluster._ray import (
     RemoteFailure,
+    actor_lost,
     dumps,
     loads,
     node_actor_name,
@@ -238,7 +239,7 @@ class ClusterController:
                     continue  # slow, not dead: leave it be
                 try:
                     replies[node] = ray.get(ref)
-                except ray.exceptions.ActorDiedError:
+                except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnschedulableError):
                     gone.add(node)
                 except ray.exceptions.RayError:
                     continue  # unavailable for now (restarting): look again later
@@ -439,7 +440,7 @@ class ClusterController:
                     actor.start_session.remote(placement.backend, opts),
                     timeout=max(deadline - time.monotonic(), 1.0),
                 )
-            except (ray.exceptions.RayActorError, ValueError):
+            except (*actor_lost(ray), ValueError):
                 # Never started there (or its node went down with it): another node.
                 self._drop(session_id, record)
                 exclude = exclude | {placement.node}
@@ -534,7 +535,7 @@ class ClusterController:
         except ray.exceptions.RayTaskError as exc:
             if not isinstance(unwrap(exc), SessionNotFound):
                 raise
-        except (ray.exceptions.RayActorError, ValueError):
+        except (*actor_lost(ray), ValueError):
             pass  # its node is gone: nothing runs it any more
         with self._lock:
             if self._sessions.get(session_id) is record:
@@ -595,17 +596,19 @@ class ClusterController:
                     self._failing_over.discard(run_id)
                     continue
                 try:
-                    placement = self._place(RouteRequest.from_value(None), None)
+                    target = self._place_run()
                 except BeamAgentError as exc:
                     log.error("failover_unplaced", run_id=run_id, error=str(exc))
                     self._failing_over.discard(run_id)
                     continue
                 job, options = loads(record.opts)
-                moved = _Placed(placement.node, "", record.opts, None, None, None)
+                options = {k: v for k, v in options.items() if k != "durable"}
+                moved = _Placed(target, "", record.opts, None, None, None)
                 self._runs[run_id] = moved
                 self._save(_RUNS, run_id, moved.to_json())
-                incarnation = self._nodes[placement.node].incarnation or ""
-                ref = self._actor(placement.node).resume_run.remote(run_id, job, options)
+                incarnation = self._nodes[target].incarnation or ""
+                log.info("run_failing_over", run_id=run_id, node_id=target, lost=record.node)
+                ref = self._actor(target).resume_run.remote(run_id, job, options)
                 pending[ref] = ("run", run_id, attrs.evolve(moved, incarnation=incarnation))
         for ref, (kind, key, settled) in pending.items():
             table = self._sessions if kind == "session" else self._runs
@@ -650,23 +653,35 @@ class ClusterController:
 
     # --- graph runs ---------------------------------------------------------------------
 
-    def run_job(self, job: Any, input: Any, run_id: str, options: dict[str, Any]) -> str:
-        """Place a durable run on a node and start it; its node."""
+    def run_job(
+        self,
+        job: Any,
+        input: Any,
+        run_id: str,
+        options: dict[str, Any],
+        node: str | None = None,
+    ) -> str:
+        """Place a durable run on a node (``node`` if it can) and start it; its node."""
         ray = self._ray
         with self._lock:
             if run_id in self._runs:
                 raise RemoteFailure.of(InvalidOption(f"run {run_id!r} is already placed"))
+            views = {v.node: v for v in self._views()}
+            usable = node in views and self._health.get(node or "") not in (
+                Health.DOWN,
+                Health.UNHEALTHY,
+            )
             try:
-                placement = self._place(RouteRequest.from_value(None), None)
+                chosen = node if usable and node is not None else self._place_run()
             except BeamAgentError as exc:
                 raise RemoteFailure.of(exc) from None
-            record = _Placed(placement.node, "", dumps((job, options)), None, None, None)
+            record = _Placed(chosen, "", dumps((job, options)), None, None, None)
             self._runs[run_id] = record
             self._save(_RUNS, run_id, record.to_json())
-            incarnation = self._nodes[placement.node].incarnation
+            incarnation = self._nodes[chosen].incarnation
         try:
             ray.get(
-                self._actor(placement.node).run_job.remote(job, input, run_id, options),
+                self._actor(chosen).run_job.remote(job, input, run_id, options),
                 timeout=START_TIMEOUT,
             )
         except BaseException as exc:
@@ -682,7 +697,22 @@ class ClusterController:
             record.incarnation = incarnation
             self._save(_RUNS, run_id, record.to_json())
             self._changed.notify_all()
-        return placement.node
+        log.info("run_placed", run_id=run_id, node_id=chosen)
+        return chosen
+
+    def _place_run(self) -> str:
+        """The node for a run: the one with the fewest runs, then sessions (not down)."""
+        runs: dict[str, int] = {}
+        for record in self._runs.values():
+            runs[record.node] = runs.get(record.node, 0) + 1
+        views = [
+            v
+            for v in self._views()
+            if v.alive and self._health.get(v.node) not in (Health.DOWN, Health.UNHEALTHY)
+        ]
+        if not views:
+            raise ClusterUnavailable("no live node runtime can take a graph run")
+        return min(views, key=lambda v: (runs.get(v.node, 0), v.load)).node
 
     def locate_run(
         self, run_id: str, avoid: str | None = None, timeout: float = 30.0

@@ -28,6 +28,7 @@ import attrs
 from beamagent.cluster._ray import (
     CONTROLLER_NAME,
     NAMESPACE,
+    actor_lost,
     connect,
     node_actor_name,
     require_ray,
@@ -195,7 +196,7 @@ class ClusterRuntime(StoreApi):
             remaining = max(deadline - time.monotonic(), 0.1)
             try:
                 return self._get(getattr(self.controller, method).remote(*args), remaining)
-            except (ray.exceptions.RayActorError, ClusterUnavailable) as exc:
+            except (*actor_lost(ray), ClusterUnavailable) as exc:
                 if time.monotonic() >= deadline:
                     raise ClusterUnavailable(
                         f"the cluster controller did not answer {method} within {timeout} s"
@@ -211,7 +212,7 @@ class ClusterRuntime(StoreApi):
             remaining = max(deadline - time.monotonic(), 0.1)
             try:
                 return await self._aget(getattr(self.controller, method).remote(*args), remaining)
-            except (ray.exceptions.RayActorError, ClusterUnavailable) as exc:
+            except (*actor_lost(ray), ClusterUnavailable) as exc:
                 if time.monotonic() >= deadline:
                     raise ClusterUnavailable(
                         f"the cluster controller did not answer {method} within {timeout} s"
@@ -243,7 +244,7 @@ class ClusterRuntime(StoreApi):
                     max(deadline - time.monotonic(), 1.0),
                 )
                 break
-            except ray.exceptions.RayActorError as exc:
+            except actor_lost(ray) as exc:
                 # The controller died mid-start: the same token finds a start that happened.
                 if time.monotonic() >= deadline:
                     raise ClusterUnavailable("the cluster controller kept dying") from exc
@@ -262,7 +263,7 @@ class ClusterRuntime(StoreApi):
                     max(deadline - time.monotonic(), 1.0),
                 )
                 break
-            except ray.exceptions.RayActorError as exc:
+            except actor_lost(ray) as exc:
                 if time.monotonic() >= deadline:
                     raise ClusterUnavailable("the cluster controller kept dying") from exc
                 await self._acontroller_call("ping")
@@ -361,20 +362,28 @@ class ClusterRuntime(StoreApi):
     # --- graph runs ---------------------------------------------------------------------
 
     def run_job(
-        self, job: Job, input: Any, run_id: str | None = None, **options: Any
+        self,
+        job: Job,
+        input: Any,
+        run_id: str | None = None,
+        *,
+        node: str | None = None,
+        **options: Any,
     ) -> ClusterRun:
         """Start a durable run of ``job`` on a node; its handle.
 
-        If its node is lost, the run resumes from its checkpoint on another node.
+        ``node`` asks for a node (used when it is alive and not marked down; else
+        the least-loaded node). Other options are ``Runtime.run_job``'s. If its
+        node is lost, the run resumes from its checkpoint on another node.
         """
         run_id = run_id or f"run_{uuid.uuid4().hex[:12]}"
         options.setdefault("durable", True)
         if not options["durable"]:
             raise InvalidOption("a cluster run is durable (it resumes on another node)")
-        node = self._controller_call(
-            "run_job", job, input, run_id, options, timeout=CALL_TIMEOUT * 2
+        placed = self._controller_call(
+            "run_job", job, input, run_id, options, node, timeout=CALL_TIMEOUT * 2
         )
-        return ClusterRun(self, run_id, node)
+        return ClusterRun(self, run_id, placed)
 
     def runs(self) -> dict[str, str]:
         """Runs placed on the cluster: run id → node id."""
@@ -412,12 +421,13 @@ class ClusterSession:
     query raises :class:`~beamagent.errors.NodeLost` (never sent twice).
     """
 
-    __slots__ = ("_cluster", "_node", "session_id")
+    __slots__ = ("_cluster", "_moved_from", "_node", "session_id")
 
     def __init__(self, cluster: ClusterRuntime, session_id: str, node: str) -> None:
         self._cluster = cluster
         self.session_id = session_id
         self._node = node
+        self._moved_from: str | None = None
 
     def __repr__(self) -> str:
         return f"<ClusterSession {self.session_id} on {self._node}>"
@@ -452,20 +462,29 @@ class ClusterSession:
         ray = cluster._ray
         wait = cluster._failover_timeout
         deadline = None if bound is None else time.monotonic() + bound + wait
+        if self._moved_from is not None:  # an earlier call lost its node: find the session
+            self._node = cluster._locate(self.session_id, self._moved_from, wait)
+            self._moved_from = None
         node = self._node
         while True:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.1)
             try:
                 actor = cluster.node_actor(node)
+            except NodeLost:  # nothing was sent: wait for the session to be elsewhere
+                self._report(node)
+                node = self._node = cluster._locate(self.session_id, node, wait)
+                continue
+            try:
                 return cluster._get(actor.call.remote(self.session_id, method, args, kw), remaining)
             except SessionNotFound:
                 # Never reached a backend there: safe to send where the session is now.
                 cluster._controller_call("missing", self.session_id, node)
                 node = self._node = cluster._locate(self.session_id, None, wait)
-            except (ray.exceptions.RayActorError, NodeLost) as exc:
+            except actor_lost(ray) as exc:
                 cluster._actors.pop(node, None)
                 self._report(node)
                 if method not in REPEATABLE:
+                    self._moved_from = node
                     raise self._lost(method, node, exc) from exc
                 node = self._node = cluster._locate(self.session_id, node, wait)
             if deadline is not None and time.monotonic() >= deadline:
@@ -480,21 +499,30 @@ class ClusterSession:
         ray = cluster._ray
         wait = cluster._failover_timeout
         deadline = None if bound is None else time.monotonic() + bound + wait
+        if self._moved_from is not None:
+            self._node = await cluster._alocate(self.session_id, self._moved_from, wait)
+            self._moved_from = None
         node = self._node
         while True:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.1)
             try:
                 actor = cluster.node_actor(node)
+            except NodeLost:
+                self._report(node)
+                node = self._node = await cluster._alocate(self.session_id, node, wait)
+                continue
+            try:
                 return await cluster._aget(
                     actor.call.remote(self.session_id, method, args, kw), remaining
                 )
             except SessionNotFound:
                 await cluster._acontroller_call("missing", self.session_id, node)
                 node = self._node = await cluster._alocate(self.session_id, None, wait)
-            except (ray.exceptions.RayActorError, NodeLost) as exc:
+            except actor_lost(ray) as exc:
                 cluster._actors.pop(node, None)
                 self._report(node)
                 if method not in REPEATABLE:
+                    self._moved_from = node
                     raise self._lost(method, node, exc) from exc
                 node = self._node = await cluster._alocate(self.session_id, node, wait)
             if deadline is not None and time.monotonic() >= deadline:
@@ -540,6 +568,11 @@ class ClusterSession:
         """
         cluster = self._cluster
         ray = cluster._ray
+        if self._moved_from is not None:
+            self._node = cluster._locate(
+                self.session_id, self._moved_from, cluster._failover_timeout
+            )
+            self._moved_from = None
         node = self._node
         actor = cluster.node_actor(node)
         refs = actor.stream.options(num_returns="streaming").remote(
@@ -556,10 +589,11 @@ class ClusterSession:
                     return
                 try:
                     message = cluster._get(ref, bound)
-                except ray.exceptions.RayActorError as exc:
+                except actor_lost(ray) as exc:
                     finished = True
                     cluster._actors.pop(node, None)
                     self._report(node)
+                    self._moved_from = node
                     raise self._lost("stream", node, exc) from exc
                 except QueryComplete:
                     finished = True
@@ -567,10 +601,11 @@ class ClusterSession:
                 yield message
                 if message.type in _TERMINAL:
                     finished = True
-        except ray.exceptions.RayActorError as exc:
+        except actor_lost(ray) as exc:
             finished = True
             cluster._actors.pop(node, None)
             self._report(node)
+            self._moved_from = node
             raise self._lost("stream", node, exc) from exc
         finally:
             if not finished:
@@ -583,6 +618,11 @@ class ClusterSession:
         """Async twin of :meth:`stream` (an async iterator over the streaming generator)."""
         cluster = self._cluster
         ray = cluster._ray
+        if self._moved_from is not None:
+            self._node = await cluster._alocate(
+                self.session_id, self._moved_from, cluster._failover_timeout
+            )
+            self._moved_from = None
         node = self._node
         actor = cluster.node_actor(node)
         refs = actor.stream.options(num_returns="streaming").remote(
@@ -598,10 +638,11 @@ class ClusterSession:
                 except StopAsyncIteration:
                     finished = True
                     return
-                except ray.exceptions.RayActorError as exc:
+                except actor_lost(ray) as exc:
                     finished = True
                     cluster._actors.pop(node, None)
                     self._report(node)
+                    self._moved_from = node
                     raise self._lost("stream", node, exc) from exc
                 yield message
                 if message.type in _TERMINAL:
@@ -725,7 +766,7 @@ class ClusterRun:
                 result = cluster._get(
                     cluster.node_actor(node).run_result.remote(self.run_id, step), step + 30.0
                 )
-            except (ray.exceptions.RayActorError, NodeLost):
+            except (*actor_lost(ray), NodeLost):
                 cluster._actors.pop(node, None)
                 avoid = node
                 continue

@@ -16,7 +16,11 @@ test's snapshot.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
+import time
 from typing import Any
 
 from beamagent.testing.leaks import child_pids, forget_long_lived_child, long_lived_child
@@ -110,10 +114,21 @@ class LocalRayCluster:
         self._keep(child_pids() - before)
         return str(node.node_id)
 
-    def remove_node(self, node_id: str) -> None:
-        """Kill a node's processes (as a machine failing), waiting until Ray sees it dead."""
+    def remove_node(self, node_id: str, timeout: float = 30.0) -> None:
+        """Kill every process of a node at once (as a machine failing): its raylet and
+        the workers under it, whose actors would otherwise linger until they notice.
+        Returns once they are all gone (bounded by ``timeout``).
+        """
         node = self._nodes.pop(node_id)
+        roots = [process.pid for _kind, process in node.live_processes()]
+        doomed = _descendants(roots)
+        for pid in doomed:  # workers first: they must not outlive their raylet at all
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self._cluster.remove_node(node, allow_graceful=False)
+        deadline = time.monotonic() + timeout
+        while any(_alive(pid) for pid in doomed) and time.monotonic() < deadline:
+            threading.Event().wait(0.01)  # reaped by their parents: nothing to block on
 
     def shutdown(self) -> None:
         """Disconnect and stop every node."""
@@ -125,3 +140,40 @@ class LocalRayCluster:
             self._cluster.remove_node(node, allow_graceful=False)
         for pid in self._pids:
             forget_long_lived_child(pid)
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1:
+            tree.setdefault(int(fields[1]), []).append(int(entry))
+    return tree
+
+
+def _descendants(roots: list[int]) -> list[int]:
+    """Every process under ``roots`` (not the roots), deepest last."""
+    tree = _children()
+    found: list[int] = []
+    todo = list(roots)
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"

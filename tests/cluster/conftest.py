@@ -58,9 +58,19 @@ def node_options(cluster: LocalRayCluster) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def crt(ray_cluster: LocalRayCluster, cluster_store: str) -> Iterator[ClusterRuntime]:
+def cluster_node_options(ray_cluster: LocalRayCluster) -> dict[str, dict[str, Any]]:
+    """Each node runtime's options (a module overrides this fixture to change them)."""
+    return node_options(ray_cluster)
+
+
+@pytest.fixture(scope="module")
+def crt(
+    ray_cluster: LocalRayCluster,
+    cluster_store: str,
+    cluster_node_options: dict[str, dict[str, Any]],
+) -> Iterator[ClusterRuntime]:
     """A ClusterRuntime with the controller and a node runtime on each node."""
-    runtime = ClusterRuntime(store=cluster_store, nodes=node_options(ray_cluster))
+    runtime = ClusterRuntime(store=cluster_store, nodes=cluster_node_options)
     yield runtime
     runtime.stop()
     shutdown_cluster()
