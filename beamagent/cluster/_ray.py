@@ -17,9 +17,9 @@ from beamagent.errors import BeamAgentError, ClusterUnavailable, MissingDependen
 
 __all__ = [
     "CONTROLLER_NAME",
-    "actor_lost",
     "NAMESPACE",
     "RemoteFailure",
+    "actor_lost",
     "connect",
     "dumps",
     "keep_on_loopback",

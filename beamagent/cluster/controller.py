@@ -48,6 +48,7 @@ from beamagent.errors import (
     BeamAgentError,
     ClusterUnavailable,
     InvalidOption,
+    RunAlreadyExists,
     RunError,
     RunNotFound,
     SessionNotFound,
@@ -313,7 +314,44 @@ class ClusterController:
         else:
             log.info("node_redeployed", node_id=node)
 
+    def _reconcile(self) -> None:
+        """After a restart: settle what the last controller left half-done.
+
+        A session it was starting or moving (no incarnation recorded) is adopted
+        if its node has it, else resumed by the next failover.
+        """
+        ray = self._ray
+        with self._lock:
+            unsettled = [(sid, r) for sid, r in self._sessions.items() if r.incarnation is None]
+        for sid, record in unsettled:
+            entry = self._nodes.get(record.node)
+            incarnation = None if entry is None else entry.incarnation
+            has = False
+            if incarnation is not None:
+                try:
+                    has = bool(
+                        ray.get(
+                            self._actor(record.node).has_session.remote(sid), timeout=PING_TIMEOUT
+                        )
+                    )
+                except (ray.exceptions.RayError, ValueError):
+                    has = False
+            with self._lock:
+                if self._sessions.get(sid) is record:
+                    record.incarnation = incarnation if has else "lost"
+                    self._save(_SESSIONS, sid, record.to_json())
+                    self._changed.notify_all()
+        with self._lock:
+            for record in self._runs.values():
+                if record.incarnation is None:
+                    record.incarnation = "lost"  # resume_run refuses a run that is live there
+
     def _watch(self) -> None:
+        try:
+            self._refresh()
+            self._reconcile()
+        except Exception as exc:
+            log.error("cluster_reconcile_failed", error=repr(exc))
         while not self._stopped.wait(MONITOR_INTERVAL):
             try:
                 self._refresh()
@@ -617,7 +655,20 @@ class ClusterController:
                 ray.get(ref, timeout=START_TIMEOUT)
             except ray.exceptions.RayTaskError as exc:
                 error = unwrap(exc)
-                if kind == "run" and isinstance(error, RunError | RunNotFound):
+                running = isinstance(error, RunAlreadyExists) or (
+                    isinstance(error, InvalidOption) and "already running" in str(error)
+                )
+                if running:  # it was live there all along: adopt it
+                    with self._lock:
+                        table[key] = settled
+                        self._save(kind_key, key, settled.to_json())
+                        self._failing_over.discard(key)
+                        self._changed.notify_all()
+                    continue
+                gone = isinstance(error, RunError | RunNotFound) or (
+                    kind == "session" and isinstance(error, SessionNotFound)
+                )
+                if gone:
                     with self._lock:  # it had ended, or was never checkpointed: nothing to run
                         table.pop(key, None)
                         self._save(kind_key, key, None)
