@@ -11,7 +11,7 @@ import ipaddress
 import os
 import sys
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 from beamagent.errors import BeamAgentError, ClusterUnavailable, MissingDependency
 
@@ -51,7 +51,7 @@ def require_ray() -> ModuleType:
         raise MissingDependency(
             "beamagent.cluster needs Ray: pip install 'beamagent[ray]'"
         ) from exc
-    return ray
+    return cast(ModuleType, ray)
 
 
 def _is_loopback(address: str | None) -> bool:
@@ -75,7 +75,7 @@ def keep_on_loopback() -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     constants = sys.modules.get("ray._private.ray_constants")
     if constants is not None:
-        constants.ENABLE_RAY_CLUSTER = False
+        setattr(constants, "ENABLE_RAY_CLUSTER", False)  # noqa: B010 (a private module)
 
 
 def connect(address: str | None, namespace: str = NAMESPACE, **init_options: Any) -> bool:
@@ -107,10 +107,11 @@ def connect(address: str | None, namespace: str = NAMESPACE, **init_options: Any
     return True
 
 
-def actor_lost(ray: ModuleType) -> tuple[type[BaseException], ...]:
-    """The Ray errors that mean an actor (or its node) is gone or cannot come back there."""
+def actor_lost(ray: ModuleType, *more: type[BaseException]) -> tuple[type[BaseException], ...]:
+    """The Ray errors that mean an actor (or its node) is gone or cannot come back there,
+    plus ``more``."""
     exceptions = ray.exceptions
-    return (exceptions.RayActorError, exceptions.ActorUnschedulableError)
+    return (exceptions.RayActorError, exceptions.ActorUnschedulableError, *more)
 
 
 def dumps(value: Any) -> str:

@@ -478,7 +478,7 @@ class ClusterController:
                     actor.start_session.remote(placement.backend, opts),
                     timeout=max(deadline - time.monotonic(), 1.0),
                 )
-            except (*actor_lost(ray), ValueError):
+            except actor_lost(ray, ValueError):
                 # Never started there (or its node went down with it): another node.
                 self._drop(session_id, record)
                 exclude = exclude | {placement.node}
@@ -573,7 +573,7 @@ class ClusterController:
         except ray.exceptions.RayTaskError as exc:
             if not isinstance(unwrap(exc), SessionNotFound):
                 raise
-        except (*actor_lost(ray), ValueError):
+        except actor_lost(ray, ValueError):
             pass  # its node is gone: nothing runs it any more
         with self._lock:
             if self._sessions.get(session_id) is record:

@@ -196,7 +196,7 @@ class ClusterRuntime(StoreApi):
             remaining = max(deadline - time.monotonic(), 0.1)
             try:
                 return self._get(getattr(self.controller, method).remote(*args), remaining)
-            except (*actor_lost(ray), ClusterUnavailable) as exc:
+            except actor_lost(ray, ClusterUnavailable) as exc:
                 if time.monotonic() >= deadline:
                     raise ClusterUnavailable(
                         f"the cluster controller did not answer {method} within {timeout} s"
@@ -212,7 +212,7 @@ class ClusterRuntime(StoreApi):
             remaining = max(deadline - time.monotonic(), 0.1)
             try:
                 return await self._aget(getattr(self.controller, method).remote(*args), remaining)
-            except (*actor_lost(ray), ClusterUnavailable) as exc:
+            except actor_lost(ray, ClusterUnavailable) as exc:
                 if time.monotonic() >= deadline:
                     raise ClusterUnavailable(
                         f"the cluster controller did not answer {method} within {timeout} s"
@@ -766,7 +766,7 @@ class ClusterRun:
                 result = cluster._get(
                     cluster.node_actor(node).run_result.remote(self.run_id, step), step + 30.0
                 )
-            except (*actor_lost(ray), NodeLost):
+            except actor_lost(ray, NodeLost):
                 cluster._actors.pop(node, None)
                 avoid = node
                 continue
