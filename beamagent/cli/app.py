@@ -254,11 +254,19 @@ class RunProgress:
 @_handled
 def top(
     socket_path: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--socket", help="The runtime's control socket (Runtime(control_socket=...))."
         ),
-    ],
+    ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            help="A Ray cluster's address (127.0.0.1:6379): its nodes, sessions by node, "
+            "runs and placements (needs beamagent[ray]).",
+        ),
+    ] = None,
     once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print snapshots as JSON (one per line when live).")
@@ -267,29 +275,62 @@ def top(
         float, typer.Option("--interval", min=0.1, help="Seconds between refreshes.")
     ] = 1.0,
 ) -> None:
-    """A live view of a running runtime: its supervision tree, sessions and runs."""
-    with ControlClient(socket_path) as client:
-        if once:
-            snapshot = client.snapshot()
-            if as_json:
-                _json(snapshot)
-            else:
-                _out().print(render_snapshot(snapshot))
-            return
-        stop = threading.Event()
+    """A live view of a running runtime (its tree, sessions and runs) or of a cluster."""
+    if (socket_path is None) == (cluster is None):
+        raise typer.BadParameter("give one of --socket PATH or --cluster ADDRESS")
+    if cluster is not None:
+        from beamagent.cli.top import render_cluster_snapshot
+        from beamagent.cluster._ray import connect
+        from beamagent.cluster.snapshot import cluster_snapshot
+
+        connected = connect(cluster)
+
+        def take() -> dict[str, Any]:
+            snapshot = cluster_snapshot()
+            snapshot["cluster"]["address"] = cluster
+            return snapshot
+
         try:
-            if as_json:
-                while True:
-                    sys.stdout.write(json.dumps(client.snapshot(), default=str) + "\n")
-                    sys.stdout.flush()
-                    stop.wait(interval)
-            with Live(
-                render_snapshot(client.snapshot()), console=_out(), auto_refresh=False
-            ) as live:
-                while not stop.wait(interval):
-                    live.update(render_snapshot(client.snapshot()), refresh=True)
-        except KeyboardInterrupt:
-            return
+            _live(take, render_cluster_snapshot, once=once, as_json=as_json, interval=interval)
+        finally:
+            if connected:
+                import ray
+
+                ray.shutdown()
+        return
+    assert socket_path is not None
+    with ControlClient(socket_path) as client:
+        _live(client.snapshot, render_snapshot, once=once, as_json=as_json, interval=interval)
+
+
+def _live(
+    take: Callable[[], dict[str, Any]],
+    render: Callable[[Mapping[str, Any]], Any],
+    *,
+    once: bool,
+    as_json: bool,
+    interval: float,
+) -> None:
+    """Print one frame, JSON lines, or a live view refreshed every ``interval`` seconds."""
+    if once:
+        snapshot = take()
+        if as_json:
+            _json(snapshot)
+        else:
+            _out().print(render(snapshot))
+        return
+    stop = threading.Event()
+    try:
+        if as_json:
+            while True:
+                sys.stdout.write(json.dumps(take(), default=str) + "\n")
+                sys.stdout.flush()
+                stop.wait(interval)
+        with Live(render(take()), console=_out(), auto_refresh=False) as live:
+            while not stop.wait(interval):
+                live.update(render(take()), refresh=True)
+    except KeyboardInterrupt:
+        return
 
 
 # --- sessions ---------------------------------------------------------------------------------

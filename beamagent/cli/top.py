@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-__all__ = ["render_snapshot"]
+__all__ = ["render_cluster_snapshot", "render_snapshot"]
 
 
 def _label(node: Mapping[str, Any]) -> Text:
@@ -37,12 +37,20 @@ def _tree(node: Mapping[str, Any], branch: Tree | None = None) -> Tree:
     return here
 
 
+def _short(node: Any) -> str:
+    """A Ray node id's first 12 hex digits (enough to tell nodes apart)."""
+    return "" if node is None else str(node)[:12]
+
+
 def _sessions(rows: list[Mapping[str, Any]]) -> Table:
     table = Table(title=f"sessions ({len(rows)})", title_justify="left")
-    for column in ("session", "backend", "state", "model", "incarnation", "restarts", "mailbox"):
-        table.add_column(column, no_wrap=column == "session")
+    on_nodes = any(row.get("node") for row in rows)
+    columns = ("session", "backend", "state", "model", "incarnation", "restarts", "mailbox")
+    for column in ("node", *columns) if on_nodes else columns:
+        table.add_column(column, no_wrap=column in ("session", "node"))
     for row in rows:
         table.add_row(
+            *((_short(row.get("node")),) if on_nodes else ()),
             str(row.get("session_id")),
             str(row.get("backend") or ""),
             str(row.get("state") or ""),
@@ -56,7 +64,9 @@ def _sessions(rows: list[Mapping[str, Any]]) -> Table:
 
 def _runs(rows: list[Mapping[str, Any]]) -> Table:
     table = Table(title=f"runs ({len(rows)})", title_justify="left")
-    for column in ("run", "job", "status", "current nodes", "events", "mailbox"):
+    on_nodes = any(row.get("node") for row in rows)
+    columns = ("run", "job", "status", "current nodes", "events", "mailbox")
+    for column in ("cluster node", *columns) if on_nodes else columns:
         table.add_column(column, no_wrap=column == "run")
     for row in rows:
         current = ", ".join(
@@ -64,6 +74,7 @@ def _runs(rows: list[Mapping[str, Any]]) -> Table:
             for c in row.get("current") or ()
         )
         table.add_row(
+            *((_short(row.get("node")),) if on_nodes else ()),
             str(row.get("run_id")),
             str(row.get("job_id")),
             str(row.get("status")),
@@ -89,4 +100,63 @@ def render_snapshot(snapshot: Mapping[str, Any]) -> RenderableType:
         _tree(snapshot["tree"]),
         _sessions(list(snapshot.get("sessions") or ())),
         _runs(list(snapshot.get("runs") or ())),
+    )
+
+
+def _nodes(rows: list[Mapping[str, Any]]) -> Table:
+    table = Table(title=f"nodes ({len(rows)})", title_justify="left")
+    for column in ("node", "alive", "health", "sessions", "runs", "backends", "incarnation"):
+        table.add_column(column, no_wrap=column == "node")
+    for row in rows:
+        unwell = row.get("backend_health") or {}
+        backends = ", ".join(
+            f"{b} ({unwell[b]})" if b in unwell else str(b) for b in row.get("backends") or ()
+        )
+        table.add_row(
+            _short(row.get("node")),
+            "yes" if row.get("alive") else "no",
+            str(row.get("health") or ""),
+            str(row.get("sessions", 0)),
+            str(row.get("runs", 0)),
+            backends,
+            str(row.get("incarnation") or "")[:8],
+        )
+    return table
+
+
+def _decisions(rows: list[Mapping[str, Any]]) -> Table:
+    table = Table(title=f"placements (newest {len(rows)})", title_justify="left")
+    for column in ("at", "session", "node", "backend", "policy", "outcome"):
+        table.add_column(column, no_wrap=column == "session")
+    for row in rows:
+        at = row.get("at")
+        table.add_row(
+            datetime.datetime.fromtimestamp(at, tz=datetime.UTC).strftime("%H:%M:%S")
+            if isinstance(at, int | float)
+            else "",
+            str(row.get("session_id") or ""),
+            _short(row.get("node")),
+            str(row.get("backend") or ""),
+            str(row.get("policy") or ""),
+            "ok" if row.get("ok") else f"{row.get('error')}: {row.get('message')}",
+        )
+    return table
+
+
+def render_cluster_snapshot(snapshot: Mapping[str, Any]) -> RenderableType:
+    """One frame of ``beamagent top --cluster``: nodes, sessions and runs by node, placements."""
+    cluster = snapshot.get("cluster") or {}
+    when = cluster.get("time")
+    stamp = (
+        datetime.datetime.fromtimestamp(when, tz=datetime.UTC).strftime("%H:%M:%S UTC")
+        if isinstance(when, int | float)
+        else ""
+    )
+    header = Text(f"cluster {cluster.get('address') or ''}  {stamp}", style="bold")
+    return Group(
+        header,
+        _nodes(list(snapshot.get("nodes") or ())),
+        _sessions(list(snapshot.get("sessions") or ())),
+        _runs(list(snapshot.get("runs") or ())),
+        _decisions(list(snapshot.get("decisions") or ())),
     )

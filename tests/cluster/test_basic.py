@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -146,3 +147,33 @@ def test_a_stopped_session_resumes_by_id_on_any_node(crt: ClusterRuntime) -> Non
         assert contents == ["remember me", "second"]
     finally:
         again.stop()
+
+
+def test_top_shows_nodes_sessions_by_node_and_placements(
+    crt: ClusterRuntime, ray_cluster: LocalRayCluster
+) -> None:
+    from typer.testing import CliRunner
+
+    from beamagent.cli import app
+
+    sessions = [crt.start_session(routing={"policy": "round_robin"}) for _ in range(3)]
+    try:
+        result = CliRunner().invoke(
+            app, ["top", "--cluster", ray_cluster.address, "--once", "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        snapshot = json.loads(result.output)
+        assert {n["node"] for n in snapshot["nodes"]} == set(ray_cluster.node_ids)
+        rows = {r["session_id"]: r for r in snapshot["sessions"]}
+        for session in sessions:
+            assert rows[session.session_id]["node"] == session.node
+            assert rows[session.session_id]["state"] == "ready"
+        assert {d["node"] for d in snapshot["decisions"][:3]} <= set(ray_cluster.node_ids)
+        frame = CliRunner().invoke(app, ["top", "--cluster", ray_cluster.address, "--once"])
+        assert frame.exit_code == 0, frame.output
+        assert "nodes (3)" in frame.output
+        assert "placements" in frame.output
+        assert sessions[0].session_id[:20] in frame.output
+    finally:
+        for session in sessions:
+            session.stop()
