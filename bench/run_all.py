@@ -79,6 +79,7 @@ SCRIPTS = (
     Script("telemetry", quick_args=("500",)),
     Script("scale", args=(str(SCALE_N),), quick_args=("5000",)),
     Script("throughput"),
+    Script("cluster", quick_args=("50",), requires=("ray",)),
 )
 
 #: The issue's goal labels, by script and figure name.
@@ -92,6 +93,7 @@ LABELS: tuple[tuple[str, str, str], ...] = (
     ("scale", r".", "P5 scale"),
     ("store", r"^record_message$", "P7 record_message vs raw sqlite3"),
     ("throughput", r".", "throughput"),
+    ("cluster", r".", "cluster on Ray (issue 16)"),
 )
 
 REPORT_LINE = re.compile(
