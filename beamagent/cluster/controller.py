@@ -72,6 +72,7 @@ _RUNS = "cluster_run"
 _NODES = "cluster_node"
 _NODE_HEALTH = "cluster_node_health"
 _STICKY = "cluster_sticky"
+_BACKEND_HEALTH = "cluster_backend_health"
 
 
 @attrs.define
@@ -120,9 +121,11 @@ class ClusterController:
         self._runs: dict[str, _Placed] = {}
         self._nodes: dict[str, _Node] = {}
         self._health: dict[str, Health] = {}
+        self._backend_health: dict[str, Health] = {}
         self._state = RoutingState()
         self._journal: deque[dict[str, Any]] = deque(maxlen=JOURNAL_SIZE)
         self._failing_over: set[str] = set()
+        self._looking = threading.Lock()
         self._stopped = threading.Event()
         self._load()
         self._monitor = threading.Thread(
@@ -143,6 +146,8 @@ class ClusterController:
             self._nodes[node] = _Node(loads(text), NodeView(node, ()))
         for node, status in store.routing_entries(_NODE_HEALTH).items():
             self._health[node] = Health(status)
+        for backend, status in store.routing_entries(_BACKEND_HEALTH).items():
+            self._backend_health[backend] = Health(status)
         for key, pair in store.routing_entries(_STICKY).items():
             self._state = self._state.bind(key, pair)
 
@@ -210,6 +215,29 @@ class ClusterController:
         """The node health overrides."""
         with self._lock:
             return {k: v.value for k, v in self._health.items()}
+
+    def set_backend_health(self, backend: str, status: str | None) -> None:
+        """Override a backend's health on every node (``down``: never placed)."""
+        with self._lock:
+            if status is None:
+                self._backend_health.pop(backend, None)
+                self._save(_BACKEND_HEALTH, backend, None)
+            else:
+                health = Health(str(status).strip().lower())
+                self._backend_health[backend] = health
+                self._save(_BACKEND_HEALTH, backend, health.value)
+
+    def backend_health(self) -> dict[str, str]:
+        """The cluster-wide backend health overrides."""
+        with self._lock:
+            return {k: v.value for k, v in self._backend_health.items()}
+
+    def clear_routing(self) -> None:
+        """Forget sticky bindings and round-robin cursors (health overrides stay)."""
+        with self._lock:
+            for key in self._state.affinity:
+                self._save(_STICKY, key, None)
+            self._state = self._state.cleared()
 
     def _actor(self, node: str) -> Any:
         return self._ray.get_actor(node_actor_name(node))
@@ -360,7 +388,21 @@ class ClusterController:
 
     def node_failed(self, node: str) -> None:
         """A caller saw ``node``'s runtime fail: look at it now."""
-        self._refresh({node})
+        self._look_at(node)
+
+    def _look_at(self, node: str) -> None:
+        """Refresh ``node`` now; callers arriving meanwhile share that look.
+
+        After a node loss every handle on it asks at once: one look serves them all.
+        """
+        if self._looking.acquire(blocking=False):
+            try:
+                self._refresh({node})
+            finally:
+                self._looking.release()
+        else:
+            with self._looking:  # wait for the look in progress, and take its outcome
+                pass
 
     # --- placement ----------------------------------------------------------------------
 
@@ -384,7 +426,9 @@ class ClusterController:
         views = [v for v in self._views() if v.node not in exclude]
         before = self._state
         try:
-            placement, self._state = place(request, self._state, views, self._health)
+            placement, self._state = place(
+                request, self._state, views, self._health, backend_health=self._backend_health
+            )
         except BeamAgentError as exc:
             entry = {
                 "at": time.time(),
@@ -498,7 +542,7 @@ class ClusterController:
                 self._drop(session_id, record)
                 raise
             with self._lock:
-                record.incarnation = incarnation
+                record.incarnation = info.pop("node_incarnation", None) or incarnation
                 self._save(_SESSIONS, session_id, record.to_json())
                 self._changed.notify_all()
             log.info(
@@ -529,7 +573,7 @@ class ClusterController:
 
     def _locate(self, session_id: str, avoid: str | None, timeout: float) -> str:
         if avoid is not None:
-            self._refresh({avoid})
+            self._look_at(avoid)
         deadline = time.monotonic() + timeout
         with self._lock:
             while True:
@@ -549,17 +593,34 @@ class ClusterController:
                 self._changed.wait(min(remaining, 0.5))
 
     def missing(self, session_id: str, node: str) -> None:
-        """``node`` says it does not have ``session_id``: forget it unless that node was lost."""
-        self._refresh({node})
+        """``node`` says it does not have ``session_id``: find out why, and act.
+
+        The node runtime is asked for its incarnation now (the monitor's view may
+        be a moment old): a new incarnation lost its sessions, which fail over; the
+        incarnation that started the session saying it is gone means it was stopped
+        or given up there, so it is forgotten.
+        """
+        ray = self._ray
+        try:
+            current = ray.get(self._actor(node).ping.remote(), timeout=PING_TIMEOUT)
+        except (ray.exceptions.RayError, ValueError):
+            self._look_at(node)
+            return
         with self._lock:
             record = self._sessions.get(session_id)
             if record is None or record.node != node or session_id in self._failing_over:
                 return
-            if record.incarnation is not None and not self._lost(record):
-                # Stopped or given up there, on a node that is fine: it is gone.
+            if record.incarnation is None:
+                return  # being started or moved: not for us to judge
+            if record.incarnation == current:
                 del self._sessions[session_id]
                 self._save(_SESSIONS, session_id, None)
                 self._changed.notify_all()
+                return
+            entry = self._nodes.get(node)
+            if entry is not None:
+                entry.incarnation = current
+        self._refresh({node})  # its sessions of the old incarnation fail over now
 
     def stop_session(self, session_id: str) -> None:
         """Stop a session wherever it runs and forget its placement."""
@@ -652,7 +713,9 @@ class ClusterController:
             table = self._sessions if kind == "session" else self._runs
             kind_key = _SESSIONS if kind == "session" else _RUNS
             try:
-                ray.get(ref, timeout=START_TIMEOUT)
+                reply = ray.get(ref, timeout=START_TIMEOUT)
+                if isinstance(reply, dict) and reply.get("node_incarnation"):
+                    settled.incarnation = reply["node_incarnation"]
             except ray.exceptions.RayTaskError as exc:
                 error = unwrap(exc)
                 running = isinstance(error, RunAlreadyExists) or (
@@ -711,8 +774,12 @@ class ClusterController:
         run_id: str,
         options: dict[str, Any],
         node: str | None = None,
+        resume: bool = False,
     ) -> str:
-        """Place a durable run on a node (``node`` if it can) and start it; its node."""
+        """Place a durable run on a node (``node`` if it can) and start it; its node.
+
+        With ``resume``, the run continues from its checkpoint (``resume_run``).
+        """
         ray = self._ray
         with self._lock:
             if run_id in self._runs:
@@ -730,11 +797,13 @@ class ClusterController:
             self._runs[run_id] = record
             self._save(_RUNS, run_id, record.to_json())
             incarnation = self._nodes[chosen].incarnation
+        actor = self._actor(chosen)
         try:
-            ray.get(
-                self._actor(chosen).run_job.remote(job, input, run_id, options),
-                timeout=START_TIMEOUT,
-            )
+            if resume:
+                ref = actor.resume_run.remote(run_id, job, options)
+            else:
+                ref = actor.run_job.remote(job, input, run_id, {**options, "durable": True})
+            ray.get(ref, timeout=START_TIMEOUT)
         except BaseException as exc:
             with self._lock:
                 self._runs.pop(run_id, None)
@@ -748,7 +817,7 @@ class ClusterController:
             record.incarnation = incarnation
             self._save(_RUNS, run_id, record.to_json())
             self._changed.notify_all()
-        log.info("run_placed", run_id=run_id, node_id=chosen)
+        log.info("run_placed", run_id=run_id, node_id=chosen, resumed=resume)
         return chosen
 
     def _place_run(self) -> str:
@@ -770,7 +839,7 @@ class ClusterController:
     ) -> str | None:
         """The node a run is on, waiting while it moves off ``avoid``; None once forgotten."""
         if avoid is not None:
-            self._refresh({avoid})
+            self._look_at(avoid)
         deadline = time.monotonic() + timeout
         with self._lock:
             while True:

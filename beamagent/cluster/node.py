@@ -114,7 +114,9 @@ class NodeRuntime:
         """Start (or, with ``resume``, resume) a session here; its ``session_info``."""
         session = self.runtime.start_session(backend, **dict(opts))
         self._log.info("session_placed", session_id=session.session_id, backend=backend)
-        return self._info(session.session_info())
+        info = self._info(session.session_info())
+        info["node_incarnation"] = self.incarnation  # the incarnation that holds it
+        return info
 
     def _info(self, info: dict[str, Any]) -> dict[str, Any]:
         info["node"] = self.node_id

@@ -152,13 +152,15 @@ def place(
     node_health: Mapping[str, Health | str] | None = None,
     *,
     last_node: str | None = None,
+    backend_health: Mapping[str, Health | str] | None = None,
 ) -> tuple[Placement, RoutingState]:
     """Choose a node and a backend for ``request``; return the placement and the next state.
 
     ``state`` is a :class:`RoutingState` over pair names (sticky bindings and
     cursors of pairs). ``node_health`` overrides nodes' health (``down`` and
-    ``unhealthy`` nodes get nothing). ``last_node`` (with the request's
-    ``last_backend``) is the pair ``failover`` moves away from.
+    ``unhealthy`` nodes get nothing). ``backend_health`` overrides a backend's
+    health on every node (the request's ``health`` wins). ``last_node`` (with
+    the request's ``last_backend``) is the pair ``failover`` moves away from.
 
     Raises:
         BackendNotEligible: the named backend is available on no live node.
@@ -180,6 +182,11 @@ def place(
         "excluded_backends": _expand(request.excluded_backends, pairs),
         "health": {
             **degraded,
+            **{
+                n: status
+                for backend, status in _health_map(backend_health or {}).items()
+                for n in _expand((backend,), pairs)
+            },
             **{
                 n: status
                 for backend, status in request.health.items()
@@ -205,6 +212,12 @@ def place(
     try:
         decision, new_state = select(pair_request, state, pairs)
     except NoBackendAvailable as exc:
+        if request.backend is not None:
+            status = request.health.get(request.backend) or _health_map(backend_health or {}).get(
+                request.backend
+            )
+            reason = status.value if status is not None else "not eligible on any live node"
+            raise BackendNotEligible(request.backend, [reason]) from exc
         raise NoBackendAvailable(
             request.policy.value,
             sorted(c.value for c in request.capabilities),

@@ -36,12 +36,12 @@ from beamagent.cluster._ray import (
 )
 from beamagent.cluster.deploy import _store_spec, deploy
 from beamagent.errors import (
-    BeamAgentError,
     ClusterUnavailable,
     InvalidOption,
     NodeLost,
     QueryComplete,
     QueryTimeout,
+    RunNotFound,
     SessionError,
     SessionNotFound,
 )
@@ -345,6 +345,19 @@ class ClusterRuntime(StoreApi):
         """Every node runtime: ``node``, ``alive``, ``sessions``, ``backends``, ``health``..."""
         return cast(list[dict[str, Any]], self._controller_call("nodes"))
 
+    def set_health(self, backend: str, status: str | None) -> None:
+        """Override a backend's health on every node (``down``/``unhealthy``: never placed;
+        ``None`` removes the override)."""
+        self._controller_call("set_backend_health", backend, status)
+
+    def backend_health(self) -> dict[str, str]:
+        """Cluster-wide backend health overrides."""
+        return cast(dict[str, str], self._controller_call("backend_health"))
+
+    def clear_routing(self) -> None:
+        """Forget sticky bindings and round-robin cursors (health overrides stay)."""
+        self._controller_call("clear_routing")
+
     def set_node_health(self, node: str, status: str | None) -> None:
         """Override a node's health: ``down``/``unhealthy`` nodes get no new sessions."""
         self._controller_call("set_node_health", node, status)
@@ -373,17 +386,46 @@ class ClusterRuntime(StoreApi):
         """Start a durable run of ``job`` on a node; its handle.
 
         ``node`` asks for a node (used when it is alive and not marked down; else
-        the least-loaded node). Other options are ``Runtime.run_job``'s. If its
-        node is lost, the run resumes from its checkpoint on another node.
+        the node with the fewest runs). Other options are ``Runtime.run_job``'s
+        (``subs``, ``tools``, ``max_tool_rounds``); a cluster run is always
+        durable. If its node is lost, the run resumes from its checkpoint on
+        another node.
+
+        Raises:
+            InvalidOption: ``durable=False``, or the run id is taken.
+            RunAlreadyExists, InputRequired, InvalidJob: as ``Runtime.run_job``.
         """
         run_id = run_id or f"run_{uuid.uuid4().hex[:12]}"
-        options.setdefault("durable", True)
-        if not options["durable"]:
+        if not options.pop("durable", True):
             raise InvalidOption("a cluster run is durable (it resumes on another node)")
         placed = self._controller_call(
-            "run_job", job, input, run_id, options, node, timeout=CALL_TIMEOUT * 2
+            "run_job", job, input, run_id, options, node, False, timeout=CALL_TIMEOUT * 2
         )
         return ClusterRun(self, run_id, placed)
+
+    def resume_run(
+        self, run_id: str, job: Job, *, node: str | None = None, **options: Any
+    ) -> ClusterRun:
+        """Continue a checkpointed run (interrupted, or its runtime died) on a node.
+
+        Raises:
+            RunNotFound, RunError, InvalidJob: as ``Runtime.resume_run``.
+        """
+        placed = self._controller_call(
+            "run_job", job, None, run_id, options, node, True, timeout=CALL_TIMEOUT * 2
+        )
+        return ClusterRun(self, run_id, placed)
+
+    def get_run(self, run_id: str) -> ClusterRun:
+        """The handle of a run placed on the cluster.
+
+        Raises:
+            RunNotFound: no run with this id is placed (see :meth:`list_runs`).
+        """
+        node = self.runs().get(run_id)
+        if node is None:
+            raise RunNotFound(f"no run {run_id!r} is placed on the cluster")
+        return ClusterRun(self, run_id, node)
 
     def runs(self) -> dict[str, str]:
         """Runs placed on the cluster: run id → node id."""
@@ -770,9 +812,7 @@ class ClusterRun:
                 cluster._actors.pop(node, None)
                 avoid = node
                 continue
-            except BeamAgentError as exc:  # not (yet) there: ask where it is
-                if type(exc).__name__ != "RunNotFound":
-                    raise
+            except RunNotFound:  # not (yet) there: ask where it is
                 avoid = node
                 continue
             if result is not None:

@@ -8,7 +8,14 @@ import json
 import pytest
 
 from beamagent.cluster import ClusterRuntime
-from beamagent.errors import BackendNotEligible, NoBackendAvailable, SessionNotFound
+from beamagent.errors import (
+    BackendNotEligible,
+    NoBackendAvailable,
+    RunError,
+    RunNotFound,
+    SessionNotFound,
+)
+from beamagent.graph import Job, LinearRouter, Node, RunStatus
 from beamagent.messages import MessageType
 from beamagent.testing.ray_cluster import LocalRayCluster
 
@@ -177,3 +184,43 @@ def test_top_shows_nodes_sessions_by_node_and_placements(
     finally:
         for session in sessions:
             session.stop()
+
+
+def test_backend_health_applies_on_every_node_and_sticky_bindings_clear(
+    crt: ClusterRuntime,
+) -> None:
+    crt.set_health("local_gpu", "down")
+    try:
+        assert crt.backend_health() == {"local_gpu": "down"}
+        with pytest.raises(BackendNotEligible):
+            crt.start_session(backend="local_gpu")
+        assert crt.select_placement({"policy": "round_robin"})["backend"] == "local"
+    finally:
+        crt.set_health("local_gpu", None)
+    first = crt.select_placement({"policy": "sticky", "affinity_key": "k"})
+    assert crt.select_placement({"policy": "sticky", "affinity_key": "k"})["node"] == first["node"]
+    crt.clear_routing()
+    again = crt.select_placement({"policy": "sticky", "affinity_key": "k"})
+    assert again["reasons"] == ["selected backend and bound sticky affinity"]
+
+
+def test_a_durable_run_on_the_cluster_and_its_resume(crt: ClusterRuntime) -> None:
+    job = Job(
+        "pair",
+        [
+            Node("a", serving=lambda m: "a done", router=LinearRouter(["a", "b"])),
+            Node("b", serving=lambda m: m.previous_result.body + ", b done"),
+        ],
+        start="a",
+    )
+    run = crt.run_job(job, "go", run_id="cluster-run-1")
+    result = run.result(timeout=30)
+    assert result.status is RunStatus.COMPLETED  # no End instruction: it ran out of routes
+    assert result.output is not None
+    assert result.output.body == "a done, b done"
+    assert crt.list_runs(job_id="pair")[0]["status"] == "completed"
+    assert crt.runs() == {}
+    with pytest.raises(RunError):
+        crt.resume_run("cluster-run-1", job)
+    with pytest.raises(RunNotFound):
+        crt.get_run("cluster-run-1")
