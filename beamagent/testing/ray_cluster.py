@@ -135,9 +135,8 @@ class LocalRayCluster:
         import ray
 
         ray.shutdown()
-        for node_id in list(self._nodes)[::-1]:
-            node = self._nodes.pop(node_id)
-            self._cluster.remove_node(node, allow_graceful=False)
+        for node_id in list(self._nodes)[::-1]:  # the head last
+            self.remove_node(node_id)
         for pid in self._pids:
             forget_long_lived_child(pid)
 
