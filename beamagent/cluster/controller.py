@@ -702,7 +702,7 @@ class ClusterController:
                     continue
                 job, options = loads(record.opts)
                 options = {k: v for k, v in options.items() if k != "durable"}
-                moved = _Placed(target, "", record.opts, None, None, None)
+                moved = _Placed(target, "", record.opts, None, None, record.token)
                 self._runs[run_id] = moved
                 self._save(_RUNS, run_id, moved.to_json())
                 incarnation = self._nodes[target].incarnation or ""
@@ -775,14 +775,20 @@ class ClusterController:
         options: dict[str, Any],
         node: str | None = None,
         resume: bool = False,
+        token: str | None = None,
     ) -> str:
         """Place a durable run on a node (``node`` if it can) and start it; its node.
 
         With ``resume``, the run continues from its checkpoint (``resume_run``).
+        A call repeated with the same ``token`` (its caller saw the controller
+        die) gets the run it placed.
         """
         ray = self._ray
         with self._lock:
-            if run_id in self._runs:
+            existing = self._runs.get(run_id)
+            if existing is not None:
+                if token is not None and existing.token == token:
+                    return existing.node
                 raise RemoteFailure.of(InvalidOption(f"run {run_id!r} is already placed"))
             views = {v.node: v for v in self._views()}
             usable = node in views and self._health.get(node or "") not in (
@@ -793,7 +799,7 @@ class ClusterController:
                 chosen = node if usable and node is not None else self._place_run()
             except BeamAgentError as exc:
                 raise RemoteFailure.of(exc) from None
-            record = _Placed(chosen, "", dumps((job, options)), None, None, None)
+            record = _Placed(chosen, "", dumps((job, options)), None, None, token)
             self._runs[run_id] = record
             self._save(_RUNS, run_id, record.to_json())
             incarnation = self._nodes[chosen].incarnation

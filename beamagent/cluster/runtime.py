@@ -399,7 +399,15 @@ class ClusterRuntime(StoreApi):
         if not options.pop("durable", True):
             raise InvalidOption("a cluster run is durable (it resumes on another node)")
         placed = self._controller_call(
-            "run_job", job, input, run_id, options, node, False, timeout=CALL_TIMEOUT * 2
+            "run_job",
+            job,
+            input,
+            run_id,
+            options,
+            node,
+            False,
+            uuid.uuid4().hex,  # a repeat after a controller restart finds this run
+            timeout=CALL_TIMEOUT * 2,
         )
         return ClusterRun(self, run_id, placed)
 
@@ -412,7 +420,15 @@ class ClusterRuntime(StoreApi):
             RunNotFound, RunError, InvalidJob: as ``Runtime.resume_run``.
         """
         placed = self._controller_call(
-            "run_job", job, None, run_id, options, node, True, timeout=CALL_TIMEOUT * 2
+            "run_job",
+            job,
+            None,
+            run_id,
+            options,
+            node,
+            True,
+            uuid.uuid4().hex,
+            timeout=CALL_TIMEOUT * 2,
         )
         return ClusterRun(self, run_id, placed)
 
