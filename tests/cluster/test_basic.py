@@ -224,3 +224,37 @@ def test_a_durable_run_on_the_cluster_and_its_resume(crt: ClusterRuntime) -> Non
         crt.resume_run("cluster-run-1", job)
     with pytest.raises(RunNotFound):
         crt.get_run("cluster-run-1")
+
+
+def test_async_twins_run_side_by_side_without_blocking_the_loop(crt: ClusterRuntime) -> None:
+    async def main() -> int:
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        sessions = await asyncio.gather(*(crt.astart_session(backend="local") for _ in range(6)))
+        answers = await asyncio.gather(*(s.aquery(f"q{i}") for i, s in enumerate(sessions)))
+        assert [a[-1].content for a in answers] == [f"q{i}" for i in range(6)]
+        await asyncio.gather(*(s.astop() for s in sessions))
+        stop.set()
+        await task
+        return ticks
+
+    assert asyncio.run(main()) > 10
+
+
+def test_leaving_a_stream_early_leaves_the_session_ready(crt: ClusterRuntime) -> None:
+    session = crt.start_session(backend="local")
+    try:
+        for _message in session.stream("cut short"):
+            break
+        assert session.query("next")[-1].content == "next"
+        assert session.health() == "ready"
+    finally:
+        session.stop()
