@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -256,5 +259,34 @@ def test_leaving_a_stream_early_leaves_the_session_ready(crt: ClusterRuntime) ->
             break
         assert session.query("next")[-1].content == "next"
         assert session.health() == "ready"
+    finally:
+        session.stop()
+
+
+def test_another_driver_process_reaches_the_same_sessions(
+    crt: ClusterRuntime, ray_cluster: LocalRayCluster, cluster_store: str
+) -> None:
+    session = crt.start_session(backend="local")
+    try:
+        session.query("from the first driver")
+        code = (
+            "import sys\n"
+            "from beamagent.cluster import ClusterRuntime\n"
+            "with ClusterRuntime(sys.argv[1], store=sys.argv[2], deploy_missing=False) as rt:\n"
+            "    s = rt.session(sys.argv[3])\n"
+            "    assert s.query('from the second driver')[-1].content == 'from the second driver'\n"
+            "    print(s.session_info()['node'])\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code, ray_cluster.address, cluster_store, session.session_id],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip().splitlines()[-1] == session.node
+        results = [m.content for m in crt.get_session_messages(session.session_id, types="result")]
+        assert results == ["from the first driver", "from the second driver"]
     finally:
         session.stop()
