@@ -60,6 +60,11 @@ store_app = typer.Typer(help="The session store itself.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(runs_app, name="runs")
 app.add_typer(store_app, name="store")
+cluster_app = typer.Typer(
+    help="A cluster of runtimes on Ray (needs beamagent\\[ray]; see docs/cluster.md).",
+    no_args_is_help=True,
+)
+app.add_typer(cluster_app, name="cluster")
 
 StoreOption = Annotated[
     str | None,
@@ -264,7 +269,7 @@ def top(
         typer.Option(
             "--cluster",
             help="A Ray cluster's address (127.0.0.1:6379): its nodes, sessions by node, "
-            "runs and placements (needs beamagent[ray]).",
+            "runs and placements (needs beamagent\\[ray]).",
         ),
     ] = None,
     once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
@@ -280,7 +285,7 @@ def top(
         raise typer.BadParameter("give one of --socket PATH or --cluster ADDRESS")
     if cluster is not None:
         from beamagent.cli.top import render_cluster_snapshot
-        from beamagent.cluster._ray import connect
+        from beamagent.cluster._ray import connect, require_ray
         from beamagent.cluster.snapshot import cluster_snapshot
 
         connected = connect(cluster)
@@ -294,9 +299,7 @@ def top(
             _live(take, render_cluster_snapshot, once=once, as_json=as_json, interval=interval)
         finally:
             if connected:
-                import ray
-
-                ray.shutdown()
+                require_ray().shutdown()
         return
     assert socket_path is not None
     with ControlClient(socket_path) as client:
@@ -331,6 +334,62 @@ def _live(
                 live.update(render(take()), refresh=True)
     except KeyboardInterrupt:
         return
+
+
+# --- cluster ----------------------------------------------------------------------------------
+
+
+@cluster_app.command("deploy")
+@_handled
+def cluster_deploy(
+    address: Annotated[str, typer.Argument(help="The Ray cluster's address (10.0.0.1:6379).")],
+    store: Annotated[
+        str,
+        typer.Option(
+            "--store", help="The store every node shares: a postgresql:// URL (or a shared path)."
+        ),
+    ],
+    backend: Annotated[
+        list[str] | None,
+        typer.Option("--backend", help="A backend every node may host (repeat; default: local)."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Start the controller and a node runtime on every alive node (what is missing)."""
+    from beamagent.cluster import deploy  # MissingDependency without the ray extra
+    from beamagent.cluster._ray import connect, require_ray
+
+    ray = require_ray()
+    connected = connect(address)
+    try:
+        options = {"backends": list(backend)} if backend else None
+        nodes = deploy(store=store, node_options=options)
+    finally:
+        if connected:
+            ray.shutdown()
+    if as_json:
+        _json({"nodes": nodes})
+    else:
+        _out().print(f"node runtimes on {len(nodes)} node(s): " + ", ".join(n[:12] for n in nodes))
+
+
+@cluster_app.command("shutdown")
+@_handled
+def cluster_shutdown(
+    address: Annotated[str, typer.Argument(help="The Ray cluster's address (10.0.0.1:6379).")],
+) -> None:
+    """Stop every node runtime (sessions end, their history stays) and the controller."""
+    from beamagent.cluster import shutdown_cluster
+    from beamagent.cluster._ray import connect, require_ray
+
+    ray = require_ray()
+    connected = connect(address)
+    try:
+        shutdown_cluster()
+    finally:
+        if connected:
+            ray.shutdown()
+    _out().print("cluster shut down")
 
 
 # --- sessions ---------------------------------------------------------------------------------

@@ -163,14 +163,15 @@ class ClusterController:
     # --- nodes -------------------------------------------------------------------------
 
     def register_node(self, node: str, options: Mapping[str, Any]) -> None:
-        """A node runtime was deployed on ``node`` with ``options``."""
+        """A node runtime was deployed on ``node`` with ``options``.
+
+        A node already known keeps the options it was first deployed with (its
+        runtime kept them too): they are what a redeploy uses.
+        """
         with self._lock:
-            entry = self._nodes.get(node)
-            if entry is None:
+            if node not in self._nodes:
                 self._nodes[node] = _Node(dict(options), NodeView(node, ()))
-            else:
-                entry.options = dict(options)
-            self._save(_NODES, node, dumps(dict(options)))
+                self._save(_NODES, node, dumps(dict(options)))
         self._refresh({node})
 
     def forget_node(self, node: str) -> None:

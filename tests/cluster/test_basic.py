@@ -290,3 +290,23 @@ def test_another_driver_process_reaches_the_same_sessions(
         assert results == ["from the first driver", "from the second driver"]
     finally:
         session.stop()
+
+
+def test_the_deploy_command_is_idempotent(
+    crt: ClusterRuntime, ray_cluster: LocalRayCluster, cluster_store: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from beamagent.cli import app
+
+    result = CliRunner().invoke(
+        app, ["cluster", "deploy", ray_cluster.address, "--store", cluster_store, "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(json.loads(result.output)["nodes"]) == sorted(ray_cluster.node_ids)
+    assert {n["node"] for n in crt.nodes() if n["alive"]} == set(ray_cluster.node_ids)
+    refused = CliRunner().invoke(
+        app, ["cluster", "deploy", ray_cluster.address, "--store", ":memory:"]
+    )
+    assert refused.exit_code == 1
+    assert "every node reaches" in refused.output
