@@ -755,10 +755,15 @@ class ClusterController:
                         current.incarnation = "lost"  # its target died too: again next look
                 continue
             with self._lock:
-                table[key] = settled
-                self._save(kind_key, key, settled.to_json())
                 self._failing_over.discard(key)
+                stopped = key not in table  # stopped by a user while it was moving
+                if not stopped:
+                    table[key] = settled
+                    self._save(kind_key, key, settled.to_json())
                 self._changed.notify_all()
+            if stopped and kind == "session":
+                with contextlib.suppress(ray.exceptions.RayError, ValueError):
+                    self._actor(settled.node).stop_session.remote(key)
         log.info(
             "failover_done",
             sessions=len(session_ids),
