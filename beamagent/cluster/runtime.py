@@ -84,6 +84,10 @@ class ClusterRuntime(StoreApi):
             running yet (default True).
         failover_timeout: how long a call waits for its session to be back on
             a surviving node after its node died.
+        ray_options: more ``ray.init`` keyword arguments, when this call
+            connects the process (``log_to_driver`` is False unless given).
+            With ``address=None`` and no connection yet, ``ray.init`` starts a
+            one-node Ray on this machine.
 
     Example::
 
@@ -106,10 +110,11 @@ class ClusterRuntime(StoreApi):
         node_options: Mapping[str, Any] | None = None,
         deploy_missing: bool = True,
         failover_timeout: float = FAILOVER_TIMEOUT,
+        ray_options: Mapping[str, Any] | None = None,
     ) -> None:
         self._ray = require_ray()
         spec = _store_spec(store)
-        self._connected_here = connect(address)
+        self._connected_here = connect(address, **dict(ray_options or {}))
         self._store_spec = spec
         self._store: SessionStore = open_store(spec)
         self._failover_timeout = failover_timeout

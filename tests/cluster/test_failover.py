@@ -17,6 +17,7 @@ from ray import cloudpickle
 from beamagent.cluster import ClusterRuntime, ClusterSession
 from beamagent.errors import NodeLost
 from beamagent.graph import Job, LinearRouter, Node, NodeMessage, RunStatus
+from beamagent.testing.postgres import find_postgres_bindir
 from beamagent.testing.ray_cluster import LocalRayCluster
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
@@ -54,8 +55,10 @@ def gated_chain(gate: str) -> Job:
 
 
 def test_a_lost_node_s_sessions_and_run_come_back_with_their_history(
-    crt: ClusterRuntime, ray_cluster: LocalRayCluster, tmp_path: Path
+    crt: ClusterRuntime, ray_cluster: LocalRayCluster, cluster_store: str, tmp_path: Path
 ) -> None:
+    if find_postgres_bindir() is not None:
+        assert cluster_store.startswith("postgresql://")  # the acceptance store
     request = {"policy": "round_robin"}
     with ThreadPoolExecutor(THREADS) as pool:
         sessions: list[ClusterSession] = list(
@@ -107,6 +110,7 @@ def test_a_lost_node_s_sessions_and_run_come_back_with_their_history(
         failover_seconds = time.monotonic() - removed_at
         assert failover_seconds < FAILOVER_BOUND
         assert all(info["node"] != victim for info in infos)
+        assert all(info["resumed"] == "replay" for info in infos)  # the stored history
         assert {info["node"] for info in infos} <= set(ray_cluster.node_ids)
 
         result = run.result(timeout=FAILOVER_BOUND)
