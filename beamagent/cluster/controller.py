@@ -585,13 +585,35 @@ class ClusterController:
                 if settled and record.node != avoid:
                     return record.node
                 if settled and record.node == avoid and not self._lost(record):
-                    return record.node  # it did not move: the node is fine after all
+                    # The caller saw it fail, Ray has not said it is dead: it answers (the
+                    # caller was unlucky) or it is dying (Ray will say so). Ask it.
+                    self._lock.release()
+                    try:
+                        answers = self._answers(avoid, record.incarnation)
+                    finally:
+                        self._lock.acquire()
+                    if answers:
+                        return avoid
+                    self._lock.release()
+                    try:
+                        self._look_at(avoid)
+                    finally:
+                        self._lock.acquire()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ClusterUnavailable(
                         f"session {session_id} was not back on a node within {timeout} s"
                     )
                 self._changed.wait(min(remaining, 0.5))
+
+    def _answers(self, node: str, incarnation: str | None) -> bool:
+        """Whether ``node``'s runtime answers now, as the incarnation ``incarnation``."""
+        ray = self._ray
+        try:
+            current = ray.get(self._actor(node).ping.remote(), timeout=PING_TIMEOUT)
+        except (ray.exceptions.RayError, ValueError):
+            return False
+        return bool(current == incarnation)
 
     def missing(self, session_id: str, node: str) -> None:
         """``node`` says it does not have ``session_id``: find out why, and act.

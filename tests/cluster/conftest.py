@@ -76,13 +76,30 @@ def crt(
     shutdown_cluster()
 
 
+def _alive_actors() -> dict[str, str]:
+    """Alive Ray actors: id → name (or class), from the GCS."""
+    import ray._private.state as state
+
+    return {
+        actor_id: str(info.get("Name") or info.get("ActorClassName") or "")
+        for actor_id, info in state.actors().items()
+        if info.get("State") == "ALIVE"
+    }
+
+
 @pytest.fixture(autouse=True)
 def nothing_left_on_the_cluster(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail a test that leaves sessions or runs placed on the cluster (then clean them)."""
-    yield
+    """Fail a test that leaves sessions, runs or Ray actors on the cluster (stops the sessions).
+
+    beamagent's own actors (controller, node runtimes) are not counted: a test may
+    kill them and they come back as new actors.
+    """
     if "crt" not in request.fixturenames:
+        yield
         return
     runtime: ClusterRuntime = request.getfixturevalue("crt")
+    before = set(_alive_actors())
+    yield
     left = runtime.live_sessions()
     runs = runtime.runs()
     on_nodes: dict[str, list[str]] = {}
@@ -91,11 +108,16 @@ def nothing_left_on_the_cluster(request: pytest.FixtureRequest) -> Iterator[None
             live = ray.get(runtime.node_actor(node["node"]).live_sessions.remote(), timeout=WAIT)
             if live:
                 on_nodes[node["node"]] = live
+    actors = {
+        actor_id: name
+        for actor_id, name in _alive_actors().items()
+        if actor_id not in before and not name.startswith("beamagent:")
+    }
     for session_id in left:
         runtime.stop_session(session_id)
-    if left or runs or on_nodes:
+    if left or runs or on_nodes or actors:
         pytest.fail(
             f"test left on the cluster: sessions {left[:5]} ({len(left)}), runs {runs}, "
-            f"live sessions per node {on_nodes}",
+            f"live sessions per node {on_nodes}, Ray actors {sorted(actors.values())}",
             pytrace=False,
         )

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import ray
 from ray import cloudpickle
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from beamagent.cluster import ClusterRuntime
 from beamagent.errors import NodeLost, SessionError
@@ -44,7 +45,17 @@ def test_a_query_in_flight_on_a_lost_node_raises_node_lost_and_is_not_resent(
     crt: ClusterRuntime, ray_cluster: LocalRayCluster
 ) -> None:
     head, victim, other = ray_cluster.node_ids
-    started, gate = Signal.remote(), Signal.remote()
+    on_head = Signal.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False))
+    started, gate = on_head.remote(), on_head.remote()
+    try:
+        run(crt, ray_cluster, started, gate)
+    finally:
+        ray.kill(started)
+        ray.kill(gate)
+
+
+def run(crt: ClusterRuntime, ray_cluster: LocalRayCluster, started: Any, gate: Any) -> None:
+    head, victim, other = ray_cluster.node_ids
 
     def reply(prompt: str, params: Any) -> str:
         if prompt == "in flight":
