@@ -44,7 +44,7 @@ def cluster_node_options(ray_cluster: LocalRayCluster) -> dict[str, dict[str, An
 def test_a_query_in_flight_on_a_lost_node_raises_node_lost_and_is_not_resent(
     crt: ClusterRuntime, ray_cluster: LocalRayCluster
 ) -> None:
-    head, victim, other = ray_cluster.node_ids
+    head = ray_cluster.head_id
     on_head = Signal.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False))
     started, gate = on_head.remote(), on_head.remote()
     try:
