@@ -881,8 +881,18 @@ class ClusterController:
                 if record is None:
                     return None
                 settled = record.incarnation is not None and run_id not in self._failing_over
-                if settled and (record.node != avoid or not self._lost(record)):
+                if settled and record.node != avoid:
                     return record.node
+                if settled and not self._lost(record):
+                    self._lock.release()
+                    try:  # as for sessions: ask the node the caller saw fail
+                        answers = self._answers(record.node, record.incarnation)
+                        if not answers:
+                            self._look_at(record.node)
+                    finally:
+                        self._lock.acquire()
+                    if answers:
+                        return record.node
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise RemoteFailure.of(
