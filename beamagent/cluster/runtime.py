@@ -280,8 +280,9 @@ class ClusterRuntime(StoreApi):
         opts = dict(opts)
         routing = opts.pop("routing", None)
         if routing is not None and not isinstance(routing, Mapping):
+            # A RouteRequest: its set fields, as plain picklable values.
             routing = {
-                k: v
+                k: dict(v) if isinstance(v, Mapping) else v
                 for k, v in attrs.asdict(routing, recurse=False).items()
                 if v not in (None, (), frozenset(), {})
             }

@@ -310,3 +310,17 @@ def test_the_deploy_command_is_idempotent(
     )
     assert refused.exit_code == 1
     assert "every node reaches" in refused.output
+
+
+def test_a_route_request_object_places_like_its_mapping(crt: ClusterRuntime) -> None:
+    from beamagent.routing.policies import RouteRequest
+
+    request = RouteRequest(
+        policy="capability_first", health={"local_gpu": "down"}, excluded_backends=["openai"]
+    )
+    session = crt.start_session(routing=request)
+    try:
+        assert session.session_info()["backend"] == "local"
+        assert crt.routing_decisions(limit=1)[0]["policy"] == "capability_first"
+    finally:
+        session.stop()
