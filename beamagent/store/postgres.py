@@ -43,6 +43,7 @@ __all__ = [
     "URL_SCHEMES",
     "PostgresStore",
     "is_postgres_url",
+    "messages_query",
 ]
 
 log = get_logger(__name__)
@@ -179,6 +180,31 @@ def _pg_sql(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+def messages_query(
+    session_id: str,
+    visible: int,
+    types: frozenset[str] | None,
+    offset: int,
+    limit: int | None,
+) -> tuple[str, list[Any]]:
+    """The SQL (and parameters) of one ``get_session_messages`` page on PostgreSQL.
+
+    Without a type filter, a seq range on the primary key (seqs are contiguous); with
+    one, an index scan of ``messages_by_type`` (``LIMIT NULL`` means no limit).
+    """
+    if types is None:
+        end = visible if limit is None else min(visible, offset + limit)
+        return (
+            "SELECT body FROM messages WHERE session_id = ? AND seq > ? AND seq <= ? ORDER BY seq",
+            [session_id, offset, end],
+        )
+    return (
+        "SELECT body FROM messages WHERE session_id = ? AND type = ANY(?) "
+        "AND seq <= ? ORDER BY seq LIMIT ? OFFSET ?",
+        [session_id, sorted(types), visible, limit, offset],
+    )
+
+
 class _Connection:
     """A psycopg connection speaking the shared SQL (``?`` placeholders, ``executemany``)."""
 
@@ -219,6 +245,7 @@ class PostgresStore(SqlStore):
     _RESULT_ORDER = "pos"
     _FOR_UPDATE = " FOR UPDATE"
     _RECORD_READ = SqlStore._RECORD_READ + " FOR UPDATE"
+    _messages_query = staticmethod(messages_query)
 
     def __init__(
         self,
@@ -304,12 +331,6 @@ class PostgresStore(SqlStore):
 
     def __repr__(self) -> str:
         return f"PostgresStore({self._where!r})"
-
-    def __enter__(self) -> PostgresStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # --- errors ---------------------------------------------------------------------------
 
@@ -422,27 +443,6 @@ class PostgresStore(SqlStore):
     def _lock(self, conn: Any, kind: str, key: str) -> None:
         # Held until the transaction ends; other sessions' writers are not affected.
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (f"{kind}:{key}",))
-
-    def _messages_query(
-        self,
-        session_id: str,
-        visible: int,
-        types: frozenset[str] | None,
-        offset: int,
-        limit: int | None,
-    ) -> tuple[str, list[Any]]:
-        if types is None:
-            end = visible if limit is None else min(visible, offset + limit)
-            return (
-                "SELECT body FROM messages WHERE session_id = ? AND seq > ? AND seq <= ? "
-                "ORDER BY seq",
-                [session_id, offset, end],
-            )
-        return (
-            "SELECT body FROM messages WHERE session_id = ? AND type = ANY(?) "
-            "AND seq <= ? ORDER BY seq LIMIT ? OFFSET ?",
-            [session_id, sorted(types), visible, limit, offset],
-        )
 
     # --- lifecycle ------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, TypeAlias
+from typing import Any, Self, TypeAlias
 
 import attrs
 
@@ -197,6 +197,16 @@ class SqlStore:
     ) -> tuple[str, list[Any]]:
         """The SQL (and parameters) of one ``get_session_messages`` page."""
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release every connection; later calls raise ``StoreError``."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _lock(self, conn: Conn, kind: str, key: str) -> None:
         """Inside a write: wait for, then hold until commit, the lock on ``kind`` ``key``.
