@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test lint typecheck pytest clis bench soak clean
+.PHONY: demo test lint typecheck pytest clis postgres bench soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,21 @@ clis: $(STAMP)
 		echo "warning: node and npm not found; the real-CLI tests will be skipped" >&2; \
 	fi
 
+# The PostgreSQL server the store tests start in a temp dir (Debian's postgresql-15; see
+# docs/decisions.md), installed only when no /usr/lib/postgresql/*/bin/postgres exists.
+# Without root or apt-get the PostgreSQL tests are skipped (and fail in CI: CI=true or
+# BEAMAGENT_REQUIRE_POSTGRES=1, see beamagent/testing/postgres.py).
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends postgresql-15; \
+	else \
+		echo "warning: no PostgreSQL server and no root/apt-get to install postgresql-15;" \
+			"the PostgreSQL tests will be skipped" >&2; \
+	fi
+
 demo: $(STAMP)
 	$(BIN)/beamagent demo
 
@@ -37,7 +52,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) clis
+pytest: $(STAMP) clis postgres
 	$(BIN)/python -m pytest -p no:cacheprovider
 
 test: lint typecheck pytest

@@ -256,7 +256,8 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
 
     Args:
         store: ``None`` (the default file: ``$BEAMAGENT_STORE`` or the user
-            data dir), ``":memory:"``, a path, or a ``SessionStore`` object.
+            data dir), ``":memory:"``, a path, a ``postgresql://`` URL (the
+            ``postgres`` extra; shared by many runtimes), or a ``SessionStore`` object.
         backends: the backends routing may choose, in preference order
             (default: ``local`` alone, so nothing paid starts unless enabled).
             A list of names (``["local", "claude"]``) enables built-ins; a

@@ -14,6 +14,11 @@ test asks for one of its fixtures, so pytest runs that do not use them are uncha
   ``beamagent_runtime`` record their wire traffic to ``cassettes/<name>.jsonl`` next to
   the test module, or replay it (``--beamagent-cassette-mode`` or
   ``BEAMAGENT_CASSETTE_MODE``: ``once``, the default, ``record``, ``replay``).
+* ``postgres_server``: a throwaway PostgreSQL server for the whole test session
+  (:class:`beamagent.testing.postgres.PostgresServer`, Unix socket only), stopped at the
+  end; ``postgres_url``: a fresh, empty database on it per test (its URL), dropped after.
+  Without the server binaries they skip, or fail under ``CI=true`` or
+  ``BEAMAGENT_REQUIRE_POSTGRES=1``.
 
 See ``docs/testing.md``.
 """
@@ -32,6 +37,7 @@ if TYPE_CHECKING:
     from beamagent.backends.cassette import Cassette
     from beamagent.runtime import Runtime
     from beamagent.testing import FakeModelServer, LocalBackend
+    from beamagent.testing.postgres import PostgresServer
 
 __all__ = [
     "beamagent_leak_check",
@@ -39,6 +45,8 @@ __all__ = [
     "cassette",
     "fake_model_server",
     "local_backend",
+    "postgres_server",
+    "postgres_url",
     "pytest_addoption",
     "pytest_configure",
 ]
@@ -151,3 +159,36 @@ def local_backend(beamagent_runtime: Runtime) -> LocalBackend:
     from beamagent.testing import LocalBackend
 
     return LocalBackend(beamagent_runtime)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server for the test session (Unix socket only); stopped after.
+
+    Skips the tests that use it when the server binaries are missing, or fails them under
+    ``CI=true`` / ``BEAMAGENT_REQUIRE_POSTGRES=1``.
+    """
+    from beamagent.testing.postgres import (
+        PostgresServer,
+        PostgresUnavailable,
+        postgres_required,
+    )
+
+    try:
+        server = PostgresServer.start(tmp_path_factory.mktemp("postgres"))
+    except PostgresUnavailable as exc:
+        if postgres_required():
+            pytest.fail(f"PostgreSQL is required here (CI) but {exc}", pytrace=False)
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a fresh, empty database on ``postgres_server``; dropped after the test."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url.rsplit("/", 1)[1])

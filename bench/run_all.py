@@ -73,6 +73,7 @@ SCRIPTS = (
     Script("graph", requires=("langgraph",)),
     Script("routing"),
     Script("store"),
+    Script("store_postgres", quick_args=("200",), requires=("psycopg", "psycopg_pool")),
     Script("backends", optional=True),
     Script("tools", optional=True),
     Script("telemetry", quick_args=("500",)),

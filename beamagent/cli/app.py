@@ -39,6 +39,8 @@ from beamagent.errors import (
 from beamagent.graph import Run, RunResult, RunStatus
 from beamagent.log import configure_logging
 from beamagent.runtime import Runtime
+from beamagent.store import migrate
+from beamagent.store.postgres import is_postgres_url
 
 __all__ = ["EXIT_FAILED", "EXIT_NOT_FOUND", "app", "main"]
 
@@ -54,14 +56,17 @@ app = typer.Typer(
 )
 sessions_app = typer.Typer(help="Sessions kept in the store.", no_args_is_help=True)
 runs_app = typer.Typer(help="Graph runs kept in the store.", no_args_is_help=True)
+store_app = typer.Typer(help="The session store itself.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(runs_app, name="runs")
+app.add_typer(store_app, name="store")
 
 StoreOption = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--store",
-        help="The SQLite store file (default: $BEAMAGENT_STORE, else the user data dir).",
+        help="The SQLite store file or a postgresql:// URL (default: $BEAMAGENT_STORE, "
+        "else the user data dir).",
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -98,13 +103,13 @@ def _handled(command: Callable[P, R]) -> Callable[P, R]:
 
 @contextmanager
 def _runtime(
-    store: Path | None, backends: Mapping[str, Any] | None = None, *, create: bool = False
+    store: str | None, backends: Mapping[str, Any] | None = None, *, create: bool = False
 ) -> Iterator[Runtime]:
     """A runtime on ``store``; a ``--store`` that does not exist is an error unless ``create``.
 
     (Reading a mistyped path would otherwise make an empty store there and list nothing.)
     """
-    if store is not None and not create and not store.exists():
+    if store is not None and not create and not is_postgres_url(store) and not Path(store).exists():
         raise StoreError(f"no store at {str(store)!r}; check --store (runs create it)")
     # The command's own output is the trace; the library's log stays quiet unless it is fatal.
     configure_logging("critical")
@@ -470,6 +475,40 @@ def runs_delete(run_id: str, store: StoreOption = None, yes: YesOption = False) 
             typer.confirm(f"delete run {run_id}?", abort=True)
         runtime.delete_run(run_id)
     _out().print(f"deleted run {run_id}", markup=False)
+
+
+# --- the store ----------------------------------------------------------------------------
+
+
+@store_app.command("migrate")
+@_handled
+def store_migrate(
+    source: Annotated[str, typer.Argument(help="The store to copy: a SQLite file or a URL.")],
+    target: Annotated[
+        str, typer.Argument(help="The empty store to fill: a postgresql:// URL or a file.")
+    ],
+    as_json: JsonOption = False,
+) -> None:
+    """Copy every session, message, thread, run and routing entry into an empty store.
+
+    For example ``beamagent store migrate ~/.local/share/beamagent/sessions.db
+    postgresql://me@db/beamagent``. The target is written in one transaction; one that
+    is not empty is refused.
+    """
+    if not is_postgres_url(source):
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise StoreError(f"no store at {str(path)!r} to migrate from")
+        source = str(path)
+    if not is_postgres_url(target):
+        target = str(Path(target).expanduser())
+    configure_logging("critical")
+    report = migrate(source, target)
+    if as_json:
+        _json(report.to_dict())
+        return
+    counts = ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in report.to_dict().items())
+    _out().print(f"migrated {counts}", markup=False)
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """Durable session store: sessions, append-only messages, revert views, shares, threads.
 
 ``open_store`` picks the store: ``None`` → the default file (see
-:mod:`beamagent.store.location`), ``":memory:"`` → :class:`MemoryStore`, a path →
+:mod:`beamagent.store.location`), ``":memory:"`` → :class:`MemoryStore`, a
+``postgresql://`` (or ``postgres://``) URL → :class:`PostgresStore`, a path →
 :class:`SqliteStore`, an object implementing :class:`SessionStore` → itself.
 ``docs/store.md`` describes the semantics shared by every store.
 
@@ -27,6 +28,8 @@ from beamagent.store.base import (
 )
 from beamagent.store.location import ENV_VAR, default_store_path
 from beamagent.store.memory import MemoryStore
+from beamagent.store.migration import MigrationReport, migrate
+from beamagent.store.postgres import PostgresStore, is_postgres_url
 from beamagent.store.selectors import DropCount, MatchKey, MessageMatch, VisibleCount
 from beamagent.store.sqlite import SqliteStore
 
@@ -35,6 +38,8 @@ __all__ = [
     "MatchKey",
     "MemoryStore",
     "MessageMatch",
+    "MigrationReport",
+    "PostgresStore",
     "SessionRecord",
     "SessionStore",
     "ShareRecord",
@@ -45,6 +50,7 @@ __all__ = [
     "ThreadStatus",
     "VisibleCount",
     "default_store_path",
+    "migrate",
     "open_store",
 ]
 
@@ -52,6 +58,9 @@ __all__ = [
 def open_store(spec: Any = None) -> SessionStore:
     """The store ``spec`` names (see the module docstring); the caller closes it."""
     if spec is None:
+        configured = os.environ.get(ENV_VAR, "")
+        if is_postgres_url(configured):
+            return PostgresStore(configured)
         path = default_store_path()
         if str(path) == ":memory:":
             return MemoryStore()
@@ -69,6 +78,8 @@ def open_store(spec: Any = None) -> SessionStore:
         raw = os.fspath(spec)
         if raw == ":memory:":
             return MemoryStore()
+        if is_postgres_url(raw):
+            return PostgresStore(raw)
         if not isinstance(raw, str) or not raw:
             raise InvalidOption(f"a store path must be a non-empty str path, got {spec!r}")
         return SqliteStore(raw)
@@ -76,5 +87,6 @@ def open_store(spec: Any = None) -> SessionStore:
         return spec
     raise InvalidOption(
         f"cannot open a session store from {spec!r}: give None, ':memory:', a path, "
+        "a postgresql:// URL, "
         "or an object implementing SessionStore"
     )

@@ -24,10 +24,35 @@ import supervisors
 from beamagent.backends.io_loop import release_idle_io_loop
 from beamagent.lifecycle import started_runtimes, stop_started_runtime
 
-__all__ = ["LEAK_GRACE_SECONDS", "LeakReport", "LeakSnapshot", "child_pids", "open_fds"]
+__all__ = [
+    "LEAK_GRACE_SECONDS",
+    "LeakReport",
+    "LeakSnapshot",
+    "child_pids",
+    "forget_long_lived_child",
+    "long_lived_child",
+    "open_fds",
+]
 
 LEAK_GRACE_SECONDS = 5.0
 """How long :meth:`LeakSnapshot.check` waits for threads and children already ending."""
+
+
+_long_lived: set[int] = set()
+
+
+def long_lived_child(pid: int) -> None:
+    """Do not count child ``pid`` as a leak: it outlives tests on purpose.
+
+    For servers shared by a whole test session (``beamagent.testing.postgres``), which may
+    be started during the first test that needs them.
+    """
+    _long_lived.add(pid)
+
+
+def forget_long_lived_child(pid: int) -> None:
+    """Undo :func:`long_lived_child` (the server was stopped)."""
+    _long_lived.discard(pid)
 
 
 def child_pids() -> set[int]:
@@ -145,10 +170,10 @@ class LeakSnapshot:
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
         actors = [ref for ref in pykka.ActorRegistry.get_all() if ref.actor_urn not in self.actors]
         threads = [t for t in set(threading.enumerate()) - self.threads if t.is_alive()]
-        children = child_pids() - self.children
+        children = child_pids() - self.children - _long_lived
         while children and time.monotonic() < deadline:
             threading.Event().wait(0.01)  # a child that was just killed may be a zombie briefly
-            children = child_pids() - self.children
+            children = child_pids() - self.children - _long_lived
         leaked_fds: list[str] = []
         if fds:
             gc.collect()  # a descriptor held by unreachable objects is not a leak

@@ -29,7 +29,8 @@ from beamagent.graph import (
     Yield,
 )
 from beamagent.runtime import Runtime
-from beamagent.store import MemoryStore, SessionStore, SqliteStore
+from beamagent.store import SessionStore, SqliteStore
+from tests.store._stores import STORE_KINDS, open_test_store
 
 WAIT = 10.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -279,11 +280,9 @@ def test_checkpoints_hold_the_results_and_a_non_durable_run_writes_none(rt: Runt
 # --- the store's run methods -------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORE_KINDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SessionStore]:
-    made: SessionStore = (
-        MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.db")
-    )
+    made = open_test_store(request, tmp_path)
     yield made
     made.close()
 

@@ -19,16 +19,15 @@ from hypothesis import given
 from beamagent.backends.local import LocalAgent
 from beamagent.errors import InvalidOption
 from beamagent.messages import Message, MessageType, _normalize_owned
-from beamagent.store import MemoryStore, SessionStore, SqliteStore
+from beamagent.store import MemoryStore, SessionStore
 from tests.messages.test_messages import heavy, json_objects
 from tests.messages.test_trusted import parsed_line
+from tests.store._stores import STORE_KINDS, open_test_store
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORE_KINDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SessionStore]:
-    opened: SessionStore = (
-        MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "store.db")
-    )
+    opened = open_test_store(request, tmp_path)
     opened.create_session("s1", "local")
     yield opened
     opened.close()

@@ -10,14 +10,13 @@ from typing import Any
 import pytest
 
 from beamagent.errors import InvalidOption, StoreError
-from beamagent.store import MemoryStore, SessionStore, SqliteStore
+from beamagent.store import SessionStore, SqliteStore
+from tests.store._stores import STORE_KINDS, open_test_store
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORE_KINDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SessionStore]:
-    opened: SessionStore = (
-        MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "store.db")
-    )
+    opened = open_test_store(request, tmp_path)
     yield opened
     opened.close()
 

@@ -35,14 +35,15 @@ from beamagent.store import MemoryStore, SessionRecord, ThreadRecord, ThreadStat
 from beamagent.store.actor import WRITE_METHODS
 from beamagent.store.api import message_from_stored
 from beamagent.store.recorder import StoreRecorder
+from tests.store import _stores as stores
 
 QUERY_TYPES = [MessageType.USER, MessageType.SYSTEM, MessageType.ASSISTANT, MessageType.RESULT]
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "postgres"])
 def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A real SQLite file, or the in-memory store."""
-    return str(tmp_path / "sessions.db") if request.param == "sqlite" else ":memory:"
+    """A real SQLite file, the in-memory store, or a fresh PostgreSQL database."""
+    return stores.store_spec(request, tmp_path)
 
 
 @pytest.fixture

@@ -20,15 +20,14 @@ from beamagent.errors import (
     SessionNotFound,
     StoreError,
 )
-from beamagent.store import MemoryStore, SessionStore, SqliteStore
+from beamagent.store import SessionStore
+from tests.store._stores import STORE_KINDS, open_test_store
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORE_KINDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SessionStore]:
     """Each test runs against both stores."""
-    opened: SessionStore = (
-        MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "store.db")
-    )
+    opened = open_test_store(request, tmp_path)
     yield opened
     opened.close()
 

@@ -10,15 +10,14 @@ from typing import Any
 import pytest
 
 from beamagent.errors import InvalidOption, InvalidSelector, SessionNotFound, ThreadNotFound
-from beamagent.store import MemoryStore, SessionStore, SqliteStore, ThreadStatus
+from beamagent.store import SessionStore, ThreadStatus
+from tests.store._stores import STORE_KINDS, open_test_store
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORE_KINDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SessionStore]:
     """Each test runs against both stores, with a session ``s1``."""
-    opened: SessionStore = (
-        MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "store.db")
-    )
+    opened = open_test_store(request, tmp_path)
     opened.create_session("s1", "codex")
     yield opened
     opened.close()

@@ -26,6 +26,7 @@ from beamagent.store import MemoryStore, SessionStore, SqliteStore
 from beamagent.store import memory as memory_module
 from beamagent.store.actor import StoreActor
 from beamagent.store.recorder import StoreRecorder
+from tests.store._stores import open_test_store
 
 
 class Killed(BaseException):
@@ -243,11 +244,9 @@ def record(ref: pykka.ActorRef[Any], batch: list[dict[str, Any]], **kwargs: Any)
     return ref.ask(call, block=False)
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "postgres"])
 def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SessionStore]:
-    opened: SessionStore = (
-        SqliteStore(tmp_path / "store.db") if request.param == "sqlite" else MemoryStore()
-    )
+    opened = open_test_store(request, tmp_path)
     opened.create_session("s1", "local")
     opened.record_message("s1", {"type": "user", "content": "before", "uuid": "u0"})
     yield opened
