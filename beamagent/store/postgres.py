@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from beamagent.errors import InvalidOption, StoreError
 from beamagent.log import get_logger
-from beamagent.store.base import MonotonicClock
-from beamagent.store.sql import DamagedRow, SqlStore
+from beamagent.store.base import MonotonicClock, PreparedMessage, lookup_key
+from beamagent.store.sql import DamagedRow, SqlStore, batch_model
 
 if TYPE_CHECKING:
     import psycopg
@@ -205,6 +205,37 @@ def messages_query(
     )
 
 
+#: An append in one statement, so one round trip (autocommit: its own transaction). The
+#: session row's update locks it (writers of one session queue there; READ COMMITTED
+#: re-reads the row a previous writer committed, so seqs stay contiguous in commit
+#: order) and returns the seq the batch follows; the rows are inserted after it. The
+#: messages were encoded under ``hint``, the session's active thread as last seen: if it
+#: changed meanwhile, nothing is written and no row comes back (nor for a missing session),
+#: and the caller takes the general path. The time is taken before the lock is, so the
+#: session's ``updated_at`` (the rows' ``created_at``) never goes back: ``greatest``.
+_APPEND = b"""
+WITH s AS (
+    UPDATE sessions SET message_count = message_count + %(n)s::bigint,
+        updated_at = greatest(updated_at, %(now)s::float8),
+        model = coalesce(%(model)s::text, model)
+    WHERE session_id = %(sid)s::text AND active_thread_id IS NOT DISTINCT FROM %(hint)s::text
+    RETURNING message_count - %(n)s::bigint AS base, updated_at AS at
+), m AS (
+    INSERT INTO messages (session_id, seq, type, uuid, message_id, thread_id, created_at,
+        rolled_back, body)
+    SELECT %(sid)s::text, s.base + m.ord, m.type, m.uuid, m.message_id, m.thread_id,
+        s.at, 0, m.body
+    FROM s, unnest(%(types)s::text[], %(uuids)s::text[], %(message_ids)s::text[],
+        %(thread_ids)s::text[], %(bodies)s::text[])
+        WITH ORDINALITY AS m (type, uuid, message_id, thread_id, body, ord)
+), t AS (
+    UPDATE threads SET updated_at = s.at FROM s
+    WHERE threads.session_id = %(sid)s::text AND threads.thread_id = ANY(%(touched)s::text[])
+)
+SELECT base FROM s
+"""
+
+
 class _Connection:
     """A psycopg connection speaking the shared SQL (``?`` placeholders, ``executemany``)."""
 
@@ -284,6 +315,7 @@ class PostgresStore(SqlStore):
             f"host={host} port={params.get('port') or 5432} dbname={params.get('dbname') or '?'}"
         )
         self._clock = MonotonicClock(clock)
+        self._thread_hints = {}
         self._closed = False
         self._close_lock = threading.Lock()
         self._pool_timeout = pool_timeout
@@ -443,6 +475,45 @@ class PostgresStore(SqlStore):
     def _lock(self, conn: Any, kind: str, key: str) -> None:
         # Held until the transaction ends; other sessions' writers are not affected.
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (f"{kind}:{key}",))
+
+    # --- the hot path -----------------------------------------------------------------------
+
+    def _record_fast(
+        self,
+        session_id: str,
+        batch: list[Any],
+        prepared: list[PreparedMessage] | None,
+        hint: str | None,
+    ) -> list[int]:
+        """An append in one statement (one round trip); the general path if that wrote nothing.
+
+        Nothing is written when the session is missing or its active thread is not
+        ``hint`` (then the general path raises, or encodes again and appends).
+        """
+        if prepared is not None and lookup_key(session_id) is not None:
+            self._check_open()
+            params: dict[str, Any] = {
+                "n": len(prepared),
+                "model": batch_model(prepared),
+                "sid": session_id,
+                "hint": hint,
+                "types": [p.type for p in prepared],
+                "uuids": [p.uuid for p in prepared],
+                "message_ids": [p.message_id for p in prepared],
+                "thread_ids": [p.thread_id for p in prepared],
+                "bodies": [p.body for p in prepared],
+                "touched": sorted({p.thread_id for p in prepared if p.thread_id is not None}),
+            }
+            try:
+                with self._pool.connection() as raw:
+                    params["now"] = self._clock.now()
+                    row = raw.execute(_APPEND, params).fetchone()
+            except self._pool_errors as exc:
+                raise self._failed("write", exc) from exc
+            if row is not None:
+                first = int(row[0]) + 1
+                return list(range(first, first + len(prepared)))
+        return super()._record_fast(session_id, batch, prepared, hint)
 
     # --- lifecycle ------------------------------------------------------------------------
 

@@ -370,6 +370,7 @@ class SqliteStore(SqlStore):
             )
         self._path = Path(os.path.abspath(Path(raw).expanduser()))
         self._clock = MonotonicClock(clock)
+        self._thread_hints = {}
         self._write_lock = _WriteLock()
         self._readers_lock = threading.Lock()
         self._readers: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
