@@ -1,10 +1,11 @@
 """``StoreActor``: the process that makes the runtime's store writes, and the errors they give.
 
 Every mutation a ``Runtime`` method makes (``rt.store_write``: threads, reverts,
-shares, forks, deletes...) runs here, one call at a time. Sessions do not come
-here: each records its own messages straight into the store object, whose
-write lock serialises them with these (see :mod:`beamagent.store.recorder`),
-so recording costs no actor round trip. Reads need neither: stores give each
+shares, forks, deletes...) runs here, one call at a time. Appends do not come
+here: each session records its own messages straight into the store object, whose
+write lock serialises them with these (see :mod:`beamagent.store.recorder`), and
+``rt.store_write`` runs ``DIRECT_WRITES`` on its caller's thread the same way, so
+recording costs no actor round trip. Reads need neither: stores give each
 reading thread its own connection.
 
 Each call is its own transaction. Group commit (draining the queued writes of

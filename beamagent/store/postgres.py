@@ -8,10 +8,11 @@ Install the extra: ``pip install 'beamagent[postgres]'`` (psycopg 3 and psycopg-
   ``REPEATABLE READ READ ONLY`` transaction (a consistent snapshot), every write one
   ``READ COMMITTED`` transaction committed before the call returns.
 * Many runtimes and processes may write at once: a write to a session locks its row
-  (``SELECT ... FOR UPDATE``; writes that may create a session also take a
-  transaction-scoped advisory lock on its id first), so the seqs of its messages stay
-  contiguous and in commit order, and ``skip_recorded`` sees what the previous writer
-  committed. Writes to different sessions run in parallel.
+  (``SELECT ... FOR UPDATE``, or the ``UPDATE`` of an append's one statement, ``_APPEND``;
+  writes that may create a session also take a transaction-scoped advisory lock on its
+  id first), so the seqs of its messages stay contiguous and in commit order, and
+  ``skip_recorded`` sees what the previous writer committed. Writes to different
+  sessions run in parallel.
 * The schema is versioned in the table ``beamagent_schema`` and migrated with
   :data:`MIGRATIONS` under an advisory lock (one process migrates, the others wait).
 * Every database error is a :class:`~beamagent.errors.StoreError` naming the server
