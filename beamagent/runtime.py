@@ -62,7 +62,7 @@ from beamagent.routing.registry import RoutingRegistry
 from beamagent.session.actor import SessionActor
 from beamagent.session.handle import CALL_TIMEOUT, Session
 from beamagent.store import SessionStore, open_store
-from beamagent.store.actor import StoreActor
+from beamagent.store.actor import DIRECT_WRITES, StoreActor, run_write
 from beamagent.store.api import StoreApi
 from beamagent.tools._api import TOOL_SESSION_OPTIONS, ToolsApi
 from supervisors import (
@@ -256,7 +256,8 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
 
     Args:
         store: ``None`` (the default file: ``$BEAMAGENT_STORE`` or the user
-            data dir), ``":memory:"``, a path, or a ``SessionStore`` object.
+            data dir), ``":memory:"``, a path, a ``postgresql://`` URL (the
+            ``postgres`` extra; shared by many runtimes), or a ``SessionStore`` object.
         backends: the backends routing may choose, in preference order
             (default: ``local`` alone, so nothing paid starts unless enabled).
             A list of names (``["local", "claude"]``) enables built-ins; a
@@ -488,10 +489,18 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
     def store_write(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run a mutating store method through the store actor (the single writer).
 
+        Appends (``record_message``, ``record_messages``) run on the caller's thread
+        instead, as a session's own recording does: the store's write lock serialises
+        them with every other write, and they cost no actor round trip.
+
         Raises:
             StoreError: the write failed, or the store process died while
                 making it (it may or may not have been applied).
         """
+        if isinstance(method, str) and method in DIRECT_WRITES:
+            if self._stopped:
+                raise BeamAgentError(f"runtime {self.id} has no store process (stopped?)")
+            return run_write(self._store, method, args, kwargs)
         done, reply = self._call_child(
             "store",
             ProxyCall(("write",), (method, args, kwargs), {}),

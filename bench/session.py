@@ -81,11 +81,11 @@ class RawSqliteQuery:
 
     Our schema, the pragmas ``beamagent/store/sqlite.py`` sets (WAL, synchronous=NORMAL,
     foreign_keys=ON); per call BEGIN IMMEDIATE, INSERT the rows one local query records
-    (the prompt, system, assistant, result: the same bodies, JSON-encoded), UPDATE the
-    session row, COMMIT.
+    (the prompt, system, assistant, result: the same bodies, JSON-encoded, under the same
+    session id and message ids), UPDATE the session row, COMMIT.
     """
 
-    def __init__(self, path: Path, messages: list[dict[str, Any]]) -> None:
+    def __init__(self, path: Path, messages: list[dict[str, Any]], session_id: str = "raw") -> None:
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA foreign_keys = ON")
         self.conn.execute("PRAGMA journal_mode = WAL")
@@ -95,24 +95,37 @@ class RawSqliteQuery:
         now = time.time()
         self.conn.execute(
             "INSERT INTO sessions (session_id, backend, created_at, updated_at) "
-            "VALUES ('raw', 'local', ?, ?)",
-            (now, now),
+            "VALUES (?, 'local', ?, ?)",
+            (session_id, now, now),
         )
+        self.session_id = session_id
         self.messages = messages
         self.seq = itertools.count(1)
 
     def transaction(self) -> None:
         now = time.time()
         self.conn.execute("BEGIN IMMEDIATE")
+        sid = self.session_id
         self.conn.executemany(
             "INSERT INTO messages (session_id, seq, type, uuid, message_id, thread_id, "
-            "created_at, rolled_back, body) VALUES ('raw', ?, ?, ?, NULL, NULL, ?, 0, ?)",
-            [(next(self.seq), m["type"], m.get("uuid"), now, json.dumps(m)) for m in self.messages],
+            "created_at, rolled_back, body) VALUES (?, ?, ?, ?, ?, NULL, ?, 0, ?)",
+            [
+                (
+                    sid,
+                    next(self.seq),
+                    m["type"],
+                    m.get("uuid"),
+                    m.get("message_id"),
+                    now,
+                    json.dumps(m),
+                )
+                for m in self.messages
+            ],
         )
         self.conn.execute(
             "UPDATE sessions SET message_count = message_count + ?, updated_at = ? "
-            "WHERE session_id = 'raw'",
-            (len(self.messages), now),
+            "WHERE session_id = ?",
+            (len(self.messages), now, sid),
         )
         self.conn.execute("COMMIT")
 
@@ -128,7 +141,9 @@ def bench_query_vs_raw_sqlite(tmp: Path) -> None:
         recorded = rt._store.get_session_messages(session.session_id)
         stored = [dict(m) for m in recorded[-4:]]  # what one query records
         assert [m["type"] for m in stored] == ["user", "system", "assistant", "result"]
-        raw = RawSqliteQuery(tmp / "raw.db", stored)
+        # The same rows: the session's own id (40 characters, in every index entry of the
+        # messages table) and message ids, not a shorter stand-in.
+        raw = RawSqliteQuery(tmp / "raw.db", stored, session.session_id)
         try:
             raw_t, query_t = paired(raw.transaction, lambda: session.query("hi"), QUERIES)
         finally:

@@ -1,11 +1,13 @@
 """The session store under the runtime, against raw ``sqlite3``, measured in one run.
 
 Prints:
-  * record_message through the store actor (one committed transaction per message, as a
+  * record_message through ``rt.store_write`` (one committed transaction per message, as a
     session records) vs a raw sqlite3 loop doing the same per message: BEGIN IMMEDIATE,
     INSERT the JSON message, UPDATE the session row, COMMIT; same schema, WAL,
-    synchronous=NORMAL (goal ratio <= 1.5). The store called directly (no actor) and the
-    bare actor round trip are printed too, to show where the difference goes;
+    synchronous=NORMAL (goal ratio <= 1.5). Appends run on the caller's thread under the
+    store's write lock, as a session's own recording does (they used to hop through the
+    store actor). The store called directly and the bare store actor round trip (what
+    the other writes still pay) are printed too, to show where the difference goes;
   * the same with 3 messages per transaction (what a session records per delivery of
     a local query: system + assistant + result);
   * the most group commit could save: raw sqlite3, 4 sessions' messages in one transaction
@@ -117,7 +119,7 @@ def bench_record(tmp: Path) -> None:
             direct * 1e6,
             base * 1e6,
             "us/msg",
-            "the store's own cost, called directly: ours minus this is the actor hop",
+            "the store's own cost, called directly: ours minus this is store_write's own",
         )
 
         actor = rt.store_actor

@@ -1,9 +1,9 @@
 """The PostgreSQL session store against the SQLite one, measured in one run.
 
 Prints:
-  * record_message through the store actor (one committed transaction per message, as
+  * record_message through ``rt.store_write`` (one committed transaction per message, as
     ``bench/store.py`` measures it) on a ``PostgresStore`` vs on a ``SqliteStore``;
-  * the same with the store called directly (no actor hop).
+  * the same with the store called directly.
 
 The PostgreSQL server is the tests' throwaway one (``beamagent.testing.postgres``: a Unix
 socket, ``fsync=off``), so the figure is the store's and the protocol's cost, not a disk's.
@@ -68,7 +68,7 @@ def main() -> None:
                 ours * 1e6,
                 base * 1e6,
                 "us/msg",
-                "the stores called directly, no actor hop",
+                "the stores called directly",
             )
 
 

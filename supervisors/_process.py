@@ -365,6 +365,36 @@ class Process(pykka.ThreadingActor):
         ref.stop()
     """
 
+    # Slots, not the instance dict: tens of thousands of idle processes live at once, and
+    # a dict of this many keys costs ~1 KiB each (Pykka's base keeps ``__dict__`` for
+    # subclasses' own attributes).
+    __slots__ = (
+        "_actor_ref",
+        "_current",
+        "_deferred",
+        "_finished",
+        "_in_user_code",
+        "_kill_injected",
+        "_launched",
+        "_links",
+        "_monitors",
+        "_monitors_closed",
+        "_outstanding",
+        "_requested_exit",
+        "_start_error",
+        "_started",
+        "_stop_envelopes",
+        "_sys_lock",
+        "_terminated",
+        "_thread",
+        "actor_inbox",
+        "actor_stopped",
+        "actor_urn",
+        "exit_reason",
+        "parent_urn",
+        "process_state",
+    )
+
     trap_exit: bool = False
     """Receive ``Exit`` messages from linked processes instead of dying with them."""
 

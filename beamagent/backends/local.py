@@ -144,6 +144,10 @@ class _ToolWait:
         self.outcome: ToolOutcome | None = None
 
 
+def _unattached(_value: object) -> None:
+    """Output of an agent no transport has attached yet: dropped."""
+
+
 class LocalAgent(InProcessPeer):
     """The in-process agent behind the ``local`` backend."""
 
@@ -171,11 +175,12 @@ class LocalAgent(InProcessPeer):
         self.permission_mode = permission_mode
         self._replies = list(replies)
         self._reply = reply
-        self._models = list(models)
-        self._commands = list(commands)
-        self._agents = list(agents)
-        self._emit: Callable[[bytes], None] = lambda _data: None
-        self._exit: Callable[[int], None] = lambda _status: None
+        # Tuples: the defaults are shared by every agent, not copied per session.
+        self._models = tuple(models)
+        self._commands = tuple(commands)
+        self._agents = tuple(agents)
+        self._emit: Callable[[bytes], None] = _unattached
+        self._exit: Callable[[int], None] = _unattached
         self._deliver: Callable[[Sequence[Message]], None] | None = None
         self._raw_bytes = False  # a reply sent raw bytes: JSON lines from then on
         self._init_info: tuple[Any, dict[str, Any], bool] | None = None  # key, part, native

@@ -13,6 +13,7 @@ routes when a supervisor of the user's own starts the session.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import uuid
 from collections.abc import Callable, Hashable, Mapping
@@ -100,6 +101,7 @@ def _merge(base: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+@functools.lru_cache(maxsize=256)  # one per runtime, shared by its sessions (not one each)
 def _backend_health_hook(registry_name: Hashable) -> Callable[[str, str, str], None]:
     """Tell the registry (by name, without waiting) what a backend said of its health."""
 

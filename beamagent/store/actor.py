@@ -1,10 +1,11 @@
 """``StoreActor``: the process that makes the runtime's store writes, and the errors they give.
 
 Every mutation a ``Runtime`` method makes (``rt.store_write``: threads, reverts,
-shares, forks, deletes...) runs here, one call at a time. Sessions do not come
-here: each records its own messages straight into the store object, whose
-write lock serialises them with these (see :mod:`beamagent.store.recorder`),
-so recording costs no actor round trip. Reads need neither: stores give each
+shares, forks, deletes...) runs here, one call at a time. Appends do not come
+here: each session records its own messages straight into the store object, whose
+write lock serialises them with these (see :mod:`beamagent.store.recorder`), and
+``rt.store_write`` runs ``DIRECT_WRITES`` on its caller's thread the same way, so
+recording costs no actor round trip. Reads need neither: stores give each
 reading thread its own connection.
 
 Each call is its own transaction. Group commit (draining the queued writes of
@@ -37,7 +38,7 @@ from beamagent.log import get_logger
 from beamagent.store.base import SessionStore
 from supervisors import Process
 
-__all__ = ["StoreActor", "refused"]
+__all__ = ["DIRECT_WRITES", "StoreActor", "refused", "run_write"]
 
 log = get_logger(__name__)
 
@@ -63,6 +64,12 @@ WRITE_METHODS = frozenset(
         "save_routing_entry",
     }
 )
+
+
+#: The writes ``Runtime.store_write`` makes on the caller's thread rather than here: the
+#: appends, which sessions make themselves too (``StoreRecorder``), serialised by the
+#: store's own write lock. One actor round trip costs as much as a whole SQLite append.
+DIRECT_WRITES = frozenset({"record_message", "record_messages"})
 
 
 #: Exceptions a store raises for arguments it cannot take: answered as ``InvalidOption``.
@@ -113,13 +120,29 @@ class StoreActor(Process):
             StoreError: the database failed.
             BeamAgentError: whatever else the store method raises.
         """
-        if not isinstance(method, str) or method not in WRITE_METHODS:
-            raise InvalidOption(
-                f"{method!r} is not a store write; writes are {', '.join(sorted(WRITE_METHODS))}"
-            )
-        try:
-            return getattr(self.store, method)(*args, **kwargs)
-        except BeamAgentError:
-            raise
-        except Exception as exc:
-            raise refused(method, exc) from exc
+        return run_write(self.store, method, args, kwargs)
+
+
+def run_write(
+    store: SessionStore, method: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> Any:
+    """Run the mutating store method ``method`` on this thread, its errors mapped.
+
+    What :meth:`StoreActor.write` runs, and ``Runtime.store_write`` for ``DIRECT_WRITES``.
+
+    Raises:
+        InvalidOption: ``method`` is not a store write, or the store cannot take the
+            arguments.
+        StoreError: the database failed.
+        BeamAgentError: whatever else the store method raises.
+    """
+    if not isinstance(method, str) or method not in WRITE_METHODS:
+        raise InvalidOption(
+            f"{method!r} is not a store write; writes are {', '.join(sorted(WRITE_METHODS))}"
+        )
+    try:
+        return getattr(store, method)(*args, **kwargs)
+    except BeamAgentError:
+        raise
+    except Exception as exc:
+        raise refused(method, exc) from exc

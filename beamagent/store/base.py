@@ -539,12 +539,14 @@ def new_share_id() -> str:
 
 
 def storable(text: str) -> bool:
-    """Whether a store can keep ``text`` as it is: it has no lone surrogate.
+    """Whether every store can keep ``text`` as it is: no lone surrogate, no NUL.
 
     Python strings may hold lone surrogates (``os.fsdecode(b"caf\\xe9")`` is
     ``'caf\\udce9'``; ``json.loads`` makes one of a ``"\\udce9"`` escape); UTF-8, and so
-    SQLite, cannot encode them.
+    SQLite, cannot encode them. PostgreSQL's text cannot hold U+0000 (NUL).
     """
+    if "\x00" in text:
+        return False
     if text.isascii():
         return True
     try:
@@ -555,20 +557,23 @@ def storable(text: str) -> bool:
 
 
 def storable_text(text: str) -> str:
-    """``text`` with every lone surrogate replaced by U+FFFD (a valid pair becomes its character).
+    """``text`` with every lone surrogate and NUL replaced by U+FFFD (a valid pair becomes
+    its character).
 
     >>> storable_text("caf\\udce9") == "caf\\ufffd"
     True
     """
     if storable(text):
         return text
+    text = text.replace("\x00", "\ufffd")
     return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def _not_storable(what: str, value: str) -> InvalidOption:
     return InvalidOption(
-        f"{what} {value!r} is not valid Unicode: it holds a lone surrogate (what os.fsdecode "
-        "makes of undecodable bytes); names and ids must be valid text"
+        f"{what} {value!r} is not valid text for a store: it holds a lone surrogate (what "
+        "os.fsdecode makes of undecodable bytes) or a NUL character; names and ids must be "
+        "valid text"
     )
 
 
@@ -835,7 +840,7 @@ def prepare_message(message: Any, active_thread_id: str | None) -> PreparedMessa
         body = dict(message)
     get = body.get
     return PreparedMessage(
-        type=kind if kind.isascii() else storable_text(kind),
+        type=storable_text(kind),
         uuid=_column(get("uuid")),
         message_id=_column(get("message_id")),
         thread_id=_column(get("thread_id")),
@@ -889,7 +894,7 @@ def recorded_prefix(batch: Sequence[_Keyed], stored_uuids: Iterable[str | None])
 def _column(value: Any) -> str | None:
     """An indexed column's value: a non-empty string (made storable), else ``None``."""
     if isinstance(value, str) and value:
-        return value if value.isascii() else storable_text(value)
+        return storable_text(value)
     return None
 
 

@@ -8,10 +8,11 @@ Install the extra: ``pip install 'beamagent[postgres]'`` (psycopg 3 and psycopg-
   ``REPEATABLE READ READ ONLY`` transaction (a consistent snapshot), every write one
   ``READ COMMITTED`` transaction committed before the call returns.
 * Many runtimes and processes may write at once: a write to a session locks its row
-  (``SELECT ... FOR UPDATE``; writes that may create a session also take a
-  transaction-scoped advisory lock on its id first), so the seqs of its messages stay
-  contiguous and in commit order, and ``skip_recorded`` sees what the previous writer
-  committed. Writes to different sessions run in parallel.
+  (``SELECT ... FOR UPDATE``, or the ``UPDATE`` of an append's one statement, ``_APPEND``;
+  writes that may create a session also take a transaction-scoped advisory lock on its
+  id first), so the seqs of its messages stay contiguous and in commit order, and
+  ``skip_recorded`` sees what the previous writer committed. Writes to different
+  sessions run in parallel.
 * The schema is versioned in the table ``beamagent_schema`` and migrated with
   :data:`MIGRATIONS` under an advisory lock (one process migrates, the others wait).
 * Every database error is a :class:`~beamagent.errors.StoreError` naming the server
@@ -30,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from beamagent.errors import InvalidOption, StoreError
 from beamagent.log import get_logger
-from beamagent.store.base import MonotonicClock
-from beamagent.store.sql import DamagedRow, SqlStore
+from beamagent.store.base import MonotonicClock, PreparedMessage, lookup_key
+from beamagent.store.sql import DamagedRow, SqlStore, batch_model
 
 if TYPE_CHECKING:
     import psycopg
@@ -43,6 +44,7 @@ __all__ = [
     "URL_SCHEMES",
     "PostgresStore",
     "is_postgres_url",
+    "messages_query",
 ]
 
 log = get_logger(__name__)
@@ -179,6 +181,62 @@ def _pg_sql(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+def messages_query(
+    session_id: str,
+    visible: int,
+    types: frozenset[str] | None,
+    offset: int,
+    limit: int | None,
+) -> tuple[str, list[Any]]:
+    """The SQL (and parameters) of one ``get_session_messages`` page on PostgreSQL.
+
+    Without a type filter, a seq range on the primary key (seqs are contiguous); with
+    one, an index scan of ``messages_by_type`` (``LIMIT NULL`` means no limit).
+    """
+    if types is None:
+        end = visible if limit is None else min(visible, offset + limit)
+        return (
+            "SELECT body FROM messages WHERE session_id = ? AND seq > ? AND seq <= ? ORDER BY seq",
+            [session_id, offset, end],
+        )
+    return (
+        "SELECT body FROM messages WHERE session_id = ? AND type = ANY(?) "
+        "AND seq <= ? ORDER BY seq LIMIT ? OFFSET ?",
+        [session_id, sorted(types), visible, limit, offset],
+    )
+
+
+#: An append in one statement, so one round trip (autocommit: its own transaction). The
+#: session row's update locks it (writers of one session queue there; READ COMMITTED
+#: re-reads the row a previous writer committed, so seqs stay contiguous in commit
+#: order) and returns the seq the batch follows; the rows are inserted after it. The
+#: messages were encoded under ``hint``, the session's active thread as last seen: if it
+#: changed meanwhile, nothing is written and no row comes back (nor for a missing session),
+#: and the caller takes the general path. The time is taken before the lock is, so the
+#: session's ``updated_at`` (the rows' ``created_at``) never goes back: ``greatest``.
+_APPEND = b"""
+WITH s AS (
+    UPDATE sessions SET message_count = message_count + %(n)s::bigint,
+        updated_at = greatest(updated_at, %(now)s::float8),
+        model = coalesce(%(model)s::text, model)
+    WHERE session_id = %(sid)s::text AND active_thread_id IS NOT DISTINCT FROM %(hint)s::text
+    RETURNING message_count - %(n)s::bigint AS base, updated_at AS at
+), m AS (
+    INSERT INTO messages (session_id, seq, type, uuid, message_id, thread_id, created_at,
+        rolled_back, body)
+    SELECT %(sid)s::text, s.base + m.ord, m.type, m.uuid, m.message_id, m.thread_id,
+        s.at, 0, m.body
+    FROM s, unnest(%(types)s::text[], %(uuids)s::text[], %(message_ids)s::text[],
+        %(thread_ids)s::text[], %(bodies)s::text[])
+        WITH ORDINALITY AS m (type, uuid, message_id, thread_id, body, ord)
+), t AS (
+    UPDATE threads SET updated_at = s.at FROM s
+    WHERE threads.session_id = %(sid)s::text AND threads.thread_id = ANY(%(touched)s::text[])
+)
+SELECT base FROM s
+"""
+
+
 class _Connection:
     """A psycopg connection speaking the shared SQL (``?`` placeholders, ``executemany``)."""
 
@@ -219,6 +277,7 @@ class PostgresStore(SqlStore):
     _RESULT_ORDER = "pos"
     _FOR_UPDATE = " FOR UPDATE"
     _RECORD_READ = SqlStore._RECORD_READ + " FOR UPDATE"
+    _messages_query = staticmethod(messages_query)
 
     def __init__(
         self,
@@ -257,6 +316,7 @@ class PostgresStore(SqlStore):
             f"host={host} port={params.get('port') or 5432} dbname={params.get('dbname') or '?'}"
         )
         self._clock = MonotonicClock(clock)
+        self._thread_hints = {}
         self._closed = False
         self._close_lock = threading.Lock()
         self._pool_timeout = pool_timeout
@@ -304,12 +364,6 @@ class PostgresStore(SqlStore):
 
     def __repr__(self) -> str:
         return f"PostgresStore({self._where!r})"
-
-    def __enter__(self) -> PostgresStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # --- errors ---------------------------------------------------------------------------
 
@@ -423,26 +477,44 @@ class PostgresStore(SqlStore):
         # Held until the transaction ends; other sessions' writers are not affected.
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (f"{kind}:{key}",))
 
-    def _messages_query(
+    # --- the hot path -----------------------------------------------------------------------
+
+    def _record_fast(
         self,
         session_id: str,
-        visible: int,
-        types: frozenset[str] | None,
-        offset: int,
-        limit: int | None,
-    ) -> tuple[str, list[Any]]:
-        if types is None:
-            end = visible if limit is None else min(visible, offset + limit)
-            return (
-                "SELECT body FROM messages WHERE session_id = ? AND seq > ? AND seq <= ? "
-                "ORDER BY seq",
-                [session_id, offset, end],
-            )
-        return (
-            "SELECT body FROM messages WHERE session_id = ? AND type = ANY(?) "
-            "AND seq <= ? ORDER BY seq LIMIT ? OFFSET ?",
-            [session_id, sorted(types), visible, limit, offset],
-        )
+        batch: list[Any],
+        prepared: list[PreparedMessage] | None,
+        hint: str | None,
+    ) -> list[int]:
+        """An append in one statement (one round trip); the general path if that wrote nothing.
+
+        Nothing is written when the session is missing or its active thread is not
+        ``hint`` (then the general path raises, or encodes again and appends).
+        """
+        if prepared is not None and lookup_key(session_id) is not None:
+            self._check_open()
+            params: dict[str, Any] = {
+                "n": len(prepared),
+                "model": batch_model(prepared),
+                "sid": session_id,
+                "hint": hint,
+                "types": [p.type for p in prepared],
+                "uuids": [p.uuid for p in prepared],
+                "message_ids": [p.message_id for p in prepared],
+                "thread_ids": [p.thread_id for p in prepared],
+                "bodies": [p.body for p in prepared],
+                "touched": sorted({p.thread_id for p in prepared if p.thread_id is not None}),
+            }
+            try:
+                with self._pool.connection() as raw:
+                    params["now"] = self._clock.now()
+                    row = raw.execute(_APPEND, params).fetchone()
+            except self._pool_errors as exc:
+                raise self._failed("write", exc) from exc
+            if row is not None:
+                first = int(row[0]) + 1
+                return list(range(first, first + len(prepared)))
+        return super()._record_fast(session_id, batch, prepared, hint)
 
     # --- lifecycle ------------------------------------------------------------------------
 

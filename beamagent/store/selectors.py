@@ -118,7 +118,11 @@ def _check_match_value(selector: Any, key: str, value: Any, forms: Sequence[str]
         raise _invalid(selector, forms, f"{key} must be a non-empty string")
     if not storable(value):
         # No stored message can have it: ids are stored as valid text.
-        raise _invalid(selector, forms, f"{key} is not valid Unicode (it holds a lone surrogate)")
+        raise _invalid(
+            selector,
+            forms,
+            f"{key} is not valid text for a store (it holds a lone surrogate or a NUL)",
+        )
 
 
 def parse_revert_selector(selector: Any) -> RevertSelector:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, TypeAlias
+from typing import Any, Self, TypeAlias
 
 import attrs
 
@@ -98,10 +98,28 @@ _RECORD_UPDATE = (
     "UPDATE sessions SET message_count = ?, updated_at = ?, model = coalesce(?, model) "
     "WHERE session_id = ?"
 )
+# The hot path's only read: the append's session update returns what the append needs.
+_RECORD_BUMP = (
+    "UPDATE sessions SET message_count = message_count + ?, updated_at = ?, "
+    "model = coalesce(?, model) WHERE session_id = ? RETURNING message_count, active_thread_id"
+)
 _MESSAGE_INSERT = (
     "INSERT INTO messages (session_id, seq, type, uuid, message_id, thread_id, created_at, "
     "rolled_back, body) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)"
 )
+_THREAD_TOUCH = "UPDATE threads SET updated_at = ? WHERE session_id = ? AND thread_id = ?"
+
+#: How many sessions' active thread ids a store remembers as hints (see _thread_hint).
+_THREAD_HINTS = 4096
+
+
+def batch_model(prepared: Iterable[PreparedMessage]) -> str | None:
+    """The model an append sets on its session: the batch's last string ``model``, if any."""
+    model = None
+    for p in prepared:
+        if p.model is not None:
+            model = p.model
+    return model
 
 
 class DamagedRow(Exception):
@@ -178,6 +196,10 @@ class SqlStore:
     _RECORD_READ = _RECORD_READ
 
     _clock: MonotonicClock
+    #: Each session's active thread id as last read by a write (absent: none), so that
+    #: appends encode their messages before the write begins. Only a hint: every append
+    #: checks it under the write's lock. Set by the subclass's ``__init__``.
+    _thread_hints: dict[str, str]
 
     def _read(self) -> AbstractContextManager[Conn]:
         """A read transaction: one consistent snapshot for every query inside."""
@@ -197,6 +219,16 @@ class SqlStore:
     ) -> tuple[str, list[Any]]:
         """The SQL (and parameters) of one ``get_session_messages`` page."""
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release every connection; later calls raise ``StoreError``."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _lock(self, conn: Conn, kind: str, key: str) -> None:
         """Inside a write: wait for, then hold until commit, the lock on ``kind`` ``key``.
@@ -338,13 +370,11 @@ class SqlStore:
         count: int,
         prepared: Sequence[PreparedMessage],
         now: float,
-    ) -> tuple[list[int], str | None]:
-        """Append ``prepared`` after message ``count``; bump the session and its threads.
+    ) -> list[int]:
+        """Insert ``prepared`` after message ``count``; bump the threads they belong to.
 
-        Only ``message_count``, ``updated_at`` and ``model`` of the session change (the
-        model to the last string ``model`` of the batch, if any); the threads the
-        messages belong to get ``updated_at = now``. Returns the new seqs and the
-        batch's model (``None``: unchanged).
+        The threads the messages belong to get ``updated_at = now``; the session row is
+        the caller's to update. Returns the new seqs.
         """
         first = count + 1
         conn.executemany(
@@ -354,20 +384,10 @@ class SqlStore:
                 for seq, p in enumerate(prepared, first)
             ],
         )
-        model = None
-        touched = set()
-        for p in prepared:
-            if p.model is not None:
-                model = p.model
-            if p.thread_id is not None:
-                touched.add(p.thread_id)
+        touched = {p.thread_id for p in prepared if p.thread_id is not None}
         if touched:
-            conn.executemany(
-                "UPDATE threads SET updated_at = ? WHERE session_id = ? AND thread_id = ?",
-                [(now, session_id, t) for t in sorted(touched)],
-            )
-        conn.execute(_RECORD_UPDATE, (count + len(prepared), now, model, session_id))
-        return list(range(first, first + len(prepared))), model
+            conn.executemany(_THREAD_TOUCH, [(now, session_id, t) for t in sorted(touched)])
+        return list(range(first, first + len(prepared)))
 
     def _append(
         self,
@@ -376,12 +396,13 @@ class SqlStore:
         prepared: Sequence[PreparedMessage],
         now: float,
     ) -> tuple[SessionRecord, list[int]]:
-        seqs, model = self._insert_messages(
-            conn, record.session_id, record.message_count, prepared, now
-        )
+        seqs = self._insert_messages(conn, record.session_id, record.message_count, prepared, now)
+        model = batch_model(prepared)
+        count = record.message_count + len(seqs)
+        conn.execute(_RECORD_UPDATE, (count, now, model, record.session_id))
         record = attrs.evolve(
             record,
-            message_count=record.message_count + len(seqs),
+            message_count=count,
             model=record.model if model is None else model,
             updated_at=now,
         )
@@ -533,24 +554,95 @@ class SqlStore:
         batch = list(messages)
         if skip_recorded is not False:
             check_flag(skip_recorded, "skip_recorded")
+        # Checked and encoded before the write begins, under the session's last known
+        # active thread (stamped into messages without one); the write checks that hint
+        # and encodes again in the rare case it is stale.
+        hint = self._thread_hints.get(session_id) if lookup_key(session_id) else None
+        try:
+            prepared = [prepare_message(m, hint) for m in batch]
+        except InvalidOption:
+            prepared = None  # raised inside the write, after the session is looked up
+        if skip_recorded:
+            return self._record_checked(session_id, batch, prepared, hint)
+        return self._record_fast(session_id, batch, prepared, hint)
+
+    def _thread_hint(self, session_id: str, active_thread_id: str | None) -> None:
+        """Remember a session's active thread id, as read under its write lock."""
+        hints = self._thread_hints
+        if active_thread_id is None:
+            hints.pop(session_id, None)
+        elif hints.get(session_id) != active_thread_id:
+            if len(hints) >= _THREAD_HINTS:
+                hints.clear()  # a hint only saves an encoding: dropping them is harmless
+            hints[session_id] = active_thread_id
+
+    @staticmethod
+    def _reprepared(
+        batch: list[Any],
+        prepared: list[PreparedMessage] | None,
+        hint: str | None,
+        active_thread_id: str | None,
+    ) -> list[PreparedMessage]:
+        """``prepared`` under the actual active thread (encoding the batch again if needed)."""
+        if prepared is not None and hint == active_thread_id:
+            return prepared
+        return [prepare_message(m, active_thread_id) for m in batch]
+
+    def _record_fast(
+        self,
+        session_id: str,
+        batch: list[Any],
+        prepared: list[PreparedMessage] | None,
+        hint: str | None,
+    ) -> list[int]:
+        """``record_messages`` without ``skip_recorded``: one read-and-bump of the session row.
+
+        Overridden by the PostgreSQL store (one statement, one round trip).
+        """
+        n = len(batch)
+        # The model does not depend on the thread; a batch that did not prepare raises below.
+        model = None if prepared is None else batch_model(prepared)
         with self._write() as conn:
-            # The hot path of every session: read and write only the columns an append
-            # uses, not the whole record (see _append for the general case).
+            rows = None
+            if lookup_key(session_id) is not None:
+                now = self._clock.now()
+                rows = conn.execute(_RECORD_BUMP, (n, now, model, session_id)).fetchall()
+            if not rows:
+                raise SessionNotFound(session_id)
+            count, active_thread_id = rows[0]
+            if prepared is None or hint != active_thread_id:
+                self._thread_hint(session_id, active_thread_id)
+                prepared = self._reprepared(batch, prepared, hint, active_thread_id)
+            return self._insert_messages(conn, session_id, count - n, prepared, now)
+
+    def _record_checked(
+        self,
+        session_id: str,
+        batch: list[Any],
+        prepared: list[PreparedMessage] | None,
+        hint: str | None,
+    ) -> list[int]:
+        """``record_messages`` with ``skip_recorded``: reads what is stored first."""
+        with self._write() as conn:
             row = None
             if lookup_key(session_id) is not None:
-                # The session row's lock is enough here: the session exists already.
                 row = conn.execute(self._RECORD_READ, (session_id,)).fetchone()
             if row is None:
                 raise SessionNotFound(session_id)
             count, active_thread_id = row
-            prepared = [prepare_message(m, active_thread_id) for m in batch]
+            self._thread_hint(session_id, active_thread_id)
+            prepared = self._reprepared(batch, prepared, hint, active_thread_id)
             done: list[int] = []
-            if skip_recorded and prepared:
+            if prepared:
                 done = self._recorded_seqs(conn, session_id, count, prepared)
                 if len(done) == len(prepared):
                     return done  # all stored already: nothing changes
                 prepared = prepared[len(done) :]
-            seqs, _ = self._insert_messages(conn, session_id, count, prepared, self._clock.now())
+            now = self._clock.now()
+            seqs = self._insert_messages(conn, session_id, count, prepared, now)
+            conn.execute(
+                _RECORD_UPDATE, (count + len(seqs), now, batch_model(prepared), session_id)
+            )
             return done + seqs if done else seqs
 
     @staticmethod

@@ -357,6 +357,7 @@ class SqliteStore(SqlStore):
     _NO_LIMIT = -1
     _SHARE_ID_SQL = "json_extract(extra, '$.share.share_id')"
     _RESULT_ORDER = "rowid"
+    _messages_query = staticmethod(messages_query)
 
     def __init__(
         self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time
@@ -369,6 +370,7 @@ class SqliteStore(SqlStore):
             )
         self._path = Path(os.path.abspath(Path(raw).expanduser()))
         self._clock = MonotonicClock(clock)
+        self._thread_hints = {}
         self._write_lock = _WriteLock()
         self._readers_lock = threading.Lock()
         self._readers: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
@@ -402,12 +404,6 @@ class SqliteStore(SqlStore):
 
     def __repr__(self) -> str:
         return f"SqliteStore({str(self._path)!r})"
-
-    def __enter__(self) -> SqliteStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # --- connections ----------------------------------------------------------------------
 
@@ -481,16 +477,6 @@ class SqliteStore(SqlStore):
                 version_from=version,
                 version_to=SCHEMA_VERSION,
             )
-
-    def _messages_query(
-        self,
-        session_id: str,
-        visible: int,
-        types: frozenset[str] | None,
-        offset: int,
-        limit: int | None,
-    ) -> tuple[str, list[Any]]:
-        return messages_query(session_id, visible, types, offset, limit)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -49,6 +49,7 @@ from beamagent.testing.faults import (
 )
 from beamagent.testing.leaks import LeakReport, LeakSnapshot
 from beamagent.testing.local_backend import LocalBackend
+from beamagent.testing.postgres import PostgresServer, PostgresUnavailable
 
 __all__ = [
     "CLI_ENVIRONMENTS",
@@ -65,6 +66,8 @@ __all__ = [
     "LocalBackend",
     "LoopbackNamespace",
     "Malformed",
+    "PostgresServer",
+    "PostgresUnavailable",
     "Protocol",
     "RecordedRequest",
     "Stall",

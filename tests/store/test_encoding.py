@@ -340,5 +340,22 @@ def test_encode_content_is_json_stringify(value: Any) -> None:
 def test_storable_text(text: str) -> None:
     fixed = storable_text(text)
     assert storable(fixed)
-    assert fixed == reference_text(text)
+    assert fixed == reference_text(text).replace("\x00", "\ufffd")  # NUL: PostgreSQL's text
     assert storable(text) == (fixed == text)
+
+
+def test_nul_is_refused_in_names_and_made_storable_in_content(store: SessionStore) -> None:
+    """PostgreSQL's text cannot hold U+0000: every store treats it like a lone surrogate."""
+    before = state(store)
+    with pytest.raises(InvalidOption, match=r"^session_id .*NUL"):
+        store.create_session("a\x00b", "local")
+    with pytest.raises(SessionNotFound):
+        store.get_session("a\x00b")
+    assert state(store) == before
+    seq = store.record_message(
+        "s1", {"type": "user\x00", "uuid": "u\x00", "content": "x\x00y", "model": "m\x00"}
+    )
+    stored = store.get_session_messages("s1")[seq - 1]
+    assert stored["content"] == "x\x00y"  # inside JSON it is an escape: kept
+    assert store.get_session("s1").model == "m\ufffd"
+    assert store.get_session_messages("s1", types="user\ufffd") == [stored]

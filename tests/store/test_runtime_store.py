@@ -499,6 +499,34 @@ def test_runtime_writes_run_on_the_store_actor_and_recording_on_the_session() ->
         store.close()
 
 
+def test_store_write_appends_on_the_callers_thread_with_the_actors_error_mapping() -> None:
+    # Changed with issue 12: an actor round trip cost as much as a SQLite append, and
+    # appends need only the store's write lock, which sessions record under already.
+    store = ThreadTracingStore()
+    try:
+        with Runtime(store=store) as rt:
+            rt.store_write("create_session", "s1", "local")
+            assert rt.store_write("record_message", "s1", {"type": "user"}) == 1
+            assert rt.store_write("record_messages", "s1", [{"type": "a"}, {"type": "b"}]) == [
+                2,
+                3,
+            ]
+            with pytest.raises(SessionNotFound):
+                rt.store_write("record_message", "nope", {"type": "user"})
+            with pytest.raises(InvalidOption):
+                rt.store_write("record_message", "s1", {"type": "user", "x": {1, 2}})
+            with pytest.raises(InvalidOption, match="cannot take these arguments"):
+                rt.store_write("record_message", "s1")  # a TypeError, mapped
+        me = threading.current_thread().name
+        threads = dict(store.writer_threads)
+        assert threads["create_session"].startswith("StoreActor-")
+        assert threads["record_message"] == threads["record_messages"] == me
+        with pytest.raises(BeamAgentError, match="stopped"):
+            rt.store_write("record_message", "s1", {"type": "user"})
+    finally:
+        store.close()
+
+
 def test_store_actor_rejects_reads_and_survives(rt: Runtime) -> None:
     session = rt.start_session(backend="local")
     with pytest.raises(InvalidOption, match="not a store write"):

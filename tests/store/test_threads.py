@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from beamagent.errors import InvalidOption, InvalidSelector, SessionNotFound, ThreadNotFound
-from beamagent.store import SessionStore, ThreadStatus
+from beamagent.store import PostgresStore, SessionStore, SqliteStore, ThreadStatus
 from tests.store._stores import STORE_KINDS, open_test_store
 
 
@@ -303,3 +303,40 @@ def test_fork_session_copies_threads(store: SessionStore) -> None:
     assert detail.messages is not None
     assert [m["content"] for m in detail.messages] == ["a", "b", "d"]
     assert thread_contents(store, "t1") == ["a", "b"]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@pytest.mark.parametrize("skip_recorded", [False, True])
+def test_an_append_stamps_the_active_thread_another_writer_set(
+    kind: str, skip_recorded: bool, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # A SQL store encodes an append before its write begins, under the active thread it
+    # saw last; a thread started (or archived) by another store object on the same
+    # database meanwhile must still be what the append stamps.
+    if kind == "sqlite":
+        a: SessionStore = SqliteStore(tmp_path / "shared.db")
+        b: SessionStore = SqliteStore(tmp_path / "shared.db")
+    else:
+        url = request.getfixturevalue("postgres_url")
+        a, b = PostgresStore(url), PostgresStore(url)
+    try:
+        a.create_session("s1", "codex")
+        a.record_messages("s1", [msg("before")], skip_recorded=skip_recorded)
+        thread = b.thread_start("s1", thread_id="t1")
+        a.record_messages(
+            "s1", [msg("inside"), msg("own", thread_id="t0")], skip_recorded=skip_recorded
+        )
+        assert thread_contents(a, thread.thread_id) == ["inside"]
+        b.thread_archive("s1", "t1")  # the session has no active thread after
+        a.record_messages("s1", [msg("after")], skip_recorded=skip_recorded)
+        stored = a.get_session_messages("s1")
+        assert [(m["content"], m.get("thread_id")) for m in stored] == [
+            ("before", None),
+            ("inside", "t1"),
+            ("own", "t0"),
+            ("after", None),
+        ]
+        assert a.get_session("s1").message_count == 4
+    finally:
+        a.close()
+        b.close()
