@@ -46,6 +46,7 @@ __all__ = [
     "span",
     "span_context",
     "start_span",
+    "tracing",
 ]
 
 INSTRUMENTATION_NAME: Final = "beamagent"
@@ -98,6 +99,15 @@ def _get_tracer() -> Any:
             _tracer = provider.get_tracer(INSTRUMENTATION_NAME)
         _tracer_provider = provider
     return _tracer
+
+
+def tracing() -> bool:
+    """Whether spans are made now: the API is installed and the host set a real provider.
+
+    For hot paths that would build a span's attributes only to drop them: when this is
+    False, :func:`span` yields None and :func:`start_span` returns None.
+    """
+    return _trace is not None and _get_tracer() is not None
 
 
 # Attribute keys are a small fixed set (beamagent's own, bar a caller's): remember the

@@ -259,9 +259,13 @@ class RoutingApi:
                 lacks a capability.
             NoBackendAvailable: no backend satisfies the request.
         """
-        if request is _UNSET and not isinstance(session_or_request, Session | str):
-            route = RouteRequest.from_value(session_or_request)
-            return self._select(route, None, from_index=False)
+        if request is _UNSET:
+            # The common call, select_backend(request): no merging, no session.
+            if type(session_or_request) is RouteRequest:
+                return self._select(session_or_request, None, from_index=False)
+            if not isinstance(session_or_request, Session | str):
+                route = RouteRequest.from_value(session_or_request)
+                return self._select(route, None, from_index=False)
         base, session_id = self._base_request(session_or_request)
         given = _given_fields(None if request is _UNSET else request, "request")
         route = RouteRequest.from_value(_merge(base, given))
@@ -308,7 +312,8 @@ class RoutingApi:
     def _select(
         self, route: RouteRequest, session_id: str | None, *, from_index: bool
     ) -> RouteDecision:
-        if not telemetry.ENABLED:
+        if not telemetry.ENABLED or not telemetry.tracing():
+            # No span would be made: skip the context manager and the attributes dict.
             decision: RouteDecision = self._registry_call(
                 "select_backend", route, self._routable_backends(), session_id, from_index
             )

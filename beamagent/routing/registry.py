@@ -17,8 +17,10 @@ session names. Round-robin cursors and the decision journal start afresh.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
+from logging import INFO
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -103,6 +105,9 @@ class RoutingRegistry(Process):
         self._pruned_at = 0  # index size after the last prune: prune again at twice that
         # Bound once (as the session actor does): a filtered-out call is then ~free.
         self._log = log.bind()
+        # The level check the log methods make, without the call and its keywords: a
+        # selection's events are skipped for one dict lookup when INFO is filtered out.
+        self._logs_info = logging.getLogger(__name__).isEnabledFor
 
     def on_start(self) -> None:
         store = self._store
@@ -171,31 +176,37 @@ class RoutingRegistry(Process):
             InvalidRouteRequest, UnknownCapability, BackendNotEligible,
             NoBackendAvailable: as :func:`~beamagent.routing.policies.select`.
         """
+        # Every selection runs here, one at a time: keep the path short (no call that
+        # only returns, no log call's keyword dict unless the event is logged).
         policy = ""
         try:
-            request = RouteRequest.from_value(request)
+            if type(request) is not RouteRequest:  # the caller has parsed it already
+                request = RouteRequest.from_value(request)
             policy = request.policy.value
             if last_backend_from_index and session_id is not None and request.last_backend is None:
                 indexed = self.sessions.get(session_id)
                 if indexed is not None:
                     request = attrs.evolve(request, last_backend=indexed[0])
-            before = self.state.affinity
-            decision, self.state = select(request, self.state, available)
-            self._persist_affinity(before)
+            state = self.state
+            decision, self.state = select(request, state, available)
+            if self._store is not None and self.state.affinity is not state.affinity:
+                self._persist_affinity(state.affinity)
         except Exception as exc:
             self.journal.append((time.time(), session_id, None, exc, policy))
-            self._log.info(
-                "route_failed", policy=policy, error=type(exc).__name__, message=str(exc)
-            )
+            if self._logs_info(INFO):
+                self._log.info(
+                    "route_failed", policy=policy, error=type(exc).__name__, message=str(exc)
+                )
             raise
         self.journal.append((time.time(), session_id, decision, None, policy))
-        self._log.info(
-            "route_selected",
-            policy=policy,
-            backend=decision.backend,
-            reasons=decision.reasons,
-            session_id=session_id,
-        )
+        if self._logs_info(INFO):
+            self._log.info(
+                "route_selected",
+                policy=policy,
+                backend=decision.backend,
+                reasons=decision.reasons,
+                session_id=session_id,
+            )
         return decision
 
     # --- health and memory -------------------------------------------------------------
