@@ -482,7 +482,9 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
     def _registry_call(self, method: str, *args: Any, timeout: float = CALL_TIMEOUT) -> Any:
         # Registry calls are cheap and safe to repeat (a repeated selection only moves
         # a round-robin cursor once more), so a registry restart costs one delay.
-        message = ProxyCall((method,), args, {})
+        return self._registry_ask(ProxyCall((method,), args, {}), timeout)
+
+    def _registry_ask(self, message: Any, timeout: float = CALL_TIMEOUT) -> Any:
         # The registry is up nearly always: ask it straight away (every selection comes
         # here), and leave waiting out a restart to _call_child, with the time left.
         ref = whereis(self._names["registry"])

@@ -38,6 +38,7 @@ from beamagent.errors import (
 )
 from beamagent.log import get_logger
 from beamagent.routing.policies import BackendInfo, Health, Policy, RouteDecision, RouteRequest
+from beamagent.routing.registry import SELECT
 from beamagent.session.actor import SessionActor, SessionConfig
 from beamagent.session.handle import Session
 from beamagent.store.recorder import StoreRecorder
@@ -205,6 +206,8 @@ class RoutingApi:
 
         def _registry_call(self, method: str, *args: Any, timeout: float = ...) -> Any: ...
 
+        def _registry_ask(self, message: Any, timeout: float = ...) -> Any: ...
+
         def backend_spec(self, name: str) -> BackendSpec: ...
 
         def available_backends(self) -> list[BackendInfo]: ...
@@ -312,20 +315,17 @@ class RoutingApi:
     def _select(
         self, route: RouteRequest, session_id: str | None, *, from_index: bool
     ) -> RouteDecision:
+        message = (SELECT, route, self._routable_backends(), session_id, from_index)
         if not telemetry.ENABLED or not telemetry.tracing():
             # No span would be made: skip the context manager and the attributes dict.
-            decision: RouteDecision = self._registry_call(
-                "select_backend", route, self._routable_backends(), session_id, from_index
-            )
+            decision: RouteDecision = self._registry_ask(message)
             return decision
         # In the caller's thread, so a routed start_session's span is its parent.
         with telemetry.span(
             "beamagent.route",
             {"beamagent.routing.policy": route.policy.value, "beamagent.session_id": session_id},
         ) as span:
-            decision = self._registry_call(
-                "select_backend", route, self._routable_backends(), session_id, from_index
-            )
+            decision = self._registry_ask(message)
             telemetry.set_attributes(span, _route_attributes(decision))
         return decision
 

@@ -18,11 +18,12 @@ session names. Round-robin cursors and the decision journal start afresh.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections import deque
-from logging import INFO
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from logging import INFO
+from typing import Any, Final
 
 import attrs
 
@@ -31,6 +32,7 @@ from beamagent.log import get_logger
 from beamagent.routing.policies import (
     BackendInfo,
     Health,
+    Policy,
     RouteDecision,
     RouteRequest,
     RoutingState,
@@ -39,12 +41,23 @@ from beamagent.routing.policies import (
 from beamagent.store.base import SessionStore
 from supervisors import Process, lookup, registered, reserved, whereis
 
-__all__ = ["JOURNAL_SIZE", "RoutingRegistry"]
+__all__ = ["JOURNAL_SIZE", "SELECT", "RoutingRegistry"]
 
 log = get_logger(__name__)
 
 JOURNAL_SIZE = 1000
 """How many decisions the journal keeps by default (the oldest go first)."""
+
+SELECT: Final = sys.intern("beamagent.routing.select")
+"""Tags the message ``(SELECT, request, available, session_id, last_backend_from_index)``.
+
+A selection asked as this plain tuple runs :meth:`RoutingRegistry.select_backend`
+as the ``ProxyCall`` would, for less: every routed start and ``select_backend``
+sends one, and building and dispatching a ``ProxyCall`` was a visible share of it.
+"""
+
+# Policy → its value, read once per selection (an enum's .value is a property).
+_POLICY_VALUES: Final = {policy: policy.value for policy in Policy}
 
 
 # A journal entry is kept as a tuple and rendered to a dict only when read:
@@ -156,6 +169,13 @@ class RoutingRegistry(Process):
 
     # --- selection ---------------------------------------------------------------------
 
+    def on_receive(self, message: Any) -> Any:
+        """Handle a ``(SELECT, ...)`` selection; anything else is unexpected (logged)."""
+        if type(message) is tuple and message and message[0] is SELECT:
+            _, request, available, session_id, from_index = message
+            return self.select_backend(request, available, session_id, from_index)
+        return super().on_receive(message)
+
     def select_backend(
         self,
         request: RouteRequest | Mapping[str, Any] | None,
@@ -182,7 +202,7 @@ class RoutingRegistry(Process):
         try:
             if type(request) is not RouteRequest:  # the caller has parsed it already
                 request = RouteRequest.from_value(request)
-            policy = request.policy.value
+            policy = _POLICY_VALUES[request.policy]
             if last_backend_from_index and session_id is not None and request.last_backend is None:
                 indexed = self.sessions.get(session_id)
                 if indexed is not None:

@@ -17,7 +17,7 @@ from beamagent.errors import (
     NoBackendAvailable,
 )
 from beamagent.routing.policies import BackendInfo, RouteDecision, RouteRequest
-from beamagent.routing.registry import JOURNAL_SIZE, RoutingRegistry
+from beamagent.routing.registry import JOURNAL_SIZE, SELECT, RoutingRegistry
 from tests._events import LogEvents
 
 AVAILABLE = (BackendInfo("claude"), BackendInfo("codex"), BackendInfo("gemini"))
@@ -206,3 +206,12 @@ def test_selections_are_logged_at_info_and_skipped_below_it(registry: Registry) 
     (failed,) = events.matching("route_failed")
     assert failed["policy"] == "sticky"
     assert failed["error"] == "InvalidRouteRequest"
+
+
+def test_a_select_tuple_selects_as_the_proxy_call_does(registry: Registry) -> None:
+    first = registry.ref.ask(
+        (SELECT, {"policy": "round_robin"}, AVAILABLE, "s1", False), timeout=10
+    )
+    second = registry.select({"policy": "round_robin"}, session_id="s2")
+    assert [first.backend, second.backend] == ["claude", "codex"]
+    assert [e["session_id"] for e in registry.decisions()] == ["s2", "s1"]
