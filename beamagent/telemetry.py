@@ -107,7 +107,12 @@ def tracing() -> bool:
     For hot paths that would build a span's attributes only to drop them: when this is
     False, :func:`span` yields None and :func:`start_span` returns None.
     """
-    return _trace is not None and _get_tracer() is not None
+    if _trace is None:
+        return False
+    try:
+        return _get_tracer() is not None
+    except Exception:
+        return True  # let span() and start_span() meet the failure, and log it as they do
 
 
 # Attribute keys are a small fixed set (beamagent's own, bar a caller's): remember the
