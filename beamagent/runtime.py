@@ -482,9 +482,19 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
     def _registry_call(self, method: str, *args: Any, timeout: float = CALL_TIMEOUT) -> Any:
         # Registry calls are cheap and safe to repeat (a repeated selection only moves
         # a round-robin cursor once more), so a registry restart costs one delay.
-        return self._call_child(
-            "registry", ProxyCall((method,), args, {}), timeout, repeatable=True
-        )[1]
+        return self._registry_ask(ProxyCall((method,), args, {}), timeout)
+
+    def _registry_ask(self, message: Any, timeout: float = CALL_TIMEOUT) -> Any:
+        # The registry is up nearly always: ask it straight away (every selection comes
+        # here), and leave waiting out a restart to _call_child, with the time left.
+        ref = whereis(self._names["registry"])
+        if ref is not None:
+            start = time.monotonic()
+            try:
+                return ref.ask(message, timeout=timeout)
+            except (NoReply, pykka.ActorDeadError):
+                timeout = max(timeout - (time.monotonic() - start), 0.0)
+        return self._call_child("registry", message, timeout, repeatable=True)[1]
 
     def store_write(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run a mutating store method through the store actor (the single writer).

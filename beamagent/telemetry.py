@@ -46,6 +46,7 @@ __all__ = [
     "span",
     "span_context",
     "start_span",
+    "tracing",
 ]
 
 INSTRUMENTATION_NAME: Final = "beamagent"
@@ -98,6 +99,20 @@ def _get_tracer() -> Any:
             _tracer = provider.get_tracer(INSTRUMENTATION_NAME)
         _tracer_provider = provider
     return _tracer
+
+
+def tracing() -> bool:
+    """Whether spans are made now: the API is installed and the host set a real provider.
+
+    For hot paths that would build a span's attributes only to drop them: when this is
+    False, :func:`span` yields None and :func:`start_span` returns None.
+    """
+    if _trace is None:
+        return False
+    try:
+        return _get_tracer() is not None
+    except Exception:
+        return True  # let span() and start_span() meet the failure, and log it as they do
 
 
 # Attribute keys are a small fixed set (beamagent's own, bar a caller's): remember the

@@ -24,6 +24,8 @@ from typing import Any
 import pykka
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# This checkout's beamagent, not the one the interpreter has installed (another worktree).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import paired, report
 

@@ -38,6 +38,7 @@ from beamagent.errors import (
 )
 from beamagent.log import get_logger
 from beamagent.routing.policies import BackendInfo, Health, Policy, RouteDecision, RouteRequest
+from beamagent.routing.registry import SELECT
 from beamagent.session.actor import SessionActor, SessionConfig
 from beamagent.session.handle import Session
 from beamagent.store.recorder import StoreRecorder
@@ -205,6 +206,8 @@ class RoutingApi:
 
         def _registry_call(self, method: str, *args: Any, timeout: float = ...) -> Any: ...
 
+        def _registry_ask(self, message: Any, timeout: float = ...) -> Any: ...
+
         def backend_spec(self, name: str) -> BackendSpec: ...
 
         def available_backends(self) -> list[BackendInfo]: ...
@@ -259,9 +262,13 @@ class RoutingApi:
                 lacks a capability.
             NoBackendAvailable: no backend satisfies the request.
         """
-        if request is _UNSET and not isinstance(session_or_request, Session | str):
-            route = RouteRequest.from_value(session_or_request)
-            return self._select(route, None, from_index=False)
+        if request is _UNSET:
+            # The common call, select_backend(request): no merging, no session.
+            if type(session_or_request) is RouteRequest:
+                return self._select(session_or_request, None, from_index=False)
+            if not isinstance(session_or_request, Session | str):
+                route = RouteRequest.from_value(session_or_request)
+                return self._select(route, None, from_index=False)
         base, session_id = self._base_request(session_or_request)
         given = _given_fields(None if request is _UNSET else request, "request")
         route = RouteRequest.from_value(_merge(base, given))
@@ -308,19 +315,17 @@ class RoutingApi:
     def _select(
         self, route: RouteRequest, session_id: str | None, *, from_index: bool
     ) -> RouteDecision:
-        if not telemetry.ENABLED:
-            decision: RouteDecision = self._registry_call(
-                "select_backend", route, self._routable_backends(), session_id, from_index
-            )
+        message = (SELECT, route, self._routable_backends(), session_id, from_index)
+        if not telemetry.ENABLED or not telemetry.tracing():
+            # No span would be made: skip the context manager and the attributes dict.
+            decision: RouteDecision = self._registry_ask(message)
             return decision
         # In the caller's thread, so a routed start_session's span is its parent.
         with telemetry.span(
             "beamagent.route",
             {"beamagent.routing.policy": route.policy.value, "beamagent.session_id": session_id},
         ) as span:
-            decision = self._registry_call(
-                "select_backend", route, self._routable_backends(), session_id, from_index
-            )
+            decision = self._registry_ask(message)
             telemetry.set_attributes(span, _route_attributes(decision))
         return decision
 

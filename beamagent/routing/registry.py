@@ -17,10 +17,13 @@ session names. Round-robin cursors and the decision journal start afresh.
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from logging import INFO
+from typing import Any, Final
 
 import attrs
 
@@ -29,6 +32,7 @@ from beamagent.log import get_logger
 from beamagent.routing.policies import (
     BackendInfo,
     Health,
+    Policy,
     RouteDecision,
     RouteRequest,
     RoutingState,
@@ -37,12 +41,23 @@ from beamagent.routing.policies import (
 from beamagent.store.base import SessionStore
 from supervisors import Process, lookup, registered, reserved, whereis
 
-__all__ = ["JOURNAL_SIZE", "RoutingRegistry"]
+__all__ = ["JOURNAL_SIZE", "SELECT", "RoutingRegistry"]
 
 log = get_logger(__name__)
 
 JOURNAL_SIZE = 1000
 """How many decisions the journal keeps by default (the oldest go first)."""
+
+SELECT: Final = sys.intern("beamagent.routing.select")
+"""Tags the message ``(SELECT, request, available, session_id, last_backend_from_index)``.
+
+A selection asked as this plain tuple runs :meth:`RoutingRegistry.select_backend`
+as the ``ProxyCall`` would, for less: every routed start and ``select_backend``
+sends one, and building and dispatching a ``ProxyCall`` was a visible share of it.
+"""
+
+# Policy → its value, read once per selection (an enum's .value is a property).
+_POLICY_VALUES: Final = {policy: policy.value for policy in Policy}
 
 
 # A journal entry is kept as a tuple and rendered to a dict only when read:
@@ -103,6 +118,9 @@ class RoutingRegistry(Process):
         self._pruned_at = 0  # index size after the last prune: prune again at twice that
         # Bound once (as the session actor does): a filtered-out call is then ~free.
         self._log = log.bind()
+        # The level check the log methods make, without the call and its keywords: a
+        # selection's events are skipped for one dict lookup when INFO is filtered out.
+        self._logs_info = logging.getLogger(__name__).isEnabledFor
 
     def on_start(self) -> None:
         store = self._store
@@ -151,6 +169,13 @@ class RoutingRegistry(Process):
 
     # --- selection ---------------------------------------------------------------------
 
+    def on_receive(self, message: Any) -> Any:
+        """Handle a ``(SELECT, ...)`` selection; anything else is unexpected (logged)."""
+        if type(message) is tuple and message and message[0] is SELECT:
+            _, request, available, session_id, from_index = message
+            return self.select_backend(request, available, session_id, from_index)
+        return super().on_receive(message)
+
     def select_backend(
         self,
         request: RouteRequest | Mapping[str, Any] | None,
@@ -171,31 +196,37 @@ class RoutingRegistry(Process):
             InvalidRouteRequest, UnknownCapability, BackendNotEligible,
             NoBackendAvailable: as :func:`~beamagent.routing.policies.select`.
         """
+        # Every selection runs here, one at a time: keep the path short (no call that
+        # only returns, no log call's keyword dict unless the event is logged).
         policy = ""
         try:
-            request = RouteRequest.from_value(request)
-            policy = request.policy.value
+            if type(request) is not RouteRequest:  # the caller has parsed it already
+                request = RouteRequest.from_value(request)
+            policy = _POLICY_VALUES[request.policy]
             if last_backend_from_index and session_id is not None and request.last_backend is None:
                 indexed = self.sessions.get(session_id)
                 if indexed is not None:
                     request = attrs.evolve(request, last_backend=indexed[0])
-            before = self.state.affinity
-            decision, self.state = select(request, self.state, available)
-            self._persist_affinity(before)
+            state = self.state
+            decision, self.state = select(request, state, available)
+            if self._store is not None and self.state.affinity is not state.affinity:
+                self._persist_affinity(state.affinity)
         except Exception as exc:
             self.journal.append((time.time(), session_id, None, exc, policy))
-            self._log.info(
-                "route_failed", policy=policy, error=type(exc).__name__, message=str(exc)
-            )
+            if self._logs_info(INFO):
+                self._log.info(
+                    "route_failed", policy=policy, error=type(exc).__name__, message=str(exc)
+                )
             raise
         self.journal.append((time.time(), session_id, decision, None, policy))
-        self._log.info(
-            "route_selected",
-            policy=policy,
-            backend=decision.backend,
-            reasons=decision.reasons,
-            session_id=session_id,
-        )
+        if self._logs_info(INFO):
+            self._log.info(
+                "route_selected",
+                policy=policy,
+                backend=decision.backend,
+                reasons=decision.reasons,
+                session_id=session_id,
+            )
         return decision
 
     # --- health and memory -------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,8 @@ from beamagent.errors import (
     NoBackendAvailable,
 )
 from beamagent.routing.policies import BackendInfo, RouteDecision, RouteRequest
-from beamagent.routing.registry import JOURNAL_SIZE, RoutingRegistry
+from beamagent.routing.registry import JOURNAL_SIZE, SELECT, RoutingRegistry
+from tests._events import LogEvents
 
 AVAILABLE = (BackendInfo("claude"), BackendInfo("codex"), BackendInfo("gemini"))
 
@@ -186,3 +188,30 @@ def test_a_route_request_object_is_used_as_is(registry: Registry) -> None:
     decision = registry.select(request)
     assert decision.backend == "gemini"
     assert decision.fallback_chain == ("claude", "codex")
+
+
+def test_selections_are_logged_at_info_and_skipped_below_it(registry: Registry) -> None:
+    with LogEvents("beamagent.routing.registry", level=logging.WARNING) as events:
+        registry.select({"policy": "round_robin"}, session_id="quiet")
+    assert events.matching("route_selected") == []
+    with LogEvents("beamagent.routing.registry", level=logging.INFO) as events:
+        registry.select({"policy": "round_robin"}, session_id="s1")
+        with pytest.raises(InvalidRouteRequest):
+            registry.select({"policy": "sticky"})
+    (selected,) = events.matching("route_selected")
+    assert selected["backend"] == "codex"
+    assert selected["policy"] == "round_robin"
+    assert selected["session_id"] == "s1"
+    assert selected["reasons"] == ("selected by round robin policy",)
+    (failed,) = events.matching("route_failed")
+    assert failed["policy"] == "sticky"
+    assert failed["error"] == "InvalidRouteRequest"
+
+
+def test_a_select_tuple_selects_as_the_proxy_call_does(registry: Registry) -> None:
+    first = registry.ref.ask(
+        (SELECT, {"policy": "round_robin"}, AVAILABLE, "s1", False), timeout=10
+    )
+    second = registry.select({"policy": "round_robin"}, session_id="s2")
+    assert [first.backend, second.backend] == ["claude", "codex"]
+    assert [e["session_id"] for e in registry.decisions()] == ["s2", "s1"]

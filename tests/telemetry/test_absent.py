@@ -28,6 +28,7 @@ SCRIPT = textwrap.dedent(
     assert telemetry.ENABLED is False
     assert telemetry.current_context() is None
     assert telemetry.start_span("x") is None
+    assert telemetry.tracing() is False
     with telemetry.span("x") as span:
         assert span is None
 

@@ -265,8 +265,16 @@ def test_without_a_provider_no_span_is_made(rt: Runtime) -> None:
     assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
     assert telemetry.start_span("beamagent.query") is None
     assert telemetry.current_context() is None
+    assert telemetry.tracing() is False
     session = rt.start_session(backend="local")
     assert session.query("hi")[-1].content == "hi"
+
+
+def test_tracing_says_whether_spans_are_made(spans: InMemorySpanExporter) -> None:
+    assert telemetry.tracing() is True
+    with telemetry.span("beamagent.route") as span:
+        assert span is not None
+    assert [s.name for s in spans.get_finished_spans()] == ["beamagent.route"]
 
 
 def test_a_query_made_by_a_node_is_a_child_of_its_visit(
