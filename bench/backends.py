@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# This checkout's beamagent, not whichever one is installed (a worktree, a clone).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import figure, paired, report
 

@@ -31,6 +31,8 @@ from typing import Any
 import pykka
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# This checkout's beamagent, not whichever one is installed (a worktree, a clone).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import figure, paired, per_op, report, rss_bytes
 

@@ -29,6 +29,8 @@ import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# This checkout's beamagent, not whichever one is installed (a worktree, a clone).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import paired, report
 
