@@ -643,9 +643,17 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
         self, backend: str | None, opts: dict[str, Any], span: telemetry.Span
     ) -> Session:
         resuming = opts.get("resume") is not None
+        # An id made here (128 random bits) is neither running nor stored: its start need
+        # not ask the names or the store (on SQLite a query of its own).
+        fresh = not resuming and opts.get("session_id") is None
         backend = self._resume_start_options(backend, opts)
         backend_name, decision = self._route_start_options(backend, opts)
         config = self._session_config(backend_name, opts, decision)
+        fresh = (
+            fresh
+            and self._session_defaults.get("session_id") is None
+            and self.backend_spec(backend_name).options.get("session_id") is None
+        )
         config.lineage.stored_history = resuming  # replayed where not resumed natively
         session_id = config.session_id
         if span is not None:
@@ -660,18 +668,19 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
                 },
             )
             config.lineage.trace_link = telemetry.span_context(span)
-        try:
-            if whereis(self._session_name(session_id)) is not None:
-                raise InvalidOption(f"session {session_id!r} is already running")
-            if not resuming and self._stored(session_id):
-                raise InvalidOption(
-                    f"session {session_id!r} already has a stored history; "
-                    f"continue it with start_session(resume={session_id!r})"
-                )
-        except BaseException:
-            if whereis(self._session_name(session_id)) is None:  # never a live one's token
-                self._revoke_tools(session_id)
-            raise
+        if not fresh:
+            try:
+                if whereis(self._session_name(session_id)) is not None:
+                    raise InvalidOption(f"session {session_id!r} is already running")
+                if not resuming and self._stored(session_id):
+                    raise InvalidOption(
+                        f"session {session_id!r} already has a stored history; "
+                        f"continue it with start_session(resume={session_id!r})"
+                    )
+            except BaseException:
+                if whereis(self._session_name(session_id)) is None:  # never a live one's token
+                    self._revoke_tools(session_id)
+                raise
         budget = self._session_budget
         ready = ProcessFuture()
         child = ChildSpec(

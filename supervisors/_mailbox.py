@@ -164,6 +164,15 @@ class Mailbox:
             self._messages = None  # idle: see __init__
             return None
 
+    def runnable(self) -> bool:
+        """True when mail is queued; else the process is idle until a put schedules it."""
+        with self._lock:
+            if self._messages or self._signals:
+                return True
+            self._scheduled = False
+            self._messages = None  # idle: see __init__
+            return False
+
     def empty(self) -> bool:
         """True when nothing is queued."""
         with self._lock:

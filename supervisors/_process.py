@@ -43,7 +43,7 @@ from supervisors._log import get_logger
 from supervisors._mailbox import Mailbox, reject_envelope
 from supervisors._messages import Down, Exit
 from supervisors._reasons import Crashed, ExitReason, Killed, NoProc, Normal, Shutdown
-from supervisors._scheduler import SLICE, blocking, scheduler
+from supervisors._scheduler import SLICE, blocking, in_worker, scheduler
 from supervisors._timers import cancel_timers_for
 from supervisors.errors import NoReply, NoSuchProcess, NotInProcess, ReplyError, WaitTimeout
 
@@ -512,7 +512,45 @@ class Process(pykka.ThreadingActor):
             return
         # On the shared scheduler: the first slice runs on_start, mail schedules the rest.
         self.mailbox.attach(self._submit)
-        scheduler.submit(self)
+        parent = getattr(_local, "process", None)
+        if parent is not None and in_worker():
+            self._start_here(parent)
+        else:
+            scheduler.submit(self)
+
+    def _start_here(self, parent: Process) -> None:
+        """Run ``on_start`` on this worker, in the handler of ``parent`` that starts us.
+
+        That handler would only block until ``on_start`` returned on another worker:
+        running it here saves two hand-offs between threads. It runs as this
+        process's own (``current_process()``, a kill interrupts it alone); its mail
+        is then drained by the scheduler, never in the parent's handler.
+        """
+        self._launched = True
+        self._thread = threading.current_thread()
+        _local.process = self
+        started = False
+        try:
+            started = self._run_on_start()
+        except _ProcessKilled:
+            if not self._kill_injected:  # aimed at the parent, which is ended already
+                self._started.set()
+                self._thread = None
+                _local.process = parent
+                if not self._finished:
+                    scheduler.submit(self)  # its links' signals end it on a worker
+                raise
+        except BaseException as exc:  # a bug in this code must still end the process cleanly
+            log.exception("process_loop_failed", process=str(self))
+            self._terminate(Crashed(exc), cast(ExcInfo, sys.exc_info()))
+        finally:
+            self._started.set()
+            self._thread = None
+            _local.process = parent
+            if self._kill_injected:
+                _clear_pending_kill()
+        if started and self.mailbox.runnable():
+            scheduler.submit(self)  # mail came meanwhile (an in-process backend's output)
 
     def _submit(self) -> None:
         scheduler.submit(self)

@@ -39,7 +39,7 @@ from beamagent.errors import (
 from beamagent.log import get_logger
 from beamagent.routing.policies import BackendInfo, Health, Policy, RouteDecision, RouteRequest
 from beamagent.routing.registry import SELECT
-from beamagent.session.actor import SessionActor, SessionConfig
+from beamagent.session.actor import SessionActor, SessionConfig, first_handler_options
 from beamagent.session.handle import Session
 from beamagent.store.recorder import StoreRecorder
 from supervisors import ChildSpec, Down, Normal, lookup, monitor, shutdown, whereis
@@ -560,9 +560,10 @@ class RoutingApi:
             )
             # The backend's own options are checked by its handler: build one now, in the
             # caller's thread, so a bad option fails before anything is started or stored.
+            # The session's first start uses it (one handler per start, not two).
             replaying = cassette is not None and cassette.replaying
             with cli_not_required() if replaying else contextlib.nullcontext():
-                spec.handler({**config.options, "session_id": session_id})
+                config.first_handler = spec.handler(first_handler_options(config))
         except BaseException:
             if tools.on_stopped is not None:
                 tools.on_stopped(session_id)

@@ -312,6 +312,19 @@ class SessionConfig:
     on_stopped: Callable[[str], None] | None = None
     """Called with the session id when the session ends for good (stopped, or its start
     failed), not when it crashes to be restarted (e.g. revokes its tool token). Must not block."""
+    first_handler: BackendHandler | None = attrs.field(default=None, eq=False, repr=False)
+    """A handler the caller built from :func:`first_handler_options` (to check the backend's
+    options before anything starts): the first start uses it instead of building another,
+    and clears it. Never opened before that."""
+
+
+def first_handler_options(config: SessionConfig) -> dict[str, Any]:
+    """The options a session's first start builds its handler from (fresh lineage)."""
+    return {
+        **config.options,
+        "session_id": config.session_id,
+        "backend_state": config.lineage.backend_state,
+    }
 
 
 @attrs.frozen
@@ -562,7 +575,17 @@ class SessionActor(Process):
         self._resume_decided = False
         self._cancel_replay_timer()
         cassette = config.cassette
-        if cassette is not None and cassette.replaying:
+        prebuilt, config.first_handler = config.first_handler, None  # for one start only
+        if (
+            prebuilt is not None
+            and lineage.model is None
+            and lineage.permission_mode is None
+            and lineage.native_session_id is None
+        ):
+            # The lineage is still fresh: ``options`` are first_handler_options(config), the
+            # ones the caller built this handler from.
+            self.handler = prebuilt
+        elif cassette is not None and cassette.replaying:
             with cli_not_required():  # a replay runs no CLI
                 self.handler = config.handler_cls(options)
         else:

@@ -479,3 +479,91 @@ def test_a_worker_misfiled_by_an_interrupted_update_is_refiled_by_its_next_slice
     finally:
         scheduler._blocked.difference_update(misfiled)
         _stop_all([echo])
+
+
+_starting: list[s.Process] = []
+
+
+class Child(s.Process):
+    """Says where its on_start ran; tells itself a message there; answers 'seen'.
+
+    With ``hold``: its on_start spins (in bytecode, where a kill lands) until killed.
+    """
+
+    def __init__(self, hold: bool = False) -> None:
+        super().__init__()
+        self.hold = hold
+        self.seen: list[Any] = []
+        self.started_as: s.Process | None = None
+        self.started_on: threading.Thread | None = None
+
+    def on_start(self) -> None:
+        self.started_as = s.current_process()
+        self.started_on = threading.current_thread()
+        self.actor_ref.tell("from on_start")
+        if self.hold:
+            _starting.append(self)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                time.sleep(0.001)
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "seen":
+            return list(self.seen)
+        self.seen.append(message)
+        return None
+
+
+class Starter(s.Process):
+    """Starts a Child in its handler; answers with the child, its thread, its start error."""
+
+    def on_receive(self, message: Any) -> Any:
+        me = threading.current_thread()
+        try:
+            child = Child.start(message)
+        except pykka.ActorDeadError as exc:
+            return None, me, exc, s.current_process() is self
+        return child, me, None, s.current_process() is self
+
+
+def test_a_process_started_in_a_handler_runs_on_start_as_itself_on_that_worker() -> None:
+    starter = Starter.start()
+    try:
+        child, handler_thread, error, still_parent = starter.ask(False, timeout=5)
+        assert error is None
+        assert still_parent
+        process = s.lookup(child)
+        assert isinstance(process, Child)
+        # Run in place (no hand-off to another worker), as the child itself.
+        assert process.started_on is handler_thread
+        assert process.started_as is process
+        # Its mail, even mail told during on_start, is drained as usual.
+        assert child.ask("after", timeout=5) is None
+        assert child.ask("seen", timeout=5) == ["from on_start", "after"]
+        child.stop(timeout=5)
+    finally:
+        starter.stop(timeout=5)
+
+
+def test_a_kill_of_a_process_starting_in_place_ends_it_alone() -> None:
+    starter = Starter.start()
+    _starting.clear()
+    try:
+        reply = starter.ask(True, block=False)
+        deadline = time.monotonic() + 5
+        while not _starting and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert _starting
+        child = _starting[0].actor_ref
+        mon = s.monitor(child)
+        assert s.kill(child)
+        assert mon.wait(5).reason == s.Killed()
+        _child, _thread, error, still_parent = reply.get(timeout=5)
+        assert isinstance(error, pykka.ActorDeadError)
+        assert still_parent
+        # The starter and its worker live on.
+        other, *_ = starter.ask(False, timeout=5)
+        other.stop(timeout=5)
+    finally:
+        _starting.clear()
+        starter.stop(timeout=5)
