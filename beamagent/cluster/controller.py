@@ -54,7 +54,7 @@ from beamagent.errors import (
     SessionNotFound,
 )
 from beamagent.log import get_logger
-from beamagent.routing.policies import Health, RouteRequest, RoutingState
+from beamagent.routing.policies import Health, RouteRequest, RoutingState, parse_health
 from beamagent.store import open_store
 
 __all__ = ["MONITOR_INTERVAL", "ClusterController"]
@@ -203,14 +203,7 @@ class ClusterController:
 
     def set_node_health(self, node: str, status: str | None) -> None:
         """Override a node's health (``down``/``unhealthy``: it gets nothing new)."""
-        with self._lock:
-            if status is None:
-                self._health.pop(node, None)
-                self._save(_NODE_HEALTH, node, None)
-            else:
-                health = Health(str(status).strip().lower())
-                self._health[node] = health
-                self._save(_NODE_HEALTH, node, health.value)
+        self._set_override(self._health, _NODE_HEALTH, node, status)
 
     def node_health(self) -> dict[str, str]:
         """The node health overrides."""
@@ -219,14 +212,22 @@ class ClusterController:
 
     def set_backend_health(self, backend: str, status: str | None) -> None:
         """Override a backend's health on every node (``down``: never placed)."""
+        self._set_override(self._backend_health, _BACKEND_HEALTH, backend, status)
+
+    def _set_override(
+        self, overrides: dict[str, Health], kind: str, key: str, status: str | None
+    ) -> None:
+        """Set (or, for ``None``, remove) one health override, saved in the store."""
+        try:
+            health = None if status is None else parse_health(status)
+        except BeamAgentError as exc:
+            raise RemoteFailure.of(exc) from None
         with self._lock:
-            if status is None:
-                self._backend_health.pop(backend, None)
-                self._save(_BACKEND_HEALTH, backend, None)
+            if health is None:
+                overrides.pop(key, None)
             else:
-                health = Health(str(status).strip().lower())
-                self._backend_health[backend] = health
-                self._save(_BACKEND_HEALTH, backend, health.value)
+                overrides[key] = health
+            self._save(kind, key, None if health is None else health.value)
 
     def backend_health(self) -> dict[str, str]:
         """The cluster-wide backend health overrides."""

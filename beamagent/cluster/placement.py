@@ -38,6 +38,7 @@ from beamagent.routing.policies import (
     RouteDecision,
     RouteRequest,
     RoutingState,
+    parse_health,
     select,
 )
 
@@ -64,12 +65,8 @@ def split_pair(name: str) -> tuple[str, str]:
     return node, backend
 
 
-def _health(value: Health | str) -> Health:
-    return value if isinstance(value, Health) else Health(str(value).strip().lower())
-
-
 def _health_map(value: Mapping[str, Health | str]) -> Mapping[str, Health]:
-    return {k: _health(v) for k, v in value.items()}
+    return {k: parse_health(v) for k, v in value.items()}
 
 
 @attrs.frozen

@@ -48,6 +48,7 @@ __all__ = [
     "RouteRequest",
     "RoutingState",
     "backend_infos",
+    "parse_health",
     "select",
 ]
 
@@ -109,6 +110,15 @@ def _parse_choice(choices: type[_Choice], value: object, key: str) -> _Choice:
             pass
     allowed = ", ".join(member.value for member in choices)
     raise InvalidRouteRequest(key, f"{value!r} is not one of: {allowed}")
+
+
+def parse_health(value: object) -> Health:
+    """A :class:`Health` from itself or its value, case-insensitively.
+
+    Raises:
+        InvalidRouteRequest: ``value`` names no health status.
+    """
+    return _parse_choice(Health, value, "health")
 
 
 def _is_auto(value: object) -> bool:
@@ -608,7 +618,7 @@ class RoutingState:
         if health is None:
             statuses.pop(name, None)
         else:
-            statuses[name] = _parse_choice(Health, health, "health")
+            statuses[name] = parse_health(health)
         # New health, new plans: the old ones assumed the old health.
         return _new_state(self.affinity, self.cursors, MappingProxyType(statuses), _Plans())
 

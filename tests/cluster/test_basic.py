@@ -13,6 +13,7 @@ import pytest
 from beamagent.cluster import ClusterRuntime
 from beamagent.errors import (
     BackendNotEligible,
+    InvalidRouteRequest,
     NoBackendAvailable,
     RunError,
     RunNotFound,
@@ -77,6 +78,18 @@ def test_a_backend_available_on_one_node_only_places_there(
     finally:
         for s in sessions:
             s.stop()
+
+
+def test_an_unknown_health_status_is_a_typed_error_and_changes_nothing(
+    crt: ClusterRuntime, ray_cluster: LocalRayCluster
+) -> None:
+    node = ray_cluster.node_ids[0]
+    with pytest.raises(InvalidRouteRequest, match="bogus"):
+        crt.set_node_health(node, "bogus")
+    with pytest.raises(InvalidRouteRequest, match="bogus"):
+        crt.set_health("local", "bogus")
+    assert crt.node_health() == {}
+    assert crt.backend_health() == {}
 
 
 def test_a_node_marked_down_gets_nothing(crt: ClusterRuntime, ray_cluster: LocalRayCluster) -> None:
