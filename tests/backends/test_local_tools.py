@@ -18,37 +18,11 @@ from beamagent.backends.local import LocalToolCall
 from beamagent.backends.permissions import Allow, Deny
 from beamagent.errors import Interrupted
 from beamagent.messages import ContentBlockType, Message, MessageType
-from beamagent.tools import ToolContext, ToolOutcome, tool
+from beamagent.tools import ToolOutcome, tool
+from tests.backends._sample_tools import _clear_calls, add, calls, explode, shout  # noqa: F401
 from tests.backends.conftest import receive_until
 
 WAIT = 30.0
-calls: list[ToolContext] = []
-
-
-@tool
-def add(a: int, b: int, ctx: ToolContext) -> int:
-    """Add two integers."""
-    calls.append(ctx)
-    return a + b
-
-
-@tool
-def explode(reason: str) -> str:
-    """Always fails."""
-    raise RuntimeError(f"exploded: {reason}")
-
-
-@tool
-def shout(text: str) -> str:
-    """Upper-case a text."""
-    return text.upper()
-
-
-@pytest.fixture(autouse=True)
-def _clear_calls() -> Iterator[None]:
-    calls.clear()
-    yield
-    calls.clear()
 
 
 @pytest.fixture

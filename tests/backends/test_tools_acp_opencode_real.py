@@ -35,9 +35,10 @@ from beamagent.testing import (
     is_side_request,
     opencode_env,
 )
-from beamagent.tools import ToolContext, ToolServerAccess, ToolServerConfig, tool
+from beamagent.tools import ToolServerAccess, ToolServerConfig
 from supervisors import kill, whereis
 from tests._events import LogEvents
+from tests.backends._sample_tools import _clear_calls, add, calls, explode, shout  # noqa: F401
 from tests.backends.conftest import group_members, skip_without_clis
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -45,34 +46,6 @@ WAIT = 60.0
 BACKENDS = ["gemini", "copilot", "opencode"]
 # How each CLI names our server's tools to its model.
 OFFERED = {"gemini": "mcp_beamagent_{}", "copilot": "beamagent-{}", "opencode": "beamagent_{}"}
-
-calls: list[ToolContext] = []
-
-
-@tool
-def add(a: int, b: int, ctx: ToolContext) -> int:
-    """Add two integers."""
-    calls.append(ctx)
-    return a + b
-
-
-@tool
-def explode(reason: str) -> str:
-    """Always fails."""
-    raise RuntimeError(f"exploded: {reason}")
-
-
-@tool
-def shout(text: str) -> str:
-    """Upper-case a text."""
-    return text.upper()
-
-
-@pytest.fixture(autouse=True)
-def _clear_calls() -> Iterator[None]:
-    calls.clear()
-    yield
-    calls.clear()
 
 
 @pytest.fixture(scope="module")

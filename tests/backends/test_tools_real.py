@@ -28,41 +28,14 @@ from beamagent.testing import (
     claude_env,
     codex_env,
 )
-from beamagent.tools import ToolContext, ToolServerConfig, tool
+from beamagent.tools import ToolServerConfig, tool
 from supervisors import kill, whereis
+from tests.backends._sample_tools import _clear_calls, add, calls, explode, shout  # noqa: F401
 from tests.backends.conftest import prefix
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 WAIT = 60.0
 BACKENDS = ["claude", "codex"]
-
-calls: list[ToolContext] = []
-
-
-@tool
-def add(a: int, b: int, ctx: ToolContext) -> int:
-    """Add two integers."""
-    calls.append(ctx)
-    return a + b
-
-
-@tool
-def explode(reason: str) -> str:
-    """Always fails."""
-    raise RuntimeError(f"exploded: {reason}")
-
-
-@tool
-def shout(text: str) -> str:
-    """Upper-case a text."""
-    return text.upper()
-
-
-@pytest.fixture(autouse=True)
-def _clear_calls() -> Iterator[None]:
-    calls.clear()
-    yield
-    calls.clear()
 
 
 @pytest.fixture
