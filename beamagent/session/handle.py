@@ -8,14 +8,17 @@ one it was carrying out when it died is repeated only if it is safe to repeat
 (reads, health, info, settings). A query cut off that way raises
 ``SessionError`` whose ``delivered`` says whether the prompt reached the
 backend. The async twins (``aquery``, ``astream``...) bridge the actor's
-reply straight into the event loop (no thread pool): they never block it.
+reply straight into the event loop (no thread pool; replies that arrive together
+wake the loop once): they never block it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -84,25 +87,71 @@ have reached the backend (at most once).
 """
 
 
+class _LoopBridge:
+    """Hands replies to one event loop in batches: one wake-up of the loop per batch.
+
+    ``call_soon_threadsafe`` writes to the loop's self-pipe on every call; with many
+    coroutines awaiting sessions, replies that arrive while the loop has not yet run
+    the last batch join it instead of waking it again.
+    """
+
+    __slots__ = ("_loop", "_ready", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._ready: deque[tuple[asyncio.Future[Any], CallFuture]] = deque()
+        self._scheduled = False
+
+    def push(self, target: asyncio.Future[Any], source: CallFuture) -> None:
+        """Resolve ``target`` from ``source`` (set) on the loop's thread; any thread."""
+        # Appended before the flag is read: a drain that has not yet reset the flag
+        # has not started popping either, so it finds this reply.
+        self._ready.append((target, source))
+        if self._scheduled:
+            return
+        self._scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # a closed loop: nobody awaits any more
+            self._scheduled = False
+            self._ready.clear()
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        ready = self._ready
+        while ready:
+            target, source = ready.popleft()
+            _resolve(target, source)
+
+
+_bridges = threading.local()
+
+
+def _bridge(loop: asyncio.AbstractEventLoop) -> _LoopBridge:
+    """The bridge of ``loop``, the running loop of this thread."""
+    bridge: _LoopBridge | None = getattr(_bridges, "bridge", None)
+    if bridge is None or bridge._loop is not loop:
+        bridge = _bridges.bridge = _LoopBridge(loop)
+    return bridge
+
+
 class _LoopFuture(CallFuture):
     """A Pykka future that also resolves an asyncio future, thread-safely."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, target: asyncio.Future[Any]) -> None:
-        super().__init__()
-        self._loop = loop
-        self._target = target
+    __slots__ = ("_bridge", "_target")
 
-    def _notify(self) -> None:
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody awaits any more
-            self._loop.call_soon_threadsafe(_resolve, self._target, self)
+    def __init__(self, bridge: _LoopBridge, target: asyncio.Future[Any]) -> None:
+        super().__init__()
+        self._bridge = bridge
+        self._target = target
 
     def set(self, value: Any = None) -> None:
         super().set(value)
-        self._notify()
+        self._bridge.push(self._target, self)
 
     def set_exception(self, exc_info: Any = None) -> None:
         super().set_exception(exc_info)
-        self._notify()
+        self._bridge.push(self._target, self)
 
 
 def _resolve(target: asyncio.Future[Any], source: CallFuture) -> None:
@@ -112,6 +161,15 @@ def _resolve(target: asyncio.Future[Any], source: CallFuture) -> None:
         target.set_result(source.get(timeout=0))
     except BaseException as exc:
         target.set_exception(exc)
+
+
+class _HandleTimeout(Exception):
+    """The handle's own bound on an async call passed (a wedged session)."""
+
+
+def _expire(target: asyncio.Future[Any]) -> None:
+    if not target.done():
+        target.set_exception(_HandleTimeout())
 
 
 class Session:
@@ -204,6 +262,7 @@ class Session:
 
     async def _acall(self, method: str, *args: Any, timeout: float | None = CALL_TIMEOUT) -> Any:
         loop = asyncio.get_running_loop()
+        bridge = _bridge(loop)
         message = ProxyCall(attr_path=(method,), args=args, kwargs=_trace_kwargs(method))
         deadline = None if timeout is None else time.monotonic() + timeout
         runtime = self._runtime
@@ -219,13 +278,14 @@ class Session:
                     None, runtime._session_ref, self.session_id, remaining
                 )
             target: asyncio.Future[Any] = loop.create_future()
-            future = _LoopFuture(loop, target)
+            future = _LoopFuture(bridge, target)
             ref.actor_inbox.put(Envelope(message, reply_to=future))
+            # Awaited directly, with a timer of our own: asyncio.wait_for adds a second
+            # future and a done-callback to every call.
+            expiry = None if remaining is None else loop.call_later(remaining, _expire, target)
             try:
-                return await asyncio.wait_for(target, remaining)
-            except QueryTimeout:
-                raise  # the session's own answer (a TimeoutError too)
-            except TimeoutError:
+                return await target
+            except _HandleTimeout:
                 future.abandoned = True  # if not started yet, it never will be
                 raise QueryTimeout(
                     f"session {self.session_id} did not answer {method} within {timeout} s"
@@ -240,6 +300,9 @@ class Session:
                     raise self._cut_off(method, future) from None
             except pykka.ActorDeadError:
                 pass
+            finally:
+                if expiry is not None:
+                    expiry.cancel()
             if deadline is not None and time.monotonic() >= deadline:
                 raise QueryTimeout(
                     f"session {self.session_id} did not come back to answer {method} "

@@ -91,3 +91,25 @@ def test_asyncio_api_never_blocks_the_loop() -> None:
             asyncio.run(main(rt))
     finally:
         release.set()
+
+
+def test_many_aqueries_from_one_loop_each_get_their_own_answer() -> None:
+    # Replies reach the loop in batches (one wake-up for all that arrive before it runs):
+    # none may be lost, duplicated or given to another coroutine, loop after loop.
+    async def main(rt: Runtime, sessions: list[Any], round_: int) -> list[str]:
+        async def one(index: int) -> str:
+            answers = []
+            for q in range(5):
+                prompt = f"r{round_}-s{index}-q{q}"
+                messages = await sessions[index].aquery(prompt, timeout=60)
+                assert messages[-1].content == prompt
+                answers.append(messages[-1].content)
+            return ",".join(answers)
+
+        return await asyncio.gather(*(one(i) for i in range(len(sessions))))
+
+    with Runtime(store=":memory:") as rt:
+        sessions = [rt.start_session(backend="local") for _ in range(50)]
+        for round_ in range(2):  # a second asyncio.run on this thread: a new loop
+            got = asyncio.run(main(rt, sessions, round_))
+            assert got == [",".join(f"r{round_}-s{i}-q{q}" for q in range(5)) for i in range(50)]
