@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import math
 import operator
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -617,6 +618,19 @@ _fill_message: Final = _slot_filler()
 _SIMPLE_STR_FIELDS: Final[frozenset[str]] = frozenset(
     {"session_id", "thread_id", "uuid", "message_id", "model", "parent_tool_use_id"}
 )
+
+
+_UUID_VARIANT: Final[Mapping[str, str]] = {f"{n:x}": f"{n & 0x3 | 0x8:x}" for n in range(16)}
+
+
+def _new_uuid() -> str:
+    """``str(uuid.uuid4())``: the same random source (``os.urandom``) and layout, cheaper.
+
+    The local agent and the session stamp every message they build with one, so it is
+    on every query's path (``uuid.uuid4`` builds a ``UUID`` object first: 1.9 us vs 0.8).
+    """
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_UUID_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 # --- normalization ------------------------------------------------------------------

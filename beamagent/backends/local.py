@@ -56,12 +56,11 @@ import contextlib
 import inspect
 import itertools
 import json
-import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar
 
 import attrs
 
@@ -89,6 +88,7 @@ from beamagent.messages import (
     _build_block,
     _build_message,
     _copy_json,
+    _new_uuid,
     _normalize_owned,
     _valid_text,
 )
@@ -529,7 +529,7 @@ class LocalAgent(InProcessPeer):
     def _uuid(self) -> str:
         # Random, not derived from the native id: a resumed or restarted agent must not
         # repeat the uuids of earlier messages (revert/rollback select by uuid).
-        return _uuid4()
+        return _new_uuid()
 
     def _init_line(self) -> dict[str, Any]:
         return {
@@ -680,20 +680,6 @@ class LocalAgent(InProcessPeer):
         streamer = self._streamer
         if streamer is not None and streamer is not threading.current_thread():
             streamer.join(timeout=5)
-
-
-_UUID4_CLEAR: Final = 0xF000 << 64 | 0xC000 << 48  # the version and variant bits
-_UUID4_SET: Final = 0x4000 << 64 | 0x8000 << 48  # version 4, RFC 4122 variant
-
-
-def _uuid4() -> str:
-    """``str(uuid.uuid4())`` (the same random source and layout) at half the cost.
-
-    The agent stamps every line it writes with one, so it is on every query's path.
-    """
-    n = int.from_bytes(os.urandom(16)) & ~_UUID4_CLEAR | _UUID4_SET
-    h = f"{n:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _one_by_one(items: Any) -> Generator[Any, Any, None]:

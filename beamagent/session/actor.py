@@ -54,7 +54,6 @@ import math
 import re
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
@@ -101,7 +100,7 @@ from beamagent.errors import (
     UnsupportedCapability,
 )
 from beamagent.log import get_logger
-from beamagent.messages import Message, MessageType, _build_message
+from beamagent.messages import Message, MessageType, _build_message, _new_uuid
 from beamagent.tools._access import ToolServerAccess
 from beamagent.tools._timing import ToolCallReport, ToolTimings
 from supervisors import (
@@ -1632,8 +1631,8 @@ class SessionActor(Process):
             {
                 "content": prompt,
                 "session_id": self.session_id,
-                "uuid": str(uuid.uuid4()),
-                "timestamp": int(time.time() * 1000),
+                "uuid": _new_uuid(),
+                "timestamp": time.time_ns() // 1_000_000,
             },
             json_native=True,
         )

@@ -109,3 +109,17 @@ def test_built_messages_take_the_constructors_defaults() -> None:
     assert explicit.stop_reason_parsed is None  # given: kept, as from_dict needs
     assert not built.is_json_native
     assert _build_message(MessageType.USER, {"content": "hi"}, json_native=True).is_json_native
+
+
+def test_new_uuid_is_a_random_uuid4_string() -> None:
+    import uuid
+
+    from beamagent.messages import _new_uuid
+
+    made = [_new_uuid() for _ in range(2000)]
+    assert len(set(made)) == len(made)
+    for text in made:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text  # lower-case hex, 8-4-4-4-12
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
