@@ -16,7 +16,9 @@ in between; the messages are those the JSONL codec would give, without a
 ``raw`` wire dict (there is no wire). ``"jsonl"``: every answer is a JSON line
 through an :class:`~beamagent.backends.base.InProcessTransport`, decoded and
 normalised by the handler, so the backend exercises the same codec and byte
-handling as the real CLIs. Commands to the agent are JSON lines in both. A
+handling as the real CLIs. Commands to the agent are JSON lines in both (under
+``"messages"`` a query's line also carries the command, which the agent takes
+instead of parsing it). A
 reply that sends raw ``bytes`` switches the agent to JSON lines for the rest of
 its life, so byte-level faults behave exactly as under ``"jsonl"``.
 
@@ -144,6 +146,17 @@ class _ToolWait:
         self.outcome: ToolOutcome | None = None
 
 
+class _CommandLine(bytes):
+    """A command's JSON line that also carries the command as the agent would decode it.
+
+    The ``messages`` codec's handler sends its query commands this way: the in-process
+    agent takes ``command`` instead of parsing the line it was built from (the bytes
+    stay the real line, for anything that reads them).
+    """
+
+    command: dict[str, Any]
+
+
 def _unattached(_value: object) -> None:
     """Output of an agent no transport has attached yet: dropped."""
 
@@ -221,7 +234,8 @@ class LocalAgent(InProcessPeer):
     # --- protocol ------------------------------------------------------------------
 
     def receive(self, data: bytes) -> None:
-        for obj in decode_lines(data).objects:
+        objects = (data.command,) if type(data) is _CommandLine else decode_lines(data).objects
+        for obj in objects:
             kind = obj.get("type")
             if kind == "initialize":
                 self._emit(encode_line(self._initialized(obj.get("request_id", "init"))))
@@ -850,6 +864,11 @@ class LocalHandler(BackendHandler):
             line = encode_line({"type": "query", "prompt": prompt, "params": dict(params)})
         except (TypeError, ValueError) as exc:
             raise InvalidOption(f"query params must be JSON-serialisable: {exc}") from exc
+        if self.codec == "messages" and not params and type(prompt) is str:
+            # What the agent would decode from the line: it takes the command as it is.
+            command = {"type": "query", "prompt": _valid_text(prompt), "params": {}}
+            line = _CommandLine(line)
+            line.command = command
         return HandlerOutput(writes=[line])
 
     def handle_data(self, buffer: bytes) -> tuple[HandlerOutput, bytes]:

@@ -8,6 +8,8 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from beamagent import LocalExit, Runtime
 from beamagent.backends.base import InProcessTransport
@@ -193,3 +195,18 @@ def test_a_reply_without_a_history_parameter_is_called_as_before() -> None:
         session.stop()
         rt.start_session(resume=session.session_id, reply=reply).query("two")
     assert calls == [("one", {"temperature": 0}), ("two", {})]
+
+
+@given(st.text())
+def test_a_query_command_carries_exactly_what_its_line_decodes_to(prompt: str) -> None:
+    # The messages codec's agent takes the carried command instead of parsing the line:
+    # it must be what parsing would give, and the line the one the jsonl codec writes.
+    from beamagent.backends.jsonl import decode_lines
+
+    line = LocalHandler({"session_id": "s"}).encode_query(prompt, {}).writes[0]
+    jsonl = LocalHandler({"session_id": "s", "codec": "jsonl"}).encode_query(prompt, {})
+    assert line == jsonl.writes[0]
+    assert not hasattr(jsonl.writes[0], "command")  # the jsonl codec parses its commands
+    (decoded,) = decode_lines(line).objects
+    assert line.command == decoded  # type: ignore[attr-defined]
+    assert type(line.command["prompt"]) is str  # type: ignore[attr-defined]
