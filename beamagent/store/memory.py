@@ -152,7 +152,7 @@ def _prepare(message: Any, active_thread_id: str | None) -> _Message:
         if thread_id is None:
             thread_id = active_thread_id
         return _Message(
-            message.type.value,
+            message.type._value_,  # not .value, a Python-level property: once per message
             message.uuid or None,
             message.message_id or None,
             thread_id or None,
