@@ -157,6 +157,10 @@ class _CommandLine(bytes):
     command: dict[str, Any]
 
 
+_QUERY_HEAD = b'{"type":"query","prompt":'
+_QUERY_TAIL = b',"params":{}}\n'
+
+
 def _unattached(_value: object) -> None:
     """Output of an agent no transport has attached yet: dropped."""
 
@@ -860,15 +864,16 @@ class LocalHandler(BackendHandler):
             self._agent.replay(history)
 
     def encode_query(self, prompt: str, params: Mapping[str, Any]) -> HandlerOutput:
+        if self.codec == "messages" and not params and type(prompt) is str:
+            # The line encode_line gives for the command, put together around the prompt's
+            # JSON; it carries what the agent would decode from it, which the agent takes.
+            carried = _CommandLine(_QUERY_HEAD + encode_line(prompt)[:-1] + _QUERY_TAIL)
+            carried.command = {"type": "query", "prompt": _valid_text(prompt), "params": {}}
+            return HandlerOutput(writes=[carried])
         try:
             line = encode_line({"type": "query", "prompt": prompt, "params": dict(params)})
         except (TypeError, ValueError) as exc:
             raise InvalidOption(f"query params must be JSON-serialisable: {exc}") from exc
-        if self.codec == "messages" and not params and type(prompt) is str:
-            # What the agent would decode from the line: it takes the command as it is.
-            command = {"type": "query", "prompt": _valid_text(prompt), "params": {}}
-            line = _CommandLine(line)
-            line.command = command
         return HandlerOutput(writes=[line])
 
     def handle_data(self, buffer: bytes) -> tuple[HandlerOutput, bytes]:
