@@ -567,3 +567,180 @@ def test_a_kill_of_a_process_starting_in_place_ends_it_alone() -> None:
     finally:
         _starting.clear()
         starter.stop(timeout=5)
+
+
+# --- the next slot ----------------------------------------------------------------------------
+
+
+class Hop(s.Process):
+    """Notes the thread it runs on, then tells the next process the message (an Event).
+
+    The last one sets the Event. ``after_tell`` runs in the handler after the tell.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        log: list[tuple[str, int]],
+        next_ref: pykka.ActorRef[Any] | None = None,
+        after_tell: Any = None,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.log = log
+        self.next_ref = next_ref
+        self.after_tell = after_tell
+        self.entered = threading.Event()
+
+    def on_receive(self, message: Any) -> Any:
+        self.entered.set()
+        self.log.append((self.name, threading.get_ident()))
+        if self.next_ref is None:
+            message.set()
+            return None
+        self.next_ref.tell(message)
+        if self.after_tell is not None:
+            return self.after_tell()
+        return None
+
+
+@pytest.fixture
+def slot_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The monitor never moves a slot: a process leaves it by its worker or by a flush."""
+    monkeypatch.setattr(scheduler, "slot_ticks", 10**9)
+
+
+def test_a_chain_of_tells_runs_on_the_sending_worker_and_wakes_no_other(slot_kept: None) -> None:
+    log: list[tuple[str, int]] = []
+    overlapped: list[bool] = []
+    c = Hop.start("c", log)
+    b = Hop.start("b", log, c)
+    b_entered = s.lookup(b).entered  # type: ignore[union-attr]
+    # a lingers after its tell: an idle worker (there is one: core >= 2) would take b
+    # meanwhile if the tell had gone to the run queue.
+    a = Hop.start("a", log, b, after_tell=lambda: overlapped.append(b_entered.wait(0.2)))
+    try:
+        done = threading.Event()
+        a.tell(done)
+        assert done.wait(5)
+        assert overlapped == [False]  # b waited in a's worker's slot
+        assert [name for name, _ in log] == ["a", "b", "c"]
+        assert len({ident for _, ident in log}) == 1, log  # all on a's worker
+    finally:
+        _stop_all([a, b, c])
+
+
+def test_a_handler_that_waits_announced_for_the_process_in_its_slot_lets_it_run(
+    slot_kept: None,
+) -> None:
+    # The ask puts the echo in the asker's slot; the reply's wait (managed) moves it to
+    # the run queue. Kept in the slot, the asker would wait for ever on its own worker.
+    echo = Echo.start()
+    asker = Relay.start(echo)
+    try:
+        assert asker.ask(1, timeout=10) == 2
+    finally:
+        _stop_all([asker, echo])
+
+
+def test_a_handler_that_blocks_unannounced_does_not_hold_its_slot() -> None:
+    # The monitor moves the slot of a worker stuck in one slice for a tick.
+    log: list[tuple[str, int]] = []
+    ran = threading.Event()
+    target = Hop.start("target", log)
+    sender = Hop.start("sender", log, target, after_tell=lambda: ran.wait(10))
+    try:
+        assert sender.ask(ran, timeout=10) is True
+        assert log[0][1] != log[1][1]  # the target ran on another worker meanwhile
+    finally:
+        _stop_all([sender, target])
+
+
+def test_a_process_displaced_from_the_slot_goes_to_the_run_queue(slot_kept: None) -> None:
+    log: list[tuple[str, int]] = []
+    first_ran = threading.Event()
+    first = Hop.start("first", log)
+    second = Hop.start("second", log)
+
+    class Fan(s.Process):
+        def on_receive(self, message: Any) -> Any:
+            first.tell(first_ran)  # into the slot...
+            second.tell(threading.Event())  # ...then displaced by this one
+            return first_ran.wait(10)  # unannounced, and the monitor never moves the slot
+
+    fan = Fan.start()
+    try:
+        assert fan.ask("go", timeout=10) is True
+    finally:
+        _stop_all([fan, first, second])
+
+
+def test_a_killed_handler_does_not_lose_the_process_in_its_slot(slot_kept: None) -> None:
+    log: list[tuple[str, int]] = []
+    entered = threading.Event()
+
+    def spin() -> None:
+        entered.set()
+        while True:  # pure bytecode: only a kill gets it out
+            pass
+
+    target = Hop.start("target", log)
+    spinner = Hop.start("spinner", log, target, after_tell=spin)
+    try:
+        ran = threading.Event()
+        spinner.tell(ran)
+        assert entered.wait(5)
+        assert not s.lookup(target).entered.is_set()  # type: ignore[union-attr]
+        mon = s.monitor(spinner)
+        assert s.kill(spinner)
+        assert mon.wait(5).reason == s.Killed()
+        assert ran.wait(5)  # the worker ran its slot after the killed slice
+        assert log[0][1] == log[1][1]
+    finally:
+        _stop_all([target])
+
+
+class _Item:
+    """A work item for a private Scheduler: ``run()`` is its slice."""
+
+    def __init__(self, run: Any) -> None:
+        self.run = run
+
+    def _run_slice(self) -> None:
+        self.run()
+
+
+def test_a_ping_pong_through_the_slot_does_not_starve_the_run_queue() -> None:
+    from supervisors._scheduler import Scheduler
+
+    sched = Scheduler(core=2, idle_timeout=0.05)
+    hold, held, done = threading.Event(), threading.Event(), threading.Event()
+    rounds = [0]
+
+    def occupy() -> None:  # keeps the other worker busy (unannounced)
+        held.set()
+        hold.wait(10)
+
+    def bounce(other: list[_Item]) -> None:
+        rounds[0] += 1
+        if not done.is_set() and rounds[0] < 1_000_000:
+            sched.submit(other[0])  # type: ignore[arg-type]
+
+    ping_box: list[_Item] = []
+    pong_box: list[_Item] = []
+    ping = _Item(lambda: bounce(pong_box))
+    pong = _Item(lambda: bounce(ping_box))
+    ping_box.append(ping)
+    pong_box.append(pong)
+    try:
+        sched.submit(_Item(occupy))  # type: ignore[arg-type]
+        assert held.wait(5)
+        sched.submit(ping)  # type: ignore[arg-type]  # the second (and last) core worker
+        # Queued behind the pair: only the slot-run bound lets it run.
+        sched.submit(_Item(done.set))  # type: ignore[arg-type]
+        assert done.wait(5)
+        assert rounds[0] < 1_000_000
+    finally:
+        done.set()
+        hold.set()
+        assert sched.release_idle(5)
