@@ -131,6 +131,7 @@ class Scheduler:
         self._serial = itertools.count(1)
         self._monitor: threading.Thread | None = None
         self._releasing = False
+        self._stops = 0  # release_idle's stop markers still in the run queue: not work
 
     # --- submitting -----------------------------------------------------------------
 
@@ -237,6 +238,8 @@ class Scheduler:
                             item = None
                         idle.discard(worker)
                         if item is _STOP:
+                            with self._lock:
+                                self._stops -= 1
                             return
                         if item is None:
                             if self._releasing or len(self._workers) > self.core:
@@ -290,7 +293,10 @@ class Scheduler:
                 now[worker] = (mark, ticks)
             held = now
             slices = self._slices
-            if self._runq.qsize() and slices == seen and self._counts()[1] == 0:
+            # Stop markers are no stalled work: a worker spawned for them would take one
+            # meant for a busy worker, which then never ends.
+            stalled = self._runq.qsize() > self._stops
+            if stalled and slices == seen and self._counts()[1] == 0:
                 self._spawn(reason="stalled")
             seen = slices
 
@@ -325,13 +331,14 @@ class Scheduler:
         return len(self._workers)
 
     def release_idle(self, timeout: float = 5.0) -> bool:
-        """End every idle worker now (and the monitor once none is left).
+        """End every idle worker now, a busy one once its slice ends (and then the monitor).
 
-        Returns True if no worker is left.
+        Waits up to ``timeout`` seconds for each; returns True if no worker is left.
         """
         with self._lock:
             self._releasing = True
             threads = list(self._workers)
+            self._stops += len(threads)
         for _ in threads:
             self._runq.put(_STOP)
         for thread in threads:

@@ -569,6 +569,33 @@ def test_a_kill_of_a_process_starting_in_place_ends_it_alone() -> None:
         starter.stop(timeout=5)
 
 
+def test_a_worker_busy_during_a_release_ends_once_its_handler_returns() -> None:
+    # A handler blocked (unannounced) across release_idle_workers(): its stop marker
+    # waits in the run queue, and the monitor must not take it for stalled work (a
+    # worker spawned for it took the marker, and the busy worker then lived on).
+    entered, release = threading.Event(), threading.Event()
+    threads: list[threading.Thread] = []
+
+    class Holder(s.Process):
+        def on_receive(self, message: Any) -> Any:
+            threads.append(threading.current_thread())
+            entered.set()
+            return release.wait(10)
+
+    holder = Holder.start()
+    try:
+        reply = holder.ask("hold", block=False)
+        assert entered.wait(5)
+        assert not scheduler.release_idle(timeout=0.2)  # the holder's worker is busy
+        release.set()
+        assert reply.get(timeout=5) is True
+        threads[0].join(5)
+        assert not threads[0].is_alive()
+    finally:
+        release.set()
+        _stop_all([holder])
+
+
 # --- the next slot ----------------------------------------------------------------------------
 
 
