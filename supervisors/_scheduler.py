@@ -41,6 +41,10 @@ process from running for long:
 Messages from other threads (a caller, a timer) and a process's own requeue
 (mail left after a full slice) go to the run queue as before.
 
+For the same reason a handler can hand the scheduler the wake-up of a thread
+outside the pool (:meth:`Scheduler.wake_when_idle`: a graph run's result for
+its caller), to run when the worker has nothing to run next.
+
 The pool keeps ``core`` workers (one per CPU, at least two) and shrinks back
 to them: an extra worker ends after ``idle_timeout`` seconds without work.
 Workers are daemon threads, so an interpreter never waits for an idle pool at
@@ -56,7 +60,7 @@ import os
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from supervisors._log import get_logger
@@ -79,7 +83,7 @@ _local = threading.local()
 
 
 class _Worker:
-    __slots__ = ("blocked", "running", "slices", "slot", "thread")
+    __slots__ = ("blocked", "later", "running", "slices", "slot", "thread")
 
     def __init__(self, thread: threading.Thread) -> None:
         self.thread = thread
@@ -89,6 +93,7 @@ class _Worker:
         # The next slot: at most one process (a deque for its atomic append/popleft, so
         # the monitor can take it from another thread without a lock).
         self.slot: deque[Process] = deque()
+        self.later: deque[Callable[[], object]] = deque()  # wakes deferred to the idle point
 
 
 class Scheduler:
@@ -170,6 +175,34 @@ class Scheduler:
         if not self._idle and len(self._workers) - len(self._blocked) < self.core:
             self._spawn(reason="capacity")
 
+    def wake_when_idle(self, wake: Callable[[], object]) -> None:
+        """Run ``wake`` (it wakes a thread) once this worker has nothing to run next.
+
+        For a handler that wakes a thread which needs the GIL at once (a caller
+        waiting for a result): woken now, that thread would only wait for the GIL
+        this worker holds while it runs its next slot, and be woken a second time.
+        The wake runs when the worker next looks at the run queue, when the handler
+        enters a managed wait, or from the monitor once the slice has lasted
+        ``slot_ticks`` ticks. Outside a handler on a worker it runs at once.
+        """
+        worker: _Worker | None = getattr(_local, "worker", None)
+        if worker is None or worker.blocked or worker.running is None:
+            wake()
+        else:
+            worker.later.append(wake)
+
+    def _run_later(self, worker: _Worker) -> None:
+        later = worker.later
+        while later:
+            try:
+                wake = later.popleft()
+            except IndexError:
+                return
+            try:
+                wake()
+            except Exception:
+                log.exception("scheduler_wake_failed")
+
     def _flush_slot(self, worker: _Worker) -> None:
         """Move ``worker``'s next slot to the run queue (it cannot run it soon)."""
         slot = worker.slot
@@ -231,6 +264,8 @@ class Scheduler:
                                 pass  # the monitor moved it to the run queue
                     if item is None:
                         streak = 0
+                        if worker.later:
+                            self._run_later(worker)
                         idle.add(worker)
                         try:
                             item = runq.get(timeout=self.idle_timeout)
@@ -266,6 +301,7 @@ class Scheduler:
             worker.running = None
             _local.worker = None
             self._flush_slot(worker)  # never lose a process (an exit with a full slot)
+            self._run_later(worker)
 
     def _watch(self) -> None:
         """Add a worker when the run queue stalls behind workers blocked unannounced.
@@ -288,8 +324,11 @@ class Scheduler:
                 mark = worker.slices
                 before = held.get(worker)
                 ticks = before[1] + 1 if before is not None and before[0] == mark else 0
-                if ticks >= self.slot_ticks and worker.slot and worker.running is not None:
-                    self._flush_slot(worker)
+                if ticks >= self.slot_ticks and worker.running is not None:
+                    if worker.slot:
+                        self._flush_slot(worker)
+                    if worker.later:
+                        self._run_later(worker)
                 now[worker] = (mark, ticks)
             held = now
             slices = self._slices
@@ -312,6 +351,8 @@ class Scheduler:
             self._blocked.add(worker)
             if worker.slot:  # it waits: what it made runnable must run elsewhere
                 self._flush_slot(worker)
+            if worker.later:
+                self._run_later(worker)
             total, idle, blocked = self._counts()
             if idle == 0 and (total - blocked < self.core or self._runq.qsize()):
                 self._spawn(reason="blocking")

@@ -16,6 +16,7 @@ import pytest
 import supervisors as s
 from supervisors._scheduler import SLICE, scheduler
 from supervisors._scheduler import blocking as s_blocking
+from tests.supervisors._kit import EventLog
 
 
 class Echo(s.Process):
@@ -771,3 +772,67 @@ def test_a_ping_pong_through_the_slot_does_not_starve_the_run_queue() -> None:
         done.set()
         hold.set()
         assert sched.release_idle(5)
+
+
+class Waker(s.Process):
+    """Hands the scheduler a wake (recording 'woken'), then does what the message says."""
+
+    def __init__(self, log: EventLog, next_ref: pykka.ActorRef[Any] | None = None) -> None:
+        super().__init__()
+        self.log = log
+        self.next_ref = next_ref
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "next":
+            self.log.record("next ran")
+            return None
+        woken = threading.Event()
+
+        def wake() -> None:
+            self.log.record("woken")
+            woken.set()
+
+        scheduler.wake_when_idle(wake)
+        if message == "tell":
+            assert self.next_ref is not None
+            self.next_ref.tell("next")
+            return None
+        if message == "announced":
+            with s_blocking():
+                return woken.wait(10)
+        return woken.wait(10)  # unannounced
+
+
+def test_a_wake_handed_to_the_scheduler_runs_after_the_workers_next_slot(
+    slot_kept: None,
+) -> None:
+    log = EventLog()
+    nxt = Waker.start(log)
+    waker = Waker.start(log, nxt)
+    try:
+        waker.tell("tell")
+        log.wait_for(lambda events: len(events) == 2)
+        assert log.snapshot() == ["next ran", "woken"]
+    finally:
+        _stop_all([waker, nxt])
+
+
+@pytest.mark.parametrize("how", ["announced", "unannounced"])
+def test_a_handler_that_waits_for_its_own_handed_wake_gets_it(
+    how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Announced: the managed wait runs it (the monitor is kept out); unannounced: the
+    # monitor does, after a tick.
+    if how == "announced":
+        monkeypatch.setattr(scheduler, "slot_ticks", 10**9)
+    waker = Waker.start(EventLog())
+    try:
+        assert waker.ask(how, timeout=10) is True
+    finally:
+        _stop_all([waker])
+
+
+def test_a_wake_handed_over_outside_a_worker_runs_at_once() -> None:
+    woken = threading.Event()
+    scheduler.wake_when_idle(woken.set)
+    assert woken.is_set()
