@@ -19,6 +19,32 @@ pool live, as Java's ``ForkJoinPool`` does with managed blocking:
   socket), a monitor thread adds a worker when the run queue has waited for a
   tick with no slice finished.
 
+**The next slot.** When a handler running on a worker makes an idle process
+runnable (a ``tell`` or an ``ask`` to it), that process goes into the worker's
+*next slot* instead of the run queue, and no other worker is woken: the worker
+runs it as soon as the current slice ends (Go's ``runnext``, Tokio's LIFO slot).
+A chain of messages between idle processes (a graph step, a reply to a caller's
+caller) then stays on one worker, where each hop through the run queue would
+wake another thread — on a VM, tens of microseconds each, and the woken thread
+then also waits for the GIL the sender still holds. The slot never keeps a
+process from running for long:
+
+* a handler that blocks in a managed wait (an ``ask``'s ``Future.get``,
+  :func:`blocking`) moves its slot to the run queue first;
+* the monitor moves the slot of a worker that has been in the same slice for
+  ``slot_ticks`` ticks (a handler that computes, or blocks unannounced);
+* a process displaced from the slot by a newer one goes to the run queue;
+* after :data:`SLOT_RUNS` slot runs in a row a worker serves the run queue
+  first, so a pair of processes feeding each other's slot cannot starve it;
+* a slice that ends (returns, crashes, is killed) leaves the slot to its worker.
+
+Messages from other threads (a caller, a timer) and a process's own requeue
+(mail left after a full slice) go to the run queue as before.
+
+For the same reason a handler can hand the scheduler the wake-up of a thread
+outside the pool (:meth:`Scheduler.wake_when_idle`: a graph run's result for
+its caller), to run when the worker has nothing to run next.
+
 The pool keeps ``core`` workers (one per CPU, at least two) and shrinks back
 to them: an extra worker ends after ``idle_timeout`` seconds without work.
 Workers are daemon threads, so an interpreter never waits for an idle pool at
@@ -33,7 +59,8 @@ import itertools
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from supervisors._log import get_logger
@@ -41,23 +68,32 @@ from supervisors._log import get_logger
 if TYPE_CHECKING:
     from supervisors._process import Process
 
-__all__ = ["SLICE", "Scheduler", "blocking", "release_idle_workers", "scheduler"]
+__all__ = ["SLICE", "SLOT_RUNS", "Scheduler", "blocking", "release_idle_workers", "scheduler"]
 
 log = get_logger(__name__)
 
 SLICE = 64
 """Messages a process handles before it yields its worker to the next process."""
 
+SLOT_RUNS = 16
+"""Slices a worker runs from its next slot in a row before the run queue goes first."""
+
 _STOP: Any = object()
 _local = threading.local()
 
 
 class _Worker:
-    __slots__ = ("blocked", "thread")
+    __slots__ = ("blocked", "later", "running", "slices", "slot", "thread")
 
     def __init__(self, thread: threading.Thread) -> None:
         self.thread = thread
         self.blocked = 0  # nesting depth of blocking() on this worker
+        self.running: Process | None = None  # the process whose slice runs here
+        self.slices = 0  # slices started here: the monitor's sign this one moved on
+        # The next slot: at most one process (a deque for its atomic append/popleft, so
+        # the monitor can take it from another thread without a lock).
+        self.slot: deque[Process] = deque()
+        self.later: deque[Callable[[], object]] = deque()  # wakes deferred to the idle point
 
 
 class Scheduler:
@@ -68,6 +104,8 @@ class Scheduler:
         max_workers: the most workers at once, compensation included.
         idle_timeout: seconds an extra worker waits for work before it ends.
         tick: how often (seconds) the monitor checks for a stalled run queue.
+        slot_ticks: ticks a handler's slice may last before the monitor moves the
+            process in its worker's next slot to the run queue.
     """
 
     def __init__(
@@ -76,11 +114,13 @@ class Scheduler:
         max_workers: int = 512,
         idle_timeout: float = 1.0,
         tick: float = 0.01,
+        slot_ticks: int = 1,
     ) -> None:
         self.core = max(2, core if core is not None else (os.cpu_count() or 2))
         self.max_workers = max(self.core, max_workers)
         self.idle_timeout = idle_timeout
         self.tick = tick
+        self.slot_ticks = slot_ticks
         self._runq: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._workers: dict[threading.Thread, _Worker] = {}
@@ -96,6 +136,7 @@ class Scheduler:
         self._serial = itertools.count(1)
         self._monitor: threading.Thread | None = None
         self._releasing = False
+        self._stops = 0  # release_idle's stop markers still in the run queue: not work
 
     # --- submitting -----------------------------------------------------------------
 
@@ -104,11 +145,73 @@ class Scheduler:
         return len(self._workers), len(self._idle), len(self._blocked)
 
     def submit(self, process: Process) -> None:
-        """Queue ``process`` to run a slice (its mailbox says it has work)."""
+        """Queue ``process`` to run a slice (its mailbox says it has work).
+
+        From a handler running on a worker, the process goes into that worker's
+        next slot (the worker runs it once the handler's slice ends, and no other
+        worker is woken); a process already there moves on to the run queue.
+        From anywhere else it goes to the run queue.
+        """
+        worker: _Worker | None = getattr(_local, "worker", None)
+        if (
+            worker is not None
+            and worker.blocked == 0
+            and worker.running is not None
+            and worker.running is not process  # its own slice left mail: back of the queue
+        ):
+            slot = worker.slot
+            slot.append(process)
+            if len(slot) == 1:
+                return
+            try:
+                process = slot.popleft()  # the one displaced
+            except IndexError:
+                return  # the monitor moved it to the run queue meanwhile
+        self._enqueue(process)
+
+    def _enqueue(self, process: Process) -> None:
         self._runq.put(process)
         # A worker that is idle picks it up; otherwise make sure there is capacity.
         if not self._idle and len(self._workers) - len(self._blocked) < self.core:
             self._spawn(reason="capacity")
+
+    def wake_when_idle(self, wake: Callable[[], object]) -> None:
+        """Run ``wake`` (it wakes a thread) once this worker has nothing to run next.
+
+        For a handler that wakes a thread which needs the GIL at once (a caller
+        waiting for a result): woken now, that thread would only wait for the GIL
+        this worker holds while it runs its next slot, and be woken a second time.
+        The wake runs when the worker next looks at the run queue, when the handler
+        enters a managed wait, or from the monitor once the slice has lasted
+        ``slot_ticks`` ticks. Outside a handler on a worker it runs at once.
+        """
+        worker: _Worker | None = getattr(_local, "worker", None)
+        if worker is None or worker.blocked or worker.running is None:
+            wake()
+        else:
+            worker.later.append(wake)
+
+    def _run_later(self, worker: _Worker) -> None:
+        later = worker.later
+        while later:
+            try:
+                wake = later.popleft()
+            except IndexError:
+                return
+            try:
+                wake()
+            except Exception:
+                log.exception("scheduler_wake_failed")
+
+    def _flush_slot(self, worker: _Worker) -> None:
+        """Move ``worker``'s next slot to the run queue (it cannot run it soon)."""
+        slot = worker.slot
+        while slot:
+            try:
+                process = slot.popleft()
+            except IndexError:
+                return  # taken meanwhile (by the worker, or the monitor)
+            self._enqueue(process)
 
     def _spawn(self, reason: str) -> bool:
         with self._lock:
@@ -143,40 +246,71 @@ class Scheduler:
         runq = self._runq
         idle = self._idle
         blocked = self._blocked
+        slot = worker.slot
+        streak = 0  # slot runs in a row: at SLOT_RUNS the run queue goes first
         try:
             while True:
                 try:
-                    idle.add(worker)
-                    try:
-                        item = runq.get(timeout=self.idle_timeout)
-                    except queue.Empty:
-                        item = None
-                    idle.discard(worker)
-                    if item is _STOP:
-                        return
+                    item = None
+                    if slot:
+                        if streak >= SLOT_RUNS and runq.qsize():
+                            # Fairness: the slot goes behind what waited in the run queue.
+                            self._flush_slot(worker)
+                        else:
+                            try:
+                                item = slot.popleft()
+                                streak += 1
+                            except IndexError:
+                                pass  # the monitor moved it to the run queue
                     if item is None:
-                        if self._releasing or len(self._workers) > self.core:
+                        streak = 0
+                        if worker.later:
+                            self._run_later(worker)
+                        idle.add(worker)
+                        try:
+                            item = runq.get(timeout=self.idle_timeout)
+                        except queue.Empty:
+                            item = None
+                        idle.discard(worker)
+                        if item is _STOP:
+                            with self._lock:
+                                self._stops -= 1
                             return
-                        continue
+                        if item is None:
+                            if self._releasing or len(self._workers) > self.core:
+                                return
+                            continue
                     worker.blocked = 0  # a new slice is in no blocking wait
                     blocked.discard(worker)
+                    worker.slices += 1
+                    worker.running = item
                     item._run_slice()
+                    worker.running = None
                     self._slices += 1
                 except BaseException:
                     # A kill aimed at a handler that had just returned (it raises at the
                     # next bytecode, wherever that is): that process already ended. The
-                    # worker lives on.
+                    # worker lives on, and runs what its slot holds.
+                    worker.running = None
                     idle.discard(worker)
                     log.debug("scheduler_stray_interrupt", exc_info=True)
         finally:
             self._workers.pop(me, None)
             idle.discard(worker)
             blocked.discard(worker)
+            worker.running = None
             _local.worker = None
+            self._flush_slot(worker)  # never lose a process (an exit with a full slot)
+            self._run_later(worker)
 
     def _watch(self) -> None:
-        """Add a worker when the run queue stalls behind workers blocked unannounced."""
+        """Add a worker when the run queue stalls behind workers blocked unannounced.
+
+        Also move a next slot to the run queue when its worker has been in the same
+        slice for ``slot_ticks`` ticks: that handler computes or blocks unannounced.
+        """
         seen = -1
+        held: dict[_Worker, tuple[int, int]] = {}  # worker -> (slice, ticks seen in it)
         wake = threading.Event()
         while True:
             wake.wait(self.tick)
@@ -184,8 +318,24 @@ class Scheduler:
                 if not self._workers:
                     self._monitor = None
                     return
+                workers = list(self._workers.values())
+            now: dict[_Worker, tuple[int, int]] = {}
+            for worker in workers:
+                mark = worker.slices
+                before = held.get(worker)
+                ticks = before[1] + 1 if before is not None and before[0] == mark else 0
+                if ticks >= self.slot_ticks and worker.running is not None:
+                    if worker.slot:
+                        self._flush_slot(worker)
+                    if worker.later:
+                        self._run_later(worker)
+                now[worker] = (mark, ticks)
+            held = now
             slices = self._slices
-            if self._runq.qsize() and slices == seen and self._counts()[1] == 0:
+            # Stop markers are no stalled work: a worker spawned for them would take one
+            # meant for a busy worker, which then never ends.
+            stalled = self._runq.qsize() > self._stops
+            if stalled and slices == seen and self._counts()[1] == 0:
                 self._spawn(reason="stalled")
             seen = slices
 
@@ -199,6 +349,10 @@ class Scheduler:
         worker.blocked += 1
         if worker.blocked == 1:
             self._blocked.add(worker)
+            if worker.slot:  # it waits: what it made runnable must run elsewhere
+                self._flush_slot(worker)
+            if worker.later:
+                self._run_later(worker)
             total, idle, blocked = self._counts()
             if idle == 0 and (total - blocked < self.core or self._runq.qsize()):
                 self._spawn(reason="blocking")
@@ -218,13 +372,14 @@ class Scheduler:
         return len(self._workers)
 
     def release_idle(self, timeout: float = 5.0) -> bool:
-        """End every idle worker now (and the monitor once none is left).
+        """End every idle worker now, a busy one once its slice ends (and then the monitor).
 
-        Returns True if no worker is left.
+        Waits up to ``timeout`` seconds for each; returns True if no worker is left.
         """
         with self._lock:
             self._releasing = True
             threads = list(self._workers)
+            self._stops += len(threads)
         for _ in threads:
             self._runq.put(_STOP)
         for thread in threads:

@@ -49,7 +49,7 @@ from beamagent.errors import (
 )
 from beamagent.graph.executor import Assign, GraphExecutor, RunConfig, SpareExecutors
 from beamagent.graph.job import Job
-from beamagent.graph.node import DEFAULT_MAX_TOOL_ROUNDS, NodeActors, NodeWorkers, ThreadCache
+from beamagent.graph.node import DEFAULT_MAX_TOOL_ROUNDS, NodeActors, NodeWorkers
 from beamagent.graph.run import EventKind, EventLog, Run, RunEvent, RunResult, RunStatus
 from beamagent.graph.serving import ToolRegistry
 from beamagent.graph.tracing import RunTracer
@@ -85,12 +85,12 @@ _init_lock = threading.Lock()
 
 
 class _GraphState:
-    """Per-runtime graph state: live runs, the threads of graph processes, the node actors."""
+    """Per-runtime graph state: live runs, the node actors, the spare executors."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.runs: dict[str, Run] = {}
-        self.cache: ThreadCache | None = None
+        self.dropped = threading.Event()  # set when the ``runs`` they live under ended
         self.workers: NodeWorkers | None = None
         self.spares: SpareExecutors | None = None
         self.serial = itertools.count(1)
@@ -127,27 +127,19 @@ class GraphApi:
     def _run_name(self, run_id: str) -> tuple[str, ...]:
         return ("beamagent", self.id, "run", run_id)
 
-    def _graph_resources(
-        self, runs: DynamicSupervisorRef
-    ) -> tuple[ThreadCache, NodeWorkers, SpareExecutors]:
-        """The runtime's graph threads, node actors and spare executors, made on first use.
+    def _graph_resources(self, runs: DynamicSupervisorRef) -> tuple[NodeWorkers, SpareExecutors]:
+        """The runtime's node actors and spare executors, made on first use.
 
         The node actors' supervisor is a child of ``runs``; both are dropped
-        (and the parked threads released) when the ``runs`` supervisor ends.
+        (and made again on the next run) when the ``runs`` supervisor ends.
         """
         graph = self._graph()
         with graph.lock:
-            cache, workers, spares = graph.cache, graph.workers, graph.spares
-            if (
-                cache is not None
-                and workers is not None
-                and spares is not None
-                and not cache.closed
-            ):
-                return cache, workers, spares
-            cache = ThreadCache(f"graph-{self.id}")
+            workers, spares, dropped = graph.workers, graph.spares, graph.dropped
+            if workers is not None and spares is not None and not dropped.is_set():
+                return workers, spares
             name = ("beamagent", self.id, "node-actors")
-            workers = NodeWorkers(name, cache)
+            workers = NodeWorkers(name)
             spec = ChildSpec(
                 "node-actors",
                 # Node actors are independent: no number of crashes among them stops the pool.
@@ -160,15 +152,15 @@ class GraphApi:
             except StartChildError as exc:
                 if not isinstance(exc.reason, AlreadyRegistered):
                     raise RunError(f"the node actors' supervisor did not start: {exc}") from exc
-            spares = SpareExecutors(runs, cache)
-            graph.cache, graph.workers, graph.spares = cache, workers, spares
-            closing = cache
+            spares = SpareExecutors(runs)
+            dropped = threading.Event()
+            graph.workers, graph.spares, graph.dropped = workers, spares, dropped
 
-            def close(_down: Down) -> None:
-                closing.close()
+            def drop(_down: Down) -> None:
+                dropped.set()
 
-            monitor(runs, watcher=close)
-            return cache, workers, spares
+            monitor(runs, watcher=drop)
+            return workers, spares
 
     # --- runs ---------------------------------------------------------------------------------
 
@@ -335,7 +327,7 @@ class GraphApi:
         restored_results: Any,
     ) -> Run:
         runs = self.runs_supervisor
-        cache, workers, spares = self._graph_resources(runs)
+        workers, spares = self._graph_resources(runs)
         name = self._run_name(run_id)
         tracer = (
             RunTracer(run_id, job.id, resumed=restored is not None) if telemetry.ENABLED else None
@@ -353,7 +345,6 @@ class GraphApi:
             runtime=self,
             store=self._store if durable else None,
             tools=tools,
-            thread_cache=cache,
             workers=workers,
             restored=restored,
             restored_results=tuple(restored_results),

@@ -34,8 +34,8 @@ A run without checkpoints whose only visit goes to a node actor lets that
 actor go on with single onward routes itself (a :class:`~beamagent.graph.node.Chain`):
 it records the same events and reports when anything else happens, and the
 executor takes in the visits it ran. A spare executor's run is started by the
-thread that hands it over (:meth:`GraphExecutor.take_run`), so the executor's
-thread first wakes up for the first node result.
+thread that hands it over (:meth:`GraphExecutor.take_run`), so the executor
+first runs for the first node result.
 """
 
 from __future__ import annotations
@@ -67,12 +67,10 @@ from beamagent.graph.node import (
     DEFAULT_MAX_TOOL_ROUNDS,
     Chain,
     NodeWorkers,
-    PooledProcess,
     RunContext,
     Serve,
     Served,
     ServedOutcome,
-    ThreadCache,
     ToolRound,
     emit_dropped,
     route_result,
@@ -141,7 +139,6 @@ class RunConfig:
     runtime: Any = None
     store: SessionStore | None = None
     tools: ToolRegistry | None = None
-    thread_cache: ThreadCache | None = None
     workers: NodeWorkers | None = None
     parent: tuple[pykka.ActorRef[Any], int] | None = None
     parent_run_id: str | None = None
@@ -314,7 +311,7 @@ _TERMINAL_KIND = {
 }
 
 
-class GraphExecutor(DynamicSupervisor, PooledProcess):
+class GraphExecutor(DynamicSupervisor):
     """Runs one graph run; supervises its sub-runs (see the module docstring).
 
     Started by ``runtime.run_job`` / ``resume_run`` under the runtime's ``runs``
@@ -323,15 +320,9 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
     it ``stop_run()`` to stop the run (status ``stopped``).
     """
 
-    def __init__(
-        self,
-        config: RunConfig | None = None,
-        *,
-        thread_cache: ThreadCache | None = None,
-    ) -> None:
+    def __init__(self, config: RunConfig | None = None) -> None:
         """An executor for ``config``, or a spare waiting for one (``config=None``)."""
         super().__init__()
-        self.thread_cache = config.thread_cache if config is not None else thread_cache
         # Held while the run's state changes: by this process's handlers, and by the
         # thread that hands a spare its run (take_run) while it does the run's start.
         self._run_lock = threading.Lock()
@@ -421,10 +412,10 @@ class GraphExecutor(DynamicSupervisor, PooledProcess):
         Called by ``run_job`` on a spare's process object instead of sending it an
         :class:`Assign`: the run's start (its first events, borrowing a node
         actor, sending the first visit) is done by the caller, which is running
-        anyway, so the executor's thread first wakes up for the first node
-        result, not once before it for its assignment. ``_run_lock`` keeps
+        anyway, so the executor first runs for the first node result, not
+        once before it for its assignment. ``_run_lock`` keeps
         this process's handlers out meanwhile. Only for runs without a store or
-        restored state: checkpoints are written by the executor's own thread.
+        restored state: checkpoints are written by the executor itself.
         """
         if config.store is not None or config.restored is not None:
             return False
@@ -1242,12 +1233,9 @@ class SpareExecutors:
     for a new one; each spare serves one run and then ends, like any executor.
     """
 
-    def __init__(
-        self, runs: DynamicSupervisorRef, thread_cache: ThreadCache | None, keep: int = 4
-    ) -> None:
+    def __init__(self, runs: DynamicSupervisorRef, keep: int = 4) -> None:
         """Keep ``keep`` spares under ``runs``."""
         self._runs = runs
-        self._cache = thread_cache
         self._keep = keep
         self._lock = threading.Lock()
         self._spares: list[pykka.ActorRef[Any]] = []
@@ -1259,7 +1247,7 @@ class SpareExecutors:
     def _start(self) -> pykka.ActorRef[Any]:
         # The ChildSpec's start function: runs in the ``runs`` supervisor.
         try:
-            ref = GraphExecutor.start(thread_cache=self._cache)
+            ref = GraphExecutor.start()
         finally:
             with self._lock:
                 self._pending -= 1

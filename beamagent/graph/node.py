@@ -16,14 +16,14 @@ node, instead of a round trip through the executor for each step.
 Node actors are pooled per runtime (:class:`NodeWorkers`, like Agens'
 permanent servings): an executor borrows one per visit in flight, up to each
 node's ``concurrency``, and gives them back when its run ends. Graph processes
-run on a :class:`ThreadCache`: starting a thread costs more than a whole graph
-step on some hosts, so a process's loop runs on a parked thread when one is free.
+run on the shared scheduler like any process: a node actor's report to its
+executor runs next on the same worker (the scheduler's next slot), with no
+thread hand-off.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import threading
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
@@ -55,7 +55,6 @@ from supervisors import (
     Down,
     DynamicSupervisor,
     DynamicSupervisorRef,
-    Killed,
     Process,
     StartChildError,
     WaitTimeout,
@@ -64,7 +63,6 @@ from supervisors import (
     monitor,
     whereis,
 )
-from supervisors._process import _ProcessKilled
 
 __all__ = [
     "DEFAULT_MAX_TOOL_ROUNDS",
@@ -72,13 +70,11 @@ __all__ = [
     "NodeActor",
     "NodeActors",
     "NodeWorkers",
-    "PooledProcess",
     "RunContext",
     "Serve",
     "Served",
     "ServedOutcome",
     "ServingContext",
-    "ThreadCache",
     "ToolRound",
     "chain_target",
     "current_context",
@@ -89,117 +85,6 @@ log = get_logger(__name__)
 
 DEFAULT_MAX_TOOL_ROUNDS = 8
 """How many times one visit may run tool calls and call its serving again."""
-
-
-# --- threads ------------------------------------------------------------------------------
-
-
-class _Slot:
-    """One cached thread: runs a process loop, parks, runs the next one."""
-
-    __slots__ = ("cache", "process", "thread", "wake")
-
-    def __init__(self, cache: ThreadCache, name: str) -> None:
-        self.cache = cache
-        self.process: Process | None = None
-        self.wake = threading.Lock()
-        self.wake.acquire()  # held while parked; whoever hands over work releases it
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            while True:
-                process = self.process
-                if process is None:
-                    return
-                self.process = None
-                process._actor_loop()
-                # A kill may land after the loop returned: never reuse a killed process's thread.
-                if isinstance(process.exit_reason, Killed):
-                    return
-                if not self.cache._park(self):
-                    return
-                self.wake.acquire()
-        except _ProcessKilled:
-            return
-
-
-class ThreadCache:
-    """Threads that run process loops one after another instead of one thread per process.
-
-    :meth:`start` hands a process's loop to a parked thread, or to a new one
-    when none is parked. A thread parks again when its loop ends, unless
-    ``max_idle`` threads are already parked or the cache is closed; a thread
-    whose process was killed is never reused (a late kill could land in the
-    next process). :meth:`close` releases every parked thread.
-    """
-
-    def __init__(self, name: str = "graph", max_idle: int = 64) -> None:
-        """An empty cache; threads are named ``<name>-<n>``."""
-        self._name = name
-        self._max_idle = max_idle
-        self._lock = threading.Lock()
-        self._idle: list[_Slot] = []
-        self._closed = False
-        self._serial = itertools.count(1)
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
-        return self._closed
-
-    def idle(self) -> int:
-        """How many threads are parked."""
-        with self._lock:
-            return len(self._idle)
-
-    def start(self, process: Process) -> None:
-        """Run ``process._actor_loop()`` on a parked thread, or on a new one."""
-        with self._lock:
-            slot = self._idle.pop() if self._idle and not self._closed else None
-        if slot is None:
-            slot = _Slot(self, f"{self._name}-{next(self._serial)}")
-            slot.process = process
-            process._thread = slot.thread
-            slot.thread.start()
-        else:
-            slot.process = process
-            process._thread = slot.thread
-            slot.wake.release()
-
-    def _park(self, slot: _Slot) -> bool:
-        with self._lock:
-            if self._closed or len(self._idle) >= self._max_idle:
-                return False
-            self._idle.append(slot)
-            return True
-
-    def close(self) -> None:
-        """Let every parked thread exit; busy ones exit when their loop ends."""
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for slot in idle:
-            slot.process = None
-            slot.wake.release()
-
-
-class PooledProcess(Process):
-    """A :class:`~supervisors.Process` whose loop runs on a :class:`ThreadCache` when given one.
-
-    Set :attr:`thread_cache` in ``__init__``; without one (or with a closed
-    one) the process gets its own thread as usual.
-    """
-
-    thread_cache: ThreadCache | None = None
-    """Where the process's loop runs; None for a thread of its own."""
-
-    def _start_actor_loop(self) -> None:
-        cache = self.thread_cache
-        if cache is None or cache.closed:
-            super()._start_actor_loop()
-        else:
-            cache.start(self)
 
 
 # --- messages -----------------------------------------------------------------------------
@@ -606,7 +491,7 @@ def emit_dropped(
 # --- the actor and its pool ----------------------------------------------------------------
 
 
-class NodeActor(PooledProcess):
+class NodeActor(Process):
     """Serves node visits, one at a time, for whichever run's executor sends them.
 
     Node actors are pooled per runtime (see :class:`NodeWorkers`): an executor
@@ -614,10 +499,9 @@ class NodeActor(PooledProcess):
     ends, so a run does not pay for starting a process per node.
     """
 
-    def __init__(self, *, thread_cache: ThreadCache | None = None) -> None:
+    def __init__(self) -> None:
         """An idle node actor."""
         super().__init__()
-        self.thread_cache = thread_cache
         self._urn = self.actor_urn
 
     def on_start(self) -> None:
@@ -784,9 +668,7 @@ class NodeWorkers:
     it monitored the actor itself, without a monitor per borrowing.
     """
 
-    def __init__(
-        self, name: Hashable, thread_cache: ThreadCache | None = None, max_idle: int = 64
-    ) -> None:
+    def __init__(self, name: Hashable, max_idle: int = 64) -> None:
         """An empty pool whose actors start under the supervisor registered as ``name``.
 
         The supervisor is looked up by name each time, so a restarted one is found.
@@ -795,7 +677,6 @@ class NodeWorkers:
         self._lock = threading.Lock()
         self._idle: list[pykka.ActorRef[Any]] = []
         self._borrowers: dict[str, pykka.ActorRef[Any]] = {}
-        self._cache = thread_cache
         self._max_idle = max_idle
 
     def spec(self) -> ChildSpec:
@@ -804,7 +685,7 @@ class NodeWorkers:
 
     def _start_actor(self) -> pykka.ActorRef[Any]:
         # Runs in the supervisor, at the first start and at every restart.
-        ref = NodeActor.start(thread_cache=self._cache)
+        ref = NodeActor.start()
         monitor(ref, watcher=self._on_down)
         with self._lock:
             self._idle.append(ref)

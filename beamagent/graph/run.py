@@ -23,6 +23,7 @@ import _thread
 import asyncio
 import contextlib
 import enum
+import functools
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ import attrs
 
 from beamagent.graph.serving import Result
 from beamagent.timeouts import check_timeout
+from supervisors._scheduler import scheduler
 
 _allocate_lock = _thread.allocate_lock
 
@@ -274,7 +276,11 @@ class EventLog:
             waiters = self._waiters
             if waiters:
                 self._waiters = []
-        for sleeper in (*done, *followers):
+        if done:
+            # The result is in: its waiters wake once this worker has nothing to run
+            # next, so they do not wake only to wait for the GIL the worker holds.
+            scheduler.wake_when_idle(functools.partial(_release_all, done))
+        for sleeper in followers:
             sleeper.release()
         if waiters:
             _wake_all(waiters)
@@ -401,6 +407,11 @@ def _sleep(sleeper: _thread.LockType, timeout: float | None) -> bool:
 
 
 _Raw = tuple[EventKind, str | None, str | None, int, Mapping[str, Any]]
+
+
+def _release_all(sleepers: list[_thread.LockType]) -> None:
+    for sleeper in sleepers:
+        sleeper.release()
 
 
 def _wake_all(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:

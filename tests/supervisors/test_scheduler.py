@@ -16,6 +16,7 @@ import pytest
 import supervisors as s
 from supervisors._scheduler import SLICE, scheduler
 from supervisors._scheduler import blocking as s_blocking
+from tests.supervisors._kit import EventLog
 
 
 class Echo(s.Process):
@@ -567,3 +568,271 @@ def test_a_kill_of_a_process_starting_in_place_ends_it_alone() -> None:
     finally:
         _starting.clear()
         starter.stop(timeout=5)
+
+
+def test_a_worker_busy_during_a_release_ends_once_its_handler_returns() -> None:
+    # A handler blocked (unannounced) across release_idle_workers(): its stop marker
+    # waits in the run queue, and the monitor must not take it for stalled work (a
+    # worker spawned for it took the marker, and the busy worker then lived on).
+    entered, release = threading.Event(), threading.Event()
+    threads: list[threading.Thread] = []
+
+    class Holder(s.Process):
+        def on_receive(self, message: Any) -> Any:
+            threads.append(threading.current_thread())
+            entered.set()
+            return release.wait(10)
+
+    holder = Holder.start()
+    try:
+        reply = holder.ask("hold", block=False)
+        assert entered.wait(5)
+        assert not scheduler.release_idle(timeout=0.2)  # the holder's worker is busy
+        release.set()
+        assert reply.get(timeout=5) is True
+        threads[0].join(5)
+        assert not threads[0].is_alive()
+    finally:
+        release.set()
+        _stop_all([holder])
+
+
+# --- the next slot ----------------------------------------------------------------------------
+
+
+class Hop(s.Process):
+    """Notes the thread it runs on, then tells the next process the message (an Event).
+
+    The last one sets the Event. ``after_tell`` runs in the handler after the tell.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        log: list[tuple[str, int]],
+        next_ref: pykka.ActorRef[Any] | None = None,
+        after_tell: Any = None,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.log = log
+        self.next_ref = next_ref
+        self.after_tell = after_tell
+        self.entered = threading.Event()
+
+    def on_receive(self, message: Any) -> Any:
+        self.entered.set()
+        self.log.append((self.name, threading.get_ident()))
+        if self.next_ref is None:
+            message.set()
+            return None
+        self.next_ref.tell(message)
+        if self.after_tell is not None:
+            return self.after_tell()
+        return None
+
+
+@pytest.fixture
+def slot_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The monitor never moves a slot: a process leaves it by its worker or by a flush."""
+    monkeypatch.setattr(scheduler, "slot_ticks", 10**9)
+
+
+def test_a_chain_of_tells_runs_on_the_sending_worker_and_wakes_no_other(slot_kept: None) -> None:
+    log: list[tuple[str, int]] = []
+    overlapped: list[bool] = []
+    c = Hop.start("c", log)
+    b = Hop.start("b", log, c)
+    b_entered = s.lookup(b).entered  # type: ignore[union-attr]
+    # a lingers after its tell: an idle worker (there is one: core >= 2) would take b
+    # meanwhile if the tell had gone to the run queue.
+    a = Hop.start("a", log, b, after_tell=lambda: overlapped.append(b_entered.wait(0.2)))
+    try:
+        done = threading.Event()
+        a.tell(done)
+        assert done.wait(5)
+        assert overlapped == [False]  # b waited in a's worker's slot
+        assert [name for name, _ in log] == ["a", "b", "c"]
+        assert len({ident for _, ident in log}) == 1, log  # all on a's worker
+    finally:
+        _stop_all([a, b, c])
+
+
+def test_a_handler_that_waits_announced_for_the_process_in_its_slot_lets_it_run(
+    slot_kept: None,
+) -> None:
+    # The ask puts the echo in the asker's slot; the reply's wait (managed) moves it to
+    # the run queue. Kept in the slot, the asker would wait for ever on its own worker.
+    echo = Echo.start()
+    asker = Relay.start(echo)
+    try:
+        assert asker.ask(1, timeout=10) == 2
+    finally:
+        _stop_all([asker, echo])
+
+
+def test_a_handler_that_blocks_unannounced_does_not_hold_its_slot() -> None:
+    # The monitor moves the slot of a worker stuck in one slice for a tick.
+    log: list[tuple[str, int]] = []
+    ran = threading.Event()
+    target = Hop.start("target", log)
+    sender = Hop.start("sender", log, target, after_tell=lambda: ran.wait(10))
+    try:
+        assert sender.ask(ran, timeout=10) is True
+        assert log[0][1] != log[1][1]  # the target ran on another worker meanwhile
+    finally:
+        _stop_all([sender, target])
+
+
+def test_a_process_displaced_from_the_slot_goes_to_the_run_queue(slot_kept: None) -> None:
+    log: list[tuple[str, int]] = []
+    first_ran = threading.Event()
+    first = Hop.start("first", log)
+    second = Hop.start("second", log)
+
+    class Fan(s.Process):
+        def on_receive(self, message: Any) -> Any:
+            first.tell(first_ran)  # into the slot...
+            second.tell(threading.Event())  # ...then displaced by this one
+            return first_ran.wait(10)  # unannounced, and the monitor never moves the slot
+
+    fan = Fan.start()
+    try:
+        assert fan.ask("go", timeout=10) is True
+    finally:
+        _stop_all([fan, first, second])
+
+
+def test_a_killed_handler_does_not_lose_the_process_in_its_slot(slot_kept: None) -> None:
+    log: list[tuple[str, int]] = []
+    entered = threading.Event()
+
+    def spin() -> None:
+        entered.set()
+        while True:  # pure bytecode: only a kill gets it out
+            pass
+
+    target = Hop.start("target", log)
+    spinner = Hop.start("spinner", log, target, after_tell=spin)
+    try:
+        ran = threading.Event()
+        spinner.tell(ran)
+        assert entered.wait(5)
+        assert not s.lookup(target).entered.is_set()  # type: ignore[union-attr]
+        mon = s.monitor(spinner)
+        assert s.kill(spinner)
+        assert mon.wait(5).reason == s.Killed()
+        assert ran.wait(5)  # the worker ran its slot after the killed slice
+        assert log[0][1] == log[1][1]
+    finally:
+        _stop_all([target])
+
+
+class _Item:
+    """A work item for a private Scheduler: ``run()`` is its slice."""
+
+    def __init__(self, run: Any) -> None:
+        self.run = run
+
+    def _run_slice(self) -> None:
+        self.run()
+
+
+def test_a_ping_pong_through_the_slot_does_not_starve_the_run_queue() -> None:
+    from supervisors._scheduler import Scheduler
+
+    sched = Scheduler(core=2, idle_timeout=0.05)
+    hold, held, done = threading.Event(), threading.Event(), threading.Event()
+    rounds = [0]
+
+    def occupy() -> None:  # keeps the other worker busy (unannounced)
+        held.set()
+        hold.wait(10)
+
+    def bounce(other: list[_Item]) -> None:
+        rounds[0] += 1
+        if not done.is_set() and rounds[0] < 1_000_000:
+            sched.submit(other[0])  # type: ignore[arg-type]
+
+    ping_box: list[_Item] = []
+    pong_box: list[_Item] = []
+    ping = _Item(lambda: bounce(pong_box))
+    pong = _Item(lambda: bounce(ping_box))
+    ping_box.append(ping)
+    pong_box.append(pong)
+    try:
+        sched.submit(_Item(occupy))  # type: ignore[arg-type]
+        assert held.wait(5)
+        sched.submit(ping)  # type: ignore[arg-type]  # the second (and last) core worker
+        # Queued behind the pair: only the slot-run bound lets it run.
+        sched.submit(_Item(done.set))  # type: ignore[arg-type]
+        assert done.wait(5)
+        assert rounds[0] < 1_000_000
+    finally:
+        done.set()
+        hold.set()
+        assert sched.release_idle(5)
+
+
+class Waker(s.Process):
+    """Hands the scheduler a wake (recording 'woken'), then does what the message says."""
+
+    def __init__(self, log: EventLog, next_ref: pykka.ActorRef[Any] | None = None) -> None:
+        super().__init__()
+        self.log = log
+        self.next_ref = next_ref
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "next":
+            self.log.record("next ran")
+            return None
+        woken = threading.Event()
+
+        def wake() -> None:
+            self.log.record("woken")
+            woken.set()
+
+        scheduler.wake_when_idle(wake)
+        if message == "tell":
+            assert self.next_ref is not None
+            self.next_ref.tell("next")
+            return None
+        if message == "announced":
+            with s_blocking():
+                return woken.wait(10)
+        return woken.wait(10)  # unannounced
+
+
+def test_a_wake_handed_to_the_scheduler_runs_after_the_workers_next_slot(
+    slot_kept: None,
+) -> None:
+    log = EventLog()
+    nxt = Waker.start(log)
+    waker = Waker.start(log, nxt)
+    try:
+        waker.tell("tell")
+        log.wait_for(lambda events: len(events) == 2)
+        assert log.snapshot() == ["next ran", "woken"]
+    finally:
+        _stop_all([waker, nxt])
+
+
+@pytest.mark.parametrize("how", ["announced", "unannounced"])
+def test_a_handler_that_waits_for_its_own_handed_wake_gets_it(
+    how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Announced: the managed wait runs it (the monitor is kept out); unannounced: the
+    # monitor does, after a tick.
+    if how == "announced":
+        monkeypatch.setattr(scheduler, "slot_ticks", 10**9)
+    waker = Waker.start(EventLog())
+    try:
+        assert waker.ask(how, timeout=10) is True
+    finally:
+        _stop_all([waker])
+
+
+def test_a_wake_handed_over_outside_a_worker_runs_at_once() -> None:
+    woken = threading.Event()
+    scheduler.wake_when_idle(woken.set)
+    assert woken.is_set()
