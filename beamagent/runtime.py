@@ -89,6 +89,24 @@ from supervisors import (
 __all__ = ["BackendSpec", "Runtime", "default_runtime", "shutdown_default_runtime"]
 
 
+def _told_error(ready: ProcessFuture) -> BeamAgentError | None:
+    """The error a session answered ``ready`` with before its start failed, if any.
+
+    An in-process backend's handshake runs inside the session's ``on_start``: a crash
+    there fails the start, after the session told ``ready`` the error its callers get
+    (as when the same crash came after the start).
+    """
+    if not ready.done():
+        return None
+    try:
+        ready.get(timeout=0)
+    except BeamAgentError as exc:
+        return exc
+    except Exception:
+        return None
+    return None
+
+
 class _SessionEnded(Exception):
     """A starting session ended without answering its ``ready`` future."""
 
@@ -702,6 +720,9 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
                 raise InvalidOption(f"session {session_id!r} is already running") from None
             if isinstance(reason, BeamAgentError):
                 raise reason from None
+            told = _told_error(ready)
+            if told is not None:  # a crash: the error the session told its waiters
+                raise told from None
             raise SessionError(
                 f"session {session_id} failed to start: {reason!r}", reason=reason
             ) from reason

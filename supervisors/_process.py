@@ -549,8 +549,10 @@ class Process(pykka.ThreadingActor):
             _local.process = parent
             if self._kill_injected:
                 _clear_pending_kill()
-        if started and self.mailbox.runnable():
-            scheduler.submit(self)  # mail came meanwhile (an in-process backend's output)
+        if started and (self._requested_exit is not None or self.mailbox.runnable()):
+            # Mail came meanwhile, or on_start asked to end (stop_with): a slice handles it.
+            # Still marked scheduled (attach): no put schedules it a second time.
+            scheduler.submit(self)
 
     def _submit(self) -> None:
         scheduler.submit(self)

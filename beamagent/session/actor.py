@@ -606,27 +606,12 @@ class SessionActor(Process):
             with contextlib.suppress(pykka.ActorDeadError):  # late output of an ended session
                 actor_ref.tell(_TransportEvent(generation, event))
 
-        if self._sync_events is not None:  # in a batch (waking): handled when it ends
-            self._arm("connect", config.connect_timeout)
-            self.transport.start(sink)
-            return
-        # At a (re)start, an in-process backend reports Connected inside start(): told to
-        # this process as the first of its mail (after on_start, as a backend's output
-        # always was). No connect timeout is armed then, nor cancelled straight after.
-        events: deque[_TransportEvent] = deque()
-        self._sync_events = events
-        try:
-            token = self._arm("connect", config.connect_timeout)
-            self.transport.start(sink)
-        finally:
-            self._sync_events = None
-            due, self._timer_due = self._timer_due, None
-        if due is not None and not any(isinstance(e.event, Connected) for e in events):
-            self._timer = send_after(
-                actor_ref, _Timeout(due[0], token), max(due[1] - time.monotonic(), 0.0)
-            )
-        for message in events:
-            actor_ref.tell(message)
+        # Always inside a batch (on_start's, or the call's that wakes the session): what
+        # an in-process backend answers inside start() is handled when the batch ends, and
+        # the connect timeout is armed then only if it is still wanted.
+        assert self._sync_events is not None
+        self._arm("connect", config.connect_timeout)
+        self.transport.start(sink)
 
     def on_start(self) -> None:
         config = self.config
@@ -636,12 +621,24 @@ class SessionActor(Process):
             self._log.warning("session_restarted", incarnation=lineage.incarnations)
             if telemetry.ENABLED:
                 self._trace_restart(lineage)
-        self._open_backend()
-        assert self.handler is not None
-        if config.recorder is not None:
-            self._unstored_meta = self._meta()
-            self._flush_store()
-        self._log.info("session_started", model=self.handler.model)
+        # A batch, as for a call (see _batched): an in-process backend connects inside
+        # transport.start() and answers its handshake synchronously; that output is
+        # handled here, after the metadata is recorded, so such a session is ready (or has
+        # failed, and told its starter) by the time on_start returns -- no trip through
+        # the mailbox, and its starter need not wait for it on another thread.
+        self._sync_events = deque()
+        try:
+            self._open_backend()
+            assert self.handler is not None
+            if config.recorder is not None:
+                self._unstored_meta = self._meta()
+                self._flush_store()
+            self._log.info("session_started", model=self.handler.model)
+        except BaseException:
+            self._sync_events = None
+            self._timer_due = None
+            raise
+        self._end_batch(None, None)
 
     def _trace_restart(self, lineage: SessionLineage) -> None:
         # A span of its own, linked to the session's start: the supervisor's restart
