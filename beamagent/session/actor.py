@@ -458,6 +458,7 @@ class SessionActor(Process):
         "_resumed",
         "_start_ready",
         "_started_at",
+        "_stored_native",
         "_sync_events",
         "_timer",
         "_timer_due",
@@ -516,6 +517,7 @@ class SessionActor(Process):
         self._unrecorded: list[Message | dict[str, Any]] = []
         self._unstored_meta: dict[str, Any] | None = None
         self._unstored_fields: dict[str, Any] = {}
+        self._stored_native: str | None = None  # the native id last written to the store
         self._flush_timer: TimerRef | None = None
         self._flush_delay = 0.0
         self._timer_flush_token = 0
@@ -1229,12 +1231,16 @@ class SessionActor(Process):
         if recorder is None:
             return None
         try:
-            if self._unstored_meta is not None:
-                recorder.session_started(self._unstored_meta)
+            meta = self._unstored_meta
+            if meta is not None:
+                recorder.session_started(meta)
                 self._unstored_meta = None
-            if self._unstored_fields:
-                recorder.session_updated(self.session_id, self._unstored_fields)
+                self._stored_native = meta.get("native_session_id")
+            fields = self._unstored_fields
+            if fields:
+                recorder.session_updated(self.session_id, fields)
                 self._unstored_fields = {}
+                self._stored_native = fields.get("native_session_id", self._stored_native)
         except StoreError as exc:
             self._schedule_store_retry(exc)
             return exc
@@ -1243,6 +1249,11 @@ class SessionActor(Process):
     def _store_fields(self, fields: Mapping[str, Any]) -> None:
         """Record changed metadata (model, native id); kept and retried if the store fails."""
         if self.config.recorder is None:
+            return
+        if fields.get("native_session_id", self) == self._stored_native and len(fields) == 1:
+            # The id the backend reports in its handshake is usually the one the session's
+            # metadata named when it was recorded at the start: no second write for it.
+            self._unstored_fields.pop("native_session_id", None)
             return
         self._unstored_fields.update(fields)
         if self._unstored_meta is None and not self._unrecorded:
