@@ -701,9 +701,10 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
                 raise
         budget = self._session_budget
         ready = ProcessFuture()
+        config.first_ready = ready  # taken by the first incarnation: the spec keeps none
         child = ChildSpec(
             session_id,
-            (SessionActor, (config,), {"ready": ready}),
+            (SessionActor, (config,), {}),
             restart="transient",
             shutdown=10.0,
             name=self._session_name(session_id),

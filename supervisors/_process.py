@@ -204,6 +204,10 @@ class _Flag:
         return self._is_set
 
 
+_STARTED = _Flag()
+_STARTED.set()
+
+
 class MonitorRef:
     """A one-way watch on a process, returned by :func:`monitor`.
 
@@ -440,7 +444,7 @@ class Process(pykka.ThreadingActor):
         self._current: Envelope[Any] | None = None
         self._deferred = False
         self._outstanding: set[pykka.Future[Any]] | None = None  # deferred replies, made on use
-        self._stop_envelopes: list[Envelope[Any]] = []
+        self._stop_envelopes: list[Envelope[Any]] | None = None  # made on the first stop
         self._thread: threading.Thread | None = None
         self._launched = False
         self._started = _Flag()
@@ -498,6 +502,9 @@ class Process(pykka.ThreadingActor):
                 self._started.wait()
         if self._start_error is not None:
             raise self._start_error
+        # Started: nobody waits on this flag any more. The shared flag, set for good, stands
+        # in for it, so a long-lived process does not keep a lock (and a flag) for nothing.
+        self._started = _STARTED
         return ref
 
     def _start_actor_loop(self) -> None:
@@ -676,6 +683,8 @@ class Process(pykka.ThreadingActor):
         elif kind is _ShutdownRequest:
             return message.reason, None
         elif kind is pykka_messages._ActorStop:
+            if self._stop_envelopes is None:
+                self._stop_envelopes = []
             self._stop_envelopes.append(envelope)
             return Normal(), None
         reply_to = envelope.reply_to
@@ -823,7 +832,7 @@ class Process(pykka.ThreadingActor):
             _table.pop(self.actor_urn, None)
         for mon in monitors:
             mon._fire(Down(mon, self.actor_urn, reason))
-        for envelope in self._stop_envelopes:
+        for envelope in self._stop_envelopes or ():
             reject_envelope(envelope, owner)
         return True
 

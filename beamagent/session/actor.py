@@ -56,7 +56,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import attrs
@@ -130,6 +130,12 @@ SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 """What a session id may be: it names the session's process and its stored history."""
 
 UNIVERSAL_CONTROLS = ("setModel", "setPermissionMode", "setMaxThinkingTokens", "stopTask")
+
+# Timer tokens and control request ids need only be unique within a session: one counter
+# for all sessions (``next`` on it is one C call, atomic under the GIL) instead of two per
+# session, each an object the cyclic GC tracks for as long as the session lives.
+_TOKENS = itertools.count(1)
+_CONTROL_IDS = itertools.count(1)
 
 
 class CallFuture(ProcessFuture):
@@ -316,6 +322,9 @@ class SessionConfig:
     """A handler the caller built from :func:`first_handler_options` (to check the backend's
     options before anything starts): the first start uses it instead of building another,
     and clears it. Never opened before that."""
+    first_ready: pykka.Future[Any] | None = attrs.field(default=None, eq=False, repr=False)
+    """The ``ready`` future of the first start (see ``SessionActor``), when not passed to it:
+    the first incarnation takes it and clears it, so no restart spec keeps it for ever."""
 
 
 def first_handler_options(config: SessionConfig) -> dict[str, Any]:
@@ -346,6 +355,30 @@ class _Timeout:
     kind: str  # connect | init | consumer | collect | drain | linger | control | idle
     token: int
     key: str = ""
+
+
+class _Sink:
+    """Where a session's transport reports its events (one object, not a closure's five).
+
+    An event given on the session's own thread during a batch is handled when the batch
+    ends (see ``_batched``); any other is told to the session. ``generation`` tells the
+    events of a transport the session has since replaced.
+    """
+
+    __slots__ = ("generation", "session")
+
+    def __init__(self, session: SessionActor, generation: int) -> None:
+        self.session = session
+        self.generation = generation
+
+    def __call__(self, event: TransportEvent) -> None:
+        session = self.session
+        events = session._sync_events
+        if events is not None and current_process() is session:
+            events.append(_TransportEvent(self.generation, event))  # handled after this call
+            return
+        with contextlib.suppress(pykka.ActorDeadError):  # late output of an ended session
+            session.actor_ref.tell(_TransportEvent(self.generation, event))
 
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
@@ -481,9 +514,10 @@ class SessionActor(Process):
     def __init__(self, config: SessionConfig, ready: pykka.Future[Any] | None = None) -> None:
         """``ready``: answered (with None) once the session is ready, or with its start error.
 
-        The runtime's ``start_session`` passes one, so a session that fails before it is
-        ever ready still hands over its error (it ends at once: a later call would find
-        no session). A restarted incarnation gets the same, already answered, future.
+        The runtime's ``start_session`` gives one (in ``config.first_ready``, which the
+        first incarnation takes), so a session that fails before it is ever ready still
+        hands over its error (it ends at once: a later call would find no session).
+        Restarted incarnations get none: nobody waits on their start.
         """
         super().__init__()
         self.config = config
@@ -495,7 +529,7 @@ class SessionActor(Process):
         self._log = log.bind(session_id=config.session_id, backend=config.backend)
         self._buffer = bytearray()
         self._generation = 0
-        self._tokens = itertools.count(1)
+        self._tokens = _TOKENS
         self._timer: TimerRef | None = None
         self._timer_token = 0
         # (kind, monotonic deadline) of a connect/init/linger timeout asked for during a
@@ -506,15 +540,19 @@ class SessionActor(Process):
         self._draining = False
         self._drain_token = 0
         self._drain_timer: TimerRef | None = None
-        self._ready_waiters: list[pykka.Future[Any]] = [] if ready is None else [ready]
+        if ready is None:  # the first start's, handed over once (see SessionConfig.first_ready)
+            ready, config.first_ready = config.first_ready, None
+        # A tuple until a caller waits (await_ready): most sessions never have one.
+        self._ready_waiters: Sequence[pykka.Future[Any]] = () if ready is None else (ready,)
         self._start_ready = ready  # answered with None: the runtime only waits on it
         self._postponed: list[tuple[Callable[[pykka.Future[Any]], Any], pykka.Future[Any]]] = []
         self._controls: dict[str, tuple[pykka.Future[Any], TimerRef | None, str]] = {}
-        self._control_ids = itertools.count(1)
+        self._control_ids = _CONTROL_IDS
         self._error: SessionError | None = None
         self._pending_user: Message | None = None
         # Store writes that failed, kept (in order) until the store works again.
-        self._unrecorded: list[Message | dict[str, Any]] = []
+        # A tuple until a write fails: _record only ever replaces it, never appends.
+        self._unrecorded: Sequence[Message | dict[str, Any]] = ()
         self._unstored_meta: dict[str, Any] | None = None
         self._unstored_fields: dict[str, Any] = {}
         self._stored_native: str | None = None  # the native id last written to the store
@@ -597,23 +635,12 @@ class SessionActor(Process):
             if cassette is None
             else cassette.open_transport(self.handler)
         )
-        generation = self._generation
-        actor_ref = self.actor_ref
-
-        def sink(event: TransportEvent) -> None:
-            events = self._sync_events
-            if events is not None and current_process() is self:
-                events.append(_TransportEvent(generation, event))  # handled after this call
-                return
-            with contextlib.suppress(pykka.ActorDeadError):  # late output of an ended session
-                actor_ref.tell(_TransportEvent(generation, event))
-
         # Always inside a batch (on_start's, or the call's that wakes the session): what
         # an in-process backend answers inside start() is handled when the batch ends, and
         # the connect timeout is armed then only if it is still wanted.
         assert self._sync_events is not None
         self._arm("connect", config.connect_timeout)
-        self.transport.start(sink)
+        self.transport.start(_Sink(self, self._generation))
 
     def on_start(self) -> None:
         config = self.config
@@ -1143,11 +1170,12 @@ class SessionActor(Process):
         self._cancel_timer()
         self.config.lineage.ever_ready = True
         self._set_state(SessionState.READY)
-        waiters, self._ready_waiters = self._ready_waiters, []
+        waiters, self._ready_waiters = self._ready_waiters, ()
         info: dict[str, Any] | None = None
         for future in waiters:
             if future is self._start_ready:
-                self.reply(future, None)  # kept by the child spec: no info held for ever
+                self._start_ready = None  # answered: not kept for the session's lifetime
+                self.reply(future, None)  # the runtime only waits on it: no info
                 continue
             if info is None:
                 info = self._session_info()
@@ -1416,7 +1444,8 @@ class SessionActor(Process):
                 self.reply_error(future, cut_off)
         for future in self._ready_waiters:
             self.reply_error(future, error)
-        self._ready_waiters = []
+        self._ready_waiters = ()
+        self._start_ready = None
         not_run = self._restart_error(error)
         for _call, future in self._postponed:
             self.reply_error(future, not_run)
@@ -1580,7 +1609,7 @@ class SessionActor(Process):
         self._check_usable()
         if self.state in (SessionState.READY, SessionState.ACTIVE_QUERY, SessionState.HIBERNATING):
             return self._session_info()
-        self._ready_waiters.append(self.defer_reply())
+        self._ready_waiters = [*self._ready_waiters, self.defer_reply()]
         return _DEFERRED
 
     @_batched
