@@ -16,7 +16,9 @@ in between; the messages are those the JSONL codec would give, without a
 ``raw`` wire dict (there is no wire). ``"jsonl"``: every answer is a JSON line
 through an :class:`~beamagent.backends.base.InProcessTransport`, decoded and
 normalised by the handler, so the backend exercises the same codec and byte
-handling as the real CLIs. Commands to the agent are JSON lines in both. A
+handling as the real CLIs. Commands to the agent are JSON lines in both (but
+under ``"messages"`` the handshake takes the agent's answer to ``initialize``
+directly, without a line either way). A
 reply that sends raw ``bytes`` switches the agent to JSON lines for the rest of
 its life, so byte-level faults behave exactly as under ``"jsonl"``.
 
@@ -844,6 +846,13 @@ class LocalHandler(BackendHandler):
         return LocalTransport(agent)
 
     def on_connected(self, event: Connected) -> HandlerOutput:
+        agent = self._agent
+        if agent is not None and self.codec == "messages":
+            # The messages codec needs no bytes for the handshake either: the agent's
+            # answer to ``initialize``, taken as the JSONL codec would decode it (a JSON
+            # round trip each way cost about a tenth of a session's start).
+            answer = agent._initialized(self._init_request)["response"]["response"]
+            return HandlerOutput(state=SessionState.READY, info=_init_info(answer))
         return HandlerOutput(
             writes=[encode_line({"type": "initialize", "request_id": self._init_request})],
             state=SessionState.INITIALIZING,
