@@ -64,6 +64,7 @@ from beamagent.session.handle import CALL_TIMEOUT, Session
 from beamagent.store import SessionStore, open_store
 from beamagent.store.actor import DIRECT_WRITES, StoreActor, run_write
 from beamagent.store.api import StoreApi
+from beamagent.store.recorder import StoreRecorder
 from beamagent.tools._api import TOOL_SESSION_OPTIONS, ToolsApi
 from supervisors import (
     AlreadyRegistered,
@@ -345,6 +346,8 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
         self._given_up: OrderedDict[str, tuple[ChildSpec, str]] = OrderedDict()
         self._owns_store = not isinstance(store, SessionStore)
         self._store: SessionStore = open_store(store)
+        # Stateless: every session records through this one (not an object each to keep).
+        self._recorder = StoreRecorder(self._store)
         self._lock = threading.Lock()
         self._stopped = False
         ns = ("beamagent", self.id)
