@@ -113,8 +113,12 @@ def _allowed_options(handler: type[BackendHandler]) -> frozenset[str]:
     return handler.option_names() | SESSION_OPTIONS
 
 
+@functools.cache
 def _backend_health_hook(registry_name: Hashable) -> Callable[[str, str, str], None]:
-    """Tell the registry (by name, without waiting) what a backend said of its health."""
+    """Tell the registry (by name, without waiting) what a backend said of its health.
+
+    One hook per registry, shared by its runtime's sessions (not a closure each).
+    """
 
     def report(backend: str, status: str, reason: str) -> None:
         registry = whereis(registry_name)

@@ -545,7 +545,8 @@ class SessionActor(Process):
         # A tuple until a caller waits (await_ready): most sessions never have one.
         self._ready_waiters: Sequence[pykka.Future[Any]] = () if ready is None else (ready,)
         self._start_ready = ready  # answered with None: the runtime only waits on it
-        self._postponed: list[tuple[Callable[[pykka.Future[Any]], Any], pykka.Future[Any]]] = []
+        # Calls waiting for the session to be ready: a tuple until one waits (see _postpone).
+        self._postponed: Sequence[tuple[Callable[[pykka.Future[Any]], Any], pykka.Future[Any]]] = ()
         self._controls: dict[str, tuple[pykka.Future[Any], TimerRef | None, str]] = {}
         self._control_ids = _CONTROL_IDS
         self._error: SessionError | None = None
@@ -1184,7 +1185,7 @@ class SessionActor(Process):
 
     def _replay_postponed(self) -> None:
         while self._postponed and self.state is SessionState.READY and not self._draining:
-            call, future = self._postponed.pop(0)
+            (call, future), self._postponed = self._postponed[0], self._postponed[1:]
             try:
                 result = call(future)
             except BeamAgentError as exc:
@@ -1449,7 +1450,7 @@ class SessionActor(Process):
         not_run = self._restart_error(error)
         for _call, future in self._postponed:
             self.reply_error(future, not_run)
-        self._postponed = []
+        self._postponed = ()
         for future, timer, _method in self._controls.values():
             if timer is not None:
                 timer.cancel()
@@ -1461,6 +1462,14 @@ class SessionActor(Process):
             assert self._error is not None
             raise self._restart_error(SessionError(str(self._error), reason=self._error.reason))
 
+    def _postpone(self, call: Callable[[pykka.Future[Any]], Any]) -> None:
+        """Keep the call being handled (its caller's reply deferred) until the session is ready.
+
+        A new sequence each time, not an append: most sessions never postpone a call, and
+        keep the shared empty tuple instead of a list of their own (rare, short queues).
+        """
+        self._postponed = [*self._postponed, (call, self.defer_reply())]
+
     def _postpone_if_not_ready(self, call: Callable[[pykka.Future[Any]], Any]) -> bool:
         """Queue a call until the session is ready (and not draining); True if queued.
 
@@ -1469,13 +1478,13 @@ class SessionActor(Process):
         reconnect.
         """
         if self.state is SessionState.HIBERNATING:
-            self._postponed.append((call, self.defer_reply()))
+            self._postpone(call)
             self._wake()
             return True
         if self.state in (SessionState.CONNECTING, SessionState.INITIALIZING) or (
             self._draining and self.state is SessionState.READY
         ):
-            self._postponed.append((call, self.defer_reply()))
+            self._postpone(call)
             return True
         return False
 
@@ -1598,7 +1607,7 @@ class SessionActor(Process):
             reason=error.reason,
             delivered=False,
         )
-        postponed, self._postponed = self._postponed, []
+        postponed, self._postponed = self._postponed, ()
         for _call, future in postponed:
             self.reply_error(future, failure)
 
@@ -1858,7 +1867,8 @@ class SessionActor(Process):
         if self.transport is not None:
             info.update(self.transport.info())
         info.update(self._info)
-        info.update(self.config.info)
+        for key, value in self.config.info.items():  # may be shared by many sessions
+            info[key] = list(value) if isinstance(value, list) else value
         if handler is not None:
             info.update(_handler_facts(handler))
         else:  # hibernating: what the dropped handler said
@@ -1943,12 +1953,7 @@ class SessionActor(Process):
             SessionState.CONNECTING,
             SessionState.INITIALIZING,
         ):
-            self._postponed.append(
-                (
-                    lambda future: self._send_control(method, params, timeout, future),
-                    self.defer_reply(),
-                )
-            )
+            self._postpone(lambda future: self._send_control(method, params, timeout, future))
             if self.state is SessionState.HIBERNATING:
                 self._wake()
             return _DEFERRED
