@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Hashable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeAlias, cast
 
@@ -1025,18 +1025,20 @@ def link(a: ProcessTarget, b: ProcessTarget) -> None:
     ua, ub = _urn_of(a), _urn_of(b)
     if ua == ub:
         return
-    live = sorted((p for p in (pa, pb) if p is not None), key=lambda p: p.actor_urn)
-    with ExitStack() as stack:
-        for process in live:
-            stack.enter_context(process._sys_lock)
-        a_alive = pa is not None and not pa._terminated
-        b_alive = pb is not None and not pb._terminated
-        if a_alive and b_alive:
-            assert pa is not None
-            assert pb is not None
-            pa._links.add(ub)
-            pb._links.add(ua)
-            return
+    if pa is not None and pb is not None:
+        # Both exist (every supervised start): take their two locks in URN order directly.
+        first, second = (pa, pb) if ua < ub else (pb, pa)
+        with first._sys_lock, second._sys_lock:
+            if not pa._terminated and not pb._terminated:
+                pa._links.add(ub)
+                pb._links.add(ua)
+                return
+            a_alive, b_alive = not pa._terminated, not pb._terminated
+    else:
+        live = pa if pa is not None else pb
+        with live._sys_lock if live is not None else nullcontext():
+            a_alive = pa is not None and not pa._terminated
+            b_alive = pb is not None and not pb._terminated
     if a_alive and pa is not None:
         pa._deliver_exit(ub, NoProc())
     elif b_alive and pb is not None:
