@@ -1001,15 +1001,15 @@ def _init_info(response: Any) -> dict[str, Any]:
         dict(response.get("account") or {}),
     )
     # Every session of a runtime is told the same models, commands and agents: keep
-    # the items (dicts, strings) of the last answer and share them, in lists of each
-    # session's own, instead of a freshly decoded copy per session (~1 KiB each).
+    # the lists of the last answer and share them instead of a freshly decoded copy per
+    # session (~1 KiB each, and objects for the cyclic GC); session_info copies them.
     last = _last_init[0] if _last_init else None
     if last == facts:
         assert last is not None
-        models, commands, agents = list(last[0]), list(last[1]), list(last[2])
+        models, commands, agents = last[0], last[1], last[2]
     else:
         _last_init[:] = [facts]
-        models, commands, agents = list(facts[0]), list(facts[1]), list(facts[2])
+        models, commands, agents = facts[0], facts[1], facts[2]
     return {
         "supported_models": models,
         "supported_commands": commands,

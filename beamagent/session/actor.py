@@ -1866,9 +1866,11 @@ class SessionActor(Process):
         info: dict[str, Any] = {}
         if self.transport is not None:
             info.update(self.transport.info())
-        info.update(self._info)
-        for key, value in self.config.info.items():  # may be shared by many sessions
-            info[key] = list(value) if isinstance(value, list) else value
+        # Lists may be shared by many sessions (the local backend's, the runtime's
+        # no-tools info): each caller gets copies of its own.
+        for facts in (self._info, self.config.info):
+            for key, value in facts.items():
+                info[key] = list(value) if type(value) is list else value
         if handler is not None:
             info.update(_handler_facts(handler))
         else:  # hibernating: what the dropped handler said
