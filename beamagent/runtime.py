@@ -64,6 +64,7 @@ from beamagent.session.handle import CALL_TIMEOUT, Session
 from beamagent.store import SessionStore, open_store
 from beamagent.store.actor import DIRECT_WRITES, StoreActor, run_write
 from beamagent.store.api import StoreApi
+from beamagent.store.recorder import StoreRecorder
 from beamagent.tools._api import TOOL_SESSION_OPTIONS, ToolsApi
 from supervisors import (
     AlreadyRegistered,
@@ -87,6 +88,24 @@ from supervisors import (
 )
 
 __all__ = ["BackendSpec", "Runtime", "default_runtime", "shutdown_default_runtime"]
+
+
+def _told_error(ready: ProcessFuture) -> BeamAgentError | None:
+    """The error a session answered ``ready`` with before its start failed, if any.
+
+    An in-process backend's handshake runs inside the session's ``on_start``: a crash
+    there fails the start, after the session told ``ready`` the error its callers get
+    (as when the same crash came after the start).
+    """
+    if not ready.done():
+        return None
+    try:
+        ready.get(timeout=0)
+    except BeamAgentError as exc:
+        return exc
+    except Exception:
+        return None
+    return None
 
 
 class _SessionEnded(Exception):
@@ -327,6 +346,8 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
         self._given_up: OrderedDict[str, tuple[ChildSpec, str]] = OrderedDict()
         self._owns_store = not isinstance(store, SessionStore)
         self._store: SessionStore = open_store(store)
+        # Stateless: every session records through this one (not an object each to keep).
+        self._recorder = StoreRecorder(self._store)
         self._lock = threading.Lock()
         self._stopped = False
         ns = ("beamagent", self.id)
@@ -683,9 +704,10 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
                 raise
         budget = self._session_budget
         ready = ProcessFuture()
+        config.first_ready = ready  # taken by the first incarnation: the spec keeps none
         child = ChildSpec(
             session_id,
-            (SessionActor, (config,), {"ready": ready}),
+            (SessionActor, (config,), {}),
             restart="transient",
             shutdown=10.0,
             name=self._session_name(session_id),
@@ -702,6 +724,9 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
                 raise InvalidOption(f"session {session_id!r} is already running") from None
             if isinstance(reason, BeamAgentError):
                 raise reason from None
+            told = _told_error(ready)
+            if told is not None:  # a crash: the error the session told its waiters
+                raise told from None
             raise SessionError(
                 f"session {session_id} failed to start: {reason!r}", reason=reason
             ) from reason

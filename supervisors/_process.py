@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Hashable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeAlias, cast
 
@@ -202,6 +202,10 @@ class _Flag:
                 self._lock.release()  # let the next waiter through
             return True
         return self._is_set
+
+
+_STARTED = _Flag()
+_STARTED.set()
 
 
 class MonitorRef:
@@ -440,7 +444,7 @@ class Process(pykka.ThreadingActor):
         self._current: Envelope[Any] | None = None
         self._deferred = False
         self._outstanding: set[pykka.Future[Any]] | None = None  # deferred replies, made on use
-        self._stop_envelopes: list[Envelope[Any]] = []
+        self._stop_envelopes: list[Envelope[Any]] | None = None  # made on the first stop
         self._thread: threading.Thread | None = None
         self._launched = False
         self._started = _Flag()
@@ -498,6 +502,9 @@ class Process(pykka.ThreadingActor):
                 self._started.wait()
         if self._start_error is not None:
             raise self._start_error
+        # Started: nobody waits on this flag any more. The shared flag, set for good, stands
+        # in for it, so a long-lived process does not keep a lock (and a flag) for nothing.
+        self._started = _STARTED
         return ref
 
     def _start_actor_loop(self) -> None:
@@ -549,8 +556,10 @@ class Process(pykka.ThreadingActor):
             _local.process = parent
             if self._kill_injected:
                 _clear_pending_kill()
-        if started and self.mailbox.runnable():
-            scheduler.submit(self)  # mail came meanwhile (an in-process backend's output)
+        if started and (self._requested_exit is not None or self.mailbox.runnable()):
+            # Mail came meanwhile, or on_start asked to end (stop_with): a slice handles it.
+            # Still marked scheduled (attach): no put schedules it a second time.
+            scheduler.submit(self)
 
     def _submit(self) -> None:
         scheduler.submit(self)
@@ -674,6 +683,8 @@ class Process(pykka.ThreadingActor):
         elif kind is _ShutdownRequest:
             return message.reason, None
         elif kind is pykka_messages._ActorStop:
+            if self._stop_envelopes is None:
+                self._stop_envelopes = []
             self._stop_envelopes.append(envelope)
             return Normal(), None
         reply_to = envelope.reply_to
@@ -821,7 +832,7 @@ class Process(pykka.ThreadingActor):
             _table.pop(self.actor_urn, None)
         for mon in monitors:
             mon._fire(Down(mon, self.actor_urn, reason))
-        for envelope in self._stop_envelopes:
+        for envelope in self._stop_envelopes or ():
             reject_envelope(envelope, owner)
         return True
 
@@ -1014,18 +1025,20 @@ def link(a: ProcessTarget, b: ProcessTarget) -> None:
     ua, ub = _urn_of(a), _urn_of(b)
     if ua == ub:
         return
-    live = sorted((p for p in (pa, pb) if p is not None), key=lambda p: p.actor_urn)
-    with ExitStack() as stack:
-        for process in live:
-            stack.enter_context(process._sys_lock)
-        a_alive = pa is not None and not pa._terminated
-        b_alive = pb is not None and not pb._terminated
-        if a_alive and b_alive:
-            assert pa is not None
-            assert pb is not None
-            pa._links.add(ub)
-            pb._links.add(ua)
-            return
+    if pa is not None and pb is not None:
+        # Both exist (every supervised start): take their two locks in URN order directly.
+        first, second = (pa, pb) if ua < ub else (pb, pa)
+        with first._sys_lock, second._sys_lock:
+            if not pa._terminated and not pb._terminated:
+                pa._links.add(ub)
+                pb._links.add(ua)
+                return
+            a_alive, b_alive = not pa._terminated, not pb._terminated
+    else:
+        live = pa if pa is not None else pb
+        with live._sys_lock if live is not None else nullcontext():
+            a_alive = pa is not None and not pa._terminated
+            b_alive = pb is not None and not pb._terminated
     if a_alive and pa is not None:
         pa._deliver_exit(ub, NoProc())
     elif b_alive and pb is not None:

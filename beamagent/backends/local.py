@@ -18,7 +18,8 @@ through an :class:`~beamagent.backends.base.InProcessTransport`, decoded and
 normalised by the handler, so the backend exercises the same codec and byte
 handling as the real CLIs. Commands to the agent are JSON lines in both (under
 ``"messages"`` a query's line also carries the command, which the agent takes
-instead of parsing it). A
+instead of parsing it, and the handshake takes the agent's answer to
+``initialize`` directly, without a line either way). A
 reply that sends raw ``bytes`` switches the agent to JSON lines for the rest of
 its life, so byte-level faults behave exactly as under ``"jsonl"``.
 
@@ -848,6 +849,13 @@ class LocalHandler(BackendHandler):
         return LocalTransport(agent)
 
     def on_connected(self, event: Connected) -> HandlerOutput:
+        agent = self._agent
+        if agent is not None and self.codec == "messages":
+            # The messages codec needs no bytes for the handshake either: the agent's
+            # answer to ``initialize``, taken as the JSONL codec would decode it (a JSON
+            # round trip each way cost about a tenth of a session's start).
+            answer = agent._initialized(self._init_request)["response"]["response"]
+            return HandlerOutput(state=SessionState.READY, info=_init_info(answer))
         return HandlerOutput(
             writes=[encode_line({"type": "initialize", "request_id": self._init_request})],
             state=SessionState.INITIALIZING,
@@ -1002,15 +1010,15 @@ def _init_info(response: Any) -> dict[str, Any]:
         dict(response.get("account") or {}),
     )
     # Every session of a runtime is told the same models, commands and agents: keep
-    # the items (dicts, strings) of the last answer and share them, in lists of each
-    # session's own, instead of a freshly decoded copy per session (~1 KiB each).
+    # the lists of the last answer and share them instead of a freshly decoded copy per
+    # session (~1 KiB each, and objects for the cyclic GC); session_info copies them.
     last = _last_init[0] if _last_init else None
     if last == facts:
         assert last is not None
-        models, commands, agents = list(last[0]), list(last[1]), list(last[2])
+        models, commands, agents = last[0], last[1], last[2]
     else:
         _last_init[:] = [facts]
-        models, commands, agents = list(facts[0]), list(facts[1]), list(facts[2])
+        models, commands, agents = facts[0], facts[1], facts[2]
     return {
         "supported_models": models,
         "supported_commands": commands,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import time
 import uuid
 from collections.abc import Callable, Hashable, Mapping
@@ -24,6 +25,7 @@ import pykka
 from pykka.messages import ProxyCall
 
 from beamagent import telemetry
+from beamagent.backends.base import BackendHandler
 from beamagent.backends.cassette import Cassette
 from beamagent.backends.launch import cli_not_required
 from beamagent.backends.names import KNOWN_BACKENDS, canonical_backend_name
@@ -103,8 +105,20 @@ def _merge(base: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=256)  # one per runtime, shared by its sessions (not one each)
+@functools.cache
+def _allowed_options(handler: type[BackendHandler]) -> frozenset[str]:
+    """The options a session on ``handler``'s backend takes (its own and the session's)."""
+    from beamagent.runtime import SESSION_OPTIONS  # runtime imports this module
+
+    return handler.option_names() | SESSION_OPTIONS
+
+
+@functools.cache
 def _backend_health_hook(registry_name: Hashable) -> Callable[[str, str, str], None]:
-    """Tell the registry (by name, without waiting) what a backend said of its health."""
+    """Tell the registry (by name, without waiting) what a backend said of its health.
+
+    One hook per registry, shared by its runtime's sessions (not a closure each).
+    """
 
     def report(backend: str, status: str, reason: str) -> None:
         registry = whereis(registry_name)
@@ -194,6 +208,7 @@ class RoutingApi:
         _session_budget: tuple[int, float] | None
         _names: dict[str, tuple[str, ...]]
         _store: SessionStore
+        _recorder: StoreRecorder
 
         @property
         def registry(self) -> pykka.ActorRef[Any]: ...
@@ -516,12 +531,10 @@ class RoutingApi:
             )
 
     def _check_options(self, spec: BackendSpec, opts: Mapping[str, Any]) -> dict[str, Any]:
-        from beamagent.runtime import SESSION_OPTIONS  # runtime imports this module
-
         merged = {**self._session_defaults, **spec.options, **opts}
-        allowed = spec.handler.option_names() | SESSION_OPTIONS
-        unknown = sorted(set(merged) - allowed)
-        if unknown:
+        allowed = _allowed_options(spec.handler)
+        if not allowed.issuperset(merged):
+            unknown = sorted(set(merged) - allowed)
             raise InvalidOption(
                 f"unknown option(s) {', '.join(map(repr, unknown))} for backend {spec.name!r}; "
                 f"accepted: {', '.join(sorted(allowed))}"
@@ -536,7 +549,8 @@ class RoutingApi:
 
         spec = self.backend_spec(backend)
         merged = self._check_options(spec, opts)
-        session_id = merged.pop("session_id", None) or f"session_{uuid.uuid4().hex}"
+        # 128 random bits, as uuid4().hex gave (less its fixed version bits), faster.
+        session_id = merged.pop("session_id", None) or f"session_{os.urandom(16).hex()}"
         self._check_session_id(session_id)
         cassette = merged.pop("cassette", None)
         if cassette is not None and not isinstance(cassette, Cassette):
@@ -544,19 +558,21 @@ class RoutingApi:
         tools = self._session_tools(spec, merged, session_id)  # takes tools, tool_context
         try:
             session_cassette = None if cassette is None else cassette.session(spec.name)
+            options: dict[str, Any] = {}
+            session_options: dict[str, Any] = {}
+            for key, value in merged.items():
+                (session_options if key in SESSION_OPTIONS else options)[key] = value
+            options.update(tools.handler_options)
             config = SessionConfig(
                 session_id=session_id,
                 backend=spec.name,
                 handler_cls=spec.handler,
-                options={
-                    **{k: v for k, v in merged.items() if k not in SESSION_OPTIONS},
-                    **tools.handler_options,
-                },
-                recorder=StoreRecorder(self._store),
+                options=options,
+                recorder=self._recorder,
                 info=tools.info,
                 on_stopped=tools.on_stopped,
                 cassette=session_cassette,
-                **{k: v for k, v in merged.items() if k in SESSION_OPTIONS},
+                **session_options,
             )
             # The backend's own options are checked by its handler: build one now, in the
             # caller's thread, so a bad option fails before anything is started or stored.

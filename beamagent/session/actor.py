@@ -55,7 +55,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import attrs
@@ -129,6 +129,12 @@ SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 """What a session id may be: it names the session's process and its stored history."""
 
 UNIVERSAL_CONTROLS = ("setModel", "setPermissionMode", "setMaxThinkingTokens", "stopTask")
+
+# Timer tokens and control request ids need only be unique within a session: one counter
+# for all sessions (``next`` on it is one C call, atomic under the GIL) instead of two per
+# session, each an object the cyclic GC tracks for as long as the session lives.
+_TOKENS = itertools.count(1)
+_CONTROL_IDS = itertools.count(1)
 
 
 class CallFuture(ProcessFuture):
@@ -315,6 +321,9 @@ class SessionConfig:
     """A handler the caller built from :func:`first_handler_options` (to check the backend's
     options before anything starts): the first start uses it instead of building another,
     and clears it. Never opened before that."""
+    first_ready: pykka.Future[Any] | None = attrs.field(default=None, eq=False, repr=False)
+    """The ``ready`` future of the first start (see ``SessionActor``), when not passed to it:
+    the first incarnation takes it and clears it, so no restart spec keeps it for ever."""
 
 
 def first_handler_options(config: SessionConfig) -> dict[str, Any]:
@@ -345,6 +354,30 @@ class _Timeout:
     kind: str  # connect | init | consumer | collect | drain | linger | control | idle
     token: int
     key: str = ""
+
+
+class _Sink:
+    """Where a session's transport reports its events (one object, not a closure's five).
+
+    An event given on the session's own thread during a batch is handled when the batch
+    ends (see ``_batched``); any other is told to the session. ``generation`` tells the
+    events of a transport the session has since replaced.
+    """
+
+    __slots__ = ("generation", "session")
+
+    def __init__(self, session: SessionActor, generation: int) -> None:
+        self.session = session
+        self.generation = generation
+
+    def __call__(self, event: TransportEvent) -> None:
+        session = self.session
+        events = session._sync_events
+        if events is not None and current_process() is session:
+            events.append(_TransportEvent(self.generation, event))  # handled after this call
+            return
+        with contextlib.suppress(pykka.ActorDeadError):  # late output of an ended session
+            session.actor_ref.tell(_TransportEvent(self.generation, event))
 
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
@@ -457,6 +490,7 @@ class SessionActor(Process):
         "_resumed",
         "_start_ready",
         "_started_at",
+        "_stored_native",
         "_sync_events",
         "_timer",
         "_timer_due",
@@ -479,9 +513,10 @@ class SessionActor(Process):
     def __init__(self, config: SessionConfig, ready: pykka.Future[Any] | None = None) -> None:
         """``ready``: answered (with None) once the session is ready, or with its start error.
 
-        The runtime's ``start_session`` passes one, so a session that fails before it is
-        ever ready still hands over its error (it ends at once: a later call would find
-        no session). A restarted incarnation gets the same, already answered, future.
+        The runtime's ``start_session`` gives one (in ``config.first_ready``, which the
+        first incarnation takes), so a session that fails before it is ever ready still
+        hands over its error (it ends at once: a later call would find no session).
+        Restarted incarnations get none: nobody waits on their start.
         """
         super().__init__()
         self.config = config
@@ -493,7 +528,7 @@ class SessionActor(Process):
         self._log = log.bind(session_id=config.session_id, backend=config.backend)
         self._buffer = bytearray()
         self._generation = 0
-        self._tokens = itertools.count(1)
+        self._tokens = _TOKENS
         self._timer: TimerRef | None = None
         self._timer_token = 0
         # (kind, monotonic deadline) of a connect/init/linger timeout asked for during a
@@ -504,17 +539,23 @@ class SessionActor(Process):
         self._draining = False
         self._drain_token = 0
         self._drain_timer: TimerRef | None = None
-        self._ready_waiters: list[pykka.Future[Any]] = [] if ready is None else [ready]
+        if ready is None:  # the first start's, handed over once (see SessionConfig.first_ready)
+            ready, config.first_ready = config.first_ready, None
+        # A tuple until a caller waits (await_ready): most sessions never have one.
+        self._ready_waiters: Sequence[pykka.Future[Any]] = () if ready is None else (ready,)
         self._start_ready = ready  # answered with None: the runtime only waits on it
-        self._postponed: list[tuple[Callable[[pykka.Future[Any]], Any], pykka.Future[Any]]] = []
+        # Calls waiting for the session to be ready: a tuple until one waits (see _postpone).
+        self._postponed: Sequence[tuple[Callable[[pykka.Future[Any]], Any], pykka.Future[Any]]] = ()
         self._controls: dict[str, tuple[pykka.Future[Any], TimerRef | None, str]] = {}
-        self._control_ids = itertools.count(1)
+        self._control_ids = _CONTROL_IDS
         self._error: SessionError | None = None
         self._pending_user: Message | None = None
         # Store writes that failed, kept (in order) until the store works again.
-        self._unrecorded: list[Message | dict[str, Any]] = []
+        # A tuple until a write fails: _record only ever replaces it, never appends.
+        self._unrecorded: Sequence[Message | dict[str, Any]] = ()
         self._unstored_meta: dict[str, Any] | None = None
         self._unstored_fields: dict[str, Any] = {}
+        self._stored_native: str | None = None  # the native id last written to the store
         self._flush_timer: TimerRef | None = None
         self._flush_delay = 0.0
         self._timer_flush_token = 0
@@ -594,38 +635,12 @@ class SessionActor(Process):
             if cassette is None
             else cassette.open_transport(self.handler)
         )
-        generation = self._generation
-        actor_ref = self.actor_ref
-
-        def sink(event: TransportEvent) -> None:
-            events = self._sync_events
-            if events is not None and current_process() is self:
-                events.append(_TransportEvent(generation, event))  # handled after this call
-                return
-            with contextlib.suppress(pykka.ActorDeadError):  # late output of an ended session
-                actor_ref.tell(_TransportEvent(generation, event))
-
-        if self._sync_events is not None:  # in a batch (waking): handled when it ends
-            self._arm("connect", config.connect_timeout)
-            self.transport.start(sink)
-            return
-        # At a (re)start, an in-process backend reports Connected inside start(): told to
-        # this process as the first of its mail (after on_start, as a backend's output
-        # always was). No connect timeout is armed then, nor cancelled straight after.
-        events: deque[_TransportEvent] = deque()
-        self._sync_events = events
-        try:
-            token = self._arm("connect", config.connect_timeout)
-            self.transport.start(sink)
-        finally:
-            self._sync_events = None
-            due, self._timer_due = self._timer_due, None
-        if due is not None and not any(isinstance(e.event, Connected) for e in events):
-            self._timer = send_after(
-                actor_ref, _Timeout(due[0], token), max(due[1] - time.monotonic(), 0.0)
-            )
-        for message in events:
-            actor_ref.tell(message)
+        # Always inside a batch (on_start's, or the call's that wakes the session): what
+        # an in-process backend answers inside start() is handled when the batch ends, and
+        # the connect timeout is armed then only if it is still wanted.
+        assert self._sync_events is not None
+        self._arm("connect", config.connect_timeout)
+        self.transport.start(_Sink(self, self._generation))
 
     def on_start(self) -> None:
         config = self.config
@@ -635,12 +650,24 @@ class SessionActor(Process):
             self._log.warning("session_restarted", incarnation=lineage.incarnations)
             if telemetry.ENABLED:
                 self._trace_restart(lineage)
-        self._open_backend()
-        assert self.handler is not None
-        if config.recorder is not None:
-            self._unstored_meta = self._meta()
-            self._flush_store()
-        self._log.info("session_started", model=self.handler.model)
+        # A batch, as for a call (see _batched): an in-process backend connects inside
+        # transport.start() and answers its handshake synchronously; that output is
+        # handled here, after the metadata is recorded, so such a session is ready (or has
+        # failed, and told its starter) by the time on_start returns -- no trip through
+        # the mailbox, and its starter need not wait for it on another thread.
+        self._sync_events = deque()
+        try:
+            self._open_backend()
+            assert self.handler is not None
+            if config.recorder is not None:
+                self._unstored_meta = self._meta()
+                self._flush_store()
+            self._log.info("session_started", model=self.handler.model)
+        except BaseException:
+            self._sync_events = None
+            self._timer_due = None
+            raise
+        self._end_batch(None, None)
 
     def _trace_restart(self, lineage: SessionLineage) -> None:
         # A span of its own, linked to the session's start: the supervisor's restart
@@ -1144,11 +1171,12 @@ class SessionActor(Process):
         self._cancel_timer()
         self.config.lineage.ever_ready = True
         self._set_state(SessionState.READY)
-        waiters, self._ready_waiters = self._ready_waiters, []
+        waiters, self._ready_waiters = self._ready_waiters, ()
         info: dict[str, Any] | None = None
         for future in waiters:
             if future is self._start_ready:
-                self.reply(future, None)  # kept by the child spec: no info held for ever
+                self._start_ready = None  # answered: not kept for the session's lifetime
+                self.reply(future, None)  # the runtime only waits on it: no info
                 continue
             if info is None:
                 info = self._session_info()
@@ -1157,7 +1185,7 @@ class SessionActor(Process):
 
     def _replay_postponed(self) -> None:
         while self._postponed and self.state is SessionState.READY and not self._draining:
-            call, future = self._postponed.pop(0)
+            (call, future), self._postponed = self._postponed[0], self._postponed[1:]
             try:
                 result = call(future)
             except BeamAgentError as exc:
@@ -1232,12 +1260,16 @@ class SessionActor(Process):
         if recorder is None:
             return None
         try:
-            if self._unstored_meta is not None:
-                recorder.session_started(self._unstored_meta)
+            meta = self._unstored_meta
+            if meta is not None:
+                recorder.session_started(meta)
                 self._unstored_meta = None
-            if self._unstored_fields:
-                recorder.session_updated(self.session_id, self._unstored_fields)
+                self._stored_native = meta.get("native_session_id")
+            fields = self._unstored_fields
+            if fields:
+                recorder.session_updated(self.session_id, fields)
                 self._unstored_fields = {}
+                self._stored_native = fields.get("native_session_id", self._stored_native)
         except StoreError as exc:
             self._schedule_store_retry(exc)
             return exc
@@ -1246,6 +1278,11 @@ class SessionActor(Process):
     def _store_fields(self, fields: Mapping[str, Any]) -> None:
         """Record changed metadata (model, native id); kept and retried if the store fails."""
         if self.config.recorder is None:
+            return
+        if fields.get("native_session_id", self) == self._stored_native and len(fields) == 1:
+            # The id the backend reports in its handshake is usually the one the session's
+            # metadata named when it was recorded at the start: no second write for it.
+            self._unstored_fields.pop("native_session_id", None)
             return
         self._unstored_fields.update(fields)
         if self._unstored_meta is None and not self._unrecorded:
@@ -1408,11 +1445,12 @@ class SessionActor(Process):
                 self.reply_error(future, cut_off)
         for future in self._ready_waiters:
             self.reply_error(future, error)
-        self._ready_waiters = []
+        self._ready_waiters = ()
+        self._start_ready = None
         not_run = self._restart_error(error)
         for _call, future in self._postponed:
             self.reply_error(future, not_run)
-        self._postponed = []
+        self._postponed = ()
         for future, timer, _method in self._controls.values():
             if timer is not None:
                 timer.cancel()
@@ -1424,6 +1462,14 @@ class SessionActor(Process):
             assert self._error is not None
             raise self._restart_error(SessionError(str(self._error), reason=self._error.reason))
 
+    def _postpone(self, call: Callable[[pykka.Future[Any]], Any]) -> None:
+        """Keep the call being handled (its caller's reply deferred) until the session is ready.
+
+        A new sequence each time, not an append: most sessions never postpone a call, and
+        keep the shared empty tuple instead of a list of their own (rare, short queues).
+        """
+        self._postponed = [*self._postponed, (call, self.defer_reply())]
+
     def _postpone_if_not_ready(self, call: Callable[[pykka.Future[Any]], Any]) -> bool:
         """Queue a call until the session is ready (and not draining); True if queued.
 
@@ -1432,13 +1478,13 @@ class SessionActor(Process):
         reconnect.
         """
         if self.state is SessionState.HIBERNATING:
-            self._postponed.append((call, self.defer_reply()))
+            self._postpone(call)
             self._wake()
             return True
         if self.state in (SessionState.CONNECTING, SessionState.INITIALIZING) or (
             self._draining and self.state is SessionState.READY
         ):
-            self._postponed.append((call, self.defer_reply()))
+            self._postpone(call)
             return True
         return False
 
@@ -1561,7 +1607,7 @@ class SessionActor(Process):
             reason=error.reason,
             delivered=False,
         )
-        postponed, self._postponed = self._postponed, []
+        postponed, self._postponed = self._postponed, ()
         for _call, future in postponed:
             self.reply_error(future, failure)
 
@@ -1572,7 +1618,7 @@ class SessionActor(Process):
         self._check_usable()
         if self.state in (SessionState.READY, SessionState.ACTIVE_QUERY, SessionState.HIBERNATING):
             return self._session_info()
-        self._ready_waiters.append(self.defer_reply())
+        self._ready_waiters = [*self._ready_waiters, self.defer_reply()]
         return _DEFERRED
 
     @_batched
@@ -1820,8 +1866,11 @@ class SessionActor(Process):
         info: dict[str, Any] = {}
         if self.transport is not None:
             info.update(self.transport.info())
-        info.update(self._info)
-        info.update(self.config.info)
+        # Lists may be shared by many sessions (the local backend's, the runtime's
+        # no-tools info): each caller gets copies of its own.
+        for facts in (self._info, self.config.info):
+            for key, value in facts.items():
+                info[key] = list(value) if type(value) is list else value
         if handler is not None:
             info.update(_handler_facts(handler))
         else:  # hibernating: what the dropped handler said
@@ -1906,12 +1955,7 @@ class SessionActor(Process):
             SessionState.CONNECTING,
             SessionState.INITIALIZING,
         ):
-            self._postponed.append(
-                (
-                    lambda future: self._send_control(method, params, timeout, future),
-                    self.defer_reply(),
-                )
-            )
+            self._postpone(lambda future: self._send_control(method, params, timeout, future))
             if self.state is SessionState.HIBERNATING:
                 self._wake()
             return _DEFERRED

@@ -56,6 +56,11 @@ class SessionTools:
         self.on_stopped = on_stopped
 
 
+_NO_TOOLS_INFO: dict[str, Any] = {"tools": []}
+"""The ``info`` of every session without tools: shared, never changed (``session_info``
+copies its lists), so an idle session keeps no dict and list of its own for it."""
+
+
 def _tool_context(value: Any) -> dict[str, str | None]:
     if value is None:
         return {}
@@ -173,7 +178,7 @@ class ToolsApi:
         context = _tool_context(merged.pop("tool_context", None))
         names = spec.handler.option_names()
         if not tools:
-            return SessionTools({}, {"tools": []})
+            return SessionTools({}, _NO_TOOLS_INFO)
         if "tool_server" in names:
             if whereis(self._session_name(session_id)) is not None:
                 # Checked before granting: a new grant would replace the live session's token.

@@ -81,6 +81,21 @@ def test_stored_history_reads_back_equal_to_what_was_delivered(tmp_path: Any) ->
                 assert [m.content for m in stored if m.type is MessageType.USER] == ["q", "echo me"]
 
 
+def test_both_codecs_report_the_same_handshake() -> None:
+    # The messages codec takes the agent's answer to initialize without JSON lines.
+    facts = ("supported_models", "supported_commands", "supported_agents", "account_info")
+    options = {"native_session_id": "local-fixed-native", "models": ["m1", "m2"]}
+    with Runtime(store=":memory:") as rt:
+        infos = [
+            rt.start_session(backend="local", codec=codec, **options).session_info()
+            for codec in ("messages", "jsonl")
+        ]
+    assert [info["state"] for info in infos] == ["ready", "ready"]
+    assert {k: infos[0][k] for k in facts} == {k: infos[1][k] for k in facts}
+    assert infos[0]["supported_models"][1] == {"value": "m2", "displayName": "m2"}
+    assert infos[0]["native_session_id"] == infos[1]["native_session_id"] == "local-fixed-native"
+
+
 def test_the_codec_chooses_the_transport() -> None:
     assert isinstance(LocalHandler({}).open_transport(), LocalTransport)
     assert isinstance(LocalHandler({"codec": "messages"}).open_transport(), LocalTransport)

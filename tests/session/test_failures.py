@@ -25,6 +25,8 @@ from beamagent.errors import (
     TransportError,
 )
 from beamagent.session import handle as handle_module
+from tests.session._gated import Gate as GatedGate
+from tests.session._gated import GatedLocal
 
 
 class Gate:
@@ -311,6 +313,34 @@ def test_transport_that_cannot_start() -> None:
     with Runtime(store=":memory:", backends={"missing": MissingBinary}) as rt:
         with pytest.raises(TransportError, match="cannot start"):
             rt.start_session(backend="missing")
+        assert rt.sessions_supervisor.which_children() == []
+
+
+def test_an_in_process_handshake_that_fails_fails_the_start_with_its_error() -> None:
+    # The local backend's handshake runs inside the session's on_start: its failure
+    # still reaches start_session as the backend's typed error, and nothing stays up.
+    gate = GatedGate()
+    gate.fail_once = True
+    with Runtime(store=":memory:", backends={"gated": GatedLocal}) as rt:
+        with pytest.raises(TransportError, match="exited with status 3") as info:
+            rt.start_session(backend="gated", gate=gate, session_id="failing")
+        assert info.value.reason == ("cli_exit", 3)
+        assert rt.sessions_supervisor.which_children() == []
+        assert supervisors.whereis(rt._session_name("failing")) is None
+
+
+class CrashingHandshake(LocalHandler):
+    """Raises while it handles the backend's Connected, inside the session's on_start."""
+
+    def on_connected(self, event: Connected) -> HandlerOutput:
+        raise RuntimeError("handshake bug")
+
+
+def test_a_handler_crash_in_an_in_process_handshake_fails_the_start() -> None:
+    with Runtime(store=":memory:", backends={"crashy": CrashingHandshake}) as rt:
+        with pytest.raises(SessionError, match="crashed") as info:
+            rt.start_session(backend="crashy")
+        assert info.value.reason == "crashed"
         assert rt.sessions_supervisor.which_children() == []
 
 

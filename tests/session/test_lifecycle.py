@@ -250,3 +250,18 @@ def test_a_local_query_sends_the_session_no_messages_of_its_own(
             assert session.query(f"q{i}", timeout=30)[-1].content == f"q{i}"
         assert received == []
         assert timers == []
+
+
+def test_session_info_lists_are_the_callers_own(rt: Runtime) -> None:
+    # Idle sessions share the lists their backend and tools report (one copy for all):
+    # what session_info hands out must be copies, so a caller's edit stays its own.
+    first, second = rt.start_session(backend="local"), rt.start_session(backend="local")
+    info = first.session_info()
+    info["supported_models"].append("mine")
+    info["supported_agents"].clear()
+    info["tools"].append("mine")
+    for session in (first, second):
+        again = session.session_info()
+        assert "mine" not in again["supported_models"]
+        assert again["supported_agents"] == ["general"]
+        assert again["tools"] == []

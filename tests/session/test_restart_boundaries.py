@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 import pytest
+from pykka.messages import ProxyCall
 
 import supervisors
 from beamagent import LocalExit, MessageType, Runtime
@@ -53,6 +54,16 @@ class Counting:
         if prompt.startswith("die"):
             return [LocalExit(1)]
         return f"echo {prompt}"
+
+
+def _state_after_start(rt: Runtime, session_id: str) -> str:
+    """The session's state, asked of its process: answered once its ``on_start`` returned.
+
+    An in-process backend's handshake begins inside ``on_start``: a kill that lands
+    there fails the start itself (like any kill during a process's start).
+    """
+    ref = rt._session_ref(session_id)
+    return str(ref.ask(ProxyCall(("health",), (), {}), timeout=5))
 
 
 def _kill_session(rt: Runtime, session_id: str) -> supervisors.MonitorRef:
@@ -265,6 +276,7 @@ def test_a_session_killed_while_it_starts_is_waited_for_by_start_session() -> No
         try:
             assert gate.reached.wait(5)  # held at its handshake: start_session is waiting
             gate.reached.clear()
+            assert _state_after_start(rt, "starting") == "initializing"
             _kill_session(rt, "starting").wait(5)
             assert gate.reached.wait(5)  # the restarted incarnation reached its handshake
         finally:
@@ -293,6 +305,7 @@ def test_a_session_killed_while_it_starts_and_given_up_fails_the_start_at_once()
         starter.start()
         try:
             assert gate.reached.wait(5)
+            assert _state_after_start(rt, "doomed") == "initializing"
             _kill_session(rt, "doomed").wait(5)
             starter.join(10)  # not the 60 s handshake timeout: the session is gone
             assert not starter.is_alive()

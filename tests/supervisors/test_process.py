@@ -228,6 +228,31 @@ def test_stop_with_sets_the_exit_reason() -> None:
     assert mon.wait(5).reason == s.Shutdown("done")
 
 
+def test_stop_with_in_on_start_ends_the_process_right_after_its_start() -> None:
+    # Started by a supervisor, on_start runs in the supervisor's handler on its worker:
+    # the process must still be ended, by a slice of its own, with the reason it asked for.
+    stopped = threading.Event()
+
+    class Brief(s.Process):
+        def on_start(self) -> None:
+            self.stop_with(s.Shutdown("only starting"))
+
+        def on_stop(self) -> None:
+            stopped.set()
+
+    sup = s.DynamicSupervisor.start()
+    try:
+        ref = sup.start_child(s.ChildSpec("brief", (Brief, (), {}), restart="temporary"))
+        assert stopped.wait(5)
+        assert ref.actor_stopped.wait(5)
+        stopped.clear()
+        direct = Brief.start()
+        assert stopped.wait(5)
+        assert direct.actor_stopped.wait(5)
+    finally:
+        sup.stop()
+
+
 def test_send_exit() -> None:
     log = EventLog()
     plain = Worker.start(log, "plain")
