@@ -391,7 +391,8 @@ def _default_stop_reason_parsed(message: Message) -> StopReason | None:
     return parse_stop_reason(message.stop_reason)
 
 
-@attrs.frozen(unsafe_hash=False)
+# No weakref slot: see _OpenMessage (messages are values; nothing refers to one weakly).
+@attrs.frozen(unsafe_hash=False, weakref_slot=False)
 class Message:
     """A canonical message: ``type`` plus whichever optional fields apply.
 
@@ -562,8 +563,6 @@ _FIELD_INDEX: Final[Mapping[str, int]] = {name: i for i, name in enumerate(_ALL_
 _MESSAGE_SETTERS: Final = _slot_setters(Message)[1:-1]  # all but ``type`` and the flag
 assert _ALL_MESSAGE_FIELDS[-1] == "_json_native"
 _ALL_SLOT_SETS: Final = tuple(set_slot for _name, set_slot in _slot_setters(Message))
-_set_message_type: Final = _ALL_SLOT_SETS[0]
-_set_json_native: Final = _ALL_SLOT_SETS[-1]
 
 
 def _build_message(
@@ -576,45 +575,60 @@ def _build_message(
     is the caller's promise that every value is canonical JSON (str keys, JSON scalars,
     finite floats, valid Unicode; tuples stand for lists): see ``Message.is_json_native``.
     """
-    message: Message = object.__new__(Message)
-    _fill_message(message, kind, json_native, **fields)
-    return message
+    return _new_message(kind, json_native, **fields)
 
 
 _UNSET: Final[Any] = object()
 
 
-def _slot_filler() -> Callable[..., None]:
-    """``fill(message, kind, json_native, **fields)``: set every slot of a new message.
+class _OpenMessage:
+    """A :class:`Message` under construction: the same slots, but plain ones.
+
+    A frozen class's slots are set through descriptor calls (``__setattr__`` refuses);
+    a plain class's through ``STORE_ATTR``, several times cheaper. The builder fills one
+    of these and then makes it a ``Message`` by assigning ``__class__``, which CPython
+    allows between classes whose instances have the same layout: same base, same slot
+    names, no ``__dict__`` (and no ``__weakref__``: CPython's check does not place it
+    there, which is why ``Message`` has no weakref slot).
+    """
+
+    __slots__ = tuple(f.name for f in attrs.fields(Message))
+
+
+def _slot_filler() -> Callable[..., Message]:
+    """``build(kind, json_native, **fields)``: a new message with every slot set.
 
     Generated, as attrs generates ``__init__``: one keyword parameter per field (absent
-    ones default to ``None``) and one slot store per line, which is a third cheaper
-    than looping over the fields with ``dict.get``; every library message is built here.
+    ones default to ``None``) and one slot store per line, on an :class:`_OpenMessage`
+    turned into a ``Message`` at the end (every library message is built here).
     """
     namespace: dict[str, Any] = {
         "_UNSET": _UNSET,
         "parse": parse_stop_reason,
-        "set_type": _set_message_type,
-        "set_native": _set_json_native,
+        "new": object.__new__,
+        "Open": _OpenMessage,
+        "Message": Message,
     }
     params, lines = [], []
-    for index, (name, set_slot) in enumerate(_MESSAGE_SETTERS):
-        namespace[f"set_{index}"] = set_slot
+    for name, _set_slot in _MESSAGE_SETTERS:
         default = {"content_blocks": "()", "stop_reason_parsed": "_UNSET"}.get(name, "None")
         params.append(f"{name}={default}")
         if name == "stop_reason_parsed":
             lines.append(f"    if {name} is _UNSET:\n        {name} = parse(stop_reason)")
-        lines.append(f"    set_{index}(m, {name})")
+        lines.append(f"    m.{name} = {name}")
     source = (
-        f"def fill(m, kind, json_native, *, {', '.join(params)}):\n"
-        "    set_type(m, kind)\n    set_native(m, json_native)\n" + "\n".join(lines) + "\n"
+        f"def build(kind, json_native, *, {', '.join(params)}):\n"
+        "    m = new(Open)\n    m.type = kind\n    m._json_native = json_native\n"
+        + "\n".join(lines)
+        + "\n    m.__class__ = Message\n    return m\n"
     )
     exec(source, namespace)  # the source holds the field names above, nothing else
-    fill: Callable[..., None] = namespace["fill"]
-    return fill
+    build: Callable[..., Message] = namespace["build"]
+    return build
 
 
-_fill_message: Final = _slot_filler()
+_new_message: Final = _slot_filler()
+assert type(_new_message(MessageType.RAW, False)) is Message, "the layouts must match"
 _SIMPLE_STR_FIELDS: Final[frozenset[str]] = frozenset(
     {"session_id", "thread_id", "uuid", "message_id", "model", "parent_tool_use_id"}
 )

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import attrs
+import pytest
 from hypothesis import given
 
 from beamagent.backends.jsonl import decode_lines
@@ -109,6 +110,15 @@ def test_built_messages_take_the_constructors_defaults() -> None:
     assert explicit.stop_reason_parsed is None  # given: kept, as from_dict needs
     assert not built.is_json_native
     assert _build_message(MessageType.USER, {"content": "hi"}, json_native=True).is_json_native
+
+
+def test_built_messages_are_frozen_messages() -> None:
+    built = _build_message(MessageType.USER, {"content": "hi", "uuid": "u1"}, json_native=True)
+    assert type(built) is Message  # built as a plain-slot twin, then made a Message
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        built.content = "changed"  # type: ignore[misc]
+    assert built.content == "hi"
+    assert built == Message("user", content="hi", uuid="u1")
 
 
 def test_new_uuid_is_a_random_uuid4_string() -> None:
