@@ -353,7 +353,9 @@ class MemoryStore:
         check_optional_str(cwd, "cwd")
         check_optional_str(native_session_id, "native_session_id")
         extra_dict = check_extra(extra)
-        with self._locked():
+        with self._lock:  # ``_locked`` inline: every session start comes through here
+            if self._closed:
+                raise StoreError("the in-memory session store is closed")
             now = self._clock.now()
             existing = self._sessions.get(session_id)
             if existing is None:
