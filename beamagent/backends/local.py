@@ -59,9 +59,9 @@ import contextlib
 import inspect
 import itertools
 import json
+import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -162,6 +162,11 @@ _QUERY_HEAD = b'{"type":"query","prompt":'
 _QUERY_TAIL = b',"params":{}}\n'
 
 
+# Numbers of tool calls whose reply gave no id: shared by every agent (the ids they make
+# carry the agent's native session id, and need only be unique within one session).
+_TOOL_CALLS = itertools.count(1)
+
+
 def _unattached(_value: object) -> None:
     """Output of an agent no transport has attached yet: dropped."""
 
@@ -185,13 +190,14 @@ class LocalAgent(InProcessPeer):
         tools: Sequence[str] = (),
     ) -> None:
         self.native_session_id = native_session_id
-        self._tools = list(tools)  # the session's Python tools, named in system/init
+        self._tools = tuple(tools)  # the session's Python tools, named in system/init
         # Stamped on the messages it builds (the JSONL codec's handler stamps its own).
         self.session_id = session_id
         self.model = model
         self.cwd = cwd
         self.permission_mode = permission_mode
-        self._replies = list(replies)
+        # Scripted replies, popped in order; the shared empty tuple when there are none.
+        self._replies: list[Any] | tuple[()] = list(replies) if replies else ()
         self._reply = reply
         # Tuples: the defaults are shared by every agent, not copied per session.
         self._models = tuple(models)
@@ -211,7 +217,7 @@ class LocalAgent(InProcessPeer):
         self._superseded: threading.Event | None = None
         self._streamer: threading.Thread | None = None
         self._closed = False
-        self._tool_calls = itertools.count(1)
+        self._tool_calls = _TOOL_CALLS
         self._tool_waits: dict[str, _ToolWait] = {}
         self._tool_lock = threading.Lock()
         # The conversation, kept only for a reply callable that asks for it (``history``).
@@ -808,10 +814,9 @@ class LocalHandler(BackendHandler):
         self.codec: str = codec
         self.model = self.model or DEFAULT_MODEL
         self.native_session_id = str(
-            self.options.get("native_session_id") or f"local-{uuid.uuid4().hex}"
+            self.options.get("native_session_id") or f"local-{os.urandom(16).hex()}"
         )
         self._init_request = "init"
-        self._control_seq = itertools.count(1)
         self._agent: LocalAgent | None = None
 
     @classmethod

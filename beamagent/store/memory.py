@@ -215,6 +215,10 @@ class _Session:
         return self.stored.model if self.appended is None else self.appended[1]
 
 
+# JSON scalars: immutable, so a record whose ``extra`` holds only these can be shared.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _deep(value: Mapping[str, Any]) -> dict[str, Any]:
     copied = json.loads(json.dumps(dict(value)))
     assert isinstance(copied, dict)
@@ -262,8 +266,13 @@ class MemoryStore:
 
     @staticmethod
     def _snapshot(record: SessionRecord) -> SessionRecord:
-        # Nested dicts of ``extra`` must not be shared with callers.
-        return attrs.evolve(record, extra=_deep(record.extra))
+        # Nested dicts of ``extra`` must not be shared with callers. A record is frozen
+        # and its ``extra`` a read-only view, so one whose ``extra`` holds no containers
+        # (every session's at start) is handed out as it is stored, copying nothing.
+        extra = record.extra
+        if not extra or all(type(v) in _SCALARS for v in extra.values()):
+            return record
+        return attrs.evolve(record, extra=_deep(extra))
 
     @staticmethod
     def _thread(session: _Session, thread_id: Any) -> ThreadRecord:
@@ -344,7 +353,9 @@ class MemoryStore:
         check_optional_str(cwd, "cwd")
         check_optional_str(native_session_id, "native_session_id")
         extra_dict = check_extra(extra)
-        with self._locked():
+        with self._lock:  # ``_locked`` inline: every session start comes through here
+            if self._closed:
+                raise StoreError("the in-memory session store is closed")
             now = self._clock.now()
             existing = self._sessions.get(session_id)
             if existing is None:

@@ -454,7 +454,8 @@ class ToolSet:
                 with one name.
         """
         if value is None:
-            return cls()
+            # Frozen and empty: every session without tools shares one.
+            return _NO_TOOLS if cls is ToolSet else cls()
         if isinstance(value, ToolSet):
             return value
         if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
@@ -495,6 +496,9 @@ class ToolSet:
     def get(self, name: str) -> Tool | None:
         """The tool named ``name``, if any."""
         return next((t for t in self.tools if t.name == name), None)
+
+
+_NO_TOOLS = ToolSet()
 
 
 # --- running one call ----------------------------------------------------------------------

@@ -20,7 +20,7 @@ from beamagent.errors import (
     SessionNotFound,
     StoreError,
 )
-from beamagent.store import SessionStore
+from beamagent.store import MemoryStore, SessionStore
 from tests.store._stores import STORE_KINDS, open_test_store
 
 
@@ -182,6 +182,30 @@ def test_records_are_snapshots(store: SessionStore) -> None:
         record.extra["x"] = 1  # type: ignore[index]
     record.extra["nested"]["a"] = 99
     assert store.get_session("s1").extra["nested"] == {"a": 1}
+
+
+def test_closed_memory_store_creates_nothing() -> None:
+    store = MemoryStore()
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.create_session("s1", "local")
+
+
+def test_records_stay_snapshots_after_later_writes(store: SessionStore) -> None:
+    created = store.create_session("s1", "claude", extra={"k": "v", "items": [1]})
+    read = store.get_session("s1")
+    created.extra["items"].append(2)
+    store.update_session("s1", model="m2", extra={"k": "w", "n": 1})
+    store.create_session("s1", "codex")
+    assert (created.backend, created.model, dict(created.extra)) == (
+        "claude",
+        None,
+        {"k": "v", "items": [1, 2]},
+    )
+    assert (read.model, dict(read.extra)) == (None, {"k": "v", "items": [1]})
+    assert dict(store.get_session("s1").extra) == {"k": "w", "items": [1], "n": 1}
+    with pytest.raises(TypeError):
+        read.extra["k"] = "x"  # type: ignore[index]
 
 
 # --- list ---------------------------------------------------------------------------------
