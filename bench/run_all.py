@@ -85,7 +85,6 @@ SCRIPTS = (
 #: The issue's goal labels, by script and figure name.
 LABELS: tuple[tuple[str, str, str], ...] = (
     ("session", r"^query_local_memory_store$", "P1 query ratio (memory store vs raw ask)"),
-    ("session", r"^query_local_sqlite_store$", "P1 query ratio (SQLite store vs raw ask)"),
     ("session", r"^query_local_sqlite_store_vs_raw_sqlite3$", "P1 query ratio (vs raw sqlite3)"),
     ("graph", r"^(self-loop|3-node linear)", "P2 graph step vs LangGraph"),
     ("supervision", r"^crash_to_restarted_answer$", "P3 crash->restarted answer"),

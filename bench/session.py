@@ -1,8 +1,9 @@
 """Session overhead on the local backend, against raw Pykka, measured in one run.
 
 Prints:
-  * a blocking ``query`` on ``local`` vs one raw Pykka ask round trip (goal ratio <= 3.0),
-    with the in-memory store and with the default SQLite store (WAL);
+  * a blocking ``query`` on ``local`` vs one raw Pykka ask round trip, with the in-memory
+    store (goal ratio <= 3.0) and with the default SQLite store (WAL; no goal against a
+    raw ask: issue 12 sets the SQLite goal against raw sqlite3, next);
   * the query with a SQLite file store vs the same query's transaction in raw ``sqlite3``
     (same schema and pragmas, BEGIN IMMEDIATE, the rows one query records, COMMIT;
     goal ratio <= 2.0);
@@ -63,7 +64,9 @@ def bench_query(store: Any, label: str) -> tuple[float, float]:
             query_t * 1e6,
             raw_t * 1e6,
             "us",
-            "baseline: raw Pykka ask; goal ratio <= 3.0",
+            "baseline: raw Pykka ask; goal ratio <= 3.0"
+            if label == "memory_store"
+            else "baseline: raw Pykka ask; no goal (the SQLite goal is vs raw sqlite3)",
         )
 
         def first_message() -> None:
