@@ -30,22 +30,35 @@ SESSION = "durable"
 
 
 def read_acks(child: subprocess.Popen[str], wanted: int, timeout: float) -> list[dict[str, Any]]:
-    """Acknowledgements from the child until ``wanted`` arrived (fails on timeout/early exit)."""
+    """Acknowledgements from the child until ``wanted`` arrived (fails on timeout/early exit).
+
+    Reads the pipe's file descriptor a byte at a time and never through ``child.stdout``:
+    a buffered ``readline`` reads ahead past the line it returns, and ``communicate`` in
+    ``kill_and_reap`` reads the descriptor, not that buffer, so the lines read ahead were
+    lost and the first line it saw was the tail of one. Unbuffered, every byte not taken
+    here is still in the pipe, and ``select`` tells the truth about it.
+    """
     assert child.stdout is not None
+    fd = child.stdout.fileno()
     acks: list[dict[str, Any]] = []
+    line = bytearray()
     deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as selector:
-        selector.register(child.stdout, selectors.EVENT_READ)
+        selector.register(fd, selectors.EVENT_READ)
         while len(acks) < wanted:
             left = deadline - time.monotonic()
             if left <= 0:
                 pytest.fail(f"the child acknowledged only {len(acks)} of {wanted} in {timeout} s")
             if not selector.select(left):
                 continue
-            line = child.stdout.readline()
-            if not line:
+            byte = os.read(fd, 1)
+            if not byte:
                 pytest.fail(f"the child exited early (status {child.wait(5)})")
+            if byte != b"\n":
+                line += byte
+                continue
             acks.append(json.loads(line))
+            line.clear()
     return acks
 
 
