@@ -351,7 +351,7 @@ class _CallResult:
 
 @attrs.frozen
 class _Timeout:
-    kind: str  # connect | init | consumer | collect | drain | linger | control | idle
+    kind: str  # connect | init | consumer | collect | postponed | drain | linger | control | idle
     token: int
     key: str = ""
 
@@ -453,6 +453,31 @@ class _Query:
             self.timer = None
 
 
+class _Postponed:
+    """A call held until the session is ready: its deferred reply and, for a query, its deadline."""
+
+    __slots__ = ("call", "deadline", "future", "timer", "token")
+
+    def __init__(
+        self,
+        call: Callable[[pykka.Future[Any]], Any],
+        future: pykka.Future[Any],
+        deadline: float | None,
+        token: int,
+        timer: TimerRef | None,
+    ) -> None:
+        self.call = call
+        self.future = future
+        self.deadline = deadline  # monotonic; None: no limit of the session's own
+        self.token = token
+        self.timer = timer
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
 class SessionActor(Process):
     """One session: see the module docstring. Started by the runtime's ``sessions``."""
 
@@ -545,7 +570,7 @@ class SessionActor(Process):
         self._ready_waiters: Sequence[pykka.Future[Any]] = () if ready is None else (ready,)
         self._start_ready = ready  # answered with None: the runtime only waits on it
         # Calls waiting for the session to be ready: a tuple until one waits (see _postpone).
-        self._postponed: Sequence[tuple[Callable[[pykka.Future[Any]], Any], pykka.Future[Any]]] = ()
+        self._postponed: Sequence[_Postponed] = ()
         self._controls: dict[str, tuple[pykka.Future[Any], TimerRef | None, str]] = {}
         self._control_ids = _CONTROL_IDS
         self._error: SessionError | None = None
@@ -918,6 +943,8 @@ class SessionActor(Process):
                         "interrupted and the session is ready again"
                     ),
                 )
+        elif kind == "postponed":
+            self._postponed_expired(timeout.token)
         elif kind == "drain":
             if timeout.token == self._drain_token and self._draining:
                 self._log.debug("session_drain_timed_out")
@@ -1185,9 +1212,15 @@ class SessionActor(Process):
 
     def _replay_postponed(self) -> None:
         while self._postponed and self.state is SessionState.READY and not self._draining:
-            (call, future), self._postponed = self._postponed[0], self._postponed[1:]
+            entry, self._postponed = self._postponed[0], self._postponed[1:]
+            entry.cancel_timer()
+            future = entry.future
+            if entry.deadline is not None and time.monotonic() >= entry.deadline:
+                # Its timer fired but is still in the mailbox: time out, do not send it.
+                self.reply_error(future, self._postponed_timeout())
+                continue
             try:
-                result = call(future)
+                result = entry.call(future)
             except BeamAgentError as exc:
                 self.reply_error(future, exc)
             else:
@@ -1448,8 +1481,9 @@ class SessionActor(Process):
         self._ready_waiters = ()
         self._start_ready = None
         not_run = self._restart_error(error)
-        for _call, future in self._postponed:
-            self.reply_error(future, not_run)
+        for entry in self._postponed:
+            entry.cancel_timer()
+            self.reply_error(entry.future, not_run)
         self._postponed = ()
         for future, timer, _method in self._controls.values():
             if timer is not None:
@@ -1462,31 +1496,62 @@ class SessionActor(Process):
             assert self._error is not None
             raise self._restart_error(SessionError(str(self._error), reason=self._error.reason))
 
-    def _postpone(self, call: Callable[[pykka.Future[Any]], Any]) -> None:
+    def _postpone(
+        self, call: Callable[[pykka.Future[Any]], Any], deadline: float | None = None
+    ) -> None:
         """Keep the call being handled (its caller's reply deferred) until the session is ready.
+
+        With a ``deadline`` (a query's), a timer answers ``QueryTimeout`` then if the call
+        is still waiting, and drops it: it is never sent (at most once).
 
         A new sequence each time, not an append: most sessions never postpone a call, and
         keep the shared empty tuple instead of a list of their own (rare, short queues).
         """
-        self._postponed = [*self._postponed, (call, self.defer_reply())]
+        token, timer = 0, None
+        if deadline is not None:
+            token = next(self._tokens)
+            timer = send_after(
+                self.actor_ref,
+                _Timeout("postponed", token),
+                max(deadline - time.monotonic(), 0.0),
+            )
+        entry = _Postponed(call, self.defer_reply(), deadline, token, timer)
+        self._postponed = [*self._postponed, entry]
 
-    def _postpone_if_not_ready(self, call: Callable[[pykka.Future[Any]], Any]) -> bool:
+    def _postpone_if_not_ready(
+        self, call: Callable[[pykka.Future[Any]], Any], deadline: float | None = None
+    ) -> bool:
         """Queue a call until the session is ready (and not draining); True if queued.
 
         ``call`` gets the caller's (deferred) future when it is replayed. A
         hibernating session is woken: the call waits for the backend as during a
-        reconnect.
+        reconnect. ``deadline``: see :meth:`_postpone`.
         """
         if self.state is SessionState.HIBERNATING:
-            self._postpone(call)
+            self._postpone(call, deadline)
             self._wake()
             return True
         if self.state in (SessionState.CONNECTING, SessionState.INITIALIZING) or (
             self._draining and self.state is SessionState.READY
         ):
-            self._postpone(call)
+            self._postpone(call, deadline)
             return True
         return False
+
+    def _postponed_timeout(self) -> QueryTimeout:
+        return QueryTimeout(
+            f"query on session {self.session_id} timed out while waiting for the session to "
+            f"be ready ({self.state.value}); its prompt was not sent"
+        )
+
+    def _postponed_expired(self, token: int) -> None:
+        """A postponed query's deadline passed before the session was ready: answer, drop it."""
+        for entry in self._postponed:
+            if entry.token == token:
+                entry.timer = None
+                self._postponed = [other for other in self._postponed if other is not entry]
+                self.reply_error(entry.future, self._postponed_timeout())
+                return
 
     # --- hibernation ----------------------------------------------------------------------------
 
@@ -1608,8 +1673,9 @@ class SessionActor(Process):
             delivered=False,
         )
         postponed, self._postponed = self._postponed, ()
-        for _call, future in postponed:
-            self.reply_error(future, failure)
+        for entry in postponed:
+            entry.cancel_timer()
+            self.reply_error(entry.future, failure)
 
     # --- the API the handle calls (through ProxyCall) ---------------------------------------------
 
@@ -1750,17 +1816,20 @@ class SessionActor(Process):
         ``trace_context``: the caller's OpenTelemetry context, the query span's parent.
         """
         self._check_usable()
+        # The timeout counts from now, whether the query starts now or is postponed.
+        deadline = None if timeout is None else time.monotonic() + timeout
         if self._postpone_if_not_ready(
-            lambda future: self._collect(prompt, params, timeout, future, True, trace_context)
+            lambda future: self._collect(prompt, params, deadline, future, True, trace_context),
+            deadline,
         ):
             return _DEFERRED
-        return self._collect(prompt, params, timeout, self.caller_future(), False, trace_context)
+        return self._collect(prompt, params, deadline, self.caller_future(), False, trace_context)
 
     def _collect(
         self,
         prompt: str,
         params: Mapping[str, Any] | None,
-        timeout: float | None,
+        deadline: float | None,
         future: pykka.Future[Any] | None,
         deferred: bool = True,
         trace_context: Any = None,
@@ -1783,13 +1852,13 @@ class SessionActor(Process):
             future = self.defer_reply()
         query.collect = (future, collected)
         query.consumer_token = next(self._tokens)
-        if timeout is None:
+        if deadline is None:
             return _DEFERRED
         # Arm the timeout once the output the backend gave at once (the local agent answers
         # within _start_query) has been handled: a query it completes never needs the
         # timer. Scheduling and cancelling one wakes the timer thread twice: 20-35 us of a
-        # local query on a 2-core machine. The deadline still counts from now.
-        query.deadline = time.monotonic() + timeout
+        # local query on a 2-core machine. The deadline counts from the call (see query).
+        query.deadline = deadline
         if self._sync_events is not None:
             self._arm_after_batch = query  # at the end of this batch (see _batched)
         else:

@@ -140,9 +140,10 @@ def test_a_postponed_query_whose_caller_gave_up_is_never_sent(
     rt: Runtime, gate: Gate, api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The session drains an interrupted query, so the next one is postponed; its caller
-    # gives up first (on the handle's own bound: the query's timer starts with the
-    # query). At most once: the backend never sees that prompt, even once it could.
-    monkeypatch.setattr(handle_module, "_GRACE", 0.0)
+    # gives up first, on the handle's own bound (the session is given no timeout of its
+    # own, as if it were too busy to enforce one). At most once: the backend never sees
+    # that prompt, even once it could.
+    monkeypatch.setattr(handle_module, "_timeouts", lambda timeout: (None, timeout))
     prompts: list[str] = []
 
     def reply(prompt: str, params: Mapping[str, Any]) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -19,7 +20,13 @@ import supervisors
 from beamagent import Message, MessageType, Runtime
 from beamagent.backends.base import HandlerOutput, OffThreadCall
 from beamagent.backends.local import LocalHandler
-from beamagent.errors import InvalidOption, NoActiveQuery, QueryComplete, TransportError
+from beamagent.errors import (
+    InvalidOption,
+    NoActiveQuery,
+    QueryComplete,
+    QueryTimeout,
+    TransportError,
+)
 from tests._events import LogEvents, until_hibernating
 from tests.session._gated import Gate, GatedLocal
 
@@ -201,6 +208,37 @@ def test_calls_made_during_the_wake_up_are_postponed_and_answered(
     woke = events.wait("session_woke", WAIT, session_id=session.session_id)
     assert woke["ms"] >= 0
     assert user_prompts(rt, session.session_id) == ["first", "second"]
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_query_postponed_by_the_wake_up_times_out_on_time_and_is_never_sent(
+    rt: Runtime, events: LogEvents, api: str
+) -> None:
+    # The wake's handshake is held: the query waits, postponed. Its own timeout applies
+    # from the call (not from when it would be sent, nor on the handle's longer bound),
+    # and once the session is ready the backend never sees that prompt (at most once).
+    gate = Gate()
+    session = rt.start_session(backend="gated", gate=gate, idle_timeout=IDLE)
+    session.query("before", timeout=WAIT)
+    until_hibernating(events, session)
+    gate.hold = True
+
+    def held() -> Any:
+        if api == "sync":
+            return session.query("held", timeout=0.5)
+        return asyncio.run(session.aquery("held", timeout=0.5))
+
+    started = time.monotonic()
+    with pytest.raises(QueryTimeout, match="its prompt was not sent"):
+        held()
+    elapsed = time.monotonic() - started
+    # A bound on correctness, not speed: without the fix it is 0.5 s + the handle's 5 s.
+    assert elapsed < 3.0
+    assert gate.reached.wait(WAIT)
+    assert session.health() in ("connecting", "initializing")
+    gate.release.set()
+    assert session.query("after", timeout=WAIT)[-1].content == "after"
+    assert user_prompts(rt, session.session_id) == ["before", "after"]
 
 
 def test_an_active_query_is_never_hibernated(rt: Runtime, events: LogEvents) -> None:

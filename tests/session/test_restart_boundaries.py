@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -19,7 +20,7 @@ from pykka.messages import ProxyCall
 
 import supervisors
 from beamagent import LocalExit, MessageType, Runtime
-from beamagent.errors import SessionError, SessionNotFound, StoreError
+from beamagent.errors import QueryTimeout, SessionError, SessionNotFound, StoreError
 from beamagent.testing.faults import disk_full
 from tests.session._gated import Gate, GatedLocal
 
@@ -227,6 +228,29 @@ def test_a_control_request_waits_until_the_restarted_session_is_ready() -> None:
         # Sent before the handshake, the strict agent would have refused it.
         assert during == "initializing"
         assert answer == {"echo": {"n": 1}}
+
+
+def test_a_query_held_by_the_restarted_session_times_out_on_time_and_is_never_sent() -> None:
+    gate = Gate()
+    with Runtime(store=":memory:", backends={"gated": GatedLocal}) as rt:
+        session = rt.start_session(backend="gated", gate=gate)
+        gate.hold = True
+        _kill_session(rt, session.session_id).wait(5)
+        assert gate.reached.wait(5)  # the restarted session is held at its handshake
+        started = time.monotonic()
+        with pytest.raises(QueryTimeout, match="its prompt was not sent"):
+            session.query("held", timeout=0.5)
+        # A bound on correctness, not speed: without its own timer it took 0.5 s + 5 s.
+        assert time.monotonic() - started < 3.0
+        assert session.health() == "initializing"
+        gate.release.set()
+        assert session.query("after", timeout=10)[-1].content == "after"
+        prompts = [
+            m.content
+            for m in rt.get_session_messages(session.session_id)
+            if m.type is MessageType.USER
+        ]
+        assert prompts == ["after"]
 
 
 def test_a_stopped_session_is_not_found_and_leaves_no_index_entry(rt: Runtime) -> None:
