@@ -517,6 +517,11 @@ class ClusterSession:
         error.__cause__ = exc
         return error
 
+    def _drop(self, node: str) -> None:
+        """Forget ``node``'s actor handle and tell the controller the node failed."""
+        self._cluster._actors.pop(node, None)
+        self._report(node)
+
     def _report(self, node: str) -> None:
         with contextlib.suppress(ClusterUnavailable):
             self._cluster.controller.node_failed.remote(node)
@@ -545,8 +550,7 @@ class ClusterSession:
                 cluster._controller_call("missing", self.session_id, node)
                 node = self._node = cluster._locate(self.session_id, None, wait)
             except actor_lost(ray) as exc:
-                cluster._actors.pop(node, None)
-                self._report(node)
+                self._drop(node)
                 if method not in REPEATABLE:
                     self._moved_from = node
                     raise self._lost(method, node, exc) from exc
@@ -583,8 +587,7 @@ class ClusterSession:
                 await cluster._acontroller_call("missing", self.session_id, node)
                 node = self._node = await cluster._alocate(self.session_id, None, wait)
             except actor_lost(ray) as exc:
-                cluster._actors.pop(node, None)
-                self._report(node)
+                self._drop(node)
                 if method not in REPEATABLE:
                     self._moved_from = node
                     raise self._lost(method, node, exc) from exc
@@ -647,30 +650,18 @@ class ClusterSession:
         try:
             while True:
                 try:
-                    ref = next(refs)
-                except StopIteration:
+                    message = cluster._get(next(refs), bound)
+                except (StopIteration, QueryComplete):
                     finished = True
                     return
-                try:
-                    message = cluster._get(ref, bound)
                 except actor_lost(ray) as exc:
                     finished = True
-                    cluster._actors.pop(node, None)
-                    self._report(node)
+                    self._drop(node)
                     self._moved_from = node
                     raise self._lost("stream", node, exc) from exc
-                except QueryComplete:
-                    finished = True
-                    return
                 yield message
                 if message.type in _TERMINAL:
                     finished = True
-        except actor_lost(ray) as exc:
-            finished = True
-            cluster._actors.pop(node, None)
-            self._report(node)
-            self._moved_from = node
-            raise self._lost("stream", node, exc) from exc
         finally:
             if not finished:
                 with contextlib.suppress(Exception):
@@ -704,8 +695,7 @@ class ClusterSession:
                     return
                 except actor_lost(ray) as exc:
                     finished = True
-                    cluster._actors.pop(node, None)
-                    self._report(node)
+                    self._drop(node)
                     self._moved_from = node
                     raise self._lost("stream", node, exc) from exc
                 yield message
