@@ -437,6 +437,7 @@ class ToolServer(Process):
 
     def on_start(self) -> None:
         http = HttpServer(self.state, self.actor_ref)
+        self.state.served_by(http)
         http.start()
         self.http = http
         # kill() runs no hook: the process's own monitor still stops the server it leaves.

@@ -131,6 +131,7 @@ class ToolServerState:
         self._grants: dict[str, Grant] = {}
         self._by_session: dict[str, str] = {}
         self._closed = False
+        self._servers: list[Any] = []  # HTTP servers started on these sockets, joined at close
 
     # --- sockets -----------------------------------------------------------------------
 
@@ -186,13 +187,26 @@ class ToolServerState:
                 raise ToolError("the tool server's sockets are closed")
             return [sock.dup() for sock in self._sockets]
 
+    def served_by(self, server: Any) -> None:
+        """Remember an HTTP server started on these sockets: ``close`` waits for its thread.
+
+        A killed tool server stops its HTTP server without waiting (its monitor does it);
+        the runtime's stop must not return while that thread still winds down.
+        """
+        with self._lock:
+            self._servers = [s for s in self._servers if s.alive]
+            self._servers.append(server)
+
     def close(self) -> None:
-        """Close the listening sockets and forget every grant (the runtime stops)."""
+        """Close the listening sockets, forget every grant, and wait for every HTTP server."""
         with self._lock:
             self._closed = True
             sockets, self._sockets = self._sockets, []
+            servers, self._servers = self._servers, []
             self._grants.clear()
             self._by_session.clear()
+        for server in servers:
+            server.stop(wait=True)
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.close()
