@@ -12,17 +12,29 @@ resumed session starts a new ACP session and the session replays its stored
 history (see :meth:`~beamagent.backends.base.BackendHandler.replay_history`).
 The Gemini session id is still reported as ``native_session_id``
 (``gemini -p --resume <id>`` can continue it outside beamagent).
+
+Python tools are allowed with ``--allowed-tools``, which in Gemini CLI replaces the
+``tools.allowed`` setting instead of adding to it; so the flag also carries the
+``tools.allowed`` the agent would read from its system, user and system-defaults
+settings (:func:`configured_allowed_tools`). A workspace's ``.gemini/settings.json``
+is not read: Gemini applies it only in a trusted folder, and the command line would
+bypass that decision.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
 
 from beamagent.backends.acp import AcpHandler
 from beamagent.capabilities import Capability
 from beamagent.tools._access import STRUCTURED_HEADER, ToolServerAccess
 
-__all__ = ["GeminiHandler"]
+__all__ = ["GeminiHandler", "configured_allowed_tools"]
 
 
 class GeminiHandler(AcpHandler):
@@ -66,9 +78,56 @@ class GeminiHandler(AcpHandler):
         # Gemini names an MCP server's tools mcp_<server>_<tool>. ACP gives a server no
         # "trust" flag; --allowed-tools makes policy rules that allow these without asking.
         names = [f"mcp_{access.server_name}_{name}" for name in access.tool_names]
-        return ["--allowed-tools", ",".join(names)] if names else []
+        if not names:
+            return []
+        # The flag replaces the settings' tools.allowed: carry the user's along.
+        kept = [n for n in configured_allowed_tools(self.env) if n not in names]
+        return ["--allowed-tools", ",".join([*kept, *names])]
 
     def tool_server_headers(self, access: ToolServerAccess) -> dict[str, str]:
         # Gemini parses a result's first text block as JSON when there is no
         # structuredContent, and fails on anything but an object (a tool returning 42).
         return {STRUCTURED_HEADER: "always"}
+
+
+# A string, a // comment or a /* */ comment (Gemini reads its settings as JSON with comments).
+_JSONC_TOKEN = re.compile(r'"(?:\\.|[^"\\])*"|//[^\n]*|/\*.*?\*/', re.DOTALL)
+
+
+def _settings_file(path: Path) -> Mapping[str, Any]:
+    """One settings file as Gemini parses it; empty when missing or unreadable."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    text = _JSONC_TOKEN.sub(lambda m: m.group(0) if m.group(0)[0] == '"' else " ", text)
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def configured_allowed_tools(env: Mapping[str, str]) -> list[str]:
+    """The ``tools.allowed`` setting Gemini CLI would apply, without the workspace's.
+
+    Gemini merges its settings scopes by replacing arrays, in the order system
+    defaults < user < workspace < system; this reads the system settings
+    (``GEMINI_CLI_SYSTEM_SETTINGS_PATH``, else ``/etc/gemini-cli/settings.json``), the
+    user's (``$GEMINI_CLI_HOME`` or ``$HOME``, ``.gemini/settings.json``) and the system
+    defaults (``GEMINI_CLI_SYSTEM_DEFAULTS_PATH``, else ``system-defaults.json`` beside
+    the system settings), with ``env`` the agent's environment. Malformed files and
+    entries that are not strings are ignored (the CLI reports those itself).
+    """
+    system = Path(env.get("GEMINI_CLI_SYSTEM_SETTINGS_PATH") or "/etc/gemini-cli/settings.json")
+    defaults = Path(
+        env.get("GEMINI_CLI_SYSTEM_DEFAULTS_PATH") or system.parent / "system-defaults.json"
+    )
+    home = env.get("GEMINI_CLI_HOME") or env.get("HOME") or os.path.expanduser("~")
+    user = Path(home) / ".gemini" / "settings.json"
+    for path in (system, user, defaults):  # the first scope that sets it wins
+        tools = _settings_file(path).get("tools")
+        allowed = tools.get("allowed") if isinstance(tools, dict) else None
+        if isinstance(allowed, list):
+            return [name for name in allowed if isinstance(name, str) and name]
+    return []

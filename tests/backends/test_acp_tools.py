@@ -18,7 +18,7 @@ import pytest
 
 from beamagent.backends.acp import AcpHandler
 from beamagent.backends.copilot import CopilotHandler
-from beamagent.backends.gemini import GeminiHandler
+from beamagent.backends.gemini import GeminiHandler, configured_allowed_tools
 from beamagent.capabilities import Capability
 from beamagent.messages import MessageType
 from beamagent.tools import ToolServerAccess
@@ -214,3 +214,31 @@ def test_other_tools_and_other_servers_are_not_ours() -> None:
             "params": {"sessionId": "acp-1", "toolCall": call, "options": GEMINI_OPTIONS},
         }
         assert agent.feed(ask).calls  # the permission handler decides these
+
+
+def test_gemini_keeps_the_users_allowed_tools_beside_its_own(tmp_path: Path) -> None:
+    """``--allowed-tools`` replaces Gemini's ``tools.allowed`` setting: ours carry it along."""
+    home, system = tmp_path / "home", tmp_path / "etc"
+    (home / ".gemini").mkdir(parents=True)
+    system.mkdir()
+    (home / ".gemini" / "settings.json").write_text(
+        "{\n  // the user's own, with comments as Gemini allows\n"
+        '  "tools": {"allowed": ["run_shell_command(git)", "mcp_beamagent_add", 7]}\n}\n'
+    )
+    env = {"HOME": str(home), "GEMINI_CLI_SYSTEM_SETTINGS_PATH": str(system / "settings.json")}
+    gemini = Agent(GeminiHandler, cli_path=FAKE, tool_server=access(), env=env)
+    assert gemini.handler.argv[-2:] == [
+        "--allowed-tools",
+        "run_shell_command(git),mcp_beamagent_add,mcp_beamagent_shout",
+    ]
+    # The system settings override the user's (Gemini replaces arrays by scope).
+    (system / "settings.json").write_text('{"tools": {"allowed": ["read_file"]}}')
+    assert configured_allowed_tools(env) == ["read_file"]
+    # A malformed file is as if absent; GEMINI_CLI_HOME wins over HOME.
+    (system / "settings.json").write_text("{not json")
+    assert configured_allowed_tools({**env, "GEMINI_CLI_HOME": str(tmp_path)}) == []
+    # A "//" inside a string is not a comment.
+    (home / ".gemini" / "settings.json").write_text(
+        '{"tools": {"allowed": ["web_fetch(https://example.org)"]}} // trailing'
+    )
+    assert configured_allowed_tools(env) == ["web_fetch(https://example.org)"]

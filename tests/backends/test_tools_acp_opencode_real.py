@@ -290,3 +290,43 @@ def test_two_sessions_never_see_each_others_tools(
     assert offered.format("add") in refusal
     assert any(why in refusal for why in ("not found", "does not exist", "unavailable"))
     assert messages[-1].type is MessageType.RESULT
+
+
+def test_gemini_with_tools_keeps_the_users_allowed_tools(
+    clis: dict[str, Path],
+    tools_runtime: tuple[Runtime, Tokens],
+    server: FakeModelServer,
+    sandbox: LoopbackNamespace | None,
+    tmp_path: Path,
+) -> None:
+    """The user's ``tools.allowed`` still applies with our ``--allowed-tools`` on the argv."""
+    rt, _tokens = tools_runtime
+    home = tmp_path / "home"
+    work = home / "work"
+    work.mkdir(parents=True)
+    env = gemini_env(home, server)
+    settings_file = home / ".gemini" / "settings.json"
+    settings = json.loads(settings_file.read_text())
+    settings_file.write_text(
+        json.dumps({**settings, "tools": {"allowed": ["run_shell_command(touch)"]}})
+    )
+    asked: list[str] = []
+
+    def refuse(tool_name: str, _input: Any, _context: Any) -> Deny:
+        asked.append(tool_name)
+        return Deny("the user's settings allow it: it must not be asked")
+
+    session = rt.start_session(
+        backend="gemini",
+        env=env,
+        inherit_env=False,
+        command_prefix=sandbox.prefix() if sandbox is not None else [],
+        cwd=str(work),
+        permission_handler=refuse,
+    )
+    made = work / "made"
+    server.script([ToolCall(command=f"touch {made}"), Text("done")])
+    messages = session.query("make it", timeout=WAIT)
+    assert asked == []
+    assert made.exists()
+    assert messages[-1].type is MessageType.RESULT
