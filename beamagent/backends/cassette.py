@@ -181,6 +181,10 @@ class Scrubber:
         return value
 
 
+# A recorded line longer than this is kept in pieces (a stream that never ends a line).
+_MAX_PENDING: Final = 1 << 20
+
+
 def _encode(data: bytes, scrub: Scrubber) -> dict[str, str]:
     try:
         return {"text": scrub.text(data.decode("utf-8"))}
@@ -432,12 +436,26 @@ class RecordingTransport(Transport):
 
     def start(self, sink: TransportSink) -> None:
         scrub, record = self._scrub, self._record
+        # Data is kept whole lines at a time (every CLI protocol here is line-based), so a
+        # secret or a character the pipe cut in two is scrubbed and decoded whole. The
+        # handler still gets each chunk at once; only the recorded copy waits for its line.
+        pending = bytearray()
+
+        def keep_lines(data: bytes, *, final: bool = False) -> None:
+            pending.extend(data)
+            end = len(pending) if final or len(pending) > _MAX_PENDING else pending.rfind(b"\n") + 1
+            if end:
+                record({"event": "data", **_encode(bytes(pending[:end]), scrub)})
+                del pending[:end]
 
         def recording_sink(event: TransportEvent) -> None:
+            if isinstance(event, Data):
+                keep_lines(event.data)
+                sink(event)
+                return
+            keep_lines(b"", final=True)  # an unfinished last line, before what follows it
             if isinstance(event, Connected):
                 record({"event": "connected", "info": _json_safe(scrub.value(dict(event.info)))})
-            elif isinstance(event, Data):
-                record({"event": "data", **_encode(event.data, scrub)})
             elif isinstance(event, Exited):
                 tail = scrub.prose(event.stderr_tail)
                 record({"event": "exited", "status": event.status, "stderr_tail": tail})

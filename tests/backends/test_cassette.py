@@ -196,3 +196,51 @@ def test_the_session_id_is_kept_as_a_placeholder() -> None:
     recorded = Scrubber({}, None, "session_1234abcd").text('{"title":"beamagent session_1234abcd"}')
     assert recorded == '{"title":"beamagent <SESSION_ID>"}'
     assert Scrubber({}, None, "session_99").restore(recorded) == '{"title":"beamagent session_99"}'
+
+
+def test_a_secret_or_character_cut_between_chunks_is_kept_whole_and_scrubbed(
+    tmp_path: Path,
+) -> None:
+    """The recorded copy waits for its line; the handler gets every chunk at once."""
+    from beamagent.backends.base import Connected, Data, Exited, Transport, TransportSink
+    from beamagent.backends.cassette import RecordingTransport, Scrubber
+
+    class Pipe(Transport):
+        """Stands for a CLI's stdout, delivering what the test pushes."""
+
+        sink: TransportSink
+
+        def start(self, sink: TransportSink) -> None:
+            self.sink = sink
+
+        def send(self, data: bytes) -> None:
+            raise AssertionError("nothing is sent here")
+
+        def close(self) -> None:
+            pass
+
+        def info(self) -> dict[str, Any]:
+            return {}
+
+    secret = "secret-key-1234567890"
+    records: list[dict[str, Any]] = []
+    delivered: list[Any] = []
+    pipe = Pipe()
+    recording = RecordingTransport(pipe, records.append, Scrubber({"X_API_KEY": secret}, None))
+    recording.start(delivered.append)
+    line = f'{{"text":"caf\u00e9 {secret}"}}\n'.encode()
+    cut_in_secret, cut_in_char = line.index(b"key-") + 2, line.index(b"\xa9")
+    chunks = [line[:cut_in_char], line[cut_in_char:cut_in_secret], line[cut_in_secret:]]
+    chunks += [b'{"unfinished":', b'"line"}']
+    pipe.sink(Connected({}))
+    for chunk in chunks:
+        pipe.sink(Data(chunk))
+    pipe.sink(Exited(0))
+
+    assert delivered[1:-1] == [Data(c) for c in chunks]  # each chunk as it came
+    data = [r for r in records if r["event"] == "data"]
+    assert data == [
+        {"event": "data", "text": '{"text":"caf\u00e9 [REDACTED]"}\n'},
+        {"event": "data", "text": '{"unfinished":"line"}'},  # flushed before the exit
+    ]
+    assert [r["event"] for r in records] == ["info", "connected", "data", "data", "exited"]
