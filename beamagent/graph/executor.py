@@ -954,11 +954,16 @@ class GraphExecutor(DynamicSupervisor):
             self._fail(_job_not_loaded(job_id, self._job.id, self.config.subs))
             return
         child_id = f"sub:{visit.id}.{visit.retries}"
+        run_id = f"{self.run_id}.{visit.id}"
+        tracer = self._context.tracer
         config = attrs.evolve(
             self.config,
-            run_id=f"{self.run_id}.{visit.id}",
+            run_id=run_id,
             job=sub_job,
-            log=None,
+            # A sub-run keeps no event log of its own, but a traced run's sub-run is traced.
+            log=None
+            if tracer is None
+            else EventLog(run_id, tracer.sub(run_id, job_id, visit.thread_id)),
             store=None,
             parent=(self.actor_ref, visit.id),
             parent_run_id=self.run_id,

@@ -5,7 +5,8 @@ A :class:`RunTracer` watches a run's :class:`~beamagent.graph.run.EventLog`
 seen however it was served): ``beamagent.graph.run`` from ``run_job`` to the
 terminal event, and a ``beamagent.graph.node`` child for each visit, from its
 ``node_started`` to its ``node_result``. A retry is an event on the visit's
-span (the same span goes on), as are its tool calls.
+span (the same span goes on), as are its tool calls. A sub-run gets a tracer of its own
+(:meth:`RunTracer.sub`): its run span is a child of the visit that started it.
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ class RunTracer:
 
     __slots__ = ("_context", "_lock", "_nodes", "_run", "_run_id")
 
-    def __init__(self, run_id: str, job_id: str, *, resumed: bool) -> None:
-        """Start the run's span, a child of the caller's current span."""
+    def __init__(self, run_id: str, job_id: str, *, resumed: bool, parent: Any = None) -> None:
+        """Start the run's span, a child of ``parent`` (default: the caller's current span)."""
         self._lock = threading.Lock()
         self._run_id = run_id
         self._run = telemetry.start_span(
             "beamagent.graph.run",
             {"beamagent.run_id": run_id, "beamagent.job_id": job_id, "beamagent.resumed": resumed},
+            parent=parent,
         )
         self._context = telemetry.context_of(self._run)
         # thread id -> (node id, span) of the visit it is on
@@ -90,6 +92,12 @@ class RunTracer:
             current = self._nodes.get(thread_id)
             span = current[1] if current is not None else self._run
         return telemetry.context_of(span)
+
+    def sub(self, run_id: str, job_id: str, thread_id: str) -> RunTracer:
+        """The tracer of sub-run ``run_id``, started by ``thread_id``'s current visit."""
+        tracer = RunTracer(run_id, job_id, resumed=False, parent=self.context_for(thread_id))
+        telemetry.set_attributes(tracer._run, {"beamagent.parent_run_id": self._run_id})
+        return tracer
 
     def _start_node(self, node_id: str, thread_id: str, step: int) -> telemetry.Span:
         return telemetry.start_span(

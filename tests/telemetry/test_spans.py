@@ -18,7 +18,7 @@ from beamagent import Message, Runtime, telemetry
 from beamagent.backends.base import HandlerOutput
 from beamagent.backends.local import LocalHandler, LocalToolCall
 from beamagent.errors import RetryRequested, SessionError
-from beamagent.graph import Job, Node, NodeMessage, Result, Route, RunStatus
+from beamagent.graph import Job, LinearRouter, Node, NodeMessage, Result, Route, RunStatus
 from beamagent.tools import ToolContext, ToolSet, tool
 from beamagent.tools._state import Grant
 from beamagent.tools._tool import invoke_blocking
@@ -145,6 +145,37 @@ def test_a_graph_run_has_node_spans_and_a_retry_event(
     assert (a.attributes or {})["beamagent.graph.retries"] == 1
     assert not b.events
     assert all(n.status.status_code is StatusCode.OK for n in nodes)
+
+
+def test_a_sub_run_is_traced_under_the_visit_that_started_it(
+    rt: Runtime, spans: InMemorySpanExporter
+) -> None:
+    sub = Job("summarize", [Node("work", serving=lambda m: f"did {m.input}")], start="work")
+    job = Job(
+        "main",
+        [
+            Node("summary", sub="summarize", router=LinearRouter(["summary", "publish"])),
+            Node("publish", serving=lambda m: f"published: {m.previous_result.body}"),
+        ],
+        start="summary",
+    )
+    run = rt.run_job(job, "the report", subs={"summarize": sub})
+    assert run.result(WAIT).status is RunStatus.COMPLETED
+    finished = spans.get_finished_spans()
+    runs = named(finished, "beamagent.graph.run")
+    [main] = [r for r in runs if (r.attributes or {})["beamagent.job_id"] == "main"]
+    [inner] = [r for r in runs if (r.attributes or {})["beamagent.job_id"] == "summarize"]
+    nodes = {
+        (n.attributes or {})["beamagent.node_id"]: n
+        for n in named(finished, "beamagent.graph.node")
+    }
+    assert set(nodes) == {"summary", "work", "publish"}
+    assert parent_of(nodes["summary"]) == span_id(main)
+    assert parent_of(inner) == span_id(nodes["summary"])  # under the visit that started it
+    assert (inner.attributes or {})["beamagent.parent_run_id"] == run.run_id
+    assert (inner.attributes or {})["beamagent.run.status"] == "completed"
+    assert parent_of(nodes["work"]) == span_id(inner)
+    assert [e.name for e in nodes["summary"].events] == ["sub_started"]
 
 
 def test_a_failed_run_ends_its_spans_as_errors(rt: Runtime, spans: InMemorySpanExporter) -> None:
