@@ -425,6 +425,14 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
                 control = getattr(self, "_control", None)
                 if control is not None:  # first: no snapshot of a tree going down
                     control.stop()
+                if self._tool_state is not None:
+                    # The tool server, started on demand, is the root's last child and
+                    # would stop first: sessions and runs calling its tools go before it.
+                    for child in ("runs", "sessions"):
+                        with contextlib.suppress(
+                            pykka.ActorDeadError, pykka.Timeout, ChildNotFound
+                        ):
+                            self.root.terminate_child(child, timeout=60)
                 with contextlib.suppress(pykka.ActorDeadError):
                     self.root.stop(timeout=60)
                 self._close_tools()

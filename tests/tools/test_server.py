@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +18,7 @@ from beamagent.capabilities import Capability
 from beamagent.errors import InvalidOption, MissingDependency, UnsupportedCapability
 from beamagent.tools import ToolContext, ToolSet, tool
 from beamagent.tools._state import Grant
-from supervisors import kill, whereis
+from supervisors import kill, monitor, whereis
 
 HEADERS = {"Accept": "application/json, text/event-stream"}
 
@@ -292,3 +293,34 @@ def test_no_event_stream_is_offered(runtime: Runtime) -> None:
     assert answer.status_code == 405
     assert answer.headers["allow"] == "POST"
     assert httpx.get(url, timeout=10).status_code == 401  # the token is checked first
+
+
+def test_sessions_and_runs_stop_before_the_tool_server_they_call() -> None:
+    """Started on demand, the tool server is the root's last child: it must not go first."""
+    ended: list[str] = []
+    all_ended = threading.Event()
+
+    def watcher(what: str) -> Any:
+        def down(_down: Any) -> None:
+            ended.append(what)
+            if len(ended) == 4:
+                all_ended.set()
+
+        return down
+
+    rt = Runtime(store=":memory:", tools=[add])
+    try:
+        rt.start_tool_server()
+        session = rt.start_session(backend="local", model="echo-1")
+        watched = {
+            "session": ("beamagent", rt.id, "session", session.session_id),
+            "sessions": ("beamagent", rt.id, "sessions"),
+            "runs": ("beamagent", rt.id, "runs"),
+            "tools": ("beamagent", rt.id, "tools"),
+        }
+        for what, name in watched.items():
+            monitor(name, watcher=watcher(what))
+    finally:
+        rt.stop()
+    assert all_ended.wait(10)
+    assert ended.index("tools") > max(ended.index(w) for w in ("session", "sessions", "runs"))
