@@ -19,10 +19,7 @@ import datetime
 import logging
 import os
 import sys
-from typing import Any, TextIO
-
-import structlog
-from structlog.typing import EventDict, WrappedLogger
+from typing import TYPE_CHECKING, Any, TextIO
 
 from supervisors._log import (
     REDACTED,
@@ -33,6 +30,10 @@ from supervisors._log import (
     redact_event,
     redact_text,
 )
+
+if TYPE_CHECKING:
+    import structlog.types
+    from structlog.typing import EventDict, WrappedLogger
 
 __all__ = [
     "LOGGERS",
@@ -114,6 +115,8 @@ def configure_logging(
         configure_logging("info")                       # readable lines on stderr
         configure_logging("debug", json=True, stream=open("beamagent.log", "a"))
     """
+    import structlog  # here: importing it costs a third of `import beamagent`
+
     number = _level(level)
     target = sys.stderr if stream is None else stream
     renderer: structlog.types.Processor = (

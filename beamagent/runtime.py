@@ -22,7 +22,6 @@ a crash-looping session is given up alone, and its handle then says so.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import itertools
@@ -33,7 +32,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pykka
 from pykka.messages import ProxyCall
@@ -43,8 +42,6 @@ from beamagent.backends.base import BackendHandler
 from beamagent.backends.cassette import Cassette
 from beamagent.backends.local import LocalHandler
 from beamagent.backends.names import canonical_backend_name
-from beamagent.control.server import ControlServer
-from beamagent.control.snapshot import take_snapshot
 from beamagent.errors import (
     BeamAgentError,
     InvalidOption,
@@ -86,6 +83,9 @@ from supervisors import (
     reserved,
     whereis,
 )
+
+if TYPE_CHECKING:
+    from beamagent.control.server import ControlServer
 
 __all__ = ["BackendSpec", "Runtime", "default_runtime", "shutdown_default_runtime"]
 
@@ -397,6 +397,9 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
             lifecycle.runtime_started(self, handle_signals=handle_signals)
         self._control: ControlServer | None = None
         if control_socket is not None:
+            from beamagent.control.server import ControlServer  # only with a control socket
+            from beamagent.control.snapshot import take_snapshot
+
             try:
                 self._control = ControlServer(
                     control_socket, functools.partial(take_snapshot, self)
@@ -444,6 +447,8 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
 
     async def astop(self) -> None:
         """Async twin of :meth:`stop`: the shutdown runs off the event loop."""
+        import asyncio
+
         await asyncio.get_running_loop().run_in_executor(None, self.stop)
 
     @property
@@ -789,6 +794,8 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
         Starting a CLI backend takes a process start and a handshake (0.5-1 s);
         that waiting happens off the event loop.
         """
+        import asyncio
+
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             None, functools.partial(self.start_session, backend, **opts)

@@ -6,7 +6,10 @@ their attributes). They go to the tracer provider the host configured
 (``opentelemetry.trace.set_tracer_provider``); beamagent never configures an
 exporter. Without ``opentelemetry-api`` installed (the ``beamagent[otel]``
 extra) every function here returns at once and nothing of OpenTelemetry is
-imported; with the API but no provider set, none are made either.
+imported; with the API but no provider set, none are made either. The API
+itself is imported only once the host has imported it (to set a provider) or
+names a provider in ``OTEL_PYTHON_TRACER_PROVIDER``: ``import beamagent`` does
+not import it.
 
 Span attributes never carry prompts, replies or tool arguments, and every
 string value goes through the same redaction as the log events
@@ -24,8 +27,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
+from types import ModuleType
 from typing import Any, Final
 
 from supervisors._log import REDACTED, get_logger, is_secret_key, redact_text
@@ -55,15 +61,31 @@ INSTRUMENTATION_NAME: Final = "beamagent"
 Span = Any
 """An OpenTelemetry span, or None when tracing is off (every function here accepts None)."""
 
-try:
-    from opentelemetry import context as _context
-    from opentelemetry import trace as _trace
-except ImportError:  # the optional extra is not installed: everything below is a no-op
-    _context = None  # type: ignore[assignment]
-    _trace = None  # type: ignore[assignment]
 
-ENABLED: Final = _trace is not None
+def _api_installed() -> bool:
+    try:
+        return importlib.util.find_spec("opentelemetry.trace") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+ENABLED: Final = _api_installed()
 """Whether ``opentelemetry-api`` is importable (spans are then made, recorded or not)."""
+
+
+def _otel_trace() -> ModuleType:
+    # Imported at the first use, which comes only once the host imported it to set a
+    # provider (or named one in the environment): `import beamagent` imports none of it.
+    from opentelemetry import trace
+
+    return trace
+
+
+def _otel_context() -> ModuleType:
+    from opentelemetry import context
+
+    return context
+
 
 _tracer: Any = None
 _tracer_provider: Any = None
@@ -85,6 +107,12 @@ def _get_tracer() -> Any:
     would hand out non-recording spans: making none costs less (near nothing).
     """
     global _tracer, _tracer_provider
+    _trace = sys.modules.get("opentelemetry.trace")
+    if _trace is None:
+        # Not imported yet: no provider can have been set but through the environment.
+        if not _PROVIDER_FROM_ENV:
+            return None
+        _trace = _otel_trace()
     # The API's own global, read directly: get_tracer_provider() also looks up an
     # environment variable at each call while none is set (most of the cost of a no-op).
     provider: Any = getattr(_trace, "_TRACER_PROVIDER", _UNKNOWN)
@@ -107,7 +135,7 @@ def tracing() -> bool:
     For hot paths that would build a span's attributes only to drop them: when this is
     False, :func:`span` yields None and :func:`start_span` returns None.
     """
-    if _trace is None:
+    if not ENABLED:
         return False
     try:
         return _get_tracer() is not None
@@ -160,9 +188,9 @@ def current_context() -> Any:
 
     None when tracing is off (or no provider is set), so a message need carry nothing.
     """
-    if _context is None or _get_tracer() is None:
+    if not ENABLED or _get_tracer() is None:
         return None
-    return _context.get_current()
+    return _otel_context().get_current()
 
 
 def start_span(
@@ -180,13 +208,13 @@ def start_span(
         parent: a context from :func:`current_context` (default: this thread's).
         links: span contexts this span is linked to.
     """
-    if _trace is None:
+    if not ENABLED:
         return None
     try:
         tracer = _get_tracer()
         if tracer is None:
             return None
-        links_ = [_trace.Link(link) for link in links if link is not None]
+        links_ = [_otel_trace().Link(link) for link in links if link is not None]
         return tracer.start_span(
             name,
             context=parent,
@@ -237,9 +265,9 @@ def end_span(
                 kind = error if isinstance(error, str) else type(error).__name__
                 text = error if isinstance(error, str) else str(error)
                 span.set_attribute("error.type", kind)
-                span.set_status(_trace.StatusCode.ERROR, redact_text(text))
+                span.set_status(_otel_trace().StatusCode.ERROR, redact_text(text))
             else:
-                span.set_status(_trace.StatusCode.OK)
+                span.set_status(_otel_trace().StatusCode.OK)
         span.end()
     except Exception as exc:
         _failed("end", exc)
@@ -260,21 +288,22 @@ def span(name: str, values: Mapping[str, Any] | None = None) -> Iterator[Span]:
             decision = select(...)
             telemetry.set_attributes(s, {"beamagent.backend": decision.backend})
     """
-    if _trace is None:
+    if not ENABLED:
         yield None
         return
     started = start_span(name, values)
     if started is None:
         yield None
         return
-    token = _context.attach(_trace.set_span_in_context(started))
+    context = _otel_context()
+    token = context.attach(_otel_trace().set_span_in_context(started))
     try:
         yield started
     except BaseException as exc:
-        _context.detach(token)
+        context.detach(token)
         end_span(started, error=exc)
         raise
-    _context.detach(token)
+    context.detach(token)
     end_span(started)
 
 
@@ -287,19 +316,19 @@ def live(span: Span) -> Span:
 
 def context_of(span: Span) -> Any:
     """A context with ``span`` as the parent of the spans started in it; None when off."""
-    if _trace is None or span is None:
+    if not ENABLED or span is None:
         return None
-    return _trace.set_span_in_context(span)
+    return _otel_trace().set_span_in_context(span)
 
 
 def attach(context: Any) -> Any:
     """Make ``context`` current in this thread; give the token to :func:`detach`. None: nothing."""
-    if _context is None or context is None:
+    if not ENABLED or context is None:
         return None
-    return _context.attach(context)
+    return _otel_context().attach(context)
 
 
 def detach(token: Any) -> None:
     """Undo an :func:`attach` (None: nothing)."""
-    if token is not None and _context is not None:
-        _context.detach(token)
+    if token is not None and ENABLED:
+        _otel_context().detach(token)

@@ -23,11 +23,11 @@ import functools
 import logging
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import structlog
-from structlog.contextvars import merge_contextvars
-from structlog.typing import EventDict, WrappedLogger
+if TYPE_CHECKING:
+    import structlog.stdlib
+    from structlog.typing import EventDict, WrappedLogger
 
 __all__ = ["REDACTED", "event_dict", "get_logger", "redact", "redact_event"]
 
@@ -273,29 +273,84 @@ _LEVEL_METHODS = {
 }
 
 
-class BoundLogger(structlog.stdlib.BoundLogger):
-    """structlog's stdlib ``BoundLogger`` that checks the level before doing any work.
+def _structlog_logger(
+    logger: logging.Logger, context: dict[str, Any]
+) -> structlog.stdlib.BoundLogger:
+    # structlog is imported here, at the first event that passes its logger's level:
+    # importing it imports rich (and asyncio), a third of `import beamagent` (docs/decisions.md).
+    import structlog.stdlib
+    from structlog.contextvars import merge_contextvars
 
-    A filtered-out call costs one ``isEnabledFor`` (a dict lookup in the
-    logger's cache): no context copy, no processor, no record.
+    processors: list[Any] = [merge_contextvars, redact_event, _to_record]
+    return structlog.stdlib.BoundLogger(logger, processors, context)
+
+
+class BoundLogger:
+    """structlog's bound-logger API over a stdlib logger, checking the level before any work.
+
+    ``bind``/``new``/``unbind``/``try_unbind`` return a new logger with the
+    context changed; ``debug``... ``critical``, ``exception`` and ``log`` make
+    an event. A call below the logger's effective level costs one
+    ``isEnabledFor`` (a dict lookup in the logger's cache): no context copy, no
+    processor, no record. structlog itself is imported at the first event that
+    passes (and its stdlib ``BoundLogger`` then does the work), so importing
+    this library costs no structlog while nothing is logged.
     """
+
+    __slots__ = ("_bound", "_context", "_logger")
+
+    def __init__(self, logger: logging.Logger, context: dict[str, Any] | None = None) -> None:
+        self._logger = logger
+        self._context: dict[str, Any] = {} if context is None else context
+        self._bound: structlog.stdlib.BoundLogger | None = None
+
+    def __repr__(self) -> str:
+        return f"<BoundLogger(context={self._context!r}, logger={self._logger.name!r})>"
+
+    def bind(self, **new_values: Any) -> BoundLogger:
+        """A logger with ``new_values`` added to the context."""
+        return BoundLogger(self._logger, {**self._context, **new_values})
+
+    def new(self, **new_values: Any) -> BoundLogger:
+        """A logger whose context is ``new_values`` alone."""
+        return BoundLogger(self._logger, dict(new_values))
+
+    def unbind(self, *keys: str) -> BoundLogger:
+        """A logger without ``keys`` in the context (``KeyError`` if one is missing)."""
+        context = dict(self._context)
+        for key in keys:
+            del context[key]
+        return BoundLogger(self._logger, context)
+
+    def try_unbind(self, *keys: str) -> BoundLogger:
+        """A logger without ``keys`` in the context (missing ones ignored)."""
+        context = dict(self._context)
+        for key in keys:
+            context.pop(key, None)
+        return BoundLogger(self._logger, context)
+
+    def _structlog(self) -> structlog.stdlib.BoundLogger:
+        bound = self._bound
+        if bound is None:  # a race makes two equal ones: harmless
+            bound = self._bound = _structlog_logger(self._logger, self._context)
+        return bound
 
     def debug(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
         """Log at DEBUG."""
         if self._logger.isEnabledFor(_DEBUG):
-            return self._proxy_to_logger("debug", event, *args, **kw)
+            return self._structlog()._proxy_to_logger("debug", event, *args, **kw)
         return None
 
     def info(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
         """Log at INFO."""
         if self._logger.isEnabledFor(_INFO):
-            return self._proxy_to_logger("info", event, *args, **kw)
+            return self._structlog()._proxy_to_logger("info", event, *args, **kw)
         return None
 
     def warning(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
         """Log at WARNING."""
         if self._logger.isEnabledFor(_WARNING):
-            return self._proxy_to_logger("warning", event, *args, **kw)
+            return self._structlog()._proxy_to_logger("warning", event, *args, **kw)
         return None
 
     warn = warning
@@ -303,20 +358,20 @@ class BoundLogger(structlog.stdlib.BoundLogger):
     def error(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
         """Log at ERROR."""
         if self._logger.isEnabledFor(_ERROR):
-            return self._proxy_to_logger("error", event, *args, **kw)
+            return self._structlog()._proxy_to_logger("error", event, *args, **kw)
         return None
 
     def exception(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
         """Log at ERROR with the exception being handled."""
         if self._logger.isEnabledFor(_ERROR):
             kw.setdefault("exc_info", True)
-            return self._proxy_to_logger("error", event, *args, **kw)
+            return self._structlog()._proxy_to_logger("error", event, *args, **kw)
         return None
 
     def critical(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
         """Log at CRITICAL."""
         if self._logger.isEnabledFor(_CRITICAL):
-            return self._proxy_to_logger("critical", event, *args, **kw)
+            return self._structlog()._proxy_to_logger("critical", event, *args, **kw)
         return None
 
     fatal = critical
@@ -324,23 +379,21 @@ class BoundLogger(structlog.stdlib.BoundLogger):
     def log(self, level: int, event: str | None = None, *args: Any, **kw: Any) -> Any:
         """Log at a standard numeric ``level`` (``logging.INFO``...)."""
         if self._logger.isEnabledFor(level):
-            return self._proxy_to_logger(_LEVEL_METHODS[level], event, *args, **kw)
+            return self._structlog()._proxy_to_logger(_LEVEL_METHODS[level], event, *args, **kw)
         return None
 
 
-PROCESSORS: tuple[Any, ...] = (merge_contextvars, redact_event, _to_record)
-"""The chain every event runs through: structlog's context variables, redaction, the record."""
-
-
 def get_logger(name: str) -> BoundLogger:
-    """A structlog logger whose events are records of ``logging.getLogger(name)``.
+    """A structlog-style logger whose events are records of ``logging.getLogger(name)``.
 
     Independent of ``structlog.configure``. Sets no handler and no level:
-    what is shown, and where, is the host's ``logging`` configuration.
+    what is shown, and where, is the host's ``logging`` configuration. Every
+    event runs through structlog's context variables (``merge_contextvars``),
+    :func:`redact_event` and becomes a record.
 
     Example::
 
         log = get_logger(__name__)
         log.bind(session_id="s1").info("session_started", model="m")
     """
-    return BoundLogger(logging.getLogger(name), list(PROCESSORS), {})
+    return BoundLogger(logging.getLogger(name))

@@ -15,7 +15,6 @@ the shared I/O loop's thread (or, in-process, synchronously).
 from __future__ import annotations
 
 import abc
-import asyncio
 import collections
 import contextlib
 import enum
@@ -24,7 +23,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO, Any, ClassVar, cast
+from typing import IO, TYPE_CHECKING, Any, ClassVar, cast
 
 import attrs
 
@@ -35,6 +34,9 @@ from beamagent.capabilities import Capability
 from beamagent.errors import TransportError
 from beamagent.log import get_logger
 from beamagent.messages import Message, MessageType
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "FORK_NATIVE_OPTION",
@@ -556,6 +558,8 @@ class SubprocessTransport(Transport):
     # --- on the loop ---------------------------------------------------------------------
 
     def _begin(self) -> None:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         self._stdout_eof = loop.create_future()
         self._stderr_eof = loop.create_future()
@@ -572,6 +576,8 @@ class SubprocessTransport(Transport):
             log.exception("transport_sink_failed", pid=self.pid, kind=type(event).__name__)
 
     def _on_stdout(self) -> None:
+        import asyncio
+
         try:
             chunk = os.read(self._stdout_fd, self.READ_CHUNK)
         except (BlockingIOError, InterruptedError):
@@ -597,6 +603,8 @@ class SubprocessTransport(Transport):
             self._terminate()
 
     def _on_stderr(self) -> None:
+        import asyncio
+
         try:
             chunk = os.read(self._stderr_fd, self.READ_CHUNK)
         except (BlockingIOError, InterruptedError):
@@ -617,6 +625,8 @@ class SubprocessTransport(Transport):
         Only ever started before the launched process is reaped: until then its
         pid cannot name another group.
         """
+        import asyncio
+
         if self._terminating is None:
             pid = self.pid
             assert pid is not None
@@ -627,6 +637,8 @@ class SubprocessTransport(Transport):
 
     async def _lifecycle(self) -> None:
         """Wait for the launched process; end the rest of its group; report ``Exited``."""
+        import asyncio
+
         proc = self._proc
         assert proc is not None
         status: int | None = None
@@ -670,6 +682,8 @@ class SubprocessTransport(Transport):
 
     def _stop_io(self) -> None:
         """Stop watching the pipes and close them, and the pidfd."""
+        import asyncio
+
         proc = self._proc
         assert proc is not None
         loop = asyncio.get_running_loop()
@@ -688,6 +702,8 @@ class SubprocessTransport(Transport):
             self._pidfd = None
 
     def _close_stdin(self) -> None:
+        import asyncio
+
         proc = self._proc
         assert proc is not None
         with self._lock:
@@ -701,11 +717,15 @@ class SubprocessTransport(Transport):
                 cast(IO[bytes], proc.stdin).close()  # nothing buffered: send() writes the fd
 
     def _watch_stdin(self) -> None:
+        import asyncio
+
         with self._lock:
             if self._stdin_open and self._pending:
                 asyncio.get_running_loop().add_writer(self._stdin_fd, self._flush_stdin)
 
     def _flush_stdin(self) -> None:
+        import asyncio
+
         with self._lock:
             while self._pending and self._stdin_open:
                 chunk = self._pending[0]
@@ -727,6 +747,8 @@ class SubprocessTransport(Transport):
             asyncio.get_running_loop().remove_writer(self._stdin_fd)
 
     def _begin_close(self) -> None:
+        import asyncio
+
         self._close_stdin()  # EOF: most CLIs exit on their own
         if not self._exited.is_set():
             loop = asyncio.get_running_loop()

@@ -32,14 +32,16 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import os
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from beamagent.log import get_logger
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "IoLease",
@@ -70,6 +72,8 @@ class IoLoop:
     """
 
     def __init__(self, service: _IoLoopService) -> None:
+        import asyncio
+
         self._service = service
         self.loop: asyncio.AbstractEventLoop = asyncio.new_event_loop()
         """The asyncio loop; use it only from its own thread or through ``call_soon_threadsafe``."""
@@ -105,6 +109,8 @@ class IoLoop:
         return value
 
     def _run(self) -> None:
+        import asyncio
+
         asyncio.set_event_loop(self.loop)
         try:
             self.loop.run_forever()
@@ -119,6 +125,8 @@ class IoLoop:
 
     async def _wind_down(self) -> None:
         # Nothing should be left (the last lease is gone), but never leave a task dangling.
+        import asyncio
+
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
@@ -171,6 +179,8 @@ class IoLease:
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Run ``coro`` on the loop; its future can be waited on from other threads."""
+        import asyncio
+
         with self._lock:
             if self._released:
                 coro.close()
@@ -322,6 +332,8 @@ async def wait_process_exit(pid: int, pidfd: int | None) -> None:
     ``os.waitid(..., WNOWAIT | WNOHANG)``, every 1 ms at first, backing off
     to 50 ms.
     """
+    import asyncio
+
     loop = asyncio.get_running_loop()
     if pidfd is not None:
         exited: asyncio.Future[None] = loop.create_future()

@@ -18,7 +18,6 @@ group that takes seconds to die holds up no other session).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time
@@ -109,6 +108,8 @@ def terminate_group(pgid: int, timeout: float) -> bool:
 
 async def wait_group_gone_async(pgid: int, timeout: float) -> bool:
     """:func:`wait_group_gone` for an asyncio loop: polls without blocking the loop."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = _FIRST_POLL

@@ -22,7 +22,6 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import itertools
@@ -47,12 +46,6 @@ from beamagent.errors import (
     RunError,
     RunNotFound,
 )
-from beamagent.graph.executor import Assign, GraphExecutor, RunConfig, SpareExecutors
-from beamagent.graph.job import Job
-from beamagent.graph.node import DEFAULT_MAX_TOOL_ROUNDS, NodeActors, NodeWorkers
-from beamagent.graph.run import EventKind, EventLog, Run, RunEvent, RunResult, RunStatus
-from beamagent.graph.serving import ToolRegistry
-from beamagent.graph.tracing import RunTracer
 from beamagent.log import get_logger
 from supervisors import (
     AlreadyRegistered,
@@ -67,7 +60,14 @@ from supervisors import (
     whereis,
 )
 
+# The graph modules are imported by the methods that use them: a runtime that runs no
+# graph does not import them (docs/decisions.md, "Lazy imports").
 if TYPE_CHECKING:
+    from beamagent.graph.executor import RunConfig, SpareExecutors
+    from beamagent.graph.job import Job
+    from beamagent.graph.node import NodeWorkers
+    from beamagent.graph.run import Run
+    from beamagent.graph.serving import ToolRegistry
     from beamagent.store.base import SessionStore
     from supervisors import DynamicSupervisorRef
 
@@ -76,9 +76,11 @@ __all__ = ["RESUMABLE", "GraphApi"]
 log = get_logger(__name__)
 
 RUN_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
-RESUMABLE = frozenset({RunStatus.RUNNING.value, RunStatus.INTERRUPTED.value})
+RESUMABLE = frozenset({"running", "interrupted"})  # RunStatus.RUNNING, .INTERRUPTED
 """Checkpoint statuses ``resume_run`` accepts (``running``: the process died under it)."""
 
+#: beamagent.graph.node.DEFAULT_MAX_TOOL_ROUNDS, without importing it (a test checks).
+DEFAULT_MAX_TOOL_ROUNDS = 8
 _EXECUTOR_SHUTDOWN = 30.0
 _CALL_TIMEOUT = 30.0
 _init_lock = threading.Lock()
@@ -133,6 +135,9 @@ class GraphApi:
         The node actors' supervisor is a child of ``runs``; both are dropped
         (and made again on the next run) when the ``runs`` supervisor ends.
         """
+        from beamagent.graph.executor import SpareExecutors
+        from beamagent.graph.node import NodeActors, NodeWorkers
+
         graph = self._graph()
         with graph.lock:
             workers, spares, dropped = graph.workers, graph.spares, graph.dropped
@@ -195,6 +200,8 @@ class GraphApi:
             InvalidOption: a bad run id, or a durable run's input is not JSON.
             InvalidJob: ``job`` or a sub-job is not a ``Job``.
         """
+        from beamagent.graph.job import Job
+
         if not isinstance(job, Job):
             raise InvalidJob(f"run_job needs a Job, got {type(job).__name__}")
         if _is_empty(input):
@@ -250,6 +257,8 @@ class GraphApi:
 
         Await the outcome with ``await run.aresult()`` or ``async for e in run.aevents()``.
         """
+        import asyncio
+
         start = functools.partial(
             self.run_job,
             job,
@@ -284,6 +293,8 @@ class GraphApi:
                 runs can be resumed).
             InvalidJob: ``job`` is not the job the run was started with.
         """
+        from beamagent.graph.job import Job
+
         if not isinstance(job, Job):
             raise InvalidJob(f"resume_run needs a Job, got {type(job).__name__}")
         record = self._store.load_run(run_id)
@@ -326,6 +337,10 @@ class GraphApi:
         restored: Mapping[str, Any] | None,
         restored_results: Any,
     ) -> Run:
+        from beamagent.graph.executor import RunConfig
+        from beamagent.graph.run import EventKind, EventLog, Run, RunEvent, RunResult, RunStatus
+        from beamagent.graph.tracing import RunTracer
+
         runs = self.runs_supervisor
         workers, spares = self._graph_resources(runs)
         name = self._run_name(run_id)
@@ -411,6 +426,8 @@ class GraphApi:
     def _assign_spare(
         spares: SpareExecutors, name: tuple[str, ...], config: RunConfig
     ) -> pykka.ActorRef[Any] | None:
+        from beamagent.graph.executor import Assign, GraphExecutor
+
         spare = spares.take()
         if spare is None:
             return None
@@ -433,6 +450,8 @@ class GraphApi:
     def _start_executor(
         runs: DynamicSupervisorRef, name: tuple[str, ...], config: RunConfig
     ) -> pykka.ActorRef[Any]:
+        from beamagent.graph.executor import GraphExecutor
+
         spec = ChildSpec(
             config.run_id,
             (GraphExecutor, (config,), {}),
@@ -518,6 +537,8 @@ class GraphApi:
 
 
 def _check_subs(subs: Mapping[str, Job] | None) -> dict[str, Job]:
+    from beamagent.graph.job import Job
+
     if subs is None:
         return {}
     if not isinstance(subs, Mapping):

@@ -14,7 +14,6 @@ wake the loop once): they never block it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import threading
 import time
@@ -43,6 +42,8 @@ from beamagent.timeouts import check_timeout
 from supervisors import NoReply, WaitTimeout, lookup, monitor
 
 if TYPE_CHECKING:
+    import asyncio
+
     from beamagent.runtime import Runtime
 
 __all__ = ["Session"]
@@ -261,6 +262,8 @@ class Session:
             monitor(ref, watcher=None).wait(remaining)
 
     async def _acall(self, method: str, *args: Any, timeout: float | None = CALL_TIMEOUT) -> Any:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         bridge = _bridge(loop)
         message = ProxyCall(attr_path=(method,), args=args, kwargs=_trace_kwargs(method))
@@ -620,4 +623,6 @@ class Session:
 
     async def astop(self) -> None:
         """Async twin of :meth:`stop` (runs the shutdown off the event loop)."""
+        import asyncio
+
         await asyncio.get_running_loop().run_in_executor(None, self.stop)

@@ -14,24 +14,27 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from beamagent._lazy import exports, load
 from beamagent.errors import InvalidOption, StoreError
-from beamagent.store.base import (
-    SessionRecord,
-    SessionStore,
-    ShareRecord,
-    SummaryRecord,
-    ThreadDetail,
-    ThreadRecord,
-    ThreadStatus,
-)
-from beamagent.store.location import ENV_VAR, default_store_path
-from beamagent.store.memory import MemoryStore
-from beamagent.store.migration import MigrationReport, migrate
-from beamagent.store.postgres import PostgresStore, is_postgres_url
-from beamagent.store.selectors import DropCount, MatchKey, MessageMatch, VisibleCount
-from beamagent.store.sqlite import SqliteStore
+from beamagent.store.base import SessionStore
+
+if TYPE_CHECKING:
+    from beamagent.store.base import (
+        SessionRecord,
+        ShareRecord,
+        SummaryRecord,
+        ThreadDetail,
+        ThreadRecord,
+        ThreadStatus,
+    )
+    from beamagent.store.location import default_store_path
+    from beamagent.store.memory import MemoryStore
+    from beamagent.store.migration import MigrationReport, migrate
+    from beamagent.store.postgres import PostgresStore
+    from beamagent.store.selectors import DropCount, MatchKey, MessageMatch, VisibleCount
+    from beamagent.store.sqlite import SqliteStore
 
 __all__ = [
     "DropCount",
@@ -57,7 +60,14 @@ __all__ = [
 
 def open_store(spec: Any = None) -> SessionStore:
     """The store ``spec`` names (see the module docstring); the caller closes it."""
+    # Each store's module is imported when it is chosen: a memory store needs no SQL.
+    from beamagent.store.memory import MemoryStore
+
     if spec is None:
+        from beamagent.store.location import ENV_VAR, default_store_path
+        from beamagent.store.postgres import PostgresStore, is_postgres_url
+        from beamagent.store.sqlite import SqliteStore
+
         configured = os.environ.get(ENV_VAR, "")
         if is_postgres_url(configured):
             return PostgresStore(configured)
@@ -78,6 +88,9 @@ def open_store(spec: Any = None) -> SessionStore:
         raw = os.fspath(spec)
         if raw == ":memory:":
             return MemoryStore()
+        from beamagent.store.postgres import PostgresStore, is_postgres_url
+        from beamagent.store.sqlite import SqliteStore
+
         if is_postgres_url(raw):
             return PostgresStore(raw)
         if not isinstance(raw, str) or not raw:
@@ -90,3 +103,31 @@ def open_store(spec: Any = None) -> SessionStore:
         "a postgresql:// URL, "
         "or an object implementing SessionStore"
     )
+
+
+_EXPORTS = exports(
+    {
+        "beamagent.store.base": (
+            "SessionRecord",
+            "ShareRecord",
+            "SummaryRecord",
+            "ThreadDetail",
+            "ThreadRecord",
+            "ThreadStatus",
+        ),
+        "beamagent.store.location": ("ENV_VAR", "default_store_path"),
+        "beamagent.store.memory": ("MemoryStore",),
+        "beamagent.store.migration": ("MigrationReport", "migrate"),
+        "beamagent.store.postgres": ("PostgresStore", "is_postgres_url"),
+        "beamagent.store.selectors": ("DropCount", "MatchKey", "MessageMatch", "VisibleCount"),
+        "beamagent.store.sqlite": ("SqliteStore",),
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    return load(__name__, _EXPORTS, name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -16,20 +16,27 @@ the tool server (the ``tools`` extra, ``pip install 'beamagent[tools]'``) is
 loaded when a session first needs it.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from beamagent._lazy import exports, load
 from beamagent.errors import ToolError
-from beamagent.tools._access import TOKEN_ENV, ToolServerAccess
-from beamagent.tools._schema import ArgumentError, validate_json
-from beamagent.tools._state import ToolServerConfig
-from beamagent.tools._tool import (
-    Tool,
-    ToolContext,
-    ToolOutcome,
-    ToolSet,
-    invoke,
-    invoke_blocking,
-    render,
-    tool,
-)
+
+if TYPE_CHECKING:
+    from beamagent.tools._access import TOKEN_ENV, ToolServerAccess
+    from beamagent.tools._schema import ArgumentError, validate_json
+    from beamagent.tools._state import ToolServerConfig
+    from beamagent.tools._tool import (
+        Tool,
+        ToolContext,
+        ToolOutcome,
+        ToolSet,
+        invoke,
+        invoke_blocking,
+        render,
+        tool,
+    )
 
 __all__ = [
     "TOKEN_ENV",
@@ -47,3 +54,35 @@ __all__ = [
     "tool",
     "validate_json",
 ]
+
+_EXPORTS = exports(
+    {
+        "beamagent.tools._access": (
+            "TOKEN_ENV",
+            "ToolServerAccess",
+        ),
+        "beamagent.tools._schema": (
+            "ArgumentError",
+            "validate_json",
+        ),
+        "beamagent.tools._state": ("ToolServerConfig",),
+        "beamagent.tools._tool": (
+            "Tool",
+            "ToolContext",
+            "ToolOutcome",
+            "ToolSet",
+            "invoke",
+            "invoke_blocking",
+            "render",
+            "tool",
+        ),
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    return load(__name__, _EXPORTS, name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

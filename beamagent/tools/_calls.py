@@ -16,14 +16,16 @@ server's loop; survives the session's restarts with its token.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import json
 import threading
 import time
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["CALL_ID_WAIT", "CallIds"]
 
@@ -105,6 +107,8 @@ class CallIds:
 
     async def claim(self, tool_name: str, arguments: Any, wait: float) -> str | None:
         """The id the CLI announced for this call; waits up to ``wait`` s for it, else None."""
+        import asyncio
+
         key = _key(arguments)
         with self._lock:
             found = self._take(tool_name, key)

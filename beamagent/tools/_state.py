@@ -11,7 +11,6 @@ same grants, so a session's CLI notices at most the call that was in flight.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import os
 import secrets
@@ -272,6 +271,8 @@ def _in_namespace(path: str, make: Callable[[], socket.socket]) -> socket.socket
     A namespace belongs to a thread and a socket stays in the namespace it was
     made in: the socket ends up inside, this process does not.
     """
+    import ctypes  # only here: a tool server in a network namespace
+
     libc = ctypes.CDLL(None, use_errno=True)
     result: list[socket.socket] = []
     errors: list[BaseException] = []

@@ -11,7 +11,6 @@ error result for the model, and the session goes on.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import enum
@@ -24,7 +23,7 @@ import threading
 import time
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Final, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
 import attrs
 
@@ -41,6 +40,9 @@ from beamagent.tools._schema import (
     shape_of,
     validate_json,
 )
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "TOOL_NAME",
@@ -639,10 +641,14 @@ def invoke_blocking(
     tool_name: str | None = None,
 ) -> ToolOutcome:
     """:func:`invoke` from a thread that has no event loop (a backend's off-thread call)."""
+    import asyncio
+
     return asyncio.run(invoke(tool, arguments, context, decide=decide, tool_name=tool_name))
 
 
 async def _run(tool: Tool, kwargs: dict[str, Any]) -> Any:
+    import asyncio
+
     if tool.is_async:
         call: Awaitable[Any] = tool.fn(**kwargs)
     else:
@@ -658,6 +664,8 @@ def _in_thread(fn: Callable[[], Any], label: str) -> asyncio.Future[Any]:
     Not a pool: a call that never returns (abandoned on timeout) must not hold
     a worker others wait for, and a daemon thread never delays the exit.
     """
+    import asyncio
+
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
 
