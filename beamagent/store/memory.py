@@ -182,8 +182,9 @@ class _Session:
     # so appends do not rebuild the (frozen) record each time.
     stored: SessionRecord = attrs.field(alias="record")
     messages: list[_Message] = attrs.field(factory=list)
-    # Seqs hidden by thread rollbacks (a message belongs to at most one thread).
-    rolled_back: set[int] = attrs.field(factory=set)
+    # Seqs hidden by thread rollbacks (a message belongs to at most one thread). Frozen:
+    # the shared empty one until a rollback, not a set per session for the GC to walk.
+    rolled_back: frozenset[int] = frozenset()
     # Counts are filled in when a thread is read; the stored ones stay 0.
     threads: dict[str, ThreadRecord] = attrs.field(factory=dict)
     # ``(updated_at, model)`` after appends not yet in ``stored``; the message count is
@@ -804,7 +805,7 @@ class MemoryStore:
             keep = rollback_visible_count(parsed, [(m.uuid, m.message_id) for m in visible])
             if keep < len(visible):
                 cut = visible[keep - 1].seq if keep else 0
-                session.rolled_back.update(
+                session.rolled_back = session.rolled_back.union(
                     m.seq for m in session.messages if m.thread_id == thread_id and m.seq > cut
                 )
             now = self._clock.now()
