@@ -902,8 +902,7 @@ class LocalHandler(BackendHandler):
             # The messages codec needs no bytes for the handshake either: the agent's
             # answer to ``initialize``, taken as the JSONL codec would decode it (a JSON
             # round trip each way cost about a tenth of a session's start).
-            answer = agent._initialized(self._init_request)["response"]["response"]
-            return HandlerOutput(state=SessionState.READY, info=_init_info(answer))
+            return HandlerOutput(state=SessionState.READY, info=_agent_init_info(agent, self))
         return HandlerOutput(
             writes=[encode_line({"type": "initialize", "request_id": self._init_request})],
             state=SessionState.INITIALIZING,
@@ -1046,6 +1045,31 @@ class LocalHandler(BackendHandler):
 
 
 _last_init: list[tuple[list[Any], list[Any], list[Any], dict[str, Any]]] = []
+# The last in-process handshake's names (the agent's own tuples) and the info it gave: a
+# session whose agent holds the very same tuples (the shared defaults) gets that info
+# without its answer being built, decoded and compared again.
+_last_agent_init: list[
+    tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...], dict[str, Any]]
+] = []
+
+
+def _agent_init_info(agent: LocalAgent, handler: LocalHandler) -> dict[str, Any]:
+    """``_init_info`` of the agent's answer to ``initialize``, as the JSONL codec decodes it."""
+    models, commands, agents = agent._models, agent._commands, agent._agents
+    last = _last_agent_init[0] if _last_agent_init else None
+    if last is not None and last[0] is models and last[1] is commands and last[2] is agents:
+        info = last[3]
+        return {
+            **info,
+            "account_info": dict(info["account_info"]),
+            "native_session_id": agent.native_session_id,
+        }
+    info = _init_info(agent._initialized(handler._init_request)["response"]["response"])
+    if isinstance(info.get("account_info"), dict):
+        # A copy is kept: the session owns what it is given.
+        kept = {**info, "account_info": dict(info["account_info"])}
+        _last_agent_init[:] = [(models, commands, agents, kept)]
+    return info
 
 
 def _init_info(response: Any) -> dict[str, Any]:
