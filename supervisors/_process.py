@@ -369,6 +369,25 @@ class ProcessFuture(ThreadingFuture[Any]):
         Future.set_get_hook(self, func)
 
 
+class _ProcessRef(pykka.ActorRef[Any]):
+    """The ``pykka.ActorRef`` of a :class:`Process`, without a weak reference of its own.
+
+    Pykka's ref keeps a ``weakref`` to its actor, used only to make proxies: one more
+    object per live process for the cyclic GC to walk. This one finds the process in
+    the table of live processes instead (``proxy()`` on a process that just ended
+    raises ``ActorDeadError``, as on one that ended a moment earlier).
+    """
+
+    def __init__(self, actor: Any) -> None:
+        self.actor_class = actor.__class__
+        self.actor_urn = actor.actor_urn
+        self.actor_inbox = actor.actor_inbox
+        self.actor_stopped = actor.actor_stopped
+
+    def _actor_weakref(self) -> Any:  # type: ignore[override]  # what proxies call
+        return _table.get(self.actor_urn)
+
+
 class Process(pykka.ThreadingActor):
     """A ``pykka.ThreadingActor`` with OTP process semantics.
 
@@ -447,7 +466,7 @@ class Process(pykka.ThreadingActor):
     not): a process nobody stopped never keeps the interpreter from exiting. Stop your
     tree (or let ``beamagent``'s exit hook stop its runtimes) for ``on_stop`` to run."""
 
-    ref_class: ClassVar[type[pykka.ActorRef[Any]]] = pykka.ActorRef
+    ref_class: ClassVar[type[pykka.ActorRef[Any]]] = _ProcessRef
     """The ``ActorRef`` subclass handed out for this process (supervisors add methods)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
