@@ -27,11 +27,11 @@ def _tracked_per_session(rt: Runtime) -> float:
 def test_an_idle_local_session_keeps_few_objects_for_the_cyclic_gc() -> None:
     with Runtime(store=":memory:") as rt:
         per_session = _tracked_per_session(rt)
-    # 19: the handle, the session actor, its config (also the child's start) and
+    # 18: the handle, the session actor, its config (also the child's start) and
     # lineage, handler, agent, transport and sink, mailbox and its lock, ref, stop flag,
-    # system lock, info dict; the supervisor's child and spec; the store's session,
-    # record and message list (36 before issue 12's second pass on start rate).
-    assert per_session <= 20, per_session
+    # system lock, info dict; the supervisor's child and spec; the store's session and
+    # record (36 before issue 12's second pass on start rate).
+    assert per_session <= 19, per_session
 
 
 def test_an_idle_session_binds_no_logger_and_holds_no_lock_of_its_own() -> None:
