@@ -56,7 +56,6 @@ from beamagent.log import get_logger
 from beamagent.routing.api import RoutingApi
 from beamagent.routing.policies import BackendInfo
 from beamagent.routing.registry import RoutingRegistry
-from beamagent.session.actor import SessionActor
 from beamagent.session.handle import CALL_TIMEOUT, Session
 from beamagent.store import SessionStore, open_store
 from beamagent.store.actor import DIRECT_WRITES, StoreActor, run_write
@@ -115,6 +114,24 @@ class _SessionEnded(Exception):
 def _settle_ended(ready: ProcessFuture) -> None:
     with contextlib.suppress(queue.Full):  # it answered first
         ready.set_exception((_SessionEnded, _SessionEnded(), None))
+
+
+@functools.cache
+def _index_hook(registry_name: Hashable) -> Any:
+    """Index a started session in the registry (by name, a tell: never waits, never raises).
+
+    One hook per registry, shared by its runtime's sessions (``SessionConfig.on_ready``):
+    a session calls it on its own thread as it becomes ready, so the tell wakes no other
+    thread. A registry that loses it rebuilds its index from the session names.
+    """
+
+    def index(session_id: str, backend: str, urn: str) -> None:
+        registry = whereis(registry_name)
+        if registry is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                registry.tell(ProxyCall(("register_session",), (session_id, backend, urn), {}))
+
+    return index
 
 
 log = get_logger(__name__)
@@ -718,9 +735,10 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
         budget = self._session_budget
         ready = ProcessFuture()
         config.first_ready = ready  # taken by the first incarnation: the spec keeps none
+        config.on_ready = _index_hook(self._names["registry"])
         child = ChildSpec(
             session_id,
-            (SessionActor, (config,), {}),
+            config,  # starts a SessionActor on itself (SessionConfig.__call__)
             restart="transient",
             shutdown=10.0,
             name=self._session_name(session_id),
@@ -757,9 +775,10 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
         # which waits for a restarting session and tells a gone one.
         # An in-process backend is ready by the time start_child returns: no monitor then.
         watch = None if ready.done() else monitor(ref, watcher=lambda _down: _settle_ended(ready))
+        indexed = False
         try:
             try:
-                ready.get(timeout=wait)
+                indexed = ready.get(timeout=wait) is True
             except _SessionEnded:
                 session._call("await_ready", timeout=max(deadline - time.monotonic(), 0.0))
             except pykka.Timeout:
@@ -772,7 +791,8 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
         finally:
             if watch is not None:
                 demonitor(watch)
-        self._index_session(session_id, config.backend, ref.actor_urn)
+        if not indexed:  # ready in a restarted incarnation: it told nobody (on_ready)
+            self._index_session(session_id, config.backend, ref.actor_urn)
         self._route_decided(session_id, config.lineage.route_decision)
         return session
 
@@ -782,11 +802,9 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
         A tell is enough: this caller's later registry calls queue behind it, and a
         registry that loses it (dead, or dying before handling it) rebuilds its index
         from the session names when it restarts, and the name is registered by now.
+        Usually the session itself does this, as it becomes ready (``_index_hook``).
         """
-        registry = whereis(self._names["registry"])
-        if registry is not None:
-            with contextlib.suppress(pykka.ActorDeadError):
-                registry.tell(ProxyCall(("register_session",), (session_id, backend, urn), {}))
+        _index_hook(self._names["registry"])(session_id, backend, urn)
 
     async def astart_session(self, backend: str | None = None, **opts: Any) -> Session:
         """Async twin of :meth:`start_session`.

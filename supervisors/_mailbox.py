@@ -64,6 +64,7 @@ class Mailbox:
         "_schedule",
         "_scheduled",
         "_signals",
+        "_target",
     )
 
     def __init__(self) -> None:
@@ -74,21 +75,29 @@ class Mailbox:
         self._messages: deque[Envelope[Any]] | None = None
         self._signals: deque[Envelope[Any]] | None = None
         self._closed = False
-        self._owner = "process"
-        self._schedule: Callable[[], None] | None = None
+        self._owner: object = "process"
+        self._schedule: Callable[[Any], None] | None = None
+        self._target: Any = None
         self._scheduled = False
 
-    def attach(self, schedule: Callable[[], None]) -> None:
-        """Drain through the scheduler: ``schedule()`` when mail makes it runnable.
+    def attach(self, schedule: Callable[[Any], None], target: Any) -> None:
+        """Drain through the scheduler: ``schedule(target)`` when mail makes it runnable.
 
-        The process counts as runnable now (it has its start to run).
+        A shared function and its argument, not a bound method per mailbox: one
+        object less per live process for the cyclic GC to walk. The process counts
+        as runnable now (it has its start to run).
         """
         with self._lock:
             self._schedule = schedule
+            self._target = target
             self._scheduled = True
 
-    def set_owner(self, owner: str) -> None:
-        """Name the owning process in the errors given to rejected callers."""
+    def set_owner(self, owner: object) -> None:
+        """Name the owning process (``str(owner)``) in the errors given to rejected callers.
+
+        The process itself, not its name: made only when a caller is refused, so a
+        live process does not keep a string of its own for it.
+        """
         self._owner = owner
 
     def put(self, envelope: Envelope[Any], /) -> None:
@@ -105,9 +114,9 @@ class Mailbox:
             else:
                 schedule = None
         if schedule is not None:
-            schedule()
+            schedule(self._target)
             return
-        reject_envelope(envelope, self._owner)
+        reject_envelope(envelope, str(self._owner))
 
     def put_signal(self, envelope: Envelope[Any]) -> bool:
         """Queue an exit signal ahead of ordinary mail; False if the mailbox is closed."""
@@ -120,10 +129,10 @@ class Mailbox:
             signals.append(envelope)
             schedule = self._wake()
         if schedule is not None:
-            schedule()
+            schedule(self._target)
         return True
 
-    def _wake(self) -> Callable[[], None] | None:
+    def _wake(self) -> Callable[[Any], None] | None:
         # Under the lock. Scheduled: the callback to run (once) after it; else None.
         schedule = self._schedule
         if schedule is not None:

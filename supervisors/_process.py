@@ -24,7 +24,6 @@ import queue
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from types import TracebackType
@@ -176,20 +175,27 @@ class _Flag:
     ``is_set`` reads a plain attribute, never the lock: a waiter holds the lock for a
     moment while it passes through, and ``set`` may race with another ``set`` or with
     a waiter passing through (a release of an unlocked lock is then ignored).
+
+    The lock is made by the first waiter: most flags (a process's ``actor_stopped``, a
+    start nobody waits for) are never waited on, and a lock is one more object per live
+    process for the cyclic GC to walk. ``set`` marks the flag, then releases whatever
+    lock is there; a waiter publishes its lock, then checks the mark: one of the two
+    sees the other's write (each step is atomic under the GIL).
     """
 
     __slots__ = ("_is_set", "_lock")
 
     def __init__(self) -> None:
         self._is_set = False
-        self._lock = _thread.allocate_lock()
-        self._lock.acquire()
+        self._lock: Any = None
 
     def set(self) -> None:
         if not self._is_set:
             self._is_set = True
-            with suppress(RuntimeError):  # a racing set released it already
-                self._lock.release()
+            lock = self._lock
+            if lock is not None:
+                with suppress(RuntimeError):  # a racing set released it already
+                    lock.release()
 
     def is_set(self) -> bool:
         return self._is_set
@@ -197,13 +203,39 @@ class _Flag:
     def wait(self, timeout: float | None = None) -> bool:
         if self._is_set:
             return True
-        if _acquire(self._lock, timeout):
+        lock = self._lock
+        if lock is None:
+            with _flag_lock:  # two first waiters make one lock
+                lock = self._lock
+                if lock is None:
+                    lock = _thread.allocate_lock()
+                    lock.acquire()
+                    self._lock = lock
+        if self._is_set:  # set before its lock was there (seen by set): nobody releases it
+            return True
+        if _acquire(lock, timeout):
             with suppress(RuntimeError):  # a racing set released it meanwhile
-                self._lock.release()  # let the next waiter through
+                lock.release()  # let the next waiter through
             return True
         return self._is_set
 
 
+def _new_urn() -> str:
+    """``uuid.uuid4().urn``, spelled out: the same format, a fifth of the cost.
+
+    Every process start makes one; ``uuid.UUID`` checks and converts more than a random
+    id needs.
+    """
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    x = b.hex()
+    return f"urn:uuid:{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
+_LINKS_AS_TUPLE = 8
+_flag_lock = _thread.allocate_lock()
+_schedule = scheduler.submit  # one bound method for every mailbox (see Mailbox.attach)
 _STARTED = _Flag()
 _STARTED.set()
 
@@ -337,6 +369,25 @@ class ProcessFuture(ThreadingFuture[Any]):
         Future.set_get_hook(self, func)
 
 
+class _ProcessRef(pykka.ActorRef[Any]):
+    """The ``pykka.ActorRef`` of a :class:`Process`, without a weak reference of its own.
+
+    Pykka's ref keeps a ``weakref`` to its actor, used only to make proxies: one more
+    object per live process for the cyclic GC to walk. This one finds the process in
+    the table of live processes instead (``proxy()`` on a process that just ended
+    raises ``ActorDeadError``, as on one that ended a moment earlier).
+    """
+
+    def __init__(self, actor: Any) -> None:
+        self.actor_class = actor.__class__
+        self.actor_urn = actor.actor_urn
+        self.actor_inbox = actor.actor_inbox
+        self.actor_stopped = actor.actor_stopped
+
+    def _actor_weakref(self) -> Any:  # type: ignore[override]  # what proxies call
+        return _table.get(self.actor_urn)
+
+
 class Process(pykka.ThreadingActor):
     """A ``pykka.ThreadingActor`` with OTP process semantics.
 
@@ -415,14 +466,14 @@ class Process(pykka.ThreadingActor):
     not): a process nobody stopped never keeps the interpreter from exiting. Stop your
     tree (or let ``beamagent``'s exit hook stop its runtimes) for ``on_stop`` to run."""
 
-    ref_class: ClassVar[type[pykka.ActorRef[Any]]] = pykka.ActorRef
+    ref_class: ClassVar[type[pykka.ActorRef[Any]]] = _ProcessRef
     """The ``ActorRef`` subclass handed out for this process (supervisors add methods)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # pykka.Actor.__init__, spelled out with a lighter ``actor_stopped``: a one-way
         # flag on a raw lock (is_set/wait/set, what Pykka and refs use) instead of a
         # threading.Event, whose Condition and waiter deque are ~1 KiB per process.
-        self.actor_urn = uuid.uuid4().urn
+        self.actor_urn = _new_urn()
         self.actor_inbox = self._create_actor_inbox()
         self.actor_stopped = cast(threading.Event, _Flag())
         self._actor_ref = self.ref_class(self)
@@ -433,7 +484,7 @@ class Process(pykka.ThreadingActor):
         self.parent_urn: str | None = None
         """URN of the process this one was started linked to (its supervisor), if any."""
         self._sys_lock = threading.RLock()
-        self._links: set[str] = set()
+        self._links: tuple[str, ...] | set[str] = ()  # see _add_link
         self._monitors: dict[int, MonitorRef] = {}
         self._terminated = False
         self._finished = False
@@ -449,7 +500,7 @@ class Process(pykka.ThreadingActor):
         self._launched = False
         self._started = _Flag()
         self._start_error: BaseException | None = None
-        self.mailbox.set_owner(str(self))
+        self.mailbox.set_owner(self)
 
     @staticmethod
     def _create_future() -> pykka.Future[Any]:
@@ -518,7 +569,7 @@ class Process(pykka.ThreadingActor):
             thread.start()
             return
         # On the shared scheduler: the first slice runs on_start, mail schedules the rest.
-        self.mailbox.attach(self._submit)
+        self.mailbox.attach(_schedule, self)
         parent = getattr(_local, "process", None)
         if parent is not None and in_worker():
             self._start_here(parent)
@@ -560,9 +611,6 @@ class Process(pykka.ThreadingActor):
             # Mail came meanwhile, or on_start asked to end (stop_with): a slice handles it.
             # Still marked scheduled (attach): no put schedules it a second time.
             scheduler.submit(self)
-
-    def _submit(self) -> None:
-        scheduler.submit(self)
 
     # --- the loop (a thread of its own) -------------------------------------------
 
@@ -797,7 +845,7 @@ class Process(pykka.ThreadingActor):
             if self.exit_reason is None or isinstance(reason, Killed):
                 self.exit_reason = reason
             reason = self.exit_reason
-            links, self._links = self._links, set()
+            links, self._links = self._links, ()
         self.actor_stopped.set()
         if not self._started.is_set():  # ended before its start ran (killed meanwhile)
             if self._start_error is None:
@@ -869,7 +917,7 @@ class Process(pykka.ThreadingActor):
         with self._sys_lock:
             if self._terminated:
                 return
-            self._links.discard(from_urn)
+            self._drop_link(from_urn)
         self._deliver_exit(from_urn, reason)
 
     def _deliver_exit(self, from_urn: str, reason: ExitReason) -> None:
@@ -880,6 +928,33 @@ class Process(pykka.ThreadingActor):
 
     def _request_shutdown(self, reason: ExitReason) -> bool:
         return self.mailbox.put_signal(Envelope(_ShutdownRequest(reason)))
+
+    def _add_link(self, urn: str) -> None:
+        """Record a link (under ``_sys_lock``).
+
+        A tuple while there are few: most processes have one link (their supervisor),
+        and a tuple of strings is one object the cyclic GC stops tracking, where a set
+        is walked at every full collection (and is ~200 bytes). A set from
+        ``_LINKS_AS_TUPLE`` links on (a supervisor's children), so adding stays O(1).
+        """
+        links = self._links
+        if isinstance(links, tuple):
+            if urn in links:
+                return
+            if len(links) < _LINKS_AS_TUPLE:
+                self._links = (*links, urn)
+                return
+            links = self._links = set(links)
+        links.add(urn)
+
+    def _drop_link(self, urn: str) -> None:
+        """Forget a link, if any (under ``_sys_lock``)."""
+        links = self._links
+        if isinstance(links, tuple):
+            if urn in links:
+                self._links = tuple(u for u in links if u != urn)
+        else:
+            links.discard(urn)
 
     def _add_monitor(self, mon: MonitorRef) -> bool:
         with self._sys_lock:
@@ -1030,8 +1105,8 @@ def link(a: ProcessTarget, b: ProcessTarget) -> None:
         first, second = (pa, pb) if ua < ub else (pb, pa)
         with first._sys_lock, second._sys_lock:
             if not pa._terminated and not pb._terminated:
-                pa._links.add(ub)
-                pb._links.add(ua)
+                pa._add_link(ub)
+                pb._add_link(ua)
                 return
             a_alive, b_alive = not pa._terminated, not pb._terminated
     else:
@@ -1051,7 +1126,7 @@ def unlink(a: ProcessTarget, b: ProcessTarget) -> None:
     for process, other in ((lookup(a), ub), (lookup(b), ua)):
         if process is not None:
             with process._sys_lock:
-                process._links.discard(other)
+                process._drop_link(other)
 
 
 def monitor(target: ProcessTarget, watcher: Watcher = _CURRENT) -> MonitorRef:

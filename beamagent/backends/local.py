@@ -63,7 +63,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import attrs
 
@@ -167,6 +167,10 @@ _QUERY_TAIL = b',"params":{}}\n'
 _TOOL_CALLS = itertools.count(1)
 
 
+_TOOL_LOCK = threading.Lock()
+_NO_HISTORY: list[Message] = cast("list[Message]", ())  # see LocalAgent.history
+
+
 def _unattached(_value: object) -> None:
     """Output of an agent no transport has attached yet: dropped."""
 
@@ -203,13 +207,17 @@ class LocalAgent(InProcessPeer):
         self._models = tuple(models)
         self._commands = tuple(commands)
         self._agents = tuple(agents)
-        self._emit: Callable[[bytes], None] = _unattached
-        self._exit: Callable[[int], None] = _unattached
-        self._deliver: Callable[[Sequence[Message]], None] | None = None
+        # Where its output goes: the LocalTransport it is attached to (attach_port), else the
+        # callables given to attach / attach_messages. A port, not three bound methods: those
+        # were three more objects per idle session for the cyclic GC to walk.
+        self._port: LocalTransport | None = None
+        self._emit_to: Callable[[bytes], None] = _unattached
+        self._exit_to: Callable[[int], None] = _unattached
+        self._deliver_to: Callable[[Sequence[Message]], None] | None = None
         self._raw_bytes = False  # a reply sent raw bytes: JSON lines from then on
         self._init_info: tuple[Any, dict[str, Any], bool] | None = None  # key, part, native
         self._turn = 0
-        self._seq = itertools.count(1)
+        self._seq = 0  # the last message number (an int: a counter is one more object for GC)
         # A streamed reply's interrupt, and its "the next query has started": made when a
         # reply is handed to a streaming thread, dropped at the next query. Without one
         # there is nothing to interrupt (two idle Events were ~2 KiB of every session).
@@ -219,10 +227,14 @@ class LocalAgent(InProcessPeer):
         self._closed = False
         self._tool_calls = _TOOL_CALLS
         self._tool_waits: dict[str, _ToolWait] = {}
-        self._tool_lock = threading.Lock()
+        # Shared by every agent: it guards a few quick dict operations, and a lock of its
+        # own was one more object per idle session for the cyclic GC.
+        self._tool_lock = _TOOL_LOCK
         # The conversation, kept only for a reply callable that asks for it (``history``).
         self._wants_history = reply is not None and _takes_history(reply)
-        self.history: list[Message] = []
+        # Not a list when nobody wants it (a tuple: nothing appends to it then, and an
+        # empty list per session is one more object for the cyclic GC).
+        self.history: list[Message] = [] if self._wants_history else _NO_HISTORY
 
     def replay(self, history: Sequence[Message]) -> None:
         """The conversation before this agent: the session's replayed stored history."""
@@ -232,7 +244,7 @@ class LocalAgent(InProcessPeer):
             ]
 
     def attach(self, emit: Callable[[bytes], None], exit: Callable[[int], None]) -> None:
-        self._emit, self._exit = emit, exit
+        self._emit_to, self._exit_to = emit, exit
 
     def attach_messages(self, deliver: Callable[[Sequence[Message]], None]) -> None:
         """Answer queries with canonical messages through ``deliver`` (no JSON lines).
@@ -240,7 +252,37 @@ class LocalAgent(InProcessPeer):
         Raw ``bytes`` from a reply still go through ``emit``, and from then on
         everything does (see the module docstring).
         """
-        self._deliver = deliver
+        self._deliver_to = deliver
+
+    def attach_port(self, port: LocalTransport) -> None:
+        """Send everything through ``port``: its ``_emit``, ``_exit`` and ``_deliver``."""
+        self._port = port
+
+    def _emit(self, data: bytes) -> None:
+        port = self._port
+        if port is not None:
+            port._emit(data)
+        else:
+            self._emit_to(data)
+
+    def _exit(self, status: int) -> None:
+        port = self._port
+        if port is not None:
+            port._exit(status)
+        else:
+            self._exit_to(status)
+
+    def _deliver(self, messages: Sequence[Message]) -> None:
+        port = self._port
+        if port is not None:
+            port._deliver(messages)
+        else:
+            assert self._deliver_to is not None  # _lines() said messages go there
+            self._deliver_to(messages)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
 
     # --- protocol ------------------------------------------------------------------
 
@@ -482,7 +524,6 @@ class LocalAgent(InProcessPeer):
         for part in parts:
             if type(part) is bytes:
                 if messages:
-                    assert self._deliver is not None
                     self._deliver(messages)
                     messages = []
                 data += part
@@ -492,14 +533,13 @@ class LocalAgent(InProcessPeer):
                     data = bytearray()
                 messages.append(part)  # type: ignore[arg-type]
         if messages:
-            assert self._deliver is not None
             self._deliver(messages)
         if data:
             self._emit(bytes(data))
 
     def _lines(self) -> bool:
         """Whether the agent writes JSON lines (no message channel, or raw bytes were sent)."""
-        return self._deliver is None or self._raw_bytes
+        return (self._port is None and self._deliver_to is None) or self._raw_bytes
 
     def _init_part(self) -> Message | bytes:
         if self._lines():
@@ -577,7 +617,7 @@ class LocalAgent(InProcessPeer):
             "session_id": self.native_session_id,
             "uuid": self._uuid(),
             "message": {
-                "id": f"msg_{self.native_session_id[-8:]}_{next(self._seq)}",
+                "id": f"msg_{self.native_session_id[-8:]}_{self._next_seq()}",
                 "role": "assistant",
                 "model": self.model,
                 "content": [{"type": "text", "text": text}],
@@ -662,7 +702,7 @@ class LocalAgent(InProcessPeer):
                 "content_blocks": (_build_block(ContentBlockType.TEXT, {"text": content}),),
                 "uuid": self._uuid(),
                 "session_id": session_id,
-                "message_id": _text(f"msg_{self.native_session_id[-8:]}_{next(self._seq)}"),
+                "message_id": _text(f"msg_{self.native_session_id[-8:]}_{self._next_seq()}"),
                 "model": _text_or_none(self.model),
                 "usage": {"input_tokens": 0, "output_tokens": len(text.split())},
                 "stop_reason": "end_turn",
@@ -752,8 +792,11 @@ class LocalTransport(InProcessTransport):
         self._agent = agent
 
     def start(self, sink: TransportSink) -> None:
-        self._agent.attach_messages(self._deliver)
-        super().start(sink)
+        # The agent sends through this transport's methods itself (attach_port), rather
+        # than holding three bound methods of it (InProcessTransport.start's attach).
+        self._sink = sink
+        self._agent.attach_port(self)
+        sink(Connected({"transport": "in_process"}))
 
     def _deliver(self, messages: Sequence[Message]) -> None:
         sink = self._sink
@@ -859,8 +902,7 @@ class LocalHandler(BackendHandler):
             # The messages codec needs no bytes for the handshake either: the agent's
             # answer to ``initialize``, taken as the JSONL codec would decode it (a JSON
             # round trip each way cost about a tenth of a session's start).
-            answer = agent._initialized(self._init_request)["response"]["response"]
-            return HandlerOutput(state=SessionState.READY, info=_init_info(answer))
+            return HandlerOutput(state=SessionState.READY, info=_agent_init_info(agent, self))
         return HandlerOutput(
             writes=[encode_line({"type": "initialize", "request_id": self._init_request})],
             state=SessionState.INITIALIZING,
@@ -1003,6 +1045,31 @@ class LocalHandler(BackendHandler):
 
 
 _last_init: list[tuple[list[Any], list[Any], list[Any], dict[str, Any]]] = []
+# The last in-process handshake's names (the agent's own tuples) and the info it gave: a
+# session whose agent holds the very same tuples (the shared defaults) gets that info
+# without its answer being built, decoded and compared again.
+_last_agent_init: list[
+    tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...], dict[str, Any]]
+] = []
+
+
+def _agent_init_info(agent: LocalAgent, handler: LocalHandler) -> dict[str, Any]:
+    """``_init_info`` of the agent's answer to ``initialize``, as the JSONL codec decodes it."""
+    models, commands, agents = agent._models, agent._commands, agent._agents
+    last = _last_agent_init[0] if _last_agent_init else None
+    if last is not None and last[0] is models and last[1] is commands and last[2] is agents:
+        info = last[3]
+        return {
+            **info,
+            "account_info": dict(info["account_info"]),
+            "native_session_id": agent.native_session_id,
+        }
+    info = _init_info(agent._initialized(handler._init_request)["response"]["response"])
+    if isinstance(info.get("account_info"), dict):
+        # A copy is kept: the session owns what it is given.
+        kept = {**info, "account_info": dict(info["account_info"])}
+        _last_agent_init[:] = [(models, commands, agents, kept)]
+    return info
 
 
 def _init_info(response: Any) -> dict[str, Any]:

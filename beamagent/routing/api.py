@@ -550,8 +550,11 @@ class RoutingApi:
         spec = self.backend_spec(backend)
         merged = self._check_options(spec, opts)
         # 128 random bits, as uuid4().hex gave (less its fixed version bits), faster.
-        session_id = merged.pop("session_id", None) or f"session_{os.urandom(16).hex()}"
-        self._check_session_id(session_id)
+        session_id = merged.pop("session_id", None)
+        if session_id:
+            self._check_session_id(session_id)
+        else:  # valid by construction: no pattern to match
+            session_id = f"session_{os.urandom(16).hex()}"
         cassette = merged.pop("cassette", None)
         if cassette is not None and not isinstance(cassette, Cassette):
             raise InvalidOption(f"option 'cassette' must be a Cassette; got {cassette!r}")

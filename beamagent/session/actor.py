@@ -50,6 +50,7 @@ import contextlib
 import copy
 import functools
 import itertools
+import logging
 import math
 import re
 import threading
@@ -113,6 +114,7 @@ from supervisors import (
     current_process,
     send_after,
 )
+from supervisors._log import BoundLogger
 
 __all__ = [
     "CallFuture",
@@ -321,9 +323,25 @@ class SessionConfig:
     """A handler the caller built from :func:`first_handler_options` (to check the backend's
     options before anything starts): the first start uses it instead of building another,
     and clears it. Never opened before that."""
+    on_ready: Callable[[str, str, str], None] | None = attrs.field(
+        default=None, eq=False, repr=False
+    )
+    """Told ``(session_id, backend, actor_urn)`` on the session's own thread when it first
+    answers ``first_ready``, just before answering it (the runtime indexes the session
+    with it: a tell from a worker costs no thread wake-up). Must not block or raise. The
+    first start then answers ``first_ready`` with True instead of None."""
     first_ready: pykka.Future[Any] | None = attrs.field(default=None, eq=False, repr=False)
     """The ``ready`` future of the first start (see ``SessionActor``), when not passed to it:
     the first incarnation takes it and clears it, so no restart spec keeps it for ever."""
+
+    def __call__(self, *_extra_arguments: Any) -> pykka.ActorRef[Any]:
+        """Start a session actor on this configuration (a ``ChildSpec``'s ``start``).
+
+        The configuration is its own start: one object less per live session for the
+        cyclic GC than a ``(SessionActor, (config,), {})`` tuple. ``extra_arguments`` of
+        a dynamic supervisor are ignored.
+        """
+        return SessionActor.start(self)
 
 
 def first_handler_options(config: SessionConfig) -> dict[str, Any]:
@@ -501,11 +519,11 @@ class SessionActor(Process):
         "_idle_token",
         "_info",
         "_last_activity",
-        "_log",
+        "_logger",
         "_pending_user",
         "_postponed",
         "_query",
-        "_query_ids",
+        "_query_seq",
         "_ready_waiters",
         "_replay_delay",
         "_replay_error",
@@ -550,7 +568,7 @@ class SessionActor(Process):
         self.process_state = self.state.value
         self.handler: BackendHandler | None = None
         self.transport: Transport | None = None
-        self._log = log.bind(session_id=config.session_id, backend=config.backend)
+        self._logger: BoundLogger | None = None  # bound on first use: see _log
         self._buffer = bytearray()
         self._generation = 0
         self._tokens = _TOKENS
@@ -559,7 +577,7 @@ class SessionActor(Process):
         # (kind, monotonic deadline) of a connect/init/linger timeout asked for during a
         # batch: armed when the batch ends, if still wanted (see _arm).
         self._timer_due: tuple[str, float] | None = None
-        self._query_ids = itertools.count(1)
+        self._query_seq = 0  # the last query's id (an int: a counter object is one more for GC)
         self._query: _Query | None = None
         self._draining = False
         self._drain_token = 0
@@ -608,6 +626,19 @@ class SessionActor(Process):
         self._sync_events: deque[_TransportEvent] | None = None
         self._arm_after_batch: _Query | None = None
         self._tool_timings: ToolTimings | None = None  # from the first tool server report on
+
+    @property
+    def _log(self) -> BoundLogger:
+        """This session's logger (``session_id`` and ``backend`` bound), made on first use.
+
+        Most idle sessions never log anything their level lets through: a bound logger
+        made at start would be one more object per session for the cyclic GC to walk.
+        """
+        logger = self._logger
+        if logger is None:
+            config = self.config
+            logger = self._logger = log.bind(session_id=config.session_id, backend=config.backend)
+        return logger
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -687,7 +718,8 @@ class SessionActor(Process):
             if config.recorder is not None:
                 self._unstored_meta = self._meta()
                 self._flush_store()
-            self._log.info("session_started", model=self.handler.model)
+            if log.isEnabledFor(logging.INFO):
+                self._log.info("session_started", model=self.handler.model)
         except BaseException:
             self._sync_events = None
             self._timer_due = None
@@ -784,7 +816,8 @@ class SessionActor(Process):
         old, self.state = self.state, state
         # _value_, not .value: Enum.value is a Python-level property, twice per query.
         self.process_state = state._value_
-        self._log.debug("session_state_changed", old=old._value_, new=state._value_)
+        if log.isEnabledFor(logging.DEBUG):
+            self._log.debug("session_state_changed", old=old._value_, new=state._value_)
         if self.config.on_state is not None:
             self.config.on_state(self.session_id, state.value)
 
@@ -1203,7 +1236,10 @@ class SessionActor(Process):
         for future in waiters:
             if future is self._start_ready:
                 self._start_ready = None  # answered: not kept for the session's lifetime
-                self.reply(future, None)  # the runtime only waits on it: no info
+                on_ready = self.config.on_ready
+                if on_ready is not None:  # told before the starter sees the session ready
+                    on_ready(self.session_id, self.config.backend, self.actor_urn)
+                self.reply(future, on_ready is not None)  # the runtime only waits: no info
                 continue
             if info is None:
                 info = self._session_info()
@@ -1734,7 +1770,8 @@ class SessionActor(Process):
         assert handler is not None
         merged = {**self.config.query_defaults, **(params or {})}
         output = handler.encode_query(prompt, merged)
-        query = _Query(next(self._query_ids))
+        self._query_seq += 1
+        query = _Query(self._query_seq)
         self._query = query
         self._set_state(SessionState.ACTIVE_QUERY)
         # The prompt was checked above and the session id is a str (SessionConfig):

@@ -47,8 +47,14 @@ class ThreadStatus(enum.StrEnum):
 
 def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     # A read-only top level: a record is a snapshot, editing it must not look like it
-    # changed the store. Nested values are fresh copies decoded from JSON.
-    return MappingProxyType(dict(value or {}))
+    # changed the store. Nested values are fresh copies decoded from JSON. Empty: one
+    # shared proxy (most records have no extra, and each proxy is an object for the GC).
+    if not value:
+        return _EMPTY_MAPPING
+    return MappingProxyType(dict(value))
+
+
+_EMPTY_MAPPING: Mapping[str, Any] = MappingProxyType({})
 
 
 def _plain(value: Any) -> Any:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -175,15 +175,21 @@ def _stored(prepared: PreparedMessage) -> _Message:
     )
 
 
+_NO_MESSAGES: list[_Message] = cast("list[_Message]", ())  # see _Session.messages
+
+
 @attrs.define
 class _Session:
     # The record as of the last change other than an append; ``record`` folds in the
     # appends since then. A session appends far more often than anyone reads its record,
     # so appends do not rebuild the (frozen) record each time.
     stored: SessionRecord = attrs.field(alias="record")
-    messages: list[_Message] = attrs.field(factory=list)
-    # Seqs hidden by thread rollbacks (a message belongs to at most one thread).
-    rolled_back: set[int] = attrs.field(factory=set)
+    # The shared empty tuple until the first append (an empty list per idle session was
+    # one more object for the cyclic GC to walk); only ``_append`` adds to it.
+    messages: list[_Message] = _NO_MESSAGES
+    # Seqs hidden by thread rollbacks (a message belongs to at most one thread). Frozen:
+    # the shared empty one until a rollback, not a set per session for the GC to walk.
+    rolled_back: frozenset[int] = frozenset()
     # Counts are filled in when a thread is read; the stored ones stay 0.
     threads: dict[str, ThreadRecord] = attrs.field(factory=dict)
     # ``(updated_at, model)`` after appends not yet in ``stored``; the message count is
@@ -321,7 +327,10 @@ class MemoryStore:
         # One C call adds the whole batch, so a kill (an exception raised in this thread
         # between two bytecodes) never leaves half of it, and the count is len(messages).
         session.appended = (now, model)
-        session.messages.extend(new)
+        if session.messages is _NO_MESSAGES:
+            session.messages = list(new)  # the first batch: a list of its own from now on
+        else:
+            session.messages.extend(new)
         for thread_id in touched & session.threads.keys():
             session.threads[thread_id] = attrs.evolve(session.threads[thread_id], updated_at=now)
         return list(range(first, first + len(new)))
@@ -804,7 +813,7 @@ class MemoryStore:
             keep = rollback_visible_count(parsed, [(m.uuid, m.message_id) for m in visible])
             if keep < len(visible):
                 cut = visible[keep - 1].seq if keep else 0
-                session.rolled_back.update(
+                session.rolled_back = session.rolled_back.union(
                     m.seq for m in session.messages if m.thread_id == thread_id and m.seq > cut
                 )
             now = self._clock.now()

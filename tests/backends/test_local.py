@@ -96,6 +96,24 @@ def test_both_codecs_report_the_same_handshake() -> None:
     assert infos[0]["native_session_id"] == infos[1]["native_session_id"] == "local-fixed-native"
 
 
+def test_sessions_on_the_default_names_share_the_handshake_facts_not_their_own() -> None:
+    # The second and later sessions with the agent's default names reuse the first's
+    # handshake facts (not rebuilt per start): the same facts as the JSONL codec's, each
+    # session its own native id and its own copy of what it may change.
+    facts = ("supported_models", "supported_commands", "supported_agents", "account_info")
+    with Runtime(store=":memory:") as rt:
+        sessions = [rt.start_session(backend="local") for _ in range(3)]
+        sessions.append(rt.start_session(backend="local", codec="jsonl"))
+        infos = [session.session_info() for session in sessions]
+        infos[0]["account_info"]["email"] = "changed@example.com"  # a copy: nothing shared
+        again = sessions[1].session_info()
+    for info in infos[1:]:
+        assert {k: info[k] for k in facts} == {k: infos[-1][k] for k in facts}
+    assert again["account_info"] == {"provider": "local", "email": None}
+    assert len({info["native_session_id"] for info in infos}) == 4
+    assert infos[1]["supported_models"][0] == {"value": "local-echo", "displayName": "local-echo"}
+
+
 def test_the_codec_chooses_the_transport() -> None:
     assert isinstance(LocalHandler({}).open_transport(), LocalTransport)
     assert isinstance(LocalHandler({"codec": "messages"}).open_transport(), LocalTransport)

@@ -310,6 +310,8 @@ def test_a_session_killed_while_it_starts_is_waited_for_by_start_session() -> No
         (session,) = started
         assert session.health() == "ready"
         assert session.session_info()["incarnation"] == 2
+        # Ready in a restarted incarnation, which indexes nothing itself: start_session did.
+        assert "starting" in rt.live_sessions()
         assert session.query("after the kill")[-1].content == "after the kill"
 
 

@@ -55,6 +55,43 @@ def test_trap_exit_turns_signals_into_messages() -> None:
     trapper.stop()
 
 
+def test_links_beyond_the_few_kept_in_a_tuple_still_deliver_every_exit_once() -> None:
+    # A process keeps its first links in a tuple and moves them to a set from the
+    # ninth on (a supervisor's children): linking twice, unlinking and ending work
+    # the same on both sides of that change.
+    log = EventLog()
+    trapper = TrapExits.start(log)
+    workers = [Worker.start(log, f"w{i}") for i in range(12)]
+    for worker in workers:
+        s.link(trapper, worker)
+        s.link(worker, trapper)  # again: still one link
+    s.unlink(trapper, workers[0])
+    s.unlink(trapper, workers[11])
+    for worker in workers:
+        worker.tell("crash")
+    log.wait_for(lambda ev: sum(1 for e in ev if e[0] == "exit") == 10)
+    for worker in workers:
+        s.monitor(worker, watcher=None).wait(5)
+    assert trapper.ask("ping", timeout=5) is None  # handled after every Exit
+    exits = [e for e in log.snapshot() if e[0] == "exit"]
+    assert len(exits) == 10
+    assert all(isinstance(e[1], s.Crashed) for e in exits)
+    trapper.stop()
+
+
+def test_a_process_with_one_link_keeps_it_in_a_tuple() -> None:
+    log = EventLog()
+    a, b = Worker.start(log, "a"), Worker.start(log, "b")
+    s.link(a, b)
+    process = s.lookup(a)
+    assert process is not None
+    assert process._links == (b.actor_urn,)
+    s.unlink(a, b)
+    assert process._links == ()
+    a.stop()
+    b.stop()
+
+
 def test_kill_propagates_as_killed_and_can_be_trapped() -> None:
     log = EventLog()
     trapper = TrapExits.start(log)

@@ -373,3 +373,19 @@ def test_a_signal_caught_by_another_thread_still_interrupts_a_wait_in_the_main_t
         signal.signal(signal.SIGUSR1, previous)
         sender.join(10)
         idle.stop()
+
+
+class Greeter(s.Process):
+    """A process with a method to call through a Pykka proxy."""
+
+    def greet(self, name: str) -> str:
+        return f"hello {name}"
+
+
+def test_a_process_ref_keeps_no_weakref_and_still_makes_proxies() -> None:
+    ref = Greeter.start()
+    assert "_actor_weakref" not in vars(ref)  # found in the live-process table instead
+    assert ref.proxy().greet("proxy").get(timeout=5) == "hello proxy"
+    ref.stop()
+    with pytest.raises(pykka.ActorDeadError):
+        ref.proxy()

@@ -417,6 +417,26 @@ def test_a_start_flag_set_twice_while_waiters_pass_through_never_fails() -> None
         assert flag.wait(0)
 
 
+def test_a_flag_makes_its_lock_only_for_a_waiter() -> None:
+    from supervisors._process import _Flag
+
+    never_waited = _Flag()
+    never_waited.set()
+    assert never_waited._lock is None
+    assert never_waited.wait(0)
+
+    flag = _Flag()
+    assert not flag.wait(0.01)  # nothing sets it: the wait times out
+    assert flag._lock is not None
+    passed: list[bool] = []
+    waiter = threading.Thread(target=lambda: passed.append(flag.wait(5)))
+    waiter.start()
+    flag.set()
+    waiter.join(5)
+    assert passed == [True]
+    assert flag.wait(0)
+
+
 class BlockedInside(s.Process):
     """Waits inside ``blocking()`` (an announced wait) until killed or released."""
 
