@@ -329,6 +329,14 @@ class BoundLogger:
             context.pop(key, None)
         return BoundLogger(self._logger, context)
 
+    def isEnabledFor(self, level: int) -> bool:
+        """Whether an event at ``level`` would be logged (check before building costly fields)."""
+        return self._logger.isEnabledFor(level)
+
+    def is_enabled_for(self, level: int) -> bool:
+        """Same as :meth:`isEnabledFor`."""
+        return self._logger.isEnabledFor(level)
+
     def _structlog(self) -> structlog.stdlib.BoundLogger:
         bound = self._bound
         if bound is None:  # a race makes two equal ones: harmless
