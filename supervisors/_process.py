@@ -616,7 +616,12 @@ class Process(pykka.ThreadingActor):
             if self._requested_exit is not None:
                 return self._requested_exit, None
             envelope = mailbox.get()
-            if envelope is None or self._terminated:
+            if envelope is None:
+                return None, None
+            if self._terminated:
+                # Killed between taking it and here: the kill answered what was still
+                # queued and the message being handled, not this one.
+                reject_envelope(envelope, str(self))
                 return None, None
             outcome = dispatch(envelope)
             if outcome is not None:

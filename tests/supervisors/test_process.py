@@ -13,6 +13,7 @@ import pykka
 import pytest
 
 import supervisors as s
+from supervisors._mailbox import Mailbox
 from tests.supervisors._kit import EventLog, Worker, start_spinning
 
 
@@ -202,6 +203,34 @@ def test_kill_interrupts_a_spinning_handler_and_answers_its_caller() -> None:
     other.stop()
     assert ("stop", "spinner") not in log.snapshot()  # kill runs no hook
     assert s.kill(ref) is False
+
+
+def test_kill_answers_a_message_taken_from_the_mailbox_but_not_yet_handled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A process on a thread of its own takes a message, then is killed before it starts
+    # handling it: the kill answers only what is queued, so the loop must answer that one.
+    class Dedicated(Rules):
+        dedicated_thread = True
+
+    real_get = Mailbox.get
+    taken, killed = threading.Event(), threading.Event()
+
+    def get(mailbox: Mailbox) -> Any:
+        envelope = real_get(mailbox)
+        if envelope is not None and envelope.message == "taken":
+            taken.set()
+            assert killed.wait(5)
+        return envelope
+
+    monkeypatch.setattr(Mailbox, "get", get)  # before the process blocks in the real one
+    ref = Dedicated.start()
+    future = ref.ask("taken", block=False)
+    assert taken.wait(5)
+    assert s.kill(ref) is True
+    killed.set()
+    with pytest.raises(pykka.ActorDeadError):
+        future.get(timeout=5)
 
 
 def test_shutdown_waits_for_graceful_stop_then_kills() -> None:
