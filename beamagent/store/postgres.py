@@ -38,6 +38,7 @@ from beamagent.errors import InvalidOption, StoreError
 from beamagent.log import get_logger
 from beamagent.store.base import MonotonicClock, PreparedMessage, lookup_key
 from beamagent.store.sql import DamagedRow, SqlStore, batch_model
+from supervisors import blocking
 
 if TYPE_CHECKING:
     import psycopg
@@ -539,25 +540,26 @@ class PostgresStore(SqlStore):
         pending = self._writing.copy()
         ended: dict[int, tuple[Any, int]] = {}
         pause = 0.001
-        while True:
-            for key, use in list(pending.items()):
-                status = use[0].pgconn.transaction_status
-                if status == self._gone:
-                    ended[key] = use
-                    del pending[key]
-                elif status != self._running or self._writing.get(key) is not use:
-                    del pending[key]  # its result came back, or that write is over
-            if not pending:
-                break
-            if time.monotonic() >= deadline:
-                raise self._still_running(pid for _, pid in pending.values())
-            time.sleep(pause)  # another thread's state, not the server's: nothing to block on
-            pause = min(pause * 2, 0.05)
-        if ended:
-            self._await_backends([pid for _, pid in ended.values()], deadline)
-            for key, use in ended.items():
-                if self._writing.get(key) is use:  # a closed connection is never used again
-                    del self._writing[key]
+        with blocking():  # on a scheduler worker, another one runs processes meanwhile
+            while True:
+                for key, use in list(pending.items()):
+                    status = use[0].pgconn.transaction_status
+                    if status == self._gone:
+                        ended[key] = use
+                        del pending[key]
+                    elif status != self._running or self._writing.get(key) is not use:
+                        del pending[key]  # its result came back, or that write is over
+                if not pending:
+                    break
+                if time.monotonic() >= deadline:
+                    raise self._still_running(pid for _, pid in pending.values())
+                time.sleep(pause)  # another thread's state, not the server's: nothing to wait on
+                pause = min(pause * 2, 0.05)
+            if ended:
+                self._await_backends([pid for _, pid in ended.values()], deadline)
+        for key, use in ended.items():
+            if self._writing.get(key) is use:  # a closed connection is never used again
+                self._writing.pop(key, None)
 
     def _still_running(self, pids: Iterable[int]) -> StoreError:
         listed = ", ".join(str(pid) for pid in sorted(set(pids)))
