@@ -701,6 +701,10 @@ class Process(pykka.ThreadingActor):
             self._leave_user_code()
             self._current = None
             if self._terminated:
+                # Killed: the killer answers the message being handled, but only if it
+                # reads ``_current`` before the line above cleared it. Answer it here too
+                # (whoever answers second is ignored).
+                reject_envelope(envelope, str(self), handling=True)
                 return None, None
             exc_info = cast(ExcInfo, sys.exc_info())
             if reply_to is not None:

@@ -233,6 +233,36 @@ def test_kill_answers_a_message_taken_from_the_mailbox_but_not_yet_handled(
         future.get(timeout=5)
 
 
+def test_kill_answers_an_interrupted_handler_that_unwinds_before_the_killer_looks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The interrupted handler's thread can unwind (and forget the message it was handling)
+    # before the killer, after closing the mailbox, looks at that message to answer it.
+    class Dedicated(Worker):
+        dedicated_thread = True
+
+    ref = Dedicated.start(EventLog(), "spinner")
+    process = s.lookup(ref)
+    assert process is not None
+    thread = process._thread
+    assert thread is not None
+    real_close = Mailbox.close
+
+    def close(mailbox: Mailbox) -> Any:
+        if mailbox is process.mailbox:
+            thread.join(5)  # the handler has unwound, and its thread has ended
+            assert not thread.is_alive()
+        return real_close(mailbox)
+
+    monkeypatch.setattr(Mailbox, "close", close)
+    entered = threading.Event()
+    future = ref.ask(("spin", entered), block=False)
+    assert entered.wait(5)
+    assert s.kill(ref) is True
+    with pytest.raises(pykka.ActorDeadError):
+        future.get(timeout=5)
+
+
 def test_shutdown_waits_for_graceful_stop_then_kills() -> None:
     log = EventLog()
     ref = Worker.start(log, "slow")
