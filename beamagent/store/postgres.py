@@ -330,10 +330,12 @@ class PostgresStore(SqlStore):
         self._closed = False
         self._close_lock = threading.Lock()
         self._pool_timeout = pool_timeout
-        # The connections a write is using, by id: the connection and its backend's pid. An
-        # entry outlives its write when the write ended with a statement still on the wire
-        # (killed mid-statement, or the connection broke): see _settle_abandoned.
+        # The connections writes are using, by id: the connection and its backend's pid;
+        # and the pids of the backends of connections a write left with a statement still
+        # on the wire (killed mid-statement, or the connection broke), until a retry has
+        # waited for them to end: see _settle_abandoned.
         self._writing: dict[int, tuple[psycopg.Connection[Any], int]] = {}
+        self._abandoned: set[int] = set()
         status = psycopg_mod.pq.TransactionStatus
         self._running = status.ACTIVE
         self._undecided = frozenset({status.ACTIVE, status.UNKNOWN})
@@ -500,20 +502,22 @@ class PostgresStore(SqlStore):
 
     @contextmanager
     def _writing_on(self, raw: psycopg.Connection[Any]) -> Iterator[None]:
-        """Mark ``raw`` as in use by a write, until the write ends with nothing on the wire.
+        """Mark ``raw`` as in use by a write, before any statement is sent, until it ends.
 
-        Registered before any statement is sent; left registered when the write ends with
-        a statement still running (``ACTIVE``: killed mid-statement, the pool then closes
-        the connection) or the connection broken (``UNKNOWN``): the server may still run
+        A write that ends with a statement still running (``ACTIVE``: killed
+        mid-statement; the pool then closes the connection) or with the connection broken
+        (``UNKNOWN``) leaves its backend's pid in ``_abandoned``: the server may still run
         what was sent, and a retry must wait for it (:meth:`_settle_abandoned`).
         """
         key = id(raw)
-        self._writing[key] = (raw, raw.info.backend_pid)  # a new tuple: this use's own
+        use = (raw, raw.info.backend_pid)  # a new tuple: this use's own
+        self._writing[key] = use
         try:
             yield
         finally:
-            if raw.pgconn.transaction_status not in self._undecided:
-                self._writing.pop(key, None)
+            if raw.pgconn.transaction_status in self._undecided:
+                self._abandoned.add(use[1])  # before the pop: a settle sees one or the other
+            self._writing.pop(key, None)
 
     def _settle_abandoned(self) -> None:
         """Wait until no statement a write sent before this call can still commit.
@@ -523,29 +527,30 @@ class PostgresStore(SqlStore):
         ``ACTIVE``; the pool closes it, but the server runs what it received to its end,
         and an autocommit append (or a ``COMMIT``) commits, maybe much later if it waits
         for a row lock. A retry that read the session before that would store the batch
-        again. So, for every connection a write was using when this is called: first wait
-        until it is no longer ``ACTIVE`` (its thread got the result, or the pool closed it);
-        then, for each closed one, until its backend has ended -- the server has run
-        everything it received -- by taking the advisory lock that backend held on its own
-        pid for its whole life (:meth:`_configure`). Live writers' statements are waited
-        for too: they are short, and a retry is rare.
+        again. So: first wait until every connection a write was using when this is called
+        is no longer ``ACTIVE`` in that write (its thread got the result, or the write
+        ended); then, for each one a write left mid-statement or broken, until its
+        backend has ended -- the server has run everything it received -- by taking the
+        advisory lock that backend held on its own pid for its whole life
+        (:meth:`_configure`). Live writers' statements are waited for too: they are short,
+        and a retry is rare.
 
         Raises:
             StoreError: one is still running after ``pool_timeout`` seconds (whether it
                 commits is not known yet: retry later), or the server cannot be reached.
         """
-        if not self._writing:
+        if not self._writing and not self._abandoned:
             return
         deadline = time.monotonic() + self._pool_timeout
         pending = self._writing.copy()
-        ended: dict[int, tuple[Any, int]] = {}
+        broken: set[int] = set()
         pause = 0.001
         with blocking():  # on a scheduler worker, another one runs processes meanwhile
             while True:
                 for key, use in list(pending.items()):
                     status = use[0].pgconn.transaction_status
                     if status == self._gone:
-                        ended[key] = use
+                        broken.add(use[1])  # its writer has yet to notice
                         del pending[key]
                     elif status != self._running or self._writing.get(key) is not use:
                         del pending[key]  # its result came back, or that write is over
@@ -555,11 +560,10 @@ class PostgresStore(SqlStore):
                     raise self._still_running(pid for _, pid in pending.values())
                 time.sleep(pause)  # another thread's state, not the server's: nothing to wait on
                 pause = min(pause * 2, 0.05)
+            ended = broken | self._abandoned  # after: writes that ended meanwhile are in
             if ended:
-                self._await_backends([pid for _, pid in ended.values()], deadline)
-        for key, use in ended.items():
-            if self._writing.get(key) is use:  # a closed connection is never used again
-                self._writing.pop(key, None)
+                self._await_backends(ended, deadline)
+        self._abandoned.difference_update(ended)
 
     def _still_running(self, pids: Iterable[int]) -> StoreError:
         listed = ", ".join(str(pid) for pid in sorted(set(pids)))

@@ -315,6 +315,7 @@ def test_a_retry_waits_for_a_write_killed_after_its_statement_was_sent(
     with pytest.raises(Killed):
         store.record_messages("s1", batch)
     assert sent.is_set()
+    assert len(store._abandoned) == 1  # the pid of the backend the pool cut off
     monkeypatch.undo()
     retried, retry = retry_in_thread(store, batch)
     with pytest.raises(TimeoutError):
@@ -324,7 +325,8 @@ def test_a_retry_waits_for_a_write_killed_after_its_statement_was_sent(
     retry.join(10)
     assert [m["uuid"] for m in store.get_session_messages("s1")] == ["u0", "xa", "xb"]
     assert store.get_session("s1").message_count == 3
-    assert store._writing == {}  # the abandoned connection is forgotten once decided
+    assert store._writing == {}
+    assert store._abandoned == set()  # the abandoned backend is forgotten once it ended
 
 
 def test_a_retry_waits_for_a_statement_still_running_on_a_dead_writers_thread(
@@ -366,7 +368,7 @@ def test_recover_writer_waits_for_a_write_killed_after_its_statement_was_sent(
     held_appends.rollback()
     recovered.result(timeout=30)
     recovery.join(10)
-    assert store._writing == {}
+    assert store._abandoned == set()
     assert store.record_messages("s1", batch, skip_recorded=True) == [2, 3]
     assert store.get_session("s1").message_count == 3
 
