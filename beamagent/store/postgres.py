@@ -161,10 +161,6 @@ _OUR_TABLES = frozenset(
 )
 #: The advisory lock key migrations hold ("beam" in ASCII).
 _MIGRATION_LOCK = 0x6265616D
-#: The first key of the session-level advisory lock each pooled connection holds on its
-#: own backend pid for its whole life ("bcon"), released only when the backend ends: taking
-#: it is how a retry waits for the backend of a connection abandoned mid-statement.
-_BACKEND_LOCK = 0x62636F6E
 
 
 def is_postgres_url(spec: object) -> bool:
@@ -245,6 +241,10 @@ WITH s AS (
 )
 SELECT base FROM s
 """
+
+
+#: How many of the backends (pids) given are still running.
+_BACKENDS_ALIVE = b"SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s::int[])"
 
 
 class _Connection:
@@ -340,7 +340,6 @@ class PostgresStore(SqlStore):
         self._running = status.ACTIVE
         self._undecided = frozenset({status.ACTIVE, status.UNKNOWN})
         self._gone = status.UNKNOWN
-        self._lock_timed_out: type[BaseException] = psycopg_mod.errors.LockNotAvailable
         seconds = max(2, math.ceil(connect_timeout))  # libpq takes whole seconds, at least 2
         kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": seconds}
         try:
@@ -365,7 +364,6 @@ class PostgresStore(SqlStore):
             max_size=max_size,
             kwargs=kwargs,
             timeout=pool_timeout,
-            configure=self._configure,
             open=False,
             name="beamagent-store",
         )
@@ -495,11 +493,6 @@ class PostgresStore(SqlStore):
         except self._pool_errors as exc:
             raise self._failed("write", exc) from exc
 
-    @staticmethod
-    def _configure(raw: psycopg.Connection[Any]) -> None:
-        """Set up a new pooled connection: it locks its own backend pid until it ends."""
-        raw.execute("SELECT pg_advisory_lock(%s, pg_backend_pid())", (_BACKEND_LOCK,))
-
     @contextmanager
     def _writing_on(self, raw: psycopg.Connection[Any]) -> Iterator[None]:
         """Mark ``raw`` as in use by a write, before any statement is sent, until it ends.
@@ -530,10 +523,9 @@ class PostgresStore(SqlStore):
         again. So: first wait until every connection a write was using when this is called
         is no longer ``ACTIVE`` in that write (its thread got the result, or the write
         ended); then, for each one a write left mid-statement or broken, until its
-        backend has ended -- the server has run everything it received -- by taking the
-        advisory lock that backend held on its own pid for its whole life
-        (:meth:`_configure`). Live writers' statements are waited for too: they are short,
-        and a retry is rare.
+        backend has ended -- the server has run everything it received, then read the end
+        of the connection -- and left ``pg_stat_activity``. Live writers' statements are
+        waited for too: they are short, and a retry is rare.
 
         Raises:
             StoreError: one is still running after ``pool_timeout`` seconds (whether it
@@ -580,18 +572,19 @@ class PostgresStore(SqlStore):
             StoreError: one is still running at the deadline, or the server cannot be
                 reached.
         """
+        waited = sorted(set(pids))
+        pause = 0.002
         try:
             left = max(deadline - time.monotonic(), 0.001)
-            with self._pool.connection(timeout=left) as raw, raw.transaction():
-                for pid in sorted(set(pids)):
-                    left = max(deadline - time.monotonic(), 0.001)
-                    raw.execute(
-                        "SELECT set_config('lock_timeout', %s, true)",
-                        (f"{math.ceil(left * 1000)}ms",),
-                    )
-                    raw.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_BACKEND_LOCK, pid))
-        except self._lock_timed_out:
-            raise self._still_running(pids) from None
+            with self._pool.connection(timeout=left) as raw:
+                # Each poll is a statement of its own (autocommit), so a fresh snapshot of
+                # pg_stat_activity. A backend that took an ended one's pid only makes the
+                # (bounded) wait longer.
+                while raw.execute(_BACKENDS_ALIVE, (waited,)).fetchone()[0]:
+                    if time.monotonic() >= deadline:
+                        raise self._still_running(waited)
+                    time.sleep(pause)  # the server offers nothing to block on until then
+                    pause = min(pause * 2, 0.05)
         except self._pool_errors as exc:
             raise self._failed("wait for a write abandoned mid-statement", exc) from exc
 
