@@ -694,7 +694,18 @@ class Process(pykka.ThreadingActor):
             return Normal(), None
         reply_to = envelope.reply_to
         self._current = envelope
-        self._in_user_code = True
+        # Under the lock a kill takes to decide whether to interrupt this thread: a kill
+        # that came before finds the thread out of user code and does not interrupt it,
+        # so the handler must not start at all (its caller was told the process died, and
+        # may do again what it asked, as a store write's caller retries it).
+        with self._sys_lock:
+            killed = self._terminated
+            if not killed:
+                self._in_user_code = True
+        if killed:
+            self._current = None
+            reject_envelope(envelope, str(self))
+            return None, None
         try:
             response = self._handle_receive(message)
         except BaseException as exc:

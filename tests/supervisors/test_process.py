@@ -263,6 +263,46 @@ def test_kill_answers_an_interrupted_handler_that_unwinds_before_the_killer_look
         future.get(timeout=5)
 
 
+def test_a_message_taken_just_before_a_kill_is_never_handled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The kill finds the thread between messages (out of user code: nothing to interrupt)
+    # after it took one; that handler must not run after its caller was told it died.
+    ran: list[Any] = []
+
+    class Recording(s.Process):
+        dedicated_thread = True
+
+        def on_receive(self, message: Any) -> Any:
+            ran.append(message)
+            return message
+
+    real_handle = s.Process._handle_envelope
+    taken, killed = threading.Event(), threading.Event()
+
+    def handle(process: s.Process, envelope: Any) -> Any:
+        if envelope.message == "taken":
+            taken.set()
+            assert killed.wait(5)
+        return real_handle(process, envelope)
+
+    monkeypatch.setattr(s.Process, "_handle_envelope", handle)
+    ref = Recording.start()
+    process = s.lookup(ref)
+    assert process is not None
+    thread = process._thread
+    assert thread is not None
+    future = ref.ask("taken", block=False)
+    assert taken.wait(5)
+    assert s.kill(ref) is True
+    killed.set()
+    with pytest.raises(pykka.ActorDeadError):
+        future.get(timeout=5)
+    thread.join(5)  # whatever it was going to do is done
+    assert not thread.is_alive()
+    assert ran == []
+
+
 def test_shutdown_waits_for_graceful_stop_then_kills() -> None:
     log = EventLog()
     ref = Worker.start(log, "slow")
