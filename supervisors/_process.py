@@ -664,7 +664,12 @@ class Process(pykka.ThreadingActor):
             if self._requested_exit is not None:
                 return self._requested_exit, None
             envelope = mailbox.get()
-            if envelope is None or self._terminated:
+            if envelope is None:
+                return None, None
+            if self._terminated:
+                # Killed between taking it and here: the kill answered what was still
+                # queued and the message being handled, not this one.
+                reject_envelope(envelope, str(self))
                 return None, None
             outcome = dispatch(envelope)
             if outcome is not None:
@@ -737,13 +742,28 @@ class Process(pykka.ThreadingActor):
             return Normal(), None
         reply_to = envelope.reply_to
         self._current = envelope
-        self._in_user_code = True
+        # Under the lock a kill takes to decide whether to interrupt this thread: a kill
+        # that came before finds the thread out of user code and does not interrupt it,
+        # so the handler must not start at all (its caller was told the process died, and
+        # may do again what it asked, as a store write's caller retries it).
+        with self._sys_lock:
+            killed = self._terminated
+            if not killed:
+                self._in_user_code = True
+        if killed:
+            self._current = None
+            reject_envelope(envelope, str(self))
+            return None, None
         try:
             response = self._handle_receive(message)
         except BaseException as exc:
             self._leave_user_code()
             self._current = None
             if self._terminated:
+                # Killed: the killer answers the message being handled, but only if it
+                # reads ``_current`` before the line above cleared it. Answer it here too
+                # (whoever answers second is ignored).
+                reject_envelope(envelope, str(self), handling=True)
                 return None, None
             exc_info = cast(ExcInfo, sys.exc_info())
             if reply_to is not None:

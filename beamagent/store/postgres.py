@@ -13,6 +13,11 @@ Install the extra: ``pip install 'beamagent[postgres]'`` (psycopg 3 and psycopg-
   id first), so the seqs of its messages stay contiguous and in commit order, and
   ``skip_recorded`` sees what the previous writer committed. Writes to different
   sessions run in parallel.
+* A writer killed while its statement is on the wire leaves the server to finish it (an
+  autocommit append, or a ``COMMIT``, may still commit after the pool closed the
+  connection): a retry (``skip_recorded``) and ``recover_writer`` first wait until every
+  such abandoned statement is decided -- its backend has ended -- so a retry never writes a
+  batch the abandoned statement then writes again.
 * The schema is versioned in the table ``beamagent_schema`` and migrated with
   :data:`MIGRATIONS` under an advisory lock (one process migrates, the others wait).
 * Every database error is a :class:`~beamagent.errors.StoreError` naming the server
@@ -25,7 +30,7 @@ import functools
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +38,7 @@ from beamagent.errors import InvalidOption, StoreError
 from beamagent.log import get_logger
 from beamagent.store.base import MonotonicClock, PreparedMessage, lookup_key
 from beamagent.store.sql import DamagedRow, SqlStore, batch_model
+from supervisors import blocking
 
 if TYPE_CHECKING:
     import psycopg
@@ -237,6 +243,10 @@ SELECT base FROM s
 """
 
 
+#: How many of the backends (pids) given are still running.
+_BACKENDS_ALIVE = b"SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s::int[])"
+
+
 class _Connection:
     """A psycopg connection speaking the shared SQL (``?`` placeholders, ``executemany``)."""
 
@@ -259,8 +269,8 @@ class PostgresStore(SqlStore):
     ``dsn`` is a libpq connection string or URL
     (``postgresql://user:password@host:5432/beamagent``; a Unix socket directory as
     ``host``). ``min_size``/``max_size`` size the connection pool; ``connect_timeout``
-    bounds each connection attempt, ``pool_timeout`` a wait for a free pooled connection
-    (seconds).
+    bounds each connection attempt, ``pool_timeout`` a wait for a free pooled connection,
+    and a retry's wait for a write abandoned mid-statement to end (seconds).
 
     Raises:
         InvalidOption: psycopg is not installed, or ``dsn`` is not a connection string.
@@ -320,6 +330,16 @@ class PostgresStore(SqlStore):
         self._closed = False
         self._close_lock = threading.Lock()
         self._pool_timeout = pool_timeout
+        # The connections writes are using, by id: the connection and its backend's pid;
+        # and the pids of the backends of connections a write left with a statement still
+        # on the wire (killed mid-statement, or the connection broke), until a retry has
+        # waited for them to end: see _settle_abandoned.
+        self._writing: dict[int, tuple[psycopg.Connection[Any], int]] = {}
+        self._abandoned: set[int] = set()
+        status = psycopg_mod.pq.TransactionStatus
+        self._running = status.ACTIVE
+        self._undecided = frozenset({status.ACTIVE, status.UNKNOWN})
+        self._gone = status.UNKNOWN
         seconds = max(2, math.ceil(connect_timeout))  # libpq takes whole seconds, at least 2
         kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": seconds}
         try:
@@ -461,7 +481,7 @@ class PostgresStore(SqlStore):
         """
         self._check_open()
         try:
-            with self._pool.connection() as raw:
+            with self._pool.connection() as raw, self._writing_on(raw):
                 raw.execute(b"BEGIN")
                 try:
                     yield _Connection(raw)
@@ -472,6 +492,101 @@ class PostgresStore(SqlStore):
                 raw.execute(b"COMMIT")
         except self._pool_errors as exc:
             raise self._failed("write", exc) from exc
+
+    @contextmanager
+    def _writing_on(self, raw: psycopg.Connection[Any]) -> Iterator[None]:
+        """Mark ``raw`` as in use by a write, before any statement is sent, until it ends.
+
+        A write that ends with a statement still running (``ACTIVE``: killed
+        mid-statement; the pool then closes the connection) or with the connection broken
+        (``UNKNOWN``) leaves its backend's pid in ``_abandoned``: the server may still run
+        what was sent, and a retry must wait for it (:meth:`_settle_abandoned`).
+        """
+        key = id(raw)
+        use = (raw, raw.info.backend_pid)  # a new tuple: this use's own
+        self._writing[key] = use
+        try:
+            yield
+        finally:
+            if raw.pgconn.transaction_status in self._undecided:
+                self._abandoned.add(use[1])  # before the pop: a settle sees one or the other
+            self._writing.pop(key, None)
+
+    def _settle_abandoned(self) -> None:
+        """Wait until no statement a write sent before this call can still commit.
+
+        A thread killed while its statement is on the wire (``supervisors.kill`` lands
+        between psycopg's send and its read of the result) returns the connection
+        ``ACTIVE``; the pool closes it, but the server runs what it received to its end,
+        and an autocommit append (or a ``COMMIT``) commits, maybe much later if it waits
+        for a row lock. A retry that read the session before that would store the batch
+        again. So: first wait until every connection a write was using when this is called
+        is no longer ``ACTIVE`` in that write (its thread got the result, or the write
+        ended); then, for each one a write left mid-statement or broken, until its
+        backend has ended -- the server has run everything it received, then read the end
+        of the connection -- and left ``pg_stat_activity``. Live writers' statements are
+        waited for too: they are short, and a retry is rare.
+
+        Raises:
+            StoreError: one is still running after ``pool_timeout`` seconds (whether it
+                commits is not known yet: retry later), or the server cannot be reached.
+        """
+        if not self._writing and not self._abandoned:
+            return
+        deadline = time.monotonic() + self._pool_timeout
+        pending = self._writing.copy()
+        broken: set[int] = set()
+        pause = 0.001
+        with blocking():  # on a scheduler worker, another one runs processes meanwhile
+            while True:
+                for key, use in list(pending.items()):
+                    status = use[0].pgconn.transaction_status
+                    if status == self._gone:
+                        broken.add(use[1])  # its writer has yet to notice
+                        del pending[key]
+                    elif status != self._running or self._writing.get(key) is not use:
+                        del pending[key]  # its result came back, or that write is over
+                if not pending:
+                    break
+                if time.monotonic() >= deadline:
+                    raise self._still_running(pid for _, pid in pending.values())
+                time.sleep(pause)  # another thread's state, not the server's: nothing to wait on
+                pause = min(pause * 2, 0.05)
+            ended = broken | self._abandoned  # after: writes that ended meanwhile are in
+            if ended:
+                self._await_backends(ended, deadline)
+        self._abandoned.difference_update(ended)
+
+    def _still_running(self, pids: Iterable[int]) -> StoreError:
+        listed = ", ".join(str(pid) for pid in sorted(set(pids)))
+        return StoreError(
+            f"the PostgreSQL session store ({self._where}): a write abandoned mid-statement "
+            f"(server backend {listed}) is still running after {self._pool_timeout:g} s, so "
+            "whether it commits is not known yet: retry later"
+        )
+
+    def _await_backends(self, pids: Collection[int], deadline: float) -> None:
+        """Wait until the backends ``pids`` of closed connections have ended (by ``deadline``).
+
+        Raises:
+            StoreError: one is still running at the deadline, or the server cannot be
+                reached.
+        """
+        waited = sorted(set(pids))
+        pause = 0.002
+        try:
+            left = max(deadline - time.monotonic(), 0.001)
+            with self._pool.connection(timeout=left) as raw:
+                # Each poll is a statement of its own (autocommit), so a fresh snapshot of
+                # pg_stat_activity. A backend that took an ended one's pid only makes the
+                # (bounded) wait longer.
+                while raw.execute(_BACKENDS_ALIVE, (waited,)).fetchone()[0]:
+                    if time.monotonic() >= deadline:
+                        raise self._still_running(waited)
+                    time.sleep(pause)  # the server offers nothing to block on until then
+                    pause = min(pause * 2, 0.05)
+        except self._pool_errors as exc:
+            raise self._failed("wait for a write abandoned mid-statement", exc) from exc
 
     def _lock(self, conn: Any, kind: str, key: str) -> None:
         # Held until the transaction ends; other sessions' writers are not affected.
@@ -506,7 +621,7 @@ class PostgresStore(SqlStore):
                 "touched": sorted({p.thread_id for p in prepared if p.thread_id is not None}),
             }
             try:
-                with self._pool.connection() as raw:
+                with self._pool.connection() as raw, self._writing_on(raw):
                     params["now"] = self._clock.now()
                     row = raw.execute(_APPEND, params).fetchone()
             except self._pool_errors as exc:
@@ -516,6 +631,21 @@ class PostgresStore(SqlStore):
                 return list(range(first, first + len(prepared)))
         return super()._record_fast(session_id, batch, prepared, hint)
 
+    def _record_checked(
+        self,
+        session_id: str,
+        batch: list[Any],
+        prepared: list[PreparedMessage] | None,
+        hint: str | None,
+    ) -> list[int]:
+        """A ``skip_recorded`` append, once no abandoned statement can still commit.
+
+        The write it retries may be on the server still (see :meth:`_settle_abandoned`).
+        """
+        self._check_open()
+        self._settle_abandoned()
+        return super()._record_checked(session_id, batch, prepared, hint)
+
     # --- lifecycle ------------------------------------------------------------------------
 
     def recover_writer(self) -> None:
@@ -523,10 +653,13 @@ class PostgresStore(SqlStore):
 
         A connection a killed writer left mid-transaction went back to the pool, which
         rolled it back or discarded it. This checks the idle connections (replacing
-        broken ones, e.g. after the server restarted) and that a connection works.
+        broken ones, e.g. after the server restarted) and that a connection works, then
+        waits until no statement a killed writer left on the wire can still commit (see
+        :meth:`_settle_abandoned`), so the new writer's retries see what it committed.
 
         Raises:
-            StoreError: the store is closed, or no connection to the server can be made.
+            StoreError: the store is closed, no connection to the server can be made, or
+                an abandoned statement is still running after ``pool_timeout`` seconds.
         """
         self._check_open()
         try:
@@ -538,6 +671,7 @@ class PostgresStore(SqlStore):
                 f"cannot reconnect to the PostgreSQL session store ({self._where}): "
                 f"{self._scrub(exc)}"
             ) from exc
+        self._settle_abandoned()
 
     def close(self) -> None:
         """Close the pool and its connections; later calls raise ``StoreError``."""

@@ -11,9 +11,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -27,6 +28,7 @@ from beamagent.testing.postgres import PostgresServer
 psycopg = pytest.importorskip("psycopg")
 
 ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -219,6 +221,179 @@ def test_recover_writer_reconnects_after_the_server_dropped_the_connections(
     store.recover_writer()  # what a restarted store actor does first
     assert store.record_message("s1", {"type": "user"}) == 1
     assert store.get_session("s1").message_count == 1
+
+
+# --- writers killed mid-statement -----------------------------------------------------------
+
+
+class Killed(BaseException):
+    """Stands for the kill ``supervisors.kill`` injects: no ``except Exception`` stops it."""
+
+
+def _resumed(gen: Generator[Any, Any, Any], first: Any) -> Generator[Any, Any, Any]:
+    """``gen``, already advanced to its first yield ``first``, for psycopg's wait to drive."""
+    ready = yield first
+    while True:
+        try:
+            state = gen.send(ready)
+        except StopIteration as stop:
+            return stop.value
+        ready = yield state
+
+
+def statement_sent(monkeypatch: pytest.MonkeyPatch, thread: str, *, kill: bool) -> threading.Event:
+    """Set once the next statement of the thread named ``thread`` is on the wire, whole.
+
+    With ``kill``, the thread then raises :class:`Killed` instead of reading the result:
+    where ``supervisors.kill`` can land, since psycopg runs Python code between sending a
+    statement and reading its result. Without, it goes on to read the result.
+    """
+    real = psycopg.Connection.wait
+    sent = threading.Event()
+
+    def wait(self: Any, gen: Any, *args: Any, **kwargs: Any) -> Any:
+        if sent.is_set() or threading.current_thread().name != thread:
+            return real(self, gen, *args, **kwargs)
+        first = next(gen)  # psycopg sends the statement, then waits to read
+        assert first == psycopg.waiting.Wait.R  # flushed whole: only the result is left
+        sent.set()
+        if kill:
+            raise Killed("after the statement was sent")
+        return real(self, _resumed(gen, first), *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Connection, "wait", wait)
+    return sent
+
+
+def in_thread(name: str, call: Callable[[], T]) -> tuple[Future[T], threading.Thread]:
+    """``call()`` on a thread of its own, started; its outcome in the future."""
+    outcome: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            outcome.set_result(call())
+        except BaseException as exc:
+            outcome.set_exception(exc)
+
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+    return outcome, thread
+
+
+def retry_in_thread(
+    store: PostgresStore, batch: list[dict[str, Any]]
+) -> tuple[Future[list[int]], threading.Thread]:
+    """``record_messages(s1, batch, skip_recorded=True)`` on a thread of its own."""
+    return in_thread("retry", lambda: store.record_messages("s1", batch, skip_recorded=True))
+
+
+@pytest.fixture
+def held_appends(store: PostgresStore, postgres_url: str) -> Iterator[Any]:
+    """Session ``s1`` with one message, and a connection whose lock holds appends back.
+
+    It holds ``threads`` in ``SHARE`` mode: an append's one statement (it may touch
+    threads) waits for it before it takes the session row; a retry of messages without a
+    thread does not need it. ``rollback()`` lets the appends go.
+    """
+    store.create_session("s1", "local")
+    store.record_message("s1", {"type": "user", "content": "before", "uuid": "u0"})
+    with psycopg.connect(postgres_url) as blocker:
+        blocker.execute("LOCK TABLE threads IN SHARE MODE")
+        yield blocker
+
+
+def test_a_retry_waits_for_a_write_killed_after_its_statement_was_sent(
+    store: PostgresStore, held_appends: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool closes the killed writer's connection, the server still runs its append.
+
+    Held back here until the retry has begun: the retry must not read the session before
+    the abandoned append is decided, or the batch is stored twice.
+    """
+    batch = [{"type": "user", "content": "x", "uuid": f"x{n}"} for n in "ab"]
+    sent = statement_sent(monkeypatch, threading.current_thread().name, kill=True)
+    with pytest.raises(Killed):
+        store.record_messages("s1", batch)
+    assert sent.is_set()
+    assert len(store._abandoned) == 1  # the pid of the backend the pool cut off
+    monkeypatch.undo()
+    retried, retry = retry_in_thread(store, batch)
+    with pytest.raises(TimeoutError):
+        retried.result(timeout=0.5)  # waiting for the abandoned append's backend to end
+    held_appends.rollback()
+    assert retried.result(timeout=30) == [2, 3]  # the abandoned append committed them
+    retry.join(10)
+    assert [m["uuid"] for m in store.get_session_messages("s1")] == ["u0", "xa", "xb"]
+    assert store.get_session("s1").message_count == 3
+    assert store._writing == {}
+    assert store._abandoned == set()  # the abandoned backend is forgotten once it ended
+
+
+def test_a_retry_waits_for_a_statement_still_running_on_a_dead_writers_thread(
+    store: PostgresStore, held_appends: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill landing while psycopg waits in C is only raised once the result is in.
+
+    The writer's caller was answered ``ActorDeadError`` at once; the statement runs on and
+    commits. A retry begun meanwhile waits for it rather than storing the batch again.
+    """
+    batch = [{"type": "user", "content": "x", "uuid": f"x{n}"} for n in "ab"]
+    sent = statement_sent(monkeypatch, "writer", kill=False)
+    written, writer = in_thread("writer", lambda: store.record_messages("s1", batch))
+    assert sent.wait(30)
+    retried, retry = retry_in_thread(store, batch)
+    with pytest.raises(TimeoutError):
+        retried.result(timeout=0.5)  # waiting for the writer's statement to end
+    held_appends.rollback()
+    assert written.result(timeout=30) == [2, 3]
+    assert retried.result(timeout=30) == [2, 3]
+    writer.join(10)
+    retry.join(10)
+    monkeypatch.undo()
+    assert [m["uuid"] for m in store.get_session_messages("s1")] == ["u0", "xa", "xb"]
+
+
+def test_recover_writer_waits_for_a_write_killed_after_its_statement_was_sent(
+    store: PostgresStore, held_appends: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a restarted store actor does first: its retries then find the batch stored."""
+    batch = [{"type": "user", "content": "x", "uuid": f"x{n}"} for n in "ab"]
+    statement_sent(monkeypatch, threading.current_thread().name, kill=True)
+    with pytest.raises(Killed):
+        store.record_messages("s1", batch)
+    monkeypatch.undo()
+    recovered, recovery = in_thread("recover", store.recover_writer)
+    with pytest.raises(TimeoutError):
+        recovered.result(timeout=0.5)  # waiting for the abandoned append's backend to end
+    held_appends.rollback()
+    recovered.result(timeout=30)
+    recovery.join(10)
+    assert store._abandoned == set()
+    assert store.record_messages("s1", batch, skip_recorded=True) == [2, 3]
+    assert store.get_session("s1").message_count == 3
+
+
+def test_an_abandoned_write_still_running_after_pool_timeout_fails_the_retry(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether it commits is not known yet: the retry is a StoreError, to try again later."""
+    store = PostgresStore(postgres_url, pool_timeout=0.5)
+    try:
+        store.create_session("s1", "local")
+        batch = [{"type": "user", "content": "x", "uuid": f"x{n}"} for n in "ab"]
+        with psycopg.connect(postgres_url) as blocker:
+            blocker.execute("LOCK TABLE threads IN SHARE MODE")
+            statement_sent(monkeypatch, threading.current_thread().name, kill=True)
+            with pytest.raises(Killed):
+                store.record_messages("s1", batch)
+            monkeypatch.undo()
+            with pytest.raises(StoreError, match=r"abandoned mid-statement.*retry later"):
+                store.record_messages("s1", batch, skip_recorded=True)
+            blocker.rollback()
+        assert store.record_messages("s1", batch, skip_recorded=True) == [1, 2]
+        assert store.get_session("s1").message_count == 2
+    finally:
+        store.close()
 
 
 # --- many writers ----------------------------------------------------------------------------

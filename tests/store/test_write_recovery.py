@@ -418,6 +418,10 @@ def test_killing_direct_writers_mid_write_never_wedges_the_store(
                 future.get(timeout=30)
                 acknowledged.extend(contents)
             writers[victim] = Writer.start(any_store)
+        # What a new writer does first: on PostgreSQL, wait until the statements the
+        # victims left on the wire have run (one may still be waiting for the row lock,
+        # and would land after "end", or between the two reads below).
+        any_store.recover_writer()
         writers[0].ask(ProxyCall(("record_all",), ([[{"type": "user", "content": "end"}]],), {}))
     finally:
         for ref in writers:

@@ -13,6 +13,7 @@ import pykka
 import pytest
 
 import supervisors as s
+from supervisors._mailbox import Mailbox
 from tests.supervisors._kit import EventLog, Worker, start_spinning
 
 
@@ -202,6 +203,104 @@ def test_kill_interrupts_a_spinning_handler_and_answers_its_caller() -> None:
     other.stop()
     assert ("stop", "spinner") not in log.snapshot()  # kill runs no hook
     assert s.kill(ref) is False
+
+
+def test_kill_answers_a_message_taken_from_the_mailbox_but_not_yet_handled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A process on a thread of its own takes a message, then is killed before it starts
+    # handling it: the kill answers only what is queued, so the loop must answer that one.
+    class Dedicated(Rules):
+        dedicated_thread = True
+
+    real_get = Mailbox.get
+    taken, killed = threading.Event(), threading.Event()
+
+    def get(mailbox: Mailbox) -> Any:
+        envelope = real_get(mailbox)
+        if envelope is not None and envelope.message == "taken":
+            taken.set()
+            assert killed.wait(5)
+        return envelope
+
+    monkeypatch.setattr(Mailbox, "get", get)  # before the process blocks in the real one
+    ref = Dedicated.start()
+    future = ref.ask("taken", block=False)
+    assert taken.wait(5)
+    assert s.kill(ref) is True
+    killed.set()
+    with pytest.raises(pykka.ActorDeadError):
+        future.get(timeout=5)
+
+
+def test_kill_answers_an_interrupted_handler_that_unwinds_before_the_killer_looks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The interrupted handler's thread can unwind (and forget the message it was handling)
+    # before the killer, after closing the mailbox, looks at that message to answer it.
+    class Dedicated(Worker):
+        dedicated_thread = True
+
+    ref = Dedicated.start(EventLog(), "spinner")
+    process = s.lookup(ref)
+    assert process is not None
+    thread = process._thread
+    assert thread is not None
+    real_close = Mailbox.close
+
+    def close(mailbox: Mailbox) -> Any:
+        if mailbox is process.mailbox:
+            thread.join(5)  # the handler has unwound, and its thread has ended
+            assert not thread.is_alive()
+        return real_close(mailbox)
+
+    monkeypatch.setattr(Mailbox, "close", close)
+    entered = threading.Event()
+    future = ref.ask(("spin", entered), block=False)
+    assert entered.wait(5)
+    assert s.kill(ref) is True
+    with pytest.raises(pykka.ActorDeadError):
+        future.get(timeout=5)
+
+
+def test_a_message_taken_just_before_a_kill_is_never_handled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The kill finds the thread between messages (out of user code: nothing to interrupt)
+    # after it took one; that handler must not run after its caller was told it died.
+    ran: list[Any] = []
+
+    class Recording(s.Process):
+        dedicated_thread = True
+
+        def on_receive(self, message: Any) -> Any:
+            ran.append(message)
+            return message
+
+    real_handle = s.Process._handle_envelope
+    taken, killed = threading.Event(), threading.Event()
+
+    def handle(process: s.Process, envelope: Any) -> Any:
+        if envelope.message == "taken":
+            taken.set()
+            assert killed.wait(5)
+        return real_handle(process, envelope)
+
+    monkeypatch.setattr(s.Process, "_handle_envelope", handle)
+    ref = Recording.start()
+    process = s.lookup(ref)
+    assert process is not None
+    thread = process._thread
+    assert thread is not None
+    future = ref.ask("taken", block=False)
+    assert taken.wait(5)
+    assert s.kill(ref) is True
+    killed.set()
+    with pytest.raises(pykka.ActorDeadError):
+        future.get(timeout=5)
+    thread.join(5)  # whatever it was going to do is done
+    assert not thread.is_alive()
+    assert ran == []
 
 
 def test_shutdown_waits_for_graceful_stop_then_kills() -> None:
