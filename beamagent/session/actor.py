@@ -50,6 +50,7 @@ import contextlib
 import copy
 import functools
 import itertools
+import logging
 import math
 import re
 import threading
@@ -1379,7 +1380,12 @@ class SessionActor(Process):
     def _deliver(self, messages: list[Message]) -> None:
         handler = self.handler
         assert handler is not None
-        stamped = [self._stamp(m) for m in messages]
+        stamped = messages
+        session_id = self.session_id
+        for message in messages:
+            if message.session_id != session_id or self._tool_timings is not None:
+                stamped = [self._stamp(m) for m in messages]
+                break
         failed = self._record(stamped)
         if failed is not None:
             if not self._draining:
@@ -1404,12 +1410,13 @@ class SessionActor(Process):
             if terminal:
                 query.done = True
                 self._set_state(SessionState.READY)
-                self._log.info(
-                    "query_completed",
-                    query=query.id,
-                    ms=int((time.monotonic() - query.started) * 1000),
-                    subtype=message.subtype,
-                )
+                if log.isEnabledFor(logging.INFO):
+                    self._log.info(
+                        "query_completed",
+                        query=query.id,
+                        ms=int((time.monotonic() - query.started) * 1000),
+                        subtype=message.subtype,
+                    )
                 if query.span is not None:
                     _end_query_span(query, message)
             if query.consumer is not None and query.queue:
@@ -1749,8 +1756,9 @@ class SessionActor(Process):
             },
             json_native=True,
         )
-        self._log.info("query_sent", query=query.id, chars=len(prompt))
-        if telemetry.ENABLED:
+        if log.isEnabledFor(logging.INFO):  # the event's fields cost even when dropped
+            self._log.info("query_sent", query=query.id, chars=len(prompt))
+        if telemetry.ENABLED and telemetry.tracing():  # no attributes built for no span
             query.span = telemetry.start_span(
                 "beamagent.query",
                 {
