@@ -101,7 +101,7 @@ from beamagent.errors import (
     UnsupportedCapability,
 )
 from beamagent.log import get_logger
-from beamagent.messages import Message, MessageType, _build_message, _new_uuid
+from beamagent.messages import Message, MessageType, _new_message, _new_uuid
 from beamagent.tools._access import ToolServerAccess
 from beamagent.tools._timing import ToolCallReport, ToolTimings
 from supervisors import (
@@ -336,10 +336,21 @@ def first_handler_options(config: SessionConfig) -> dict[str, Any]:
     }
 
 
-@attrs.frozen
 class _TransportEvent:
-    generation: int
-    event: TransportEvent
+    """A transport's event, told to (or queued for) the session that made that transport.
+
+    A plain class, not a frozen attrs one: one is made for every batch of backend output,
+    and a frozen class's ``__init__`` sets each field through ``object.__setattr__``.
+    """
+
+    __slots__ = ("event", "generation")
+
+    def __init__(self, generation: int, event: TransportEvent) -> None:
+        self.generation = generation
+        self.event = event
+
+    def __repr__(self) -> str:
+        return f"_TransportEvent(generation={self.generation!r}, event={self.event!r})"
 
 
 @attrs.frozen
@@ -1704,10 +1715,15 @@ class SessionActor(Process):
         """
         self._check_usable()
         if self._postpone_if_not_ready(
-            lambda future: self._start_query(prompt, params, future, trace_context)
+            lambda future: self._query_ref(self._start_query(prompt, params, future, trace_context))
         ):
             return _DEFERRED
-        return self._start_query(prompt, params, self.caller_future(), trace_context)
+        return self._query_ref(
+            self._start_query(prompt, params, self.caller_future(), trace_context)
+        )
+
+    def _query_ref(self, query: _Query) -> QueryRef:
+        return QueryRef(self.session_id, query.id, self.config.lineage.incarnations)
 
     def _start_query(
         self,
@@ -1715,7 +1731,7 @@ class SessionActor(Process):
         params: Mapping[str, Any] | None,
         caller: pykka.Future[Any] | None = None,
         trace_context: Any = None,
-    ) -> QueryRef:
+    ) -> _Query:
         if isinstance(caller, CallFuture) and caller.abandoned:
             raise QueryTimeout(
                 f"session {self.session_id}: the caller stopped waiting before the query "
@@ -1746,15 +1762,13 @@ class SessionActor(Process):
         self._set_state(SessionState.ACTIVE_QUERY)
         # The prompt was checked above and the session id is a str (SessionConfig):
         # nothing for the validating constructor to check.
-        self._pending_user = _build_message(
+        self._pending_user = _new_message(
             MessageType.USER,
-            {
-                "content": prompt,
-                "session_id": self.session_id,
-                "uuid": _new_uuid(),
-                "timestamp": time.time_ns() // 1_000_000,
-            },
-            json_native=True,
+            True,
+            content=prompt,
+            session_id=self.session_id,
+            uuid=_new_uuid(),
+            timestamp=time.time_ns() // 1_000_000,
         )
         if log.isEnabledFor(logging.INFO):  # the event's fields cost even when dropped
             self._log.info("query_sent", query=query.id, chars=len(prompt))
@@ -1776,7 +1790,7 @@ class SessionActor(Process):
                 access.calls.query_span = query.span
         _mark_delivered(caller)
         self._apply(output)
-        return QueryRef(self.session_id, query.id, self.config.lineage.incarnations)
+        return query  # a blocking query needs no QueryRef: send_query makes one
 
     def receive_message(self, ref: QueryRef, timeout: float | None = None) -> Any:
         """The next message of query ``ref``; parks the caller until one arrives."""

@@ -308,22 +308,25 @@ class MemoryStore:
 
     def _append(self, session: _Session, new: list[_Message], now: float) -> list[int]:
         first = len(session.messages) + 1
+        model = session.model
+        touched: set[str] | None = None  # made for the first message in a thread
         for seq, item in enumerate(new, first):
             item.seq = seq
             item.created_at = now
-        model = session.model
-        touched: set[str] = set()
-        for item in new:
             if item.model is not None:
                 model = item.model
             if item.thread_id is not None:
+                if touched is None:
+                    touched = set()
                 touched.add(item.thread_id)
         # One C call adds the whole batch, so a kill (an exception raised in this thread
         # between two bytecodes) never leaves half of it, and the count is len(messages).
         session.appended = (now, model)
         session.messages.extend(new)
-        for thread_id in touched & session.threads.keys():
-            session.threads[thread_id] = attrs.evolve(session.threads[thread_id], updated_at=now)
+        if touched is not None:
+            for thread_id in touched & session.threads.keys():
+                thread = session.threads[thread_id]
+                session.threads[thread_id] = attrs.evolve(thread, updated_at=now)
         return list(range(first, first + len(new)))
 
     def _activate(self, session: _Session, thread_id: str | None, now: float) -> None:
