@@ -73,11 +73,12 @@ from beamagent.backends.base import (
     HandlerOutput,
     InProcessPeer,
     InProcessTransport,
-    Messages,
     OffThreadCall,
     SessionState,
     Transport,
     TransportSink,
+    _messages_event,
+    _output,
 )
 from beamagent.backends.jsonl import decode_lines, encode_line
 from beamagent.backends.permissions import PermissionPolicy
@@ -782,7 +783,7 @@ class LocalTransport(InProcessTransport):
     def _deliver(self, messages: Sequence[Message]) -> None:
         sink = self._sink
         if sink is not None and not self._closed:
-            sink(Messages(messages))
+            sink(_messages_event(messages))
 
 
 class LocalHandler(BackendHandler):
@@ -906,7 +907,7 @@ class LocalHandler(BackendHandler):
             # JSON; it carries what the agent would decode from it, which the agent takes.
             carried = _CommandLine(_QUERY_HEAD + encode_line(prompt)[:-1] + _QUERY_TAIL)
             carried.command = {"type": "query", "prompt": _valid_text(prompt), "params": {}}
-            return HandlerOutput(writes=[carried])
+            return _output(writes=[carried])
         try:
             line = encode_line({"type": "query", "prompt": prompt, "params": dict(params)})
         except (TypeError, ValueError) as exc:
@@ -953,7 +954,7 @@ class LocalHandler(BackendHandler):
     def handle_messages(self, messages: Sequence[Message]) -> HandlerOutput:
         if self._tool_calls and any(m.type is MessageType.RESULT for m in messages):
             self._tool_calls.clear()  # the reply is over: late outcomes are dropped
-        return HandlerOutput(messages=messages)
+        return _output(messages=messages)
 
     # --- Python tools ---------------------------------------------------------------
 

@@ -295,3 +295,18 @@ def test_init_messages_share_only_read_only_static_lists() -> None:
     assert out[6].model == "other"
     assert out[6].system_info["model"] == "other"
     assert out[7].model == "other"
+
+
+def test_outputs_and_events_built_past_init_equal_the_constructed_ones() -> None:
+    from beamagent.backends.base import HandlerOutput, Messages, _messages_event, _output
+
+    message = Message(MessageType.USER, content="hi")
+    assert _output() == HandlerOutput()
+    assert _output(messages=[message]) == HandlerOutput(messages=[message])
+    assert _output(writes=[b"x\n"]) == HandlerOutput(writes=[b"x\n"])
+    assert attrs.asdict(_output(messages=[message]), recurse=False) == attrs.asdict(
+        HandlerOutput(messages=[message]), recurse=False
+    )
+    assert _messages_event([message]) == Messages([message])
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        _output().state = None  # type: ignore[misc]
