@@ -147,7 +147,7 @@ def _prepare(message: Any, active_thread_id: str | None) -> _Message:
     A JSON-native message needs no check (it is canonical JSON) and no snapshot (it is
     frozen), so only the indexed columns are taken, as ``prepare_message`` would.
     """
-    if type(message) is Message and message.is_json_native:
+    if type(message) is Message and message._json_native:  # is_json_native, sans property
         thread_id = message.thread_id
         if thread_id is None:
             thread_id = active_thread_id
