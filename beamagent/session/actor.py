@@ -796,7 +796,8 @@ class SessionActor(Process):
         old, self.state = self.state, state
         # _value_, not .value: Enum.value is a Python-level property, twice per query.
         self.process_state = state._value_
-        self._log.debug("session_state_changed", old=old._value_, new=state._value_)
+        if log.isEnabledFor(logging.DEBUG):
+            self._log.debug("session_state_changed", old=old._value_, new=state._value_)
         if self.config.on_state is not None:
             self.config.on_state(self.session_id, state.value)
 
