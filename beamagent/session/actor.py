@@ -1773,22 +1773,23 @@ class SessionActor(Process):
         )
         if log.isEnabledFor(logging.INFO):  # the event's fields cost even when dropped
             self._log.info("query_sent", query=query.id, chars=len(prompt))
-        if telemetry.ENABLED and telemetry.tracing():  # no attributes built for no span
-            query.span = telemetry.start_span(
-                "beamagent.query",
-                {
-                    "beamagent.session_id": self.session_id,
-                    "beamagent.backend": self.config.backend,
-                    "beamagent.query_id": query.id,
-                    "beamagent.incarnation": self.config.lineage.incarnations,
-                    "beamagent.prompt_chars": len(prompt),
-                    "gen_ai.request.model": handler.model,
-                },
-                parent=trace_context,
-            )
+        if telemetry.ENABLED:
+            if telemetry.tracing():  # no attributes built for no span
+                query.span = telemetry.start_span(
+                    "beamagent.query",
+                    {
+                        "beamagent.session_id": self.session_id,
+                        "beamagent.backend": self.config.backend,
+                        "beamagent.query_id": query.id,
+                        "beamagent.incarnation": self.config.lineage.incarnations,
+                        "beamagent.prompt_chars": len(prompt),
+                        "gen_ai.request.model": handler.model,
+                    },
+                    parent=trace_context,
+                )
             access = self.config.options.get("tool_server")
             if isinstance(access, ToolServerAccess):  # the CLI's tool calls: the query's children
-                access.calls.query_span = query.span
+                access.calls.query_span = query.span  # None without a span: never a stale one
         _mark_delivered(caller)
         self._apply(output)
         return query  # a blocking query needs no QueryRef: send_query makes one
