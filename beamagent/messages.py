@@ -355,6 +355,21 @@ def _build_block(kind: ContentBlockType, fields: Mapping[str, Any]) -> ContentBl
     return block
 
 
+_BLOCK_TYPE_SET: Final = _BLOCK_SETTERS[0][1]
+_BLOCK_TEXT_SET: Final = dict(_BLOCK_SETTERS)["text"]
+_BLOCK_OTHER_SETS: Final = tuple(s for n, s in _BLOCK_SETTERS if n not in ("type", "text"))
+
+
+def _text_block(text: str) -> ContentBlock:
+    """``_build_block(ContentBlockType.TEXT, {"text": text})``, without the mapping."""
+    block: ContentBlock = object.__new__(ContentBlock)
+    _BLOCK_TYPE_SET(block, ContentBlockType.TEXT)
+    _BLOCK_TEXT_SET(block, text)
+    for set_slot in _BLOCK_OTHER_SETS:
+        set_slot(block, None)
+    return block
+
+
 def _owned_block(block: object) -> ContentBlock:
     """:meth:`ContentBlock.from_dict` of a value the caller hands over (see above)."""
     if not isinstance(block, Mapping):
@@ -635,16 +650,37 @@ _SIMPLE_STR_FIELDS: Final[frozenset[str]] = frozenset(
 
 
 _UUID_VARIANT: Final[Mapping[str, str]] = {f"{n:x}": f"{n & 0x3 | 0x8:x}" for n in range(16)}
+_UUID_BATCH: Final = 64
+# Made ahead, a batch at a time: ``pop`` and ``extend`` are atomic, so two threads never
+# take the same one (racing refills only add more). Emptied in a forked child, which must
+# not hand out its parent's.
+_uuids: list[str] = []
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_uuids.clear)
+
+
+def _uuid_batch() -> list[str]:
+    h = os.urandom(16 * _UUID_BATCH).hex()
+    v = _UUID_VARIANT
+    return [
+        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
+        f"{v[h[i + 16]]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
+        for i in range(0, 32 * _UUID_BATCH, 32)
+    ]
 
 
 def _new_uuid() -> str:
     """``str(uuid.uuid4())``: the same random source (``os.urandom``) and layout, cheaper.
 
     The local agent and the session stamp every message they build with one, so it is
-    on every query's path (``uuid.uuid4`` builds a ``UUID`` object first: 1.9 us vs 0.8).
+    on every query's path (``uuid.uuid4`` builds a ``UUID`` object first: 1.9 us; one
+    ``os.urandom`` call per uuid: 0.8 us; a batch of 64 from one call: 0.1 us each).
     """
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_UUID_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+    while True:
+        try:
+            return _uuids.pop()
+        except IndexError:
+            _uuids.extend(_uuid_batch())
 
 
 # --- normalization ------------------------------------------------------------------

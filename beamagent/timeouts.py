@@ -25,6 +25,8 @@ def check_timeout(value: Any, name: str = "timeout") -> float | None:
         InvalidOption: not ``None`` and not a number of seconds > 0 (a bool, a
             string, NaN, zero or a negative number).
     """
+    if type(value) is float and 0.0 < value < math.inf:  # the common case, checked at once
+        return value
     if value is None:
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):

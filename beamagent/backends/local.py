@@ -73,11 +73,12 @@ from beamagent.backends.base import (
     HandlerOutput,
     InProcessPeer,
     InProcessTransport,
-    Messages,
     OffThreadCall,
     SessionState,
     Transport,
     TransportSink,
+    _messages_event,
+    _output,
 )
 from beamagent.backends.jsonl import decode_lines, encode_line
 from beamagent.backends.permissions import PermissionPolicy
@@ -85,14 +86,14 @@ from beamagent.capabilities import Capability
 from beamagent.errors import InvalidOption
 from beamagent.messages import (
     ContentBlock,
-    ContentBlockType,
     Message,
     MessageType,
-    _build_block,
-    _build_message,
+    StopReason,
     _copy_json,
+    _new_message,
     _new_uuid,
     _normalize_owned,
+    _text_block,
     _valid_text,
 )
 from beamagent.tools._tool import ToolContext, ToolOutcome, ToolSet, invoke_blocking
@@ -216,6 +217,7 @@ class LocalAgent(InProcessPeer):
         self._deliver_to: Callable[[Sequence[Message]], None] | None = None
         self._raw_bytes = False  # a reply sent raw bytes: JSON lines from then on
         self._init_info: tuple[Any, dict[str, Any], bool] | None = None  # key, part, native
+        self._text_cache: tuple[Any, tuple[str, str | None]] | None = None  # see _texts
         self._turn = 0
         self._seq = 0  # the last message number (an int: a counter is one more object for GC)
         # A streamed reply's interrupt, and its "the next query has started": made when a
@@ -387,7 +389,20 @@ class LocalAgent(InProcessPeer):
             superseded.set()
             self._cancel = self._superseded = None
         started = time.monotonic()
-        self._wake_tool_waits()  # a reply of an earlier query waiting on a tool is superseded
+        if self._tool_waits:
+            self._wake_tool_waits()  # a reply of an earlier query waiting on a tool is superseded
+        if self._reply is None and not self._replies and not self._lines():
+            # The default reply (the prompt, echoed) as messages: what the general path
+            # below gives for a one-item script, built without its per-item dispatch.
+            assert self._deliver is not None  # _lines() said messages go there
+            self._deliver(
+                [
+                    self._init_message(),
+                    self._assistant_message(prompt),
+                    self._result_message(prompt, [prompt], started, "success"),
+                ]
+            )
+            return
         script = self._script(prompt, params)
         if isinstance(script, LocalToolCall) or (
             isinstance(script, list | tuple) and any(isinstance(i, LocalToolCall) for i in script)
@@ -648,10 +663,14 @@ class LocalAgent(InProcessPeer):
     # The builders below give the messages the JSONL codec would decode from the lines
     # above, field for field (tests/backends/test_local.py compares them), minus ``raw``.
 
-    def _stamp(self) -> tuple[str, int]:
-        """The session id messages carry, and the time (ms) normalize would stamp."""
-        # Made valid text as normalize would: the messages are marked JSON-native.
-        return _text(self.session_id or self.native_session_id), time.time_ns() // 1_000_000
+    def _texts(self) -> tuple[str, str | None]:
+        """The session id and the model the messages carry, made valid text (cached)."""
+        key = (self.session_id, self.native_session_id, self.model)
+        cached = self._text_cache
+        if cached is None or cached[0] != key:
+            texts = (_text(self.session_id or self.native_session_id), _text_or_none(self.model))
+            cached = self._text_cache = (key, texts)
+        return cached[1]
 
     def _init_message(self) -> Message:
         key = (self.model, self.permission_mode)
@@ -674,65 +693,66 @@ class LocalAgent(InProcessPeer):
             except (TypeError, ValueError, RecursionError):
                 native = False
             cached = self._init_info = (key, copied, native)
-        session_id, now = self._stamp()
-        uuid = self._uuid()
-        info: dict[str, Any] = {"session_id": _text(self.native_session_id), "uuid": uuid}
-        for name, value in cached[1].items():
-            info[name] = list(value) if type(value) is list else value
-        return _build_message(
+        session_id, model = self._texts()
+        uuid = _new_uuid()
+        # The static part's lists are shared by this agent's init messages: a message's
+        # nested values are read-only (Message's contract), and three lists fewer per
+        # query is three objects fewer for the cyclic GC to walk in a store's history.
+        info: dict[str, Any] = {
+            "session_id": _text(self.native_session_id),
+            "uuid": uuid,
+            **cached[1],
+        }
+        return _new_message(
             MessageType.SYSTEM,
-            {
-                "subtype": "init",
-                "uuid": uuid,
-                "session_id": session_id,
-                "model": _text_or_none(self.model),
-                "system_info": info,
-                "timestamp": now,
-            },
-            json_native=cached[2],
+            cached[2],
+            subtype="init",
+            uuid=uuid,
+            session_id=session_id,
+            model=model,
+            system_info=info,
+            timestamp=time.time_ns() // 1_000_000,
         )
 
     def _assistant_message(self, text: str) -> Message:
-        session_id, now = self._stamp()
+        session_id, model = self._texts()
         content = _text(text)
-        return _build_message(
+        return _new_message(
             MessageType.ASSISTANT,
-            {
-                "content": content,
-                "content_blocks": (_build_block(ContentBlockType.TEXT, {"text": content}),),
-                "uuid": self._uuid(),
-                "session_id": session_id,
-                "message_id": _text(f"msg_{self.native_session_id[-8:]}_{self._next_seq()}"),
-                "model": _text_or_none(self.model),
-                "usage": {"input_tokens": 0, "output_tokens": len(text.split())},
-                "stop_reason": "end_turn",
-                "timestamp": now,
-            },
-            json_native=True,
+            True,
+            content=content,
+            content_blocks=(_text_block(content),),
+            uuid=_new_uuid(),
+            session_id=session_id,
+            message_id=_text(f"msg_{self.native_session_id[-8:]}_{self._next_seq()}"),
+            model=model,
+            usage={"input_tokens": 0, "output_tokens": len(text.split())},
+            stop_reason="end_turn",
+            stop_reason_parsed=StopReason.END_TURN,
+            timestamp=time.time_ns() // 1_000_000,
         )
 
     def _result_message(
         self, prompt: str, texts: list[str], started: float, subtype: str
     ) -> Message:
-        session_id, now = self._stamp()
+        session_id, model = self._texts()
         text = "".join(texts)
-        return _build_message(
+        return _new_message(
             MessageType.RESULT,
-            {
-                "content": _text(text),
-                "subtype": subtype,
-                "is_error": subtype != "success",
-                "uuid": self._uuid(),
-                "session_id": session_id,
-                "num_turns": self._turn,
-                "duration_ms": int((time.monotonic() - started) * 1000),
-                "stop_reason": "end_turn",
-                "total_cost_usd": 0.0,
-                "usage": {"input_tokens": len(prompt.split()), "output_tokens": len(text.split())},
-                "model": _text_or_none(self.model),
-                "timestamp": now,
-            },
-            json_native=True,
+            True,
+            content=_text(text),
+            subtype=subtype,
+            is_error=subtype != "success",
+            uuid=_new_uuid(),
+            session_id=session_id,
+            num_turns=self._turn,
+            duration_ms=int((time.monotonic() - started) * 1000),
+            stop_reason="end_turn",
+            stop_reason_parsed=StopReason.END_TURN,
+            total_cost_usd=0.0,
+            usage={"input_tokens": len(prompt.split()), "output_tokens": len(text.split())},
+            model=model,
+            timestamp=time.time_ns() // 1_000_000,
         )
 
     def close(self) -> None:
@@ -801,7 +821,7 @@ class LocalTransport(InProcessTransport):
     def _deliver(self, messages: Sequence[Message]) -> None:
         sink = self._sink
         if sink is not None and not self._closed:
-            sink(Messages(messages))
+            sink(_messages_event(messages))
 
 
 class LocalHandler(BackendHandler):
@@ -924,7 +944,7 @@ class LocalHandler(BackendHandler):
             # JSON; it carries what the agent would decode from it, which the agent takes.
             carried = _CommandLine(_QUERY_HEAD + encode_line(prompt)[:-1] + _QUERY_TAIL)
             carried.command = {"type": "query", "prompt": _valid_text(prompt), "params": {}}
-            return HandlerOutput(writes=[carried])
+            return _output(writes=[carried])
         try:
             line = encode_line({"type": "query", "prompt": prompt, "params": dict(params)})
         except (TypeError, ValueError) as exc:
@@ -969,9 +989,9 @@ class LocalHandler(BackendHandler):
         )
 
     def handle_messages(self, messages: Sequence[Message]) -> HandlerOutput:
-        if any(m.type is MessageType.RESULT for m in messages):
+        if self._tool_calls and any(m.type is MessageType.RESULT for m in messages):
             self._tool_calls.clear()  # the reply is over: late outcomes are dropped
-        return HandlerOutput(messages=messages)
+        return _output(messages=messages)
 
     # --- Python tools ---------------------------------------------------------------
 

@@ -101,7 +101,7 @@ from beamagent.errors import (
     UnsupportedCapability,
 )
 from beamagent.log import get_logger
-from beamagent.messages import Message, MessageType, _build_message, _new_uuid
+from beamagent.messages import Message, MessageType, _new_message, _new_uuid
 from beamagent.tools._access import ToolServerAccess
 from beamagent.tools._timing import ToolCallReport, ToolTimings
 from supervisors import (
@@ -353,10 +353,21 @@ def first_handler_options(config: SessionConfig) -> dict[str, Any]:
     }
 
 
-@attrs.frozen
 class _TransportEvent:
-    generation: int
-    event: TransportEvent
+    """A transport's event, told to (or queued for) the session that made that transport.
+
+    A plain class, not a frozen attrs one: one is made for every batch of backend output,
+    and a frozen class's ``__init__`` sets each field through ``object.__setattr__``.
+    """
+
+    __slots__ = ("event", "generation")
+
+    def __init__(self, generation: int, event: TransportEvent) -> None:
+        self.generation = generation
+        self.event = event
+
+    def __repr__(self) -> str:
+        return f"_TransportEvent(generation={self.generation!r}, event={self.event!r})"
 
 
 @attrs.frozen
@@ -1415,7 +1426,12 @@ class SessionActor(Process):
     def _deliver(self, messages: list[Message]) -> None:
         handler = self.handler
         assert handler is not None
-        stamped = [self._stamp(m) for m in messages]
+        stamped = messages
+        session_id = self.session_id
+        for message in messages:
+            if message.session_id != session_id or self._tool_timings is not None:
+                stamped = [self._stamp(m) for m in messages]
+                break
         failed = self._record(stamped)
         if failed is not None:
             if not self._draining:
@@ -1440,12 +1456,13 @@ class SessionActor(Process):
             if terminal:
                 query.done = True
                 self._set_state(SessionState.READY)
-                self._log.info(
-                    "query_completed",
-                    query=query.id,
-                    ms=int((time.monotonic() - query.started) * 1000),
-                    subtype=message.subtype,
-                )
+                if log.isEnabledFor(logging.INFO):
+                    self._log.info(
+                        "query_completed",
+                        query=query.id,
+                        ms=int((time.monotonic() - query.started) * 1000),
+                        subtype=message.subtype,
+                    )
                 if query.span is not None:
                     _end_query_span(query, message)
             if query.consumer is not None and query.queue:
@@ -1733,10 +1750,15 @@ class SessionActor(Process):
         """
         self._check_usable()
         if self._postpone_if_not_ready(
-            lambda future: self._start_query(prompt, params, future, trace_context)
+            lambda future: self._query_ref(self._start_query(prompt, params, future, trace_context))
         ):
             return _DEFERRED
-        return self._start_query(prompt, params, self.caller_future(), trace_context)
+        return self._query_ref(
+            self._start_query(prompt, params, self.caller_future(), trace_context)
+        )
+
+    def _query_ref(self, query: _Query) -> QueryRef:
+        return QueryRef(self.session_id, query.id, self.config.lineage.incarnations)
 
     def _start_query(
         self,
@@ -1744,7 +1766,7 @@ class SessionActor(Process):
         params: Mapping[str, Any] | None,
         caller: pykka.Future[Any] | None = None,
         trace_context: Any = None,
-    ) -> QueryRef:
+    ) -> _Query:
         if isinstance(caller, CallFuture) and caller.abandoned:
             raise QueryTimeout(
                 f"session {self.session_id}: the caller stopped waiting before the query "
@@ -1776,36 +1798,36 @@ class SessionActor(Process):
         self._set_state(SessionState.ACTIVE_QUERY)
         # The prompt was checked above and the session id is a str (SessionConfig):
         # nothing for the validating constructor to check.
-        self._pending_user = _build_message(
+        self._pending_user = _new_message(
             MessageType.USER,
-            {
-                "content": prompt,
-                "session_id": self.session_id,
-                "uuid": _new_uuid(),
-                "timestamp": time.time_ns() // 1_000_000,
-            },
-            json_native=True,
+            True,
+            content=prompt,
+            session_id=self.session_id,
+            uuid=_new_uuid(),
+            timestamp=time.time_ns() // 1_000_000,
         )
-        self._log.info("query_sent", query=query.id, chars=len(prompt))
+        if log.isEnabledFor(logging.INFO):  # the event's fields cost even when dropped
+            self._log.info("query_sent", query=query.id, chars=len(prompt))
         if telemetry.ENABLED:
-            query.span = telemetry.start_span(
-                "beamagent.query",
-                {
-                    "beamagent.session_id": self.session_id,
-                    "beamagent.backend": self.config.backend,
-                    "beamagent.query_id": query.id,
-                    "beamagent.incarnation": self.config.lineage.incarnations,
-                    "beamagent.prompt_chars": len(prompt),
-                    "gen_ai.request.model": handler.model,
-                },
-                parent=trace_context,
-            )
+            if telemetry.tracing():  # no attributes built for no span
+                query.span = telemetry.start_span(
+                    "beamagent.query",
+                    {
+                        "beamagent.session_id": self.session_id,
+                        "beamagent.backend": self.config.backend,
+                        "beamagent.query_id": query.id,
+                        "beamagent.incarnation": self.config.lineage.incarnations,
+                        "beamagent.prompt_chars": len(prompt),
+                        "gen_ai.request.model": handler.model,
+                    },
+                    parent=trace_context,
+                )
             access = self.config.options.get("tool_server")
             if isinstance(access, ToolServerAccess):  # the CLI's tool calls: the query's children
-                access.calls.query_span = query.span
+                access.calls.query_span = query.span  # None without a span: never a stale one
         _mark_delivered(caller)
         self._apply(output)
-        return QueryRef(self.session_id, query.id, self.config.lineage.incarnations)
+        return query  # a blocking query needs no QueryRef: send_query makes one
 
     def receive_message(self, ref: QueryRef, timeout: float | None = None) -> Any:
         """The next message of query ``ref``; parks the caller until one arrives."""

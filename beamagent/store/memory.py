@@ -147,7 +147,7 @@ def _prepare(message: Any, active_thread_id: str | None) -> _Message:
     A JSON-native message needs no check (it is canonical JSON) and no snapshot (it is
     frozen), so only the indexed columns are taken, as ``prepare_message`` would.
     """
-    if type(message) is Message and message.is_json_native:
+    if type(message) is Message and message._json_native:  # is_json_native, sans property
         thread_id = message.thread_id
         if thread_id is None:
             thread_id = active_thread_id
@@ -314,15 +314,16 @@ class MemoryStore:
 
     def _append(self, session: _Session, new: list[_Message], now: float) -> list[int]:
         first = len(session.messages) + 1
+        model = session.model
+        touched: set[str] | None = None  # made for the first message in a thread
         for seq, item in enumerate(new, first):
             item.seq = seq
             item.created_at = now
-        model = session.model
-        touched: set[str] = set()
-        for item in new:
             if item.model is not None:
                 model = item.model
             if item.thread_id is not None:
+                if touched is None:
+                    touched = set()
                 touched.add(item.thread_id)
         # One C call adds the whole batch, so a kill (an exception raised in this thread
         # between two bytecodes) never leaves half of it, and the count is len(messages).
@@ -331,8 +332,10 @@ class MemoryStore:
             session.messages = list(new)  # the first batch: a list of its own from now on
         else:
             session.messages.extend(new)
-        for thread_id in touched & session.threads.keys():
-            session.threads[thread_id] = attrs.evolve(session.threads[thread_id], updated_at=now)
+        if touched is not None:
+            for thread_id in touched & session.threads.keys():
+                thread = session.threads[thread_id]
+                session.threads[thread_id] = attrs.evolve(thread, updated_at=now)
         return list(range(first, first + len(new)))
 
     def _activate(self, session: _Session, thread_id: str | None, now: float) -> None:

@@ -243,3 +243,88 @@ def test_a_query_command_carries_exactly_what_its_line_decodes_to(prompt: str) -
     (decoded,) = decode_lines(line).objects
     assert line.command == decoded  # type: ignore[attr-defined]
     assert type(line.command["prompt"]) is str  # type: ignore[attr-defined]
+
+
+def _agent(**options: Any) -> tuple[Any, list[Message], list[bytes]]:
+    from beamagent.backends.local import LocalAgent
+
+    agent = LocalAgent(
+        native_session_id="local-fixed-native",
+        model="local-echo",
+        cwd=None,
+        permission_mode=None,
+        session_id="session_s",
+        **options,
+    )
+    messages: list[Message] = []
+    lines: list[bytes] = []
+    agent.attach(lines.append, lambda _status: None)
+    return agent, messages, lines
+
+
+@given(st.text(st.characters(exclude_categories=())) | st.sampled_from([LONE, "", "a b  c"]))
+def test_the_echo_fast_path_builds_what_the_general_path_and_the_wire_give(prompt: str) -> None:
+    # The default reply (no script) skips the general per-item dispatch: its messages
+    # must be the general path's (a script of the same one text), and what the JSONL codec
+    # decodes from the lines the agent writes without a message channel.
+    import json
+
+    command = LocalHandler({"session_id": "session_s"}).encode_query(prompt, {}).writes[0]
+    fast, fast_out, _ = _agent()
+    fast.attach_messages(fast_out.extend)
+    general, general_out, _ = _agent(replies=[prompt])
+    general.attach_messages(general_out.extend)
+    wire, _, lines = _agent()
+    for agent in (fast, general, wire):
+        agent.receive(command)
+    jsonl = LocalHandler({"session_id": "session_s", "codec": "jsonl"})
+    decoded = list(jsonl.handle_data(b"".join(lines))[0].messages)
+    assert [m.type for m in fast_out] == [
+        MessageType.SYSTEM,
+        MessageType.ASSISTANT,
+        MessageType.RESULT,
+    ]
+    expected = [_comparable(m) for m in general_out]
+    assert [_comparable(m) for m in fast_out] == expected
+    assert [_comparable(m) for m in decoded] == expected
+    for message in fast_out:
+        assert message.is_json_native
+        data = message.to_dict()
+        assert json.loads(json.dumps(data)) == data  # canonical JSON, as promised
+        assert Message.from_dict(data) == message  # what the validating constructor builds
+        assert message.session_id == "session_s"
+
+
+def test_init_messages_share_only_read_only_static_lists() -> None:
+    agent, out, _ = _agent(commands=["/help"], agents=["general"])
+    agent.attach_messages(out.extend)
+    command = LocalHandler({"session_id": "session_s"}).encode_query("hi", {}).writes[0]
+    agent.receive(command)
+    agent.receive(command)
+    first, second = out[0], out[3]
+    assert first.system_info is not None
+    assert second.system_info is not None
+    assert first.system_info is not second.system_info  # each has its own uuid
+    assert first.system_info["uuid"] == first.uuid != second.uuid
+    assert first.system_info["slash_commands"] == ["/help"]
+    # A change of model gives the next init message the new model, not a stale cache.
+    agent.receive(LocalHandler({"session_id": "session_s"}).set_model("other").writes[0])
+    agent.receive(command)
+    assert out[6].model == "other"
+    assert out[6].system_info["model"] == "other"
+    assert out[7].model == "other"
+
+
+def test_outputs_and_events_built_past_init_equal_the_constructed_ones() -> None:
+    from beamagent.backends.base import HandlerOutput, Messages, _messages_event, _output
+
+    message = Message(MessageType.USER, content="hi")
+    assert _output() == HandlerOutput()
+    assert _output(messages=[message]) == HandlerOutput(messages=[message])
+    assert _output(writes=[b"x\n"]) == HandlerOutput(writes=[b"x\n"])
+    assert attrs.asdict(_output(messages=[message]), recurse=False) == attrs.asdict(
+        HandlerOutput(messages=[message]), recurse=False
+    )
+    assert _messages_event([message]) == Messages([message])
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        _output().state = None  # type: ignore[misc]

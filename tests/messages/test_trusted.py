@@ -133,3 +133,44 @@ def test_new_uuid_is_a_random_uuid4_string() -> None:
         assert str(parsed) == text  # lower-case hex, 8-4-4-4-12
         assert parsed.version == 4
         assert parsed.variant == uuid.RFC_4122
+
+
+def test_new_uuids_made_ahead_are_not_shared_with_threads_or_a_forked_child() -> None:
+    import os
+    import threading
+
+    from beamagent import messages
+
+    made: list[list[str]] = [[] for _ in range(8)]
+
+    def take(mine: list[str]) -> None:
+        mine.extend(messages._new_uuid() for _ in range(500))
+
+    threads = [threading.Thread(target=take, args=(m,)) for m in made]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    every = [u for m in made for u in m]
+    assert len(set(every)) == len(every) == 4000
+
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork on this platform")
+    messages._new_uuid()  # the batch the parent holds now
+    ahead = set(messages._uuids)
+    assert ahead
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first uuid must come from a batch of its own
+        try:
+            os.write(write, messages._new_uuid().encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        child = os.read(read, 64).decode()
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert len(child) == 36
+    assert child not in ahead
