@@ -302,6 +302,17 @@ class Scheduler:
             _local.worker = None
             self._flush_slot(worker)  # never lose a process (an exit with a full slot)
             self._run_later(worker)
+            # Work queued while this worker still looked idle (or busy at full capacity)
+            # spawned nobody: a leaving worker that was the last able to take it must
+            # hand over, or it waits for ever (the monitor ends with the last worker).
+            # It left the idle set and the workers first, so an _enqueue after this
+            # check sees it gone and spawns itself.
+            if (
+                self._runq.qsize() > self._stops
+                and not self._idle
+                and len(self._workers) - len(self._blocked) < self.core
+            ):
+                self._spawn(reason="handoff")
 
     def _watch(self) -> None:
         """Add a worker when the run queue stalls behind workers blocked unannounced.

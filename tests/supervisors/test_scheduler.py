@@ -856,3 +856,36 @@ def test_a_wake_handed_over_outside_a_worker_runs_at_once() -> None:
     woken = threading.Event()
     scheduler.wake_when_idle(woken.set)
     assert woken.is_set()
+
+
+def test_work_queued_while_the_last_workers_leave_is_handed_over() -> None:
+    # Both workers busy when release_idle() queues their stop markers; work queued then
+    # spawns nobody (the pool is at capacity). Each worker then takes a marker and ends:
+    # the last to leave must start a worker for that work, or it waits for ever.
+    from supervisors._scheduler import Scheduler
+
+    pool = Scheduler(core=2, tick=0.5, slot_ticks=10**9)  # the monitor out of the way
+    gate = threading.Event()
+    entered = {name: threading.Event() for name in "ABC"}
+
+    class Item:
+        def __init__(self, name: str, hold: bool) -> None:
+            self.name, self.hold = name, hold
+
+        def _run_slice(self) -> None:
+            entered[self.name].set()
+            if self.hold:
+                gate.wait(10)
+
+    try:
+        pool._enqueue(Item("A", hold=True))  # type: ignore[arg-type]
+        assert entered["A"].wait(5)
+        pool._enqueue(Item("B", hold=True))  # type: ignore[arg-type]
+        assert entered["B"].wait(5)
+        assert not pool.release_idle(timeout=0.01)  # both busy: their markers wait
+        pool._enqueue(Item("C", hold=False))  # type: ignore[arg-type]
+        gate.set()
+        assert entered["C"].wait(5), "the work queued behind the stop markers never ran"
+    finally:
+        gate.set()
+        assert pool.release_idle(timeout=5)
