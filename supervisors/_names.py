@@ -134,9 +134,12 @@ def await_name(name: Hashable, timeout: float | None = None) -> pykka.ActorRef[A
         try:
             while True:
                 ref = _by_name.get(name)
-                if ref is not None and ref.is_alive():
-                    return ref
-                if name not in _reserved:
+                if ref is not None:
+                    if ref.is_alive():
+                        return ref
+                    # Ending: its names are released (freed, or reserved for a restart)
+                    # a moment later in the same teardown. Not "nothing will come back".
+                elif name not in _reserved:
                     return None
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:

@@ -83,10 +83,13 @@ _local = threading.local()
 
 
 class _Worker:
-    __slots__ = ("blocked", "later", "running", "slices", "slot", "thread")
+    __slots__ = ("blocked", "later", "running", "slices", "slot", "started", "thread")
 
     def __init__(self, thread: threading.Thread) -> None:
         self.thread = thread
+        # Set once thread.start() returned (or failed): release_idle joins only then (a
+        # worker is listed before its thread starts; joining it earlier is an error).
+        self.started = threading.Event()
         self.blocked = 0  # nesting depth of blocking() on this worker
         self.running: Process | None = None  # the process whose slice runs here
         self.slices = 0  # slices started here: the monitor's sign this one moved on
@@ -222,14 +225,23 @@ class Scheduler:
                 name=f"supervisors-worker-{next(self._serial)}",
                 daemon=True,
             )
-            self._workers[thread] = _Worker(thread)
+            worker = self._workers[thread] = _Worker(thread)
             self._releasing = False
             start_monitor = self._monitor is None
             if start_monitor:
                 self._monitor = threading.Thread(
                     target=self._watch, name="supervisors-scheduler-monitor", daemon=True
                 )
-        thread.start()
+        try:
+            thread.start()
+        except BaseException:  # can't start new thread: no phantom worker left listed
+            with self._lock:
+                self._workers.pop(thread, None)
+                if start_monitor:
+                    self._monitor = None
+            raise
+        finally:
+            worker.started.set()
         if start_monitor:
             assert self._monitor is not None
             self._monitor.start()
@@ -394,7 +406,10 @@ class Scheduler:
         for _ in threads:
             self._runq.put(_STOP)
         for thread in threads:
-            if thread is not threading.current_thread():
+            worker = self._workers.get(thread)
+            if worker is not None and not worker.started.wait(timeout):
+                continue  # still starting after timeout: it is left, as a busy one is
+            if thread is not threading.current_thread() and thread.ident is not None:
                 thread.join(timeout)
         monitor = self._monitor
         if monitor is not None and not self._workers:

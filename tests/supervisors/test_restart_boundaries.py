@@ -314,3 +314,41 @@ def test_budget_settings_are_validated() -> None:
         worker_spec(log, "w", max_restarts=1, max_seconds=0)
     with pytest.raises(s.InvalidChildSpec, match="on_give_up"):
         s.DynamicSupervisor.start(on_give_up="nope")
+
+
+def test_await_name_waits_through_the_end_of_a_crashed_named_child(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Between "dead" (is_alive() False) and the release of its names, a crashed child's
+    # name is still registered to its dead ref and not reserved yet: that is not "nothing
+    # will come back" (a session handle then said SessionNotFound mid-restart).
+    from supervisors import _names
+
+    log = EventLog()
+    sup = s.Supervisor.start(children=[worker_spec(log, "w", name="ending")])
+    first = s.whereis("ending")
+    assert first is not None
+    dead, release = threading.Event(), threading.Event()
+    original = _names.release_process
+
+    def held_open(urn: str) -> None:
+        if urn == first.actor_urn:
+            dead.set()
+            release.wait(10)
+        original(urn)
+
+    monkeypatch.setattr(_names, "release_process", held_open)
+    try:
+        first.tell("crash")
+        assert dead.wait(5)  # dead, its name not released yet
+        assert not first.is_alive()
+        timer = threading.Timer(0.2, release.set)  # lets the teardown go on, later
+        timer.start()
+        ref = s.await_name("ending", 10)
+        timer.join()
+        assert ref is not None
+        assert ref is not first
+        assert ref.ask("ping", timeout=5) == "pong"
+    finally:
+        release.set()
+        sup.stop()
