@@ -228,11 +228,17 @@ class Session:
         )
 
     def _call(self, method: str, *args: Any, timeout: float | None = CALL_TIMEOUT) -> Any:
-        message = ProxyCall(attr_path=(method,), args=args, kwargs=_trace_kwargs(method))
-        deadline = None if timeout is None else time.monotonic() + timeout
+        kwargs = _trace_kwargs(method)
+        message = ProxyCall(attr_path=(method,), args=args, kwargs=kwargs)
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        tries = 0
         while True:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             ref = self._runtime._session_ref(self.session_id, remaining)
+            tries += 1
+            if tries > 1:  # a second try: the query's own timeout runs on
+                message = ProxyCall((method,), self._args_left(method, args, started), kwargs)
             future = CallFuture()
             ref.actor_inbox.put(Envelope(message, reply_to=future))
             try:
@@ -256,6 +262,23 @@ class Session:
                     f"within {timeout} s"
                 )
 
+    def _args_left(self, method: str, args: tuple[Any, ...], started: float) -> tuple[Any, ...]:
+        """``args`` for another try of ``method`` begun at ``started``: a query's timeout is
+        what is left of it (it counts from the first try, not from the restart).
+
+        Raises:
+            QueryTimeout: nothing is left: the prompt is not sent.
+        """
+        if method != "query" or args[2] is None:
+            return args
+        left = args[2] - (time.monotonic() - started)
+        if left <= 0:
+            raise QueryTimeout(
+                f"query on session {self.session_id} timed out while the session restarted "
+                f"({args[2]} s); its prompt was not sent"
+            )
+        return (*args[:2], left, *args[3:])
+
     def _wait_for_end(self, ref: pykka.ActorRef[Any], deadline: float | None) -> None:
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         with contextlib.suppress(WaitTimeout):
@@ -266,9 +289,12 @@ class Session:
 
         loop = asyncio.get_running_loop()
         bridge = _bridge(loop)
-        message = ProxyCall(attr_path=(method,), args=args, kwargs=_trace_kwargs(method))
-        deadline = None if timeout is None else time.monotonic() + timeout
+        kwargs = _trace_kwargs(method)
+        message = ProxyCall(attr_path=(method,), args=args, kwargs=kwargs)
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
         runtime = self._runtime
+        tries = 0
         while True:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:
@@ -280,6 +306,9 @@ class Session:
                 ref = await loop.run_in_executor(
                     None, runtime._session_ref, self.session_id, remaining
                 )
+            tries += 1
+            if tries > 1:  # a second try: the query's own timeout runs on
+                message = ProxyCall((method,), self._args_left(method, args, started), kwargs)
             target: asyncio.Future[Any] = loop.create_future()
             future = _LoopFuture(bridge, target)
             ref.actor_inbox.put(Envelope(message, reply_to=future))

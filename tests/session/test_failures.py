@@ -227,6 +227,31 @@ def test_transport_death_gives_session_error_then_restart(rt: Runtime) -> None:
     assert session.health() == "ready"
 
 
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["query", "aquery"])
+def test_a_query_held_by_a_restart_keeps_its_own_timeout(rt: Runtime, asynchronous: bool) -> None:
+    """Its timeout counts from the call, not from the restart: past it, it is never sent."""
+    prompts: list[str] = []
+
+    def reply(prompt: str, params: Mapping[str, Any]) -> Any:
+        prompts.append(prompt)
+        return [LocalExit(3)] if prompt == "die" else prompt
+
+    session = rt.start_session(backend="local", reply=reply, error_linger=2.0)
+    with pytest.raises(TransportError):
+        session.query("die")
+    # Made during the 2 s linger, with 1 s to live: the restarted session must not get it
+    # with a fresh second (it used to, answering a second late or more).
+    late = (
+        (lambda: asyncio.run(session.aquery("too late", timeout=1.0)))
+        if asynchronous
+        else (lambda: session.query("too late", timeout=1.0))
+    )
+    with pytest.raises(QueryTimeout, match="prompt was not sent"):
+        late()
+    assert "too late" not in prompts
+    assert session.query("alive again")[-1].content == "alive again"
+
+
 class CrashingHandler(LocalHandler):
     """A handler with bugs: it raises on any output containing CRASH, or REFUSE.
 
