@@ -483,9 +483,10 @@ class _Query:
 
 
 class _Postponed:
-    """A call held until the session is ready: its deferred reply and, for a query, its deadline."""
+    """A call held until the session is ready: its deferred reply and, for a query or a
+    control request, its deadline."""
 
-    __slots__ = ("call", "deadline", "future", "timer", "token")
+    __slots__ = ("call", "deadline", "future", "timer", "token", "what")
 
     def __init__(
         self,
@@ -494,12 +495,14 @@ class _Postponed:
         deadline: float | None,
         token: int,
         timer: TimerRef | None,
+        what: str | None = None,
     ) -> None:
         self.call = call
         self.future = future
         self.deadline = deadline  # monotonic; None: no limit of the session's own
         self.token = token
         self.timer = timer
+        self.what = what  # None: a query; else the control request it is (its timeout says)
 
     def cancel_timer(self) -> None:
         if self.timer is not None:
@@ -1264,7 +1267,7 @@ class SessionActor(Process):
             future = entry.future
             if entry.deadline is not None and time.monotonic() >= entry.deadline:
                 # Its timer fired but is still in the mailbox: time out, do not send it.
-                self.reply_error(future, self._postponed_timeout())
+                self.reply_error(future, self._postponed_timeout(entry.what))
                 continue
             try:
                 result = entry.call(future)
@@ -1550,7 +1553,10 @@ class SessionActor(Process):
             raise self._restart_error(SessionError(str(self._error), reason=self._error.reason))
 
     def _postpone(
-        self, call: Callable[[pykka.Future[Any]], Any], deadline: float | None = None
+        self,
+        call: Callable[[pykka.Future[Any]], Any],
+        deadline: float | None = None,
+        what: str | None = None,
     ) -> None:
         """Keep the call being handled (its caller's reply deferred) until the session is ready.
 
@@ -1568,7 +1574,7 @@ class SessionActor(Process):
                 _Timeout("postponed", token),
                 max(deadline - time.monotonic(), 0.0),
             )
-        entry = _Postponed(call, self.defer_reply(), deadline, token, timer)
+        entry = _Postponed(call, self.defer_reply(), deadline, token, timer, what)
         self._postponed = [*self._postponed, entry]
 
     def _postpone_if_not_ready(
@@ -1591,7 +1597,12 @@ class SessionActor(Process):
             return True
         return False
 
-    def _postponed_timeout(self) -> QueryTimeout:
+    def _postponed_timeout(self, what: str | None = None) -> QueryTimeout:
+        if what is not None:
+            return QueryTimeout(
+                f"{what} on session {self.session_id} timed out while waiting for the session "
+                f"to be ready ({self.state.value}); it was not sent"
+            )
         return QueryTimeout(
             f"query on session {self.session_id} timed out while waiting for the session to "
             f"be ready ({self.state.value}); its prompt was not sent"
@@ -1603,7 +1614,7 @@ class SessionActor(Process):
             if entry.token == token:
                 entry.timer = None
                 self._postponed = [other for other in self._postponed if other is not entry]
-                self.reply_error(entry.future, self._postponed_timeout())
+                self.reply_error(entry.future, self._postponed_timeout(entry.what))
                 return
 
     # --- hibernation ----------------------------------------------------------------------------
@@ -2083,7 +2094,18 @@ class SessionActor(Process):
             SessionState.CONNECTING,
             SessionState.INITIALIZING,
         ):
-            self._postpone(lambda future: self._send_control(method, params, timeout, future))
+            # Its timeout counts from now: the time spent waiting is taken from it.
+            deadline = None if timeout is None else time.monotonic() + timeout
+            self._postpone(
+                lambda future: self._send_control(
+                    method,
+                    params,
+                    None if deadline is None else max(deadline - time.monotonic(), 0.0),
+                    future,
+                ),
+                deadline,
+                f"control request {method!r}",
+            )
             if self.state is SessionState.HIBERNATING:
                 self._wake()
             return _DEFERRED

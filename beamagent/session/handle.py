@@ -573,8 +573,8 @@ class Session:
         Raises:
             UnknownControlMethod: neither knows ``method``.
         """
-        seconds = check_timeout(timeout)
-        return self._call("send_control", method, dict(params or {}), seconds, timeout=seconds)
+        seconds, bound = _timeouts(timeout)  # the session times the request out itself
+        return self._call("send_control", method, dict(params or {}), seconds, timeout=bound)
 
     async def asend_control(
         self,
@@ -584,10 +584,8 @@ class Session:
         timeout: float | None = CALL_TIMEOUT,
     ) -> Any:
         """Async twin of :meth:`send_control`."""
-        seconds = check_timeout(timeout)
-        return await self._acall(
-            "send_control", method, dict(params or {}), seconds, timeout=seconds
-        )
+        seconds, bound = _timeouts(timeout)  # the session times the request out itself
+        return await self._acall("send_control", method, dict(params or {}), seconds, timeout=bound)
 
     @staticmethod
     def _server_health(info: Mapping[str, Any]) -> dict[str, Any]:

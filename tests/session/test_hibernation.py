@@ -241,6 +241,32 @@ def test_a_query_postponed_by_the_wake_up_times_out_on_time_and_is_never_sent(
     assert user_prompts(rt, session.session_id) == ["before", "after"]
 
 
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_control_request_postponed_by_the_wake_up_times_out_on_time(
+    rt: Runtime, events: LogEvents, api: str
+) -> None:
+    # As a query: its timeout counts from the call, not from when it would be sent.
+    gate = Gate()
+    session = rt.start_session(backend="gated", gate=gate, idle_timeout=IDLE)
+    until_hibernating(events, session)
+    gate.hold = True
+
+    def held() -> Any:
+        if api == "sync":
+            return session.send_control("echo", {"n": 1}, timeout=0.5)
+        return asyncio.run(session.asend_control("echo", {"n": 1}, timeout=0.5))
+
+    started = time.monotonic()
+    with pytest.raises(QueryTimeout, match=r"control request 'echo'.*it was not sent"):
+        held()
+    elapsed = time.monotonic() - started
+    # A bound on correctness, not speed: without the fix it is 0.5 s + the handle's 5 s.
+    assert elapsed < 3.0
+    assert gate.reached.wait(WAIT)
+    gate.release.set()
+    assert session.send_control("echo", {"n": 2}, timeout=WAIT) == {"echo": {"n": 2}}
+
+
 def test_an_active_query_is_never_hibernated(rt: Runtime, events: LogEvents) -> None:
     release = threading.Event()
 
