@@ -23,7 +23,6 @@ from __future__ import annotations
 import enum
 import math
 import operator
-import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -32,6 +31,7 @@ from typing import Any, Final
 import attrs
 
 from beamagent.errors import InvalidOption
+from supervisors._ids import new_uuid4
 
 __all__ = [
     "ContentBlock",
@@ -649,38 +649,12 @@ _SIMPLE_STR_FIELDS: Final[frozenset[str]] = frozenset(
 )
 
 
-_UUID_VARIANT: Final[Mapping[str, str]] = {f"{n:x}": f"{n & 0x3 | 0x8:x}" for n in range(16)}
-_UUID_BATCH: Final = 64
-# Made ahead, a batch at a time: ``pop`` and ``extend`` are atomic, so two threads never
-# take the same one (racing refills only add more). Emptied in a forked child, which must
-# not hand out its parent's.
-_uuids: list[str] = []
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_uuids.clear)
+_new_uuid: Final = new_uuid4
+"""``str(uuid.uuid4())``, made ahead in batches (see :func:`supervisors._ids.new_uuid4`).
 
-
-def _uuid_batch() -> list[str]:
-    h = os.urandom(16 * _UUID_BATCH).hex()
-    v = _UUID_VARIANT
-    return [
-        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
-        f"{v[h[i + 16]]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
-        for i in range(0, 32 * _UUID_BATCH, 32)
-    ]
-
-
-def _new_uuid() -> str:
-    """``str(uuid.uuid4())``: the same random source (``os.urandom``) and layout, cheaper.
-
-    The local agent and the session stamp every message they build with one, so it is
-    on every query's path (``uuid.uuid4`` builds a ``UUID`` object first: 1.9 us; one
-    ``os.urandom`` call per uuid: 0.8 us; a batch of 64 from one call: 0.1 us each).
-    """
-    while True:
-        try:
-            return _uuids.pop()
-        except IndexError:
-            _uuids.extend(_uuid_batch())
+The local agent and the session stamp every message they build with one, so it is on
+every query's path.
+"""
 
 
 # --- normalization ------------------------------------------------------------------

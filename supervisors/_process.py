@@ -38,6 +38,7 @@ from pykka._envelope import Envelope
 from pykka._threading import ThreadingFuture, ThreadingFutureResult
 
 from supervisors import _names
+from supervisors._ids import new_uuid4
 from supervisors._log import get_logger
 from supervisors._mailbox import Mailbox, reject_envelope
 from supervisors._messages import Down, Exit
@@ -221,16 +222,8 @@ class _Flag:
 
 
 def _new_urn() -> str:
-    """``uuid.uuid4().urn``, spelled out: the same format, a fifth of the cost.
-
-    Every process start makes one; ``uuid.UUID`` checks and converts more than a random
-    id needs.
-    """
-    b = bytearray(os.urandom(16))
-    b[6] = (b[6] & 0x0F) | 0x40  # version 4
-    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
-    x = b.hex()
-    return f"urn:uuid:{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+    """``uuid.uuid4().urn``, from the batched ids (a fraction of the cost)."""
+    return "urn:uuid:" + new_uuid4()
 
 
 _LINKS_AS_TUPLE = 8

@@ -157,7 +157,9 @@ def test_new_uuids_made_ahead_are_not_shared_with_threads_or_a_forked_child() ->
     if not hasattr(os, "fork"):
         pytest.skip("no fork on this platform")
     messages._new_uuid()  # the batch the parent holds now
-    ahead = set(messages._uuids)
+    from supervisors import _ids
+
+    ahead = set(_ids._made)  # the ids made ahead, where _new_uuid takes them
     assert ahead
     read, write = os.pipe()
     pid = os.fork()
