@@ -116,7 +116,6 @@ def _settle_ended(ready: ProcessFuture) -> None:
         ready.set_exception((_SessionEnded, _SessionEnded(), None))
 
 
-@functools.cache
 def _index_hook(registry_name: Hashable) -> Any:
     """Index a started session in the registry (by name, a tell: never waits, never raises).
 
@@ -374,6 +373,8 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
             "sessions": (*ns, "sessions"),
             "runs": (*ns, "runs"),
         }
+        # One hook for every session of this runtime (not a closure per session).
+        self._on_ready = _index_hook(self._names["registry"])
         self._init_tools(tools, tool_server)  # checked before anything starts
         sessions_budget = {
             "max_restarts": None if supervisor_budget is None else supervisor_budget[0],
@@ -735,7 +736,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
         budget = self._session_budget
         ready = ProcessFuture()
         config.first_ready = ready  # taken by the first incarnation: the spec keeps none
-        config.on_ready = _index_hook(self._names["registry"])
+        config.on_ready = self._on_ready
         child = ChildSpec(
             session_id,
             config,  # starts a SessionActor on itself (SessionConfig.__call__)
@@ -804,7 +805,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
         from the session names when it restarts, and the name is registered by now.
         Usually the session itself does this, as it becomes ready (``_index_hook``).
         """
-        _index_hook(self._names["registry"])(session_id, backend, urn)
+        self._on_ready(session_id, backend, urn)
 
     async def astart_session(self, backend: str | None = None, **opts: Any) -> Session:
         """Async twin of :meth:`start_session`.

@@ -1429,12 +1429,10 @@ class SessionActor(Process):
     def _deliver(self, messages: list[Message]) -> None:
         handler = self.handler
         assert handler is not None
-        stamped = messages
+        stamped = messages  # most carry the session's id already: nothing to copy
         session_id = self.session_id
-        for message in messages:
-            if message.session_id != session_id or self._tool_timings is not None:
-                stamped = [self._stamp(m) for m in messages]
-                break
+        if self._tool_timings is not None or any(m.session_id != session_id for m in messages):
+            stamped = [self._stamp(m) for m in messages]
         failed = self._record(stamped)
         if failed is not None:
             if not self._draining:
