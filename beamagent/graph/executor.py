@@ -186,6 +186,17 @@ class _Poke:
     __slots__ = ()
 
 
+class _Settle:
+    """Sent to itself when a checkpoint is put off: settle once the mail queued before it is in.
+
+    The put-off checkpoint (and the sends behind it) must not wait on the queued
+    messages themselves: some never settle the run (an introspection call, a
+    proxy call), and then nothing would.
+    """
+
+    __slots__ = ()
+
+
 class _Visit:
     """One node visit (or sub-run) of a thread, pending or in flight."""
 
@@ -357,6 +368,7 @@ class GraphExecutor(DynamicSupervisor):
         self._last: Result | None = None
         self._dirty = False
         self._put_off = 0
+        self._settle_queued = False  # a _Settle of ours is in the mailbox
         self._first_checkpoint_told = False
         self._rlog = log.bind(run_id=config.run_id, job_id=config.job.id)
         enabled = getattr(self._rlog, "is_enabled_for", None)
@@ -462,6 +474,8 @@ class GraphExecutor(DynamicSupervisor):
             self._begin()
         elif kind is _Begin:
             self._begin()
+        elif kind is _Settle:
+            self._settle_queued = False
         elif kind is _Poke:
             return None
         else:
@@ -1047,7 +1061,8 @@ class GraphExecutor(DynamicSupervisor):
 
         Nothing starts before the checkpoint that led to it is written, so a crash
         never loses a finished visit. While messages are queued the checkpoint
-        (and so the sends) wait, up to a bound, to write once for several.
+        (and so the sends) wait, up to a bound, to write once for several; a
+        :class:`_Settle` sent to itself behind them writes it then.
         """
         if self._over:
             return
@@ -1057,6 +1072,11 @@ class GraphExecutor(DynamicSupervisor):
         if self._dirty and self._store is not None:
             if self._put_off < _MAX_DEFERRED_CHECKPOINTS and not self.mailbox.empty():
                 self._put_off += 1
+                if not self._settle_queued:
+                    self._settle_queued = True
+                    # Behind the queued mail: settles after it, whatever that mail is.
+                    with contextlib.suppress(pykka.ActorDeadError):  # ending: on_stop settles
+                        self.actor_ref.tell(_Settle())
                 return
             self._checkpoint(RunStatus.RUNNING)
         if self._outbox:

@@ -14,8 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pykka
 import pytest
+from pykka.messages import ProxyCall, ProxyGetAttr
 
+import supervisors
 from beamagent.errors import InvalidJob, InvalidOption, RunAlreadyExists, RunError, RunNotFound
 from beamagent.graph import (
     EventKind,
@@ -30,6 +33,7 @@ from beamagent.graph import (
 )
 from beamagent.runtime import Runtime
 from beamagent.store import SessionStore, SqliteStore
+from beamagent.store.memory import MemoryStore
 from tests.store._stores import STORE_KINDS, open_test_store
 
 WAIT = 10.0
@@ -199,6 +203,69 @@ def test_a_run_survives_a_crash_of_the_whole_process(tmp_path: Path) -> None:
         "b again",
         "b again, c done",
     ]
+
+
+class _HeldCheckpointStore(MemoryStore):
+    """A memory store whose next run checkpoint, once armed, waits for ``release``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = threading.Event()
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def save_run(self, *args: Any, **kwargs: Any) -> None:
+        if self.armed.is_set() and not self.holding.is_set():
+            self.holding.set()
+            self.release.wait(WAIT)
+        super().save_run(*args, **kwargs)
+
+
+def test_a_put_off_checkpoint_is_written_when_only_a_call_is_queued_behind_it() -> None:
+    # The triage example hung 1 run in ~100: a node result came in with an introspection
+    # call (supervisors.tree) queued behind it, so its checkpoint was put off; the call
+    # is answered without settling the run, and the next visit was never sent.
+    store = _HeldCheckpointStore()
+    a_started, a_go = threading.Event(), threading.Event()
+    a_actor: list[pykka.ActorRef[Any]] = []
+
+    def a(message: NodeMessage) -> Result:
+        me = supervisors.current_process()
+        assert me is not None
+        a_actor.append(me.actor_ref)
+        a_started.set()
+        a_go.wait(WAIT)
+        return Result("a done", next=[Route("b")])
+
+    def c(message: NodeMessage) -> str:
+        store.armed.set()  # the checkpoint after this result is held
+        return "c done"
+
+    job = Job(
+        "fan",
+        [
+            Node("start", serving=lambda m: Result("go", next=[Route("a"), Route("c")])),
+            Node("a", serving=a),
+            Node("b", serving=lambda m: "b done"),
+            Node("c", serving=c),
+        ],
+        start="start",
+    )
+    with Runtime(store=store) as rt:
+        run = rt.run_job(job, "x", run_id="held")
+        assert store.holding.wait(WAIT)  # the executor is in c's checkpoint
+        assert a_started.wait(WAIT)
+        a_go.set()
+        # Asked after a's node actor finished its serve: a's result is in the mailbox.
+        a_actor[0].ask(ProxyGetAttr(("process_state",)), timeout=WAIT)
+        executor = supervisors.whereis(rt._run_name(run.run_id))
+        assert executor is not None
+        call = executor.ask(ProxyCall(("_api_which_children",), (), {}), block=False)
+        store.release.set()
+        assert call.get(timeout=WAIT) == []
+        result = run.result(timeout=WAIT)
+    assert result.status is RunStatus.COMPLETED
+    assert sorted(r.node_id for r in result.results) == ["a", "b", "c", "start"]
 
 
 # --- refusals --------------------------------------------------------------------------------
