@@ -924,6 +924,24 @@ class Process(pykka.ThreadingActor):
             raise _ProcessKilled()
         return True
 
+    def _kill_again(self, thread: threading.Thread) -> bool:
+        """Interrupt again a killed handler still running on ``thread``; True if it was.
+
+        The first interrupt can be lost: raised inside a ``__del__``, a weakref or GC
+        callback (which CPython reports and ignores), or caught by the handler, it
+        leaves the handler running although its process has ended. The scheduler's
+        monitor calls this while the handler runs on (``Scheduler._repeat_kill``).
+        """
+        with self._sys_lock:
+            if (
+                self._kill_injected
+                and self._in_user_code
+                and self._thread is thread
+                and thread.is_alive()
+            ):
+                return _async_raise(thread, _ProcessKilled)
+        return False
+
     # --- signals from other processes ------------------------------------------------
 
     def _on_linked_exit(self, from_urn: str, reason: ExitReason) -> None:
@@ -1181,8 +1199,11 @@ def kill(target: ProcessTarget) -> bool:
     """End a process at once with reason ``Killed``; no hook runs. Untrappable.
 
     A process busy in a handler is interrupted at its next Python bytecode
-    (its pending callers get ``ActorDeadError`` immediately). Code blocked in
-    a C call (a lock, a socket) is abandoned until that call returns.
+    (its pending callers get ``ActorDeadError`` immediately); on the shared
+    scheduler again after 0.1 s, and less often after that, while the handler
+    runs on, so an interrupt swallowed by a ``__del__`` or GC callback, or
+    caught, is not lost. Code
+    blocked in a C call (a lock, a socket) is abandoned until that call returns.
     Returns False if the process was already dead.
     """
     process = lookup(target)

@@ -38,6 +38,11 @@ process from running for long:
   first, so a pair of processes feeding each other's slot cannot starve it;
 * a slice that ends (returns, crashes, is killed) leaves the slot to its worker.
 
+The monitor also makes ``kill()`` stick: a killed handler that is still running
+:data:`KILL_REPEAT` seconds later (its interrupt was raised inside a ``__del__``
+or a GC callback, which CPython reports and ignores, or the handler caught it)
+is interrupted again, then less and less often, until it is out of user code.
+
 Messages from other threads (a caller, a timer) and a process's own requeue
 (mail left after a full slice) go to the run queue as before.
 
@@ -59,6 +64,7 @@ import itertools
 import os
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -77,6 +83,9 @@ SLICE = 64
 
 SLOT_RUNS = 16
 """Slices a worker runs from its next slot in a row before the run queue goes first."""
+
+KILL_REPEAT = 0.1
+"""Seconds a killed handler may run on before the monitor interrupts it again."""
 
 _STOP: Any = object()
 _local = threading.local()
@@ -334,6 +343,10 @@ class Scheduler:
         """
         seen = -1
         held: dict[_Worker, tuple[int, int]] = {}  # worker -> (slice, ticks seen in it)
+        # Killed handlers still running: worker -> (process, when to interrupt it again,
+        # the wait after that); rebuilt each tick, so a handler that left is forgotten.
+        kills: dict[_Worker, tuple[Process, float, float]] = {}
+        repeats: dict[_Worker, tuple[Process, float, float]] = {}
         wake = threading.Event()
         while True:
             wake.wait(self.tick)
@@ -347,13 +360,18 @@ class Scheduler:
                 mark = worker.slices
                 before = held.get(worker)
                 ticks = before[1] + 1 if before is not None and before[0] == mark else 0
-                if ticks >= self.slot_ticks and worker.running is not None:
+                running = worker.running
+                if ticks >= self.slot_ticks and running is not None:
                     if worker.slot:
                         self._flush_slot(worker)
                     if worker.later:
                         self._run_later(worker)
+                if running is not None and running._terminated and running._kill_injected:
+                    self._repeat_kill(worker, running, kills, repeats)
                 now[worker] = (mark, ticks)
             held = now
+            kills, repeats = repeats, kills
+            repeats.clear()
             slices = self._slices
             # Stop markers are no stalled work: a worker spawned for them would take one
             # meant for a busy worker, which then never ends.
@@ -361,6 +379,34 @@ class Scheduler:
             if stalled and slices == seen and self._counts()[1] == 0:
                 self._spawn(reason="stalled")
             seen = slices
+
+    @staticmethod
+    def _repeat_kill(
+        worker: _Worker,
+        process: Process,
+        kills: dict[_Worker, tuple[Process, float, float]],
+        repeats: dict[_Worker, tuple[Process, float, float]],
+    ) -> None:
+        """Interrupt again a killed handler that runs on (its interrupt was lost).
+
+        See ``Process._kill_again``. Not at once, and then less and less often
+        (:data:`KILL_REPEAT` seconds, doubling up to a second): a lost interrupt
+        makes CPython call ``sys.unraisablehook``, on the same thread, and an
+        interrupt landing in the hook while it reports the first is lost too.
+        """
+        now = time.monotonic()
+        entry = kills.get(worker)
+        if entry is None or entry[0] is not process:
+            repeats[worker] = (process, now + KILL_REPEAT, KILL_REPEAT)
+            return
+        _, due, wait = entry
+        if now < due:
+            repeats[worker] = entry
+            return
+        if process._kill_again(worker.thread):
+            log.debug("scheduler_kill_repeated", process=str(process))
+            wait = min(wait * 2, 1.0)
+            repeats[worker] = (process, now + wait, wait)
 
     # --- managed blocking -----------------------------------------------------------------
 

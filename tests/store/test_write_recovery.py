@@ -366,6 +366,11 @@ def _batch(content: str) -> list[dict[str, Any]]:
     return [{"type": "user", "content": content, "uuid": f"{content}{n}"} for n in "ab"]
 
 
+# A kill landing in a GC or weakref callback is reported and ignored by CPython (the
+# scheduler's monitor interrupts the handler again): expected under this many kills.
+@pytest.mark.filterwarnings(
+    "ignore:(?s)Exception ignored in.*_ProcessKilled:pytest.PytestUnraisableExceptionWarning"
+)
 @pytest.mark.slow
 @pytest.mark.parametrize("dedicated", [False, True], ids=["scheduled", "dedicated"])
 def test_killing_direct_writers_mid_write_never_wedges_the_store(

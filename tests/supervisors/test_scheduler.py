@@ -199,6 +199,37 @@ def test_kill_interrupts_only_the_running_handler_and_the_worker_goes_on() -> No
         _stop_all(others)
 
 
+class Swallower(s.Process):
+    """Catches the first kill, as a ``__del__`` or GC callback it lands in would, then computes."""
+
+    def on_receive(self, message: Any) -> Any:
+        started, swallowed, finished, left = message
+        try:
+            try:
+                started.set()
+                while True:
+                    time.sleep(0.001)
+            except BaseException:
+                swallowed.set()  # CPython reports such an exception and ignores it
+            deadline = time.monotonic() + 20.0
+            while time.monotonic() < deadline:
+                pass  # a handler going on with its work after the lost interrupt
+            finished.set()
+        finally:
+            left.set()
+
+
+def test_a_kill_whose_interrupt_was_swallowed_still_ends_the_handler() -> None:
+    started, swallowed, finished, left = (threading.Event() for _ in range(4))
+    victim = Swallower.start()
+    victim.tell((started, swallowed, finished, left))
+    assert started.wait(5)
+    assert s.kill(victim)
+    assert swallowed.wait(5)
+    assert left.wait(5)  # interrupted again by the monitor, not after its 20 s of work
+    assert not finished.is_set()
+
+
 class ThreadStarter(s.Process):
     """Starts and joins short threads until it is killed; says when its handler left."""
 
