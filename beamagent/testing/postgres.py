@@ -13,15 +13,22 @@ server runs as the ``postgres`` system user, in a directory it owns under ``/tmp
 
 The pytest fixtures ``postgres_server`` (one per test session) and ``postgres_url`` (a
 fresh database per test) come with beamagent's pytest plugin.
+
+The server runs in a session of its own (a Ctrl-C of the test run does not reach it), so
+a test run killed with SIGKILL cannot stop it. Each server's directory names the process
+that started it (``owner.pid``); :meth:`PostgresServer.start` first stops the servers
+whose owner is dead and deletes their directories (:func:`reap_orphans`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import os
 import pwd
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -39,6 +46,7 @@ __all__ = [
     "PostgresUnavailable",
     "find_postgres_bindir",
     "postgres_required",
+    "reap_orphans",
 ]
 
 #: Set to ``1`` to make tests that need PostgreSQL fail (not skip) when it is missing;
@@ -124,11 +132,14 @@ class PostgresServer:
             )
         as_root = os.geteuid() == 0
         parent = "/tmp" if as_root or tmpdir is None else os.fspath(tmpdir)
+        reap_orphans(parent)
         base = Path(tempfile.mkdtemp(prefix="bapg-", dir=parent))
         # A socket path is limited to 107 bytes.
         if len(str(base)) > 80:
             shutil.rmtree(base, ignore_errors=True)
+            reap_orphans("/tmp")
             base = Path(tempfile.mkdtemp(prefix="bapg-", dir="/tmp"))
+        (base / _OWNER).write_text(str(os.getpid()))
         demote = _demote_to_postgres(base) if as_root else None
         data = base / "data"
         log_path = base / "server.log"
@@ -282,6 +293,73 @@ class PostgresServer:
 
         with self._lock, psycopg.connect(self.url("postgres"), autocommit=True) as conn:
             conn.execute(statement.encode())
+
+
+_OWNER = "owner.pid"
+
+
+def reap_orphans(parent: str | os.PathLike[str] = "/tmp", timeout: float = 30.0) -> int:
+    """Stop the servers under ``parent`` whose starting process is dead; delete their files.
+
+    A server whose owner (``owner.pid`` in its directory) is alive is left alone, and so
+    is a directory without that file. The postmaster is signalled only if its command
+    line names that server's data directory (a reused pid is never hit); it gets a fast
+    shutdown (SIGINT), then SIGKILL after ``timeout`` seconds. Returns how many were reaped.
+    """
+    reaped = 0
+    for owner_file in sorted(Path(parent).glob(f"bapg-*/{_OWNER}")):
+        base = owner_file.parent
+        try:
+            owner = int(owner_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(owner):
+            continue
+        postmaster = _postmaster_of(base)
+        if postmaster is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(postmaster, signal.SIGINT)
+            if not _wait_exit(postmaster, timeout):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(postmaster, signal.SIGKILL)
+                _wait_exit(postmaster, timeout)
+        shutil.rmtree(base, ignore_errors=True)
+        reaped += 1
+    return reaped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _postmaster_of(base: Path) -> int | None:
+    """The pid of the postmaster serving ``base`` (checked against its command line)."""
+    data = base / "data"
+    try:
+        pid = int((data / "postmaster.pid").read_text().splitlines()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if os.fsencode(data) in cmdline else None
+
+
+def _wait_exit(pid: int, timeout: float) -> bool:
+    """Wait (bounded) for a process that is not our child to exit; True once it has."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        return bool(ready)
+    finally:
+        os.close(fd)
 
 
 def _server_env() -> dict[str, str]:
