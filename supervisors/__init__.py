@@ -38,6 +38,7 @@ from supervisors._process import (
     shutdown,
     spawn_options,
     start_link,
+    uninterruptible,
     unlink,
 )
 from supervisors._reasons import Crashed, ExitReason, Killed, NoProc, Normal, Shutdown, is_abnormal
@@ -137,6 +138,7 @@ __all__ = [
     "start_link",
     "supervisor_spec",
     "tree",
+    "uninterruptible",
     "unlink",
     "unregister",
     "whereis",

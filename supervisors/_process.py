@@ -1085,6 +1085,41 @@ def current_process() -> Process | None:
     return process
 
 
+@contextmanager
+def uninterruptible() -> Iterator[None]:
+    """A section of a handler that a ``kill()`` does not interrupt: the kill waits for its end.
+
+    For code that must not be left half done by an interrupt at an arbitrary bytecode,
+    such as waiting for a pooled connection (``psycopg_pool`` loses a connection
+    handed to a waiter interrupted by a ``BaseException``). A kill during the section
+    ends the process at once as usual (its callers are answered, its links and monitors
+    told), but the handler's thread runs the section to its end and is interrupted
+    there, by ``_ProcessKilled`` raised at the ``with`` statement's exit. Keep the
+    section short and bounded: a restarted process may already run beside it.
+
+    Outside a process handler (or hook) it does nothing. Sections nest.
+    """
+    process = current_process()
+    if process is None or not process._in_user_code:
+        yield  # not in a handler, or inside an outer section already
+        return
+    with process._sys_lock:
+        killed = process._terminated
+        if not killed:
+            process._in_user_code = False  # a kill now leaves this thread alone
+    if killed:
+        raise _ProcessKilled()
+    try:
+        yield
+    finally:
+        with process._sys_lock:
+            killed = process._terminated
+            if not killed:
+                process._in_user_code = True
+    if killed:
+        raise _ProcessKilled()
+
+
 def current_owner() -> Process | threading.Thread:
     """What is running this code, for locks that must survive a holder killed mid-hold.
 

@@ -38,7 +38,7 @@ from beamagent.errors import InvalidOption, StoreError
 from beamagent.log import get_logger
 from beamagent.store.base import MonotonicClock, PreparedMessage, lookup_key
 from beamagent.store.sql import DamagedRow, SqlStore, batch_model
-from supervisors import blocking
+from supervisors import blocking, uninterruptible
 
 if TYPE_CHECKING:
     import psycopg
@@ -458,11 +458,34 @@ class PostgresStore(SqlStore):
     # --- connections ----------------------------------------------------------------------
 
     @contextmanager
+    def _pooled(self, timeout: float | None = None) -> Iterator[Any]:
+        """``pool.connection()``, with the wait for a connection safe from ``kill()``.
+
+        psycopg_pool cleans up after a waiter that fails with an ``Exception`` only: a
+        writer process killed while it waited stayed queued, and the next connection
+        handed to it was lost to the pool for good. The wait is ``uninterruptible``:
+        a kill lands once it is over, and the connection goes back.
+        """
+        conn = None
+        try:
+            with uninterruptible():
+                conn = self._pool.getconn(timeout)
+        except BaseException:
+            if conn is not None:  # killed while it waited: give it back
+                self._pool.putconn(conn)
+            raise
+        try:
+            with conn:  # commit, or roll back on an error (a pooled one stays open)
+                yield conn
+        finally:
+            self._pool.putconn(conn)
+
+    @contextmanager
     def _read(self) -> Iterator[_Connection]:
         """A read-only snapshot transaction on a pooled connection."""
         self._check_open()
         try:
-            with self._pool.connection() as raw:
+            with self._pooled() as raw:
                 raw.execute(b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 try:
                     yield _Connection(raw)
@@ -481,7 +504,7 @@ class PostgresStore(SqlStore):
         """
         self._check_open()
         try:
-            with self._pool.connection() as raw, self._writing_on(raw):
+            with self._pooled() as raw, self._writing_on(raw):
                 raw.execute(b"BEGIN")
                 try:
                     yield _Connection(raw)
@@ -576,7 +599,7 @@ class PostgresStore(SqlStore):
         pause = 0.002
         try:
             left = max(deadline - time.monotonic(), 0.001)
-            with self._pool.connection(timeout=left) as raw:
+            with self._pooled(timeout=left) as raw:
                 # Each poll is a statement of its own (autocommit), so a fresh snapshot of
                 # pg_stat_activity. A backend that took an ended one's pid only makes the
                 # (bounded) wait longer.
@@ -621,7 +644,7 @@ class PostgresStore(SqlStore):
                 "touched": sorted({p.thread_id for p in prepared if p.thread_id is not None}),
             }
             try:
-                with self._pool.connection() as raw, self._writing_on(raw):
+                with self._pooled() as raw, self._writing_on(raw):
                     params["now"] = self._clock.now()
                     row = raw.execute(_APPEND, params).fetchone()
             except self._pool_errors as exc:
@@ -664,7 +687,7 @@ class PostgresStore(SqlStore):
         self._check_open()
         try:
             self._pool.check()
-            with self._pool.connection(timeout=self._pool_timeout) as raw:
+            with self._pooled(timeout=self._pool_timeout) as raw:
                 raw.execute(b"SELECT 1")
         except self._pool_errors as exc:
             raise StoreError(

@@ -516,3 +516,45 @@ def test_runtime_history_is_in_postgres_and_a_store_actor_restart_is_invisible(
     assert [json.loads(row[0])["content"] for row in rows] == ["one", "two"]
     with PostgresStore(postgres_url) as again:
         assert again.get_session("pg1").extra["share"]["status"] == "active"
+
+
+class _StoreCaller(supervisors.Process):
+    """Calls the store in its handler: ``(function, done)`` runs ``function()``."""
+
+    def on_receive(self, message: Any) -> Any:
+        function, done = message
+        try:
+            function()
+        finally:
+            done.set()
+
+
+def test_a_writer_killed_while_it_waits_for_a_pooled_connection_loses_none(
+    postgres_url: str,
+) -> None:
+    # psycopg_pool cleans up after a waiter failing with an Exception only: a process
+    # killed while it waited in getconn was handed the next connection, lost for good.
+    with PostgresStore(postgres_url, min_size=1, max_size=1, pool_timeout=10.0) as store:
+        store.create_session("s1", "local")
+        held = store._pool.getconn()  # the pool's only connection: the writer must wait
+        entered = threading.Event()
+        real_getconn = store._pool.getconn
+
+        def getconn(*args: Any, **kwargs: Any) -> Any:
+            entered.set()
+            return real_getconn(*args, **kwargs)
+
+        store._pool.getconn = getconn  # type: ignore[method-assign]
+        writer = _StoreCaller.start()
+        done = threading.Event()
+        mon = supervisors.monitor(writer, watcher=None)
+        writer.tell((lambda: store.record_message("s1", {"type": "user", "content": "x"}), done))
+        assert entered.wait(10.0)
+        assert supervisors.kill(writer)
+        assert mon.wait(10.0).reason == supervisors.Killed()
+        store._pool.putconn(held)  # handed to the killed writer, which must give it back
+        assert done.wait(10.0)
+        store._pool.getconn = real_getconn  # type: ignore[method-assign]
+        # The connection is in the pool again: a read gets it well within pool_timeout.
+        assert store.get_session("s1").session_id == "s1"
+        assert store._pool.get_stats()["pool_size"] == 1

@@ -920,3 +920,40 @@ def test_work_queued_while_the_last_workers_leave_is_handed_over() -> None:
     finally:
         gate.set()
         assert pool.release_idle(timeout=5)
+
+
+class Careful(s.Process):
+    """Waits for ``go`` inside an uninterruptible section; records how far it got."""
+
+    def on_receive(self, message: Any) -> Any:
+        inside, go, section_done, after, left = message
+        try:
+            with s.uninterruptible():
+                inside.set()
+                go.wait(10)
+                section_done.set()
+            after.set()  # never reached once killed: the kill lands at the section's end
+        finally:
+            left.set()
+
+
+@pytest.mark.parametrize("dedicated", [False, True])
+def test_a_kill_waits_for_the_end_of_an_uninterruptible_section(dedicated: bool) -> None:
+    inside, go, section_done, after, left = (threading.Event() for _ in range(5))
+    victim = type("CarefulHere", (Careful,), {"dedicated_thread": dedicated}).start()
+    mon = s.monitor(victim, watcher=None)
+    victim.tell((inside, go, section_done, after, left))
+    assert inside.wait(5)
+    assert s.kill(victim)
+    assert mon.wait(5).reason == s.Killed()  # the process ended at once
+    assert not left.is_set()  # its handler still runs the section
+    go.set()
+    assert left.wait(5)
+    assert section_done.is_set()
+    assert not after.is_set()
+
+
+def test_uninterruptible_outside_a_process_does_nothing() -> None:
+    with s.uninterruptible():
+        ran = True
+    assert ran
