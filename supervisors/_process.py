@@ -423,6 +423,7 @@ class Process(pykka.ThreadingActor):
         "_finished",
         "_in_user_code",
         "_kill_injected",
+        "_killed",
         "_launched",
         "_links",
         "_monitors",
@@ -483,6 +484,7 @@ class Process(pykka.ThreadingActor):
         self._finished = False
         self._monitors_closed = False
         self._kill_injected = False
+        self._killed = False  # by kill(): what an uninterruptible section waits to act on
         self._requested_exit: ExitReason | None = None
         self._in_user_code = False
         self._current: Envelope[Any] | None = None
@@ -911,6 +913,7 @@ class Process(pykka.ThreadingActor):
             if self._finished:
                 return False
             self._terminated = True
+            self._killed = True
             self.exit_reason = Killed()
             thread = self._thread
             # Decided under the lock the running thread takes to leave user code: the
@@ -1097,14 +1100,14 @@ def uninterruptible() -> Iterator[None]:
     there, by ``_ProcessKilled`` raised at the ``with`` statement's exit. Keep the
     section short and bounded: a restarted process may already run beside it.
 
-    Outside a process handler (or hook) it does nothing. Sections nest.
+    Outside the handlers and hooks of a process it does nothing. Sections nest.
     """
     process = current_process()
     if process is None or not process._in_user_code:
         yield  # not in a handler, or inside an outer section already
         return
     with process._sys_lock:
-        killed = process._terminated
+        killed = process._killed  # not _terminated: a stop hook runs terminated
         if not killed:
             process._in_user_code = False  # a kill now leaves this thread alone
     if killed:
@@ -1113,7 +1116,7 @@ def uninterruptible() -> Iterator[None]:
         yield
     finally:
         with process._sys_lock:
-            killed = process._terminated
+            killed = process._killed
             if not killed:
                 process._in_user_code = True
     if killed:

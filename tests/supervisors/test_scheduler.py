@@ -957,3 +957,23 @@ def test_uninterruptible_outside_a_process_does_nothing() -> None:
     with s.uninterruptible():
         ran = True
     assert ran
+
+
+class CarefulStop(s.Process):
+    """Uses an uninterruptible section in its on_stop (a stopping process is terminated)."""
+
+    def __init__(self, done: threading.Event) -> None:
+        super().__init__()
+        self.done = done
+
+    def on_stop(self) -> None:
+        with s.uninterruptible():
+            pass
+        self.done.set()
+
+
+def test_an_uninterruptible_section_in_a_stop_hook_runs_through() -> None:
+    done = threading.Event()
+    process = CarefulStop.start(done)
+    assert s.shutdown(process, timeout=5) == s.Shutdown()
+    assert done.is_set()
