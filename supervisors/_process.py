@@ -1240,8 +1240,8 @@ def kill(target: ProcessTarget) -> bool:
     (its pending callers get ``ActorDeadError`` immediately); on the shared
     scheduler again after 0.1 s, and less often after that, while the handler
     runs on, so an interrupt swallowed by a ``__del__`` or GC callback, or
-    caught, is not lost. Code
-    blocked in a C call (a lock, a socket) is abandoned until that call returns.
+    caught, is not lost. Code blocked in a C call (a lock, a socket) is
+    abandoned until that call returns.
     Returns False if the process was already dead.
     """
     process = lookup(target)

@@ -87,6 +87,9 @@ SLOT_RUNS = 16
 KILL_REPEAT = 0.1
 """Seconds a killed handler may run on before the monitor interrupts it again."""
 
+# A killed handler the monitor watches: (process, when to interrupt again, the wait after).
+_KillRepeat = tuple["Process", float, float]
+
 _STOP: Any = object()
 _local = threading.local()
 
@@ -345,8 +348,7 @@ class Scheduler:
         held: dict[_Worker, tuple[int, int]] = {}  # worker -> (slice, ticks seen in it)
         # Killed handlers still running: worker -> (process, when to interrupt it again,
         # the wait after that); rebuilt each tick, so a handler that left is forgotten.
-        kills: dict[_Worker, tuple[Process, float, float]] = {}
-        repeats: dict[_Worker, tuple[Process, float, float]] = {}
+        kills: dict[_Worker, _KillRepeat] = {}
         wake = threading.Event()
         while True:
             wake.wait(self.tick)
@@ -356,6 +358,7 @@ class Scheduler:
                     return
                 workers = list(self._workers.values())
             now: dict[_Worker, tuple[int, int]] = {}
+            still: dict[_Worker, _KillRepeat] = {}
             for worker in workers:
                 mark = worker.slices
                 before = held.get(worker)
@@ -366,12 +369,13 @@ class Scheduler:
                         self._flush_slot(worker)
                     if worker.later:
                         self._run_later(worker)
-                if running is not None and running._terminated and running._kill_injected:
-                    self._repeat_kill(worker, running, kills, repeats)
+                if running is not None and running._kill_injected:
+                    repeat = self._repeat_kill(worker.thread, running, kills.get(worker))
+                    if repeat is not None:
+                        still[worker] = repeat
                 now[worker] = (mark, ticks)
             held = now
-            kills, repeats = repeats, kills
-            repeats.clear()
+            kills = still
             slices = self._slices
             # Stop markers are no stalled work: a worker spawned for them would take one
             # meant for a busy worker, which then never ends.
@@ -382,31 +386,27 @@ class Scheduler:
 
     @staticmethod
     def _repeat_kill(
-        worker: _Worker,
-        process: Process,
-        kills: dict[_Worker, tuple[Process, float, float]],
-        repeats: dict[_Worker, tuple[Process, float, float]],
-    ) -> None:
+        thread: threading.Thread, process: Process, entry: _KillRepeat | None
+    ) -> _KillRepeat | None:
         """Interrupt again a killed handler that runs on (its interrupt was lost).
 
         See ``Process._kill_again``. Not at once, and then less and less often
         (:data:`KILL_REPEAT` seconds, doubling up to a second): a lost interrupt
         makes CPython call ``sys.unraisablehook``, on the same thread, and an
         interrupt landing in the hook while it reports the first is lost too.
+        Returns what to keep for the next tick (None: the handler is out).
         """
         now = time.monotonic()
-        entry = kills.get(worker)
         if entry is None or entry[0] is not process:
-            repeats[worker] = (process, now + KILL_REPEAT, KILL_REPEAT)
-            return
+            return (process, now + KILL_REPEAT, KILL_REPEAT)  # first seen: give it time
         _, due, wait = entry
         if now < due:
-            repeats[worker] = entry
-            return
-        if process._kill_again(worker.thread):
-            log.debug("scheduler_kill_repeated", process=str(process))
-            wait = min(wait * 2, 1.0)
-            repeats[worker] = (process, now + wait, wait)
+            return entry
+        if not process._kill_again(thread):
+            return None
+        log.debug("scheduler_kill_repeated", process=str(process))
+        wait = min(wait * 2, 1.0)
+        return (process, now + wait, wait)
 
     # --- managed blocking -----------------------------------------------------------------
 

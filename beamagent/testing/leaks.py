@@ -32,6 +32,7 @@ __all__ = [
     "forget_long_lived_child",
     "long_lived_child",
     "open_fds",
+    "pid_alive",
 ]
 
 LEAK_GRACE_SECONDS = 5.0
@@ -53,6 +54,16 @@ def long_lived_child(pid: int) -> None:
 def forget_long_lived_child(pid: int) -> None:
     """Undo :func:`long_lived_child` (the server was stopped)."""
     _long_lived.discard(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs, read from /proc (Linux); a zombie counts as ended."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
 
 
 def child_pids() -> set[int]:

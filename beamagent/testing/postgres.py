@@ -39,7 +39,7 @@ import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
-from beamagent.testing.leaks import forget_long_lived_child, long_lived_child
+from beamagent.testing.leaks import forget_long_lived_child, long_lived_child, pid_alive
 
 __all__ = [
     "PostgresServer",
@@ -313,7 +313,7 @@ def reap_orphans(parent: str | os.PathLike[str] = "/tmp", timeout: float = 30.0)
             owner = int(owner_file.read_text())
         except (OSError, ValueError):
             continue
-        if _alive(owner):
+        if pid_alive(owner):
             continue
         postmaster = _postmaster_of(base)
         if postmaster is not None:
@@ -326,16 +326,6 @@ def reap_orphans(parent: str | os.PathLike[str] = "/tmp", timeout: float = 30.0)
         shutil.rmtree(base, ignore_errors=True)
         reaped += 1
     return reaped
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
 
 
 def _postmaster_of(base: Path) -> int | None:

@@ -23,7 +23,12 @@ import threading
 import time
 from typing import Any
 
-from beamagent.testing.leaks import child_pids, forget_long_lived_child, long_lived_child
+from beamagent.testing.leaks import (
+    child_pids,
+    forget_long_lived_child,
+    long_lived_child,
+    pid_alive,
+)
 
 __all__ = ["LocalRayCluster"]
 
@@ -135,7 +140,7 @@ class LocalRayCluster:
                 os.kill(pid, signal.SIGKILL)
         self._cluster.remove_node(node, allow_graceful=False)
         deadline = time.monotonic() + timeout
-        while any(_alive(pid) for pid in doomed) and time.monotonic() < deadline:
+        while any(pid_alive(pid) for pid in doomed) and time.monotonic() < deadline:
             threading.Event().wait(0.01)  # reaped by their parents: nothing to block on
 
     def shutdown(self) -> None:
@@ -175,12 +180,3 @@ def _descendants(roots: list[int]) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
