@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import gc
 import statistics
+import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def per_op(fn: Callable[[], object], n: int, repeats: int = 5) -> float:
@@ -33,6 +37,25 @@ def paired(
         base_samples.append(per_op(baseline, n, repeats=1))
         our_samples.append(per_op(ours, n, repeats=1))
     return min(base_samples), min(our_samples)
+
+
+def on_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` run on a new thread (not the main one, as a service's request thread)."""
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except BaseException as exc:  # re-raised on the calling thread
+            error.append(exc)
+
+    thread = threading.Thread(target=run, name="bench-caller")
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
 
 
 def rss_bytes() -> int:

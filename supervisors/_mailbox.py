@@ -118,6 +118,30 @@ class Mailbox:
             return
         reject_envelope(envelope, str(self._owner))
 
+    def put_claim(self, envelope: Envelope[Any], /) -> bool:
+        """Queue an ordinary message; True if the caller must now run the process itself.
+
+        Like :meth:`put`, except that when the message makes an idle scheduled
+        process runnable, the process is not handed to the scheduler: it counts as
+        scheduled (no other put schedules it) and the caller runs its slice.
+        """
+        with self._lock:
+            if not self._closed:
+                messages = self._messages
+                if messages is None:
+                    messages = self._messages = deque()
+                messages.append(envelope)
+                if self._schedule is None:
+                    if self._not_empty is not None:
+                        self._not_empty.notify()
+                    return False
+                if self._scheduled:
+                    return False
+                self._scheduled = True
+                return True
+        reject_envelope(envelope, str(self._owner))
+        return False
+
     def put_signal(self, envelope: Envelope[Any]) -> bool:
         """Queue an exit signal ahead of ordinary mail; False if the mailbox is closed."""
         with self._lock:

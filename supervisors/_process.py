@@ -17,6 +17,7 @@ that loop (and only that loop) so it can:
 from __future__ import annotations
 
 import _thread
+import contextvars
 import ctypes
 import itertools
 import os
@@ -672,8 +673,12 @@ class Process(pykka.ThreadingActor):
 
     # --- the loop (a slice on the shared scheduler) --------------------------------
 
-    def _run_slice(self) -> None:
-        """Run ``on_start`` (first time) and up to ``SLICE`` messages; called by a worker."""
+    def _run_slice(self, until: ProcessFuture | None = None) -> None:
+        """Run ``on_start`` (first time) and up to ``SLICE`` messages; called by a worker.
+
+        Or by a caller waiting for ``until`` (see :func:`deliver`): then the slice ends
+        as soon as ``until`` is answered, and mail left goes to the scheduler.
+        """
         if self._finished:
             return  # killed while it waited in the run queue
         _local.process = self
@@ -699,6 +704,14 @@ class Process(pykka.ThreadingActor):
                     reason, exc_info = outcome
                     if reason is not None:
                         self._terminate(reason, exc_info)
+                    return
+                if until is not None and until._result is not None:  # done(), inline
+                    # The caller's answer is in: it stops running this process. What
+                    # came meanwhile (or the handler sent itself) goes to a worker.
+                    if self._requested_exit is not None:
+                        self._terminate(self._requested_exit, None)
+                    elif mailbox.runnable():
+                        scheduler.submit(self)
                     return
             if self._requested_exit is not None:
                 self._terminate(self._requested_exit, None)
@@ -1052,6 +1065,67 @@ def _clear_pending_kill() -> None:
     # cannot surface in threading's own shutdown code.
     with suppress(_ProcessKilled):
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threading.get_ident()), None)
+
+
+def deliver(ref: pykka.ActorRef[Any], envelope: Envelope[Any]) -> None:
+    """Queue ``envelope`` for ``ref``'s process; run the process on this thread if it was idle.
+
+    For a caller that waits on ``envelope.reply_to`` (a :class:`ProcessFuture`) right
+    after: when the message makes an idle process on the shared scheduler runnable,
+    and this thread is neither the main thread, a scheduler worker nor running a
+    process, this thread runs the process's handlers itself (caller-runs), until the
+    reply is set or the mailbox is empty, and hands what mail is left to the
+    scheduler. The ask then costs no hand-off between threads: a blocking ask to a
+    worker, and the reply back, are two thread wake-ups (on a VM tens of microseconds
+    each), and with many callers each wake-up also waits for the GIL.
+
+    The process runs exactly as on a worker: one handler at a time, in message order
+    (the mailbox counts it as scheduled, so no worker takes it meanwhile), as
+    ``current_process()``, where a ``kill()`` interrupts only its handler, in a
+    context of its own (the caller's context variables are not seen). Everything
+    else (a busy process, a dedicated thread, a caller that is itself a process,
+    ``tell``) queues the message as ``ActorRef.tell``/``ask`` would; so does the main
+    thread, where a signal handler's exception (Ctrl-C's ``KeyboardInterrupt``, a
+    SIGTERM handler's ``SystemExit``) would land in the process's handler, or in a
+    supervisor's bookkeeping, and end that process instead of reaching the caller.
+    """
+    mailbox: Any = ref.actor_inbox
+    until = envelope.reply_to
+    if (
+        type(mailbox) is not Mailbox
+        or not isinstance(until, ProcessFuture)
+        or getattr(_local, "process", None) is not None
+        or _thread.get_ident() == _main_ident
+        or in_worker()
+    ):
+        mailbox.put(envelope)
+        return
+    if mailbox.put_claim(envelope):
+        process: Process = mailbox._target
+        contextvars.Context().run(process._run_slice, until)
+
+
+def ask(target: ProcessTarget, message: Any, *, timeout: float | None = None) -> Any:
+    """Send ``message`` to a process and wait for its reply (a caller-runs ``ask``).
+
+    Like ``ref.ask(message, timeout=timeout)``, except that from a thread other than
+    the main thread that is not itself running a process, an idle process handles the
+    message on the calling thread instead of a scheduler worker (see :func:`deliver`):
+    one ask costs no thread hand-off. ``timeout`` bounds the wait for the reply; a
+    handler running on the calling thread runs to its end first (a handler that defers
+    its reply returns at once, and the wait for the reply is bounded as usual).
+
+    Raises:
+        NoSuchProcess: no live process for ``target`` (a ref, a process or a name).
+        pykka.Timeout: no reply within ``timeout`` seconds.
+        NotHandled: the process ended before it handled the message.
+        NoReply: the process ended while handling it, or before a deferred reply.
+        Exception: what the handler raised.
+    """
+    process = require(target)
+    future = ProcessFuture()
+    deliver(process.actor_ref, Envelope(message, reply_to=future))
+    return future.get(timeout=timeout)
 
 
 def lookup_urn(urn: str) -> Process | None:

@@ -39,7 +39,7 @@ from beamagent.errors import (
 from beamagent.messages import Message, MessageType
 from beamagent.session.actor import CallFuture, QueryRef
 from beamagent.timeouts import check_timeout
-from supervisors import NoReply, WaitTimeout, lookup, monitor
+from supervisors import NoReply, WaitTimeout, deliver, lookup, monitor
 
 if TYPE_CHECKING:
     import asyncio
@@ -240,7 +240,7 @@ class Session:
             if tries > 1:  # a second try: the query's own timeout runs on
                 message = ProxyCall((method,), self._args_left(method, args, started), kwargs)
             future = CallFuture()
-            ref.actor_inbox.put(Envelope(message, reply_to=future))
+            deliver(ref, Envelope(message, reply_to=future))  # caller-runs when idle
             try:
                 return future.get(timeout=remaining)
             except SessionRestarting:

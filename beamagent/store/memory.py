@@ -1,7 +1,8 @@
 """An in-memory :class:`~beamagent.store.SessionStore`: same semantics, nothing on disk.
 
 For tests, demos and ``open_store(":memory:")``. Thread-safe: one lock serializes every
-call. Messages are kept as JSON text, exactly like the SQLite store, so what you read
+call (``record_messages`` holds it only to check and commit a batch prepared outside
+it). Messages are kept as JSON text, exactly like the SQLite store, so what you read
 back is the same JSON round-trip in both stores; except a
 :class:`~beamagent.messages.Message` the library built from JSON values
 (``is_json_native``: what sessions record from the ``local`` backend), which is kept as
@@ -195,6 +196,11 @@ class _Session:
     # ``(updated_at, model)`` after appends not yet in ``stored``; the message count is
     # ``len(messages)``.
     appended: tuple[float, str | None] | None = None
+    # ``len(messages)``, kept by every append: the lock-light append (see
+    # ``MemoryStore.record_messages``) checks it without a call under the lock.
+    count: int = 0
+    # Set (under the lock) when the session is deleted: a lock-light append must not land.
+    deleted: bool = False
 
     @property
     def record(self) -> SessionRecord:
@@ -332,6 +338,7 @@ class MemoryStore:
             session.messages = list(new)  # the first batch: a list of its own from now on
         else:
             session.messages.extend(new)
+        session.count = len(session.messages)
         if touched is not None:
             for thread_id in touched & session.threads.keys():
                 thread = session.threads[thread_id]
@@ -443,7 +450,7 @@ class MemoryStore:
     def delete_session(self, session_id: str) -> None:
         """Delete the session with its messages and threads."""
         with self._locked():
-            self._session(session_id)
+            self._session(session_id).deleted = True
             del self._sessions[session_id]
 
     # --- messages -------------------------------------------------------------------------
@@ -473,6 +480,10 @@ class MemoryStore:
         batch = list(messages)
         if skip_recorded is not False:
             check_flag(skip_recorded, "skip_recorded")
+        else:
+            seqs = self._append_light(session_id, batch)
+            if seqs is not None:
+                return seqs
         with self._lock:  # as _locked() does, without a generator on every query's path
             if self._closed:
                 raise StoreError("the in-memory session store is closed")
@@ -487,6 +498,63 @@ class MemoryStore:
                 prepared = prepared[len(done) :]
             seqs = self._append(session, prepared, self._clock.now())
             return done + seqs if done else seqs
+
+    def _append_light(
+        self, session_id: str, batch: list[Mapping[str, Any] | Message]
+    ) -> list[int] | None:
+        """Append ``batch`` holding the lock only for a check and a commit; None: not here.
+
+        A session records every query, many sessions at once from many threads. Under
+        the lock for the whole call, a thread the GIL switched out while holding it makes
+        every other recording thread block on it in turn (a lock convoy: with 16 threads,
+        most of their time). Here everything is prepared first (encoded, numbered, timed)
+        from a snapshot of the session, and the lock covers only what checks that the
+        snapshot still holds and the commit: attribute reads and writes, comparisons and
+        one in-place list concatenation, no call and no loop, so CPython never switches
+        threads inside it and nobody ever waits for it. When the snapshot went stale (an
+        append or any change to the session meanwhile) or the batch needs more (messages
+        of a thread, whose ``updated_at`` moves), the caller takes the locked path.
+
+        Raises:
+            InvalidOption: a message is not a JSON-able mapping with a string ``type``.
+        """
+        session = self._sessions.get(session_id) if type(session_id) is str else None
+        if session is None or not batch:
+            return None
+        stored = session.stored
+        base = session.count
+        new = [_prepare(m, stored.active_thread_id) for m in batch]
+        model = session.model
+        for item in new:
+            if item.thread_id is not None:
+                return None  # a thread's updated_at moves too: the locked path
+            if item.model is not None:
+                model = item.model
+        now = self._clock.now()
+        appended = (now, model)
+        for seq, item in enumerate(new, base + 1):
+            item.seq = seq
+            item.created_at = now
+        end = base + len(new)
+        committed = False
+        with self._lock:
+            # No call and no loop from here to the end of the block (see above).
+            if (
+                not self._closed
+                and not session.deleted
+                and session.stored is stored
+                and session.count == base
+            ):
+                if base == 0:
+                    session.messages = new  # made here: a list of its own
+                else:
+                    session.messages += new  # one C call: a kill never leaves half of it
+                session.count = end
+                session.appended = appended
+                committed = True
+        if not committed:
+            return None
+        return list(range(base + 1, end + 1))
 
     @staticmethod
     def _recorded_seqs(session: _Session, batch: list[_Message]) -> list[int]:
@@ -566,6 +634,7 @@ class MemoryStore:
             self._sessions[new_id] = _Session(
                 record=record,
                 messages=messages,
+                count=len(messages),
                 rolled_back=source.rolled_back & copied,
                 threads={
                     tid: attrs.evolve(t, session_id=new_id, metadata=_deep(t.metadata))

@@ -113,3 +113,93 @@ def test_many_aqueries_from_one_loop_each_get_their_own_answer() -> None:
         for round_ in range(2):  # a second asyncio.run on this thread: a new loop
             got = asyncio.run(main(rt, sessions, round_))
             assert got == [",".join(f"r{round_}-s{i}-q{q}" for q in range(5)) for i in range(50)]
+
+
+def _on_a_thread(fn: Any) -> Any:
+    """``fn()`` on a new thread (a service's request thread, not the main one)."""
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, fn()))
+        except BaseException as exc:  # handed back to the test
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, name="request-thread")
+    thread.start()
+    thread.join(60)
+    assert outcome, "the call did not return"
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
+def test_a_query_from_a_request_thread_runs_the_idle_session_there() -> None:
+    # Caller-runs (docs/supervisors.md): the session's handler, the local agent's reply
+    # and the recording run on the asking thread, as the session; the main thread
+    # hands the query to a worker.
+    from beamagent.store import MemoryStore
+
+    class TracingStore(MemoryStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.threads: list[str] = []
+
+        def record_messages(self, *args: Any, **kwargs: Any) -> list[int]:
+            self.threads.append(threading.current_thread().name)
+            return super().record_messages(*args, **kwargs)
+
+    store = TracingStore()
+    with Runtime(store=store) as rt:
+        session = rt.start_session(backend="local")
+        del store.threads[:]
+        answer = _on_a_thread(lambda: session.query("one", timeout=30))
+        assert answer[-1].content == "one"
+        assert store.threads == ["request-thread"]
+        session.query("two", timeout=30)
+        assert store.threads[1].startswith("supervisors-worker-")
+        stored = rt.get_session_messages(session)
+        assert [m.content for m in stored if m.type is MessageType.USER] == ["one", "two"]
+
+
+def test_a_session_killed_mid_query_from_a_request_thread_restarts_and_answers_again() -> None:
+    import supervisors
+    from beamagent.errors import SessionError
+
+    entered, release = threading.Event(), threading.Event()
+
+    def reply(prompt: str, params: Mapping[str, Any]) -> str:
+        if prompt == "hold":
+            entered.set()
+            for _ in range(3000):  # short waits: a kill lands between two of them
+                if release.wait(0.01):
+                    break
+        return f"answer to {prompt}"
+
+    with Runtime(store=":memory:") as rt:
+        session = rt.start_session(backend="local", reply=reply)
+        first = rt._session_ref(session.session_id)
+        outcome: list[BaseException] = []
+
+        def held() -> None:
+            try:
+                session.query("hold", timeout=30)
+            except SessionError as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=held, name="request-thread")
+        thread.start()
+        assert entered.wait(10)
+        assert supervisors.kill(first)
+        thread.join(30)
+        release.set()
+        assert not thread.is_alive()
+        assert len(outcome) == 1
+        error = outcome[0]
+        assert isinstance(error, SessionError)
+        assert error.delivered is True  # the prompt had reached the backend: not re-sent
+        # The supervisor restarted it; the next query (from a thread again) is answered.
+        answer = _on_a_thread(lambda: session.query("after", timeout=30))
+        assert answer[-1].content == "answer to after"
+        assert rt._session_ref(session.session_id).actor_urn != first.actor_urn
