@@ -567,16 +567,17 @@ class Process(pykka.ThreadingActor):
         # On the shared scheduler: the first slice runs on_start, mail schedules the rest.
         self.mailbox.attach(_schedule, self)
         parent = getattr(_local, "process", None)
-        if parent is not None and in_worker():
-            self._start_here(parent)
+        if parent is not None and not parent.dedicated_thread:
+            self._start_here(parent)  # on a worker, or a caller-runs thread (see deliver)
         else:
             scheduler.submit(self)
 
     def _start_here(self, parent: Process) -> None:
-        """Run ``on_start`` on this worker, in the handler of ``parent`` that starts us.
+        """Run ``on_start`` on this thread, in the handler of ``parent`` that starts us.
 
-        That handler would only block until ``on_start`` returned on another worker:
-        running it here saves two hand-offs between threads. It runs as this
+        On a worker, or on the thread of a caller that runs ``parent`` (see
+        :func:`deliver`). That handler would only block until ``on_start`` returned on
+        a worker: running it here saves two hand-offs between threads. It runs as this
         process's own (``current_process()``, a kill interrupts it alone); its mail
         is then drained by the scheduler, never in the parent's handler.
         """
@@ -1122,9 +1123,13 @@ def ask(target: ProcessTarget, message: Any, *, timeout: float | None = None) ->
         NoReply: the process ended while handling it, or before a deferred reply.
         Exception: what the handler raised.
     """
-    process = require(target)
+    return ask_ref(require(target).actor_ref, message, timeout)
+
+
+def ask_ref(ref: pykka.ActorRef[Any], message: Any, timeout: float | None) -> Any:
+    """:func:`ask` on a ref, as ``ref.ask`` fails: ``NotHandled`` if it ended already."""
     future = ProcessFuture()
-    deliver(process.actor_ref, Envelope(message, reply_to=future))
+    deliver(ref, Envelope(message, reply_to=future))
     return future.get(timeout=timeout)
 
 

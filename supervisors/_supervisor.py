@@ -20,6 +20,7 @@ from supervisors._messages import Exit
 from supervisors._process import (
     MonitorRef,
     Process,
+    ask_ref,
     kill,
     link,
     lookup,
@@ -367,7 +368,8 @@ class SupervisorRef(pykka.ActorRef[Any]):
     """
 
     def _call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        return self.ask(ProxyCall(attr_path=(method,), args=args, kwargs={}), timeout=timeout)
+        # Caller-runs: from a plain thread, an idle supervisor handles the call there.
+        return ask_ref(self, ProxyCall(attr_path=(method,), args=args, kwargs={}), timeout)
 
     def which_children(self, *, timeout: float | None = None) -> list[ChildInfo]:
         """Every child spec in start order, with its running ref (or None)."""
@@ -541,7 +543,8 @@ class DynamicSupervisorRef(pykka.ActorRef[Any]):
     """The ref of a ``DynamicSupervisor``, with its API as blocking methods."""
 
     def _call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        return self.ask(ProxyCall(attr_path=(method,), args=args, kwargs={}), timeout=timeout)
+        # Caller-runs: from a plain thread, an idle supervisor handles the call there.
+        return ask_ref(self, ProxyCall(attr_path=(method,), args=args, kwargs={}), timeout)
 
     def start_child(
         self, spec: ChildSpec | StartSpec, *, timeout: float | None = None

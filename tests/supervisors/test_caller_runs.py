@@ -272,3 +272,76 @@ def test_many_threads_asking_many_processes_get_every_answer_in_order() -> None:
     finally:
         for ref in refs:
             _stop(ref)
+
+
+class Started(s.Process):
+    """Records where its on_start ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started_on: threading.Thread | None = None
+
+    def on_start(self) -> None:
+        self.started_on = threading.current_thread()
+
+    def on_receive(self, message: Any) -> Any:
+        return self.started_on
+
+
+def test_a_supervisor_call_from_a_request_thread_starts_the_child_there() -> None:
+    dyn = s.DynamicSupervisor.start()
+    try:
+        child = _on_a_thread(
+            lambda: (dyn.start_child((Started, (), {})), threading.current_thread())
+        )
+        ref, caller = child
+        assert ref.ask("where", timeout=5) is caller  # supervisor and on_start ran there
+        ref = dyn.start_child((Started, (), {}))  # from the main thread: on a worker
+        assert ref.ask("where", timeout=5).name.startswith("supervisors-worker-")
+        # A dead supervisor answers a request thread as Pykka's ask would.
+    finally:
+        dyn.stop()
+    with pytest.raises(pykka.ActorDeadError):
+        _on_a_thread(lambda: dyn.start_child((Started, (), {}), timeout=5))
+
+
+def test_request_threads_starting_children_while_children_are_killed_lose_none() -> None:
+    dyn = s.DynamicSupervisor.start(max_restarts=1_000_000)
+    started: list[pykka.ActorRef[Any]] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def start_many() -> None:
+        try:
+            for _ in range(100):
+                started.append(dyn.start_child((Started, (), {}), timeout=10))
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    def kill_some() -> None:
+        n = 0
+        while not stop.is_set():
+            if started:
+                s.kill(started[n % len(started)])  # restarted: permanent by default
+                n += 1
+            stop.wait(0.002)
+
+    starters = [threading.Thread(target=start_many) for _ in range(6)]
+    killer = threading.Thread(target=kill_some)
+    killer.start()
+    for t in starters:
+        t.start()
+    for t in starters:
+        t.join(60)
+    stop.set()
+    killer.join(10)
+    try:
+        assert failures == []
+        assert len(started) == 600
+        counts = dyn.count_children(timeout=10)
+        assert counts["specs"] == 600  # every start that answered is a child
+        for info in dyn.which_children(timeout=10):  # killed ones came back
+            assert info.ref is not None
+            assert isinstance(info.ref.ask("where", timeout=10), threading.Thread)
+    finally:
+        dyn.stop()

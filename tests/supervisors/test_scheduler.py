@@ -578,10 +578,24 @@ class Starter(s.Process):
         return child, me, None, s.current_process() is self
 
 
-def test_a_process_started_in_a_handler_runs_on_start_as_itself_on_that_worker() -> None:
+def _ask_via(via: str, ref: pykka.ActorRef[Any], message: Any) -> Any:
+    """``ref.ask(message)``, or a caller-runs ``supervisors.ask`` from a request thread."""
+    if via == "worker":
+        return ref.ask(message, timeout=5)
+    answers: list[Any] = []
+    thread = threading.Thread(target=lambda: answers.append(s.ask(ref, message, timeout=5)))
+    thread.start()
+    thread.join(10)
+    return answers[0]
+
+
+@pytest.mark.parametrize("via", ["worker", "request thread"])
+def test_a_process_started_in_a_handler_runs_on_start_as_itself_on_that_thread(via: str) -> None:
+    # On a worker, or on a request thread that runs the starter itself (caller-runs).
     starter = Starter.start()
     try:
-        child, handler_thread, error, still_parent = starter.ask(False, timeout=5)
+        child, handler_thread, error, still_parent = _ask_via(via, starter, False)
+        assert handler_thread.name.startswith("supervisors-worker-") == (via == "worker")
         assert error is None
         assert still_parent
         process = s.lookup(child)
@@ -597,11 +611,16 @@ def test_a_process_started_in_a_handler_runs_on_start_as_itself_on_that_worker()
         starter.stop(timeout=5)
 
 
-def test_a_kill_of_a_process_starting_in_place_ends_it_alone() -> None:
+@pytest.mark.parametrize("via", ["worker", "request thread"])
+def test_a_kill_of_a_process_starting_in_place_ends_it_alone(via: str) -> None:
     starter = Starter.start()
     _starting.clear()
     try:
-        reply = starter.ask(True, block=False)
+        if via == "worker":
+            reply = starter.ask(True, block=False)
+        else:
+            reply = pykka.ThreadingFuture()
+            threading.Thread(target=lambda: reply.set(s.ask(starter, True, timeout=5))).start()
         deadline = time.monotonic() + 5
         while not _starting and time.monotonic() < deadline:
             time.sleep(0.001)
