@@ -55,7 +55,7 @@ from beamagent.graph.api import GraphApi
 from beamagent.log import get_logger
 from beamagent.routing.api import RoutingApi
 from beamagent.routing.policies import BackendInfo
-from beamagent.routing.registry import RoutingRegistry
+from beamagent.routing.registry import ReadyQueue, RoutingRegistry
 from beamagent.session.handle import CALL_TIMEOUT, Session
 from beamagent.store import SessionStore, open_store
 from beamagent.store.actor import DIRECT_WRITES, StoreActor, run_write
@@ -114,23 +114,6 @@ class _SessionEnded(Exception):
 def _settle_ended(ready: ProcessFuture) -> None:
     with contextlib.suppress(queue.Full):  # it answered first
         ready.set_exception((_SessionEnded, _SessionEnded(), None))
-
-
-def _index_hook(registry_name: Hashable) -> Any:
-    """Index a started session in the registry (by name, a tell: never waits, never raises).
-
-    One hook per registry, shared by its runtime's sessions (``SessionConfig.on_ready``):
-    a session calls it on its own thread as it becomes ready, so the tell wakes no other
-    thread. A registry that loses it rebuilds its index from the session names.
-    """
-
-    def index(session_id: str, backend: str, urn: str) -> None:
-        registry = whereis(registry_name)
-        if registry is not None:
-            with contextlib.suppress(pykka.ActorDeadError):
-                registry.tell(ProxyCall(("register_session",), (session_id, backend, urn), {}))
-
-    return index
 
 
 log = get_logger(__name__)
@@ -373,8 +356,10 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
             "sessions": (*ns, "sessions"),
             "runs": (*ns, "runs"),
         }
-        # One hook for every session of this runtime (not a closure per session).
-        self._on_ready = _index_hook(self._names["registry"])
+        # One hook for every session of this runtime (not a closure per session): the
+        # session queues itself, and the registry indexes the queue a batch at a time.
+        self._ready = ReadyQueue(self._names["registry"])
+        self._on_ready = self._ready.add
         self._init_tools(tools, tool_server)  # checked before anything starts
         sessions_budget = {
             "max_restarts": None if supervisor_budget is None else supervisor_budget[0],
@@ -382,7 +367,11 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
             # Weakly: the tree must not keep an unstopped runtime from being collected.
             "on_give_up": _weak_hook(self, "_session_given_up"),
         }
-        registry_options = {"store": self._store, "session_namespace": (*ns, "session")}
+        registry_options = {
+            "store": self._store,
+            "session_namespace": (*ns, "session"),
+            "ready": self._ready,
+        }
         children = [
             ChildSpec(
                 "registry",
@@ -803,7 +792,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
         A tell is enough: this caller's later registry calls queue behind it, and a
         registry that loses it (dead, or dying before handling it) rebuilds its index
         from the session names when it restarts, and the name is registered by now.
-        Usually the session itself does this, as it becomes ready (``_index_hook``).
+        Usually the session itself does this, as it becomes ready (``ReadyQueue.add``).
         """
         self._on_ready(session_id, backend, urn)
 

@@ -59,7 +59,6 @@ import contextlib
 import inspect
 import itertools
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
@@ -97,6 +96,7 @@ from beamagent.messages import (
     _valid_text,
 )
 from beamagent.tools._tool import ToolContext, ToolOutcome, ToolSet, invoke_blocking
+from supervisors._ids import new_hex128
 
 __all__ = [
     "CODECS",
@@ -877,7 +877,7 @@ class LocalHandler(BackendHandler):
         self.codec: str = codec
         self.model = self.model or DEFAULT_MODEL
         self.native_session_id = str(
-            self.options.get("native_session_id") or f"local-{os.urandom(16).hex()}"
+            self.options.get("native_session_id") or f"local-{new_hex128()}"
         )
         self._init_request = "init"
         self._agent: LocalAgent | None = None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import time
 import uuid
 from collections.abc import Callable, Hashable, Mapping
@@ -45,6 +44,7 @@ from beamagent.session.actor import SessionActor, SessionConfig, first_handler_o
 from beamagent.session.handle import Session
 from beamagent.store.recorder import StoreRecorder
 from supervisors import ChildSpec, Down, Normal, lookup, monitor, shutdown, whereis
+from supervisors._ids import new_hex128
 
 if TYPE_CHECKING:
     from beamagent.runtime import BackendSpec
@@ -554,7 +554,7 @@ class RoutingApi:
         if session_id:
             self._check_session_id(session_id)
         else:  # valid by construction: no pattern to match
-            session_id = f"session_{os.urandom(16).hex()}"
+            session_id = f"session_{new_hex128()}"
         cassette = merged.pop("cassette", None)
         if cassette is not None and not isinstance(cassette, Cassette):
             raise InvalidOption(f"option 'cassette' must be a Cassette; got {cassette!r}")

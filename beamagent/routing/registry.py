@@ -26,6 +26,7 @@ from logging import INFO
 from typing import Any, Final
 
 import attrs
+import pykka
 
 from beamagent.errors import BeamAgentError, InvalidOption, StoreError
 from beamagent.log import get_logger
@@ -41,7 +42,7 @@ from beamagent.routing.policies import (
 from beamagent.store.base import SessionStore
 from supervisors import Process, lookup, registered, reserved, whereis
 
-__all__ = ["JOURNAL_SIZE", "SELECT", "RoutingRegistry"]
+__all__ = ["JOURNAL_SIZE", "SELECT", "ReadyQueue", "RoutingRegistry"]
 
 log = get_logger(__name__)
 
@@ -55,6 +56,66 @@ A selection asked as this plain tuple runs :meth:`RoutingRegistry.select_backend
 as the ``ProxyCall`` would, for less: every routed start and ``select_backend``
 sends one, and building and dispatching a ``ProxyCall`` was a visible share of it.
 """
+
+INDEX_READY: Final = sys.intern("beamagent.routing.index_ready")
+"""Tags the message ``(INDEX_READY,)``: index the sessions waiting in the ``ReadyQueue``."""
+_INDEX_READY: Final = (INDEX_READY,)
+
+
+READY_BATCH: Final = 256
+"""How many ready sessions the ``ReadyQueue`` holds before it tells the registry."""
+
+
+class ReadyQueue:
+    """Sessions that became ready, waiting for the registry to index them, a batch at a time.
+
+    A session adds itself as it becomes ready, on its own thread. The registry indexes
+    what is queued before it handles any message, so every registry call sees the
+    sessions that became ready before it was made, and an ``unregister_session`` never
+    overtakes the indexing of its session. Only a full batch (``READY_BATCH``) tells
+    the registry (``(INDEX_READY,)``), to bound the queue when nobody calls it: a tell
+    per session woke a worker per session start, and the wake-up took the GIL from the
+    thread starting the next one.
+
+    The queue belongs to the runtime and outlives registry restarts: a new registry
+    indexes what is queued (then rebuilds from the session names) and clears the flag,
+    so a tell lost with a dead registry's mailbox loses nothing.
+    """
+
+    __slots__ = ("_entries", "_registry_name", "_told")
+
+    def __init__(self, registry_name: Hashable) -> None:
+        self._registry_name = registry_name
+        self._entries: deque[tuple[str, str, str | None]] = deque()
+        self._told = False  # a tell is on its way that drains what is queued
+
+    def add(self, session_id: str, backend: str, urn: str | None) -> None:
+        """Queue a session for indexing; never waits, never raises (a session's hook)."""
+        entries = self._entries
+        entries.append((session_id, backend, urn))
+        if self._told or len(entries) < READY_BATCH:
+            return
+        self._told = True
+        registry = whereis(self._registry_name)
+        try:
+            if registry is None:
+                raise pykka.ActorDeadError("no registry")  # restarting: it drains on start
+            registry.tell(_INDEX_READY)
+        except pykka.ActorDeadError:
+            self._told = False
+
+    def take(self) -> list[tuple[str, str, str | None]]:
+        """Everything queued (the registry's side); a later full batch tells it again."""
+        self._told = False  # before draining: an add that still sees True is drained below
+        entries = self._entries
+        taken = []
+        while entries:
+            taken.append(entries.popleft())
+        return taken
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
 
 # Policy → its value, read once per selection (an enum's .value is a property).
 _POLICY_VALUES: Final = {policy: policy.value for policy in Policy}
@@ -105,6 +166,7 @@ class RoutingRegistry(Process):
         *,
         store: SessionStore | None = None,
         session_namespace: tuple[Hashable, ...] | None = None,
+        ready: ReadyQueue | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(journal_size, int) or isinstance(journal_size, bool) or journal_size < 1:
@@ -115,6 +177,7 @@ class RoutingRegistry(Process):
         self.journal: deque[_Entry] = deque(maxlen=journal_size)
         self._store = store
         self._namespace = session_namespace
+        self._ready = ready
         self._pruned_at = 0  # index size after the last prune: prune again at twice that
         # Bound once (as the session actor does): a filtered-out call is then ~free.
         self._log = log.bind()
@@ -143,6 +206,9 @@ class RoutingRegistry(Process):
                 self.state = state
                 if health or sticky:
                     self._log.info("routing_state_restored", health=len(health), sticky=len(sticky))
+        # What the last incarnation left queued (its tell died with its mailbox), then
+        # the names: they win for a session queued by an earlier incarnation of its own.
+        self._index_ready()
         self._rebuild_index()
 
     # --- durable state -----------------------------------------------------------------
@@ -171,10 +237,19 @@ class RoutingRegistry(Process):
 
     def on_receive(self, message: Any) -> Any:
         """Handle a ``(SELECT, ...)`` selection; anything else is unexpected (logged)."""
-        if type(message) is tuple and message and message[0] is SELECT:
-            _, request, available, session_id, from_index = message
-            return self.select_backend(request, available, session_id, from_index)
+        if type(message) is tuple and message:
+            if message[0] is SELECT:
+                _, request, available, session_id, from_index = message
+                return self.select_backend(request, available, session_id, from_index)
+            if message[0] is INDEX_READY:
+                return None  # indexed on the way in (_handle_receive)
         return super().on_receive(message)
+
+    def _handle_receive(self, message: Any) -> Any:
+        ready = self._ready
+        if ready is not None and ready._entries:
+            self._index_ready()  # before any call: it sees every session ready by now
+        return super()._handle_receive(message)
 
     def select_backend(
         self,
@@ -350,6 +425,17 @@ class RoutingRegistry(Process):
         for session_id in [sid for sid in self.sessions if self._gone(sid)]:
             self._drop(session_id)
         self._pruned_at = len(self.sessions)
+
+    def _index_ready(self) -> None:
+        """Index the sessions the ``ReadyQueue`` holds."""
+        ready = self._ready
+        if ready is None:
+            return
+        sessions = self.sessions
+        for session_id, backend, urn in ready.take():
+            sessions[session_id] = (backend, urn)
+        if len(sessions) > max(2 * self._pruned_at, 64):
+            self._prune()
 
     def _rebuild_index(self) -> None:
         """Index every session registered under the namespace (after a restart of this actor)."""

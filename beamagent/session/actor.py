@@ -327,8 +327,8 @@ class SessionConfig:
         default=None, eq=False, repr=False
     )
     """Told ``(session_id, backend, actor_urn)`` on the session's own thread when it first
-    answers ``first_ready``, just before answering it (the runtime indexes the session
-    with it: a tell from a worker costs no thread wake-up). Must not block or raise. The
+    answers ``first_ready``, just before answering it (the runtime queues the session for
+    its registry to index, see ``ReadyQueue``). Must not block or raise. The
     first start then answers ``first_ready`` with True instead of None."""
     first_ready: pykka.Future[Any] | None = attrs.field(default=None, eq=False, repr=False)
     """The ``ready`` future of the first start (see ``SessionActor``), when not passed to it:
