@@ -21,9 +21,9 @@ Prints, for N sessions (default 100,000; ``python bench/scale.py N`` overrides):
     best of 7 rounds of 500 queries;
   * the time to stop the runtime with N sessions.
 
-Stopping grows faster than N (2,000 sessions: 0.2 s, 10,000: 2.2 s); at 100,000 it
-passes the 60 s bound ``Runtime.stop`` puts on the root's stop, so ``run_all.py``
-runs N = 30,000.
+Stopping is linear in N (about 40 us per session: 10,000 in 0.4 s, 100,000 in 3.8 s),
+well inside the 60 s bound ``Runtime.stop`` puts on the root's stop, so ``run_all.py``
+runs the issue's N = 100,000.
 """
 
 from __future__ import annotations
