@@ -1103,7 +1103,13 @@ def deliver(ref: pykka.ActorRef[Any], envelope: Envelope[Any]) -> None:
         return
     if mailbox.put_claim(envelope):
         process: Process = mailbox._target
-        contextvars.Context().run(process._run_slice, until)
+        thread = threading.current_thread()
+        callers = scheduler.callers
+        callers[thread] = process  # watched by the scheduler's monitor, as a worker is
+        try:
+            contextvars.Context().run(process._run_slice, until)
+        finally:
+            del callers[thread]
 
 
 def ask(target: ProcessTarget, message: Any, *, timeout: float | None = None) -> Any:

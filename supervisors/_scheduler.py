@@ -152,6 +152,10 @@ class Scheduler:
         self._monitor: threading.Thread | None = None
         self._releasing = False
         self._stops = 0  # release_idle's stop markers still in the run queue: not work
+        # Threads outside the pool running a process's slice (caller-runs, see
+        # ``supervisors.deliver``) -> that process: the monitor repeats a lost kill
+        # there as it does on a worker. Set and popped by the caller thread only.
+        self.callers: dict[threading.Thread, Process] = {}
 
     # --- submitting -----------------------------------------------------------------
 
@@ -349,6 +353,7 @@ class Scheduler:
         # Killed handlers still running: worker -> (process, when to interrupt it again,
         # the wait after that); rebuilt each tick, so a handler that left is forgotten.
         kills: dict[_Worker, _KillRepeat] = {}
+        caller_kills: dict[threading.Thread, _KillRepeat] = {}
         wake = threading.Event()
         while True:
             wake.wait(self.tick)
@@ -376,6 +381,7 @@ class Scheduler:
                 now[worker] = (mark, ticks)
             held = now
             kills = still
+            caller_kills = self._repeat_caller_kills(caller_kills)
             slices = self._slices
             # Stop markers are no stalled work: a worker spawned for them would take one
             # meant for a busy worker, which then never ends.
@@ -383,6 +389,18 @@ class Scheduler:
             if stalled and slices == seen and self._counts()[1] == 0:
                 self._spawn(reason="stalled")
             seen = slices
+
+    def _repeat_caller_kills(
+        self, kills: dict[threading.Thread, _KillRepeat]
+    ) -> dict[threading.Thread, _KillRepeat]:
+        """``_repeat_kill`` for the killed handlers running on callers' threads."""
+        still: dict[threading.Thread, _KillRepeat] = {}
+        for thread, running in self.callers.copy().items():  # one C call: no race
+            if running._kill_injected:
+                repeat = self._repeat_kill(thread, running, kills.get(thread))
+                if repeat is not None:
+                    still[thread] = repeat
+        return still
 
     @staticmethod
     def _repeat_kill(

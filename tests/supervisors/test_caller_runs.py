@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -221,6 +222,55 @@ def test_a_kill_interrupts_the_handler_on_the_callers_thread_and_only_it() -> No
     assert isinstance(errors[0], s.NoReply)
     assert after == ["went on"]
     release.set()
+
+
+class Swallower(s.Process):
+    """Catches the first kill (as a ``__del__`` it lands in would), then computes on."""
+
+    def on_receive(self, message: Any) -> Any:
+        started, swallowed, finished, left, threads = message
+        threads.append(threading.current_thread())
+        try:
+            try:
+                started.set()
+                while True:
+                    time.sleep(0.001)
+            except BaseException:
+                swallowed.set()  # CPython reports such an exception and ignores it
+            deadline = time.monotonic() + 20.0
+            while time.monotonic() < deadline:
+                pass  # a handler going on with its work after the lost interrupt
+            finished.set()
+        finally:
+            left.set()
+
+
+def test_a_swallowed_kill_is_repeated_on_the_callers_thread_too() -> None:
+    started, swallowed, finished, left = (threading.Event() for _ in range(4))
+    threads: list[threading.Thread] = []
+    victim = Swallower.start()
+    errors: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            s.ask(victim, (started, swallowed, finished, left, threads), timeout=30)
+        except BaseException as exc:  # the caller is told the process died
+            errors.append(exc)
+
+    asker = threading.Thread(target=caller)
+    asker.start()
+    try:
+        assert started.wait(5)
+        assert threads == [asker]  # caller-runs: the handler runs on the asking thread
+        assert s.kill(victim)
+        assert swallowed.wait(5)
+        assert left.wait(5)  # interrupted again by the monitor, not after its 20 s of work
+        assert not finished.is_set()
+    finally:
+        asker.join(30)
+    assert len(errors) == 1
+    assert isinstance(errors[0], s.NoReply)
+    assert asker not in scheduler.callers
 
 
 def test_a_dedicated_process_or_a_caller_inside_a_process_keeps_the_hand_off() -> None:

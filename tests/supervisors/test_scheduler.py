@@ -801,6 +801,8 @@ def test_a_killed_handler_does_not_lose_the_process_in_its_slot(slot_kept: None)
 class _Item:
     """A work item for a private Scheduler: ``run()`` is its slice."""
 
+    _kill_injected = False  # what the scheduler's monitor reads of a running process
+
     def __init__(self, run: Any) -> None:
         self.run = run
 
