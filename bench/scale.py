@@ -19,7 +19,11 @@ Prints, for N sessions (default 100,000; ``python bench/scale.py N`` overrides):
     session measured before the other N - 1 started (goal ratio <= 1.5), and the same
     over 1,000 sessions picked at random (each query to another session); each the
     best of 7 rounds of 500 queries;
-  * the time to stop the runtime with N sessions.
+  * the time to stop the runtime with N sessions;
+  * how much of the start time CPython's cyclic GC took (its collections, timed by a
+    ``gc.callbacks`` hook while the sessions started, full collections apart): every
+    live session is objects the full collections walk again each time the heap has
+    grown by a quarter, so this share grows with N.
 
 Stopping is linear in N (about 40 us per session: 10,000 in 0.4 s, 100,000 in 3.8 s),
 well inside the 60 s bound ``Runtime.stop`` puts on the root's stop, so ``run_all.py``
@@ -99,6 +103,30 @@ class BatchThread:
         self._thread.join()
 
 
+class GcClock:
+    """Time spent in the cyclic GC (all threads) while active, full collections apart."""
+
+    def __init__(self) -> None:
+        self.seconds = {0: 0.0, 1: 0.0, 2: 0.0}
+        self.count = {0: 0, 1: 0, 2: 0}
+        self._began = 0.0
+
+    def __enter__(self) -> GcClock:
+        gc.callbacks.append(self._tick)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._tick)
+
+    def _tick(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            generation = info["generation"]
+            self.seconds[generation] += time.perf_counter() - self._began
+            self.count[generation] += 1
+
+
 def thread_figures(label: str) -> tuple[int, int]:
     python, kernel = threading.active_count(), kernel_threads()
     figure(f"threads_python_at_{label}", python, "threads")
@@ -131,15 +159,16 @@ def main(n: int) -> None:
     turn = itertools.cycle(("thread", "main"))
     py_tenth = kernel_tenth = 0
     try:
-        while len(sessions) < n:
-            side = next(turn)
-            count = min(BATCH, n - len(sessions))
-            run = caller.call if side == "thread" else lambda f: f()
-            seconds, done = run(lambda count=count: start_batch(count))
-            elapsed[side] += seconds
-            started[side] += done
-            if not py_tenth and len(sessions) >= tenth:
-                py_tenth, kernel_tenth = thread_figures(f"{tenth}")
+        with GcClock() as gc_clock:
+            while len(sessions) < n:
+                side = next(turn)
+                count = min(BATCH, n - len(sessions))
+                run = caller.call if side == "thread" else lambda f: f()
+                seconds, done = run(lambda count=count: start_batch(count))
+                elapsed[side] += seconds
+                started[side] += done
+                if not py_tenth and len(sessions) >= tenth:
+                    py_tenth, kernel_tenth = thread_figures(f"{tenth}")
     finally:
         caller.close()
     gc.collect()
@@ -158,6 +187,16 @@ def main(n: int) -> None:
         "the same from the main thread, in the batches between (hand-off to a worker)",
     )
     started_total = n - 1
+    gc_seconds = sum(gc_clock.seconds.values())
+    gc_per_start = gc_seconds / max(started_total, 1) * 1e6
+    figure(
+        f"scale_start_gc_share_{n}",
+        100 * gc_seconds / max(elapsed["thread"] + elapsed["main"], 1e-9),
+        "%",
+        f"of the start time, in CPython's cyclic GC: {gc_per_start:.1f} "
+        f"us per start; {gc_clock.count[2]} full collections took "
+        f"{gc_clock.seconds[2]:.2f} s",
+    )
     figure(
         f"scale_rss_per_idle_session_{n}",
         (rss_after - rss_before) / max(started_total, 1) / 1024,
