@@ -284,11 +284,12 @@ def _query_defaults(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-@attrs.define
+@attrs.define(on_setattr=attrs.setters.NO_OP)  # no hook on the sets a start makes
 class SessionConfig:
     """Everything a session actor needs to start; the same object on every restart.
 
-    The session options are checked when it is built, before anything starts.
+    The session options are checked when it is built, before anything starts (not
+    when a field is set afterwards: build a new one, or use ``attrs.evolve``).
 
     Raises:
         InvalidOption: a session option is out of its range (the message names it).

@@ -6,10 +6,13 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import attrs
 import pytest
 
 from beamagent import Runtime
+from beamagent.backends.local import LocalHandler
 from beamagent.errors import InvalidOption, QueryTimeout, SessionNotFound
+from beamagent.session import SessionConfig
 from beamagent.timeouts import check_timeout
 
 
@@ -41,6 +44,20 @@ def test_bad_session_options_fail_before_anything_is_started_or_stored(
     assert rt.live_sessions() == []
     with pytest.raises(SessionNotFound):
         rt.get_session("never")
+
+
+@pytest.mark.parametrize(("option", "value"), [("connect_timeout", -1), ("query_defaults", ["x"])])
+def test_a_session_config_checks_its_options_when_built_and_evolved(
+    option: str, value: Any
+) -> None:
+    """Checked in ``__init__``, so in ``attrs.evolve`` too (a set is a plain attribute)."""
+    config = SessionConfig(session_id="s", backend="local", handler_cls=LocalHandler, options={})
+    with pytest.raises(InvalidOption, match=option):
+        SessionConfig(
+            session_id="s", backend="local", handler_cls=LocalHandler, options={}, **{option: value}
+        )
+    with pytest.raises(InvalidOption, match=option):
+        attrs.evolve(config, **{option: value})
 
 
 def test_bad_backend_options_fail_before_anything_is_stored(rt: Runtime) -> None:
