@@ -61,7 +61,7 @@ from beamagent.store import SessionStore, open_store
 from beamagent.store.actor import DIRECT_WRITES, StoreActor, run_write
 from beamagent.store.api import StoreApi
 from beamagent.store.recorder import StoreRecorder
-from beamagent.tools._api import TOOL_SESSION_OPTIONS, ToolsApi
+from beamagent.tools._api import ToolsApi
 from supervisors import (
     AlreadyRegistered,
     ChildNotFound,
@@ -71,6 +71,7 @@ from supervisors import (
     ExitReason,
     NoReply,
     ProcessFuture,
+    RestartType,
     StartChildError,
     Supervisor,
     SupervisorRef,
@@ -118,20 +119,6 @@ def _settle_ended(ready: ProcessFuture) -> None:
 
 log = get_logger(__name__)
 
-SESSION_OPTIONS = frozenset(
-    {
-        "session_id",
-        "cassette",
-        "connect_timeout",
-        "init_timeout",
-        "buffer_max",
-        "error_linger",
-        "drain_timeout",
-        "idle_timeout",
-        "query_defaults",
-    }
-    | TOOL_SESSION_OPTIONS
-)
 _runtime_ids = itertools.count(1)
 ROOT_RESTARTS = (1000, 10.0)
 """The root supervisor's intensity: restarts of the registry and the store actor.
@@ -572,6 +559,9 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
         Raises:
             UnknownBackend: no backend of that name is registered.
         """
+        spec = self._backends.get(name)  # registered under canonical names: a hit is one
+        if spec is not None:
+            return spec
         canonical = canonical_backend_name(name)
         spec = self._backends.get(canonical)
         if spec is None:
@@ -675,7 +665,8 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
             ConnectTimeout, TransportError, SessionError: the backend did not start.
         """
         opts = dict(opts)
-        if not telemetry.ENABLED:
+        if not telemetry.ENABLED or not telemetry.tracing():
+            # No span would be made: skip the context manager.
             return self._start_session(backend, opts, None)
         with telemetry.span("beamagent.session.start") as span:
             return self._start_session(backend, opts, span)
@@ -729,7 +720,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
         child = ChildSpec(
             session_id,
             config,  # starts a SessionActor on itself (SessionConfig.__call__)
-            restart="transient",
+            restart=RestartType.TRANSIENT,
             shutdown=10.0,
             name=self._session_name(session_id),
             max_restarts=None if budget is None else budget[0],

@@ -38,6 +38,8 @@ class ChildType(enum.StrEnum):
 
 
 def _to_restart(value: Any) -> RestartType:
+    if type(value) is RestartType:
+        return value
     try:
         return RestartType(value)
     except ValueError:
@@ -47,6 +49,8 @@ def _to_restart(value: Any) -> RestartType:
 
 
 def _to_type(value: Any) -> ChildType:
+    if type(value) is ChildType:
+        return value
     try:
         return ChildType(value)
     except ValueError:

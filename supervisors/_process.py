@@ -120,12 +120,21 @@ def spawn_options(
     Supervisors wrap each child's ``start`` in this.
     """
     options = _SpawnOptions(link_to=link_to, name=name, keeper=keeper)
-    previous = getattr(_local, "spawn", None)
-    _local.spawn = options
+    previous = _swap_spawn_options(options)
     try:
         yield options
     finally:
-        _local.spawn = previous
+        _swap_spawn_options(previous)
+
+
+def _swap_spawn_options(options: _SpawnOptions | None) -> _SpawnOptions | None:
+    """Make ``options`` this thread's next spawn options; return the previous ones.
+
+    ``spawn_options`` without its context manager, for the supervisor's child start.
+    """
+    previous: _SpawnOptions | None = getattr(_local, "spawn", None)
+    _local.spawn = options
+    return previous
 
 
 def _take_spawn_options() -> _SpawnOptions | None:
@@ -510,7 +519,7 @@ class Process(pykka.ThreadingActor):
     @property
     def mailbox(self) -> Mailbox:
         """This process's inbox (for introspection: ``mailbox.qsize()``)."""
-        return cast(Mailbox, self.actor_inbox)
+        return self.actor_inbox  # type: ignore[return-value]  # a Mailbox (no cast call)
 
     # --- starting -----------------------------------------------------------------
 
@@ -1154,14 +1163,14 @@ _names.keeper_alive = _keeper_alive
 
 def lookup(target: ProcessTarget) -> Process | None:
     """The live ``Process`` for a ref, a process object or a registered name, else None."""
-    if isinstance(target, Process | pykka.ActorRef):
+    if isinstance(target, pykka.ActorRef | Process):  # refs first: Process is an ABC
         return _table.get(target.actor_urn)
     ref = _names.whereis(target)
     return None if ref is None else _table.get(ref.actor_urn)
 
 
 def _urn_of(target: ProcessTarget) -> str:
-    if isinstance(target, Process | pykka.ActorRef):
+    if isinstance(target, pykka.ActorRef | Process):  # refs first: Process is an ABC
         return target.actor_urn
     ref = _names.whereis(target)
     return ref.actor_urn if ref is not None else f"name:{target!r}"

@@ -20,13 +20,14 @@ from supervisors._messages import Exit
 from supervisors._process import (
     MonitorRef,
     Process,
+    _SpawnOptions,
+    _swap_spawn_options,
     ask_ref,
     kill,
     link,
     lookup,
     monitor,
     shutdown,
-    spawn_options,
     unlink,
 )
 from supervisors._reasons import ExitReason, Shutdown, is_abnormal
@@ -187,8 +188,13 @@ class _SupervisorCore(Process):
         spec = child.spec
         keeper = self.actor_urn if spec.name is not None else None
         try:
-            with spawn_options(link_to=self.actor_ref, name=spec.name, keeper=keeper) as options:
+            # spawn_options, inline: every child start comes through here.
+            options = _SpawnOptions(link_to=self.actor_ref, name=spec.name, keeper=keeper)
+            previous = _swap_spawn_options(options)
+            try:
                 ref = spec.start_process(extra_arguments)
+            finally:
+                _swap_spawn_options(previous)
             if not options.consumed:
                 # start returned a process we did not spawn: link (and name) it now.
                 link(self.actor_ref, ref)

@@ -857,17 +857,19 @@ class LocalHandler(BackendHandler):
         self.tools = ToolSet.of(self.options.get("tools"), "tools")
         context = self.options.get("tool_context") or {}
         self.tool_context: dict[str, Any] = dict(context) if isinstance(context, Mapping) else {}
-        policy = PermissionPolicy.from_options(
-            {"permission_handler": self.options.get("permission_handler")}
-        )
-        self._decide = policy.decide if policy.handler is not None else None
+        handler = self.options.get("permission_handler")
+        self._decide = None  # no handler: nothing to ask (no policy built per session)
+        if handler is not None:
+            self._decide = PermissionPolicy.from_options({"permission_handler": handler}).decide
         # Calls running off the session's thread: call id -> tool name.
         self._tool_calls: dict[str, str] = {}
         reply = self.options.get("reply")
         if reply is not None and not callable(reply):
             raise InvalidOption(f"local option 'reply' must be callable; got {reply!r}")
         replies = self.options.get("replies", ())
-        if isinstance(replies, str | bytes) or not isinstance(replies, Sequence):
+        if type(replies) not in (tuple, list) and (  # the usual two: no abc check
+            isinstance(replies, str | bytes) or not isinstance(replies, Sequence)
+        ):
             raise InvalidOption(f"local option 'replies' must be a list; got {replies!r}")
         codec = self.options.get("codec", CODECS[0])
         if codec not in CODECS:

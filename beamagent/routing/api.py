@@ -43,6 +43,7 @@ from beamagent.routing.registry import SELECT
 from beamagent.session.actor import SessionActor, SessionConfig, first_handler_options
 from beamagent.session.handle import Session
 from beamagent.store.recorder import StoreRecorder
+from beamagent.tools._api import TOOL_SESSION_OPTIONS
 from supervisors import ChildSpec, Down, Normal, lookup, monitor, shutdown, whereis
 from supervisors._ids import new_hex128
 
@@ -104,16 +105,30 @@ def _merge(base: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-@functools.lru_cache(maxsize=256)  # one per runtime, shared by its sessions (not one each)
+SESSION_OPTIONS = frozenset(
+    {
+        "session_id",
+        "cassette",
+        "connect_timeout",
+        "init_timeout",
+        "buffer_max",
+        "error_linger",
+        "drain_timeout",
+        "idle_timeout",
+        "query_defaults",
+    }
+    | TOOL_SESSION_OPTIONS
+)
+"""The options ``start_session`` takes for the session itself (not its backend handler)."""
+
+
 @functools.cache
 def _allowed_options(handler: type[BackendHandler]) -> frozenset[str]:
     """The options a session on ``handler``'s backend takes (its own and the session's)."""
-    from beamagent.runtime import SESSION_OPTIONS  # runtime imports this module
-
     return handler.option_names() | SESSION_OPTIONS
 
 
-@functools.cache
+@functools.lru_cache(maxsize=256)  # one per runtime, shared by its sessions (not one each)
 def _backend_health_hook(registry_name: Hashable) -> Callable[[str, str, str], None]:
     """Tell the registry (by name, without waiting) what a backend said of its health.
 
@@ -545,8 +560,6 @@ class RoutingApi:
         self, backend: str, opts: Mapping[str, Any], decision: dict[str, Any] | None
     ) -> SessionConfig:
         """The configuration of a new session on ``backend`` (what ``start_session`` builds)."""
-        from beamagent.runtime import SESSION_OPTIONS  # runtime imports this module
-
         spec = self.backend_spec(backend)
         merged = self._check_options(spec, opts)
         # 128 random bits, as uuid4().hex gave (less its fixed version bits), faster.
@@ -580,8 +593,10 @@ class RoutingApi:
             # The backend's own options are checked by its handler: build one now, in the
             # caller's thread, so a bad option fails before anything is started or stored.
             # The session's first start uses it (one handler per start, not two).
-            replaying = cassette is not None and cassette.replaying
-            with cli_not_required() if replaying else contextlib.nullcontext():
+            if cassette is not None and cassette.replaying:
+                with cli_not_required():
+                    config.first_handler = spec.handler(first_handler_options(config))
+            else:
                 config.first_handler = spec.handler(first_handler_options(config))
         except BaseException:
             if tools.on_stopped is not None:

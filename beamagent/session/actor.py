@@ -126,6 +126,8 @@ __all__ = [
 ]
 
 log = get_logger("beamagent.session")
+# The stdlib logger's own check, for the hot paths' guards (one call, not two).
+_log_enabled = logging.getLogger("beamagent.session").isEnabledFor
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 """What a session id may be: it names the session's process and its stored history."""
@@ -236,6 +238,8 @@ def _seconds(minimum: float, inclusive: bool) -> Callable[[Any, attrs.Attribute[
     bound = f">= {minimum}" if inclusive else f"> {minimum}"
 
     def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if type(value) is float and minimum < value < math.inf:  # the usual case, quickly
+            return
         ok = (
             isinstance(value, int | float)
             and not isinstance(value, bool)
@@ -279,7 +283,7 @@ def _buffer_max(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) ->
 
 
 def _query_defaults(value: Any) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):  # dict: no abc check
         raise InvalidOption(f"session option 'query_defaults' must be a mapping; got {value!r}")
     return dict(value)
 
@@ -733,7 +737,7 @@ class SessionActor(Process):
             if config.recorder is not None:
                 self._unstored_meta = self._meta()
                 self._flush_store()
-            if log.isEnabledFor(logging.INFO):
+            if _log_enabled(logging.INFO):
                 self._log.info("session_started", model=self.handler.model)
         except BaseException:
             self._sync_events = None
@@ -831,7 +835,7 @@ class SessionActor(Process):
         old, self.state = self.state, state
         # _value_, not .value: Enum.value is a Python-level property, twice per query.
         self.process_state = state._value_
-        if log.isEnabledFor(logging.DEBUG):
+        if _log_enabled(logging.DEBUG):
             self._log.debug("session_state_changed", old=old._value_, new=state._value_)
         if self.config.on_state is not None:
             self.config.on_state(self.session_id, state.value)
@@ -1458,7 +1462,7 @@ class SessionActor(Process):
             if terminal:
                 query.done = True
                 self._set_state(SessionState.READY)
-                if log.isEnabledFor(logging.INFO):
+                if _log_enabled(logging.INFO):
                     self._log.info(
                         "query_completed",
                         query=query.id,
@@ -1816,7 +1820,7 @@ class SessionActor(Process):
             uuid=_new_uuid(),
             timestamp=time.time_ns() // 1_000_000,
         )
-        if log.isEnabledFor(logging.INFO):  # the event's fields cost even when dropped
+        if _log_enabled(logging.INFO):  # the event's fields cost even when dropped
             self._log.info("query_sent", query=query.id, chars=len(prompt))
         if telemetry.ENABLED:
             if telemetry.tracing():  # no attributes built for no span
@@ -1887,6 +1891,10 @@ class SessionActor(Process):
         self._check_usable()
         # The timeout counts from now, whether the query starts now or is postponed.
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self.state is SessionState.READY and not self._draining:  # never postponed
+            return self._collect(
+                prompt, params, deadline, self.caller_future(), False, trace_context
+            )
         if self._postpone_if_not_ready(
             lambda future: self._collect(prompt, params, deadline, future, True, trace_context),
             deadline,

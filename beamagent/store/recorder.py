@@ -66,7 +66,7 @@ class StoreRecorder:
                 ``backend``.
             StoreError: the write failed.
         """
-        if not isinstance(meta, Mapping):
+        if type(meta) is not dict and not isinstance(meta, Mapping):  # dict: no abc check
             raise InvalidOption(f"session metadata must be a mapping, got {meta!r}")
         try:
             self._store.create_session(

@@ -176,9 +176,9 @@ class ToolsApi:
         explicit = "tools" in merged
         tools = ToolSet.of(merged.pop("tools"), "tools") if explicit else self._tools
         context = _tool_context(merged.pop("tool_context", None))
-        names = spec.handler.option_names()
         if not tools:
             return SessionTools({}, _NO_TOOLS_INFO)
+        names = spec.handler.option_names()
         if "tool_server" in names:
             if whereis(self._session_name(session_id)) is not None:
                 # Checked before granting: a new grant would replace the live session's token.
