@@ -73,7 +73,16 @@ Watcher: TypeAlias = "pykka.ActorRef[Any] | Callable[[Down], object] | None"
 ProcessTarget: TypeAlias = "pykka.ActorRef[Any] | Process | Hashable"
 """What the functions of this module accept as a process: a ref, the object, or a name."""
 
-_local = threading.local()
+
+class _Local(threading.local):
+    """This thread's process and spawn options; None until set (class defaults: reading
+    one never set costs no AttributeError, as ``getattr(local, name, None)`` did)."""
+
+    process: Process | None = None
+    spawn: _SpawnOptions | None = None
+
+
+_local = _Local()
 _table: dict[str, Process] = {}
 _table_lock = threading.Lock()
 _thread_counter = itertools.count()
@@ -132,13 +141,13 @@ def _swap_spawn_options(options: _SpawnOptions | None) -> _SpawnOptions | None:
 
     ``spawn_options`` without its context manager, for the supervisor's child start.
     """
-    previous: _SpawnOptions | None = getattr(_local, "spawn", None)
+    previous: _SpawnOptions | None = _local.spawn
     _local.spawn = options
     return previous
 
 
 def _take_spawn_options() -> _SpawnOptions | None:
-    options: _SpawnOptions | None = getattr(_local, "spawn", None)
+    options: _SpawnOptions | None = _local.spawn
     if options is None or options.consumed:
         return None
     options.consumed = True
@@ -575,7 +584,7 @@ class Process(pykka.ThreadingActor):
             return
         # On the shared scheduler: the first slice runs on_start, mail schedules the rest.
         self.mailbox.attach(_schedule, self)
-        parent = getattr(_local, "process", None)
+        parent = _local.process
         if parent is not None and not parent.dedicated_thread:
             self._start_here(parent)  # on a worker, or a caller-runs thread (see deliver)
         else:
@@ -1104,7 +1113,7 @@ def deliver(ref: pykka.ActorRef[Any], envelope: Envelope[Any]) -> None:
     if (
         type(mailbox) is not Mailbox
         or not isinstance(until, ProcessFuture)
-        or getattr(_local, "process", None) is not None
+        or _local.process is not None
         or _thread.get_ident() == _main_ident
         or in_worker()
     ):
@@ -1178,7 +1187,7 @@ def _urn_of(target: ProcessTarget) -> str:
 
 def current_process() -> Process | None:
     """The ``Process`` whose thread is running this code, or None outside any process."""
-    process: Process | None = getattr(_local, "process", None)
+    process: Process | None = _local.process
     return process
 
 
@@ -1224,7 +1233,7 @@ def current_owner() -> Process | threading.Thread:
     processes it runs, so the thread says nothing about the holder), else the thread.
     Pair with :func:`owner_alive`.
     """
-    process: Process | None = getattr(_local, "process", None)
+    process: Process | None = _local.process
     return threading.current_thread() if process is None else process
 
 

@@ -91,7 +91,16 @@ KILL_REPEAT = 0.1
 _KillRepeat = tuple["Process", float, float]
 
 _STOP: Any = object()
-_local = threading.local()
+
+
+class _Local(threading.local):
+    """This thread's worker; None on any other thread (a class default: reading it there
+    costs no AttributeError, as ``getattr(local, "worker", None)`` did)."""
+
+    worker: _Worker | None = None
+
+
+_local = _Local()
 
 
 class _Worker:
@@ -171,7 +180,7 @@ class Scheduler:
         worker is woken); a process already there moves on to the run queue.
         From anywhere else it goes to the run queue.
         """
-        worker: _Worker | None = getattr(_local, "worker", None)
+        worker: _Worker | None = _local.worker
         if (
             worker is not None
             and worker.blocked == 0
@@ -204,7 +213,7 @@ class Scheduler:
         enters a managed wait, or from the monitor once the slice has lasted
         ``slot_ticks`` ticks. Outside a handler on a worker it runs at once.
         """
-        worker: _Worker | None = getattr(_local, "worker", None)
+        worker: _Worker | None = _local.worker
         if worker is None or worker.blocked or worker.running is None:
             wake()
         else:
@@ -430,7 +439,7 @@ class Scheduler:
 
     def enter_blocking(self) -> _Worker | None:
         """A worker is about to block: make sure another one can run meanwhile."""
-        worker: _Worker | None = getattr(_local, "worker", None)
+        worker: _Worker | None = _local.worker
         if worker is None:
             return None
         worker.blocked += 1
@@ -502,7 +511,7 @@ def blocking() -> Iterator[None]:
 
 def in_worker() -> bool:
     """Whether this thread is one of the scheduler's workers."""
-    return getattr(_local, "worker", None) is not None
+    return _local.worker is not None
 
 
 def release_idle_workers(timeout: float = 5.0) -> bool:
