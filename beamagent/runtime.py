@@ -559,7 +559,9 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
         Raises:
             UnknownBackend: no backend of that name is registered.
         """
-        spec = self._backends.get(name)  # registered under canonical names: a hit is one
+        # Registered under canonical names: a hit is one (a str only: a list is unhashable,
+        # and canonical_backend_name says what is wrong with it).
+        spec = self._backends.get(name) if type(name) is str else None
         if spec is not None:
             return spec
         canonical = canonical_backend_name(name)

@@ -80,6 +80,22 @@ def test_start_session_without_backend_routes_to_the_first_candidate(rt: Runtime
         session.stop()
 
 
+def test_backend_names_are_looked_up_in_any_spelling_and_bad_ones_are_typed_errors(
+    rt: Runtime,
+) -> None:
+    assert rt.backend_spec("local_a").name == "local_a"
+    assert rt.backend_spec(" local_a ").name == "local_a"  # a custom name, stripped
+    assert rt.backend_spec("Claude-Code").name == "claude"  # a known one's alias, folded
+    for bad in (["local_a"], {"local_a": 1}, 1, None, "", "  "):
+        with pytest.raises(InvalidRouteRequest):
+            rt.backend_spec(bad)  # type: ignore[arg-type]
+        if bad is not None:  # start_session(backend=None) routes
+            with pytest.raises(InvalidRouteRequest):
+                rt.start_session(backend=bad)  # type: ignore[arg-type]
+    with pytest.raises(UnknownBackend):
+        rt.backend_spec("local_z")
+
+
 def test_named_backend_without_routing_is_not_routed(rt: Runtime) -> None:
     before = rt.routing_decisions()
     session = rt.start_session("local_b")
