@@ -53,6 +53,7 @@ from beamagent.errors import (
 )
 from beamagent.graph.api import GraphApi
 from beamagent.log import get_logger
+from beamagent.routing.api import SESSION_OPTIONS as SESSION_OPTIONS  # its old home
 from beamagent.routing.api import RoutingApi
 from beamagent.routing.policies import BackendInfo
 from beamagent.routing.registry import ReadyQueue, RoutingRegistry
