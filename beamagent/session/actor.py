@@ -125,9 +125,10 @@ __all__ = [
     "SessionLineage",
 ]
 
-log = get_logger("beamagent.session")
+_LOGGER_NAME = "beamagent.session"
+log = get_logger(_LOGGER_NAME)
 # The stdlib logger's own check, for the hot paths' guards (one call, not two).
-_log_enabled = logging.getLogger("beamagent.session").isEnabledFor
+_log_enabled = logging.getLogger(_LOGGER_NAME).isEnabledFor
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 """What a session id may be: it names the session's process and its stored history."""
@@ -1589,16 +1590,23 @@ class SessionActor(Process):
         hibernating session is woken: the call waits for the backend as during a
         reconnect. ``deadline``: see :meth:`_postpone`.
         """
-        if self.state is SessionState.HIBERNATING:
-            self._postpone(call, deadline)
+        if not self._waits_for_ready():
+            return False
+        hibernating = self.state is SessionState.HIBERNATING
+        self._postpone(call, deadline)
+        if hibernating:
             self._wake()
-            return True
-        if self.state in (SessionState.CONNECTING, SessionState.INITIALIZING) or (
-            self._draining and self.state is SessionState.READY
-        ):
-            self._postpone(call, deadline)
-            return True
-        return False
+        return True
+
+    def _waits_for_ready(self) -> bool:
+        """Whether a call now must wait for the session to be ready (and not draining)."""
+        state = self.state
+        return (
+            state is SessionState.HIBERNATING
+            or state is SessionState.CONNECTING
+            or state is SessionState.INITIALIZING
+            or (self._draining and state is SessionState.READY)
+        )
 
     def _postponed_timeout(self, what: str | None = None) -> QueryTimeout:
         if what is not None:
@@ -1891,11 +1899,8 @@ class SessionActor(Process):
         self._check_usable()
         # The timeout counts from now, whether the query starts now or is postponed.
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self.state is SessionState.READY and not self._draining:  # never postponed
-            return self._collect(
-                prompt, params, deadline, self.caller_future(), False, trace_context
-            )
-        if self._postpone_if_not_ready(
+        # Asked first: a ready session (the usual case) builds no closure for a replay.
+        if self._waits_for_ready() and self._postpone_if_not_ready(
             lambda future: self._collect(prompt, params, deadline, future, True, trace_context),
             deadline,
         ):
