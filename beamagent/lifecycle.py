@@ -28,7 +28,12 @@ blocking runs inside the handler, a main thread blocked in ``Future.get`` /
 running. The process then exits with status 143 (128 + SIGTERM, what shells
 report for a process killed by SIGTERM). The handler restores the default
 disposition first, so a second SIGTERM kills at once; with no live runtime,
-SIGTERM acts as if the handler were not there.
+SIGTERM acts as if the handler were not there. Once the interpreter is
+exiting, SIGTERM is never swallowed: during the exit hook's stop it is held
+until the runtimes are stopped and then takes its default action (the
+process dies of SIGTERM, as it would without this library); after the hook,
+it takes it at once (an exit that waits on a host's non-daemon thread is
+still ended by the first SIGTERM).
 """
 
 from __future__ import annotations
@@ -101,7 +106,9 @@ _trees: dict[int, _Tree] = {}  # by start order; read without the lock by the si
 _order = itertools.count()
 _lock = threading.Lock()
 _hook_registered = False
-_exiting = False
+_exiting = False  # the exit hook has begun: no runtime starts from then on
+_exit_hook_done = False  # ... and has stopped every runtime it found
+_term_pending = False  # a SIGTERM came while the exit hook had runtimes to stop
 _auto_install_tried = False
 _defer_depth = 0  # main thread only: > 0 while it starts or stops a runtime
 _pending_exit = False
@@ -179,17 +186,24 @@ def _shutting_down() -> bool:
 
 def _stop_all_at_exit() -> None:
     """Stop every live runtime, newest first, before Python joins the actor threads."""
-    global _exiting
+    global _exiting, _exit_hook_done
     _exiting = True
-    with _lock:
-        trees = [_trees.pop(key) for key in sorted(_trees, reverse=True)]
-    if trees:
-        log.info("runtimes_stopping_at_exit", runtimes=[t.runtime_id for t in trees])
-    for tree in trees:
-        try:
-            tree.stop()
-        except Exception:  # one runtime's failure must not leave the others running
-            log.exception("runtime_stop_failed", runtime=tree.runtime_id)
+    try:
+        with _lock:
+            trees = [_trees.pop(key) for key in sorted(_trees, reverse=True)]
+        if trees:
+            log.info("runtimes_stopping_at_exit", runtimes=[t.runtime_id for t in trees])
+        for tree in trees:
+            try:
+                tree.stop()
+            except Exception:  # one runtime's failure must not leave the others running
+                log.exception("runtime_stop_failed", runtime=tree.runtime_id)
+    finally:
+        _exit_hook_done = True
+        if _term_pending:
+            # A SIGTERM came during the stop (its handler restored the default): the
+            # process now meets it as it would have without this library.
+            signal.raise_signal(signal.SIGTERM)
 
 
 # --- SIGTERM ---------------------------------------------------------------------------------
@@ -240,12 +254,18 @@ def install_sigterm_handler() -> bool:
 
 def _on_sigterm(signum: int, _frame: FrameType | None) -> Any:
     """Runs in the main thread between two bytecodes: must not block or take a lock."""
-    global _pending_exit
+    global _pending_exit, _term_pending
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
-    if _exiting or _shutting_down():
-        return None  # the exit hook is stopping the runtimes already
+    if _exiting and not _exit_hook_done:
+        _term_pending = True  # the exit hook is stopping the runtimes: after it, the default
+        return None
     if not _trees:
-        signal.raise_signal(signum)  # nothing of ours to stop: the default action
+        # Nothing of ours to stop (none live, or the exit hook stopped them): the default
+        # action, even while the interpreter waits for a host's non-daemon thread.
+        signal.raise_signal(signum)
+        return None
+    if _shutting_down():
+        _term_pending = True  # the interpreter is exiting and the exit hook is yet to run
         return None
     if _defer_depth:
         _pending_exit = True  # the main thread is starting or stopping a runtime
@@ -256,7 +276,9 @@ def _on_sigterm(signum: int, _frame: FrameType | None) -> Any:
 def _after_fork_in_child() -> None:
     # The runtimes' threads did not survive the fork: the child has nothing to stop, and
     # its SIGTERM (multiprocessing's terminate()) keeps its default meaning.
+    global _term_pending
     _trees.clear()
+    _term_pending = False  # a SIGTERM the parent held back was the parent's
     with contextlib.suppress(ValueError):
         if signal.getsignal(signal.SIGTERM) is _on_sigterm:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -346,6 +346,75 @@ threading.Event().wait()
     assert child.wait() == -signal.SIGTERM
 
 
+_EXIT_BLOCKED_BY_THE_HOST = """
+import sys, threading
+from beamagent import Runtime, configure_logging
+
+configure_logging("info")  # stderr: the exit hook says when it stops a runtime
+# Registered before the first Runtime, so it runs after beamagent's exit hook.
+threading._register_atexit(lambda: print("exit_hooks_done", flush=True))
+rt = Runtime(store=":memory:")
+rt.start_session(backend="local").query("hi")
+if sys.argv[1] == "stopped":
+    rt.stop()
+# The host's own non-daemon thread, which the interpreter's exit waits for.
+threading.Thread(target=threading.Event().wait, name="host-worker").start()
+print("main_done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("runtime", ["stopped", "left_running"])
+def test_sigterm_ends_an_exit_that_waits_for_a_hosts_thread(
+    children: list[Child], runtime: str
+) -> None:
+    # Without beamagent the first SIGTERM kills such a process; the handler once
+    # swallowed it for the rest of the exit, because the interpreter was "exiting".
+    child = spawn(children, _EXIT_BLOCKED_BY_THE_HOST, runtime)
+    child.read_until("main_done")
+    child.read_until("exit_hooks_done")
+    assert ("runtimes_stopping_at_exit" in child.stderr()) == (runtime == "left_running")
+    child.process.send_signal(signal.SIGTERM)
+    assert child.wait() == -signal.SIGTERM
+
+
+def test_sigterm_during_the_exit_hooks_stop_is_kept_for_after_it(
+    tmp_path: Path, children: list[Child]
+) -> None:
+    # The script ends while its session's reply blocks in user code, so the exit hook's
+    # stop waits for it (5 s). A SIGTERM then must neither cut the stop short (the
+    # history is recorded) nor be lost: the process dies of it once the stop is done.
+    code = (
+        _ACK
+        + """
+import threading
+from beamagent import Runtime, configure_logging
+
+configure_logging("info")
+
+def reply(prompt, params):
+    if prompt == "hang":
+        print("in_reply", flush=True)
+        yield "first"
+        threading.Event().wait()
+    yield f"ok {prompt}"
+
+rt = Runtime(store=sys.argv[1])
+session = rt.start_session(backend="local", reply=reply)
+ack(sys.argv[1], session, session.query("q0"))
+session.send_query("hang")
+"""
+    )
+    child = spawn(children, code, str(tmp_path / "a.db"))
+    lines = child.read_until("in_reply")
+    child.wait_for_stderr("runtimes_stopping_at_exit")
+    child.process.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=30) == -signal.SIGTERM
+    stderr = child.stderr()
+    assert "runtime_stopped" in stderr.split("runtimes_stopping_at_exit", 1)[1]  # stopped first
+    assert "Traceback" not in stderr
+    assert_on_disk(acknowledged(lines))
+
+
 def test_a_hosts_own_sigterm_handler_is_kept(tmp_path: Path, children: list[Child]) -> None:
     code = """
 import signal, sys, threading
