@@ -31,9 +31,9 @@ disposition first, so a second SIGTERM kills at once; with no live runtime,
 SIGTERM acts as if the handler were not there. Once the interpreter is
 exiting, SIGTERM is never swallowed: during the exit hook's stop it is held
 until the runtimes are stopped and then takes its default action (the
-process dies of SIGTERM, as it would without this library); after the hook,
-it takes it at once (an exit that waits on a host's non-daemon thread is
-still ended by the first SIGTERM).
+process dies of SIGTERM, as it would without this library); before the hook
+(the interpreter runs other exit hooks first, which may never return) and
+after it (an exit waiting on a host's non-daemon thread), it takes it at once.
 """
 
 from __future__ import annotations
@@ -259,13 +259,11 @@ def _on_sigterm(signum: int, _frame: FrameType | None) -> Any:
     if _exiting and not _exit_hook_done:
         _term_pending = True  # the exit hook is stopping the runtimes: after it, the default
         return None
-    if not _trees:
-        # Nothing of ours to stop (none live, or the exit hook stopped them): the default
-        # action, even while the interpreter waits for a host's non-daemon thread.
+    if not _trees or _shutting_down():
+        # Nothing of ours to stop (none live, or the exit hook stopped them), or the
+        # interpreter is exiting and runs other exit hooks before ours, which may never
+        # return (an executor's join): the default action, as without this library.
         signal.raise_signal(signum)
-        return None
-    if _shutting_down():
-        _term_pending = True  # the interpreter is exiting and the exit hook is yet to run
         return None
     if _defer_depth:
         _pending_exit = True  # the main thread is starting or stopping a runtime

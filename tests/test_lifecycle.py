@@ -377,6 +377,30 @@ def test_sigterm_ends_an_exit_that_waits_for_a_hosts_thread(
     assert child.wait() == -signal.SIGTERM
 
 
+def test_sigterm_while_a_hosts_exit_hook_blocks_before_ours_is_the_default_action(
+    children: list[Child],
+) -> None:
+    # Registered after the first Runtime, the host's hook runs before beamagent's and
+    # never returns (as an executor's join of a stuck worker): SIGTERM must still kill.
+    code = """
+import threading
+from beamagent import Runtime
+
+rt = Runtime(store=":memory:")
+rt.start_session(backend="local").query("hi")
+
+def host_hook():
+    print("in_host_hook", flush=True)
+    threading.Event().wait()
+
+threading._register_atexit(host_hook)
+"""
+    child = spawn(children, code)
+    child.read_until("in_host_hook")
+    child.process.send_signal(signal.SIGTERM)
+    assert child.wait() == -signal.SIGTERM
+
+
 def test_sigterm_during_the_exit_hooks_stop_is_kept_for_after_it(
     tmp_path: Path, children: list[Child]
 ) -> None:
