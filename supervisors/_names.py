@@ -11,6 +11,7 @@ restarting process for a missing one.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -43,6 +44,20 @@ _keepers: dict[Hashable, str] = {}  # name -> URN of the process that keeps it a
 _reserved: dict[Hashable, str] = {}  # name -> URN of the keeper deciding about it
 _kept_by: dict[str, set[Hashable]] = {}  # keeper URN -> names it keeps or holds reserved
 _waiters = 0  # threads in await_name: notify only when someone waits
+
+
+def _after_fork_in_child() -> None:
+    # The parent's processes did not survive the fork: no name is held in the child.
+    global _lock, _changed, _waiters
+    _lock = threading.Lock()  # a parent thread may have held it at the fork
+    _changed = threading.Condition(_lock)
+    _waiters = 0
+    for table in (_by_name, _by_urn, _keepers, _reserved, _kept_by):
+        table.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _no_keeper(_urn: str) -> bool:

@@ -247,6 +247,26 @@ def _new_urn() -> str:
 
 _LINKS_AS_TUPLE = 8
 _flag_lock = _thread.allocate_lock()
+
+
+def _after_fork_in_child() -> None:
+    """Every process of the parent is dead in a forked child (its thread was not copied).
+
+    Their refs say so (``is_alive()`` False, a tell or ask raises ``ActorDeadError``
+    instead of waiting for ever on a mailbox nobody drains), and the table forgets them.
+    The module's locks are made anew: a parent thread may have held one at the fork.
+    """
+    global _table_lock, _flag_lock
+    _table_lock = threading.Lock()
+    _flag_lock = _thread.allocate_lock()
+    dead = list(_table.values())
+    _table.clear()
+    for process in dead:
+        process.actor_stopped.set()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 _schedule = scheduler.submit  # one bound method for every mailbox (see Mailbox.attach)
 _STARTED = _Flag()
 _STARTED.set()

@@ -166,6 +166,23 @@ class Scheduler:
         # there as it does on a worker. Set and popped by the caller thread only.
         self.callers: dict[threading.Thread, Process] = {}
 
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's workers in a forked child: their threads were not copied.
+
+        The child starts with an empty pool (a fresh lock, in case a parent thread held
+        it at the fork), so its first message spawns a worker as in a new process.
+        """
+        self._lock = threading.Lock()
+        self._runq = queue.SimpleQueue()
+        self._workers = {}
+        self._idle = set()
+        self._blocked = set()
+        self._monitor = None
+        self._releasing = False
+        self._stops = 0
+        self.callers = {}
+        _local.worker = None  # the forking thread may have been a worker: it is none now
+
     # --- submitting -----------------------------------------------------------------
 
     def _counts(self) -> tuple[int, int, int]:
@@ -492,6 +509,9 @@ class Scheduler:
 
 scheduler = Scheduler()
 """The process-wide scheduler every non-dedicated ``Process`` runs on."""
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=scheduler.after_fork_in_child)
 
 
 @contextlib.contextmanager

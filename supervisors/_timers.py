@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import threading
 import time
 from typing import Any
@@ -64,6 +65,10 @@ class _TimerService:
     idle_linger = 1.0
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """No timers and no thread, as new (in a forked child: see the fork hook below)."""
         self._cond = threading.Condition()
         self._heap: list[TimerRef] = []  # pending timers, and cancelled ones not yet dropped
         self._live = 0  # pending timers in the heap
@@ -176,6 +181,11 @@ class _TimerService:
 
 
 _service = _TimerService()
+
+if hasattr(os, "register_at_fork"):
+    # The timer thread is not copied by a fork, nor are the parent's processes: the child
+    # starts with no timers and a fresh condition (a parent thread may have held its lock).
+    os.register_at_fork(after_in_child=_service.reset)
 
 
 def send_after(target: pykka.ActorRef[Any], message: Any, seconds: float) -> TimerRef:

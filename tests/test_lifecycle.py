@@ -527,6 +527,60 @@ def test_install_from_another_thread_is_refused() -> None:
     assert "main thread" in str(errors[0])
 
 
+_FORK_AFTER_A_RUNTIME = """
+import faulthandler, multiprocessing, os, sys
+from beamagent import Runtime
+
+def own_runtime():
+    faulthandler.dump_traceback_later(20, exit=True)  # a hang shows where, then exits 1
+    with Runtime(store=":memory:") as child_rt:
+        answer = child_rt.start_session(backend="local").query("child")[-1].content
+    print("own runtime", answer, flush=True)
+
+rt = Runtime(store=":memory:")
+session = rt.start_session(backend="local")
+session.query("parent")
+if sys.argv[1] == "stopped":
+    rt.stop()
+pid = os.fork()
+if pid == 0:
+    for what, call in [("session", lambda: session.query("x", timeout=5)),
+                       ("runtime", lambda: rt.start_session(backend="local"))]:
+        try:
+            call()
+            print(what, "answered", flush=True)
+        except Exception as exc:  # the parent's processes are dead here: a typed error
+            print(what, type(exc).__name__, flush=True)
+    own_runtime()
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+print("os.fork child exited", os.waitstatus_to_exitcode(status), flush=True)
+child = multiprocessing.get_context("fork").Process(target=own_runtime)
+child.start()
+child.join(30)
+print("multiprocessing child exited", child.exitcode, flush=True)
+"""
+
+
+@pytest.mark.parametrize("parent", ["live", "stopped"])
+def test_a_forked_child_starts_its_own_runtime_and_the_parents_fail_fast(
+    children: list[Child], parent: str
+) -> None:
+    # The child once hung for ever in Runtime(): the scheduler still listed the parent's
+    # idle workers, whose threads a fork does not copy, so nobody ran its processes.
+    child = spawn(children, _FORK_AFTER_A_RUNTIME, parent)
+    lines = child.read_until("multiprocessing child exited 0")
+    if parent == "live":
+        assert lines[:2] == ["session SessionNotFound", "runtime BeamAgentError"]
+    assert lines[-4:] == [
+        "own runtime child",
+        "os.fork child exited 0",
+        "own runtime child",
+        "multiprocessing child exited 0",
+    ]
+    assert child.wait() == 0
+
+
 def test_a_forked_child_has_no_runtime_to_stop_and_the_default_sigterm(
     children: list[Child],
 ) -> None:

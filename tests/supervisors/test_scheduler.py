@@ -16,6 +16,7 @@ import pytest
 import supervisors as s
 from supervisors._scheduler import SLICE, scheduler
 from supervisors._scheduler import blocking as s_blocking
+from tests._child import run_script
 from tests.supervisors._kit import EventLog
 
 
@@ -998,3 +999,52 @@ def test_an_uninterruptible_section_in_a_stop_hook_runs_through() -> None:
     process = CarefulStop.start(done)
     assert s.shutdown(process, timeout=5) == s.Shutdown()
     assert done.is_set()
+
+
+_FORK = """
+import os, threading
+import pykka
+import supervisors as s
+
+ticked = threading.Event()
+
+class Echo(s.Process):
+    def on_receive(self, message):
+        if message == "tick":
+            ticked.set()
+            return None
+        return message
+
+parent = Echo.start()
+assert parent.ask("hi") == "hi"
+s.register(("echo",), parent)
+s.send_after(parent, "tick", 60)  # the timer thread runs at the fork
+pid = os.fork()
+if pid == 0:
+    try:
+        parent.ask("hi", timeout=5)
+        print("parent answered", flush=True)
+    except pykka.ActorDeadError:
+        print("parent dead", parent.is_alive(), s.whereis(("echo",)), flush=True)
+    child = Echo.start()
+    print("child asked", child.ask("ho", timeout=5), flush=True)
+    s.send_after(child, "tick", 0.01)
+    print("child timer fired", ticked.wait(15), flush=True)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+print("exit", os.waitstatus_to_exitcode(status), flush=True)
+parent.stop()
+"""
+
+
+def test_a_forked_child_has_none_of_the_parents_processes_and_a_working_pool() -> None:
+    # The child's first process once never started: the scheduler still listed the
+    # parent's idle workers (a fork copies no thread), and its timer thread was the
+    # parent's too.
+    result = run_script(_FORK, timeout=60)
+    assert result.stdout.splitlines() == [
+        "parent dead False None",
+        "child asked ho",
+        "child timer fired True",
+        "exit 0",
+    ], result.stderr
