@@ -56,6 +56,7 @@ __all__ = [
     "SessionError",
     "SessionNotFound",
     "SessionRestarting",
+    "StopTimeout",
     "StoreError",
     "ThreadNotFound",
     "ToolError",
@@ -216,6 +217,22 @@ class Interrupted(BeamAgentError):
 
 class QueryTimeout(BeamAgentError, TimeoutError):
     """No message arrived in time; the session was returned to ``ready``."""
+
+
+class StopTimeout(BeamAgentError, TimeoutError):
+    """A session's stop was not confirmed in time; it is still under way.
+
+    The session's supervisor stops its children one at a time, each given its
+    shutdown time (5 s for a session whose reply does not end), so many stops at
+    once queue behind one another. The stop was asked for and is carried out;
+    only the wait for it ended.
+    """
+
+    def __init__(self, session_id: Any, seconds: float) -> None:
+        self.session_id = session_id
+        super().__init__(
+            f"session {session_id!r} was not stopped within {seconds} s; its stop is under way"
+        )
 
 
 class QueryFailed(BeamAgentError):

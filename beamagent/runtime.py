@@ -48,6 +48,7 @@ from beamagent.errors import (
     QueryTimeout,
     SessionError,
     SessionNotFound,
+    StopTimeout,
     StoreError,
     UnknownBackend,
 )
@@ -82,6 +83,8 @@ from supervisors import (
     monitor,
     registered,
     reserved,
+    shutdown,
+    spawn_options,
     whereis,
 )
 
@@ -343,6 +346,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
             "store": (*ns, "store"),
             "sessions": (*ns, "sessions"),
             "runs": (*ns, "runs"),
+            "root": (*ns, "root"),
         }
         # One hook for every session of this runtime (not a closure per session): the
         # session queues itself, and the registry indexes the queue a batch at a time.
@@ -382,14 +386,18 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
         ]
         with lifecycle.signals_deferred():  # a SIGTERM now must not leave a tree unregistered
             try:
-                self.root: SupervisorRef = Supervisor.start(
-                    children=children, max_restarts=ROOT_RESTARTS[0], max_seconds=ROOT_RESTARTS[1]
-                )
+                # Named, so that a start cut short (Ctrl-C while the root starts its
+                # children, before its ref came back) can still find and stop it.
+                with spawn_options(name=self._names["root"]):
+                    self.root: SupervisorRef = Supervisor.start(
+                        children=children,
+                        max_restarts=ROOT_RESTARTS[0],
+                        max_seconds=ROOT_RESTARTS[1],
+                    )
+                lifecycle.runtime_started(self, handle_signals=handle_signals)
             except BaseException:
-                if self._owns_store:
-                    self._store.close()
+                self._abandon_start()
                 raise
-            lifecycle.runtime_started(self, handle_signals=handle_signals)
         self._control: ControlServer | None = None
         if control_socket is not None:
             from beamagent.control.server import ControlServer  # only with a control socket
@@ -412,13 +420,32 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
     def __exit__(self, *_exc: object) -> None:
         self.stop()
 
-    def stop(self) -> None:
-        """Stop every run and session, then the store and the registry. Idempotent."""
+    def _abandon_start(self) -> None:
+        """Undo a start that failed or was interrupted: whatever of the tree started ends."""
         with self._lock:
-            if self._stopped:
+            if self._stopped:  # runtime_started stopped it already (the interpreter exits)
                 return
             self._stopped = True
-        with lifecycle.signals_deferred():  # a SIGTERM now waits until the store is closed
+        root = whereis(self._names["root"])
+        if root is not None:
+            with contextlib.suppress(Exception):
+                shutdown(root, timeout=60)
+        if self._owns_store:
+            self._store.close()
+
+    def stop(self) -> None:
+        """Stop every run and session, then the store and the registry. Idempotent.
+
+        Interrupted (Ctrl-C while sessions finish), the runtime is not stopped yet:
+        it stays registered, and another ``stop()``, or the interpreter's exit,
+        finishes the stop.
+        """
+        # A SIGTERM from here on waits until the store is closed.
+        with lifecycle.signals_deferred():
+            with self._lock:
+                if self._stopped:
+                    return
+                self._stopped = True
             try:
                 control = getattr(self, "_control", None)
                 if control is not None:  # first: no snapshot of a tree going down
@@ -436,8 +463,14 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
                 self._close_tools()
                 if self._owns_store:
                     self._store.close()
-            finally:
+            except BaseException as exc:
+                if not isinstance(exc, Exception):  # interrupted: not stopped yet
+                    with self._lock:
+                        self._stopped = False
+                    raise
                 lifecycle.runtime_stopped(self)
+                raise
+            lifecycle.runtime_stopped(self)
         log.info("runtime_stopped", runtime=self.id)
 
     async def astop(self) -> None:
@@ -833,6 +866,8 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
 
         Raises:
             SessionNotFound: no live session has this id.
+            StopTimeout: the stop was not confirmed within 30 s (stops queue in the
+                sessions' supervisor, each up to a session's 5 s shutdown); it goes on.
         """
         if self._stop_external_session(session_id):  # one a user's supervisor started
             return
@@ -840,6 +875,8 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
             ref = self._session_ref(session_id)
             try:
                 self.sessions_supervisor.terminate_child(ref, timeout=CALL_TIMEOUT)
+            except pykka.Timeout:
+                raise StopTimeout(session_id, CALL_TIMEOUT) from None
             except ChildNotFound:
                 # It ended on its own meanwhile: gone, or restarted (then stop that one).
                 if whereis(self._session_name(session_id)) is None and not reserved(

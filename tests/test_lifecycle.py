@@ -581,6 +581,76 @@ def test_a_forked_child_starts_its_own_runtime_and_the_parents_fail_fast(
     assert child.wait() == 0
 
 
+_INTERRUPTED = """
+import sys, threading
+import supervisors
+from beamagent import Runtime, lifecycle
+
+def interrupt_at(name, nth=1):
+    # Ctrl-C's KeyboardInterrupt, injected where the main thread calls ``name`` (the
+    # nth time).
+    calls = []
+    def tracer(frame, event, arg):
+        if event == "call" and frame.f_code.co_name == name:
+            calls.append(frame.f_code.co_filename)
+            if len(calls) == nth:
+                sys.settrace(None)
+                raise KeyboardInterrupt
+    sys.settrace(tracer)
+
+def store_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("StoreActor")]
+
+where = sys.argv[1]
+if where == "stop":
+    rt = Runtime(store=sys.argv[2])
+    session = rt.start_session(backend="local", reply=lambda prompt, params: iter([prompt]))
+    session.query("before")
+    interrupt_at("stop", nth=2)  # rt.stop(), then the root's stop inside it
+    try:
+        rt.stop()
+    except KeyboardInterrupt:
+        print("interrupted", rt.stopped, list(lifecycle.started_runtimes().values()) == [rt.id])
+        print("sessions", len(rt.live_sessions()))
+    rt.stop()  # finishes what the interrupted stop began
+    print("stopped", rt.stopped, lifecycle.started_runtimes())
+else:
+    interrupt_at(where)
+    try:
+        Runtime(store=sys.argv[2])
+    except KeyboardInterrupt:
+        print("interrupted")
+    sys.settrace(None)
+    ours = [n for n in supervisors.registered() if n[0] == "beamagent"]
+    print("left", ours, lifecycle.started_runtimes())
+for thread in store_threads():
+    thread.join(10)
+print("store threads", store_threads(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("where", ["_acquire", "runtime_started", "stop"])
+def test_ctrl_c_during_a_runtimes_start_or_stop_leaves_nothing_running(
+    tmp_path: Path, children: list[Child], where: str
+) -> None:
+    # Ctrl-C during Runtime() once left the tree it had begun running, unregistered and
+    # out of reach; during stop(), a runtime marked stopped whose sessions and store
+    # still ran, which neither another stop() nor the exit hook would stop.
+    child = spawn(children, _INTERRUPTED, where, str(tmp_path / "a.db"))
+    lines = child.read_until("store threads []")
+    if where == "stop":
+        assert lines == [
+            "interrupted False True",
+            "sessions 1",
+            "stopped True {}",
+            "store threads []",
+        ]
+    else:
+        assert lines == ["interrupted", "left [] {}", "store threads []"]
+    assert child.wait() == 0
+    assert not list(tmp_path.glob("a.db-*"))  # the store was closed (no -wal, -shm left)
+
+
 def test_a_forked_child_has_no_runtime_to_stop_and_the_default_sigterm(
     children: list[Child],
 ) -> None:

@@ -645,7 +645,12 @@ class Session:
         return cast(str, (await self.asession_info())["adapter_module"])
 
     def stop(self) -> None:
-        """Stop the session (its history stays in the store)."""
+        """Stop the session (its history stays in the store).
+
+        Raises:
+            SessionNotFound: it is not running.
+            StopTimeout: the stop was not confirmed within 30 s; it goes on.
+        """
         self._runtime.stop_session(self.session_id)
 
     async def astop(self) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from beamagent import MessageType, Runtime
+from beamagent import runtime as runtime_module
 from beamagent.errors import (
     BadQueryRef,
     InvalidOption,
@@ -16,10 +18,12 @@ from beamagent.errors import (
     QueryComplete,
     QueryInProgress,
     SessionNotFound,
+    StopTimeout,
     UnknownBackend,
     UnknownControlMethod,
 )
 from beamagent.session import actor as actor_module
+from supervisors import monitor, whereis
 
 
 @pytest.fixture
@@ -265,3 +269,33 @@ def test_session_info_lists_are_the_callers_own(rt: Runtime) -> None:
         assert "mine" not in again["supported_models"]
         assert again["supported_agents"] == ["general"]
         assert again["tools"] == []
+
+
+def test_a_stop_not_confirmed_in_time_is_a_typed_error_and_the_stop_goes_on(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A session whose reply blocks takes its whole shutdown time (5 s) to stop; stops
+    # queue in the sessions' supervisor. The wait used to end in a raw pykka.Timeout.
+    release = threading.Event()
+
+    def reply(prompt: str, params: Any) -> Iterator[str]:
+        yield "first"
+        release.wait(30)
+        yield "never seen"
+
+    monkeypatch.setattr(runtime_module, "CALL_TIMEOUT", 0.5)  # the stop's wait, shortened
+    session = rt.start_session(backend="local", reply=reply)
+    ref = whereis(rt._session_name(session.session_id))
+    assert ref is not None
+    down = monitor(ref, watcher=None)
+    session.send_query("hang")
+    try:
+        with pytest.raises(StopTimeout) as raised:
+            session.stop()
+        assert raised.value.session_id == session.session_id
+        assert isinstance(raised.value, TimeoutError)
+        down.wait(30)  # and the stop it asked for is carried out
+    finally:
+        release.set()
+    with pytest.raises(SessionNotFound):
+        session.session_info()
