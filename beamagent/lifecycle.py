@@ -274,9 +274,11 @@ def _on_sigterm(signum: int, _frame: FrameType | None) -> Any:
 def _after_fork_in_child() -> None:
     # The runtimes' threads did not survive the fork: the child has nothing to stop, and
     # its SIGTERM (multiprocessing's terminate()) keeps its default meaning.
-    global _term_pending
+    global _term_pending, _lock, _auto_install_tried
+    _lock = threading.Lock()  # a parent thread may have held it at the fork
     _trees.clear()
     _term_pending = False  # a SIGTERM the parent held back was the parent's
+    _auto_install_tried = False  # the child's own first Runtime installs the handler
     with contextlib.suppress(ValueError):
         if signal.getsignal(signal.SIGTERM) is _on_sigterm:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)

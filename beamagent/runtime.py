@@ -432,6 +432,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
                 shutdown(root, timeout=60)
         if self._owns_store:
             self._store.close()
+        lifecycle.runtime_stopped(self)  # if it was registered before the interrupt
 
     def stop(self) -> None:
         """Stop every run and session, then the store and the registry. Idempotent.
@@ -442,11 +443,12 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
         """
         # A SIGTERM from here on waits until the store is closed.
         with lifecycle.signals_deferred():
-            with self._lock:
-                if self._stopped:
-                    return
-                self._stopped = True
+            mine = False  # this call set stopped (one statement: no signal between the two)
             try:
+                with self._lock:
+                    if self._stopped:
+                        return
+                    self._stopped = mine = True
                 control = getattr(self, "_control", None)
                 if control is not None:  # first: no snapshot of a tree going down
                     control.stop()
@@ -464,6 +466,8 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
                 if self._owns_store:
                     self._store.close()
             except BaseException as exc:
+                if not mine:
+                    raise
                 if not isinstance(exc, Exception):  # interrupted: not stopped yet
                     with self._lock:
                         self._stopped = False
@@ -481,7 +485,7 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
 
     @property
     def stopped(self) -> bool:
-        """True once :meth:`stop` was called."""
+        """True once :meth:`stop` was called (False again if that stop was interrupted)."""
         return self._stopped
 
     def _child(self, key: str, timeout: float = CALL_TIMEOUT) -> pykka.ActorRef[Any]:
@@ -902,6 +906,17 @@ class Runtime(RoutingApi, StoreApi, GraphApi, ToolsApi):
 
 _default: Runtime | None = None
 _default_lock = threading.Lock()
+
+
+def _forget_default_after_fork() -> None:
+    # The parent's default runtime is dead in a forked child: the child makes its own.
+    global _default, _default_lock
+    _default = None
+    _default_lock = threading.Lock()  # a parent thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_default_after_fork)
 
 
 def default_runtime() -> Runtime:

@@ -259,6 +259,12 @@ def _after_fork_in_child() -> None:
     global _table_lock, _flag_lock
     _table_lock = threading.Lock()
     _flag_lock = _thread.allocate_lock()
+    # Every process start and end takes Pykka's registry lock: one a parent thread held
+    # at the fork would never be released in the child.
+    if hasattr(pykka.ActorRegistry, "_actor_refs_lock"):
+        pykka.ActorRegistry._actor_refs_lock = threading.RLock()
+    _local.process = None  # the forking thread may have been running a process
+    _local.spawn = None
     dead = list(_table.values())
     _table.clear()
     for process in dead:

@@ -65,10 +65,6 @@ class _TimerService:
     idle_linger = 1.0
 
     def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        """No timers and no thread, as new (in a forked child: see the fork hook below)."""
         self._cond = threading.Condition()
         self._heap: list[TimerRef] = []  # pending timers, and cancelled ones not yet dropped
         self._live = 0  # pending timers in the heap
@@ -182,10 +178,18 @@ class _TimerService:
 
 _service = _TimerService()
 
-if hasattr(os, "register_at_fork"):
+
+def _new_service_after_fork() -> None:
     # The timer thread is not copied by a fork, nor are the parent's processes: the child
-    # starts with no timers and a fresh condition (a parent thread may have held its lock).
-    os.register_at_fork(after_in_child=_service.reset)
+    # starts with no timers and a fresh condition (a parent thread may have held its
+    # lock). A new service, not the old one cleared: a TimerRef made before the fork
+    # keeps pointing at the old one, so cancelling it cannot unbalance the child's count.
+    global _service
+    _service = _TimerService()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_service_after_fork)
 
 
 def send_after(target: pykka.ActorRef[Any], message: Any, seconds: float) -> TimerRef:

@@ -528,8 +528,10 @@ def test_install_from_another_thread_is_refused() -> None:
 
 
 _FORK_AFTER_A_RUNTIME = """
-import faulthandler, multiprocessing, os, sys
-from beamagent import Runtime
+import faulthandler, multiprocessing, os, sys, threading
+import pykka
+from beamagent import Runtime, lifecycle, runtime
+from beamagent.runtime import default_runtime
 
 def own_runtime():
     faulthandler.dump_traceback_later(20, exit=True)  # a hang shows where, then exits 1
@@ -540,8 +542,20 @@ def own_runtime():
 rt = Runtime(store=":memory:")
 session = rt.start_session(backend="local")
 session.query("parent")
+parents_default = default_runtime()
 if sys.argv[1] == "stopped":
     rt.stop()
+if sys.argv[1] == "locks_held":
+    # Locks every process start or runtime start takes, held by a parent thread at the
+    # fork: the child must not inherit them locked.
+    held, release = threading.Event(), threading.Event()
+    def hold():
+        with pykka.ActorRegistry._actor_refs_lock, lifecycle._lock, runtime._default_lock:
+            held.set()
+            release.wait()
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait()
 pid = os.fork()
 if pid == 0:
     for what, call in [("session", lambda: session.query("x", timeout=5)),
@@ -552,7 +566,14 @@ if pid == 0:
         except Exception as exc:  # the parent's processes are dead here: a typed error
             print(what, type(exc).__name__, flush=True)
     own_runtime()
+    child_default = default_runtime()
+    print("default", child_default is not parents_default,
+          child_default.start_session(backend="local").query("d")[-1].content, flush=True)
+    child_default.stop()
     os._exit(0)
+if sys.argv[1] == "locks_held":
+    release.set()
+    holder.join()
 _, status = os.waitpid(pid, 0)
 print("os.fork child exited", os.waitstatus_to_exitcode(status), flush=True)
 child = multiprocessing.get_context("fork").Process(target=own_runtime)
@@ -562,7 +583,7 @@ print("multiprocessing child exited", child.exitcode, flush=True)
 """
 
 
-@pytest.mark.parametrize("parent", ["live", "stopped"])
+@pytest.mark.parametrize("parent", ["live", "stopped", "locks_held"])
 def test_a_forked_child_starts_its_own_runtime_and_the_parents_fail_fast(
     children: list[Child], parent: str
 ) -> None:
@@ -570,10 +591,11 @@ def test_a_forked_child_starts_its_own_runtime_and_the_parents_fail_fast(
     # idle workers, whose threads a fork does not copy, so nobody ran its processes.
     child = spawn(children, _FORK_AFTER_A_RUNTIME, parent)
     lines = child.read_until("multiprocessing child exited 0")
-    if parent == "live":
+    if parent != "stopped":
         assert lines[:2] == ["session SessionNotFound", "runtime BeamAgentError"]
-    assert lines[-4:] == [
+    assert lines[-5:] == [
         "own runtime child",
+        "default True d",  # the module-level API's runtime: the child's own
         "os.fork child exited 0",
         "own runtime child",
         "multiprocessing child exited 0",
@@ -629,7 +651,7 @@ print("store threads", store_threads(), flush=True)
 """
 
 
-@pytest.mark.parametrize("where", ["_acquire", "runtime_started", "stop"])
+@pytest.mark.parametrize("where", ["_acquire", "runtime_started", "_auto_install", "stop"])
 def test_ctrl_c_during_a_runtimes_start_or_stop_leaves_nothing_running(
     tmp_path: Path, children: list[Child], where: str
 ) -> None:

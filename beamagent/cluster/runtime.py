@@ -334,6 +334,7 @@ class ClusterRuntime(StoreApi):
 
         Raises:
             SessionNotFound: no live session has this id.
+            StopTimeout: its node did not confirm the stop within 30 s; it goes on.
         """
         self._controller_call("stop_session", session_id, timeout=90.0)
 

@@ -654,7 +654,12 @@ class Session:
         self._runtime.stop_session(self.session_id)
 
     async def astop(self) -> None:
-        """Async twin of :meth:`stop` (runs the shutdown off the event loop)."""
+        """Async twin of :meth:`stop` (runs the shutdown off the event loop).
+
+        Raises:
+            SessionNotFound: it is not running.
+            StopTimeout: the stop was not confirmed within 30 s; it goes on.
+        """
         import asyncio
 
         await asyncio.get_running_loop().run_in_executor(None, self.stop)
