@@ -145,6 +145,11 @@ class Scheduler:
         self.idle_timeout = idle_timeout
         self.tick = tick
         self.slot_ticks = slot_ticks
+        self._serial = itertools.count(1)
+        self._empty_pool()
+
+    def _empty_pool(self) -> None:
+        """No worker, no monitor, an empty run queue and a fresh lock (new, or after a fork)."""
         self._runq: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._workers: dict[threading.Thread, _Worker] = {}
@@ -157,7 +162,6 @@ class Scheduler:
         self._idle: set[_Worker] = set()
         self._blocked: set[_Worker] = set()
         self._slices = 0  # slices run: the monitor's sign of progress
-        self._serial = itertools.count(1)
         self._monitor: threading.Thread | None = None
         self._releasing = False
         self._stops = 0  # release_idle's stop markers still in the run queue: not work
@@ -172,15 +176,7 @@ class Scheduler:
         The child starts with an empty pool (a fresh lock, in case a parent thread held
         it at the fork), so its first message spawns a worker as in a new process.
         """
-        self._lock = threading.Lock()
-        self._runq = queue.SimpleQueue()
-        self._workers = {}
-        self._idle = set()
-        self._blocked = set()
-        self._monitor = None
-        self._releasing = False
-        self._stops = 0
-        self.callers = {}
+        self._empty_pool()
         _local.worker = None  # the forking thread may have been a worker: it is none now
 
     # --- submitting -----------------------------------------------------------------
