@@ -36,7 +36,10 @@ from pykka import Future
 from pykka import messages as pykka_messages
 from pykka._actor import ActorInbox
 from pykka._envelope import Envelope
+from pykka._future import _Unset
+from pykka._introspection import get_attr_directly
 from pykka._threading import ThreadingFuture, ThreadingFutureResult
+from pykka.messages import ProxyCall
 
 from supervisors import _names
 from supervisors._ids import new_uuid4
@@ -332,6 +335,9 @@ class MonitorRef:
                 log.exception("monitor_callback_failed", monitor=self.id, urn=self.target_urn)
 
 
+_UNSET_HOOK_RESULT: Any = _Unset()  # pykka: no get hook has run
+
+
 class ProcessFuture(ThreadingFuture[Any]):
     """The reply future of an ``ask`` to a process.
 
@@ -344,8 +350,13 @@ class ProcessFuture(ThreadingFuture[Any]):
     a reply cannot leave a lock held that the replying process then needs.
     """
 
+    # Future.__init__'s two fields, as class defaults: one call and one object fewer per
+    # ask (set_get_hook sets them on the instance).
+    _get_hook = None
+    _get_hook_result = _UNSET_HOOK_RESULT
+
     def __init__(self) -> None:
-        Future.__init__(self)  # not ThreadingFuture's: no Condition
+        # Not ThreadingFuture's __init__ (no Condition), nor Future's (the defaults above).
         self._result: ThreadingFutureResult | None = None
         self._unset = _thread.allocate_lock()  # taken by the one set that wins
         self._done = _thread.allocate_lock()  # free once a result is in
@@ -507,6 +518,14 @@ class Process(pykka.ThreadingActor):
 
     ref_class: ClassVar[type[pykka.ActorRef[Any]]] = _ProcessRef
     """The ``ActorRef`` subclass handed out for this process (supervisors add methods)."""
+
+    # Whether the class keeps Pykka's own ``_handle_receive``: then a proxy call is made
+    # without it (see _handle_envelope). Set for every subclass as it is defined.
+    _pykka_receive: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._pykka_receive = cls._handle_receive is pykka.Actor._handle_receive
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # pykka.Actor.__init__, spelled out with a lighter ``actor_stopped``: a one-way
@@ -808,7 +827,14 @@ class Process(pykka.ThreadingActor):
             reject_envelope(envelope, str(self))
             return None, None
         try:
-            response = self._handle_receive(message)
+            if kind is ProxyCall and self._pykka_receive:
+                # What pykka.Actor._handle_receive does for a proxy call (a session's
+                # every call), without its two frames and type tests.
+                path = message.attr_path
+                callee = getattr(self, path[0]) if len(path) == 1 else get_attr_directly(self, path)
+                response = callee(*message.args, **message.kwargs)
+            else:
+                response = self._handle_receive(message)
         except BaseException as exc:
             self._leave_user_code()
             self._current = None

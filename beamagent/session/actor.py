@@ -1437,8 +1437,13 @@ class SessionActor(Process):
         assert handler is not None
         stamped = messages  # most carry the session's id already: nothing to copy
         session_id = self.session_id
-        if self._tool_timings is not None or any(m.session_id != session_id for m in messages):
+        if self._tool_timings is not None:
             stamped = [self._stamp(m) for m in messages]
+        else:
+            for m in messages:  # a loop, not any(): no generator on every query's path
+                if m.session_id != session_id:
+                    stamped = [self._stamp(m) for m in messages]
+                    break
         failed = self._record(stamped)
         if failed is not None:
             if not self._draining:
@@ -1812,7 +1817,10 @@ class SessionActor(Process):
                 ) from None
         handler = self.handler
         assert handler is not None
-        merged = {**self.config.query_defaults, **(params or {})}
+        defaults = self.config.query_defaults
+        # The handle's params are a dict of the caller's own (its **params): no copy of them
+        # when there are no defaults to merge in.
+        merged = {**defaults, **(params or {})} if defaults or type(params) is not dict else params
         output = handler.encode_query(prompt, merged)
         self._query_seq += 1
         query = _Query(self._query_seq)

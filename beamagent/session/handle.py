@@ -53,6 +53,9 @@ CALL_TIMEOUT = 30.0
 _GRACE = 5.0  # the actor enforces query timeouts itself; this only guards a wedged actor
 
 
+_new_tuple: Any = tuple.__new__
+
+
 def _trace_kwargs(method: str) -> dict[str, Any]:
     # A query's span starts and ends in the session actor: the caller's context goes
     # with the message to be its parent. Nothing is added when tracing is off.
@@ -229,15 +232,18 @@ class Session:
 
     def _call(self, method: str, *args: Any, timeout: float | None = CALL_TIMEOUT) -> Any:
         kwargs = _trace_kwargs(method)
-        message = ProxyCall(attr_path=(method,), args=args, kwargs=kwargs)
+        # ProxyCall((method,), args, kwargs), without the named tuple's Python __new__.
+        message = _new_tuple(ProxyCall, ((method,), args, kwargs))
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
+        remaining = timeout  # all of it, the first time
         tries = 0
         while True:
-            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            if tries:  # a second try: the query's own timeout runs on
+                remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             ref = self._runtime._session_ref(self.session_id, remaining)
             tries += 1
-            if tries > 1:  # a second try: the query's own timeout runs on
+            if tries > 1:
                 message = ProxyCall((method,), self._args_left(method, args, started), kwargs)
             future = CallFuture()
             deliver(ref, Envelope(message, reply_to=future))  # caller-runs when idle
@@ -290,7 +296,8 @@ class Session:
         loop = asyncio.get_running_loop()
         bridge = _bridge(loop)
         kwargs = _trace_kwargs(method)
-        message = ProxyCall(attr_path=(method,), args=args, kwargs=kwargs)
+        # ProxyCall((method,), args, kwargs), without the named tuple's Python __new__.
+        message = _new_tuple(ProxyCall, ((method,), args, kwargs))
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
         runtime = self._runtime

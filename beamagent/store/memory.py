@@ -9,6 +9,9 @@ back is the same JSON round-trip in both stores; except a
 the frozen object itself and read back as its ``to_dict()`` (the same dict: it is
 canonical JSON). Such a message needs neither the check nor the snapshot that encoding
 gives; every other input is encoded, and refused, exactly as the SQLite store does.
+Appends are indexed (numbered, given their columns) when the session's messages are
+next read, not when they are recorded: a session records every query and is read
+far more rarely.
 """
 
 from __future__ import annotations
@@ -82,8 +85,9 @@ class _Message:
 
     One plain object per message (no separate columns object): a store holds many, and
     each object the cyclic GC tracks makes every full collection longer. ``seq`` and
-    ``created_at`` are set when it is appended; nothing changes it after that (forks
-    share it).
+    ``created_at`` (its batch's append time) are set when it is indexed, at the first
+    read after its append (see ``_Session.unindexed``); nothing changes it after that
+    (forks share it).
     """
 
     __slots__ = (
@@ -176,7 +180,12 @@ def _stored(prepared: PreparedMessage) -> _Message:
     )
 
 
-_NO_MESSAGES: list[_Message] = cast("list[_Message]", ())  # see _Session.messages
+_NO_MESSAGES: list[_Message] = cast("list[_Message]", ())  # see _Session.indexed
+# A batch appended and not yet indexed: its created_at and its messages, each a _Message
+# (numbered and timed already) or a JSON-native Message kept as it is (numbered and
+# wrapped when the session's messages are next read).
+_Batch = tuple[float, list[Any]]
+_NO_BATCHES: list[_Batch] = cast("list[_Batch]", ())  # see _Session.unindexed
 
 
 @attrs.define
@@ -185,22 +194,64 @@ class _Session:
     # appends since then. A session appends far more often than anyone reads its record,
     # so appends do not rebuild the (frozen) record each time.
     stored: SessionRecord = attrs.field(alias="record")
-    # The shared empty tuple until the first append (an empty list per idle session was
-    # one more object for the cyclic GC to walk); only ``_append`` adds to it.
-    messages: list[_Message] = _NO_MESSAGES
+    # The messages indexed so far, in seq order (``messages`` adds the unindexed ones).
+    # The shared empty tuple until the first append is indexed (an empty list per idle
+    # session was one more object for the cyclic GC to walk).
+    indexed: list[_Message] = attrs.field(default=_NO_MESSAGES, alias="messages")
+    # Appended batches not yet in ``indexed``, in order: an append adds its batch as it
+    # is (one tuple), and the first read numbers and wraps them. A session appends every
+    # query and is read far more rarely: a _Message per message made at append time
+    # was most of what recording a query cost. The shared empty tuple when there are
+    # none; only the appends replace it, and only ``messages`` empties it.
+    unindexed: list[_Batch] = _NO_BATCHES
     # Seqs hidden by thread rollbacks (a message belongs to at most one thread). Frozen:
     # the shared empty one until a rollback, not a set per session for the GC to walk.
     rolled_back: frozenset[int] = frozenset()
     # Counts are filled in when a thread is read; the stored ones stay 0.
     threads: dict[str, ThreadRecord] = attrs.field(factory=dict)
     # ``(updated_at, model)`` after appends not yet in ``stored``; the message count is
-    # ``len(messages)``.
+    # ``count``.
     appended: tuple[float, str | None] | None = None
-    # ``len(messages)``, kept by every append: the lock-light append (see
-    # ``MemoryStore.record_messages``) checks it without a call under the lock.
+    # The number of messages, indexed or not, kept by every append: the lock-light
+    # append (see ``MemoryStore.record_messages``) checks it without a call under the lock.
     count: int = 0
     # Set (under the lock) when the session is deleted: a lock-light append must not land.
     deleted: bool = False
+
+    @property
+    def messages(self) -> list[_Message]:
+        """Every message in seq order, the appends not yet indexed included (under the lock)."""
+        if self.unindexed:
+            self._index()
+        return self.indexed
+
+    def _index(self) -> None:
+        # Built aside and committed in two assignments (no call between them): an
+        # exception raised in this thread meanwhile (a kill) leaves the batches unindexed,
+        # never lost or indexed twice.
+        seq = len(self.indexed)
+        added: list[_Message] = []
+        for created_at, batch in self.unindexed:
+            for item in batch:
+                seq += 1
+                if type(item) is not _Message:  # a JSON-native Message (see _append_light)
+                    item = _Message(
+                        item.type._value_,
+                        item.uuid or None,
+                        item.message_id or None,
+                        None,  # appended with no thread active and none of its own
+                        item.model or None,
+                        "",
+                        item,
+                    )
+                item.seq = seq
+                item.created_at = created_at
+                added.append(item)
+        if self.indexed is _NO_MESSAGES:
+            self.indexed = added
+        else:
+            self.indexed += added
+        self.unindexed = _NO_BATCHES
 
     @property
     def record(self) -> SessionRecord:
@@ -209,7 +260,7 @@ class _Session:
             updated_at, model = self.appended
             self.stored = attrs.evolve(
                 self.stored,
-                message_count=len(self.messages),
+                message_count=self.count,
                 updated_at=updated_at,
                 model=model,
             )
@@ -319,7 +370,7 @@ class MemoryStore:
         session.record = attrs.evolve(session.record, updated_at=now, **changes)
 
     def _append(self, session: _Session, new: list[_Message], now: float) -> list[int]:
-        first = len(session.messages) + 1
+        first = len(session.messages) + 1  # indexes what was appended lock-light
         model = session.model
         touched: set[str] | None = None  # made for the first message in a thread
         for seq, item in enumerate(new, first):
@@ -334,11 +385,11 @@ class MemoryStore:
         # One C call adds the whole batch, so a kill (an exception raised in this thread
         # between two bytecodes) never leaves half of it, and the count is len(messages).
         session.appended = (now, model)
-        if session.messages is _NO_MESSAGES:
-            session.messages = list(new)  # the first batch: a list of its own from now on
+        if session.indexed is _NO_MESSAGES:
+            session.indexed = list(new)  # the first batch: a list of its own from now on
         else:
-            session.messages.extend(new)
-        session.count = len(session.messages)
+            session.indexed += new
+        session.count = len(session.indexed)
         if touched is not None:
             for thread_id in touched & session.threads.keys():
                 thread = session.threads[thread_id]
@@ -507,13 +558,18 @@ class MemoryStore:
         A session records every query, many sessions at once from many threads. Under
         the lock for the whole call, a thread the GIL switched out while holding it makes
         every other recording thread block on it in turn (a lock convoy: with 16 threads,
-        most of their time). Here everything is prepared first (encoded, numbered, timed)
-        from a snapshot of the session, and the lock covers only what checks that the
-        snapshot still holds and the commit: attribute reads and writes, comparisons and
-        one in-place list concatenation, no call and no loop, so CPython never switches
-        threads inside it and nobody ever waits for it. When the snapshot went stale (an
-        append or any change to the session meanwhile) or the batch needs more (messages
-        of a thread, whose ``updated_at`` moves), the caller takes the locked path.
+        most of their time). Here everything is prepared first from a snapshot of the
+        session, and the lock covers only what checks that the snapshot still holds and
+        the commit: attribute reads and writes, comparisons and one in-place list
+        concatenation, no call and no loop, so CPython never switches threads inside it
+        and nobody ever waits for it. When the snapshot went stale (an append or any
+        change to the session meanwhile) or the batch needs more (messages of a thread,
+        whose ``updated_at`` moves), the caller takes the locked path.
+
+        A batch of JSON-native messages (what a session records from ``local``) with no
+        thread is committed as it is, the list itself: nothing to check or encode, and
+        numbering and wrapping each message waits for the next read (``_Session``).
+        Any other batch is checked and encoded here, outside the lock.
 
         Raises:
             InvalidOption: a message is not a JSON-able mapping with a string ``type``.
@@ -523,18 +579,29 @@ class MemoryStore:
             return None
         stored = session.stored
         base = session.count
-        new = [_prepare(m, stored.active_thread_id) for m in batch]
         model = session.model
-        for item in new:
-            if item.thread_id is not None:
-                return None  # a thread's updated_at moves too: the locked path
-            if item.model is not None:
-                model = item.model
+        new: list[Any] = batch  # kept as it is: JSON-native Messages, frozen (see _index)
+        if stored.active_thread_id is None:
+            for message in batch:
+                if type(message) is not Message or not message._json_native:
+                    new = []
+                    break
+                if message.thread_id is not None:
+                    return None  # a thread's updated_at moves too: the locked path
+                if message.model:
+                    model = message.model
+        else:
+            new = []
+        if not new:  # encoded and checked here, outside the lock
+            new = [_prepare(m, stored.active_thread_id) for m in batch]
+            model = session.model
+            for item in new:
+                if item.thread_id is not None:
+                    return None  # as above
+                if item.model is not None:
+                    model = item.model
         now = self._clock.now()
         appended = (now, model)
-        for seq, item in enumerate(new, base + 1):
-            item.seq = seq
-            item.created_at = now
         end = base + len(new)
         committed = False
         with self._lock:
@@ -545,10 +612,10 @@ class MemoryStore:
                 and session.stored is stored
                 and session.count == base
             ):
-                if base == 0:
-                    session.messages = new  # made here: a list of its own
+                if session.unindexed is _NO_BATCHES:
+                    session.unindexed = [(now, new)]
                 else:
-                    session.messages += new  # one C call: a kill never leaves half of it
+                    session.unindexed += ((now, new),)  # no call: a kill never leaves half
                 session.count = end
                 session.appended = appended
                 committed = True

@@ -488,3 +488,74 @@ def test_a_process_ref_keeps_no_weakref_and_still_makes_proxies() -> None:
     ref.stop()
     with pytest.raises(pykka.ActorDeadError):
         ref.proxy()
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, k: int) -> int:
+        self.n += k
+        return self.n
+
+
+class Proxied(s.Process):
+    def __init__(self) -> None:
+        super().__init__()
+        self.counter = pykka.traversable(_Counter())
+
+    def greet(self, name: str, *, punct: str = "!") -> str:
+        return f"hi {name}{punct}"
+
+    def fail(self) -> None:
+        raise Expected("refused")
+
+    def on_receive(self, message: Any) -> Any:
+        return None
+
+
+class SeesMessages(Proxied):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def _handle_receive(self, message: Any) -> Any:
+        self.seen.append(type(message).__name__)
+        return super()._handle_receive(message)
+
+    def seen_so_far(self) -> list[str]:
+        return list(self.seen)
+
+
+class InheritsTheOverride(SeesMessages):
+    pass
+
+
+def test_proxy_calls_reach_methods_and_traversable_attributes() -> None:
+    ref = Proxied.start()
+    try:
+        proxy = ref.proxy()
+        assert proxy.greet("ada", punct="?").get(timeout=5) == "hi ada?"
+        assert proxy.counter.add(2).get(timeout=5) == 2  # a two-step attribute path
+        assert proxy.counter.add(3).get(timeout=5) == 5
+        with pytest.raises(Expected, match="refused"):
+            proxy.fail().get(timeout=5)
+        assert ref.is_alive()  # a ReplyError answers the caller: the process goes on
+    finally:
+        ref.stop()
+
+
+@pytest.mark.parametrize("cls", [SeesMessages, InheritsTheOverride])
+def test_a_class_overriding_handle_receive_still_sees_every_proxy_call(cls: type) -> None:
+    """Proxy calls skip Pykka's ``_handle_receive`` only for classes that keep it."""
+    assert not cls._pykka_receive
+    assert Proxied._pykka_receive
+    ref = cls.start()
+    try:
+        proxy = ref.proxy()
+        assert proxy.greet("bo").get(timeout=5) == "hi bo!"
+        assert proxy.counter.add(1).get(timeout=5) == 1
+        assert ref.ask("plain", timeout=5) is None  # on_receive
+        assert proxy.seen_so_far().get(timeout=5) == ["ProxyCall"] * 2 + ["str", "ProxyCall"]
+    finally:
+        ref.stop()

@@ -1,0 +1,70 @@
+"""``supervisors._ids``: uuid4 strings and 128-bit hex ids made ahead in batches."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections import Counter
+
+import pytest
+
+from supervisors import _ids
+
+_UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+def test_a_batch_is_uuid4_strings_as_the_uuid_module_writes_them() -> None:
+    batch = _ids._batch()
+    assert len(batch) == _ids._BATCH
+    for text in batch:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert str(parsed) == text
+        assert _UUID4.fullmatch(text)
+
+
+def test_every_random_digit_takes_every_value_and_the_fixed_ones_stay() -> None:
+    """All 122 random bits are random: each of the 31 free digits of an id takes all
+    its values over a few thousand ids (a digit left from the template would not)."""
+    ids = [_ids.new_uuid4() for _ in range(4000)]
+    assert len(set(ids)) == len(ids)
+    digits = [text.replace("-", "") for text in ids]
+    for position in range(32):
+        seen = Counter(d[position] for d in digits)
+        if position == 12:
+            assert set(seen) == {"4"}
+        elif position == 16:  # the variant's two random bits
+            assert set(seen) == set("89ab")
+            assert min(seen.values()) > 4000 / 4 * 0.8
+        else:
+            assert set(seen) == set("0123456789abcdef"), position
+            assert min(seen.values()) > 4000 / 16 * 0.6, position
+
+
+def test_hex128_ids_are_32_random_hex_digits() -> None:
+    ids = [_ids.new_hex128() for _ in range(2 * _ids._BATCH + 3)]  # across refills
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_never_hands_out_its_parents_ids() -> None:
+    _ids.new_uuid4()
+    _ids.new_hex128()  # both made ahead in the parent now
+    ahead = set(_ids._made) | set(_ids._made_hex)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next ids and leave at once
+        try:
+            os.write(write, f"{_ids.new_uuid4()} {_ids.new_hex128()}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        got = os.read(read, 200).decode().split()
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert len(got) == 2
+    assert not ahead & set(got)
