@@ -26,7 +26,7 @@ import operator
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import attrs
 
@@ -275,7 +275,8 @@ def _text_field() -> Any:
 # --- content blocks -----------------------------------------------------------------
 
 
-@attrs.frozen(unsafe_hash=False)
+# No weakref slot: see _OpenBlock (blocks are values; nothing refers to one weakly).
+@attrs.frozen(unsafe_hash=False, weakref_slot=False)
 class ContentBlock:
     """One block of an assistant or user message (text, thinking, tool use, tool result).
 
@@ -355,19 +356,38 @@ def _build_block(kind: ContentBlockType, fields: Mapping[str, Any]) -> ContentBl
     return block
 
 
-_BLOCK_TYPE_SET: Final = _BLOCK_SETTERS[0][1]
-_BLOCK_TEXT_SET: Final = dict(_BLOCK_SETTERS)["text"]
-_BLOCK_OTHER_SETS: Final = tuple(s for n, s in _BLOCK_SETTERS if n not in ("type", "text"))
+class _OpenBlock:
+    """A :class:`ContentBlock` under construction: the same slots, but plain ones.
+
+    Set through ``STORE_ATTR`` rather than the frozen class's slot descriptors, then
+    made a ``ContentBlock`` by assigning ``__class__`` (see :class:`_OpenMessage`).
+    """
+
+    __slots__ = tuple(f.name for f in attrs.fields(ContentBlock))
 
 
 def _text_block(text: str) -> ContentBlock:
-    """``_build_block(ContentBlockType.TEXT, {"text": text})``, without the mapping."""
-    block: ContentBlock = object.__new__(ContentBlock)
-    _BLOCK_TYPE_SET(block, ContentBlockType.TEXT)
-    _BLOCK_TEXT_SET(block, text)
-    for set_slot in _BLOCK_OTHER_SETS:
-        set_slot(block, None)
-    return block
+    """``_build_block(ContentBlockType.TEXT, {"text": text})``, without the mapping.
+
+    One per assistant message of ``local``: plain stores, 0.2 us; through the frozen
+    class's ten slot descriptors it was 0.6 us.
+    """
+    block: Any = object.__new__(_OpenBlock)
+    block.type = ContentBlockType.TEXT
+    block.text = text
+    block.thinking = None
+    block.id = None
+    block.name = None
+    block.input = None
+    block.tool_use_id = None
+    block.content = None
+    block.is_error = None
+    block.raw = None
+    block.__class__ = ContentBlock
+    return cast(ContentBlock, block)
+
+
+assert _text_block("x") == _build_block(ContentBlockType.TEXT, {"text": "x"}), "every field"
 
 
 def _owned_block(block: object) -> ContentBlock:
@@ -613,9 +633,12 @@ class _OpenMessage:
 def _slot_filler() -> Callable[..., Message]:
     """``build(kind, json_native, **fields)``: a new message with every slot set.
 
-    Generated, as attrs generates ``__init__``: one keyword parameter per field (absent
-    ones default to ``None``) and one slot store per line, on an :class:`_OpenMessage`
-    turned into a ``Message`` at the end (every library message is built here).
+    Generated, as attrs generates ``__init__``: one parameter per field (absent ones
+    default to ``None``; pass them by keyword) and one slot store per line, on an
+    :class:`_OpenMessage` turned into a ``Message`` at the end (every library message is
+    built here). The fields are not keyword-only: CPython fills a missing keyword-only
+    parameter's default with a dict lookup, a positional one's from a tuple, and a
+    message passes about six of its 32 fields (0.56 us vs 0.71 us a message).
     """
     namespace: dict[str, Any] = {
         "_UNSET": _UNSET,
@@ -632,7 +655,7 @@ def _slot_filler() -> Callable[..., Message]:
             lines.append(f"    if {name} is _UNSET:\n        {name} = parse(stop_reason)")
         lines.append(f"    m.{name} = {name}")
     source = (
-        f"def build(kind, json_native, *, {', '.join(params)}):\n"
+        f"def build(kind, json_native, {', '.join(params)}):\n"
         "    m = new(Open)\n    m.type = kind\n    m._json_native = json_native\n"
         + "\n".join(lines)
         + "\n    m.__class__ = Message\n    return m\n"

@@ -336,6 +336,7 @@ class MonitorRef:
 
 
 _UNSET_HOOK_RESULT: Any = _Unset()  # pykka: no get hook has run
+_new_tuple: Any = tuple.__new__
 
 
 class ProcessFuture(ThreadingFuture[Any]):
@@ -405,7 +406,8 @@ class ProcessFuture(ThreadingFuture[Any]):
 
     def set(self, value: Any = None) -> None:
         """Set the value (``queue.Full`` if the future already has one)."""
-        self._put(ThreadingFutureResult(value=value))
+        # ThreadingFutureResult(value=value), without the named tuple's Python __new__.
+        self._put(_new_tuple(ThreadingFutureResult, (value, None)))
 
     def set_exception(self, exc_info: Any = None) -> None:
         """Set an exception (default: the one being handled)."""

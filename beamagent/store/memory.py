@@ -16,6 +16,7 @@ far more rarely.
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -181,11 +182,10 @@ def _stored(prepared: PreparedMessage) -> _Message:
 
 
 _NO_MESSAGES: list[_Message] = cast("list[_Message]", ())  # see _Session.indexed
-# A batch appended and not yet indexed: its created_at and its messages, each a _Message
-# (numbered and timed already) or a JSON-native Message kept as it is (numbered and
-# wrapped when the session's messages are next read).
-_Batch = tuple[float, list[Any]]
-_NO_BATCHES: list[_Batch] = cast("list[_Batch]", ())  # see _Session.unindexed
+# Appended and not yet indexed: each a _Message (checked and encoded already) or a
+# JSON-native Message kept as it is; numbered, timed and wrapped at the next read.
+_NO_ITEMS: list[Any] = cast("list[Any]", ())  # see _Session.unindexed
+_NO_TIMES: list[float] = cast("list[float]", ())  # see _Session.unindexed_at
 
 
 @attrs.define
@@ -198,12 +198,15 @@ class _Session:
     # The shared empty tuple until the first append is indexed (an empty list per idle
     # session was one more object for the cyclic GC to walk).
     indexed: list[_Message] = attrs.field(default=_NO_MESSAGES, alias="messages")
-    # Appended batches not yet in ``indexed``, in order: an append adds its batch as it
-    # is (one tuple), and the first read numbers and wraps them. A session appends every
-    # query and is read far more rarely: a _Message per message made at append time
-    # was most of what recording a query cost. The shared empty tuple when there are
-    # none; only the appends replace it, and only ``messages`` empties it.
-    unindexed: list[_Batch] = _NO_BATCHES
+    # Appended messages not yet in ``indexed``, in order, and for each batch of them its
+    # append time and size (``[created_at, n, created_at, n, ...]``): an append adds
+    # its messages as they are, and the first read numbers and wraps them. A session
+    # appends every query and is read far more rarely: a _Message per message made at
+    # append time was most of what recording a query cost. Flat lists, so an append
+    # leaves no object of its own for the cyclic GC to walk. The shared empty tuples
+    # when there are none; only the appends replace them, only ``messages`` empties them.
+    unindexed: list[Any] = _NO_ITEMS
+    unindexed_at: list[float] = _NO_TIMES
     # Seqs hidden by thread rollbacks (a message belongs to at most one thread). Frozen:
     # the shared empty one until a rollback, not a set per session for the GC to walk.
     rolled_back: frozenset[int] = frozenset()
@@ -226,13 +229,16 @@ class _Session:
         return self.indexed
 
     def _index(self) -> None:
-        # Built aside and committed in two assignments (no call between them): an
-        # exception raised in this thread meanwhile (a kill) leaves the batches unindexed,
+        # Built aside and committed in three assignments (no call between them): an
+        # exception raised in this thread meanwhile (a kill) leaves the appends unindexed,
         # never lost or indexed twice.
+        items = iter(self.unindexed)
+        times = self.unindexed_at
         seq = len(self.indexed)
         added: list[_Message] = []
-        for created_at, batch in self.unindexed:
-            for item in batch:
+        for at in range(0, len(times), 2):
+            created_at = times[at]
+            for item in itertools.islice(items, int(times[at + 1])):
                 seq += 1
                 if type(item) is not _Message:  # a JSON-native Message (see _append_light)
                     item = _Message(
@@ -251,7 +257,8 @@ class _Session:
             self.indexed = added
         else:
             self.indexed += added
-        self.unindexed = _NO_BATCHES
+        self.unindexed = _NO_ITEMS
+        self.unindexed_at = _NO_TIMES
 
     @property
     def record(self) -> SessionRecord:
@@ -602,7 +609,8 @@ class MemoryStore:
                     model = item.model
         now = self._clock.now()
         appended = (now, model)
-        end = base + len(new)
+        size = len(new)
+        end = base + size
         committed = False
         with self._lock:
             # No call and no loop from here to the end of the block (see above).
@@ -612,10 +620,12 @@ class MemoryStore:
                 and session.stored is stored
                 and session.count == base
             ):
-                if session.unindexed is _NO_BATCHES:
-                    session.unindexed = [(now, new)]
-                else:
-                    session.unindexed += ((now, new),)  # no call: a kill never leaves half
+                if session.unindexed is _NO_ITEMS:
+                    session.unindexed = new  # made by record_messages: a list of its own
+                    session.unindexed_at = [now, size]
+                else:  # no call: a kill never leaves half of it
+                    session.unindexed += new
+                    session.unindexed_at += (now, size)
                 session.count = end
                 session.appended = appended
                 committed = True

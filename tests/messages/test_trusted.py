@@ -121,6 +121,24 @@ def test_built_messages_are_frozen_messages() -> None:
     assert built == Message("user", content="hi", uuid="u1")
 
 
+def test_a_built_text_block_and_handler_output_are_what_their_constructors_give() -> None:
+    from beamagent.backends.base import HandlerOutput, _output
+    from beamagent.messages import ContentBlock, _text_block
+
+    block = _text_block("hé")
+    assert type(block) is ContentBlock  # built as a plain-slot twin, then made one
+    assert block == ContentBlock("text", text="hé")
+    assert block.raw is None
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        block.text = "changed"  # type: ignore[misc]
+    message = Message("user", content="hi")
+    output = _output([message], [b"line\n"])
+    assert type(output) is HandlerOutput
+    assert output == HandlerOutput(messages=[message], writes=[b"line\n"])
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        output.error = "changed"  # type: ignore[misc]
+
+
 def test_new_uuid_is_a_random_uuid4_string() -> None:
     import uuid
 
