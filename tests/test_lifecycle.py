@@ -608,15 +608,17 @@ import sys, threading
 import supervisors
 from beamagent import Runtime, lifecycle
 
-def interrupt_at(name, nth=1):
+def interrupt_at(name, nth=1, then=None):
     # Ctrl-C's KeyboardInterrupt, injected where the main thread calls ``name`` (the
-    # nth time).
+    # nth time); ``then`` runs first.
     calls = []
     def tracer(frame, event, arg):
         if event == "call" and frame.f_code.co_name == name:
             calls.append(frame.f_code.co_filename)
             if len(calls) == nth:
                 sys.settrace(None)
+                if then is not None:
+                    then()
                 raise KeyboardInterrupt
     sys.settrace(tracer)
 
@@ -637,7 +639,21 @@ if where == "stop":
     rt.stop()  # finishes what the interrupted stop began
     print("stopped", rt.stopped, lifecycle.started_runtimes())
 else:
-    interrupt_at(where)
+    then = None
+    if where == "_acquire":
+        # The root's first child starts only once the main thread waits for the root
+        # (in _acquire): the interrupt then always lands while the tree is starting.
+        # Without the gate the root could be up before the main thread looked, and the
+        # main thread would not wait at all.
+        from beamagent.routing.registry import RoutingRegistry
+        gate = threading.Event()
+        registry_on_start = RoutingRegistry.on_start
+        def gated_on_start(self):
+            gate.wait(10)
+            registry_on_start(self)
+        RoutingRegistry.on_start = gated_on_start
+        then = gate.set
+    interrupt_at(where, then=then)
     try:
         Runtime(store=sys.argv[2])
     except KeyboardInterrupt:
