@@ -346,6 +346,87 @@ threading.Event().wait()
     assert child.wait() == -signal.SIGTERM
 
 
+_SIGTERM_IN_A_FINALIZER = """
+import signal, sys, threading, weakref
+from beamagent import Runtime
+
+def terminated_here():
+    signal.raise_signal(signal.SIGTERM)  # the handler runs at the next bytecode: in here
+    for _ in range(1000):
+        pass
+
+class Finalized:
+    def __del__(self):
+        terminated_here()
+
+class Plain:
+    pass
+
+rt = Runtime(store=":memory:")
+rt.start_session(backend="local").query("hi")
+print("ready", flush=True)
+if sys.argv[1] == "__del__":
+    Finalized()  # dropped at once: its __del__ runs
+else:
+    weakref.ref(Plain(), lambda _ref: terminated_here())  # the callback runs
+print("after the finalizer", flush=True)
+threading.Event().wait()  # the main thread waits, outside any finalizer
+"""
+
+
+@pytest.mark.parametrize("finalizer", ["__del__", "weakref_callback"])
+def test_sigterm_handled_in_a_finalizer_still_stops_gracefully(
+    children: list[Child], finalizer: str
+) -> None:
+    # The handler's SystemExit, raised while the main thread ran a __del__ or a weakref
+    # callback, was reported as "Exception ignored" and dropped: the SIGTERM was lost
+    # (and the handler had given SIGTERM its default action back).
+    child = spawn(children, _SIGTERM_IN_A_FINALIZER, finalizer)
+    child.read_until("after the finalizer")
+    assert child.wait() == lifecycle.EXIT_STATUS
+    assert "Exception ignored" not in child.stderr()
+
+
+_NEARLY_ALWAYS_IN_FINALIZERS = """
+import sys, weakref
+from beamagent import Runtime
+
+def busy():
+    total = 0
+    for i in range(20000):  # the main thread spends nearly all its time in here
+        total += i
+
+class Finalized:
+    def __del__(self):
+        busy()
+
+class Plain:
+    pass
+
+rt = Runtime(store=":memory:")
+rt.start_session(backend="local").query("hi")
+print("ready", flush=True)
+while True:
+    if sys.argv[1] == "__del__":
+        Finalized()
+    else:
+        weakref.ref(Plain(), lambda _ref: busy())
+"""
+
+
+@pytest.mark.parametrize("finalizer", ["__del__", "weakref_callback"])
+def test_sigterm_is_never_lost_in_a_host_that_lives_in_finalizers(
+    children: list[Child], finalizer: str
+) -> None:
+    # Every exit the handler raises lands in a finalizer and is dropped: after a few
+    # tries SIGTERM takes its default action, as without this library.
+    child = spawn(children, _NEARLY_ALWAYS_IN_FINALIZERS, finalizer)
+    child.read_until("ready")
+    child.process.send_signal(signal.SIGTERM)
+    assert child.wait() in (lifecycle.EXIT_STATUS, -signal.SIGTERM)
+    assert "Exception ignored" not in child.stderr()
+
+
 _EXIT_BLOCKED_BY_THE_HOST = """
 import sys, threading
 from beamagent import Runtime, configure_logging
