@@ -31,7 +31,8 @@ disposition first, so a second SIGTERM kills at once; with no live runtime,
 SIGTERM acts as if the handler were not there. If the handler ran inside a
 finalizer (a ``__del__``, a weakref or GC callback), where CPython drops
 exceptions, the handler is put back and SIGTERM sent again from a helper thread;
-after three such drops SIGTERM takes its default action: it is never lost. Once the interpreter is
+if finalizers still drop it two seconds on, SIGTERM takes its default action: it
+is never lost. Once the interpreter is
 exiting, SIGTERM is never swallowed: during the exit hook's stop it is held
 until the runtimes are stopped and then takes its default action (the
 process dies of SIGTERM, as it would without this library); before the hook
@@ -117,8 +118,10 @@ _term_pending = False  # a SIGTERM came while the exit hook had runtimes to stop
 _auto_install_tried = False
 _defer_depth = 0  # main thread only: > 0 while it starts or stops a runtime
 _pending_exit = False
-_FINALIZER_RETRIES = 3  # SIGTERM exits a finalizer dropped before the default action
+# How long SIGTERM is sent again while finalizers drop its exit, before its default action.
+_FINALIZER_PATIENCE = 2.0
 _finalizer_drops = 0
+_first_drop_at = 0.0
 
 
 def live_runtimes() -> list[Runtime]:
@@ -275,48 +278,61 @@ def _on_sigterm(signum: int, _frame: FrameType | None) -> Any:
     if _defer_depth:
         _pending_exit = True  # the main thread is starting or stopping a runtime
         return None
-    exit = SystemExit(EXIT_STATUS)
-    _watch_for_a_finalizer(exit)
-    raise exit
+    _watch_for_a_finalizer()
+    raise _SigtermExit(EXIT_STATUS)
 
 
-def _watch_for_a_finalizer(exit: SystemExit) -> None:
-    """Act on SIGTERM again if ``exit`` is dropped by a finalizer that it landed in.
+class _SigtermExit(SystemExit):
+    """The ``SystemExit`` the SIGTERM handler raises: told apart when a finalizer drops it."""
+
+
+def _watch_for_a_finalizer() -> None:
+    """Act on SIGTERM again if its exit is dropped by a finalizer that it is raised in.
 
     A signal handler runs in the main thread between any two bytecodes, also inside a
     ``__del__``, a weakref callback or a GC callback, where CPython reports an
     exception as "Exception ignored" (``sys.unraisablehook``) and goes on: the exit
-    would be lost, and the handler has given SIGTERM its default action back. So until
-    the exit is seen dropped, ``sys.unraisablehook`` is wrapped. When it is, the
-    handler is put back and SIGTERM sent again from a helper thread, to be handled
-    once the finalizer is over (not from inside the hook, where the handler would run
-    at once and its exception be dropped again); after ``_FINALIZER_RETRIES`` dropped
-    exits (a main thread that is nearly always in finalizers) SIGTERM takes its default
-    action, as without this library. The wrap is undone at its first call; an exit that
-    propagates leaves it in place for the few steps to the interpreter's end (or, if a
-    host catches ``SystemExit``, until the host's next unraisable exception, which it
-    passes on).
+    would be lost, and the handler has given SIGTERM its default action back. So,
+    before the exit is raised, ``sys.unraisablehook`` is wrapped. When the exit (a
+    ``_SigtermExit``) comes back there, the handler is put back and SIGTERM sent again
+    from a helper thread, to be handled once the finalizer is over (not from inside
+    the hook, where the handler would run at once and its exception be dropped
+    again), sooner then later (10 ms, doubling to 0.25 s); if finalizers still drop
+    it ``_FINALIZER_PATIENCE`` seconds after the first drop (a main thread that is
+    nearly always in finalizers), SIGTERM takes its default action, as without this
+    library. The wrap holds no exception (it tells ours by its type); it is undone
+    at its first call in the main thread, where the exit was raised; an exit that
+    propagates leaves it in place for the few steps to the interpreter's end (or, if
+    a host catches ``SystemExit``, until the host's next unraisable exception in the
+    main thread, which it passes on, as it does any other).
     """
     previous = sys.unraisablehook
+    if getattr(previous, "_beamagent_sigterm", False):
+        return  # wrapped already (a SIGTERM again before anything was dropped)
 
     def hook(unraisable: Any) -> None:
-        global _finalizer_drops
-        if sys.unraisablehook is hook:
+        global _finalizer_drops, _first_drop_at
+        ours = type(unraisable.exc_value) is _SigtermExit
+        if _in_main_thread() and sys.unraisablehook is hook:
             sys.unraisablehook = previous
-        if unraisable.exc_value is not exit:
+        if not ours:
             previous(unraisable)
             return
+        now = time.monotonic()
+        if not _finalizer_drops:
+            _first_drop_at = now
         _finalizer_drops += 1
-        if _finalizer_drops <= _FINALIZER_RETRIES:
+        if now - _first_drop_at < _FINALIZER_PATIENCE:
             with contextlib.suppress(ValueError):  # (in the main thread, as the handler)
                 if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
                     signal.signal(signal.SIGTERM, _on_sigterm)
-        # The default action otherwise: the handler left SIGTERM's, and the kernel acts.
-        delay = 0.01 * _finalizer_drops
+        # Else the default action: the handler left SIGTERM's, and the kernel acts.
+        delay = min(0.01 * 2 ** (_finalizer_drops - 1), 0.25)
         threading.Thread(
             target=_send_sigterm_again, args=(delay,), name="beamagent-sigterm", daemon=True
         ).start()
 
+    hook._beamagent_sigterm = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
 
 
@@ -328,11 +344,12 @@ def _send_sigterm_again(delay: float) -> None:
 def _after_fork_in_child() -> None:
     # The runtimes' threads did not survive the fork: the child has nothing to stop, and
     # its SIGTERM (multiprocessing's terminate()) keeps its default meaning.
-    global _term_pending, _lock, _auto_install_tried, _finalizer_drops
+    global _term_pending, _lock, _auto_install_tried, _finalizer_drops, _first_drop_at
     _lock = threading.Lock()  # a parent thread may have held it at the fork
     _trees.clear()
     _term_pending = False  # a SIGTERM the parent held back was the parent's
     _finalizer_drops = 0
+    _first_drop_at = 0.0
     _auto_install_tried = False  # the child's own first Runtime installs the handler
     with contextlib.suppress(ValueError):
         if signal.getsignal(signal.SIGTERM) is _on_sigterm:
@@ -361,6 +378,5 @@ def signals_deferred() -> Iterator[None]:
         _defer_depth -= 1
         if not _defer_depth and _pending_exit:
             _pending_exit = False
-            exit = SystemExit(EXIT_STATUS)
-            _watch_for_a_finalizer(exit)  # a runtime stopped from a host's __del__
-            raise exit
+            _watch_for_a_finalizer()  # a runtime stopped from a host's __del__
+            raise _SigtermExit(EXIT_STATUS)

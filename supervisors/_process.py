@@ -337,6 +337,7 @@ class MonitorRef:
 
 _UNSET_HOOK_RESULT: Any = _Unset()  # pykka: no get hook has run
 _new_tuple: Any = tuple.__new__
+_PYKKA_HANDLE_RECEIVE: Any = pykka.Actor._handle_receive
 
 
 class ProcessFuture(ThreadingFuture[Any]):
@@ -520,14 +521,6 @@ class Process(pykka.ThreadingActor):
 
     ref_class: ClassVar[type[pykka.ActorRef[Any]]] = _ProcessRef
     """The ``ActorRef`` subclass handed out for this process (supervisors add methods)."""
-
-    # Whether the class keeps Pykka's own ``_handle_receive``: then a proxy call is made
-    # without it (see _handle_envelope). Set for every subclass as it is defined.
-    _pykka_receive: ClassVar[bool] = True
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls._pykka_receive = cls._handle_receive is pykka.Actor._handle_receive
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # pykka.Actor.__init__, spelled out with a lighter ``actor_stopped``: a one-way
@@ -829,9 +822,10 @@ class Process(pykka.ThreadingActor):
             reject_envelope(envelope, str(self))
             return None, None
         try:
-            if kind is ProxyCall and self._pykka_receive:
+            if kind is ProxyCall and type(self)._handle_receive is _PYKKA_HANDLE_RECEIVE:
                 # What pykka.Actor._handle_receive does for a proxy call (a session's
-                # every call), without its two frames and type tests.
+                # every call), without its two frames and type tests; a class that
+                # overrides it (or is patched to, at any time) gets it called.
                 path = message.attr_path
                 callee = getattr(self, path[0]) if len(path) == 1 else get_attr_directly(self, path)
                 response = callee(*message.args, **message.kwargs)

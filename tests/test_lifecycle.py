@@ -359,6 +359,16 @@ class Finalized:
     def __del__(self):
         terminated_here()
 
+class Burst:
+    first = True
+
+    def __del__(self):
+        if Burst.first:  # SIGTERM in the first of 1000 finalizers, ~0.3 ms each
+            Burst.first = False
+            signal.raise_signal(signal.SIGTERM)
+        for _ in range(20000):
+            pass
+
 class Plain:
     pass
 
@@ -367,6 +377,9 @@ rt.start_session(backend="local").query("hi")
 print("ready", flush=True)
 if sys.argv[1] == "__del__":
     Finalized()  # dropped at once: its __del__ runs
+elif sys.argv[1] == "burst":
+    garbage = [Burst() for _ in range(1000)]
+    del garbage  # a burst of finalizers, longer than the first retries' delays
 else:
     weakref.ref(Plain(), lambda _ref: terminated_here())  # the callback runs
 print("after the finalizer", flush=True)
@@ -374,7 +387,7 @@ threading.Event().wait()  # the main thread waits, outside any finalizer
 """
 
 
-@pytest.mark.parametrize("finalizer", ["__del__", "weakref_callback"])
+@pytest.mark.parametrize("finalizer", ["__del__", "weakref_callback", "burst"])
 def test_sigterm_handled_in_a_finalizer_still_stops_gracefully(
     children: list[Child], finalizer: str
 ) -> None:

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from typing import Any
+from unittest import mock
 
 import pykka
 import pytest
@@ -548,8 +549,6 @@ def test_proxy_calls_reach_methods_and_traversable_attributes() -> None:
 @pytest.mark.parametrize("cls", [SeesMessages, InheritsTheOverride])
 def test_a_class_overriding_handle_receive_still_sees_every_proxy_call(cls: type) -> None:
     """Proxy calls skip Pykka's ``_handle_receive`` only for classes that keep it."""
-    assert not cls._pykka_receive
-    assert Proxied._pykka_receive
     ref = cls.start()
     try:
         proxy = ref.proxy()
@@ -559,3 +558,23 @@ def test_a_class_overriding_handle_receive_still_sees_every_proxy_call(cls: type
         assert proxy.seen_so_far().get(timeout=5) == ["ProxyCall"] * 2 + ["str", "ProxyCall"]
     finally:
         ref.stop()
+
+
+def test_a_handle_receive_patched_in_after_the_class_was_made_sees_proxy_calls() -> None:
+    seen: list[str] = []
+    original = Proxied._handle_receive
+
+    def patched(self: Proxied, message: Any) -> Any:
+        seen.append(type(message).__name__)
+        return original(self, message)
+
+    ref = Proxied.start()
+    try:
+        proxy = ref.proxy()
+        assert proxy.greet("before").get(timeout=5) == "hi before!"
+        with mock.patch.object(Proxied, "_handle_receive", patched):
+            assert proxy.greet("during").get(timeout=5) == "hi during!"
+        assert proxy.greet("after").get(timeout=5) == "hi after!"
+    finally:
+        ref.stop()
+    assert seen == ["ProxyCall"]
