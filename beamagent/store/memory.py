@@ -241,15 +241,7 @@ class _Session:
             for item in itertools.islice(items, int(times[at + 1])):
                 seq += 1
                 if type(item) is not _Message:  # a JSON-native Message (see _append_light)
-                    item = _Message(
-                        item.type._value_,
-                        item.uuid or None,
-                        item.message_id or None,
-                        None,  # appended with no thread active and none of its own
-                        item.model or None,
-                        "",
-                        item,
-                    )
+                    item = _prepare(item, None)  # appended with no thread active, none its own
                 item.seq = seq
                 item.created_at = created_at
                 added.append(item)
@@ -567,8 +559,8 @@ class MemoryStore:
         every other recording thread block on it in turn (a lock convoy: with 16 threads,
         most of their time). Here everything is prepared first from a snapshot of the
         session, and the lock covers only what checks that the snapshot still holds and
-        the commit: attribute reads and writes, comparisons and one in-place list
-        concatenation, no call and no loop, so CPython never switches threads inside it
+        the commit: attribute reads and writes, comparisons and in-place list
+        concatenations, no call and no loop, so CPython never switches threads inside it
         and nobody ever waits for it. When the snapshot went stale (an append or any
         change to the session meanwhile) or the batch needs more (messages of a thread,
         whose ``updated_at`` moves), the caller takes the locked path.

@@ -18,6 +18,7 @@ from beamagent.messages import (
     _normalize_owned,
     normalize,
 )
+from tests._fork import in_forked_child
 from tests.messages.test_messages import heavy, json_objects, known_key_objects, messages
 
 
@@ -179,18 +180,6 @@ def test_new_uuids_made_ahead_are_not_shared_with_threads_or_a_forked_child() ->
 
     ahead = set(_ids._made)  # the ids made ahead, where _new_uuid takes them
     assert ahead
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: its first uuid must come from a batch of its own
-        try:
-            os.write(write, messages._new_uuid().encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    try:
-        child = os.read(read, 64).decode()
-    finally:
-        os.close(read)
-        os.waitpid(pid, 0)
+    child = in_forked_child(messages._new_uuid)  # must come from a batch of its own
     assert len(child) == 36
     assert child not in ahead

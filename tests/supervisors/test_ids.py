@@ -13,6 +13,7 @@ from collections import Counter
 import pytest
 
 from supervisors import _ids
+from tests._fork import in_forked_child
 
 
 def test_every_random_digit_takes_every_value_and_the_fixed_ones_stay() -> None:
@@ -44,18 +45,6 @@ def test_hex128_ids_are_32_random_hex_digits() -> None:
 def test_a_forked_child_never_hands_out_its_parents_hex_ids() -> None:
     _ids.new_hex128()  # made ahead in the parent now
     ahead = set(_ids._made_hex)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report its next id and leave at once
-        try:
-            os.write(write, _ids.new_hex128().encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    try:
-        got = os.read(read, 100).decode()
-    finally:
-        os.close(read)
-        os.waitpid(pid, 0)
+    got = in_forked_child(_ids.new_hex128)  # the child's next id
     assert len(got) == 32
     assert got not in ahead
